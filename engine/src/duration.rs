@@ -25,7 +25,13 @@ fn parse_iso(s: &str) -> Result<u64, String> {
     };
     let mut total: f64 = 0.0;
     let mut any = false;
-    for (part, units) in [(date, &[('D', 86_400_000.0), ('W', 604_800_000.0)][..]), (time.unwrap_or(""), &[('H', 3_600_000.0), ('M', 60_000.0), ('S', 1_000.0)][..])] {
+    for (part, units) in [
+        (date, &[('D', 86_400_000.0), ('W', 604_800_000.0)][..]),
+        (
+            time.unwrap_or(""),
+            &[('H', 3_600_000.0), ('M', 60_000.0), ('S', 1_000.0)][..],
+        ),
+    ] {
         let mut num = String::new();
         for c in part.chars() {
             if c.is_ascii_digit() || c == '.' {
@@ -61,7 +67,13 @@ pub fn format_ms(ms: u64) -> String {
     }
     let mut out = String::new();
     let mut rest = ms;
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
         if rest >= size {
             out.push_str(&format!("{}{unit}", rest / size));
             rest %= size;
@@ -88,7 +100,17 @@ mod tests {
 
     #[test]
     fn nonsense_is_refused() {
-        for bad in ["", "10", "ten minutes", "P", "PT", "P1Y", "PT4X", "-5s", "P1H"] {
+        for bad in [
+            "",
+            "10",
+            "ten minutes",
+            "P",
+            "PT",
+            "P1Y",
+            "PT4X",
+            "-5s",
+            "P1H",
+        ] {
             assert!(parse_ms(bad).is_err(), "{bad} should be refused");
         }
     }

@@ -31,7 +31,11 @@ fn env() -> &'static Environment<'static> {
         env.set_recursion_limit(64);
         env.set_fuel(Some(FUEL));
         env.set_auto_escape_callback(|name| {
-            if name == SHELL_NAME { AutoEscape::Custom("shell".into()) } else { AutoEscape::None }
+            if name == SHELL_NAME {
+                AutoEscape::Custom("shell".into())
+            } else {
+                AutoEscape::None
+            }
         });
         env.set_formatter(format_value);
         env
@@ -40,7 +44,11 @@ fn env() -> &'static Environment<'static> {
 
 fn format_value(out: &mut Output, state: &mut State, value: &Value) -> Result<(), Error> {
     let shell = matches!(state.auto_escape(), AutoEscape::Custom(name) if name == "shell");
-    let text = if shell && !value.is_safe() { shell_words(value)? } else { plain(value) };
+    let text = if shell && !value.is_safe() {
+        shell_words(value)?
+    } else {
+        plain(value)
+    };
     out.write_str(&text).map_err(Error::from)
 }
 
@@ -77,7 +85,10 @@ fn shell_words(value: &Value) -> Result<String, Error> {
 /// the quote itself. NUL cannot be passed to a shell at all and is refused.
 pub fn shell_quote(s: &str) -> Result<String, Error> {
     if s.contains('\0') {
-        return Err(Error::new(ErrorKind::InvalidOperation, "a value with a NUL byte cannot be passed to a shell"));
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "a value with a NUL byte cannot be passed to a shell",
+        ));
     }
     let mut out = String::with_capacity(s.len() + 2);
     out.push('\'');
@@ -111,14 +122,24 @@ fn expression_source(s: &str) -> &str {
 /// Compiles a template and returns the variables it reads (dotted paths, e.g.
 /// `steps.scan.outputs.critical`), or the syntax error.
 pub fn template_refs(src: &str) -> Result<BTreeSet<String>, String> {
-    let t = env().template_from_named_str(TEXT_NAME, src).map_err(describe)?;
-    Ok(t.undeclared_variables(true).into_iter().filter(|v| !is_global(v)).collect())
+    let t = env()
+        .template_from_named_str(TEXT_NAME, src)
+        .map_err(describe)?;
+    Ok(t.undeclared_variables(true)
+        .into_iter()
+        .filter(|v| !is_global(v))
+        .collect())
 }
 
 /// Compiles an expression field (`{{ expr }}` or a bare expression) and returns what it reads.
 pub fn expression_refs(src: &str) -> Result<BTreeSet<String>, String> {
-    let e = env().compile_expression(expression_source(src)).map_err(describe)?;
-    Ok(e.undeclared_variables(true).into_iter().filter(|v| !is_global(v)).collect())
+    let e = env()
+        .compile_expression(expression_source(src))
+        .map_err(describe)?;
+    Ok(e.undeclared_variables(true)
+        .into_iter()
+        .filter(|v| !is_global(v))
+        .collect())
 }
 
 fn is_global(var: &str) -> bool {
@@ -133,13 +154,18 @@ pub fn render(src: &str, flavor: Flavor, ctx: &serde_json::Value) -> Result<Stri
         Flavor::Shell => SHELL_NAME,
     };
     let t = env().template_from_named_str(name, src).map_err(describe)?;
-    t.render(Value::from(minijinja::value::Serde(ctx))).map_err(describe)
+    t.render(Value::from(minijinja::value::Serde(ctx)))
+        .map_err(describe)
 }
 
 /// Evaluates an expression field to a JSON value.
 pub fn eval(src: &str, ctx: &serde_json::Value) -> Result<serde_json::Value, String> {
-    let e = env().compile_expression(expression_source(src)).map_err(describe)?;
-    let v = e.eval(Value::from(minijinja::value::Serde(ctx))).map_err(describe)?;
+    let e = env()
+        .compile_expression(expression_source(src))
+        .map_err(describe)?;
+    let v = e
+        .eval(Value::from(minijinja::value::Serde(ctx)))
+        .map_err(describe)?;
     if v.is_undefined() {
         return Ok(serde_json::Value::Null);
     }
@@ -148,8 +174,12 @@ pub fn eval(src: &str, ctx: &serde_json::Value) -> Result<serde_json::Value, Str
 
 /// Evaluates an expression field for truth (Jinja truthiness: empty, 0, false and none are false).
 pub fn eval_bool(src: &str, ctx: &serde_json::Value) -> Result<bool, String> {
-    let e = env().compile_expression(expression_source(src)).map_err(describe)?;
-    let v = e.eval(Value::from(minijinja::value::Serde(ctx))).map_err(describe)?;
+    let e = env()
+        .compile_expression(expression_source(src))
+        .map_err(describe)?;
+    let v = e
+        .eval(Value::from(minijinja::value::Serde(ctx)))
+        .map_err(describe)?;
     Ok(v.is_true())
 }
 
@@ -192,10 +222,19 @@ mod tests {
     /// Runs the rendered script with bash and returns what `printf '%s'` printed for `$1`.
     fn bash_first_arg(script: &str) -> String {
         let out = std::process::Command::new("bash")
-            .args(["-euo", "pipefail", "-c", &format!("set -- {script}; printf '%s' \"$1\"")])
+            .args([
+                "-euo",
+                "pipefail",
+                "-c",
+                &format!("set -- {script}; printf '%s' \"$1\""),
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -220,40 +259,72 @@ mod tests {
 
     #[test]
     fn lists_become_one_word_per_item() {
-        assert_eq!(shell("./fix.sh {{ inputs.v }}", json!(["a b", "c'd"])), "./fix.sh 'a b' 'c'\\''d'");
+        assert_eq!(
+            shell("./fix.sh {{ inputs.v }}", json!(["a b", "c'd"])),
+            "./fix.sh 'a b' 'c'\\''d'"
+        );
         assert_eq!(shell("n={{ inputs.v }}", json!(3)), "n=3");
     }
 
     #[test]
     fn text_flavor_writes_values_verbatim() {
-        let out = render("Remediate {{ inputs.v }}", Flavor::Text, &json!({"inputs": {"v": "a'b"}})).unwrap();
+        let out = render(
+            "Remediate {{ inputs.v }}",
+            Flavor::Text,
+            &json!({"inputs": {"v": "a'b"}}),
+        )
+        .unwrap();
         assert_eq!(out, "Remediate a'b");
     }
 
     #[test]
     fn refs_are_dotted_paths_without_globals() {
-        let refs = template_refs("{{ inputs.image }} {% for t in inputs.targets %}{{ t }}{% endfor %}{{ range(3) }}").unwrap();
-        assert_eq!(refs.into_iter().collect::<Vec<_>>(), ["inputs.image", "inputs.targets"]);
+        let refs = template_refs(
+            "{{ inputs.image }} {% for t in inputs.targets %}{{ t }}{% endfor %}{{ range(3) }}",
+        )
+        .unwrap();
+        assert_eq!(
+            refs.into_iter().collect::<Vec<_>>(),
+            ["inputs.image", "inputs.targets"]
+        );
         let refs = expression_refs("{{ steps.scan.outputs.critical == '0' }}").unwrap();
-        assert_eq!(refs.into_iter().collect::<Vec<_>>(), ["steps.scan.outputs.critical"]);
+        assert_eq!(
+            refs.into_iter().collect::<Vec<_>>(),
+            ["steps.scan.outputs.critical"]
+        );
     }
 
     #[test]
     fn syntax_errors_are_reported() {
-        assert!(template_refs("{{ inputs.image ").unwrap_err().contains("syntax"));
+        assert!(
+            template_refs("{{ inputs.image ")
+                .unwrap_err()
+                .contains("syntax")
+        );
         assert!(expression_refs("{{ not }}").is_err());
     }
 
     #[test]
     fn expressions_evaluate_to_data() {
         let ctx = json!({"inputs": {"targets": ["a", "b"], "dryRun": false}});
-        assert_eq!(eval("{{ inputs.targets }}", &ctx).unwrap(), json!(["a", "b"]));
+        assert_eq!(
+            eval("{{ inputs.targets }}", &ctx).unwrap(),
+            json!(["a", "b"])
+        );
         assert!(eval_bool("{{ not inputs.dryRun }}", &ctx).unwrap());
     }
 
     #[test]
     fn runaway_templates_run_out_of_fuel() {
-        let err = render("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", Flavor::Text, &json!({})).unwrap_err();
-        assert!(err.contains("too much work") || err.contains("range"), "{err}");
+        let err = render(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            Flavor::Text,
+            &json!({}),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("too much work") || err.contains("range"),
+            "{err}"
+        );
     }
 }

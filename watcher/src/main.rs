@@ -1,1 +1,53 @@
-fn main() {}
+//! The `stella` command line: parses arguments, calls the engine, prints results, and turns
+//! every failure into one `error[ERR_…]` report and one exit code. Only this crate prints.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Failure};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_tracing();
+    match cli::run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            report(&failure);
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STELLA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Prints a failure once, each problem as `error[ERR_…]: where: what (hint)`.
+fn report(failure: &Failure) {
+    match failure {
+        Failure::Diags(diags) => {
+            for d in diags.iter() {
+                eprintln!("error[{}]: {d}", d.code);
+            }
+            if diags.len() > 1 {
+                eprintln!("{} problems found", diags.len());
+            }
+        }
+        Failure::One { code, message } => eprintln!("error[{code}]: {message}"),
+    }
+}
