@@ -102,9 +102,8 @@ impl Diagnostics {
 
     /// Sort by file and position so output reads top to bottom, and drop exact repeats.
     pub fn sorted(mut self) -> Self {
-        self.0.sort_by(|a, b| {
-            (a.file.as_str(), a.line, a.column).cmp(&(b.file.as_str(), b.line, b.column))
-        });
+        self.0
+            .sort_by(|a, b| (a.file.as_str(), a.line, a.column).cmp(&(b.file.as_str(), b.line, b.column)));
         self.0.dedup();
         self
     }
@@ -140,17 +139,14 @@ impl fmt::Display for Diagnostics {
 impl std::error::Error for Diagnostics {}
 
 /// The closest candidate to `got`, for "did you mean" hints.
-pub fn did_you_mean<'a>(
-    got: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn did_you_mean<'a>(got: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| {
-            (
-                strsim::jaro_winkler(&got.to_ascii_lowercase(), &c.to_ascii_lowercase()),
-                c,
-            )
+            let (g, c2) = (got.to_ascii_lowercase(), c.to_ascii_lowercase());
+            // One edit away counts for short names (`rn` -> `run`), where Jaro-Winkler is harsh.
+            let close = got.len() >= 2 && strsim::levenshtein(&g, &c2) <= 1;
+            (if close { 1.0 } else { strsim::jaro_winkler(&g, &c2) }, c)
         })
         .filter(|(score, _)| *score > 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))

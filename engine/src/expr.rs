@@ -56,9 +56,7 @@ fn format_value(out: &mut Output, state: &mut State, value: &Value) -> Result<()
 fn plain(value: &Value) -> String {
     match value.kind() {
         ValueKind::Undefined | ValueKind::None => String::new(),
-        ValueKind::Seq | ValueKind::Map => {
-            serde_json::to_string(value).unwrap_or_else(|_| value.to_string())
-        }
+        ValueKind::Seq | ValueKind::Map => serde_json::to_string(value).unwrap_or_else(|_| value.to_string()),
         _ => value.to_string(),
     }
 }
@@ -122,9 +120,7 @@ fn expression_source(s: &str) -> &str {
 /// Compiles a template and returns the variables it reads (dotted paths, e.g.
 /// `steps.scan.outputs.critical`), or the syntax error.
 pub fn template_refs(src: &str) -> Result<BTreeSet<String>, String> {
-    let t = env()
-        .template_from_named_str(TEXT_NAME, src)
-        .map_err(describe)?;
+    let t = env().template_from_named_str(TEXT_NAME, src).map_err(describe)?;
     Ok(t.undeclared_variables(true)
         .into_iter()
         .filter(|v| !is_global(v))
@@ -133,9 +129,7 @@ pub fn template_refs(src: &str) -> Result<BTreeSet<String>, String> {
 
 /// Compiles an expression field (`{{ expr }}` or a bare expression) and returns what it reads.
 pub fn expression_refs(src: &str) -> Result<BTreeSet<String>, String> {
-    let e = env()
-        .compile_expression(expression_source(src))
-        .map_err(describe)?;
+    let e = env().compile_expression(expression_source(src)).map_err(describe)?;
     Ok(e.undeclared_variables(true)
         .into_iter()
         .filter(|v| !is_global(v))
@@ -154,18 +148,13 @@ pub fn render(src: &str, flavor: Flavor, ctx: &serde_json::Value) -> Result<Stri
         Flavor::Shell => SHELL_NAME,
     };
     let t = env().template_from_named_str(name, src).map_err(describe)?;
-    t.render(Value::from(minijinja::value::Serde(ctx)))
-        .map_err(describe)
+    t.render(Value::from(minijinja::value::Serde(ctx))).map_err(describe)
 }
 
 /// Evaluates an expression field to a JSON value.
 pub fn eval(src: &str, ctx: &serde_json::Value) -> Result<serde_json::Value, String> {
-    let e = env()
-        .compile_expression(expression_source(src))
-        .map_err(describe)?;
-    let v = e
-        .eval(Value::from(minijinja::value::Serde(ctx)))
-        .map_err(describe)?;
+    let e = env().compile_expression(expression_source(src)).map_err(describe)?;
+    let v = e.eval(Value::from(minijinja::value::Serde(ctx))).map_err(describe)?;
     if v.is_undefined() {
         return Ok(serde_json::Value::Null);
     }
@@ -174,12 +163,8 @@ pub fn eval(src: &str, ctx: &serde_json::Value) -> Result<serde_json::Value, Str
 
 /// Evaluates an expression field for truth (Jinja truthiness: empty, 0, false and none are false).
 pub fn eval_bool(src: &str, ctx: &serde_json::Value) -> Result<bool, String> {
-    let e = env()
-        .compile_expression(expression_source(src))
-        .map_err(describe)?;
-    let v = e
-        .eval(Value::from(minijinja::value::Serde(ctx)))
-        .map_err(describe)?;
+    let e = env().compile_expression(expression_source(src)).map_err(describe)?;
+    let v = e.eval(Value::from(minijinja::value::Serde(ctx))).map_err(describe)?;
     Ok(v.is_true())
 }
 
@@ -230,11 +215,7 @@ mod tests {
             ])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -279,38 +260,23 @@ mod tests {
 
     #[test]
     fn refs_are_dotted_paths_without_globals() {
-        let refs = template_refs(
-            "{{ inputs.image }} {% for t in inputs.targets %}{{ t }}{% endfor %}{{ range(3) }}",
-        )
-        .unwrap();
-        assert_eq!(
-            refs.into_iter().collect::<Vec<_>>(),
-            ["inputs.image", "inputs.targets"]
-        );
+        let refs =
+            template_refs("{{ inputs.image }} {% for t in inputs.targets %}{{ t }}{% endfor %}{{ range(3) }}").unwrap();
+        assert_eq!(refs.into_iter().collect::<Vec<_>>(), ["inputs.image", "inputs.targets"]);
         let refs = expression_refs("{{ steps.scan.outputs.critical == '0' }}").unwrap();
-        assert_eq!(
-            refs.into_iter().collect::<Vec<_>>(),
-            ["steps.scan.outputs.critical"]
-        );
+        assert_eq!(refs.into_iter().collect::<Vec<_>>(), ["steps.scan.outputs.critical"]);
     }
 
     #[test]
     fn syntax_errors_are_reported() {
-        assert!(
-            template_refs("{{ inputs.image ")
-                .unwrap_err()
-                .contains("syntax")
-        );
+        assert!(template_refs("{{ inputs.image ").unwrap_err().contains("syntax"));
         assert!(expression_refs("{{ not }}").is_err());
     }
 
     #[test]
     fn expressions_evaluate_to_data() {
         let ctx = json!({"inputs": {"targets": ["a", "b"], "dryRun": false}});
-        assert_eq!(
-            eval("{{ inputs.targets }}", &ctx).unwrap(),
-            json!(["a", "b"])
-        );
+        assert_eq!(eval("{{ inputs.targets }}", &ctx).unwrap(), json!(["a", "b"]));
         assert!(eval_bool("{{ not inputs.dryRun }}", &ctx).unwrap());
     }
 
@@ -322,9 +288,6 @@ mod tests {
             &json!({}),
         )
         .unwrap_err();
-        assert!(
-            err.contains("too much work") || err.contains("range"),
-            "{err}"
-        );
+        assert!(err.contains("too much work") || err.contains("range"), "{err}");
     }
 }

@@ -46,20 +46,14 @@ pub fn compile_schema(files: &PackFiles, path: &str) -> Result<jsonschema::Valid
     let Some(bytes) = files.get(&norm) else {
         return Err(format!("schema file `{path}` not found in the pack"));
     };
-    let schema: Json = serde_json::from_slice(bytes)
-        .map_err(|e| format!("schema file `{path}` is not valid JSON: {e}"))?;
-    jsonschema::draft202012::new(&schema)
-        .map_err(|e| format!("schema file `{path}` is not a valid JSON Schema: {e}"))
+    let schema: Json =
+        serde_json::from_slice(bytes).map_err(|e| format!("schema file `{path}` is not valid JSON: {e}"))?;
+    jsonschema::draft202012::new(&schema).map_err(|e| format!("schema file `{path}` is not a valid JSON Schema: {e}"))
 }
 
 /// Applies defaults and checks every given input; `given` is the inputs file's root (or none).
 /// `file` names the inputs file in messages.
-pub fn resolve(
-    m: &Manifest,
-    files: &PackFiles,
-    given: Option<&Node>,
-    file: &str,
-) -> Result<Resolved, Diagnostics> {
+pub fn resolve(m: &Manifest, files: &PackFiles, given: Option<&Node>, file: &str) -> Result<Resolved, Diagnostics> {
     let mut diags = Diagnostics::default();
     let mut err = |pos: Pos, field: String, msg: String, hint: Option<String>| {
         let mut d = Diagnostic::new(Code::PackInputInvalid, file, pos, &field, msg);
@@ -75,10 +69,7 @@ pub fn resolve(
             err(
                 n.pos,
                 String::new(),
-                format!(
-                    "inputs must be a mapping of names to values, found {}",
-                    n.kind()
-                ),
+                format!("inputs must be a mapping of names to values, found {}", n.kind()),
                 None,
             );
             return Err(diags);
@@ -89,16 +80,15 @@ pub fn resolve(
         Inputs::List(decls) => {
             for (key, node) in entries {
                 if !decls.iter().any(|d| d.name == key.name) {
-                    let hint = did_you_mean(&key.name, decls.iter().map(|d| d.name.as_str()))
-                        .map_or_else(
-                            || {
-                                format!(
-                                    "the pack declares: {}",
-                                    names_or_none(decls.iter().map(|d| d.name.as_str()))
-                                )
-                            },
-                            |s| format!("did you mean `{s}`?"),
-                        );
+                    let hint = did_you_mean(&key.name, decls.iter().map(|d| d.name.as_str())).map_or_else(
+                        || {
+                            format!(
+                                "the pack declares: {}",
+                                names_or_none(decls.iter().map(|d| d.name.as_str()))
+                            )
+                        },
+                        |s| format!("did you mean `{s}`?"),
+                    );
                     err(
                         key.pos,
                         format!("inputs.{}", key.name),
@@ -111,18 +101,13 @@ pub fn resolve(
             }
             for decl in decls {
                 let field = format!("inputs.{}", decl.name);
-                let given = entries
-                    .iter()
-                    .find(|(k, _)| k.name == decl.name)
-                    .map(|(_, n)| n);
+                let given = entries.iter().find(|(k, _)| k.name == decl.name).map(|(_, n)| n);
                 let pos = given.map_or(Pos::UNKNOWN, |n| n.pos);
                 let value = match (given, &decl.default) {
                     (Some(n), _) => n.to_json(),
                     (None, Some(default)) => default.clone(),
                     (None, None) if decl.required => {
-                        let ty = decl
-                            .ty
-                            .map_or(String::new(), |t| format!(" ({})", t.as_str()));
+                        let ty = decl.ty.map_or(String::new(), |t| format!(" ({})", t.as_str()));
                         err(
                             pos,
                             field,
@@ -164,18 +149,12 @@ pub fn resolve(
             }
         }
         Inputs::Schema { path, .. } => {
-            let mut value: Map<String, Json> = entries
-                .iter()
-                .map(|(k, n)| (k.name.clone(), n.to_json()))
-                .collect();
+            let mut value: Map<String, Json> = entries.iter().map(|(k, n)| (k.name.clone(), n.to_json())).collect();
             match compile_schema(files, path) {
                 Ok(validator) => {
-                    if let Some(props) = files.json(path).and_then(|s| s.get("properties").cloned())
-                    {
+                    if let Some(props) = files.json(path).and_then(|s| s.get("properties").cloned()) {
                         for (name, prop) in props.as_object().into_iter().flatten() {
-                            if let (false, Some(default)) =
-                                (value.contains_key(name), prop.get("default"))
-                            {
+                            if let (false, Some(default)) = (value.contains_key(name), prop.get("default")) {
                                 value.insert(name.clone(), default.clone());
                             }
                         }
@@ -183,11 +162,7 @@ pub fn resolve(
                     let instance = Json::Object(value.clone());
                     for e in validator.iter_errors(&instance) {
                         let at = e.instance_path().to_string();
-                        let first = at
-                            .trim_start_matches('/')
-                            .split('/')
-                            .next()
-                            .unwrap_or_default();
+                        let first = at.trim_start_matches('/').split('/').next().unwrap_or_default();
                         let pos = entries
                             .iter()
                             .find(|(k, _)| k.name == first)
@@ -213,11 +188,7 @@ pub fn resolve(
 
 fn names_or_none<'a>(names: impl Iterator<Item = &'a str>) -> String {
     let v: Vec<&str> = names.collect();
-    if v.is_empty() {
-        "no inputs".into()
-    } else {
-        v.join(", ")
-    }
+    if v.is_empty() { "no inputs".into() } else { v.join(", ") }
 }
 
 /// `/a/0` -> `.a[0]`: a JSON pointer as a field-path suffix.

@@ -68,27 +68,17 @@ impl PackFiles {
     }
 
     /// Reads every file under `dir`. Symlinks and special files are refused: a pack is plain files.
-    pub fn read_dir(
-        dir: &Path,
-        display_root: &str,
-        limits: PackLimits,
-    ) -> Result<PackFiles, Diagnostic> {
+    pub fn read_dir(dir: &Path, display_root: &str, limits: PackLimits) -> Result<PackFiles, Diagnostic> {
         let display_root = display_root.trim_end_matches('/').to_string();
-        let fail = |path: &str, msg: String| {
-            Diagnostic::new(Code::PackInvalid, path, Pos::UNKNOWN, "", msg)
-        };
+        let fail = |path: &str, msg: String| Diagnostic::new(Code::PackInvalid, path, Pos::UNKNOWN, "", msg);
         if !dir.is_dir() {
             let hint = "a pack is a directory holding pack.yaml";
             return Err(fail(&display_root, "pack directory not found".into()).hint(hint));
         }
         let mut files = BTreeMap::new();
         let mut total = 0u64;
-        for entry in walkdir::WalkDir::new(dir)
-            .follow_links(false)
-            .sort_by_file_name()
-        {
-            let entry = entry
-                .map_err(|e| fail(&display_root, format!("cannot read pack directory: {e}")))?;
+        for entry in walkdir::WalkDir::new(dir).follow_links(false).sort_by_file_name() {
+            let entry = entry.map_err(|e| fail(&display_root, format!("cannot read pack directory: {e}")))?;
             let rel = entry.path().strip_prefix(dir).unwrap_or(entry.path());
             let rel = rel.to_string_lossy().replace('\\', "/");
             let shown = if rel.is_empty() {
@@ -105,10 +95,7 @@ impl PackFiles {
                     .hint("copy the file into the pack instead"));
             }
             if !ft.is_file() {
-                return Err(fail(
-                    &shown,
-                    "only regular files are allowed in packs".into(),
-                ));
+                return Err(fail(&shown, "only regular files are allowed in packs".into()));
             }
             if files.len() >= limits.max_files {
                 return Err(fail(
@@ -116,8 +103,7 @@ impl PackFiles {
                     format!("pack has more than {} files", limits.max_files),
                 ));
             }
-            let bytes = std::fs::read(entry.path())
-                .map_err(|e| fail(&shown, format!("cannot read: {e}")))?;
+            let bytes = std::fs::read(entry.path()).map_err(|e| fail(&shown, format!("cannot read: {e}")))?;
             total += bytes.len() as u64;
             if total > limits.max_total_bytes {
                 return Err(fail(
@@ -127,10 +113,7 @@ impl PackFiles {
             }
             files.insert(rel, bytes);
         }
-        Ok(PackFiles {
-            display_root,
-            files,
-        })
+        Ok(PackFiles { display_root, files })
     }
 
     /// The path users see for a file of this pack.
@@ -143,9 +126,7 @@ impl PackFiles {
     }
 
     pub fn get(&self, rel: &str) -> Option<&[u8]> {
-        normalise(rel)
-            .and_then(|p| self.files.get(&p))
-            .map(Vec::as_slice)
+        normalise(rel).and_then(|p| self.files.get(&p)).map(Vec::as_slice)
     }
 
     pub fn contains(&self, rel: &str) -> bool {
@@ -164,15 +145,8 @@ impl PackFiles {
                 "file not found in the pack",
             )
         })?;
-        std::str::from_utf8(bytes).map_err(|_| {
-            Diagnostic::new(
-                Code::PackInvalid,
-                &shown,
-                Pos::UNKNOWN,
-                "",
-                "file is not valid UTF-8",
-            )
-        })
+        std::str::from_utf8(bytes)
+            .map_err(|_| Diagnostic::new(Code::PackInvalid, &shown, Pos::UNKNOWN, "", "file is not valid UTF-8"))
     }
 
     /// A file parsed as JSON, if it exists and parses.
@@ -221,11 +195,7 @@ pub fn normalise(path: &str) -> Option<String> {
             p => parts.push(p),
         }
     }
-    if parts.is_empty() {
-        None
-    } else {
-        Some(parts.join("/"))
-    }
+    if parts.is_empty() { None } else { Some(parts.join("/")) }
 }
 
 #[cfg(test)]
@@ -234,10 +204,7 @@ mod tests {
 
     #[test]
     fn normalise_refuses_escapes() {
-        assert_eq!(
-            normalise("./schemas//in.json").as_deref(),
-            Some("schemas/in.json")
-        );
+        assert_eq!(normalise("./schemas//in.json").as_deref(), Some("schemas/in.json"));
         assert_eq!(normalise("a/../b").as_deref(), Some("b"));
         for bad in ["../x", "/etc/passwd", "a/../../x", "", ".", "\\windows"] {
             assert_eq!(normalise(bad), None, "{bad}");
@@ -258,17 +225,11 @@ mod tests {
     fn digests_are_sorted_by_path() {
         let files = PackFiles::from_files(
             "p",
-            [
-                ("b".to_string(), b"2".to_vec()),
-                ("a".to_string(), b"1".to_vec()),
-            ],
+            [("b".to_string(), b"2".to_vec()), ("a".to_string(), b"1".to_vec())],
         )
         .unwrap();
         let d = files.digests();
-        assert_eq!(
-            d.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
-            ["a", "b"]
-        );
+        assert_eq!(d.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(d[0].sha256, sha256_hex(b"1"));
     }
 }

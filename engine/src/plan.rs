@@ -45,6 +45,9 @@ pub struct Plan {
 pub struct PackRef {
     pub name: String,
     pub version: String,
+    /// sha256 of the manifest as canonical JSON (its formatting does not count).
+    pub manifest_sha256: String,
+    /// sha256 of every other file of the pack, sorted by path.
     pub files: Vec<PlanFile>,
 }
 
@@ -217,20 +220,16 @@ impl Plan {
 
     /// Reads `plan.json` and checks that its `planHash` matches its content.
     pub fn from_plan_json(text: &str) -> Result<(Plan, String), String> {
-        let mut v: Json =
-            serde_json::from_str(text).map_err(|e| format!("plan.json is not JSON: {e}"))?;
+        let mut v: Json = serde_json::from_str(text).map_err(|e| format!("plan.json is not JSON: {e}"))?;
         let stated = v
             .as_object_mut()
             .and_then(|o| o.remove("planHash"))
             .and_then(|h| h.as_str().map(str::to_string));
         let stated = stated.ok_or("plan.json has no planHash")?;
-        let plan: Plan =
-            serde_json::from_value(v).map_err(|e| format!("plan.json is not a plan: {e}"))?;
+        let plan: Plan = serde_json::from_value(v).map_err(|e| format!("plan.json is not a plan: {e}"))?;
         let actual = plan.hash();
         if actual != stated {
-            return Err(format!(
-                "plan.json states {stated} but its content hashes to {actual}"
-            ));
+            return Err(format!("plan.json states {stated} but its content hashes to {actual}"));
         }
         Ok((plan, stated))
     }
@@ -263,12 +262,7 @@ impl PlanStep {
 }
 
 /// Builds the plan of `m` with `inputs` (already resolved by `inputs::resolve`).
-pub fn build(
-    m: &Manifest,
-    files: &PackFiles,
-    inputs: &Resolved,
-    config: &PlanConfig,
-) -> Result<Plan, Diagnostics> {
+pub fn build(m: &Manifest, files: &PackFiles, inputs: &Resolved, config: &PlanConfig) -> Result<Plan, Diagnostics> {
     let mut b = Builder {
         file: &m.file,
         config,
@@ -284,10 +278,7 @@ pub fn build(
             grants: a.grants.clone(),
             required_count: a.required_count,
             expires_after_ms: a.expires_after_ms,
-            reason: a
-                .reason
-                .as_ref()
-                .and_then(|r| b.render_now(r, Flavor::Text, &ctx)),
+            reason: a.reason.as_ref().and_then(|r| b.render_now(r, Flavor::Text, &ctx)),
         })
         .collect();
     let scope = Inherited {
@@ -295,20 +286,18 @@ pub fn build(
         retries: None,
         env: BTreeMap::new(),
     };
-    let steps = m
-        .steps
-        .iter()
-        .filter_map(|s| b.step(s, &ctx, &scope))
-        .collect();
+    let steps = m.steps.iter().filter_map(|s| b.step(s, &ctx, &scope)).collect();
     let plan = Plan {
         api_version: API_VERSION.into(),
         kind: "Plan".into(),
         pack: PackRef {
             name: m.metadata.name.clone(),
             version: m.metadata.version.clone(),
+            manifest_sha256: m.content_sha256.clone(),
             files: files
                 .digests()
                 .into_iter()
+                .filter(|d| d.path != manifest::MANIFEST_FILE)
                 .map(|FileDigest { path, sha256 }| PlanFile { path, sha256 })
                 .collect(),
         },
@@ -345,8 +334,7 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn error(&mut self, code: Code, pos: Pos, field: &str, msg: impl Into<String>) {
-        self.diags
-            .push(Diagnostic::new(code, self.file, pos, field, msg));
+        self.diags.push(Diagnostic::new(code, self.file, pos, field, msg));
     }
 
     /// Renders a plan-time template (the checker made sure it reads no step outputs).
@@ -406,8 +394,7 @@ impl Builder<'_> {
         if self.config.sealed {
             for host in &s.network {
                 if !self.config.allow.iter().any(|a| host_allowed(a, host)) {
-                    let msg =
-                        format!("step declares host `{host}`, which sealed mode does not allow");
+                    let msg = format!("step declares host `{host}`, which sealed mode does not allow");
                     self.diags.push(
                         Diagnostic::new(
                             Code::PackNetworkBlocked,
@@ -466,10 +453,7 @@ impl Builder<'_> {
                         checksum_sha256: None,
                     },
                     Run::Exec { argv } => {
-                        let argv: Vec<Option<Text>> = argv
-                            .iter()
-                            .map(|a| self.text(a, Flavor::Text, ctx))
-                            .collect();
+                        let argv: Vec<Option<Text>> = argv.iter().map(|a| self.text(a, Flavor::Text, ctx)).collect();
                         PlanRun {
                             uses: run.uses().into(),
                             script: None,
@@ -488,11 +472,7 @@ impl Builder<'_> {
                 });
             }
             StepKind::Parallel(p) => {
-                let steps = p
-                    .steps
-                    .iter()
-                    .filter_map(|c| self.step(c, ctx, &child_scope))
-                    .collect();
+                let steps = p.steps.iter().filter_map(|c| self.step(c, ctx, &child_scope)).collect();
                 out.parallel = Some(PlanGroup {
                     max_parallel: p.max_parallel,
                     continue_on_error: p.continue_on_error,
@@ -521,16 +501,8 @@ impl Builder<'_> {
                     },
                 };
                 if items.len() > MAX_MAP_ITEMS {
-                    let msg = format!(
-                        "map has {} items; the limit is {MAX_MAP_ITEMS}",
-                        items.len()
-                    );
-                    self.error(
-                        Code::PackInputInvalid,
-                        s.pos,
-                        &format!("{}.map.items", s.field),
-                        msg,
-                    );
+                    let msg = format!("map has {} items; the limit is {MAX_MAP_ITEMS}", items.len());
+                    self.error(Code::PackInputInvalid, s.pos, &format!("{}.map.items", s.field), msg);
                     return None;
                 }
                 let mut steps = Vec::with_capacity(items.len());

@@ -91,10 +91,7 @@ impl Node {
 
     /// The value of `key` in a mapping.
     pub fn get(&self, key: &str) -> Option<&Node> {
-        self.as_map()?
-            .iter()
-            .find(|(k, _)| k.name == key)
-            .map(|(_, v)| v)
+        self.as_map()?.iter().find(|(k, _)| k.name == key).map(|(_, v)| v)
     }
 
     /// The JSON value this node denotes (positions dropped).
@@ -107,12 +104,7 @@ impl Node {
             Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
             Value::Str(s) => J::String(s.clone()),
             Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
-            Value::Map(entries) => J::Object(
-                entries
-                    .iter()
-                    .map(|(k, v)| (k.name.clone(), v.to_json()))
-                    .collect(),
-            ),
+            Value::Map(entries) => J::Object(entries.iter().map(|(k, v)| (k.name.clone(), v.to_json())).collect()),
         }
     }
 }
@@ -125,11 +117,7 @@ pub fn parse(file: &str, src: &str, limits: Limits) -> Result<Node, Diagnostic> 
             file,
             Pos::UNKNOWN,
             "",
-            format!(
-                "file is {} bytes; the limit is {} bytes",
-                src.len(),
-                limits.max_bytes
-            ),
+            format!("file is {} bytes; the limit is {} bytes", src.len(), limits.max_bytes),
         ));
     }
     let mut budget = Budget::default();
@@ -147,9 +135,7 @@ pub fn parse(file: &str, src: &str, limits: Limits) -> Result<Node, Diagnostic> 
 }
 
 fn syntax_error(file: &str, err: &serde_saphyr::Error) -> Diagnostic {
-    let pos = err
-        .location()
-        .map_or(Pos::UNKNOWN, |l| Pos::new(l.line(), l.column()));
+    let pos = err.location().map_or(Pos::UNKNOWN, |l| Pos::new(l.line(), l.column()));
     let full = err.to_string();
     let first = full.lines().next().unwrap_or_default();
     // The crate prefixes "error: line L column C: "; the position is reported separately.
@@ -174,13 +160,7 @@ fn syntax_error(file: &str, err: &serde_saphyr::Error) -> Diagnostic {
         )
         .hint("too many aliases, nodes or nesting levels; expand anchors by hand or simplify the document")
     } else {
-        Diagnostic::new(
-            Code::PackInvalid,
-            file,
-            pos,
-            "",
-            format!("invalid YAML: {message}"),
-        )
+        Diagnostic::new(Code::PackInvalid, file, pos, "", format!("invalid YAML: {message}"))
     }
 }
 
@@ -303,9 +283,7 @@ mod tests {
 
     #[test]
     fn billion_laughs_is_refused() {
-        let mut src = String::from(
-            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
-        );
+        let mut src = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
         for i in 1..10u8 {
             let (name, prev) = ((b'a' + i) as char, (b'a' + i - 1) as char);
             let refs = vec![format!("*{prev}"); 9].join(",");
@@ -319,10 +297,7 @@ mod tests {
     fn deep_nesting_is_refused() {
         let src = format!("{}1{}", "[".repeat(200), "]".repeat(200));
         let err = parse("deep.yaml", &src, Limits::default()).unwrap_err();
-        assert!(
-            err.message.contains("limit") || err.message.contains("YAML"),
-            "{err}"
-        );
+        assert!(err.message.contains("limit") || err.message.contains("YAML"), "{err}");
     }
 
     #[test]

@@ -62,13 +62,8 @@ pub(super) fn check(m: &Manifest, files: &PackFiles, diags: &mut Diagnostics) {
 
 impl Checker<'_> {
     fn error(&mut self, pos: Pos, field: &str, message: impl Into<String>) -> &mut Diagnostic {
-        self.diags.push(Diagnostic::new(
-            Code::PackInvalid,
-            self.file,
-            pos,
-            field,
-            message,
-        ));
+        self.diags
+            .push(Diagnostic::new(Code::PackInvalid, self.file, pos, field, message));
         self.diags.0.last_mut().expect("just pushed")
     }
 
@@ -89,11 +84,7 @@ impl Checker<'_> {
             .hint = Some("use lowercase letters, digits and -, e.g. sbom-remediation".into());
         }
         if md.version.trim().is_empty() {
-            self.error(
-                Pos::UNKNOWN,
-                "metadata.version",
-                "version must not be empty",
-            );
+            self.error(Pos::UNKNOWN, "metadata.version", "version must not be empty");
         }
     }
 
@@ -107,8 +98,11 @@ impl Checker<'_> {
                 for input in list {
                     let field = format!("{}.name", input.field);
                     if !is_identifier(&input.name) {
-                        self.error(input.pos, &field, format!("`{}` is not a valid input name", input.name)).hint =
-                            Some("use letters, digits and _, not starting with a digit, so templates can say inputs.<name>".into());
+                        self.error(input.pos, &field, format!("`{}` is not a valid input name", input.name))
+                            .hint = Some(
+                            "use letters, digits and _, not starting with a digit, so templates can say inputs.<name>"
+                                .into(),
+                        );
                     }
                     if let Some(first) = seen.insert(input.name.clone(), input.pos) {
                         self.error(
@@ -130,8 +124,7 @@ impl Checker<'_> {
                         }
                     }
                     if let Some(schema) = &input.schema {
-                        if let Some(validator) =
-                            self.schema_file(schema, input.pos, &format!("{}.schema", input.field))
+                        if let Some(validator) = self.schema_file(schema, input.pos, &format!("{}.schema", input.field))
                         {
                             if let Some(default) = &input.default {
                                 if let Some(err) = validator.iter_errors(default).next() {
@@ -165,14 +158,8 @@ impl Checker<'_> {
         for (i, s) in secrets.iter().enumerate() {
             let field = format!("spec.secrets[{i}].name");
             if !is_identifier(&s.name) {
-                self.error(
-                    s.pos,
-                    &field,
-                    format!("`{}` is not a valid secret name", s.name),
-                )
-                .hint = Some(
-                    "use letters, digits and _; the step sees it as STELLA_SECRET_<NAME>".into(),
-                );
+                self.error(s.pos, &field, format!("`{}` is not a valid secret name", s.name))
+                    .hint = Some("use letters, digits and _; the step sees it as STELLA_SECRET_<NAME>".into());
             }
             if !seen.insert(s.name.to_ascii_uppercase()) {
                 self.error(s.pos, &field, format!("duplicate secret `{}`", s.name));
@@ -216,24 +203,16 @@ impl Checker<'_> {
         for step in m.all_steps() {
             let field = format!("{}.id", step.field);
             if !is_simple_name(&step.id) {
-                self.error(
-                    step.pos,
-                    &field,
-                    format!("`{}` is not a valid step id", step.id),
-                )
-                .hint = Some("use letters, digits, `.`, `_` and `-`, at most 64 characters".into());
+                self.error(step.pos, &field, format!("`{}` is not a valid step id", step.id))
+                    .hint = Some("use letters, digits, `.`, `_` and `-`, at most 64 characters".into());
             }
             if let Some(first) = seen.insert(&step.id, step.pos) {
                 self.error(
                     step.pos,
                     &field,
-                    format!(
-                        "duplicate step id `{}` (first used at line {})",
-                        step.id, first.line
-                    ),
+                    format!("duplicate step id `{}` (first used at line {})", step.id, first.line),
                 )
-                .hint =
-                    Some("step ids are unique across the whole pack, nested steps included".into());
+                .hint = Some("step ids are unique across the whole pack, nested steps included".into());
             }
             self.all_ids.insert(step.id.clone());
         }
@@ -274,9 +253,7 @@ impl Checker<'_> {
         }
         match &step.kind {
             StepKind::Run(Run::Shell { script }) => self.template(script, scope, false),
-            StepKind::Run(Run::Exec { argv }) => {
-                argv.iter().for_each(|a| self.template(a, scope, false))
-            }
+            StepKind::Run(Run::Exec { argv }) => argv.iter().for_each(|a| self.template(a, scope, false)),
             StepKind::Run(Run::BundleIngest { path, checksum }) => {
                 self.template(path, scope, false);
                 self.template(checksum, scope, false);
@@ -305,32 +282,20 @@ impl Checker<'_> {
                         true,
                     );
                 }
-                self.step(
-                    &map.step,
-                    Scope {
-                        in_map: true,
-                        ..scope
-                    },
-                );
+                self.step(&map.step, Scope { in_map: true, ..scope });
             }
             StepKind::Approval(gate) => {
                 if !self.approvals.contains(&gate.id) {
-                    let hint =
-                        match did_you_mean(&gate.id, self.approvals.iter().map(String::as_str)) {
-                            Some(s) => format!("did you mean `{s}`?"),
-                            None if self.approvals.is_empty() => {
-                                "declare it under spec.approvals".to_string()
-                            }
-                            None => format!("declared approvals: {}", self.approvals.join(", ")),
-                        };
+                    let hint = match did_you_mean(&gate.id, self.approvals.iter().map(String::as_str)) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None if self.approvals.is_empty() => "declare it under spec.approvals".to_string(),
+                        None => format!("declared approvals: {}", self.approvals.join(", ")),
+                    };
                     let field = format!("{}.gate.approval.id", step.field);
                     self.error(
                         gate.id_pos,
                         &field,
-                        format!(
-                            "gate names approval `{}`, which the pack does not declare",
-                            gate.id
-                        ),
+                        format!("gate names approval `{}`, which the pack does not declare", gate.id),
                     )
                     .hint = Some(hint);
                 }
@@ -379,12 +344,10 @@ impl Checker<'_> {
             "inputs" => match parts.next() {
                 Some(name) if !self.inputs.contains(name) => Err((
                     format!("unknown input `{name}`"),
-                    Some(
-                        match did_you_mean(name, self.inputs.iter().map(String::as_str)) {
-                            Some(s) => format!("did you mean `{s}`?"),
-                            None => "declare it under spec.inputs".into(),
-                        },
-                    ),
+                    Some(match did_you_mean(name, self.inputs.iter().map(String::as_str)) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => "declare it under spec.inputs".into(),
+                    }),
                 )),
                 _ => Ok(()),
             },
@@ -405,9 +368,7 @@ impl Checker<'_> {
                 }
                 if !scope.earlier.iter().any(|e| e == id) {
                     return Err((
-                        format!(
-                            "step `{id}` does not run before this step, so its outputs are not available"
-                        ),
+                        format!("step `{id}` does not run before this step, so its outputs are not available"),
                         None,
                     ));
                 }
@@ -459,9 +420,6 @@ fn is_host(s: &str) -> bool {
     !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
+            !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
         })
 }

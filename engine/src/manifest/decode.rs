@@ -14,14 +14,7 @@ use super::*;
 const TOP_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
 const METADATA_FIELDS: &[&str] = &["name", "version", "description", "labels"];
 const SPEC_FIELDS: &[&str] = &["inputs", "secrets", "approvals", "steps", "failure"];
-const INPUT_FIELDS: &[&str] = &[
-    "name",
-    "type",
-    "required",
-    "default",
-    "schema",
-    "description",
-];
+const INPUT_FIELDS: &[&str] = &["name", "type", "required", "default", "schema", "description"];
 const SECRET_FIELDS: &[&str] = &["name", "scope", "required", "description"];
 const APPROVAL_FIELDS: &[&str] = &["id", "grants", "requiredCount", "expiresAfter", "reason"];
 const STEP_KINDS: &[&str] = &["run", "parallel", "map", "gate"];
@@ -88,22 +81,13 @@ impl<'f> Decoder<'f> {
     }
 
     pub fn error(&mut self, pos: Pos, field: &str, message: impl Into<String>) -> &mut Diagnostic {
-        self.diags.push(Diagnostic::new(
-            Code::PackInvalid,
-            self.file,
-            pos,
-            field,
-            message,
-        ));
+        self.diags
+            .push(Diagnostic::new(Code::PackInvalid, self.file, pos, field, message));
         self.diags.0.last_mut().expect("just pushed")
     }
 
     fn type_error(&mut self, node: &Node, field: &str, expected: &str) {
-        self.error(
-            node.pos,
-            field,
-            format!("expected {expected}, found {}", node.kind()),
-        );
+        self.error(node.pos, field, format!("expected {expected}, found {}", node.kind()));
     }
 
     /// A mapping with only `allowed` keys; unknown keys are reported with a suggestion.
@@ -141,11 +125,7 @@ impl<'f> Decoder<'f> {
     pub fn req<'n>(&mut self, obj: &Obj<'n>, key: &str) -> Option<&'n Node> {
         let found = obj.get(key);
         if found.is_none() {
-            self.error(
-                obj.pos(),
-                &obj.path(key),
-                format!("missing required field `{key}`"),
-            );
+            self.error(obj.pos(), &obj.path(key), format!("missing required field `{key}`"));
         }
         found
     }
@@ -170,8 +150,7 @@ impl<'f> Decoder<'f> {
     }
 
     pub fn req_string(&mut self, obj: &Obj, key: &str) -> Option<String> {
-        self.req(obj, key)
-            .and_then(|n| self.string(n, &obj.path(key)))
+        self.req(obj, key).and_then(|n| self.string(n, &obj.path(key)))
     }
 
     pub fn tpl(&mut self, node: &Node, field: &str) -> Option<Tpl> {
@@ -190,8 +169,7 @@ impl<'f> Decoder<'f> {
         match obj.get(key) {
             None => default,
             Some(Node {
-                value: Value::Bool(b),
-                ..
+                value: Value::Bool(b), ..
             }) => *b,
             Some(n) => {
                 self.type_error(n, &obj.path(key), "true or false");
@@ -206,11 +184,7 @@ impl<'f> Decoder<'f> {
         match node.value {
             Value::Int(i) if i >= i64::from(min) && i <= i64::from(max) => Some(i as u32),
             Value::Int(i) => {
-                self.error(
-                    node.pos,
-                    &obj.path(key),
-                    format!("{i} is out of range {min}..={max}"),
-                );
+                self.error(node.pos, &obj.path(key), format!("{i} is out of range {min}..={max}"));
                 None
             }
             _ => {
@@ -278,21 +252,15 @@ pub(super) fn decode(file: &str, root: &Node) -> (Option<Manifest>, Diagnostics)
             version: d.req_string(&m, "version").unwrap_or_default(),
             description: d.opt_string(&m, "description"),
         });
-    let spec = d
-        .req(&top, "spec")
-        .and_then(|n| d.obj(n, "spec", SPEC_FIELDS));
+    let spec = d.req(&top, "spec").and_then(|n| d.obj(n, "spec", SPEC_FIELDS));
     let (Some(metadata), Some(spec)) = (metadata, spec) else {
         return (None, d.diags);
     };
     let inputs = match spec.get("inputs") {
-        None
-        | Some(Node {
-            value: Value::Null, ..
-        }) => Inputs::List(Vec::new()),
+        None | Some(Node { value: Value::Null, .. }) => Inputs::List(Vec::new()),
         Some(
             n @ Node {
-                value: Value::Map(_),
-                ..
+                value: Value::Map(_), ..
             },
         ) => match d.obj(n, "spec.inputs", &["schema"]) {
             Some(o) => match d.req_string(&o, "schema") {
@@ -339,6 +307,7 @@ pub(super) fn decode(file: &str, root: &Node) -> (Option<Manifest>, Diagnostics)
         approvals,
         steps,
         failure,
+        content_sha256: String::new(),
     };
     (Some(manifest), d.diags)
 }
@@ -373,11 +342,8 @@ fn decode_input(d: &mut Decoder, node: &Node, path: String) -> Option<InputDecl>
     };
     let schema = d.opt_string(&o, "schema");
     if ty.is_none() && schema.is_none() && o.get("type").is_none() {
-        d.error(o.pos(), &o.path("type"), "missing required field `type`")
-            .hint = Some(
-            "give a `type` (string, number, integer, boolean, array, object) or a `schema` file"
-                .into(),
-        );
+        d.error(o.pos(), &o.path("type"), "missing required field `type`").hint =
+            Some("give a `type` (string, number, integer, boolean, array, object) or a `schema` file".into());
     }
     Some(InputDecl {
         name,
@@ -411,11 +377,7 @@ fn decode_approval(d: &mut Decoder, node: &Node, path: String) -> Option<Approva
         .unwrap_or_default();
     if let Some(n) = o.get("grants") {
         if grants.is_empty() && n.as_seq().is_some() {
-            d.error(
-                n.pos,
-                &o.path("grants"),
-                "an approval needs at least one grant",
-            );
+            d.error(n.pos, &o.path("grants"), "an approval needs at least one grant");
         }
     }
     Some(ApprovalDecl {
@@ -461,13 +423,10 @@ fn decode_step(d: &mut Decoder, node: &Node, path: String) -> Option<Step> {
             let field = format!("{path}.{}", key.name);
             let hint = match did_you_mean(&key.name, STEP_FIELDS.iter().copied()) {
                 Some(s) => format!("did you mean `{s}`?"),
-                None if kinds.is_empty() => {
-                    "a step's kind is one of run, parallel, map, gate".to_string()
-                }
+                None if kinds.is_empty() => "a step's kind is one of run, parallel, map, gate".to_string(),
                 None => format!("expected one of: {}", STEP_FIELDS.join(", ")),
             };
-            d.error(key.pos, &field, format!("unknown field `{}`", key.name))
-                .hint = Some(hint);
+            d.error(key.pos, &field, format!("unknown field `{}`", key.name)).hint = Some(hint);
         }
     }
     let o = Obj {
@@ -477,8 +436,7 @@ fn decode_step(d: &mut Decoder, node: &Node, path: String) -> Option<Step> {
     let id = d.req_string(&o, "id");
     let kind = match kinds.as_slice() {
         [] => {
-            d.error(node.pos, &path, "step has no kind").hint =
-                Some("add one of run, parallel, map or gate".into());
+            d.error(node.pos, &path, "step has no kind").hint = Some("add one of run, parallel, map or gate".into());
             None
         }
         [k] => {
@@ -521,9 +479,7 @@ fn decode_step(d: &mut Decoder, node: &Node, path: String) -> Option<Step> {
         let pos = o.get("timeout").map_or(node.pos, |n| n.pos);
         d.error(pos, &o.path("timeout"), "timeout must be longer than 0s");
     }
-    let retries = o
-        .get("retries")
-        .and_then(|n| decode_retries(d, n, &o.path("retries")));
+    let retries = o.get("retries").and_then(|n| decode_retries(d, n, &o.path("retries")));
     let continue_on_error = d.boolean(&o, "continueOnError", false);
     let step = Step {
         id: id?,
@@ -551,9 +507,7 @@ fn decode_env(d: &mut Decoder, node: &Node, path: &str) -> BTreeMap<String, Tpl>
     for (k, v) in entries {
         let field = format!("{path}.{}", k.name);
         let valid = !k.name.is_empty()
-            && k.name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && k.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             && !k.name.starts_with(|c: char| c.is_ascii_digit());
         if !valid {
             d.error(
@@ -563,11 +517,7 @@ fn decode_env(d: &mut Decoder, node: &Node, path: &str) -> BTreeMap<String, Tpl>
             )
             .hint = Some("use letters, digits and _, not starting with a digit".into());
         } else if k.name.starts_with("STELLA_") {
-            d.error(
-                k.pos,
-                &field,
-                "names starting with STELLA_ are reserved for the runner",
-            );
+            d.error(k.pos, &field, "names starting with STELLA_ are reserved for the runner");
         } else if let Some(t) = d.tpl(v, &field) {
             out.insert(k.name.clone(), t);
         }
@@ -584,12 +534,8 @@ fn decode_outputs(d: &mut Decoder, node: &Node, path: &str) -> BTreeMap<String, 
     for (k, v) in entries {
         let field = format!("{path}.{}", k.name);
         if !is_simple_name(&k.name) {
-            d.error(
-                k.pos,
-                &field,
-                format!("`{}` is not a valid artifact name", k.name),
-            )
-            .hint = Some("use letters, digits, `.`, `_` and `-`".into());
+            d.error(k.pos, &field, format!("`{}` is not a valid artifact name", k.name))
+                .hint = Some("use letters, digits, `.`, `_` and `-`".into());
             continue;
         }
         if let Some(p) = d.string(v, &field) {
@@ -623,9 +569,7 @@ fn decode_run(d: &mut Decoder, node: &Node, path: &str) -> Option<Run> {
         "builtin:shell" => {
             let w = d.obj(with?, &with_path, &["script"])?;
             Some(Run::Shell {
-                script: d
-                    .req(&w, "script")
-                    .and_then(|n| d.tpl(n, &w.path("script")))?,
+                script: d.req(&w, "script").and_then(|n| d.tpl(n, &w.path("script")))?,
             })
         }
         "builtin:exec" => {
@@ -633,11 +577,7 @@ fn decode_run(d: &mut Decoder, node: &Node, path: &str) -> Option<Run> {
             let argv_node = d.req(&w, "argv")?;
             let argv = d.list(argv_node, &w.path("argv"), |d, n, f| d.tpl(n, &f));
             if argv.is_empty() && argv_node.as_seq().is_some() {
-                d.error(
-                    argv_node.pos,
-                    &w.path("argv"),
-                    "argv needs at least the program to run",
-                );
+                d.error(argv_node.pos, &w.path("argv"), "argv needs at least the program to run");
                 return None;
             }
             Some(Run::Exec { argv })
@@ -658,12 +598,8 @@ fn decode_run(d: &mut Decoder, node: &Node, path: &str) -> Option<Run> {
                 Some(s) => format!("did you mean `{s}`?"),
                 None => format!("expected one of: {}", Run::BUILTINS.join(", ")),
             };
-            d.error(
-                uses_node.pos,
-                &o.path("uses"),
-                format!("unknown step runner `{other}`"),
-            )
-            .hint = Some(hint);
+            d.error(uses_node.pos, &o.path("uses"), format!("unknown step runner `{other}`"))
+                .hint = Some(hint);
             None
         }
     }
@@ -710,9 +646,7 @@ fn decode_map(d: &mut Decoder, node: &Node, path: &str) -> Option<MapStep> {
             None
         }
     });
-    let step = d
-        .req(&o, "step")
-        .and_then(|n| decode_step(d, n, o.path("step")));
+    let step = d.req(&o, "step").and_then(|n| decode_step(d, n, o.path("step")));
     let max_parallel = d.uint(&o, "maxParallel", 1, 10_000).unwrap_or(0);
     Some(MapStep {
         items: items?,
@@ -742,12 +676,8 @@ fn decode_gate(d: &mut Decoder, node: &Node, path: &str) -> Option<StepKind> {
                     Some("halt") => Some(FailAction::Halt),
                     Some("continue") => Some(FailAction::Continue),
                     Some(other) => {
-                        d.error(
-                            n.pos,
-                            &p.path("failAction"),
-                            format!("unknown failAction `{other}`"),
-                        )
-                        .hint = Some("expected halt or continue".into());
+                        d.error(n.pos, &p.path("failAction"), format!("unknown failAction `{other}`"))
+                            .hint = Some("expected halt or continue".into());
                         None
                     }
                     None => None,
@@ -760,11 +690,7 @@ fn decode_gate(d: &mut Decoder, node: &Node, path: &str) -> Option<StepKind> {
             }))
         }
         (Some(_), Some(_)) => {
-            d.error(
-                o.pos(),
-                path,
-                "a gate is either an approval or a policy, not both",
-            );
+            d.error(o.pos(), path, "a gate is either an approval or a policy, not both");
             None
         }
         (None, None) => {

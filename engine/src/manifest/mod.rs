@@ -22,6 +22,9 @@ pub struct Manifest {
     pub steps: Vec<Step>,
     /// Default retry policy for `run` steps that set none.
     pub failure: Option<Retries>,
+    /// sha256 of the manifest's content as canonical JSON (RFC 8785): blind to formatting,
+    /// comments, key order and flow/block style; sensitive to every value.
+    pub content_sha256: String,
 }
 
 #[derive(Debug, Clone)]
@@ -64,8 +67,7 @@ pub enum InputType {
 }
 
 impl InputType {
-    pub const NAMES: [&'static str; 6] =
-        ["string", "number", "integer", "boolean", "array", "object"];
+    pub const NAMES: [&'static str; 6] = ["string", "number", "integer", "boolean", "array", "object"];
 
     pub fn parse(s: &str) -> Option<InputType> {
         Some(match s {
@@ -89,9 +91,7 @@ impl InputType {
         match self {
             InputType::String => v.is_string(),
             InputType::Number => v.is_number(),
-            InputType::Integer => {
-                v.is_i64() || v.is_u64() || v.as_f64().is_some_and(|f| f.fract() == 0.0)
-            }
+            InputType::Integer => v.is_i64() || v.is_u64() || v.as_f64().is_some_and(|f| f.fract() == 0.0),
             InputType::Boolean => v.is_boolean(),
             InputType::Array => matches!(v, J::Array(_)),
             InputType::Object => matches!(v, J::Object(_)),
@@ -178,8 +178,7 @@ pub enum Run {
 }
 
 impl Run {
-    pub const BUILTINS: [&'static str; 3] =
-        ["builtin:shell", "builtin:exec", "builtin:bundle.ingest"];
+    pub const BUILTINS: [&'static str; 3] = ["builtin:shell", "builtin:exec", "builtin:bundle.ingest"];
 
     pub fn uses(&self) -> &'static str {
         match self {
@@ -290,9 +289,12 @@ pub const MANIFEST_FILE: &str = "pack.yaml";
 pub fn load(files: &PackFiles) -> Result<Manifest, Diagnostics> {
     let file = files.display_path(MANIFEST_FILE);
     let src = files.text(MANIFEST_FILE).map_err(Diagnostics::from)?;
-    let root = crate::yaml::parse(&file, src, crate::yaml::Limits::default())
-        .map_err(Diagnostics::from)?;
-    let (manifest, mut diags) = decode::decode(&file, &root);
+    let root = crate::yaml::parse(&file, src, crate::yaml::Limits::default()).map_err(Diagnostics::from)?;
+    let (mut manifest, mut diags) = decode::decode(&file, &root);
+    if let Some(m) = manifest.as_mut() {
+        let canonical = serde_json_canonicalizer::to_string(&root.to_json()).expect("YAML data is JSON");
+        m.content_sha256 = crate::pack::sha256_hex(canonical.as_bytes());
+    }
     if let Some(manifest) = &manifest {
         check::check(manifest, files, &mut diags);
     }

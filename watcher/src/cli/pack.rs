@@ -30,8 +30,8 @@ pub fn locate(arg: &Path) -> Result<(PathBuf, String), Failure> {
 
 pub fn validate(arg: &Path, json: bool) -> Result<u8, Failure> {
     let (dir, shown) = locate(arg)?;
-    let files = pack::PackFiles::read_dir(&dir, &shown, pack::PackLimits::default())
-        .map_err(|d| Failure::Diags(d.into()))?;
+    let files =
+        pack::PackFiles::read_dir(&dir, &shown, pack::PackLimits::default()).map_err(|d| Failure::Diags(d.into()))?;
     let m = manifest::load(&files)?;
     let steps = m.all_steps().len();
     if json {
@@ -52,19 +52,10 @@ pub fn plan(arg: &Path, inputs_path: Option<&Path>, json: bool) -> Result<u8, Fa
     let (dir, shown) = locate(arg)?;
     let given = inputs_path.map(inputs::read_file).transpose()?;
     let inputs_file = inputs_path.map_or_else(|| "inputs".to_string(), |p| p.display().to_string());
-    let plan = stella_engine::plan_dir(
-        &dir,
-        &shown,
-        given.as_ref(),
-        &inputs_file,
-        &PlanConfig::default(),
-    )?;
+    let plan = stella_engine::plan_dir(&dir, &shown, given.as_ref(), &inputs_file, &PlanConfig::default())?;
     let summary = Summary::of(plan);
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&summary).expect("summary is JSON")
-        );
+        println!("{}", serde_json::to_string_pretty(&summary).expect("summary is JSON"));
         return Ok(0);
     }
     print_summary(&summary);
@@ -81,17 +72,9 @@ fn print_summary(s: &Summary) {
         println!("approvals:");
         for a in &s.approvals {
             let ttl = a.expires_after_ms.map_or("no expiry".to_string(), |ms| {
-                format!(
-                    "expires {} after the gate is reached",
-                    duration::format_ms(ms)
-                )
+                format!("expires {} after the gate is reached", duration::format_ms(ms))
             });
-            println!(
-                "  - {}: {} of [{}], {ttl}",
-                a.id,
-                a.required_count,
-                a.grants.join(", ")
-            );
+            println!("  - {}: {} of [{}], {ttl}", a.id, a.required_count, a.grants.join(", "));
             if let Some(reason) = &a.reason {
                 println!("    reason: {reason}");
             }

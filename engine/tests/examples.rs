@@ -1,0 +1,88 @@
+//! Every example pack validates and plans with its example inputs, and its canonical plan
+//! matches the golden file (rewrite with `STELLA_BLESS=1 cargo test` after a deliberate change).
+
+use std::path::Path;
+
+use stella_engine::pack::{PackFiles, PackLimits};
+use stella_engine::plan::{Plan, PlanConfig};
+use stella_engine::{inputs, manifest, plan_dir};
+
+use crate::support::packs_dir;
+
+const EXAMPLES: [&str; 3] = ["sbom-remediation", "parallel-checks", "bundle-ingest"];
+
+fn plan_example(name: &str) -> Plan {
+    let dir = packs_dir().join(name);
+    let given = inputs::read_file(&dir.join("example-inputs.yaml")).unwrap();
+    plan_dir(
+        &dir,
+        &format!("packs/{name}"),
+        Some(&given),
+        "example-inputs.yaml",
+        &PlanConfig::default(),
+    )
+    .unwrap_or_else(|d| panic!("{name} does not plan:\n{d}"))
+}
+
+#[test]
+fn every_example_pack_validates() {
+    for name in EXAMPLES {
+        let files = PackFiles::read_dir(&packs_dir().join(name), name, PackLimits::default()).unwrap();
+        manifest::load(&files).unwrap_or_else(|d| panic!("{name}:\n{d}"));
+    }
+}
+
+#[test]
+fn examples_together_use_every_step_kind_and_builtin() {
+    let mut kinds = std::collections::BTreeSet::new();
+    for name in EXAMPLES {
+        for step in plan_example(name).all_steps() {
+            kinds.insert(step.kind.clone());
+            if let Some(run) = &step.run {
+                kinds.insert(run.uses.clone());
+            }
+        }
+    }
+    let want = [
+        "run",
+        "parallel",
+        "map",
+        "gate.approval",
+        "gate.policy",
+        "builtin:shell",
+        "builtin:exec",
+        "builtin:bundle.ingest",
+    ];
+    for k in want {
+        assert!(kinds.contains(k), "no example uses {k}");
+    }
+}
+
+#[test]
+fn plans_match_their_golden_files() {
+    for name in EXAMPLES {
+        let plan = plan_example(name);
+        let canonical = plan.to_plan_json();
+        let value: serde_json::Value = serde_json::from_str(&canonical).unwrap();
+        let pretty = serde_json::to_string_pretty(&value).unwrap() + "\n";
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{name}.plan.json"));
+        if std::env::var_os("STELLA_BLESS").is_some() {
+            std::fs::write(&golden, &pretty).unwrap();
+        }
+        let want = std::fs::read_to_string(&golden).unwrap_or_default();
+        assert_eq!(
+            pretty, want,
+            "the plan of {name} changed; if deliberate, rerun with STELLA_BLESS=1"
+        );
+        let (reread, hash) = Plan::from_plan_json(&canonical).unwrap();
+        assert_eq!((reread, hash), (plan.clone(), plan.hash()), "plan.json round-trips");
+    }
+}
+
+#[test]
+fn plan_json_with_an_edited_body_is_detected() {
+    let canonical = plan_example("parallel-checks").to_plan_json();
+    let edited = canonical.replace("payments", "pavments");
+    let err = Plan::from_plan_json(&edited).unwrap_err();
+    assert!(err.contains("hashes to"), "{err}");
+}
