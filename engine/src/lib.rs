@@ -5,6 +5,8 @@
 pub mod code;
 pub mod diag;
 pub mod duration;
+pub mod event;
+pub mod exec;
 pub mod expr;
 pub mod yaml;
 
@@ -14,6 +16,9 @@ pub mod inputs;
 pub mod manifest;
 pub mod pack;
 pub mod plan;
+pub mod redact;
+pub mod secrets;
+pub mod state;
 
 /// Reads a pack directory, checks it, resolves `inputs` and builds its plan: what
 /// `stella pack plan` and `stella run request` do. `inputs_file` names the inputs in messages.

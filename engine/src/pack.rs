@@ -32,7 +32,13 @@ impl Default for PackLimits {
 pub struct PackFiles {
     /// How the pack directory is shown to users, e.g. `packs/hello`.
     pub display_root: String,
-    files: BTreeMap<String, Vec<u8>>,
+    files: BTreeMap<String, PackFile>,
+}
+
+#[derive(Debug, Clone)]
+struct PackFile {
+    bytes: Vec<u8>,
+    executable: bool,
 }
 
 /// One file's digest, as recorded in the plan.
@@ -40,6 +46,7 @@ pub struct PackFiles {
 pub struct FileDigest {
     pub path: String,
     pub sha256: String,
+    pub executable: bool,
 }
 
 impl PackFiles {
@@ -48,11 +55,19 @@ impl PackFiles {
         display_root: &str,
         files: impl IntoIterator<Item = (String, Vec<u8>)>,
     ) -> Result<PackFiles, Diagnostic> {
+        Self::from_entries(display_root, files.into_iter().map(|(p, b)| (p, b, false)))
+    }
+
+    /// As `from_files`, with each file's executable bit.
+    pub fn from_entries(
+        display_root: &str,
+        files: impl IntoIterator<Item = (String, Vec<u8>, bool)>,
+    ) -> Result<PackFiles, Diagnostic> {
         let mut out = PackFiles {
             display_root: display_root.trim_end_matches('/').to_string(),
             files: BTreeMap::new(),
         };
-        for (path, bytes) in files {
+        for (path, bytes, executable) in files {
             let norm = normalise(&path).ok_or_else(|| {
                 Diagnostic::new(
                     Code::PackInvalid,
@@ -62,7 +77,7 @@ impl PackFiles {
                     "path leaves the pack directory",
                 )
             })?;
-            out.files.insert(norm, bytes);
+            out.files.insert(norm, PackFile { bytes, executable });
         }
         Ok(out)
     }
@@ -111,7 +126,14 @@ impl PackFiles {
                     format!("pack is larger than {} bytes", limits.max_total_bytes),
                 ));
             }
-            files.insert(rel, bytes);
+            let executable = std::os::unix::fs::PermissionsExt::mode(
+                &entry
+                    .metadata()
+                    .map_err(|e| fail(&shown, format!("cannot read: {e}")))?
+                    .permissions(),
+            ) & 0o111
+                != 0;
+            files.insert(rel, PackFile { bytes, executable });
         }
         Ok(PackFiles { display_root, files })
     }
@@ -126,7 +148,9 @@ impl PackFiles {
     }
 
     pub fn get(&self, rel: &str) -> Option<&[u8]> {
-        normalise(rel).and_then(|p| self.files.get(&p)).map(Vec::as_slice)
+        normalise(rel)
+            .and_then(|p| self.files.get(&p))
+            .map(|f| f.bytes.as_slice())
     }
 
     pub fn contains(&self, rel: &str) -> bool {
@@ -159,17 +183,18 @@ impl PackFiles {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.files.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+        self.files.iter().map(|(k, v)| (k.as_str(), v.bytes.as_slice()))
     }
 
     /// The sha256 of every file, sorted by path (hashed in parallel).
     pub fn digests(&self) -> Vec<FileDigest> {
-        let entries: Vec<(&String, &Vec<u8>)> = self.files.iter().collect();
+        let entries: Vec<(&String, &PackFile)> = self.files.iter().collect();
         entries
             .par_iter()
-            .map(|(path, bytes)| FileDigest {
+            .map(|(path, f)| FileDigest {
                 path: (*path).clone(),
-                sha256: sha256_hex(bytes),
+                sha256: sha256_hex(&f.bytes),
+                executable: f.executable,
             })
             .collect()
     }

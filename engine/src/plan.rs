@@ -56,6 +56,9 @@ pub struct PackRef {
 pub struct PlanFile {
     pub path: String,
     pub sha256: String,
+    /// The file's executable bit (a `chmod +x` changes what runs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub executable: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -298,7 +301,17 @@ pub fn build(m: &Manifest, files: &PackFiles, inputs: &Resolved, config: &PlanCo
                 .digests()
                 .into_iter()
                 .filter(|d| d.path != manifest::MANIFEST_FILE)
-                .map(|FileDigest { path, sha256 }| PlanFile { path, sha256 })
+                .map(
+                    |FileDigest {
+                         path,
+                         sha256,
+                         executable,
+                     }| PlanFile {
+                        path,
+                        sha256,
+                        executable,
+                    },
+                )
                 .collect(),
         },
         inputs: inputs.clone(),

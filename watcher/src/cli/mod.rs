@@ -2,6 +2,7 @@
 //! engine errors to the single printed report and exit code.
 
 mod pack;
+mod run;
 
 use std::path::PathBuf;
 
@@ -38,6 +39,36 @@ enum PackCommand {
     },
     /// Plan a pack with inputs: the plan hash, the approvals and secrets it needs, its steps
     Plan(PlanArgs),
+    /// Run a pack on this machine, without git (approval gates wait unless --approve-local)
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The pack directory (or its name under packs/)
+    pack: PathBuf,
+    /// Inputs as a YAML or JSON mapping of names to values
+    #[arg(long, value_name = "FILE")]
+    inputs: Option<PathBuf>,
+    /// Secrets as a YAML mapping of names to values (keep it outside any repository);
+    /// otherwise they are read from STELLA_SECRET_<NAME>
+    #[arg(long, value_name = "FILE")]
+    secrets: Option<PathBuf>,
+    /// Append every event as NDJSON to FILE
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
+    /// Continue the interrupted run recorded in --events FILE
+    #[arg(long, requires = "events")]
+    resume: bool,
+    /// Run directory (workspace, artifacts); default: a new directory under the system temp dir
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Pass approval gates without approvals (development only; recorded in the events)
+    #[arg(long)]
+    approve_local: bool,
+    /// Most steps running at once (default: the number of cores)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_steps: usize,
 }
 
 #[derive(Debug, Args)]
@@ -87,5 +118,15 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Pack(PackCommand::Validate { pack, json }) => pack::validate(&pack, json),
         Command::Pack(PackCommand::Plan(a)) => pack::plan(&a.pack, a.inputs.as_deref(), a.json),
+        Command::Pack(PackCommand::Run(a)) => run::run(run::RunArgs {
+            pack: &a.pack,
+            inputs: a.inputs.as_deref(),
+            secrets: a.secrets.as_deref(),
+            events: a.events.as_deref(),
+            dir: a.dir.as_deref(),
+            resume: a.resume,
+            approve_local: a.approve_local,
+            max_steps: a.max_steps,
+        }),
     }
 }
