@@ -7,6 +7,15 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_S
 
 pub const MASK: &str = "***";
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+
+/// URL encoders differ in what they leave alone: everything but letters and digits; RFC 3986
+/// unreserved characters (encodeURIComponent, Go's QueryEscape); and those plus `/`
+/// (Python's `quote`).
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const UNRESERVED_SLASH: &AsciiSet = &UNRESERVED.remove(b'/');
+const URL_SETS: [&AsciiSet; 3] = [NON_ALPHANUMERIC, UNRESERVED, UNRESERVED_SLASH];
+
 /// Replaces secret values in text. Cheap to clone (shared patterns).
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
@@ -25,9 +34,11 @@ impl Redactor {
             for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
                 patterns.push(engine.encode(v));
             }
-            let url = percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string();
-            patterns.push(url.clone());
-            patterns.push(url.replace("%20", "+"));
+            for set in URL_SETS {
+                let url = percent_encoding::utf8_percent_encode(v, set).to_string();
+                patterns.push(url.replace("%20", "+"));
+                patterns.push(url);
+            }
             // Multi-line secrets (keys, certificates) are also masked line by line.
             patterns.extend(v.lines().filter(|l| l.trim().len() >= 8).map(str::to_string));
         }

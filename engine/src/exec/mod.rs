@@ -49,6 +49,9 @@ pub struct ExecConfig {
 
 impl ExecConfig {
     pub fn new(run_id: &str, run_dir: &Path) -> ExecConfig {
+        // Steps run in the workspace, so every path handed to them must be absolute.
+        let run_dir = std::path::absolute(run_dir).unwrap_or_else(|_| run_dir.to_path_buf());
+        let run_dir = run_dir.as_path();
         ExecConfig {
             run_id: run_id.into(),
             run_dir: run_dir.into(),

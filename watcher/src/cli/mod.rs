@@ -69,6 +69,13 @@ struct RunArgs {
     /// Most steps running at once (default: the number of cores)
     #[arg(long, value_name = "N", default_value_t = 0)]
     max_steps: usize,
+    /// Time a stopped step gets between SIGTERM and SIGKILL
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    kill_grace: std::time::Duration,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    stella_engine::duration::parse_ms(s).map(std::time::Duration::from_millis)
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +134,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
             resume: a.resume,
             approve_local: a.approve_local,
             max_steps: a.max_steps,
+            kill_grace: a.kill_grace,
         }),
     }
 }

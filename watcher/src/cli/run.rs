@@ -21,6 +21,7 @@ pub struct RunArgs<'a> {
     pub resume: bool,
     pub approve_local: bool,
     pub max_steps: usize,
+    pub kill_grace: std::time::Duration,
 }
 
 pub fn run(a: RunArgs) -> Result<u8, Failure> {
@@ -74,6 +75,7 @@ pub fn run(a: RunArgs) -> Result<u8, Failure> {
     let mut cfg = ExecConfig::new(&run_id, &run_dir);
     cfg.secrets = secrets;
     cfg.max_steps = a.max_steps;
+    cfg.kill_grace = a.kill_grace;
     let cancel = cfg.cancel.clone();
     let _ = ctrlc::set_handler(move || cancel.cancel());
 
