@@ -1,12 +1,15 @@
 //! Running one step process: its own process group, stdout/stderr as redacted `step.log`
 //! events, and termination of the whole group (SIGTERM, grace, SIGKILL) on timeout or
 //! cancel. After the main process exits, stragglers left in its group are killed too.
+//! One thread per step: the pipes and a pidfd are multiplexed with poll(2).
 
 use std::io::Read;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::json;
@@ -18,6 +21,8 @@ use super::control::{CancelToken, Stop};
 
 /// Longest log line before it is cut.
 const MAX_LINE: usize = 16 * 1024;
+/// How long output may keep flowing after the main process exited (from escaped stragglers).
+const DRAIN: Duration = Duration::from_secs(2);
 
 /// How a step process ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,15 +33,34 @@ pub enum ProcEnd {
     SpawnFailed(String),
 }
 
-enum Msg {
-    Out(usize, Vec<u8>),
-    Eof(usize),
-    Exit(std::io::Result<std::process::ExitStatus>),
+/// A pidfd for `pid`: readable once the process exits. `None` on kernels without pidfd_open.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no memory is shared.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a non-negative return is a fresh descriptor that nothing else owns.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn nonblocking(fd: &impl AsRawFd) {
+    let raw = fd.as_raw_fd();
+    // SAFETY: the descriptor is open and owned by the caller for the duration of this call.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+    if let Ok(flags) = fcntl(borrowed, FcntlArg::F_GETFL) {
+        let _ = fcntl(
+            borrowed,
+            FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+        );
+    }
+}
+
+struct Pipes {
+    out: Option<ChildStdout>,
+    err: Option<ChildStderr>,
 }
 
 /// Spawns `cmd` (stdin closed, output piped) and supervises it until it ends.
 pub fn run(mut cmd: Command, step: &str, token: &CancelToken, grace: Duration, emitter: &Emitter) -> ProcEnd {
-    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::os::unix::process::CommandExt;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -46,36 +70,13 @@ pub fn run(mut cmd: Command, step: &str, token: &CancelToken, grace: Duration, e
         Err(e) => return ProcEnd::SpawnFailed(e.to_string()),
     };
     let pgid = Pid::from_raw(child.id() as i32);
-    let (tx, rx) = mpsc::channel::<Msg>();
-    let streams = [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-    ];
-    for (i, stream) in streams.into_iter().enumerate() {
-        let Some(mut stream) = stream else { continue };
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 8192];
-            loop {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if tx.send(Msg::Out(i, buf[..n].to_vec())).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-            let _ = tx.send(Msg::Eof(i));
-        });
-    }
-    {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            let _ = tx.send(Msg::Exit(child.wait()));
-        });
-    }
-    drop(tx);
+    let pidfd = pidfd_open(child.id());
+    let mut pipes = Pipes {
+        out: child.stdout.take(),
+        err: child.stderr.take(),
+    };
+    pipes.out.iter().for_each(nonblocking);
+    pipes.err.iter().for_each(nonblocking);
 
     let names = ["stdout", "stderr"];
     let mut splitters = [
@@ -90,44 +91,52 @@ pub fn run(mut cmd: Command, step: &str, token: &CancelToken, grace: Duration, e
                 .data(json!({ "stream": names[stream] })),
         );
     };
-    let mut open = [true, true];
-    let mut status: Option<std::io::Result<std::process::ExitStatus>> = None;
+    let mut status: Option<ExitStatus> = None;
     let mut stopped: Option<Stop> = None;
     let mut term_sent: Option<Instant> = None;
     let mut exited_at: Option<Instant> = None;
+    let mut buf = vec![0u8; 16 * 1024];
     loop {
-        if status.is_some() && !open.iter().any(|o| *o) {
+        if status.is_some() && pipes.out.is_none() && pipes.err.is_none() {
             break;
         }
-        // Output still flowing after the main process exited comes from stragglers in its group.
-        if let Some(t) = exited_at {
-            if t.elapsed() > Duration::from_secs(2) {
-                break;
-            }
+        if exited_at.is_some_and(|t| t.elapsed() > DRAIN) {
+            break;
         }
-        let wait = match (term_sent, token.deadline()) {
-            (Some(_), _) => Duration::from_millis(20),
-            (None, Some(d)) => d
+        let wait = match (term_sent, token.deadline(), &pidfd) {
+            (Some(_), _, _) | (_, _, None) => Duration::from_millis(10),
+            (None, Some(d), _) => d
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(50)),
-            (None, None) => Duration::from_millis(50),
+            (None, None, _) => Duration::from_millis(50),
         };
-        match rx.recv_timeout(wait) {
-            Ok(Msg::Out(i, bytes)) => splitters[i].push(&bytes).into_iter().for_each(|l| log(i, l)),
-            Ok(Msg::Eof(i)) => {
-                open[i] = false;
+        let ready = wait_ready(&pipes, if status.is_none() { pidfd.as_ref() } else { None }, wait);
+        for (i, readable) in ready.pipes.iter().enumerate() {
+            if !readable {
+                continue;
+            }
+            let closed = match i {
+                0 => drain(pipes.out.as_mut(), &mut buf, &mut splitters[0], |l| log(0, l)),
+                _ => drain(pipes.err.as_mut(), &mut buf, &mut splitters[1], |l| log(1, l)),
+            };
+            if closed {
+                if i == 0 {
+                    pipes.out = None
+                } else {
+                    pipes.err = None
+                }
                 if let Some(l) = splitters[i].finish() {
                     log(i, l);
                 }
             }
-            Ok(Msg::Exit(s)) => {
-                status = Some(s);
+        }
+        if status.is_none() && (ready.exited || pidfd.is_none()) {
+            if let Ok(Some(st)) = child.try_wait() {
+                status = Some(st);
                 exited_at = Some(Instant::now());
                 // Nothing of the step may outlive it: kill what is left of its group.
                 let _ = killpg(pgid, Signal::SIGKILL);
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
         if status.is_none() {
             match (term_sent, stopped.or_else(|| token.stop())) {
@@ -148,16 +157,88 @@ pub fn run(mut cmd: Command, step: &str, token: &CancelToken, grace: Duration, e
             log(i, l);
         }
     }
+    finish(&mut child, status, stopped)
+}
+
+fn finish(child: &mut Child, status: Option<ExitStatus>, stopped: Option<Stop>) -> ProcEnd {
+    use std::os::unix::process::ExitStatusExt;
     if let Some(reason) = stopped {
+        let _ = child.wait();
         return ProcEnd::Stopped(reason);
     }
-    match status {
-        Some(Ok(st)) => match (st.code(), st.signal()) {
-            (Some(c), _) => ProcEnd::Exited(c),
-            (None, Some(sig)) => ProcEnd::Signaled(sig),
-            (None, None) => ProcEnd::Exited(-1),
+    let status = match status {
+        Some(s) => s,
+        None => match child.wait() {
+            Ok(s) => s,
+            Err(e) => return ProcEnd::SpawnFailed(format!("cannot wait for the process: {e}")),
         },
-        Some(Err(e)) => ProcEnd::SpawnFailed(format!("cannot wait for the process: {e}")),
-        None => ProcEnd::SpawnFailed("the process vanished".into()),
+    };
+    match (status.code(), status.signal()) {
+        (Some(c), _) => ProcEnd::Exited(c),
+        (None, Some(sig)) => ProcEnd::Signaled(sig),
+        (None, None) => ProcEnd::Exited(-1),
+    }
+}
+
+struct Ready {
+    pipes: [bool; 2],
+    exited: bool,
+}
+
+fn wait_ready(pipes: &Pipes, pidfd: Option<&OwnedFd>, wait: Duration) -> Ready {
+    let flags = PollFlags::POLLIN;
+    let mut fds: Vec<PollFd> = Vec::with_capacity(3);
+    let mut which: Vec<usize> = Vec::with_capacity(3);
+    if let Some(o) = &pipes.out {
+        fds.push(PollFd::new(o.as_fd(), flags));
+        which.push(0);
+    }
+    if let Some(e) = &pipes.err {
+        fds.push(PollFd::new(e.as_fd(), flags));
+        which.push(1);
+    }
+    if let Some(p) = pidfd {
+        fds.push(PollFd::new(p.as_fd(), flags));
+        which.push(2);
+    }
+    let mut ready = Ready {
+        pipes: [false, false],
+        exited: false,
+    };
+    if fds.is_empty() {
+        std::thread::sleep(wait);
+        return ready;
+    }
+    let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+    if poll(&mut fds, timeout).is_err() {
+        return ready;
+    }
+    for (fd, w) in fds.iter().zip(which) {
+        if fd.any().unwrap_or(false) || fd.revents().is_some_and(|r| !r.is_empty()) {
+            match w {
+                2 => ready.exited = true,
+                i => ready.pipes[i] = true,
+            }
+        }
+    }
+    ready
+}
+
+/// Reads what a pipe holds now; true when it reached end of file.
+fn drain<R: Read>(
+    pipe: Option<&mut R>,
+    buf: &mut [u8],
+    splitter: &mut LineSplitter,
+    mut log: impl FnMut(String),
+) -> bool {
+    let Some(pipe) = pipe else { return true };
+    loop {
+        match pipe.read(buf) {
+            Ok(0) => return true,
+            Ok(n) => splitter.push(&buf[..n]).into_iter().for_each(&mut log),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
     }
 }
