@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stella quick start: builds the `stella` binary and walks through what works today —
+# Stella quick start: builds the `stella` binary and walks through the pack commands —
 # validating packs, planning one with inputs, and what a broken pack's errors look like.
 # Needs only cargo (and bash). Run it from anywhere: ./quickstart.sh
 #
@@ -61,7 +61,7 @@ spec:
 EOF
   cat -n "$scratch/packs/broken/pack.yaml"
   local rc=0
-  (cd "$scratch" && show stella pack validate packs/broken) || rc=$?
+  (cd "$scratch" && show stella pack validate packs/broken 2>&1) || rc=$?
   echo "exit code: $rc  (2 = bad input; 0 ok, 1 ran and failed, 3 waiting at a gate)"
   if [[ $rc -ne 2 ]]; then
     echo "quickstart: expected exit code 2 for the broken pack" >&2
@@ -72,9 +72,11 @@ EOF
 next_steps() {
   section "What comes next"
   cat <<'EOF'
-Working today: stella pack validate, stella pack plan (plan hash, approvals and secrets needed).
+Working today: stella pack validate, stella pack plan, and stella pack run (runs a pack on
+this machine, without git). Try it (the secret is a dummy; approvals are waived locally):
+  STELLA_SECRET_REGISTRYTOKEN=dummy target/release/stella pack run packs/sbom-remediation \
+      --inputs packs/sbom-remediation/example-inputs.yaml --approve-local
 Coming next, and added to this script as they land:
-  - stella pack run: execute a plan locally
   - stella init / run request / approve: a git repository with run requests and signed approvals
   - stella daemon: watch the repository, plan, wait for approvals, execute, commit the ledger
   - stella evidence verify / ledger verify: DSSE evidence and an append-only ledger, checked offline
