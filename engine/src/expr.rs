@@ -9,7 +9,7 @@ use minijinja::value::{Value, ValueKind};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, Output, State, UndefinedBehavior};
 
 /// How rendered values are written into the output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Flavor {
     /// Values are written as they are (messages, argv elements, env values).
     Text,
@@ -141,20 +141,69 @@ fn is_global(var: &str) -> bool {
     env().globals().any(|(name, _)| name == root)
 }
 
-/// Renders `src` against `ctx` (a JSON object with `inputs`, `steps`, `item`, ...).
-pub fn render(src: &str, flavor: Flavor, ctx: &serde_json::Value) -> Result<String, String> {
+/// A template context: a minijinja value (maps of `inputs`, `steps`, `item`). Cheap to clone.
+pub type Ctx = Value;
+
+/// Converts JSON data into a template value (done once per value, then shared).
+pub fn value(json: &serde_json::Value) -> Value {
+    Value::from(minijinja::value::Serde(json))
+}
+
+/// A context from named parts, e.g. `[("inputs", inputs), ("item", item)]`.
+pub fn ctx<'a>(parts: impl IntoIterator<Item = (&'a str, Value)>) -> Ctx {
+    Value::from_pairs(parts)
+}
+
+/// Renders `src` against `ctx`.
+pub fn render(src: &str, flavor: Flavor, ctx: &Ctx) -> Result<String, String> {
     let name = match flavor {
         Flavor::Text => TEXT_NAME,
         Flavor::Shell => SHELL_NAME,
     };
     let t = env().template_from_named_str(name, src).map_err(describe)?;
-    t.render(Value::from(minijinja::value::Serde(ctx))).map_err(describe)
+    t.render(ctx.clone()).map_err(describe)
+}
+
+/// Templates compiled once and rendered many times (map children repeat the same sources).
+pub struct TemplateCache {
+    env: Environment<'static>,
+    names: std::collections::HashMap<Flavor, std::collections::HashMap<String, String>>,
+}
+
+impl Default for TemplateCache {
+    fn default() -> Self {
+        TemplateCache {
+            env: env().clone(),
+            names: Default::default(),
+        }
+    }
+}
+
+impl TemplateCache {
+    /// Renders `src` with `flavor`, compiling it the first time it is seen.
+    pub fn render(&mut self, src: &str, flavor: Flavor, ctx: &Ctx) -> Result<String, String> {
+        let by_src = self.names.entry(flavor).or_default();
+        let name = match by_src.get(src) {
+            Some(n) => n.clone(),
+            None => {
+                let suffix = if flavor == Flavor::Shell { ".sh" } else { ".txt" };
+                let name = format!("t{}{suffix}", by_src.len());
+                self.env
+                    .add_template_owned(name.clone(), src.to_string())
+                    .map_err(describe)?;
+                by_src.insert(src.to_string(), name.clone());
+                name
+            }
+        };
+        let t = self.env.get_template(&name).map_err(describe)?;
+        t.render(ctx.clone()).map_err(describe)
+    }
 }
 
 /// Evaluates an expression field to a JSON value.
-pub fn eval(src: &str, ctx: &serde_json::Value) -> Result<serde_json::Value, String> {
+pub fn eval(src: &str, ctx: &Ctx) -> Result<serde_json::Value, String> {
     let e = env().compile_expression(expression_source(src)).map_err(describe)?;
-    let v = e.eval(Value::from(minijinja::value::Serde(ctx))).map_err(describe)?;
+    let v = e.eval(ctx.clone()).map_err(describe)?;
     if v.is_undefined() {
         return Ok(serde_json::Value::Null);
     }
@@ -162,9 +211,9 @@ pub fn eval(src: &str, ctx: &serde_json::Value) -> Result<serde_json::Value, Str
 }
 
 /// Evaluates an expression field for truth (Jinja truthiness: empty, 0, false and none are false).
-pub fn eval_bool(src: &str, ctx: &serde_json::Value) -> Result<bool, String> {
+pub fn eval_bool(src: &str, ctx: &Ctx) -> Result<bool, String> {
     let e = env().compile_expression(expression_source(src)).map_err(describe)?;
-    let v = e.eval(Value::from(minijinja::value::Serde(ctx))).map_err(describe)?;
+    let v = e.eval(ctx.clone()).map_err(describe)?;
     Ok(v.is_true())
 }
 
@@ -201,7 +250,7 @@ mod tests {
     use serde_json::json;
 
     fn shell(src: &str, value: serde_json::Value) -> String {
-        render(src, Flavor::Shell, &json!({ "inputs": { "v": value } })).unwrap()
+        render(src, Flavor::Shell, &super::value(&json!({ "inputs": { "v": value } }))).unwrap()
     }
 
     /// Runs the rendered script with bash and returns what `printf '%s'` printed for `$1`.
@@ -252,7 +301,7 @@ mod tests {
         let out = render(
             "Remediate {{ inputs.v }}",
             Flavor::Text,
-            &json!({"inputs": {"v": "a'b"}}),
+            &value(&json!({"inputs": {"v": "a'b"}})),
         )
         .unwrap();
         assert_eq!(out, "Remediate a'b");
@@ -275,7 +324,7 @@ mod tests {
 
     #[test]
     fn expressions_evaluate_to_data() {
-        let ctx = json!({"inputs": {"targets": ["a", "b"], "dryRun": false}});
+        let ctx = value(&json!({"inputs": {"targets": ["a", "b"], "dryRun": false}}));
         assert_eq!(eval("{{ inputs.targets }}", &ctx).unwrap(), json!(["a", "b"]));
         assert!(eval_bool("{{ not inputs.dryRun }}", &ctx).unwrap());
     }
@@ -285,7 +334,7 @@ mod tests {
         let err = render(
             "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
             Flavor::Text,
-            &json!({}),
+            &value(&json!({})),
         )
         .unwrap_err();
         assert!(err.contains("too much work") || err.contains("range"), "{err}");

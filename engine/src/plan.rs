@@ -6,12 +6,12 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 use crate::code::Code;
 use crate::diag::{Diagnostic, Diagnostics, Pos};
-use crate::expr::{self, Flavor};
+use crate::expr::{self, Ctx, Flavor};
 use crate::inputs::Resolved;
 use crate::manifest::{self, Manifest, MapItems, Run, Step, StepKind, Tpl};
 use crate::pack::{FileDigest, PackFiles};
@@ -203,7 +203,7 @@ pub struct PlanPolicy {
 impl Plan {
     /// The canonical JSON text (RFC 8785) the hash is taken over.
     pub fn canonical_json(&self) -> String {
-        serde_json_canonicalizer::to_string(self).expect("a plan is always representable as JSON")
+        crate::canonical::to_string(self)
     }
 
     /// `sha256:<hex>` of the canonical JSON.
@@ -218,7 +218,7 @@ impl Plan {
     pub fn to_plan_json(&self) -> String {
         let mut v = serde_json::to_value(self).expect("a plan is always representable as JSON");
         v["planHash"] = Json::String(self.hash());
-        serde_json_canonicalizer::to_string(&v).expect("JSON value")
+        crate::canonical::to_string(&v)
     }
 
     /// Reads `plan.json` and checks that its `planHash` matches its content.
@@ -267,12 +267,15 @@ impl PlanStep {
 /// Builds the plan of `m` with `inputs` (already resolved by `inputs::resolve`).
 pub fn build(m: &Manifest, files: &PackFiles, inputs: &Resolved, config: &PlanConfig) -> Result<Plan, Diagnostics> {
     let mut b = Builder {
+        reads_steps: Default::default(),
+        templates: Default::default(),
         file: &m.file,
         config,
         diags: Diagnostics::default(),
         failure: m.failure,
     };
-    let ctx = json!({ "inputs": inputs });
+    let inputs_value = expr::value(&Json::Object(inputs.clone()));
+    let ctx = expr::ctx([("inputs", inputs_value.clone())]);
     let approvals = m
         .approvals
         .iter()
@@ -340,19 +343,23 @@ struct Inherited {
 
 struct Builder<'a> {
     file: &'a str,
+    /// Whether a template (by source) reads step outputs; map children repeat the same sources.
+    reads_steps: std::collections::HashMap<(&'a str, bool), bool>,
+    /// Templates compiled once per source and flavor.
+    templates: expr::TemplateCache,
     config: &'a PlanConfig,
     diags: Diagnostics,
     failure: Option<manifest::Retries>,
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
     fn error(&mut self, code: Code, pos: Pos, field: &str, msg: impl Into<String>) {
         self.diags.push(Diagnostic::new(code, self.file, pos, field, msg));
     }
 
     /// Renders a plan-time template (the checker made sure it reads no step outputs).
-    fn render_now(&mut self, t: &Tpl, flavor: Flavor, ctx: &Json) -> Option<String> {
-        match expr::render(&t.src, flavor, ctx) {
+    fn render_now(&mut self, t: &'a Tpl, flavor: Flavor, ctx: &Ctx) -> Option<String> {
+        match self.templates.render(&t.src, flavor, ctx) {
             Ok(s) => Some(s),
             Err(msg) => {
                 self.error(Code::PackInputInvalid, t.pos, &t.field, msg);
@@ -362,11 +369,11 @@ impl Builder<'_> {
     }
 
     /// Renders a template now when it reads only plan-time values; keeps it otherwise.
-    fn text(&mut self, t: &Tpl, flavor: Flavor, ctx: &Json) -> Option<Text> {
+    fn text(&mut self, t: &'a Tpl, flavor: Flavor, ctx: &Ctx) -> Option<Text> {
         if !expr::is_template(&t.src) {
             return Some(Text::Resolved(t.src.clone()));
         }
-        if reads_steps(&t.src, false) {
+        if self.reads_steps(&t.src, false) {
             let flavor = if flavor == Flavor::Shell {
                 TemplateFlavor::Shell
             } else {
@@ -380,8 +387,8 @@ impl Builder<'_> {
         self.render_now(t, flavor, ctx).map(Text::Resolved)
     }
 
-    fn cond(&mut self, t: &Tpl, ctx: &Json) -> Option<Cond> {
-        if reads_steps(&t.src, true) {
+    fn cond(&mut self, t: &'a Tpl, ctx: &Ctx) -> Option<Cond> {
+        if self.reads_steps(&t.src, true) {
             return Some(Cond::Template {
                 template: t.src.clone(),
             });
@@ -395,7 +402,14 @@ impl Builder<'_> {
         }
     }
 
-    fn step(&mut self, s: &Step, ctx: &Json, inh: &Inherited) -> Option<PlanStep> {
+    fn reads_steps(&mut self, src: &'a str, expression: bool) -> bool {
+        *self
+            .reads_steps
+            .entry((src, expression))
+            .or_insert_with(|| reads_steps(src, expression))
+    }
+
+    fn step(&mut self, s: &'a Step, ctx: &Ctx, inh: &Inherited) -> Option<PlanStep> {
         let id = format!("{}{}", inh.prefix, s.id);
         let mut env = inh.env.clone();
         for (k, t) in &s.env {
@@ -520,8 +534,8 @@ impl Builder<'_> {
                 }
                 let mut steps = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
-                    let mut item_ctx = ctx.clone();
-                    item_ctx["item"] = item.clone();
+                    let inputs = ctx.get_attr("inputs").unwrap_or_default();
+                    let item_ctx = expr::ctx([("inputs", inputs), ("item", expr::value(item))]);
                     let scope = Inherited {
                         prefix: format!("{}{}[{i}]::", inh.prefix, s.id),
                         retries,
@@ -546,7 +560,7 @@ impl Builder<'_> {
                 });
             }
             StepKind::Policy(p) => {
-                let expr = if reads_steps(&p.expr.src, true) {
+                let expr = if self.reads_steps(&p.expr.src, true) {
                     Text::Template {
                         template: p.expr.src.clone(),
                         flavor: TemplateFlavor::Text,

@@ -10,8 +10,8 @@ mod process;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value as Json, json};
@@ -174,9 +174,9 @@ pub fn execute(
         gates,
         emitter: &emitter,
         limiter: Limiter::new(if cfg.max_steps == 0 { cores } else { cfg.max_steps }),
-        outputs: Mutex::new(before.outputs()),
+        outputs: Arc::new(Outputs(Mutex::new(before.outputs()))),
         before,
-        inputs: Json::Object(plan.inputs.clone()),
+        inputs: expr::value(&Json::Object(plan.inputs.clone())),
         scratch: AtomicU64::new(0),
         started: Instant::now(),
     };
@@ -198,8 +198,8 @@ struct Runner<'a> {
     emitter: &'a Emitter<'a>,
     limiter: Limiter,
     before: RunState,
-    outputs: Mutex<BTreeMap<String, Map<String, Json>>>,
-    inputs: Json,
+    outputs: Arc<Outputs>,
+    inputs: expr::Ctx,
     scratch: AtomicU64,
     started: Instant,
 }
@@ -309,18 +309,16 @@ impl Runner<'_> {
         Ok(())
     }
 
-    /// The template context: inputs, step outputs so far, and the map item if any.
-    fn ctx(&self, item: Option<&Json>) -> Json {
-        let outputs = self.outputs.lock().unwrap_or_else(|p| p.into_inner());
-        let steps: Map<String, Json> = outputs
-            .iter()
-            .map(|(id, o)| (id.clone(), json!({ "outputs": o })))
-            .collect();
-        let mut ctx = json!({ "inputs": self.inputs, "steps": steps });
+    /// The template context: inputs, step outputs so far (looked up lazily), the map item.
+    fn ctx(&self, item: Option<&Json>) -> expr::Ctx {
+        let mut parts = vec![
+            ("inputs", self.inputs.clone()),
+            ("steps", minijinja::Value::from_dyn_object(self.outputs.clone())),
+        ];
         if let Some(item) = item {
-            ctx["item"] = item.clone();
+            parts.push(("item", expr::value(item)));
         }
-        ctx
+        expr::ctx(parts)
     }
 
     fn text(&self, t: &Text, item: Option<&Json>) -> Result<String, StepError> {
@@ -487,6 +485,7 @@ impl Runner<'_> {
                     let outputs = self.emitter.redactor().redact_json(&Json::Object(outputs));
                     if let Json::Object(o) = outputs {
                         self.outputs
+                            .0
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .insert(s.id.clone(), o);
@@ -838,6 +837,19 @@ impl Runner<'_> {
                 self.fail(s, e, 0)
             }
         }
+    }
+}
+
+/// Step outputs as templates see them (`steps.<id>.outputs.<key>`), read when a template asks,
+/// so a context costs the same however many steps came before.
+#[derive(Debug)]
+struct Outputs(Mutex<BTreeMap<String, Map<String, Json>>>);
+
+impl minijinja::value::Object for Outputs {
+    fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
+        let id = key.as_str()?;
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(id).map(|o| expr::value(&json!({ "outputs": o })))
     }
 }
 

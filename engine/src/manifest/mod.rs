@@ -292,7 +292,7 @@ pub fn load(files: &PackFiles) -> Result<Manifest, Diagnostics> {
     let root = crate::yaml::parse(&file, src, crate::yaml::Limits::default()).map_err(Diagnostics::from)?;
     let (mut manifest, mut diags) = decode::decode(&file, &root);
     if let Some(m) = manifest.as_mut() {
-        let canonical = serde_json_canonicalizer::to_string(&root.to_json()).expect("YAML data is JSON");
+        let canonical = crate::canonical::to_string(&root.to_json());
         m.content_sha256 = crate::pack::sha256_hex(canonical.as_bytes());
     }
     if let Some(manifest) = &manifest {
