@@ -25,21 +25,25 @@ const FUEL: u64 = 200_000;
 
 fn env() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.set_recursion_limit(64);
-        env.set_fuel(Some(FUEL));
-        env.set_auto_escape_callback(|name| {
-            if name == SHELL_NAME {
-                AutoEscape::Custom("shell".into())
-            } else {
-                AutoEscape::None
-            }
-        });
-        env.set_formatter(format_value);
-        env
-    })
+    ENV.get_or_init(new_env)
+}
+
+/// A fresh environment with Stella's settings: strict undefined values, bounded work, and
+/// shell quoting for templates whose name ends in `.sh`.
+fn new_env() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_recursion_limit(64);
+    env.set_fuel(Some(FUEL));
+    env.set_auto_escape_callback(|name| {
+        if name.ends_with(".sh") {
+            AutoEscape::Custom("shell".into())
+        } else {
+            AutoEscape::None
+        }
+    });
+    env.set_formatter(format_value);
+    env
 }
 
 fn format_value(out: &mut Output, state: &mut State, value: &Value) -> Result<(), Error> {
@@ -338,5 +342,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("too much work") || err.contains("range"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    #[test]
+    fn cached_shell_templates_are_quoted_too() {
+        let mut cache = TemplateCache::default();
+        let ctx = value(&serde_json::json!({ "inputs": { "v": "a'; b" } }));
+        for _ in 0..2 {
+            assert_eq!(
+                cache.render("x {{ inputs.v }}", Flavor::Shell, &ctx).unwrap(),
+                "x 'a'\\''; b'"
+            );
+            assert_eq!(cache.render("x {{ inputs.v }}", Flavor::Text, &ctx).unwrap(), "x a'; b");
+        }
     }
 }
