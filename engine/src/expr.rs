@@ -113,10 +113,11 @@ pub fn is_template(s: &str) -> bool {
 /// The inner expression of a `{{ expr }}` field, or the whole string when it has no braces.
 fn expression_source(s: &str) -> &str {
     let t = s.trim();
-    if let Some(inner) = t.strip_prefix("{{").and_then(|r| r.strip_suffix("}}")) {
-        if !inner.contains("{{") && !inner.contains("}}") {
-            return inner.trim();
-        }
+    if let Some(inner) = t.strip_prefix("{{").and_then(|r| r.strip_suffix("}}"))
+        && !inner.contains("{{")
+        && !inner.contains("}}")
+    {
+        return inner.trim();
     }
     t
 }

@@ -118,16 +118,17 @@ pub fn resolve(m: &Manifest, files: &PackFiles, given: Option<&Node>, file: &str
                     }
                     (None, None) => Json::Null,
                 };
-                if let Some(ty) = decl.ty {
-                    if !value.is_null() && !ty.accepts(&value) {
-                        err(
-                            pos,
-                            field,
-                            format!("expected {}, found {}", ty.as_str(), json_kind(&value)),
-                            None,
-                        );
-                        continue;
-                    }
+                if let Some(ty) = decl.ty
+                    && !value.is_null()
+                    && !ty.accepts(&value)
+                {
+                    err(
+                        pos,
+                        field,
+                        format!("expected {}, found {}", ty.as_str(), json_kind(&value)),
+                        None,
+                    );
+                    continue;
                 }
                 if let Some(schema) = &decl.schema {
                     match compile_schema(files, schema) {

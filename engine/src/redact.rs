@@ -125,7 +125,7 @@ impl LineSplitter {
                 cut -= 1;
             }
             lines.push(text[..cut].to_string());
-            self.buf = text[cut..].as_bytes().to_vec();
+            self.buf = text.as_bytes()[cut..].to_vec();
         }
         lines
     }

@@ -123,7 +123,7 @@ impl Writer<'_> {
     /// Writes `v` as the value after `prefix` (a `key:` or `-`) at `depth`.
     fn value(&mut self, prefix: &str, v: &Json, depth: usize) {
         let pad = " ".repeat(depth * self.style.indent);
-        if self.style.comments && self.n % 3 == 0 {
+        if self.style.comments && self.n.is_multiple_of(3) {
             self.out.push_str(&format!("{pad}# note {}\n", self.n));
         }
         if !Self::is_collection(v) || self.next(&self.style.flow) {

@@ -151,3 +151,31 @@ fn an_input_holding_template_syntax_is_never_rendered_again() {
     let argv = step.run.as_ref().unwrap().argv.as_ref().unwrap();
     assert_eq!(argv[1], Text::Resolved("{{ steps.a.outputs.secret }}".into()));
 }
+
+#[test]
+fn sealed_mode_refuses_hosts_that_are_not_allowed() {
+    let pack = TestPack::new(&with_steps(
+        "    - id: fetch\n      network: [registry.internal:5000, mirror.example.com]\n      run: { uses: builtin:exec, with: { argv: [true] } }\n",
+    ));
+    let open = stella_engine::plan::PlanConfig::default();
+    assert!(
+        pack.plan_with("image: x\n", &open).is_ok(),
+        "unsealed runs may reach any declared host"
+    );
+    let sealed = stella_engine::plan::PlanConfig {
+        sealed: true,
+        allow: vec!["registry.internal".into(), "*.mirror.test".into()],
+    };
+    let diags = pack.plan_with("image: x\n", &sealed).unwrap_err();
+    let d = diags.iter().next().unwrap();
+    assert_eq!(
+        (d.code, d.field.as_str(), d.line),
+        (Code::PackNetworkBlocked, "spec.steps[0].network", 11)
+    );
+    assert!(d.message.contains("mirror.example.com"), "{d}");
+    assert_eq!(
+        diags.len(),
+        1,
+        "registry.internal:5000 is allowed (ports are ignored): {diags}"
+    );
+}

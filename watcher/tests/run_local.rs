@@ -26,10 +26,10 @@ fn pid_alive(pid: i32) -> bool {
 fn read_pid(s: &Scratch, rel: &str) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(t) = std::fs::read_to_string(s.run_dir().join("workspace").join(rel)) {
-            if let Ok(p) = t.trim().parse() {
-                return p;
-            }
+        if let Ok(t) = std::fs::read_to_string(s.run_dir().join("workspace").join(rel))
+            && let Ok(p) = t.trim().parse()
+        {
+            return p;
         }
         assert!(Instant::now() < deadline, "no pid file {rel}");
         std::thread::sleep(Duration::from_millis(20));

@@ -539,7 +539,7 @@ impl Runner<'_> {
         item: Option<&Json>,
         attempt: u32,
         token: &CancelToken,
-    ) -> Result<(Map<String, Json>, Vec<state::Artifact>, Option<i32>), Attempt> {
+    ) -> Result<Finished, Attempt> {
         let run = s
             .run
             .as_ref()
@@ -852,6 +852,9 @@ impl minijinja::value::Object for Outputs {
         map.get(id).map(|o| expr::value(&json!({ "outputs": o })))
     }
 }
+
+/// What a successful attempt leaves: outputs, artifacts, and the exit code (none for builtins).
+type Finished = (Map<String, Json>, Vec<state::Artifact>, Option<i32>);
 
 enum Attempt {
     Failed(StepError),

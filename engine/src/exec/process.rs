@@ -130,13 +130,14 @@ pub fn run(mut cmd: Command, step: &str, token: &CancelToken, grace: Duration, e
                 }
             }
         }
-        if status.is_none() && (ready.exited || pidfd.is_none()) {
-            if let Ok(Some(st)) = child.try_wait() {
-                status = Some(st);
-                exited_at = Some(Instant::now());
-                // Nothing of the step may outlive it: kill what is left of its group.
-                let _ = killpg(pgid, Signal::SIGKILL);
-            }
+        if status.is_none()
+            && (ready.exited || pidfd.is_none())
+            && let Ok(Some(st)) = child.try_wait()
+        {
+            status = Some(st);
+            exited_at = Some(Instant::now());
+            // Nothing of the step may outlive it: kill what is left of its group.
+            let _ = killpg(pgid, Signal::SIGKILL);
         }
         if status.is_none() {
             match (term_sent, stopped.or_else(|| token.stop())) {

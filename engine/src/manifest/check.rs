@@ -114,28 +114,25 @@ impl Checker<'_> {
                             ),
                         );
                     }
-                    if let (Some(ty), Some(default)) = (input.ty, &input.default) {
-                        if !ty.accepts(default) {
-                            self.error(
-                                input.pos,
-                                &format!("{}.default", input.field),
-                                format!("default is not of type {}", ty.as_str()),
-                            );
-                        }
+                    if let (Some(ty), Some(default)) = (input.ty, &input.default)
+                        && !ty.accepts(default)
+                    {
+                        self.error(
+                            input.pos,
+                            &format!("{}.default", input.field),
+                            format!("default is not of type {}", ty.as_str()),
+                        );
                     }
-                    if let Some(schema) = &input.schema {
-                        if let Some(validator) = self.schema_file(schema, input.pos, &format!("{}.schema", input.field))
-                        {
-                            if let Some(default) = &input.default {
-                                if let Some(err) = validator.iter_errors(default).next() {
-                                    self.error(
-                                        input.pos,
-                                        &format!("{}.default", input.field),
-                                        format!("default does not match its schema: {err}"),
-                                    );
-                                }
-                            }
-                        }
+                    if let Some(schema) = &input.schema
+                        && let Some(validator) = self.schema_file(schema, input.pos, &format!("{}.schema", input.field))
+                        && let Some(default) = &input.default
+                        && let Some(err) = validator.iter_errors(default).next()
+                    {
+                        self.error(
+                            input.pos,
+                            &format!("{}.default", input.field),
+                            format!("default does not match its schema: {err}"),
+                        );
                     }
                 }
             }

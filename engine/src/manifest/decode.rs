@@ -313,11 +313,11 @@ pub(super) fn decode(file: &str, root: &Node) -> (Option<Manifest>, Diagnostics)
 }
 
 fn expect_literal(d: &mut Decoder, obj: &Obj, key: &str, want: &str) {
-    if let Some(got) = d.req_string(obj, key) {
-        if got != want {
-            let pos = obj.get(key).map_or(obj.pos(), |n| n.pos);
-            d.error(pos, key, format!("expected `{want}`, found `{got}`"));
-        }
+    if let Some(got) = d.req_string(obj, key)
+        && got != want
+    {
+        let pos = obj.get(key).map_or(obj.pos(), |n| n.pos);
+        d.error(pos, key, format!("expected `{want}`, found `{got}`"));
     }
 }
 
@@ -375,10 +375,11 @@ fn decode_approval(d: &mut Decoder, node: &Node, path: String) -> Option<Approva
         .req(&o, "grants")
         .map(|n| d.string_list(n, &o.path("grants")))
         .unwrap_or_default();
-    if let Some(n) = o.get("grants") {
-        if grants.is_empty() && n.as_seq().is_some() {
-            d.error(n.pos, &o.path("grants"), "an approval needs at least one grant");
-        }
+    if let Some(n) = o.get("grants")
+        && grants.is_empty()
+        && n.as_seq().is_some()
+    {
+        d.error(n.pos, &o.path("grants"), "an approval needs at least one grant");
     }
     Some(ApprovalDecl {
         id,
