@@ -31,13 +31,13 @@ validate_examples() {
 
 plan_example() {
   section "3. Plan sbom-remediation with its example inputs"
-  show cat packs/sbom-remediation/example-inputs.yaml
-  show stella pack plan packs/sbom-remediation --inputs packs/sbom-remediation/example-inputs.yaml
+  show cat examples/sbom-remediation.inputs.yaml
+  show stella pack plan packs/sbom-remediation --inputs examples/sbom-remediation.inputs.yaml
   echo
   echo "The same plan as JSON (first 30 lines): the summary, then the full plan."
-  printf '$ %s\n' "stella pack plan packs/sbom-remediation --inputs packs/sbom-remediation/example-inputs.yaml --json | head -n 30"
+  printf '$ %s\n' "stella pack plan packs/sbom-remediation --inputs examples/sbom-remediation.inputs.yaml --json | head -n 30"
   local json
-  json=$(stella pack plan packs/sbom-remediation --inputs packs/sbom-remediation/example-inputs.yaml --json)
+  json=$(stella pack plan packs/sbom-remediation --inputs examples/sbom-remediation.inputs.yaml --json)
   head -n 30 <<<"$json"
   echo "  ... ($(wc -l <<<"$json") lines in all)"
 }
@@ -75,7 +75,7 @@ next_steps() {
 Working today: stella pack validate, stella pack plan, and stella pack run (runs a pack on
 this machine, without git). Try it (the secret is a dummy; approvals are waived locally):
   STELLA_SECRET_REGISTRYTOKEN=dummy target/release/stella pack run packs/sbom-remediation \
-      --inputs packs/sbom-remediation/example-inputs.yaml --approve-local
+      --inputs examples/sbom-remediation.inputs.yaml --approve-local
 Coming next, and added to this script as they land:
   - stella init / run request / approve: a git repository with run requests and signed approvals
   - stella daemon: watch the repository, plan, wait for approvals, execute, commit the ledger

@@ -103,6 +103,8 @@ pub fn resolve(m: &Manifest, files: &PackFiles, given: Option<&Node>, file: &str
                 let field = format!("inputs.{}", decl.name);
                 let given = entries.iter().find(|(k, _)| k.name == decl.name).map(|(_, n)| n);
                 let pos = given.map_or(Pos::UNKNOWN, |n| n.pos);
+                // An explicit null counts as not given: `image: ~` must not satisfy `required`.
+                let given = given.filter(|n| !matches!(n.value, yaml::Value::Null));
                 let value = match (given, &decl.default) {
                     (Some(n), _) => n.to_json(),
                     (None, Some(default)) => default.clone(),

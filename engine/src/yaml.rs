@@ -128,6 +128,11 @@ pub fn parse(file: &str, src: &str, limits: Limits) -> Result<Node, Diagnostic> 
     let mut options = Options::default();
     options.budget = Some(budget);
     options.duplicate_keys = DuplicateKeyPolicy::Error;
+    // YAML 1.2 core schema: `yes`, `no`, `on`, `off`, `y`, `n` are strings (the "Norway
+    // problem"), and `0755` or `1_000` stay as written rather than becoming numbers.
+    options.strict_booleans = true;
+    options.leading_zero_numbers_as_strings = true;
+    options.underscored_numbers_as_strings = true;
     match serde_saphyr::from_str_with_options::<Spanned<Raw>>(src, options) {
         Ok(root) => Ok(convert(root)),
         Err(err) => Err(syntax_error(file, &err)),
@@ -308,6 +313,21 @@ mod tests {
         };
         let err = parse("big.yaml", "a: 0123456789\n", limits).unwrap_err();
         assert!(err.message.contains("limit is 10 bytes"));
+    }
+
+    #[test]
+    fn yaml_1_1_scalars_stay_strings() {
+        let node = parse(
+            "f.yaml",
+            "a: [n, no, yes, on, off, y, 0755, 1_000, true, 12]\n",
+            Limits::default(),
+        )
+        .unwrap();
+        let items = node.get("a").unwrap().to_json();
+        assert_eq!(
+            items,
+            serde_json::json!(["n", "no", "yes", "on", "off", "y", "0755", "1_000", true, 12])
+        );
     }
 
     #[test]

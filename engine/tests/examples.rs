@@ -13,12 +13,13 @@ const EXAMPLES: [&str; 3] = ["sbom-remediation", "parallel-checks", "bundle-inge
 
 fn plan_example(name: &str) -> Plan {
     let dir = packs_dir().join(name);
-    let given = inputs::read_file(&dir.join("example-inputs.yaml")).unwrap();
+    let inputs_file = packs_dir().join(format!("../examples/{name}.inputs.yaml"));
+    let given = inputs::read_file(&inputs_file).unwrap();
     plan_dir(
         &dir,
         &format!("packs/{name}"),
         Some(&given),
-        "example-inputs.yaml",
+        &format!("examples/{name}.inputs.yaml"),
         &PlanConfig::default(),
     )
     .unwrap_or_else(|d| panic!("{name} does not plan:\n{d}"))

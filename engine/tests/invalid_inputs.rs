@@ -179,3 +179,11 @@ fn sealed_mode_refuses_hosts_that_are_not_allowed() {
         "registry.internal:5000 is allowed (ports are ignored): {diags}"
     );
 }
+
+#[test]
+fn an_explicit_null_does_not_satisfy_a_required_input() {
+    for given in ["image: ~\n", "image:\n", "image: null\n"] {
+        let d = input_problem(&sbom(), given, "inputs.image");
+        assert!(d.message.contains("missing required input"), "{given}: {d}");
+    }
+}

@@ -226,3 +226,25 @@ fn every_problem_is_reported_in_one_pass() {
         "problems are reported top to bottom: {lines:?}"
     );
 }
+
+invalid!(outputs_of_a_map_template_step,
+    with_steps("    - id: all\n      map:\n        items: [a]\n        step: { id: fix, run: { uses: builtin:exec, with: { argv: [true] } } }\n    - { id: after, run: { uses: builtin:shell, with: { script: \"echo {{ steps.fix.outputs.x }}\" } } }\n"),
+    field: "spec.steps[1].run.with.script", line: 15, contains: "template of map `all`");
+
+invalid!(a_float_where_text_is_expected_must_be_quoted,
+    "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: t, version: 1.10 }\nspec:\n  steps:\n    - { id: s, run: { uses: builtin:exec, with: { argv: [true] } } }\n",
+    field: "metadata.version", line: 3, contains: "quote it");
+
+invalid!(bad_pack_name_points_at_the_name,
+    "apiVersion: stella/v1\nkind: TaskPack\nmetadata:\n  version: 1.0.0\n  name: Not_Valid\nspec:\n  steps:\n    - { id: s, run: { uses: builtin:exec, with: { argv: [true] } } }\n",
+    field: "metadata.name", line: 5, contains: "not a valid pack name");
+
+#[test]
+fn yaml_1_1_booleans_are_plain_strings_in_packs() {
+    // `n`, `no`, `on` are strings in YAML 1.2; an input named `n` is an input named `n`.
+    let pack = TestPack::new(
+        "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: t, version: 1.0.0 }\nspec:\n  inputs: [{ name: n, type: string, default: no }]\n  steps:\n    - { id: s, run: { uses: builtin:exec, with: { argv: [echo, \"{{ inputs.n }}\"] } } }\n",
+    );
+    let plan = pack.plan("").unwrap();
+    assert_eq!(plan.inputs["n"], "no");
+}

@@ -15,7 +15,7 @@ fn example_packs_validate_and_plan() {
             .output()
             .unwrap();
         assert!(out.status.success(), "{pack}: {}", String::from_utf8_lossy(&out.stderr));
-        let inputs = format!("packs/{pack}/example-inputs.yaml");
+        let inputs = format!("examples/{pack}.inputs.yaml");
         let out = stella()
             .current_dir(repo_root())
             .args(["pack", "plan", pack, "--inputs", &inputs, "--json"])
@@ -38,7 +38,7 @@ fn plan_summary_names_hash_approvals_secrets_and_steps() {
             "plan",
             "packs/sbom-remediation",
             "--inputs",
-            "packs/sbom-remediation/example-inputs.yaml",
+            "examples/sbom-remediation.inputs.yaml",
         ])
         .output()
         .unwrap();
@@ -103,4 +103,29 @@ fn a_missing_pack_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no pack here"));
+}
+
+#[test]
+fn the_readme_quotes_the_current_plan_hash() {
+    let out = stella()
+        .current_dir(repo_root())
+        .args([
+            "pack",
+            "plan",
+            "sbom-remediation",
+            "--inputs",
+            "examples/sbom-remediation.inputs.yaml",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hash = v["planHash"].as_str().unwrap();
+    for doc in ["README.md", "docs/plan.md"] {
+        let text = std::fs::read_to_string(repo_root().join(doc)).unwrap();
+        assert!(
+            text.contains(hash),
+            "{doc} quotes a stale planHash; the current one is {hash}"
+        );
+    }
 }

@@ -20,6 +20,7 @@ struct Checker<'a> {
     /// Every step id in the pack, so "not declared" and "not earlier" can be told apart.
     all_ids: BTreeSet<String>,
     approvals: Vec<String>,
+    steps: &'a [Step],
 }
 
 /// What a template may see where it is written.
@@ -40,6 +41,7 @@ pub(super) fn check(m: &Manifest, files: &PackFiles, diags: &mut Diagnostics) {
         inputs: m.input_names(files).into_iter().collect(),
         all_ids: BTreeSet::new(),
         approvals: m.approvals.iter().map(|a| a.id.clone()).collect(),
+        steps: &m.steps,
     };
     c.metadata(&m.metadata);
     c.inputs(m);
@@ -56,7 +58,7 @@ pub(super) fn check(m: &Manifest, files: &PackFiles, diags: &mut Diagnostics) {
                 plan_time: false,
             },
         );
-        earlier.extend(step.walk().into_iter().map(|s| s.id.clone()));
+        earlier.extend(addressable_ids(step));
     }
 }
 
@@ -77,14 +79,14 @@ impl Checker<'_> {
             && md.name.starts_with(|c: char| c.is_ascii_alphanumeric());
         if !ok {
             self.error(
-                Pos::UNKNOWN,
+                md.name_pos,
                 "metadata.name",
                 format!("`{}` is not a valid pack name", md.name),
             )
             .hint = Some("use lowercase letters, digits and -, e.g. sbom-remediation".into());
         }
         if md.version.trim().is_empty() {
-            self.error(Pos::UNKNOWN, "metadata.version", "version must not be empty");
+            self.error(md.version_pos, "metadata.version", "version must not be empty");
         }
     }
 
@@ -363,6 +365,18 @@ impl Checker<'_> {
                         .map(|s| format!("did you mean `{s}`?"));
                     return Err((format!("unknown step `{id}`"), hint));
                 }
+                if let Some(map) = map_of_template(self.steps, id) {
+                    return Err((
+                        format!(
+                            "`{id}` is the template of map `{}`; it has no outputs of its own",
+                            map.id
+                        ),
+                        Some(format!(
+                            "each item's step is `{}[<index>]::{id}`, e.g. steps['{}[0]::{id}'].outputs",
+                            map.id, map.id
+                        )),
+                    ));
+                }
                 if !scope.earlier.iter().any(|e| e == id) {
                     return Err((
                         format!("step `{id}` does not run before this step, so its outputs are not available"),
@@ -396,6 +410,25 @@ impl Checker<'_> {
             )),
         }
     }
+}
+
+/// Ids whose outputs later steps can read as `steps.<id>`: a map's template step is not one
+/// of them (its children are `<map>[<i>]::<id>`).
+fn addressable_ids(step: &Step) -> Vec<String> {
+    let mut out = vec![step.id.clone()];
+    if let StepKind::Parallel(p) = &step.kind {
+        out.extend(p.steps.iter().flat_map(addressable_ids));
+    }
+    out
+}
+
+/// The map whose template step (or a step nested in it) has this id, if any.
+fn map_of_template<'m>(steps: &'m [Step], id: &str) -> Option<&'m Step> {
+    steps.iter().find_map(|s| match &s.kind {
+        StepKind::Map(m) if m.step.walk().iter().any(|t| t.id == id) => Some(s),
+        StepKind::Parallel(p) => map_of_template(&p.steps, id),
+        _ => None,
+    })
 }
 
 fn is_identifier(s: &str) -> bool {

@@ -133,11 +133,16 @@ impl<'f> Decoder<'f> {
     pub fn string(&mut self, node: &Node, field: &str) -> Option<String> {
         match &node.value {
             Value::Str(s) => Some(s.clone()),
-            // Numbers and booleans written where text is wanted (e.g. `version: 1.2`) are
-            // kept as their text; YAML authors rarely mean otherwise.
+            // Integers and booleans written where text is wanted (`argv: [true]`, `version: 2`)
+            // read back as exactly what was written (YAML 1.2: no `yes`/`no`/`on`, no octal).
+            // A float may not (`1.10` is 1.1), so it must be quoted.
             Value::Int(i) => Some(i.to_string()),
-            Value::Float(f) => Some(f.to_string()),
             Value::Bool(b) => Some(b.to_string()),
+            Value::Float(_) => {
+                self.error(node.pos, field, "expected a string, found a number").hint =
+                    Some("quote it, e.g. \"1.10\", so it is kept exactly as written".into());
+                None
+            }
             _ => {
                 self.type_error(node, field, "a string");
                 None
@@ -251,6 +256,8 @@ pub(super) fn decode(file: &str, root: &Node) -> (Option<Manifest>, Diagnostics)
             name: d.req_string(&m, "name").unwrap_or_default(),
             version: d.req_string(&m, "version").unwrap_or_default(),
             description: d.opt_string(&m, "description"),
+            name_pos: m.get("name").map_or(m.pos(), |n| n.pos),
+            version_pos: m.get("version").map_or(m.pos(), |n| n.pos),
         });
     let spec = d.req(&top, "spec").and_then(|n| d.obj(n, "spec", SPEC_FIELDS));
     let (Some(metadata), Some(spec)) = (metadata, spec) else {

@@ -32,6 +32,8 @@ pub struct Metadata {
     pub name: String,
     pub version: String,
     pub description: Option<String>,
+    pub name_pos: Pos,
+    pub version_pos: Pos,
 }
 
 /// How a pack declares its inputs.
