@@ -13,17 +13,27 @@ use cli::{Cli, Failure};
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            eprint!("error[{}]: {text}", stella_engine::Code::Usage);
+            return ExitCode::from(2);
         }
     };
     init_tracing();
+    let json = cli.wants_json();
     match cli::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
             report(&failure);
+            if json {
+                println!("{}", failure.to_json());
+            }
             ExitCode::from(failure.exit_code())
         }
     }

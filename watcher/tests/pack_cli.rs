@@ -129,3 +129,38 @@ fn the_readme_quotes_the_current_plan_hash() {
         );
     }
 }
+
+#[test]
+fn usage_errors_carry_err_usage_and_exit_2() {
+    let out = stella().args(["pack", "plan"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("error[ERR_USAGE]: "),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn json_output_reports_failures_as_json_too() {
+    let s = Scratch::new()
+        .pack("    - { id: a, run: { uses: builtin:exec, with: { argv: [true] } } }\n")
+        .inputs("name: 5\nbogus: 1\n");
+    let out = stella()
+        .current_dir(s.path())
+        .args(["pack", "plan", "pack", "--inputs", "inputs.yaml", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "ERR_PACK_INPUT_INVALID");
+    let problems = v["error"]["problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(|p| p["field"] == "inputs.bogus" && p["line"] == 2),
+        "{v}"
+    );
+    assert!(
+        problems.iter().any(|p| p["field"] == "inputs.name" && p["line"] == 1),
+        "{v}"
+    );
+}

@@ -114,9 +114,36 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// The failure as `--json` output: `{"error": {"code", "message", "problems": [...]}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Failure::Diags(d) => serde_json::json!({ "error": {
+                "code": d.code().as_str(),
+                "message": format!("{} problem{} found", d.len(), if d.len() == 1 { "" } else { "s" }),
+                "problems": d,
+            }}),
+            Failure::One { code, message } => {
+                serde_json::json!({ "error": { "code": code.as_str(), "message": message } })
+            }
+        }
+    }
+}
+
 impl From<Diagnostics> for Failure {
     fn from(d: Diagnostics) -> Self {
         Failure::Diags(d)
+    }
+}
+
+impl Cli {
+    /// Whether the command asked for JSON output (failures are then also printed as JSON).
+    pub fn wants_json(&self) -> bool {
+        match &self.command {
+            Command::Pack(PackCommand::Validate { json, .. }) => *json,
+            Command::Pack(PackCommand::Plan(a)) => a.json,
+            Command::Pack(PackCommand::Run(_)) => false,
+        }
     }
 }
 
