@@ -40,15 +40,37 @@ pub enum Code {
     BundleNotFound,
     /// Events could not be recorded; the run cannot be proven and is stopped.
     EventsWrite,
+    /// `.stella/config.yaml` is malformed.
+    ConfigInvalid,
+    /// A run request (`runs/<id>/request.yaml`) is malformed.
+    RequestInvalid,
+    /// A request repeats the runToken of an earlier run; it is not executed.
+    RunDuplicate,
+    /// The ledger's history was rewritten, or a runner file changed outside a signed runner commit.
+    LedgerTampered,
     /// A file given on the command line could not be read.
     Io,
     /// The command line itself is wrong.
     Usage,
+    /// An SSH key file is unreadable as an OpenSSH private key, encrypted, or not Ed25519.
+    KeyInvalid,
+    /// A key was to be written where a file already exists; keys are never overwritten.
+    KeyExists,
+    /// An allowed_signers file has malformed lines.
+    SignersInvalid,
+    /// An SSH signature is malformed, for another namespace, unsupported, or does not verify.
+    SignatureInvalid,
+    /// The signing key is not listed in allowed_signers for the claimed principal.
+    SignerUnknown,
+    /// The signer's allowed_signers line does not allow the signature's namespace.
+    SignerNamespace,
+    /// The signer's key is outside its valid-after/valid-before window (expired or not yet valid).
+    SignerExpired,
 }
 
 impl Code {
     /// Every code, for parsing codes back out of events.
-    pub const ALL: [Code; 19] = [
+    pub const ALL: [Code; 30] = [
         Code::PackInvalid,
         Code::PackInputInvalid,
         Code::PackNetworkBlocked,
@@ -66,8 +88,19 @@ impl Code {
         Code::BundleChecksumMismatch,
         Code::BundleNotFound,
         Code::EventsWrite,
+        Code::ConfigInvalid,
+        Code::RequestInvalid,
+        Code::RunDuplicate,
+        Code::LedgerTampered,
         Code::Io,
         Code::Usage,
+        Code::KeyInvalid,
+        Code::KeyExists,
+        Code::SignersInvalid,
+        Code::SignatureInvalid,
+        Code::SignerUnknown,
+        Code::SignerNamespace,
+        Code::SignerExpired,
     ];
 
     /// The code as printed in messages, events and `--json` output.
@@ -90,8 +123,19 @@ impl Code {
             Code::BundleChecksumMismatch => "ERR_BUNDLE_CHECKSUM_MISMATCH",
             Code::BundleNotFound => "ERR_BUNDLE_NOT_FOUND",
             Code::EventsWrite => "ERR_EVENTS_WRITE",
+            Code::ConfigInvalid => "ERR_CONFIG_INVALID",
+            Code::RequestInvalid => "ERR_REQUEST_INVALID",
+            Code::RunDuplicate => "ERR_RUN_DUPLICATE",
+            Code::LedgerTampered => "ERR_LEDGER_TAMPERED",
             Code::Io => "ERR_IO",
             Code::Usage => "ERR_USAGE",
+            Code::KeyInvalid => "ERR_KEY_INVALID",
+            Code::KeyExists => "ERR_KEY_EXISTS",
+            Code::SignersInvalid => "ERR_SIGNERS_INVALID",
+            Code::SignatureInvalid => "ERR_SIGNATURE_INVALID",
+            Code::SignerUnknown => "ERR_SIGNER_UNKNOWN",
+            Code::SignerNamespace => "ERR_SIGNER_NAMESPACE",
+            Code::SignerExpired => "ERR_SIGNER_EXPIRED",
         }
     }
 
@@ -111,13 +155,24 @@ impl Code {
             | Code::ExprFailed
             | Code::BundleChecksumMismatch
             | Code::BundleNotFound
-            | Code::EventsWrite => 1,
+            | Code::EventsWrite
+            | Code::SignatureInvalid
+            | Code::SignerUnknown
+            | Code::SignerNamespace
+            | Code::SignerExpired
+            | Code::RunDuplicate
+            | Code::LedgerTampered => 1,
             Code::PackInvalid
             | Code::PackInputInvalid
             | Code::PackNetworkBlocked
             | Code::PackSecretMissing
+            | Code::ConfigInvalid
+            | Code::RequestInvalid
             | Code::Io
-            | Code::Usage => 2,
+            | Code::Usage
+            | Code::KeyInvalid
+            | Code::KeyExists
+            | Code::SignersInvalid => 2,
         }
     }
 }

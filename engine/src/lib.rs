@@ -4,6 +4,7 @@
 
 pub mod canonical;
 pub mod code;
+pub mod config;
 pub mod diag;
 pub mod duration;
 pub mod event;
@@ -13,12 +14,20 @@ pub mod yaml;
 
 pub use code::Code;
 pub use diag::{Diagnostic, Diagnostics, Pos};
+pub mod allowed_signers;
 pub mod inputs;
+pub mod journal;
+pub mod keys;
+pub mod ledger;
 pub mod manifest;
 pub mod pack;
 pub mod plan;
 pub mod redact;
+pub mod request;
+pub mod run_id;
+pub mod runs;
 pub mod secrets;
+pub mod sshsig;
 pub mod state;
 
 /// Reads a pack directory, checks it, resolves `inputs` and builds its plan: what

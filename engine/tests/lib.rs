@@ -7,3 +7,4 @@ mod examples;
 mod hash_properties;
 mod invalid_inputs;
 mod invalid_packs;
+mod ssh_interop;

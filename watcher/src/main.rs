@@ -2,6 +2,7 @@
 //! every failure into one `error[ERR_…]` report and one exit code. Only this crate prints.
 
 mod cli;
+mod daemon;
 mod display;
 
 use std::process::ExitCode;

@@ -1,6 +1,8 @@
 //! End-to-end tests of the `stella` binary: one binary, one module per story.
 
+mod repo_support;
 mod support;
 
+mod daemon;
 mod pack_cli;
 mod run_local;

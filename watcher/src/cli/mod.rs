@@ -1,8 +1,13 @@
 //! Command-line grammar (clap) and dispatch to the command modules. Owns the mapping from
 //! engine errors to the single printed report and exit code.
 
+pub mod init;
+mod ledger;
 mod pack;
+pub mod repo;
+mod request;
 mod run;
+mod runs;
 
 use std::path::PathBuf;
 
@@ -22,9 +27,111 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Scaffold .stella/, packs/, runs/ and approvals/ and make a runner key (idempotent)
+    Init {
+        /// The repository directory (created and `git init`ed if needed)
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The runner's private key (default: .git/stella/runner_ed25519, or STELLA_RUNNER_KEY)
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
     /// Check and plan task packs
     #[command(subcommand)]
     Pack(PackCommand),
+    /// Request runs
+    #[command(subcommand)]
+    Run(RunCommand),
+    /// Read runs from the ledger
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Check the ledger
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+    /// Watch a repository and execute the run requests committed to its branch
+    Daemon(DaemonArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum RunCommand {
+    /// Plan a pack and write runs/<id>/request.yaml with the plan hash pinned
+    Request {
+        /// The pack directory (packs/<name> of this repository)
+        pack: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        inputs: Option<PathBuf>,
+        /// The run id (default: <date>-<pack>-<random>)
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// Every run: id, pack, state, started, duration, waiting gate
+    List {
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run: state, steps with status and attempts, gates, artifacts
+    Show {
+        run: String,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A run's log lines; -f follows the journal while the run goes on
+    Logs {
+        run: String,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Write runs/<id>/cancel.yaml (commit it to cancel the run)
+    Cancel {
+        run: String,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Prove the ledger append-only over the branch's whole history
+    Verify {
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct DaemonArgs {
+    /// The repository to watch
+    #[arg(long, default_value = ".")]
+    repo: PathBuf,
+    /// Process everything that can progress, wait for it, and exit
+    #[arg(long)]
+    once: bool,
+    /// Secrets as a YAML mapping (outside the repository); otherwise STELLA_SECRET_<NAME>
+    #[arg(long, value_name = "FILE")]
+    secrets: Option<PathBuf>,
+    /// The runner's private key (default: .git/stella/runner_ed25519, or STELLA_RUNNER_KEY)
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// The safety poll interval (file events trigger scans at once)
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    poll: std::time::Duration,
+    /// Time a stopped step gets between SIGTERM and SIGKILL
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    kill_grace: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +250,9 @@ impl Cli {
             Command::Pack(PackCommand::Validate { json, .. }) => *json,
             Command::Pack(PackCommand::Plan(a)) => a.json,
             Command::Pack(PackCommand::Run(_)) => false,
+            Command::Runs(RunsCommand::List { json, .. } | RunsCommand::Show { json, .. }) => *json,
+            Command::Ledger(LedgerCommand::Verify { json, .. }) => *json,
+            _ => false,
         }
     }
 }
@@ -150,6 +260,23 @@ impl Cli {
 /// Runs a parsed command; the `Ok` value is the exit code.
 pub fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
+        Command::Init { dir, key } => init::init(&dir, key.as_deref()),
+        Command::Run(RunCommand::Request { pack, inputs, id }) => {
+            request::request(&pack, inputs.as_deref(), id.as_deref())
+        }
+        Command::Runs(RunsCommand::List { repo, json }) => runs::list(&repo, json),
+        Command::Runs(RunsCommand::Show { run, repo, json }) => runs::show(&repo, &run, json),
+        Command::Runs(RunsCommand::Logs { run, repo, follow }) => runs::logs(&repo, &run, follow),
+        Command::Runs(RunsCommand::Cancel { run, repo, reason }) => runs::cancel(&repo, &run, reason.as_deref()),
+        Command::Ledger(LedgerCommand::Verify { repo, json }) => ledger::verify(&repo, json),
+        Command::Daemon(a) => crate::daemon::run(crate::daemon::Args {
+            repo: a.repo,
+            once: a.once,
+            secrets: a.secrets,
+            key: a.key,
+            poll: a.poll,
+            kill_grace: a.kill_grace,
+        }),
         Command::Pack(PackCommand::Validate { pack, json }) => pack::validate(&pack, json),
         Command::Pack(PackCommand::Plan(a)) => pack::plan(&a.pack, a.inputs.as_deref(), a.json),
         Command::Pack(PackCommand::Run(a)) => run::run(run::RunArgs {

@@ -1,0 +1,180 @@
+//! Repository policy, `.stella/config.yaml` (DESIGN section 2), read from the commit being
+//! executed (never the working tree). Missing fields take their documented defaults.
+
+use crate::code::Code;
+use crate::diag::{Diagnostic, Diagnostics, did_you_mean};
+use crate::yaml::{self, Node, Value};
+
+pub const CONFIG_PATH: &str = ".stella/config.yaml";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The branch whose commits are executed.
+    pub branch: String,
+    pub sealed: bool,
+    pub network_allow: Vec<String>,
+    pub max_runs: usize,
+    /// 0: the number of cores.
+    pub max_steps: usize,
+    pub artifact_bytes: u64,
+    pub batch_ms: u64,
+    /// Where the runner commits; `None`: the watched branch.
+    pub ledger_branch: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            branch: "main".into(),
+            sealed: false,
+            network_allow: Vec::new(),
+            max_runs: 4,
+            max_steps: 0,
+            artifact_bytes: 10 << 20,
+            batch_ms: 2000,
+            ledger_branch: None,
+        }
+    }
+}
+
+impl Config {
+    /// The branch runner commits go to.
+    pub fn ledger_branch(&self) -> &str {
+        self.ledger_branch.as_deref().unwrap_or(&self.branch)
+    }
+
+    /// The plan-shaping part of the policy.
+    pub fn plan_config(&self) -> crate::plan::PlanConfig {
+        crate::plan::PlanConfig {
+            sealed: self.sealed,
+            allow: self.network_allow.clone(),
+        }
+    }
+
+    /// Parses the config text; every problem is reported with its line.
+    pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
+        let root = yaml::parse(file, text, yaml::Limits::default()).map_err(Diagnostics::from)?;
+        let mut c = Config::default();
+        let mut diags = Diagnostics::default();
+        let err = |diags: &mut Diagnostics, n: &Node, field: &str, msg: String| {
+            diags.push(Diagnostic::new(Code::ConfigInvalid, file, n.pos, field, msg))
+        };
+        if matches!(root.value, Value::Null) {
+            return Ok(c);
+        }
+        let Some(entries) = root.as_map() else {
+            err(&mut diags, &root, "", "config must be a mapping".into());
+            return Err(diags);
+        };
+        const TOP: &[&str] = &["branch", "sealed", "network", "limits", "commit", "ledger"];
+        for (k, v) in entries {
+            match k.name.as_str() {
+                "branch" => match v.as_str() {
+                    Some(s) if valid_branch(s) => c.branch = s.into(),
+                    _ => err(&mut diags, v, "branch", "expected a branch name".into()),
+                },
+                "sealed" => match v.value {
+                    Value::Bool(b) => c.sealed = b,
+                    _ => err(&mut diags, v, "sealed", "expected true or false".into()),
+                },
+                "network" => match v.get("allow").map(|a| &a.value) {
+                    Some(Value::Seq(items)) => {
+                        for i in items {
+                            match i.as_str() {
+                                Some(h) => c.network_allow.push(h.into()),
+                                None => err(&mut diags, i, "network.allow", "expected a host name".into()),
+                            }
+                        }
+                    }
+                    None if v.as_map().is_some() => {}
+                    _ => err(&mut diags, v, "network", "expected { allow: [hosts] }".into()),
+                },
+                "limits" => {
+                    for (lk, lv) in v.as_map().unwrap_or_default() {
+                        let n = match lv.value {
+                            Value::Int(i) if i >= 0 => i as u64,
+                            _ => {
+                                err(
+                                    &mut diags,
+                                    lv,
+                                    &format!("limits.{}", lk.name),
+                                    "expected a whole number".into(),
+                                );
+                                continue;
+                            }
+                        };
+                        match lk.name.as_str() {
+                            "maxRuns" => c.max_runs = (n as usize).max(1),
+                            "maxSteps" => c.max_steps = n as usize,
+                            "artifactBytes" => c.artifact_bytes = n,
+                            other => err(
+                                &mut diags,
+                                lv,
+                                &format!("limits.{other}"),
+                                format!("unknown limit `{other}`"),
+                            ),
+                        }
+                    }
+                }
+                "commit" => match v.get("batchMs").map(|b| &b.value) {
+                    Some(Value::Int(ms)) if *ms >= 0 => c.batch_ms = *ms as u64,
+                    _ => err(
+                        &mut diags,
+                        v,
+                        "commit.batchMs",
+                        "expected { batchMs: <milliseconds> }".into(),
+                    ),
+                },
+                "ledger" => match v.get("branch").and_then(Node::as_str) {
+                    Some(b) if valid_branch(b) => c.ledger_branch = Some(b.into()),
+                    _ => err(&mut diags, v, "ledger.branch", "expected a branch name".into()),
+                },
+                other => {
+                    let hint = did_you_mean(other, TOP.iter().copied()).map(|s| format!("did you mean `{s}`?"));
+                    let mut d = Diagnostic::new(
+                        Code::ConfigInvalid,
+                        file,
+                        k.pos,
+                        other,
+                        format!("unknown field `{other}`"),
+                    );
+                    d.hint = hint;
+                    diags.push(d);
+                }
+            }
+        }
+        diags.into_result(c)
+    }
+}
+
+fn valid_branch(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('-')
+        && !s.contains("..")
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = Config::parse(
+            "config.yaml",
+            "branch: main\nsealed: true\nnetwork: { allow: [registry.local] }\nlimits: { maxRuns: 2, maxSteps: 0, artifactBytes: 1024 }\ncommit: { batchMs: 500 }\nledger: { branch: stella/ledger }\n",
+        )
+        .unwrap();
+        assert_eq!((c.max_runs, c.batch_ms, c.ledger_branch()), (2, 500, "stella/ledger"));
+        assert!(c.sealed);
+    }
+
+    #[test]
+    fn mistakes_are_located() {
+        let d = Config::parse("config.yaml", "branch: main\nlimit: { maxRuns: 2 }\n").unwrap_err();
+        let d = d.iter().next().unwrap();
+        assert_eq!((d.line, d.code), (2, Code::ConfigInvalid));
+        assert_eq!(d.hint.as_deref(), Some("did you mean `limits`?"));
+    }
+}

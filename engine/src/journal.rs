@@ -1,0 +1,81 @@
+//! The local journal (DESIGN section 6): every event of a run is appended to
+//! `.git/stella/journal/<run-id>.ndjson` before anything else sees it, so a crash loses
+//! nothing; the ledger is a prefix of it that catches up at each commit.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::event::{Event, EventSink, read_ndjson};
+
+/// The journal of one run.
+pub struct Journal {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+}
+
+/// Where journals live: `<git-dir>/stella/journal/`.
+pub fn dir(git_dir: &Path) -> PathBuf {
+    git_dir.join("stella").join("journal")
+}
+
+pub fn path(git_dir: &Path, run: &str) -> PathBuf {
+    dir(git_dir).join(format!("{run}.ndjson"))
+}
+
+/// The events recorded so far for `run` (empty when there is no journal).
+pub fn read(git_dir: &Path, run: &str) -> Result<Vec<Event>, String> {
+    match std::fs::read_to_string(path(git_dir, run)) {
+        Ok(text) => read_ndjson(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("cannot read the journal of {run}: {e}")),
+    }
+}
+
+impl Journal {
+    /// Opens (creating) the journal of `run` for appending. A torn last line from a crash
+    /// is cut off first, so the next event starts on a line of its own.
+    pub fn open(git_dir: &Path, run: &str) -> std::io::Result<Journal> {
+        let path = path(git_dir, run);
+        std::fs::create_dir_all(path.parent().expect("journal dir"))?;
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if !text.is_empty() && !text.ends_with('\n') {
+                let keep = text.rfind('\n').map_or(0, |i| i + 1);
+                let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+                f.set_len(keep as u64)?;
+            }
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(Journal {
+            path,
+            file: Mutex::new(file),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Everything recorded so far, as the ledger's `events.ndjson` should hold it.
+    pub fn contents(&self) -> std::io::Result<Vec<u8>> {
+        let _guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        std::fs::read(&self.path)
+    }
+
+    /// Forces what was written to stable storage (at commits; a process crash loses nothing
+    /// written before it anyway).
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.lock().unwrap_or_else(|p| p.into_inner()).sync_data()
+    }
+}
+
+impl EventSink for Journal {
+    fn accept(&self, event: &Event) -> std::io::Result<()> {
+        let mut line = event.to_line();
+        line.push('\n');
+        self.file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_all(line.as_bytes())
+    }
+}

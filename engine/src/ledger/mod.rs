@@ -1,0 +1,363 @@
+//! The git ledger: reading the watched branch (commits, trees, files) and committing runner
+//! files back as signed commits, built from the branch tip's tree (never the index), moved
+//! by compare-and-swap, with the index and working tree updated for the runner's paths only.
+//! The only module besides `sync` that touches git.
+
+pub mod verify;
+mod worktree;
+
+use std::path::{Path, PathBuf};
+
+use gix::ObjectId;
+use gix::bstr::ByteSlice;
+use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
+use gix::refs::{FullName, Target};
+
+use crate::code::Code;
+
+/// A ledger failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: not a git repository with a working tree ({detail})")]
+    NotARepo { path: String, detail: String },
+    #[error("git: {0}")]
+    Git(String),
+    #[error("branch {branch} moved {attempts} times while committing; giving up")]
+    Contended { branch: String, attempts: u32 },
+    #[error("`{0}` is not a runner path; the runner only writes under runs/<run-id>/")]
+    NotRunnerPath(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl Error {
+    pub fn code(&self) -> Code {
+        match self {
+            Error::NotARepo { .. } | Error::NotRunnerPath(_) => Code::Usage,
+            _ => Code::Io,
+        }
+    }
+}
+
+fn git<E: std::fmt::Display>(e: E) -> Error {
+    Error::Git(e.to_string())
+}
+
+/// Produces the armored SSH signature (namespace `git`) for a commit's bytes.
+pub trait CommitSigner {
+    fn sign_commit(&self, payload: &[u8]) -> String;
+}
+
+/// One file the runner writes: its repository path and full new content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileWrite {
+    pub path: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Who runner commits are by.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: String,
+    pub email: String,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Identity {
+            name: "Stella Runner".into(),
+            email: "runner@stella.invalid".into(),
+        }
+    }
+}
+
+/// An open repository and the branch the runner reads and writes.
+pub struct Ledger {
+    repo: gix::Repository,
+    workdir: PathBuf,
+    branch: FullName,
+    identity: Identity,
+}
+
+/// Paths the runner may write: `runs/<run-id>/<file>`, nothing else.
+pub fn is_runner_path(path: &str) -> bool {
+    let mut parts = path.split('/');
+    matches!(parts.next(), Some("runs"))
+        && parts.next().is_some_and(crate::run_id::is_valid)
+        && path.split('/').count() >= 3
+        && !path.split('/').any(|p| p.is_empty() || p == "." || p == "..")
+        && path.split('/').nth(2) != Some("request.yaml")
+        && path.split('/').nth(2) != Some("cancel.yaml")
+}
+
+impl Ledger {
+    /// Opens the repository at `dir` (its working tree) and the branch `branch` (e.g. `main`).
+    pub fn open(dir: &Path, branch: &str) -> Result<Ledger, Error> {
+        let not = |detail: String| Error::NotARepo {
+            path: dir.display().to_string(),
+            detail,
+        };
+        let repo = gix::open(dir).map_err(|e| not(e.to_string()))?;
+        let workdir = repo
+            .workdir()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| not("bare repository".into()))?;
+        let branch = FullName::try_from(format!("refs/heads/{branch}")).map_err(|e| not(e.to_string()))?;
+        Ok(Ledger {
+            repo,
+            workdir,
+            branch,
+            identity: Identity::default(),
+        })
+    }
+
+    pub fn workdir(&self) -> &Path {
+        &self.workdir
+    }
+
+    pub fn git_dir(&self) -> &Path {
+        self.repo.git_dir()
+    }
+
+    pub fn branch(&self) -> &str {
+        self.branch.as_bstr().to_str().unwrap_or("refs/heads/?")
+    }
+
+    /// Re-opens the repository, so references and packs written by others are seen.
+    pub fn refresh(&mut self) {
+        if let Ok(repo) = gix::open(&self.workdir) {
+            self.repo = repo;
+        }
+    }
+
+    /// The branch tip, if the branch exists.
+    pub fn tip(&self) -> Result<Option<ObjectId>, Error> {
+        match self.repo.try_find_reference(self.branch.as_ref()).map_err(git)? {
+            Some(mut r) => Ok(Some(r.peel_to_id().map_err(git)?.detach())),
+            None => Ok(None),
+        }
+    }
+
+    /// The content of `path` in `commit`, if it is a file there.
+    pub fn read(&self, commit: ObjectId, path: &str) -> Result<Option<Vec<u8>>, Error> {
+        let tree = self.repo.find_commit(commit).map_err(git)?.tree().map_err(git)?;
+        let Some(entry) = tree.lookup_entry_by_path(path).map_err(git)? else {
+            return Ok(None);
+        };
+        if !entry.mode().is_blob() {
+            return Ok(None);
+        }
+        let blob = self.repo.find_blob(entry.oid()).map_err(git)?;
+        Ok(Some(blob.data.clone()))
+    }
+
+    /// Names of the entries of directory `path` in `commit` (empty when absent), with whether each is a tree.
+    pub fn list(&self, commit: ObjectId, path: &str) -> Result<Vec<(String, bool)>, Error> {
+        let root = self.repo.find_commit(commit).map_err(git)?.tree().map_err(git)?;
+        let tree = if path.is_empty() {
+            root
+        } else {
+            match root.lookup_entry_by_path(path).map_err(git)? {
+                Some(e) if e.mode().is_tree() => self.repo.find_tree(e.oid()).map_err(git)?,
+                _ => return Ok(Vec::new()),
+            }
+        };
+        let mut out = Vec::new();
+        for entry in tree.iter() {
+            let entry = entry.map_err(git)?;
+            out.push((entry.filename().to_str_lossy().into_owned(), entry.mode().is_tree()));
+        }
+        Ok(out)
+    }
+
+    /// Every file under `dir` in `commit`, as (path relative to `dir`, content, executable).
+    pub fn files_under(&self, commit: ObjectId, dir: &str) -> Result<Vec<(String, Vec<u8>, bool)>, Error> {
+        let mut out = Vec::new();
+        let mut stack = vec![String::new()];
+        while let Some(rel) = stack.pop() {
+            let full = if rel.is_empty() {
+                dir.to_string()
+            } else {
+                format!("{dir}/{rel}")
+            };
+            for (name, is_tree) in self.list(commit, &full)? {
+                let child = if rel.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                if is_tree {
+                    stack.push(child);
+                } else {
+                    let path = format!("{dir}/{child}");
+                    let tree = self.repo.find_commit(commit).map_err(git)?.tree().map_err(git)?;
+                    let entry = tree.lookup_entry_by_path(&path).map_err(git)?.expect("listed just now");
+                    if entry.mode().is_link() {
+                        return Err(Error::Git(format!("{path}: symlinks are not allowed in packs")));
+                    }
+                    let executable = entry.mode().is_executable();
+                    let blob = self.repo.find_blob(entry.oid()).map_err(git)?;
+                    out.push((child, blob.data.clone(), executable));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Whether `ancestor` is reachable from `descendant` (history not rewritten past it).
+    pub fn is_ancestor(&self, ancestor: ObjectId, descendant: ObjectId) -> Result<bool, Error> {
+        if ancestor == descendant {
+            return Ok(true);
+        }
+        let walk = self.repo.rev_walk([descendant]).all().map_err(git)?;
+        for info in walk {
+            if info.map_err(git)?.id == ancestor {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The first-parent history of the branch, oldest first.
+    pub fn history(&self) -> Result<Vec<ObjectId>, Error> {
+        let Some(tip) = self.tip()? else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for info in self.repo.rev_walk([tip]).all().map_err(git)? {
+            out.push(info.map_err(git)?.id);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// A commit's raw object (headers and message), for signature checks.
+    pub fn raw_commit(&self, id: ObjectId) -> Result<Vec<u8>, Error> {
+        Ok(self.repo.find_object(id).map_err(git)?.data.clone())
+    }
+
+    /// The parents of a commit.
+    pub fn parents(&self, id: ObjectId) -> Result<Vec<ObjectId>, Error> {
+        let c = self.repo.find_commit(id).map_err(git)?;
+        Ok(c.parent_ids().map(|p| p.detach()).collect())
+    }
+
+    /// Commits `writes` on top of the branch tip as one signed commit, retrying when someone
+    /// else moves the branch meanwhile, then brings the index and working tree up to date for
+    /// exactly those paths. Returns the new commit.
+    pub fn commit(
+        &mut self,
+        writes: &[FileWrite],
+        message: &str,
+        signer: &dyn CommitSigner,
+    ) -> Result<ObjectId, Error> {
+        for w in writes {
+            if !is_runner_path(&w.path) {
+                return Err(Error::NotRunnerPath(w.path.clone()));
+            }
+        }
+        const ATTEMPTS: u32 = 20;
+        for attempt in 0..ATTEMPTS {
+            let tip = self.tip()?;
+            let base_tree = match tip {
+                Some(t) => self.repo.find_commit(t).map_err(git)?.tree_id().map_err(git)?.detach(),
+                None => ObjectId::empty_tree(self.repo.object_hash()),
+            };
+            let mut editor = self.repo.edit_tree(base_tree).map_err(git)?;
+            let mut blobs = Vec::with_capacity(writes.len());
+            for w in writes {
+                let id = self.repo.write_blob(&w.bytes).map_err(git)?.detach();
+                editor
+                    .upsert(w.path.as_str(), gix::objs::tree::EntryKind::Blob, id)
+                    .map_err(git)?;
+                blobs.push(id);
+            }
+            let tree = editor.write().map_err(git)?.detach();
+            let commit = self.signed_commit(tree, tip, message, signer)?;
+            let expected = match tip {
+                Some(t) => PreviousValue::MustExistAndMatch(Target::Object(t)),
+                None => PreviousValue::MustNotExist,
+            };
+            let edit = RefEdit {
+                change: Change::Update {
+                    log: LogChange {
+                        mode: RefLog::AndReference,
+                        force_create_reflog: false,
+                        message: format!("stella: {}", first_line(message)).into(),
+                    },
+                    expected,
+                    new: Target::Object(commit),
+                },
+                name: self.branch.clone(),
+                deref: false,
+            };
+            match self.repo.edit_reference(edit) {
+                Ok(_) => {
+                    let head_is_branch = self.head_is_branch();
+                    if head_is_branch {
+                        worktree::sync(&self.repo, &self.workdir, writes, &blobs).map_err(Error::Io)?;
+                    }
+                    return Ok(commit);
+                }
+                Err(e) => {
+                    tracing::debug!(attempt, error = %e, "branch moved while committing; retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(5 * u64::from(attempt + 1)));
+                    self.refresh();
+                }
+            }
+        }
+        Err(Error::Contended {
+            branch: self.branch().to_string(),
+            attempts: ATTEMPTS,
+        })
+    }
+
+    /// Whether HEAD is the ledger branch (then the working tree shows what the runner commits).
+    fn head_is_branch(&self) -> bool {
+        self.repo.head_name().ok().flatten().is_some_and(|n| n == self.branch)
+    }
+
+    fn signed_commit(
+        &self,
+        tree: ObjectId,
+        parent: Option<ObjectId>,
+        message: &str,
+        signer: &dyn CommitSigner,
+    ) -> Result<ObjectId, Error> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
+        let sig = gix::actor::Signature {
+            name: self.identity.name.clone().into(),
+            email: self.identity.email.clone().into(),
+            time: gix::date::Time {
+                seconds: now,
+                offset: 0,
+            },
+        };
+        let mut commit = gix::objs::Commit {
+            tree,
+            parents: parent.into_iter().collect(),
+            author: sig.clone(),
+            committer: sig,
+            encoding: None,
+            message: message.into(),
+            extra_headers: Vec::new(),
+        };
+        let mut payload = Vec::new();
+        gix::objs::WriteTo::write_to(&commit, &mut payload).map_err(git)?;
+        let armored = signer.sign_commit(&payload);
+        commit.extra_headers.push(("gpgsig".into(), armored.trim_end().into()));
+        Ok(self.repo.write_object(&commit).map_err(git)?.detach())
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+impl CommitSigner for crate::keys::SshKey {
+    fn sign_commit(&self, payload: &[u8]) -> String {
+        self.sign("git", payload)
+    }
+}

@@ -1,0 +1,91 @@
+//! Bringing the working tree and the index up to date for the files the runner committed, and
+//! nothing else: a person's edits and staged work stay exactly as they were, so `git status`
+//! reads the same before and after a runner commit.
+
+use std::io::Write;
+use std::path::Path;
+
+use gix::ObjectId;
+use gix::bstr::BStr;
+
+use super::FileWrite;
+
+/// Writes each file into the working tree and records it in the index with its blob id, all
+/// under the index lock (the same `index.lock` git takes, so neither side loses an update).
+pub fn sync(repo: &gix::Repository, workdir: &Path, writes: &[FileWrite], blobs: &[ObjectId]) -> Result<(), String> {
+    let index_path = repo.index_path();
+    let mut lock = acquire(&index_path)?;
+    for w in writes {
+        let dest = workdir.join(&w.path);
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let tmp = dest.with_extension("stella-tmp");
+        std::fs::write(&tmp, &w.bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    }
+    let mut index = if index_path.exists() {
+        gix::index::File::at(
+            &index_path,
+            repo.object_hash(),
+            false,
+            gix::index::decode::Options::default(),
+        )
+        .map_err(|e| format!("cannot read the index: {e}"))?
+    } else {
+        gix::index::File::from_state(gix::index::State::new(repo.object_hash()), index_path.clone())
+    };
+    let mut pushed = false;
+    for (w, id) in writes.iter().zip(blobs) {
+        let meta = gix::index::fs::Metadata::from_path_no_follow(&workdir.join(&w.path))
+            .map_err(|e| format!("{}: {e}", w.path))?;
+        let stat = gix::index::entry::Stat::from_fs(&meta).map_err(|e| format!("{}: {e}", w.path))?;
+        let path: &BStr = w.path.as_str().into();
+        match index.entry_mut_by_path_and_stage(path, gix::index::entry::Stage::Unconflicted) {
+            Some(entry) => {
+                entry.id = *id;
+                entry.stat = stat;
+                entry.mode = gix::index::entry::Mode::FILE;
+            }
+            None => {
+                index.dangerously_push_entry(
+                    stat,
+                    *id,
+                    gix::index::entry::Flags::empty(),
+                    gix::index::entry::Mode::FILE,
+                    path,
+                );
+                pushed = true;
+            }
+        }
+    }
+    if pushed {
+        index.sort_entries();
+    }
+    // The cached tree extension would describe directories as they were; drop it (git rebuilds it).
+    index.remove_tree();
+    index
+        .write_to(&mut lock, gix::index::write::Options::default())
+        .map_err(|e| format!("cannot write the index: {e}"))?;
+    lock.flush().map_err(|e| format!("cannot write the index: {e}"))?;
+    lock.into_inner()
+        .map_err(|e| format!("cannot write the index: {e}"))?
+        .commit()
+        .map_err(|e| format!("cannot replace the index: {e}"))?;
+    Ok(())
+}
+
+/// Takes `index.lock`, waiting a little while a person's git command holds it.
+fn acquire(index: &Path) -> Result<std::io::BufWriter<gix::lock::File>, String> {
+    let mut last = String::new();
+    for attempt in 0..100u64 {
+        match gix::lock::File::acquire_to_update_resource(index, gix::lock::acquire::Fail::Immediately, None, 0) {
+            Ok(lock) => return Ok(std::io::BufWriter::new(lock)),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10 + attempt * 2));
+    }
+    Err(format!(
+        "the index is locked by another process ({last}); if no git command is running, remove .git/index.lock"
+    ))
+}

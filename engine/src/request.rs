@@ -1,0 +1,179 @@
+//! Run requests, `runs/<run-id>/request.yaml` (DESIGN section 4): what people commit to ask
+//! for a run. Parsed strictly; a request is hostile input from a pull request.
+
+use serde::Serialize;
+
+use crate::code::Code;
+use crate::diag::{Diagnostic, Diagnostics, Pos, did_you_mean};
+use crate::yaml::{self, Node, Value};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Request {
+    /// Repository path of the pack directory, e.g. `packs/sbom-remediation`.
+    pub pack: String,
+    /// The inputs as written (a YAML tree, so errors can point into it).
+    #[serde(skip)]
+    pub inputs: Option<Node>,
+    pub plan_hash: Option<String>,
+    pub run_token: Option<String>,
+    pub retry_of: Option<String>,
+}
+
+const FIELDS: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "pack",
+    "inputs",
+    "planHash",
+    "runToken",
+    "retryOf",
+];
+
+impl Request {
+    pub fn parse(file: &str, text: &str) -> Result<Request, Diagnostics> {
+        let root = yaml::parse(file, text, yaml::Limits::default()).map_err(|mut d| {
+            d.code = Code::RequestInvalid;
+            Diagnostics::from(d)
+        })?;
+        let mut unknown = Diagnostics::default();
+        let Some(entries) = root.as_map() else {
+            let msg = "a request is a mapping (apiVersion, kind, pack, inputs, ...)";
+            return Err(Diagnostic::new(Code::RequestInvalid, file, root.pos, "", msg).into());
+        };
+        for (k, _) in entries {
+            if !FIELDS.contains(&k.name.as_str()) {
+                let hint = did_you_mean(&k.name, FIELDS.iter().copied()).map(|s| format!("did you mean `{s}`?"));
+                let mut d = Diagnostic::new(
+                    Code::RequestInvalid,
+                    file,
+                    k.pos,
+                    &k.name,
+                    format!("unknown field `{}`", k.name),
+                );
+                d.hint = hint;
+                unknown.push(d);
+            }
+        }
+        let mut diags = unknown;
+        let mut err = |pos: Pos, field: &str, msg: String| {
+            diags.push(Diagnostic::new(Code::RequestInvalid, file, pos, field, msg))
+        };
+        let text_field = |name: &str| root.get(name).map(|n| (n.as_str().map(str::to_string), n.pos));
+        match text_field("apiVersion") {
+            Some((Some(v), _)) if v == "stella/v1" => {}
+            Some((_, pos)) => err(pos, "apiVersion", "expected `stella/v1`".into()),
+            None => err(root.pos, "apiVersion", "missing required field `apiVersion`".into()),
+        }
+        match text_field("kind") {
+            Some((Some(v), _)) if v == "RunRequest" => {}
+            Some((_, pos)) => err(pos, "kind", "expected `RunRequest`".into()),
+            None => err(root.pos, "kind", "missing required field `kind`".into()),
+        }
+        let pack = match text_field("pack") {
+            Some((Some(p), pos)) => match crate::pack::normalise(&p) {
+                Some(n) if n.starts_with("packs/") && n.split('/').count() == 2 => Some(n),
+                _ => {
+                    err(pos, "pack", format!("`{p}` is not a pack path; expected packs/<name>"));
+                    None
+                }
+            },
+            Some((None, pos)) => {
+                err(pos, "pack", "expected a path such as packs/<name>".into());
+                None
+            }
+            None => {
+                err(root.pos, "pack", "missing required field `pack`".into());
+                None
+            }
+        };
+        let inputs = root.get("inputs").cloned().filter(|n| !matches!(n.value, Value::Null));
+        if let Some(n) = &inputs {
+            if n.as_map().is_none() {
+                err(n.pos, "inputs", format!("inputs must be a mapping, found {}", n.kind()));
+            }
+        }
+        let plan_hash = match text_field("planHash") {
+            Some((Some(h), pos)) => {
+                let ok = h
+                    .strip_prefix("sha256:")
+                    .is_some_and(|x| x.len() == 64 && x.bytes().all(|b| b.is_ascii_hexdigit()));
+                if !ok {
+                    err(pos, "planHash", "expected sha256:<64 hex digits>".into());
+                }
+                Some(h)
+            }
+            Some((None, pos)) => {
+                err(pos, "planHash", "expected sha256:<64 hex digits>".into());
+                None
+            }
+            None => None,
+        };
+        let run_token = match text_field("runToken") {
+            Some((Some(t), pos)) if t.is_empty() || t.len() > 200 => {
+                err(pos, "runToken", "a run token is 1 to 200 characters".into());
+                None
+            }
+            Some((Some(t), _)) => Some(t),
+            Some((None, pos)) => {
+                err(pos, "runToken", "expected a string".into());
+                None
+            }
+            None => None,
+        };
+        let retry_of = match text_field("retryOf") {
+            Some((Some(r), pos)) if !crate::run_id::is_valid(&r) => {
+                err(pos, "retryOf", format!("`{r}` is not a run id"));
+                None
+            }
+            Some((r, _)) => r,
+            None => None,
+        };
+        drop(err);
+        match pack {
+            Some(pack) if diags.is_empty() => Ok(Request {
+                pack,
+                inputs,
+                plan_hash,
+                run_token,
+                retry_of,
+            }),
+            _ => Err(diags.sorted()),
+        }
+    }
+
+    /// The request file as `stella run request` writes it.
+    pub fn render(pack: &str, inputs: &serde_json::Value, plan_hash: &str) -> String {
+        let inputs = serde_json::to_string(inputs).expect("inputs are JSON");
+        format!("apiVersion: stella/v1\nkind: RunRequest\npack: {pack}\ninputs: {inputs}\nplanHash: \"{plan_hash}\"\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rendered_request_parses_back() {
+        let text = Request::render(
+            "packs/hello",
+            &serde_json::json!({"who": "a'b"}),
+            &format!("sha256:{}", "0".repeat(64)),
+        );
+        let r = Request::parse("request.yaml", &text).unwrap();
+        assert_eq!(r.pack, "packs/hello");
+        assert_eq!(r.inputs.unwrap().to_json(), serde_json::json!({"who": "a'b"}));
+    }
+
+    #[test]
+    fn hostile_requests_are_refused_with_lines() {
+        let d = Request::parse(
+            "r.yaml",
+            "apiVersion: stella/v1\nkind: RunRequest\npack: ../../etc\nplanHash: md5:x\n",
+        )
+        .unwrap_err();
+        let fields: Vec<(&str, u64)> = d.iter().map(|d| (d.field.as_str(), d.line)).collect();
+        assert_eq!(fields, [("pack", 3), ("planHash", 4)]);
+        assert!(d.iter().all(|d| d.code == Code::RequestInvalid));
+    }
+}

@@ -1,0 +1,112 @@
+//! The event sink of a run in a repository: every event goes to the journal first, and the
+//! run's ledger files (events, plan, artifacts) are committed in batches — at once at a gate
+//! wait and at the end of the run, otherwise at most every `commit.batchMs`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::event::{Event, EventSink};
+use crate::journal::Journal;
+use crate::ledger::FileWrite;
+
+use super::lifecycle::Environment;
+
+pub struct LedgerSink<'a> {
+    pub env: &'a Environment,
+    pub id: &'a str,
+    pub journal: &'a Journal,
+    pub run_dir: PathBuf,
+    pub batch: Duration,
+    pub last_commit: Mutex<Instant>,
+}
+
+impl LedgerSink<'_> {
+    /// Commits everything of the run the ledger lacks, with `message`.
+    pub fn commit(&self, message: &str) -> Result<(), String> {
+        let mut writes = vec![FileWrite {
+            path: format!("runs/{}/events.ndjson", self.id),
+            bytes: self
+                .journal
+                .contents()
+                .map_err(|e| format!("cannot read the journal: {e}"))?,
+        }];
+        writes.extend(artifact_writes(&self.run_dir, self.id)?);
+        let _ = self.journal.sync();
+        let mut ledger = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        ledger
+            .commit(&writes, message, self.env.signer.as_ref())
+            .map_err(|e| e.to_string())?;
+        *self.last_commit.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        Ok(())
+    }
+}
+
+/// The run's artifacts as ledger files: `runs/<id>/artifacts/<step>/<name>`.
+pub fn artifact_writes(run_dir: &Path, id: &str) -> Result<Vec<FileWrite>, String> {
+    let root = run_dir.join("artifacts");
+    let mut out = Vec::new();
+    if !root.exists() {
+        return Ok(out);
+    }
+    for entry in walkdir::WalkDir::new(&root).follow_links(false).sort_by_file_name() {
+        let entry = entry.map_err(|e| format!("cannot read artifacts: {e}"))?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let rel = entry
+            .path()
+            .strip_prefix(run_dir)
+            .expect("under the run dir")
+            .to_string_lossy()
+            .replace('\\', "/");
+        let bytes = std::fs::read(entry.path()).map_err(|e| format!("{rel}: {e}"))?;
+        out.push(FileWrite {
+            path: format!("runs/{id}/{rel}"),
+            bytes,
+        });
+    }
+    Ok(out)
+}
+
+/// The commit message for an event that ends a batch.
+pub fn message_for(id: &str, e: &Event, journal: &[Event]) -> String {
+    let steps = journal
+        .iter()
+        .filter(|x| x.kind == "step.succeeded" && x.get("attempt").is_some())
+        .count();
+    let secs = e
+        .get("durationMs")
+        .and_then(|v| v.as_u64())
+        .map_or(String::new(), |ms| format!(", {:.1}s", ms as f64 / 1000.0));
+    let plural = if steps == 1 { "" } else { "s" };
+    match e.kind.as_str() {
+        "run.succeeded" => format!("stella: run {id} succeeded ({steps} step{plural}{secs})"),
+        "run.failed" => format!("stella: run {id} failed: {}", e.msg.as_deref().unwrap_or("")),
+        "run.cancelled" => format!("stella: run {id} cancelled"),
+        "gate.waiting" => format!("stella: run {id} waiting at gate {}", e.step.as_deref().unwrap_or("")),
+        _ => format!("stella: run {id} in progress ({steps} step{plural} done)"),
+    }
+}
+
+impl EventSink for LedgerSink<'_> {
+    fn accept(&self, event: &Event) -> std::io::Result<()> {
+        self.journal.accept(event)?;
+        let urgent = matches!(
+            event.kind.as_str(),
+            "gate.waiting" | "run.succeeded" | "run.failed" | "run.cancelled"
+        );
+        let due = self.last_commit.lock().unwrap_or_else(|p| p.into_inner()).elapsed() >= self.batch;
+        if urgent || due {
+            let events =
+                crate::event::read_ndjson(&String::from_utf8_lossy(&self.journal.contents()?)).unwrap_or_default();
+            let message = message_for(self.id, event, &events);
+            // The journal holds the event; a failed commit is retried at the next batch, and
+            // the daemon flushes whatever is left when the run ends.
+            if let Err(e) = self.commit(&message) {
+                tracing::warn!(run = %self.id, error = %e, "ledger commit failed; the journal keeps the events");
+            }
+        }
+        Ok(())
+    }
+}

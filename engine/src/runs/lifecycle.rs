@@ -1,0 +1,424 @@
+//! One run from request to finished ledger: plan it from the objects of the commit that
+//! holds the request (never the working tree), record the plan, execute it with the
+//! executor, and commit; or recover an interrupted run from its journal; or flush, or cancel.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gix::ObjectId;
+use serde_json::json;
+
+use crate::code::Code;
+use crate::config::{CONFIG_PATH, Config};
+use crate::diag::Diagnostics;
+use crate::event::{Event, EventSink, now_rfc3339};
+use crate::exec::{self, CancelToken, ExecConfig, Gatekeeper, Outcome};
+use crate::journal::{self, Journal};
+use crate::ledger::{CommitSigner, FileWrite, Ledger};
+use crate::pack::{PackFiles, sha256_hex};
+use crate::plan::Plan;
+use crate::request::Request;
+use crate::secrets::Secrets;
+use crate::state::fold;
+
+use super::Need;
+use super::ledger_sink::{LedgerSink, artifact_writes, message_for};
+
+/// What every run of one daemon shares.
+pub struct Environment {
+    pub ledger: Mutex<Ledger>,
+    pub git_dir: PathBuf,
+    pub signer: Arc<dyn CommitSigner + Send + Sync>,
+    /// Secrets from `--secrets FILE`; others come from `STELLA_SECRET_<NAME>`.
+    pub file_secrets: BTreeMap<String, String>,
+    pub kill_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("ledger: {0}")]
+    Ledger(String),
+    #[error("journal: {0}")]
+    Journal(String),
+}
+
+impl Error {
+    pub fn code(&self) -> Code {
+        Code::Io
+    }
+}
+
+/// A failure decided before execution, recorded as `run.failed`.
+struct Refusal {
+    code: Code,
+    message: String,
+    problems: Option<Diagnostics>,
+}
+
+impl From<Diagnostics> for Refusal {
+    fn from(d: Diagnostics) -> Self {
+        let message = d.iter().next().map(ToString::to_string).unwrap_or_default();
+        Refusal {
+            code: d.code(),
+            message,
+            problems: Some(d),
+        }
+    }
+}
+
+fn refuse(code: Code, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+        problems: None,
+    }
+}
+
+/// Carries run `id` forward as `need` says. Returns how the run stands when this call ends.
+pub fn process(
+    env: &Environment,
+    id: &str,
+    need: Need,
+    cancel: CancelToken,
+    gates: &dyn Gatekeeper,
+) -> Result<Option<Outcome>, Error> {
+    let journal = Journal::open(&env.git_dir, id).map_err(|e| Error::Journal(e.to_string()))?;
+    let prior = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+    let run_dir = super::work_dir(&env.git_dir, id);
+    let tip = tip(env)?;
+    let config = read_config(env, tip);
+    let sink = LedgerSink {
+        env,
+        id,
+        journal: &journal,
+        run_dir: run_dir.clone(),
+        batch: Duration::from_millis(config.batch_ms),
+        last_commit: Mutex::new(Instant::now()),
+    };
+    match need {
+        Need::Nothing => Ok(None),
+        Need::Flush => {
+            let last = prior.last().cloned().unwrap_or_else(|| Event::new("run.progress"));
+            sink.commit(&message_for(id, &last, &prior)).map_err(Error::Ledger)?;
+            Ok(None)
+        }
+        Need::Cancel => {
+            let reason = read_text(env, tip, &format!("runs/{id}/cancel.yaml"))
+                .and_then(|t| crate::yaml::parse("cancel.yaml", &t, Default::default()).ok())
+                .and_then(|n| n.get("reason").and_then(|r| r.as_str().map(str::to_string)))
+                .unwrap_or_else(|| "cancelled by request".into());
+            append(
+                &journal,
+                &prior,
+                Event::new("run.cancelled")
+                    .level("warn")
+                    .msg(reason)
+                    .data(json!({ "code": Code::RunCancelled.as_str() })),
+            );
+            let all = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+            sink.commit(&message_for(id, all.last().expect("just appended"), &all))
+                .map_err(Error::Ledger)?;
+            Ok(Some(Outcome::Cancelled))
+        }
+        Need::Start | Need::Recover | Need::Waiting => {
+            let prepared = if prior.is_empty() {
+                plan_new(env, id, tip, &config)
+            } else {
+                replan(env, id, &prior)
+            };
+            let (plan, files) = match prepared {
+                Ok(p) => p,
+                Err(r) => {
+                    fail(&journal, &prior, &r);
+                    let all = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+                    sink.commit(&message_for(id, all.last().expect("just appended"), &all))
+                        .map_err(Error::Ledger)?;
+                    return Ok(Some(Outcome::Failed {
+                        code: r.code,
+                        message: r.message,
+                    }));
+                }
+            };
+            if prior.is_empty() {
+                let mut writes = vec![FileWrite {
+                    path: format!("runs/{id}/plan.json"),
+                    bytes: plan.to_plan_json().into_bytes(),
+                }];
+                writes.push(FileWrite {
+                    path: format!("runs/{id}/events.ndjson"),
+                    bytes: journal.contents().map_err(|e| Error::Journal(e.to_string()))?,
+                });
+                let msg = format!(
+                    "stella: run {id} planned ({} {}, {})",
+                    plan.pack.name,
+                    plan.pack.version,
+                    plan.hash()
+                );
+                env.ledger
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .commit(&writes, &msg, env.signer.as_ref())
+                    .map_err(|e| Error::Ledger(e.to_string()))?;
+            }
+            let mut prior = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+            let before = fold(&prior);
+            if need == Need::Waiting {
+                // Resume only when the gate's answer changed; otherwise nothing happens.
+                let gate = before.waiting_gate.clone().unwrap_or_default();
+                let step = plan.all_steps().into_iter().find(|s| s.id == gate).cloned();
+                match step
+                    .as_ref()
+                    .and_then(|s| s.approval.as_ref().map(|a| gates.decide(s, a)))
+                {
+                    Some(exec::GateDecision::Waiting) | None => {
+                        return Ok(Some(Outcome::Waiting {
+                            step: gate,
+                            approval: String::new(),
+                        }));
+                    }
+                    Some(_) => {}
+                }
+            } else if need == Need::Recover {
+                let ahead = prior.len().saturating_sub(view_len(env, tip, id));
+                append(
+                    &journal,
+                    &prior,
+                    Event::new("run.recovered")
+                        .level("warn")
+                        .msg("the runner stopped during this run; resuming from its journal")
+                        .data(json!({ "journalAhead": ahead })),
+                );
+                prior = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+            }
+            let file_secrets = &env.file_secrets;
+            let secrets = match Secrets::for_plan(&plan, file_secrets, |k| std::env::var(k).ok()) {
+                Ok(s) => s,
+                Err(d) => {
+                    let r = Refusal::from(d);
+                    fail(&journal, &prior, &r);
+                    let all = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+                    sink.commit(&message_for(id, all.last().expect("just appended"), &all))
+                        .map_err(Error::Ledger)?;
+                    return Ok(Some(Outcome::Failed {
+                        code: r.code,
+                        message: r.message,
+                    }));
+                }
+            };
+            let mut cfg = ExecConfig::new(id, &run_dir);
+            cfg.secrets = secrets;
+            cfg.max_steps = config.max_steps;
+            cfg.artifact_bytes = config.artifact_bytes;
+            cfg.kill_grace = env.kill_grace;
+            cfg.cancel = cancel;
+            let outcome = exec::execute(&plan, &files, &prior, &cfg, gates, vec![&sink as &dyn EventSink]);
+            // The terminal event was committed by the sink; make sure nothing is left behind.
+            let all = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+            if all.len() > view_len(env, self::tip(env)?, id) {
+                sink.commit(&message_for(id, all.last().expect("has events"), &all))
+                    .map_err(Error::Ledger)?;
+            }
+            Ok(Some(outcome))
+        }
+    }
+}
+
+fn tip(env: &Environment) -> Result<ObjectId, Error> {
+    let mut ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+    ledger.refresh();
+    ledger
+        .tip()
+        .map_err(|e| Error::Ledger(e.to_string()))?
+        .ok_or_else(|| Error::Ledger("the branch has no commits".into()))
+}
+
+fn view_len(env: &Environment, tip: ObjectId, id: &str) -> usize {
+    let ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+    ledger
+        .read(tip, &format!("runs/{id}/events.ndjson"))
+        .ok()
+        .flatten()
+        .map_or(0, |b| {
+            crate::event::read_ndjson(&String::from_utf8_lossy(&b)).map_or(0, |v| v.len())
+        })
+}
+
+fn read_text(env: &Environment, commit: ObjectId, path: &str) -> Option<String> {
+    let ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+    ledger
+        .read(commit, path)
+        .ok()
+        .flatten()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// The repository policy at `commit` (defaults when there is none or it is broken; a broken
+/// config is reported by `stella doctor` and the daemon's start-up, not per run).
+pub fn read_config(env: &Environment, commit: ObjectId) -> Config {
+    read_text(env, commit, CONFIG_PATH)
+        .and_then(|t| Config::parse(CONFIG_PATH, &t).ok())
+        .unwrap_or_default()
+}
+
+/// Appends an event with the next sequence number straight to the journal.
+fn append(journal: &Journal, prior: &[Event], mut e: Event) {
+    e.seq = fold(prior).next_seq;
+    e.ts = now_rfc3339();
+    if let Err(err) = journal.accept(&e) {
+        tracing::error!(error = %err, "cannot append to the journal");
+    }
+}
+
+fn fail(journal: &Journal, prior: &[Event], r: &Refusal) {
+    let mut data = json!({ "code": r.code.as_str() });
+    if let Some(p) = &r.problems {
+        data["problems"] = serde_json::to_value(p).unwrap_or_default();
+    }
+    append(
+        journal,
+        prior,
+        Event::new("run.failed")
+            .level("error")
+            .msg(r.message.clone())
+            .data(data),
+    );
+}
+
+/// Plans a new request from the objects of `commit` and records `run.planned`.
+fn plan_new(env: &Environment, id: &str, commit: ObjectId, config: &Config) -> Result<(Plan, PackFiles), Refusal> {
+    let request_path = format!("runs/{id}/request.yaml");
+    let text = read_text(env, commit, &request_path)
+        .ok_or_else(|| refuse(Code::RequestInvalid, format!("{request_path} is missing")))?;
+    let request = Request::parse(&request_path, &text)?;
+    if let Some(token) = &request.run_token {
+        if let Some(first) = first_with_token(env, commit, token, id) {
+            return Err(refuse(
+                Code::RunDuplicate,
+                format!("duplicate of run {first} (same runToken); not executed"),
+            ));
+        }
+    }
+    let files = pack_at(env, commit, &request.pack)?;
+    let plan = crate::plan_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
+    let hash = plan.hash();
+    if let Some(pinned) = &request.plan_hash {
+        if *pinned != hash {
+            return Err(refuse(
+                Code::PackHashMismatch,
+                format!("the request pins {pinned}, but the pack and inputs at this commit plan to {hash}"),
+            ));
+        }
+    }
+    let journal = Journal::open(&env.git_dir, id).map_err(|e| refuse(Code::Io, e.to_string()))?;
+    let mut data = json!({
+        "planHash": hash, "pack": request.pack, "version": plan.pack.version, "requestCommit": commit.to_string(),
+        "requestSha256": sha256_hex(text.as_bytes()),
+    });
+    if let Some(t) = &request.run_token {
+        data["runToken"] = json!(t);
+    }
+    append(
+        &journal,
+        &[],
+        Event::new("run.planned")
+            .msg(format!("planned {} {}", plan.pack.name, plan.pack.version))
+            .data(data),
+    );
+    Ok((plan, files))
+}
+
+/// Re-plans an interrupted run from the commit it was planned at, and checks it is the same plan.
+fn replan(env: &Environment, id: &str, prior: &[Event]) -> Result<(Plan, PackFiles), Refusal> {
+    let planned = prior
+        .iter()
+        .find(|e| e.kind == "run.planned")
+        .ok_or_else(|| refuse(Code::RequestInvalid, "the journal has no run.planned event"))?;
+    let field = |k: &str| {
+        planned
+            .get(k)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let commit = ObjectId::from_hex(field("requestCommit").as_bytes())
+        .map_err(|e| refuse(Code::LedgerTampered, format!("bad requestCommit: {e}")))?;
+    let config = read_config(env, commit);
+    let request_path = format!("runs/{id}/request.yaml");
+    let text = read_text(env, commit, &request_path)
+        .ok_or_else(|| refuse(Code::RequestInvalid, format!("{request_path} is missing")))?;
+    // Requests are immutable: the request at the tip must still be the one that was planned.
+    let tip_text = tip(env).ok().and_then(|t| read_text(env, t, &request_path));
+    if tip_text
+        .as_deref()
+        .is_some_and(|t| sha256_hex(t.as_bytes()) != field("requestSha256"))
+    {
+        return Err(refuse(
+            Code::PackHashMismatch,
+            format!("{request_path} changed after the run was planned; requests are immutable"),
+        ));
+    }
+    let request = Request::parse(&request_path, &text)?;
+    let files = pack_at(env, commit, &request.pack)?;
+    let plan = crate::plan_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
+    if plan.hash() != field("planHash") {
+        return Err(refuse(
+            Code::PackHashMismatch,
+            format!("re-planning gives {} instead of {}", plan.hash(), field("planHash")),
+        ));
+    }
+    Ok((plan, files))
+}
+
+fn pack_at(env: &Environment, commit: ObjectId, pack: &str) -> Result<PackFiles, Refusal> {
+    let ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+    let files = ledger
+        .files_under(commit, pack)
+        .map_err(|e| refuse(Code::PackInvalid, e.to_string()))?;
+    if files.is_empty() {
+        return Err(refuse(Code::PackInvalid, format!("{pack}: no pack at commit {commit}")));
+    }
+    PackFiles::from_entries(pack, files).map_err(|d| Refusal::from(Diagnostics::from(d)))
+}
+
+/// The run that first used `token`, if it is not `id`: runs already planned come first, then by id.
+fn first_with_token(env: &Environment, commit: ObjectId, token: &str, id: &str) -> Option<String> {
+    let ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+    let mut holders = Vec::new();
+    for (other, is_dir) in ledger.list(commit, "runs").ok()? {
+        if !is_dir || other == id || !crate::run_id::is_valid(&other) {
+            continue;
+        }
+        let Some(text) = ledger
+            .read(commit, &format!("runs/{other}/request.yaml"))
+            .ok()
+            .flatten()
+        else {
+            continue;
+        };
+        let Ok(req) = Request::parse("request.yaml", &String::from_utf8_lossy(&text)) else {
+            continue;
+        };
+        if req.run_token.as_deref() == Some(token) {
+            let planned = ledger
+                .read(commit, &format!("runs/{other}/events.ndjson"))
+                .ok()
+                .flatten()
+                .is_some()
+                || !journal::read(ledger.git_dir(), &other).unwrap_or_default().is_empty();
+            holders.push((!planned, other));
+        }
+    }
+    holders.sort();
+    let mine_planned = !journal::read(ledger.git_dir(), id).unwrap_or_default().is_empty();
+    holders
+        .into_iter()
+        .find(|(unplanned, other)| !*unplanned || (!mine_planned && other.as_str() < id))
+        .map(|(_, o)| o)
+}
+
+#[allow(dead_code)]
+fn artifacts(run_dir: &std::path::Path, id: &str) -> Result<Vec<FileWrite>, String> {
+    artifact_writes(run_dir, id)
+}

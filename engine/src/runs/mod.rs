@@ -1,0 +1,135 @@
+//! Runs in a repository: finding the requests on the branch, telling what each needs (start,
+//! recover, flush, cancel, nothing), and carrying one run from request to finished ledger.
+//! Synchronous; the watcher decides when to call it and on which thread.
+
+mod ledger_sink;
+mod lifecycle;
+
+use std::path::Path;
+
+use gix::ObjectId;
+
+use crate::event::{Event, read_ndjson};
+use crate::ledger::Ledger;
+use crate::state::{RunState, RunStatus, fold};
+
+pub use lifecycle::{Environment, Error, process};
+
+/// What the repository and the local journal say about one run.
+#[derive(Debug, Clone)]
+pub struct RunView {
+    pub id: String,
+    /// Events as committed in the ledger.
+    pub ledger_events: Vec<Event>,
+    /// Events in the local journal (a superset of the ledger's, when this machine ran it).
+    pub journal_events: Vec<Event>,
+    pub has_request: bool,
+    pub has_cancel: bool,
+}
+
+impl RunView {
+    /// The most complete event record available here.
+    pub fn events(&self) -> &[Event] {
+        if self.journal_events.len() > self.ledger_events.len() {
+            &self.journal_events
+        } else {
+            &self.ledger_events
+        }
+    }
+
+    pub fn state(&self) -> RunState {
+        fold(self.events())
+    }
+
+    /// The pack path recorded when the run was planned.
+    pub fn pack(&self) -> Option<String> {
+        self.events()
+            .iter()
+            .find(|e| e.kind == "run.planned")
+            .and_then(|e| e.get("pack").and_then(|p| p.as_str()).map(str::to_string))
+    }
+}
+
+/// What a run needs from the daemon now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// A new request: plan and execute it.
+    Start,
+    /// Interrupted (no runner is working on it): recover from the journal and resume.
+    Recover,
+    /// Finished locally, but the ledger lacks the tail of its events: commit them.
+    Flush,
+    /// A cancel request for a run that is not finished.
+    Cancel,
+    /// Waiting at a gate: re-check its approvals.
+    Waiting,
+    Nothing,
+}
+
+impl RunView {
+    pub fn need(&self) -> Need {
+        let st = self.state();
+        let journal_ahead = self.journal_events.len() > self.ledger_events.len();
+        if self.events().is_empty() {
+            return if self.has_request { Need::Start } else { Need::Nothing };
+        }
+        if st.state.is_terminal() {
+            return if journal_ahead { Need::Flush } else { Need::Nothing };
+        }
+        if self.has_cancel {
+            return Need::Cancel;
+        }
+        match st.state {
+            RunStatus::Waiting if !journal_ahead => Need::Waiting,
+            _ => Need::Recover,
+        }
+    }
+}
+
+/// Every run directory on the branch at `tip`, with its journal; and the entries under
+/// `runs/` that are not runs (reported, then ignored).
+pub fn scan(ledger: &Ledger, tip: ObjectId) -> Result<(Vec<RunView>, Vec<String>), String> {
+    let mut views = Vec::new();
+    let mut ignored = Vec::new();
+    for (name, is_dir) in ledger.list(tip, "runs").map_err(|e| e.to_string())? {
+        if !is_dir {
+            if name != "README.md" {
+                ignored.push(format!("runs/{name}"));
+            }
+            continue;
+        }
+        if !crate::run_id::is_valid(&name) {
+            ignored.push(format!("runs/{name}"));
+            continue;
+        }
+        views.push(view(ledger, tip, &name)?);
+    }
+    Ok((views, ignored))
+}
+
+/// One run as the branch at `tip` and the local journal describe it.
+pub fn view(ledger: &Ledger, tip: ObjectId, id: &str) -> Result<RunView, String> {
+    let read = |file: &str| {
+        ledger
+            .read(tip, &format!("runs/{id}/{file}"))
+            .map_err(|e| e.to_string())
+    };
+    let ledger_events = match read("events.ndjson")? {
+        Some(bytes) => {
+            read_ndjson(&String::from_utf8_lossy(&bytes)).map_err(|e| format!("runs/{id}/events.ndjson: {e}"))?
+        }
+        None => Vec::new(),
+    };
+    Ok(RunView {
+        id: id.to_string(),
+        ledger_events,
+        journal_events: crate::journal::read(ledger.git_dir(), id)?,
+        has_request: read("request.yaml")?.is_some(),
+        has_cancel: read("cancel.yaml")?.is_some(),
+    })
+}
+
+/// Where a run's workspace and artifacts live while it runs: `<git-dir>/stella/work/<run-id>`.
+pub fn work_dir(git_dir: &Path, id: &str) -> std::path::PathBuf {
+    git_dir.join("stella").join("work").join(id)
+}

@@ -1,0 +1,74 @@
+//! `stella run request PACK --inputs FILE [--id ID]`: plan a pack of this repository and write
+//! `runs/<id>/request.yaml` with the plan hash pinned, ready to commit.
+
+use std::path::Path;
+
+use stella_engine::request::Request;
+use stella_engine::{Code, inputs, run_id};
+
+use super::{Failure, pack, repo};
+
+pub fn request(pack_arg: &Path, inputs_path: Option<&Path>, id: Option<&str>) -> Result<u8, Failure> {
+    let (dir, _) = pack::locate(pack_arg)?;
+    let root = repo::find_root(&dir)?;
+    let abs = std::path::absolute(&dir).unwrap_or(dir.clone());
+    let rel = abs
+        .strip_prefix(&root)
+        .map(|p| p.to_string_lossy().replace('\\', "/"))
+        .unwrap_or_default();
+    if !(rel.starts_with("packs/") && rel.split('/').count() == 2) {
+        return Err(Failure::one(
+            Code::Usage,
+            format!(
+                "{}: a requested pack must be a directory packs/<name> of the repository {}",
+                dir.display(),
+                root.display()
+            ),
+        ));
+    }
+    let config = repo::config_in_worktree(&root)?;
+    let given = inputs_path.map(inputs::read_file).transpose()?;
+    let inputs_file = inputs_path.map_or_else(|| "inputs".to_string(), |p| p.display().to_string());
+    let plan = stella_engine::plan_dir(&dir, &rel, given.as_ref(), &inputs_file, &config.plan_config())?;
+    let id = match id {
+        Some(id) if run_id::is_valid(id) => id.to_string(),
+        Some(id) => {
+            return Err(Failure::one(
+                Code::Usage,
+                format!(
+                    "`{id}` is not a valid run id (lowercase letters, digits, `.`, `_`, `-`; at most 100; starting with a letter or digit)"
+                ),
+            ));
+        }
+        None => run_id::generate(&plan.pack.name),
+    };
+    let path = root.join("runs").join(&id).join("request.yaml");
+    if path.exists() {
+        return Err(Failure::one(
+            Code::Usage,
+            format!(
+                "{} already exists; requests are immutable, choose another --id",
+                path.display()
+            ),
+        ));
+    }
+    let inputs_json = given.as_ref().map_or(serde_json::json!({}), |n| n.to_json());
+    let text = Request::render(&rel, &inputs_json, &plan.hash());
+    super::init::write_replace(&path, &text)?;
+    println!("{id}");
+    eprintln!(
+        "wrote runs/{id}/request.yaml (plan {}, {} steps)",
+        plan.hash(),
+        plan.all_steps().len()
+    );
+    if !plan.approvals.is_empty() {
+        let gates: Vec<String> = plan
+            .approvals
+            .iter()
+            .map(|a| format!("{} ({} of {})", a.id, a.required_count, a.grants.join("|")))
+            .collect();
+        eprintln!("approvals needed: {}", gates.join(", "));
+    }
+    eprintln!("next: git add runs/{id} && git commit -m \"request {id}\" && git push");
+    Ok(0)
+}

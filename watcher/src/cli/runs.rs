@@ -1,0 +1,209 @@
+//! `stella runs list|show|logs|cancel`: what the ledger (and this machine's journal) say about
+//! runs. Every reader uses the same fold of events into state.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use stella_engine::Code;
+use stella_engine::runs::{self, RunView};
+use stella_engine::state::RunState;
+
+use super::{Failure, repo};
+
+fn views(root: &Path) -> Result<Vec<RunView>, Failure> {
+    let config = repo::config_at_head(root)?;
+    let ledger = repo::open_ledger(root, &config)?;
+    let Some(tip) = ledger.tip().map_err(|e| Failure::one(e.code(), e.to_string()))? else {
+        return Ok(Vec::new());
+    };
+    Ok(runs::scan(&ledger, tip).map_err(|e| Failure::one(Code::Io, e))?.0)
+}
+
+fn one(root: &Path, id: &str) -> Result<RunView, Failure> {
+    if !stella_engine::run_id::is_valid(id) {
+        return Err(Failure::one(Code::Usage, format!("`{id}` is not a valid run id")));
+    }
+    let config = repo::config_at_head(root)?;
+    let ledger = repo::open_ledger(root, &config)?;
+    let tip = ledger
+        .tip()
+        .map_err(|e| Failure::one(e.code(), e.to_string()))?
+        .ok_or_else(|| Failure::one(Code::Usage, "the branch has no commits"))?;
+    let view = runs::view(&ledger, tip, id).map_err(|e| Failure::one(Code::Io, e))?;
+    if !view.has_request && view.events().is_empty() {
+        return Err(Failure::one(
+            Code::Usage,
+            format!("no run {id} on branch {}", config.branch),
+        ));
+    }
+    Ok(view)
+}
+
+fn duration(st: &RunState) -> Option<f64> {
+    let start = humantime::parse_rfc3339(st.started.as_deref()?).ok()?;
+    let end = st
+        .finished
+        .as_deref()
+        .and_then(|f| humantime::parse_rfc3339(f).ok())
+        .unwrap_or_else(std::time::SystemTime::now);
+    end.duration_since(start).ok().map(|d| d.as_secs_f64())
+}
+
+pub fn list(repo_dir: &Path, as_json: bool) -> Result<u8, Failure> {
+    let root = repo::find_root(repo_dir)?;
+    let views = views(&root)?;
+    let rows: Vec<serde_json::Value> = views
+        .iter()
+        .map(|v| {
+            let st = v.state();
+            json!({
+                "id": v.id, "pack": v.pack(), "state": st.state.as_str(), "started": st.started,
+                "durationSeconds": duration(&st), "waitingGate": st.waiting_gate, "code": st.code,
+            })
+        })
+        .collect();
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&rows).expect("JSON"));
+        return Ok(0);
+    }
+    if rows.is_empty() {
+        println!("no runs");
+        return Ok(0);
+    }
+    println!(
+        "{:<44} {:<24} {:<10} {:<25} {:>9}  GATE",
+        "RUN", "PACK", "STATE", "STARTED", "DURATION"
+    );
+    for (v, r) in views.iter().zip(&rows) {
+        let st = v.state();
+        let state = if v.events().is_empty() {
+            "requested"
+        } else {
+            st.state.as_str()
+        };
+        println!(
+            "{:<44} {:<24} {:<10} {:<25} {:>9}  {}",
+            v.id,
+            r["pack"].as_str().unwrap_or("-"),
+            state,
+            st.started.as_deref().unwrap_or("-"),
+            duration(&st).map_or("-".to_string(), |d| format!("{d:.1}s")),
+            st.waiting_gate.as_deref().unwrap_or("")
+        );
+    }
+    Ok(0)
+}
+
+pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<u8, Failure> {
+    let root = repo::find_root(repo_dir)?;
+    let view = one(&root, id)?;
+    let st = view.state();
+    if as_json {
+        let mut v = serde_json::to_value(&st).expect("JSON");
+        v["id"] = json!(id);
+        v["pack"] = json!(view.pack());
+        v["events"] = json!(view.events().len());
+        println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+        return Ok(0);
+    }
+    println!("run:       {id}");
+    println!("pack:      {}", view.pack().unwrap_or_else(|| "-".into()));
+    println!(
+        "state:     {}",
+        if view.events().is_empty() {
+            "requested (not planned yet)"
+        } else {
+            st.state.as_str()
+        }
+    );
+    if let Some(h) = &st.plan_hash {
+        println!("planHash:  {h}");
+    }
+    if let Some(g) = &st.waiting_gate {
+        println!("waiting:   gate {g}");
+    }
+    if let (Some(code), Some(err)) = (&st.code, &st.error) {
+        println!("error:     {err} [{code}]");
+    }
+    if !st.steps.is_empty() {
+        println!("steps:");
+        for s in &st.steps {
+            let status = serde_json::to_value(s.status).expect("JSON");
+            let attempts = if s.attempts > 1 {
+                format!(" ({} attempts)", s.attempts)
+            } else {
+                String::new()
+            };
+            let err = s.code.as_ref().map_or(String::new(), |c| {
+                format!(" [{c}] {}", s.error.as_deref().unwrap_or(""))
+            });
+            println!("  {:<40} {}{attempts}{err}", s.id, status.as_str().unwrap_or(""));
+            for a in &s.artifacts {
+                println!(
+                    "      artifact {} {} ({} bytes, sha256 {})",
+                    a.name,
+                    a.path,
+                    a.size,
+                    &a.sha256[..12]
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub fn logs(repo_dir: &Path, id: &str, follow: bool) -> Result<u8, Failure> {
+    let root = repo::find_root(repo_dir)?;
+    let view = one(&root, id)?;
+    let mut shown = 0;
+    let print = |events: &[stella_engine::event::Event], from: usize| {
+        for e in &events[from.min(events.len())..] {
+            match e.kind.as_str() {
+                "step.log" => println!(
+                    "[{}] {}",
+                    e.step.as_deref().unwrap_or(""),
+                    e.msg.as_deref().unwrap_or("")
+                ),
+                k if k.starts_with("run.") || k == "gate.waiting" || k == "step.failed" => {
+                    println!("-- {k}{}", e.msg.as_deref().map_or(String::new(), |m| format!(": {m}")))
+                }
+                _ => {}
+            }
+        }
+        events.len()
+    };
+    shown = print(view.events(), shown);
+    if !follow {
+        return Ok(0);
+    }
+    let git_dir = repo::git_dir(&root);
+    loop {
+        let events = stella_engine::journal::read(&git_dir, id).map_err(|e| Failure::one(Code::Io, e))?;
+        shown = print(&events, shown);
+        if stella_engine::state::fold(&events).state.is_terminal() {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn cancel(repo_dir: &Path, id: &str, reason: Option<&str>) -> Result<u8, Failure> {
+    let root = repo::find_root(repo_dir)?;
+    let view = one(&root, id)?;
+    let path = root.join("runs").join(id).join("cancel.yaml");
+    if view.has_cancel || path.exists() {
+        println!("run {id} already has a cancel request; nothing to do");
+        return Ok(0);
+    }
+    if view.state().state.is_terminal() {
+        println!("run {id} is already {}; nothing to cancel", view.state().state.as_str());
+        return Ok(0);
+    }
+    let reason = reason.unwrap_or("cancelled by request");
+    let text = format!("reason: {}\n", serde_json::to_string(reason).expect("JSON"));
+    super::init::write_replace(&path, &text)?;
+    println!("wrote runs/{id}/cancel.yaml");
+    eprintln!("next: git add runs/{id}/cancel.yaml && git commit -m \"cancel {id}\" && git push");
+    Ok(0)
+}

@@ -1,0 +1,248 @@
+//! `stella daemon`: watches a repository (notify on the working tree's git refs, plus a slow
+//! safety poll), finds run requests on the branch, and carries each forward on a bounded pool
+//! of blocking workers. Owns the tokio runtime; the engine underneath is synchronous.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use notify::Watcher;
+use stella_engine::Code;
+use stella_engine::exec::{CancelToken, GateDecision, Gatekeeper, Outcome};
+use stella_engine::plan::{PlanApprovalGate, PlanStep};
+use stella_engine::runs::{self, Environment, Need};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::cli::{Failure, repo};
+
+pub struct Args {
+    pub repo: PathBuf,
+    pub once: bool,
+    pub secrets: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub poll: Duration,
+    pub kill_grace: Duration,
+}
+
+/// Approval gates in the repository. Signed approvals are not evaluated yet: gates wait.
+struct RepoGates;
+
+impl Gatekeeper for RepoGates {
+    fn decide(&self, _step: &PlanStep, _gate: &PlanApprovalGate) -> GateDecision {
+        GateDecision::Waiting
+    }
+}
+
+pub fn run(a: Args) -> Result<u8, Failure> {
+    let root = repo::find_root(&a.repo)?;
+    let config = repo::config_at_head(&root)?;
+    let key = repo::load_key(&root, a.key.as_deref())?;
+    let ledger = repo::open_ledger(&root, &config)?;
+    let file_secrets = match &a.secrets {
+        Some(p) => stella_engine::secrets::Secrets::from_file(p)?,
+        None => Default::default(),
+    };
+    println!(
+        "stella daemon: repository {}, branch {}, runner key {}, limits maxRuns {} maxSteps {}, commit batch {} ms{}",
+        root.display(),
+        config.branch,
+        key.fingerprint(),
+        config.max_runs,
+        if config.max_steps == 0 {
+            "cores".to_string()
+        } else {
+            config.max_steps.to_string()
+        },
+        config.batch_ms,
+        if a.once { ", once" } else { "" }
+    );
+    let git_dir = ledger.git_dir().to_path_buf();
+    let env = Arc::new(Environment {
+        ledger: Mutex::new(ledger),
+        git_dir: git_dir.clone(),
+        signer: Arc::new(key),
+        file_secrets,
+        kill_grace: a.kill_grace,
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::one(Code::Io, format!("cannot start the runtime: {e}")))?;
+    rt.block_on(main_loop(env, root, config.max_runs, a))
+}
+
+type Done = (String, Result<Option<Outcome>, String>);
+
+async fn main_loop(env: Arc<Environment>, root: PathBuf, max_runs: usize, a: Args) -> Result<u8, Failure> {
+    let (tx, mut rx) = mpsc::channel::<()>(64);
+    let _watcher = if a.once { None } else { Some(watch(&root, tx.clone())?) };
+    let mut running: HashMap<String, CancelToken> = HashMap::new();
+    let mut tasks: JoinSet<Done> = JoinSet::new();
+    let mut tried: HashSet<(String, String)> = HashSet::new();
+    let mut reported: HashSet<String> = HashSet::new();
+    loop {
+        let views = {
+            let env = env.clone();
+            tokio::task::spawn_blocking(move || scan(&env))
+                .await
+                .map_err(|e| Failure::one(Code::Io, e.to_string()))??
+        };
+        let mut started = 0;
+        for (view, need) in views.0 {
+            if let Some(token) = running.get(&view.id) {
+                if need == Need::Cancel || view.has_cancel {
+                    token.cancel();
+                }
+                continue;
+            }
+            if need == Need::Nothing || running.len() >= max_runs {
+                continue;
+            }
+            let key = (view.id.clone(), format!("{need:?}"));
+            if a.once && !tried.insert(key) {
+                continue;
+            }
+            if need == Need::Waiting && !a.once && tried.contains(&(view.id.clone(), "Waiting".into())) {
+                continue;
+            }
+            tried.insert((view.id.clone(), "Waiting".into()));
+            let token = CancelToken::new();
+            if view.has_cancel {
+                token.cancel();
+            }
+            running.insert(view.id.clone(), token.clone());
+            let env = env.clone();
+            let id = view.id.clone();
+            info!(run = %id, need = ?need, "processing");
+            tasks.spawn_blocking(move || {
+                let r = runs::process(&env, &id, need, token, &RepoGates).map_err(|e| e.to_string());
+                (id, r)
+            });
+            started += 1;
+        }
+        for path in views.1 {
+            if reported.insert(path.clone()) {
+                warn!(path = %path, "not a run directory (run ids match ^[a-z0-9][a-z0-9._-]{{0,99}}$); ignored");
+            }
+        }
+        if a.once && started == 0 && tasks.is_empty() {
+            return Ok(0);
+        }
+        tokio::select! {
+            Some(done) = tasks.join_next() => {
+                if let Ok((id, result)) = done {
+                    running.remove(&id);
+                    report(&id, result);
+                }
+            }
+            Some(()) = rx.recv(), if !a.once => {
+                // Let a burst of file events settle, then scan once.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while rx.try_recv().is_ok() {}
+                tried.retain(|(_, need)| need != "Waiting");
+            }
+            _ = tokio::time::sleep(a.poll), if !a.once => {
+                tried.retain(|(_, need)| need != "Waiting");
+            }
+            else => {}
+        }
+    }
+}
+
+fn report(id: &str, result: Result<Option<Outcome>, String>) {
+    match result {
+        Ok(Some(Outcome::Succeeded)) => println!("run {id} succeeded"),
+        Ok(Some(Outcome::Failed { code, message })) => println!("run {id} failed: {message} [{code}]"),
+        Ok(Some(Outcome::Cancelled)) => println!("run {id} cancelled"),
+        Ok(Some(Outcome::Waiting { step, .. })) => println!("run {id} waiting at gate {step}"),
+        Ok(None) => {}
+        Err(e) => eprintln!("error[{}]: run {id}: {e}", Code::Io),
+    }
+}
+
+/// The runs on the branch and what each needs, after checking history was not rewritten.
+fn scan(env: &Environment) -> Result<(Vec<(runs::RunView, Need)>, Vec<String>), Failure> {
+    let mut ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+    ledger.refresh();
+    let Some(tip) = ledger.tip().map_err(|e| Failure::one(e.code(), e.to_string()))? else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    check_history(&ledger, &env.git_dir, tip)?;
+    let (views, ignored) = runs::scan(&ledger, tip).map_err(|e| Failure::one(Code::Io, e))?;
+    Ok((
+        views
+            .into_iter()
+            .map(|v| {
+                let n = v.need();
+                (v, n)
+            })
+            .collect(),
+        ignored,
+    ))
+}
+
+/// Refuses to go on when the branch no longer contains the last tip this daemon saw
+/// (a force-push rewrote the ledger's history).
+fn check_history(ledger: &stella_engine::ledger::Ledger, git_dir: &Path, tip: gix::ObjectId) -> Result<(), Failure> {
+    let file = git_dir.join("stella").join("last-seen");
+    if let Some(seen) = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|s| gix::ObjectId::from_hex(s.trim().as_bytes()).ok())
+    {
+        let ok = ledger.is_ancestor(seen, tip).unwrap_or(false);
+        if !ok {
+            return Err(Failure::one(
+                Code::LedgerTampered,
+                format!(
+                    "the branch no longer contains {seen}, the last commit this runner saw: its history was rewritten (force-push?). Restore it, or remove {} after review to accept the new history",
+                    file.display()
+                ),
+            ));
+        }
+    }
+    let _ = std::fs::create_dir_all(file.parent().expect("has a parent"));
+    let _ = std::fs::write(&file, tip.to_string());
+    Ok(())
+}
+
+/// Watches the git refs and HEAD; every relevant change pokes the main loop.
+fn watch(root: &Path, tx: mpsc::Sender<()>) -> Result<notify::RecommendedWatcher, Failure> {
+    let git = root.join(".git");
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            let relevant = ev.paths.iter().any(|p| {
+                let s = p.to_string_lossy();
+                !s.contains("/.git/stella/")
+                    && !s.ends_with("/index")
+                    && !s.ends_with("/index.lock")
+                    && !s.contains("/objects/")
+            });
+            if relevant {
+                let _ = tx.try_send(());
+            }
+        }
+    })
+    .map_err(|e| Failure::one(Code::Io, format!("cannot watch {}: {e}", root.display())))?;
+    let limit_hint = |e: notify::Error| {
+        Failure::one(
+            Code::Io,
+            format!(
+                "cannot watch {}: {e}; if the inotify watch limit is reached, raise fs.inotify.max_user_watches",
+                git.display()
+            ),
+        )
+    };
+    watcher
+        .watch(&git, notify::RecursiveMode::NonRecursive)
+        .map_err(limit_hint)?;
+    let heads = git.join("refs").join("heads");
+    let _ = std::fs::create_dir_all(&heads);
+    watcher
+        .watch(&heads, notify::RecursiveMode::Recursive)
+        .map_err(limit_hint)?;
+    Ok(watcher)
+}

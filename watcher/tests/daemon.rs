@@ -1,0 +1,199 @@
+//! The daemon and the ledger on real git repositories: requests executed, results committed
+//! as signed runner commits, people's work left alone, crashes recovered, tampering found.
+
+use std::time::{Duration, Instant};
+
+use crate::repo_support::{HELLO, Repo};
+
+#[test]
+fn a_request_runs_and_its_ledger_is_committed() {
+    let r = Repo::new();
+    r.pack("hello", HELLO).request("r1", "hello", "who: ada\n");
+    r.daemon_once().ok();
+    assert_eq!(r.state("r1"), "succeeded");
+    let plan = r.at_head("runs/r1/plan.json").expect("plan.json committed");
+    assert!(plan.contains("\"planHash\":\"sha256:"));
+    assert_eq!(r.at_head("runs/r1/artifacts/greet/greeting").unwrap(), "hello ada\n");
+    let kinds: Vec<String> = r
+        .events("r1")
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds.first().map(String::as_str), Some("run.planned"));
+    assert_eq!(kinds.last().map(String::as_str), Some("run.succeeded"));
+    assert!(
+        r.status_porcelain().is_empty(),
+        "git status is clean: {}",
+        r.status_porcelain()
+    );
+    let commits = r.runner_commits();
+    assert!(
+        !commits.is_empty() && commits.len() <= 3,
+        "at most 3 runner commits for a run without gates: {commits:?}"
+    );
+    let last = r.git(&["log", "-1", "--format=%s"]);
+    assert!(
+        String::from_utf8_lossy(&last.stdout).starts_with("stella: run r1 succeeded (2 steps"),
+        "{}",
+        String::from_utf8_lossy(&last.stdout)
+    );
+    // A second daemon pass executes nothing again.
+    r.daemon_once().ok();
+    assert_eq!(r.runner_commits().len(), commits.len());
+}
+
+#[test]
+fn runner_commits_verify_with_stock_git() {
+    let r = Repo::new();
+    r.pack("hello", HELLO).request("r1", "hello", "{}\n");
+    r.daemon_once().ok();
+    for commit in r.runner_commits() {
+        let out = r.git_try(&[
+            "-c",
+            "gpg.format=ssh",
+            "-c",
+            "gpg.ssh.allowedSignersFile=.stella/allowed_signers",
+            "verify-commit",
+            &commit,
+        ]);
+        assert!(
+            out.status.success(),
+            "git verify-commit {commit}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    r.stella(&["ledger", "verify"]).ok();
+}
+
+#[test]
+fn staged_work_is_never_swallowed() {
+    let r = Repo::new();
+    r.pack("hello", HELLO).request("r1", "hello", "{}\n");
+    r.write("notes.txt", "work in progress\n");
+    r.git(&["add", "notes.txt"]);
+    r.write("unstaged.txt", "scratch\n");
+    let before = r.status_porcelain();
+    r.daemon_once().ok();
+    assert_eq!(r.status_porcelain(), before, "git status is as it was");
+    assert!(
+        r.at_head("notes.txt").is_none(),
+        "the runner did not commit staged work"
+    );
+}
+
+#[test]
+fn a_person_committing_during_a_run_loses_nothing() {
+    let r = Repo::new();
+    let slow = HELLO.replace(
+        "echo said=yes >> $STELLA_OUTPUT",
+        "echo said=yes >> $STELLA_OUTPUT; sleep 1.5",
+    );
+    r.write(".stella/config.yaml", "branch: main\ncommit: { batchMs: 100 }\n");
+    r.pack("hello", &slow).request("r1", "hello", "{}\n");
+    let daemon = crate::support::stella()
+        .current_dir(r.path())
+        .args(["daemon", "--once", "--repo", "."])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    r.write("docs.md", "a person's commit\n")
+        .commit_all("docs while the run goes");
+    let out = daemon.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(r.state("r1"), "succeeded");
+    assert_eq!(r.at_head("docs.md").as_deref(), Some("a person's commit\n"));
+    r.stella(&["ledger", "verify"]).ok();
+}
+
+#[test]
+fn a_request_that_does_not_validate_is_recorded_as_failed() {
+    let r = Repo::new();
+    r.pack("hello", HELLO);
+    r.write(
+        "runs/bad/request.yaml",
+        "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\ninputs: { whom: x }\n",
+    )
+    .commit_all("bad request");
+    r.daemon_once().ok();
+    let show = r.show("bad");
+    assert_eq!(show["state"], "failed");
+    assert_eq!(show["code"], "ERR_PACK_INPUT_INVALID");
+    let failed = r.events("bad").into_iter().find(|e| e["type"] == "run.failed").unwrap();
+    assert_eq!(failed["data"]["problems"][0]["field"], "inputs.whom");
+}
+
+#[test]
+fn a_pinned_plan_hash_that_no_longer_matches_is_refused() {
+    let r = Repo::new();
+    r.pack("hello", HELLO).request("r1", "hello", "{}\n");
+    r.write("packs/hello/pack.yaml", &HELLO.replace("echo hello", "echo bye"))
+        .commit_all("change the pack after the request");
+    r.daemon_once().ok();
+    assert_eq!(r.show("r1")["code"], "ERR_PACK_HASH_MISMATCH");
+}
+
+#[test]
+fn a_repeated_run_token_is_not_executed() {
+    let r = Repo::new();
+    r.pack("hello", HELLO);
+    for id in ["a1", "a2"] {
+        r.write(
+            &format!("runs/{id}/request.yaml"),
+            "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\nrunToken: deploy-42\n",
+        );
+    }
+    r.commit_all("two requests, one token");
+    r.daemon_once().ok();
+    assert_eq!(r.state("a1"), "succeeded");
+    let dup = r.show("a2");
+    assert_eq!(
+        (dup["state"].as_str(), dup["code"].as_str()),
+        (Some("failed"), Some("ERR_RUN_DUPLICATE"))
+    );
+    assert!(r.events("a2").iter().all(|e| e["type"] != "step.started"));
+}
+
+#[test]
+fn kill_9_in_a_step_then_restart_recovers_the_run() {
+    let r = Repo::new();
+    let once = HELLO.replace(
+        "echo said=yes >> $STELLA_OUTPUT",
+        "echo said=yes >> $STELLA_OUTPUT; if [ ! -f ../../once ]; then touch ../../once; sleep 30; fi",
+    );
+    r.pack("hello", &once).request("r1", "hello", "{}\n");
+    let mut daemon = crate::support::stella()
+        .current_dir(r.path())
+        .args(["daemon", "--once", "--repo", "."])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(r.journal("r1"))
+        .unwrap_or_default()
+        .contains("\"step.started\",\"step\":\"greet\"")
+    {
+        assert!(Instant::now() < deadline, "the step never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    // The step's process group outlives the killed daemon; a real crash leaves it too.
+    let _ = std::process::Command::new("pkill")
+        .args(["-9", "-f", "sleep 30"])
+        .status();
+    r.daemon_once().ok();
+    assert_eq!(r.state("r1"), "succeeded");
+    let kinds: Vec<String> = r
+        .events("r1")
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect();
+    assert!(kinds.contains(&"run.recovered".to_string()), "{kinds:?}");
+    let greet_starts = r
+        .events("r1")
+        .iter()
+        .filter(|e| e["type"] == "step.started" && e["step"] == "greet")
+        .count();
+    assert_eq!(greet_starts, 2, "the interrupted step ran again (at-least-once)");
+    r.stella(&["ledger", "verify"]).ok();
+}

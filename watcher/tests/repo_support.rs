@@ -1,0 +1,185 @@
+//! A test repository: `stella init`, packs, requests and commits made with the real git CLI,
+//! the daemon run against it, and readers for the ledger it writes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::support::stella;
+
+#[must_use]
+pub struct Repo {
+    pub dir: tempfile::TempDir,
+}
+
+pub const HELLO: &str = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: hello, version: 1.0.0 }\nspec:\n  inputs: [{ name: who, type: string, default: world }]\n  steps:\n    - id: greet\n      outputs: { greeting: greeting.txt }\n      run: { uses: builtin:shell, with: { script: \"echo hello {{ inputs.who }} | tee greeting.txt; echo said=yes >> $STELLA_OUTPUT\" } }\n    - id: after\n      run: { uses: builtin:exec, with: { argv: [echo, \"{{ steps.greet.outputs.said }}\"] } }\n";
+
+impl Repo {
+    /// A new repository with `stella init` done and committed.
+    pub fn new() -> Repo {
+        let r = Repo {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.git(&["init", "-q", "-b", "main"]);
+        r.stella(&["init", "."]).ok();
+        r.write(".stella/config.yaml", "branch: main\ncommit: { batchMs: 2000 }\n");
+        r.commit_all("stella init");
+        r
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn git(&self, args: &[&str]) -> Output {
+        let out = Command::new("git")
+            .current_dir(self.path())
+            .args([
+                "-c",
+                "user.name=Alice",
+                "-c",
+                "user.email=alice@example.com",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// git, returning stdout, without asserting success.
+    pub fn git_try(&self, args: &[&str]) -> Output {
+        Command::new("git")
+            .current_dir(self.path())
+            .args([
+                "-c",
+                "user.name=Alice",
+                "-c",
+                "user.email=alice@example.com",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn write(&self, rel: &str, content: &str) -> &Repo {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+        self
+    }
+
+    pub fn commit_all(&self, msg: &str) -> &Repo {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", msg]);
+        self
+    }
+
+    pub fn pack(&self, name: &str, manifest: &str) -> &Repo {
+        self.write(&format!("packs/{name}/pack.yaml"), manifest);
+        self.commit_all(&format!("add pack {name}"))
+    }
+
+    /// `stella run request` then commit, like a person would.
+    pub fn request(&self, id: &str, pack: &str, inputs: &str) -> &Repo {
+        self.write(&format!("../inputs-{id}.yaml"), inputs);
+        let inputs_path = self.path().join(format!("../inputs-{id}.yaml"));
+        self.stella(&[
+            "run",
+            "request",
+            &format!("packs/{pack}"),
+            "--inputs",
+            inputs_path.to_str().unwrap(),
+            "--id",
+            id,
+        ])
+        .ok();
+        self.commit_all(&format!("request {id}"))
+    }
+
+    pub fn stella(&self, args: &[&str]) -> Stella {
+        Stella(stella().current_dir(self.path()).args(args).output().unwrap())
+    }
+
+    pub fn daemon_once(&self) -> Stella {
+        self.stella(&["daemon", "--once", "--repo", "."])
+    }
+
+    /// `runs show --json` of a run.
+    pub fn show(&self, id: &str) -> serde_json::Value {
+        let out = self.stella(&["runs", "show", id, "--json"]).ok();
+        serde_json::from_slice(&out.0.stdout).unwrap()
+    }
+
+    pub fn state(&self, id: &str) -> String {
+        self.show(id)["state"].as_str().unwrap().to_string()
+    }
+
+    /// A file at HEAD.
+    pub fn at_head(&self, rel: &str) -> Option<String> {
+        let out = self.git_try(&["show", &format!("HEAD:{rel}")]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn events(&self, id: &str) -> Vec<serde_json::Value> {
+        self.at_head(&format!("runs/{id}/events.ndjson"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn status_porcelain(&self) -> String {
+        String::from_utf8_lossy(&self.git(&["status", "--porcelain"]).stdout).into_owned()
+    }
+
+    /// Commits on the branch whose message starts with `stella:`.
+    pub fn runner_commits(&self) -> Vec<String> {
+        let out = self.git(&["log", "--format=%H %s"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(" stella:"))
+            .map(|l| l[..40].to_string())
+            .collect()
+    }
+
+    pub fn journal(&self, id: &str) -> PathBuf {
+        self.path().join(".git/stella/journal").join(format!("{id}.ndjson"))
+    }
+}
+
+pub struct Stella(pub Output);
+
+impl Stella {
+    pub fn ok(self) -> Stella {
+        assert!(
+            self.0.status.success(),
+            "stella failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
+            self.0.status,
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+
+    pub fn code(&self) -> Option<i32> {
+        self.0.status.code()
+    }
+}
