@@ -18,7 +18,9 @@ struct Scratch {
 
 impl Scratch {
     fn new() -> Scratch {
-        Scratch { dir: tempfile::tempdir().unwrap() }
+        Scratch {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -47,32 +49,75 @@ impl Scratch {
 
     fn ssh_keygen(&self, args: &[&str]) -> String {
         let out = self.run("ssh-keygen", args, b"");
-        assert!(out.status.success(), "ssh-keygen {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ssh-keygen {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
     /// `ssh-keygen -t ed25519 -N PASSPHRASE -C COMMENT -f NAME`.
     fn keygen(&self, name: &str, passphrase: &str) -> PathBuf {
         let path = self.path(name);
-        self.ssh_keygen(&["-q", "-t", "ed25519", "-N", passphrase, "-C", name, "-f", path.to_str().unwrap()]);
+        self.ssh_keygen(&[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            passphrase,
+            "-C",
+            name,
+            "-f",
+            path.to_str().unwrap(),
+        ]);
         path
     }
 
     /// `ssh-keygen -Y sign -f KEY -n NAMESPACE` over `msg`: the armored signature.
     fn keygen_sign(&self, key: &Path, namespace: &str, msg: &[u8]) -> String {
-        let out = self.run("ssh-keygen", &["-Y", "sign", "-f", key.to_str().unwrap(), "-n", namespace], msg);
+        let out = self.run(
+            "ssh-keygen",
+            &["-Y", "sign", "-f", key.to_str().unwrap(), "-n", namespace],
+            msg,
+        );
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }
 
     /// Whether `ssh-keygen -Y verify` accepts, with its messages.
-    fn keygen_verify(&self, signers: &str, principal: &str, namespace: &str, msg: &[u8], sig: &str, at: SystemTime) -> (bool, String) {
+    fn keygen_verify(
+        &self,
+        signers: &str,
+        principal: &str,
+        namespace: &str,
+        msg: &[u8],
+        sig: &str,
+        at: SystemTime,
+    ) -> (bool, String) {
         let file = self.write("allowed_signers", signers);
         let sig = self.write("msg.sig", sig);
         let time = format!("verify-time={}", keygen_time(at));
-        let args = ["-Y", "verify", "-f", file.to_str().unwrap(), "-I", principal, "-n", namespace, "-s", sig.to_str().unwrap(), "-O", &time];
+        let args = [
+            "-Y",
+            "verify",
+            "-f",
+            file.to_str().unwrap(),
+            "-I",
+            principal,
+            "-n",
+            namespace,
+            "-s",
+            sig.to_str().unwrap(),
+            "-O",
+            &time,
+        ];
         let out = self.run("ssh-keygen", &args, msg);
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         (out.status.success(), text)
     }
 }
@@ -121,9 +166,23 @@ impl Verdict {
     /// Both decide; they must agree. Stella's answer is returned for a closer look.
     fn decide(&self, scratch: &Scratch) -> Result<u64, VerifyError> {
         let signers = AllowedSigners::parse("allowed_signers", &self.signers).unwrap();
-        let ours = signers.verify(&self.principal, &self.namespace, &self.msg, &self.sig, self.at).map(|e| e.line);
-        let (theirs, said) = scratch.keygen_verify(&self.signers, &self.principal, &self.namespace, &self.msg, &self.sig, self.at);
-        assert_eq!(ours.is_ok(), theirs, "stella: {ours:?}\nssh-keygen: {said}\nallowed_signers:\n{}", self.signers);
+        let ours = signers
+            .verify(&self.principal, &self.namespace, &self.msg, &self.sig, self.at)
+            .map(|e| e.line);
+        let (theirs, said) = scratch.keygen_verify(
+            &self.signers,
+            &self.principal,
+            &self.namespace,
+            &self.msg,
+            &self.sig,
+            self.at,
+        );
+        assert_eq!(
+            ours.is_ok(),
+            theirs,
+            "stella: {ours:?}\nssh-keygen: {said}\nallowed_signers:\n{}",
+            self.signers
+        );
         ours
     }
 
@@ -192,7 +251,10 @@ fn a_key_made_by_ssh_keygen_loads() {
     let key = SshKey::load(&path).unwrap();
     let listed = s.ssh_keygen(&["-l", "-f", path.to_str().unwrap()]);
     assert_eq!(listed, format!("256 {} approver (ED25519)\n", key.fingerprint()));
-    assert_eq!(format!("{}\n", key.public_openssh()), std::fs::read_to_string(keys::pub_path(&path)).unwrap());
+    assert_eq!(
+        format!("{}\n", key.public_openssh()),
+        std::fs::read_to_string(keys::pub_path(&path)).unwrap()
+    );
 }
 
 #[test]
@@ -203,8 +265,14 @@ fn an_encrypted_key_is_refused_with_what_to_do() {
     assert!(matches!(err, keys::Error::Encrypted { .. }), "{err}");
     assert_eq!(err.code(), Code::KeyInvalid);
     let msg = err.to_string();
-    assert!(msg.starts_with(&format!("{} is protected by a passphrase", path.display())), "{msg}");
-    assert!(msg.contains("ssh-keygen -p -N ''") && msg.contains("ssh-agent"), "{msg}");
+    assert!(
+        msg.starts_with(&format!("{} is protected by a passphrase", path.display())),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("ssh-keygen -p -N ''") && msg.contains("ssh-agent"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -213,12 +281,20 @@ fn other_key_types_are_refused() {
     let path = s.path("ecdsa");
     s.ssh_keygen(&["-q", "-t", "ecdsa", "-N", "", "-f", path.to_str().unwrap()]);
     let err = SshKey::load(&path).unwrap_err();
-    assert!(err.to_string().contains("is an ecdsa-sha2-nistp256 key; Stella signs only with Ed25519"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("is an ecdsa-sha2-nistp256 key; Stella signs only with Ed25519"),
+        "{err}"
+    );
 
     s.ssh_keygen(&["-q", "-p", "-N", "", "-m", "PEM", "-f", path.to_str().unwrap()]);
     let err = SshKey::load(&path).unwrap_err();
     assert_eq!(err.code(), Code::KeyInvalid, "{err}");
-    assert!(err.to_string().contains("is not an OpenSSH private key (it is a PEM/PKCS#8 private key)"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("is not an OpenSSH private key (it is a PEM/PKCS#8 private key)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -227,8 +303,16 @@ fn our_signatures_are_byte_for_byte_what_ssh_keygen_writes() {
     let s = Scratch::new();
     let path = s.keygen("runner", "");
     let key = SshKey::load(&path).unwrap();
-    for (namespace, msg) in [("git", &b"tree 4b825dc6\n\nmessage\n"[..]), ("stella-approval", MSG), ("n", b"")] {
-        assert_eq!(key.sign(namespace, msg), s.keygen_sign(&path, namespace, msg), "namespace {namespace}");
+    for (namespace, msg) in [
+        ("git", &b"tree 4b825dc6\n\nmessage\n"[..]),
+        ("stella-approval", MSG),
+        ("n", b""),
+    ] {
+        assert_eq!(
+            key.sign(namespace, msg),
+            s.keygen_sign(&path, namespace, msg),
+            "namespace {namespace}"
+        );
     }
 }
 
@@ -236,7 +320,14 @@ fn our_signatures_are_byte_for_byte_what_ssh_keygen_writes() {
 fn ssh_keygen_accepts_our_signature() {
     let k = Signers::new();
     let signers = format!("alice@example.com {}\n", k.our_key());
-    let line = Verdict::new(&signers, "alice@example.com", "stella-approval", MSG, &k.our_sig("stella-approval")).accepted(&k.scratch);
+    let line = Verdict::new(
+        &signers,
+        "alice@example.com",
+        "stella-approval",
+        MSG,
+        &k.our_sig("stella-approval"),
+    )
+    .accepted(&k.scratch);
     assert_eq!(line, 1);
 }
 
@@ -256,16 +347,29 @@ fn wrong_namespace() {
     let signers = format!("alice@example.com {}\n", k.our_key());
     let err = Verdict::new(&signers, "alice@example.com", "stella-approval", MSG, &k.our_sig("git"))
         .refused(&k.scratch, Code::SignatureInvalid);
-    assert!(matches!(err, VerifyError::Signature(sshsig::Error::WrongNamespace { .. })), "{err}");
+    assert!(
+        matches!(err, VerifyError::Signature(sshsig::Error::WrongNamespace { .. })),
+        "{err}"
+    );
 }
 
 #[test]
 fn edited_message() {
     let k = Signers::new();
     let signers = format!("alice@example.com {}\n", k.our_key());
-    let edited = MSG.to_vec().into_iter().chain(*b"# one more line\n").collect::<Vec<_>>();
-    let err = Verdict::new(&signers, "alice@example.com", "stella-approval", &edited, &k.our_sig("stella-approval"))
-        .refused(&k.scratch, Code::SignatureInvalid);
+    let edited = MSG
+        .to_vec()
+        .into_iter()
+        .chain(*b"# one more line\n")
+        .collect::<Vec<_>>();
+    let err = Verdict::new(
+        &signers,
+        "alice@example.com",
+        "stella-approval",
+        &edited,
+        &k.our_sig("stella-approval"),
+    )
+    .refused(&k.scratch, Code::SignatureInvalid);
     assert_eq!(err, VerifyError::Signature(sshsig::Error::BadSignature));
 }
 
@@ -273,25 +377,46 @@ fn edited_message() {
 fn wrong_principal() {
     let k = Signers::new();
     let signers = format!("alice@example.com {}\nbob@example.com {}\n", k.our_key(), k.their_key());
-    let err = Verdict::new(&signers, "bob@example.com", "stella-approval", MSG, &k.our_sig("stella-approval"))
-        .refused(&k.scratch, Code::SignerUnknown);
-    assert!(err.to_string().contains("(it is listed for alice@example.com)"), "{err}");
+    let err = Verdict::new(
+        &signers,
+        "bob@example.com",
+        "stella-approval",
+        MSG,
+        &k.our_sig("stella-approval"),
+    )
+    .refused(&k.scratch, Code::SignerUnknown);
+    assert!(
+        err.to_string().contains("(it is listed for alice@example.com)"),
+        "{err}"
+    );
 }
 
 #[test]
 fn key_not_listed() {
     let k = Signers::new();
     let signers = format!("alice@example.com {}\n", k.their_key());
-    Verdict::new(&signers, "alice@example.com", "stella-approval", MSG, &k.our_sig("stella-approval"))
-        .refused(&k.scratch, Code::SignerUnknown);
+    Verdict::new(
+        &signers,
+        "alice@example.com",
+        "stella-approval",
+        MSG,
+        &k.our_sig("stella-approval"),
+    )
+    .refused(&k.scratch, Code::SignerUnknown);
 }
 
 #[test]
 fn expired_key() {
     let k = Signers::new();
     let signers = format!("alice@example.com valid-before=\"20260101Z\" {}\n", k.our_key());
-    let err = Verdict::new(&signers, "alice@example.com", "stella-approval", MSG, &k.our_sig("stella-approval"))
-        .refused(&k.scratch, Code::SignerExpired);
+    let err = Verdict::new(
+        &signers,
+        "alice@example.com",
+        "stella-approval",
+        MSG,
+        &k.our_sig("stella-approval"),
+    )
+    .refused(&k.scratch, Code::SignerExpired);
     assert!(err.to_string().ends_with("expired at 2026-01-01T00:00:00Z"), "{err}");
 }
 
@@ -299,15 +424,24 @@ fn expired_key() {
 fn not_yet_valid_key() {
     let k = Signers::new();
     let signers = format!("alice@example.com valid-after=\"20270101120000Z\" {}\n", k.our_key());
-    let err = Verdict::new(&signers, "alice@example.com", "stella-approval", MSG, &k.our_sig("stella-approval"))
-        .refused(&k.scratch, Code::SignerExpired);
+    let err = Verdict::new(
+        &signers,
+        "alice@example.com",
+        "stella-approval",
+        MSG,
+        &k.our_sig("stella-approval"),
+    )
+    .refused(&k.scratch, Code::SignerExpired);
     assert!(matches!(err, VerifyError::NotYetValid { line: 1, .. }), "{err}");
 }
 
 #[test]
 fn validity_boundaries_are_inclusive_in_both() {
     let k = Signers::new();
-    let signers = format!("alice@example.com valid-after=\"20260101Z\",valid-before=\"20270101Z\" {}\n", k.our_key());
+    let signers = format!(
+        "alice@example.com valid-after=\"20260101Z\",valid-before=\"20270101Z\" {}\n",
+        k.our_key()
+    );
     let sig = k.our_sig("stella-approval");
     let case = |t: &str| Verdict::new(&signers, "alice@example.com", "stella-approval", MSG, &sig).at(at(t));
     case("2026-01-01T00:00:00Z").accepted(&k.scratch);
@@ -334,16 +468,28 @@ fn local_times_are_read_as_ssh_keygen_reads_them() {
 fn namespace_not_allowed() {
     let k = Signers::new();
     let signers = format!("alice@example.com namespaces=\"git,stella-evidence\" {}\n", k.our_key());
-    let err = Verdict::new(&signers, "alice@example.com", "stella-approval", MSG, &k.our_sig("stella-approval"))
-        .refused(&k.scratch, Code::SignerNamespace);
-    assert!(err.to_string().contains("may not sign for namespace `stella-approval`"), "{err}");
+    let err = Verdict::new(
+        &signers,
+        "alice@example.com",
+        "stella-approval",
+        MSG,
+        &k.our_sig("stella-approval"),
+    )
+    .refused(&k.scratch, Code::SignerNamespace);
+    assert!(
+        err.to_string().contains("may not sign for namespace `stella-approval`"),
+        "{err}"
+    );
     Verdict::new(&signers, "alice@example.com", "git", MSG, &k.our_sig("git")).accepted(&k.scratch);
 }
 
 #[test]
 fn namespace_patterns() {
     let k = Signers::new();
-    let signers = format!("alice@example.com namespaces=\"stella-*,!stella-evidence\" {}\n", k.our_key());
+    let signers = format!(
+        "alice@example.com namespaces=\"stella-*,!stella-evidence\" {}\n",
+        k.our_key()
+    );
     let case = |ns: &str| Verdict::new(&signers, "alice@example.com", ns, MSG, &k.our_sig(ns));
     case("stella-approval").accepted(&k.scratch);
     case("stella-evidence").refused(&k.scratch, Code::SignerNamespace);
@@ -374,7 +520,10 @@ fn wildcard_principal() {
 #[test]
 fn quoted_principals_and_case_insensitive_options() {
     let k = Signers::new();
-    let signers = format!("\"Alice Smith,alice@example.com\" NameSpaces=\"stella-approval\" {} laptop\n", k.our_key());
+    let signers = format!(
+        "\"Alice Smith,alice@example.com\" NameSpaces=\"stella-approval\" {} laptop\n",
+        k.our_key()
+    );
     let case = |p: &str| Verdict::new(&signers, p, "stella-approval", MSG, &k.our_sig("stella-approval"));
     case("Alice Smith").accepted(&k.scratch);
     case("alice@example.com").accepted(&k.scratch);
@@ -388,7 +537,14 @@ fn a_later_line_can_allow_what_an_earlier_one_does_not() {
         "# the runner\nalice@example.com namespaces=\"git\" {key}\n\nalice@example.com valid-before=\"20200101Z\" {key}\nalice@example.com namespaces=\"stella-*\" {key}\n",
         key = k.our_key()
     );
-    let line = Verdict::new(&signers, "alice@example.com", "stella-approval", MSG, &k.our_sig("stella-approval")).accepted(&k.scratch);
+    let line = Verdict::new(
+        &signers,
+        "alice@example.com",
+        "stella-approval",
+        MSG,
+        &k.our_sig("stella-approval"),
+    )
+    .accepted(&k.scratch);
     assert_eq!(line, 5);
 }
 
@@ -396,27 +552,60 @@ fn a_later_line_can_allow_what_an_earlier_one_does_not() {
 fn cert_authority_lines_never_match_a_plain_key() {
     let k = Signers::new();
     let signers = format!("*@example.com cert-authority {}\n", k.our_key());
-    Verdict::new(&signers, "alice@example.com", "stella-approval", MSG, &k.our_sig("stella-approval"))
-        .refused(&k.scratch, Code::SignerUnknown);
+    Verdict::new(
+        &signers,
+        "alice@example.com",
+        "stella-approval",
+        MSG,
+        &k.our_sig("stella-approval"),
+    )
+    .refused(&k.scratch, Code::SignerUnknown);
 }
 
 #[test]
 fn line_for_writes_what_ssh_keygen_reads() {
     let k = Signers::new();
     let signers = AllowedSigners::line_for("runner@host", &["git", "stella-evidence"], &k.ours.public_key()) + "\n";
-    assert!(signers.starts_with("runner@host namespaces=\"git,stella-evidence\" ssh-ed25519 AAAA"), "{signers}");
-    Verdict::new(&signers, "runner@host", "stella-evidence", MSG, &k.our_sig("stella-evidence")).accepted(&k.scratch);
-    Verdict::new(&signers, "runner@host", "stella-approval", MSG, &k.our_sig("stella-approval"))
-        .refused(&k.scratch, Code::SignerNamespace);
+    assert!(
+        signers.starts_with("runner@host namespaces=\"git,stella-evidence\" ssh-ed25519 AAAA"),
+        "{signers}"
+    );
+    Verdict::new(
+        &signers,
+        "runner@host",
+        "stella-evidence",
+        MSG,
+        &k.our_sig("stella-evidence"),
+    )
+    .accepted(&k.scratch);
+    Verdict::new(
+        &signers,
+        "runner@host",
+        "stella-approval",
+        MSG,
+        &k.our_sig("stella-approval"),
+    )
+    .refused(&k.scratch, Code::SignerNamespace);
 }
 
 #[test]
 fn find_principals_agrees_with_ssh_keygen_on_literal_lines() {
     let k = Signers::new();
-    let signers = format!("bob@example.com {}\nalice@example.com,ops@example.com {}\n", k.their_key(), k.our_key());
+    let signers = format!(
+        "bob@example.com {}\nalice@example.com,ops@example.com {}\n",
+        k.their_key(),
+        k.our_key()
+    );
     let file = k.scratch.write("allowed_signers", &signers);
     let sig = k.scratch.write("msg.sig", k.our_sig("git"));
-    let theirs = k.scratch.ssh_keygen(&["-Y", "find-principals", "-f", file.to_str().unwrap(), "-s", sig.to_str().unwrap()]);
+    let theirs = k.scratch.ssh_keygen(&[
+        "-Y",
+        "find-principals",
+        "-f",
+        file.to_str().unwrap(),
+        "-s",
+        sig.to_str().unwrap(),
+    ]);
     let parsed = AllowedSigners::parse("allowed_signers", &signers).unwrap();
     let ours = parsed.find_principals(&k.ours.public_key(), "git", SystemTime::now());
     assert_eq!(theirs.lines().collect::<Vec<_>>(), ours);
@@ -430,7 +619,11 @@ fn parse_errors_name_file_line_and_column() {
     let diags = AllowedSigners::parse(".stella/allowed_signers", text).unwrap_err();
     assert_eq!(diags.code(), Code::SignersInvalid);
     assert_eq!(
-        diags.to_string().lines().map(|l| l.split(" (").next().unwrap()).collect::<Vec<_>>(),
+        diags
+            .to_string()
+            .lines()
+            .map(|l| l.split(" (").next().unwrap())
+            .collect::<Vec<_>>(),
         [
             ".stella/allowed_signers:1:30: line 1: the value of `namespaces` must be in double quotes",
             ".stella/allowed_signers:3:16: line 3: missing key after the principals",
@@ -443,10 +636,17 @@ fn git_verify_commit_accepts_a_commit_we_sign() {
     // The ledger signs commits itself; prove git (gpg.format=ssh) takes our signature.
     let s = Scratch::new();
     let key = SshKey::generate("runner@ci");
-    s.write("allowed_signers", AllowedSigners::line_for("runner@ci", &["git"], &key.public_key()) + "\n");
+    s.write(
+        "allowed_signers",
+        AllowedSigners::line_for("runner@ci", &["git"], &key.public_key()) + "\n",
+    );
     let git = |args: &[&str], stdin: &[u8]| {
         let out = s.run("git", args, stdin);
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     git(&["init", "-q", "."], b"");
@@ -460,9 +660,21 @@ fn git_verify_commit_accepts_a_commit_we_sign() {
     let (head, body) = unsigned.split_once("\n\n").unwrap();
     let signed = format!("{head}\n{header}\n\n{body}");
     let commit = git(&["hash-object", "-t", "commit", "-w", "--stdin"], signed.as_bytes());
-    let config = ["-c", "gpg.format=ssh", "-c", "gpg.ssh.allowedSignersFile=allowed_signers"];
-    let out = s.run("git", &[&config[..], &["verify-commit", "-v", commit.trim()]].concat(), b"");
+    let config = [
+        "-c",
+        "gpg.format=ssh",
+        "-c",
+        "gpg.ssh.allowedSignersFile=allowed_signers",
+    ];
+    let out = s.run(
+        "git",
+        &[&config[..], &["verify-commit", "-v", commit.trim()]].concat(),
+        b"",
+    );
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
-    assert!(said.contains("Good \"git\" signature for runner@ci with ED25519 key"), "{said}");
+    assert!(
+        said.contains("Good \"git\" signature for runner@ci with ED25519 key"),
+        "{said}"
+    );
 }

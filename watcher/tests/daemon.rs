@@ -197,3 +197,188 @@ fn kill_9_in_a_step_then_restart_recovers_the_run() {
     assert_eq!(greet_starts, 2, "the interrupted step ran again (at-least-once)");
     r.stella(&["ledger", "verify"]).ok();
 }
+
+fn verify_fails_naming(r: &Repo, path_part: &str, message_part: &str) {
+    let out = r.stella(&["ledger", "verify"]);
+    assert_eq!(
+        out.code(),
+        Some(1),
+        "verify should fail:\n{}{}",
+        out.stdout(),
+        out.stderr()
+    );
+    let err = out.stderr();
+    assert!(
+        err.lines().any(|l| l.starts_with("error[ERR_LEDGER_TAMPERED]: commit ")
+            && l.contains(path_part)
+            && l.contains(message_part)),
+        "expected a problem at {path_part} ({message_part}):\n{err}"
+    );
+}
+
+fn finished_run() -> Repo {
+    let r = Repo::new();
+    r.pack("hello", HELLO).request("r1", "hello", "{}\n");
+    r.daemon_once().ok();
+    r.stella(&["ledger", "verify"]).ok();
+    r
+}
+
+#[test]
+fn ledger_verify_finds_a_deleted_runner_file() {
+    let r = finished_run();
+    r.git(&["rm", "-q", "runs/r1/artifacts/greet/greeting"]);
+    r.commit_all("hide the evidence");
+    verify_fails_naming(&r, "runs/r1/artifacts/greet/greeting", "deleted");
+}
+
+#[test]
+fn ledger_verify_finds_rewritten_events() {
+    let r = finished_run();
+    let events = r
+        .at_head("runs/r1/events.ndjson")
+        .unwrap()
+        .replace("succeeded", "failed");
+    r.write("runs/r1/events.ndjson", &events).commit_all("rewrite history");
+    verify_fails_naming(&r, "runs/r1/events.ndjson", "rewritten");
+}
+
+#[test]
+fn ledger_verify_finds_an_append_by_someone_else() {
+    let r = finished_run();
+    let mut events = r.at_head("runs/r1/events.ndjson").unwrap();
+    events.push_str("{\"seq\":99,\"ts\":\"2026-01-01T00:00:00.000Z\",\"type\":\"run.succeeded\"}\n");
+    r.write("runs/r1/events.ndjson", &events).commit_all("append, unsigned");
+    verify_fails_naming(&r, "runs/r1/events.ndjson", "not a trusted runner commit");
+}
+
+#[test]
+fn ledger_verify_finds_a_forged_run_and_an_edited_plan() {
+    let r = finished_run();
+    r.write("runs/forged/plan.json", "{\"planHash\":\"sha256:00\"}")
+        .commit_all("forge a run");
+    verify_fails_naming(&r, "runs/forged/plan.json", "not a trusted runner commit");
+    verify_fails_naming(&r, "runs/forged/plan.json", "does not match its hash");
+}
+
+#[test]
+fn ledger_verify_refuses_a_key_added_in_the_same_commit() {
+    let r = finished_run();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("mallory");
+    assert!(
+        std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "mallory", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let signers = std::fs::read_to_string(r.path().join(".stella/allowed_signers")).unwrap();
+    r.write(
+        ".stella/allowed_signers",
+        &format!("{signers}mallory namespaces=\"git\" {public}"),
+    );
+    r.write("runs/r1/extra.txt", "forged\n");
+    r.git(&["add", "-A"]);
+    let out = r.git_try(&[
+        "-c",
+        "gpg.format=ssh",
+        "-c",
+        &format!("user.signingkey={}", key.display()),
+        "commit",
+        "-q",
+        "-S",
+        "-m",
+        "signed by a key added right here",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    verify_fails_naming(&r, "runs/r1/extra.txt", "does not trust");
+}
+
+#[test]
+fn the_daemon_refuses_to_go_on_after_history_was_rewritten() {
+    let r = finished_run();
+    let first = String::from_utf8_lossy(&r.git(&["rev-list", "--max-parents=0", "HEAD"]).stdout)
+        .trim()
+        .to_string();
+    r.git(&["reset", "-q", "--hard", &first]);
+    let out = r.daemon_once();
+    assert_eq!(out.code(), Some(1), "{}{}", out.stdout(), out.stderr());
+    assert!(
+        out.stderr().contains("error[ERR_LEDGER_TAMPERED]") && out.stderr().contains("history was rewritten"),
+        "{}",
+        out.stderr()
+    );
+}
+
+#[test]
+fn a_committed_cancel_stops_a_running_run_within_two_seconds() {
+    let r = Repo::new();
+    let slow = HELLO.replace("echo said=yes >> $STELLA_OUTPUT", "sleep 60");
+    r.pack("hello", &slow).request("r1", "hello", "{}\n");
+    let mut daemon = crate::support::stella()
+        .current_dir(r.path())
+        .args(["daemon", "--repo", ".", "--poll", "30s"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(r.journal("r1"))
+        .unwrap_or_default()
+        .contains("\"step.started\",\"step\":\"greet\"")
+    {
+        assert!(Instant::now() < deadline, "the step never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    r.stella(&["runs", "cancel", "r1", "--reason", "wrong target"]).ok();
+    r.commit_all("cancel r1");
+    let asked = Instant::now();
+    while !std::fs::read_to_string(r.journal("r1"))
+        .unwrap_or_default()
+        .contains("\"type\":\"run.cancelled\"")
+    {
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "not cancelled within 2 seconds"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    assert_eq!(r.state("r1"), "cancelled");
+    let again = r.stella(&["runs", "cancel", "r1"]).ok();
+    assert!(
+        again.stdout().contains("nothing"),
+        "a second cancel is a no-op: {}",
+        again.stdout()
+    );
+}
+
+#[test]
+fn init_twice_changes_nothing() {
+    let r = Repo::new();
+    let before = r.status_porcelain();
+    let key = std::fs::read(r.path().join(".git/stella/runner_ed25519")).unwrap();
+    let out = r.stella(&["init", "."]).ok();
+    assert!(out.stdout().contains("nothing changed"), "{}", out.stdout());
+    assert_eq!(r.status_porcelain(), before);
+    assert_eq!(std::fs::read(r.path().join(".git/stella/runner_ed25519")).unwrap(), key);
+}
+
+#[test]
+fn runs_list_and_logs_read_the_ledger() {
+    let r = finished_run();
+    let list = r.stella(&["runs", "list", "--json"]).ok();
+    let rows: serde_json::Value = serde_json::from_str(&list.stdout()).unwrap();
+    assert_eq!(rows[0]["id"], "r1");
+    assert_eq!(rows[0]["state"], "succeeded");
+    assert_eq!(rows[0]["pack"], "packs/hello");
+    let logs = r.stella(&["runs", "logs", "r1"]).ok();
+    assert!(logs.stdout().contains("[greet] hello world"), "{}", logs.stdout());
+    let bad = r.stella(&["runs", "show", "../etc"]);
+    assert_eq!(bad.code(), Some(2));
+    assert!(bad.stderr().contains("error[ERR_USAGE]"));
+}

@@ -382,12 +382,14 @@ fn pack_at(env: &Environment, commit: ObjectId, pack: &str) -> Result<PackFiles,
     PackFiles::from_entries(pack, files).map_err(|d| Refusal::from(Diagnostics::from(d)))
 }
 
-/// The run that first used `token`, if it is not `id`: runs already planned come first, then by id.
+/// The run that owns `token`, if it is not `id`: a run already planned in the ledger at
+/// `commit` owns it; among unplanned ones the smallest id does. Deterministic, so two runners
+/// (or two workers of one) reach the same verdict.
 fn first_with_token(env: &Environment, commit: ObjectId, token: &str, id: &str) -> Option<String> {
     let ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
     let mut holders = Vec::new();
     for (other, is_dir) in ledger.list(commit, "runs").ok()? {
-        if !is_dir || other == id || !crate::run_id::is_valid(&other) {
+        if !is_dir || !crate::run_id::is_valid(&other) {
             continue;
         }
         let Some(text) = ledger
@@ -405,17 +407,16 @@ fn first_with_token(env: &Environment, commit: ObjectId, token: &str, id: &str) 
                 .read(commit, &format!("runs/{other}/events.ndjson"))
                 .ok()
                 .flatten()
-                .is_some()
-                || !journal::read(ledger.git_dir(), &other).unwrap_or_default().is_empty();
+                .is_some();
             holders.push((!planned, other));
         }
     }
     holders.sort();
-    let mine_planned = !journal::read(ledger.git_dir(), id).unwrap_or_default().is_empty();
     holders
         .into_iter()
-        .find(|(unplanned, other)| !*unplanned || (!mine_planned && other.as_str() < id))
-        .map(|(_, o)| o)
+        .next()
+        .map(|(_, owner)| owner)
+        .filter(|owner| owner != id)
 }
 
 #[allow(dead_code)]
