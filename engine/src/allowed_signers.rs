@@ -52,36 +52,44 @@ pub enum VerifyError {
         note: String,
     },
     /// The principal's line for this key does not allow the namespace.
-    #[error(
-        "{file}:{line}: key {fingerprint} of `{principal}` may not sign for namespace `{namespace}` \
-         (the line allows namespaces=\"{allowed}\")"
-    )]
+    #[error("{signer} may not sign for namespace `{namespace}` (the line allows namespaces=\"{allowed}\")")]
     NamespaceNotAllowed {
-        file: String,
-        line: u64,
-        principal: String,
-        fingerprint: String,
+        signer: Box<Signer>,
         namespace: String,
         allowed: String,
     },
     /// The key's valid-before has passed.
-    #[error("{file}:{line}: key {fingerprint} of `{principal}` expired at {}", humantime::format_rfc3339_seconds(*valid_before))]
+    #[error("{signer} expired at {}", humantime::format_rfc3339_seconds(*valid_before))]
     Expired {
-        file: String,
-        line: u64,
-        principal: String,
-        fingerprint: String,
+        signer: Box<Signer>,
         valid_before: SystemTime,
     },
     /// The key's valid-after has not been reached.
-    #[error("{file}:{line}: key {fingerprint} of `{principal}` is not valid until {}", humantime::format_rfc3339_seconds(*valid_after))]
+    #[error("{signer} is not valid until {}", humantime::format_rfc3339_seconds(*valid_after))]
     NotYetValid {
-        file: String,
-        line: u64,
-        principal: String,
-        fingerprint: String,
+        signer: Box<Signer>,
         valid_after: SystemTime,
     },
+}
+
+/// The allowed_signers line a refusal is about, and whose key it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signer {
+    pub file: String,
+    pub line: u64,
+    pub principal: String,
+    /// `SHA256:…` of the signing key.
+    pub fingerprint: String,
+}
+
+impl std::fmt::Display for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}: key {} of `{}`",
+            self.file, self.line, self.fingerprint, self.principal
+        )
+    }
 }
 
 impl VerifyError {
@@ -91,6 +99,16 @@ impl VerifyError {
             VerifyError::UnknownKey { .. } => Code::SignerUnknown,
             VerifyError::NamespaceNotAllowed { .. } => Code::SignerNamespace,
             VerifyError::Expired { .. } | VerifyError::NotYetValid { .. } => Code::SignerExpired,
+        }
+    }
+
+    /// The allowed_signers line the refusal is about, when one line is to blame.
+    pub fn signer(&self) -> Option<&Signer> {
+        match self {
+            VerifyError::Signature(_) | VerifyError::UnknownKey { .. } => None,
+            VerifyError::NamespaceNotAllowed { signer, .. }
+            | VerifyError::Expired { signer, .. }
+            | VerifyError::NotYetValid { signer, .. } => Some(signer),
         }
     }
 
@@ -184,15 +202,18 @@ impl AllowedSigners {
             if !entry.matches_principal(principal) || !entry.holds(key.key_data()) {
                 continue;
             }
-            let line = entry.line;
-            let (file, principal, fingerprint) = (self.file.clone(), principal.to_string(), fingerprint.clone());
+            let signer = || {
+                Box::new(Signer {
+                    file: self.file.clone(),
+                    line: entry.line,
+                    principal: principal.to_string(),
+                    fingerprint: fingerprint.clone(),
+                })
+            };
             let err = if !entry.allows_namespace(namespace) {
                 let allowed = entry.namespaces.as_deref().unwrap_or_default().join(",");
                 VerifyError::NamespaceNotAllowed {
-                    file,
-                    line,
-                    principal,
-                    fingerprint,
+                    signer: signer(),
                     namespace: namespace.into(),
                     allowed,
                 }
@@ -200,17 +221,11 @@ impl AllowedSigners {
                 match entry.validity(at) {
                     Validity::Valid => return Ok(entry),
                     Validity::NotYet(valid_after) => VerifyError::NotYetValid {
-                        file,
-                        line,
-                        principal,
-                        fingerprint,
+                        signer: signer(),
                         valid_after,
                     },
                     Validity::Expired(valid_before) => VerifyError::Expired {
-                        file,
-                        line,
-                        principal,
-                        fingerprint,
+                        signer: signer(),
                         valid_before,
                     },
                 }
@@ -849,10 +864,16 @@ mod tests {
         let err = signers
             .check_key("alice", "stella-approval", &key_a(), now)
             .unwrap_err();
-        assert!(matches!(err, VerifyError::Expired { line: 2, .. }), "{err}");
+        assert!(
+            matches!(err, VerifyError::Expired { .. }) && err.signer().unwrap().line == 2,
+            "{err}"
+        );
         assert_eq!(err.code(), Code::SignerExpired);
         let err = signers.check_key("alice", "file", &key_a(), now).unwrap_err();
-        assert!(matches!(err, VerifyError::NamespaceNotAllowed { line: 1, .. }), "{err}");
+        assert!(
+            matches!(err, VerifyError::NamespaceNotAllowed { .. }) && err.signer().unwrap().line == 1,
+            "{err}"
+        );
         let err = signers.check_key("bob", "git", &key_a(), now).unwrap_err();
         assert_eq!(err.code(), Code::SignerUnknown);
         assert!(

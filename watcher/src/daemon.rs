@@ -84,6 +84,7 @@ async fn main_loop(env: Arc<Environment>, root: PathBuf, max_runs: usize, a: Arg
     let mut tasks: JoinSet<Done> = JoinSet::new();
     let mut tried: HashSet<(String, String)> = HashSet::new();
     let mut reported: HashSet<String> = HashSet::new();
+    let mut first = true;
     loop {
         let views = {
             let env = env.clone();
@@ -123,6 +124,10 @@ async fn main_loop(env: Arc<Environment>, root: PathBuf, max_runs: usize, a: Arg
                 (id, r)
             });
             started += 1;
+        }
+        if first {
+            first = false;
+            println!("stella daemon: ready ({started} run(s) started)");
         }
         for path in views.1 {
             if reported.insert(path.clone()) {

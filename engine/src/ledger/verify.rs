@@ -28,35 +28,68 @@ pub struct Report {
     pub problems: Vec<Problem>,
 }
 
-/// The files of the runner under `runs/` at `commit`: path -> blob id.
-fn runner_files(ledger: &Ledger, commit: ObjectId) -> Result<BTreeMap<String, ObjectId>, Error> {
-    let mut out = BTreeMap::new();
-    let repo = &ledger.repo;
-    let tree = repo
+/// The `runs` tree of a commit, if any.
+fn runs_tree(ledger: &Ledger, commit: ObjectId) -> Result<Option<ObjectId>, Error> {
+    let tree = ledger
+        .repo
         .find_commit(commit)
         .map_err(super::git)?
         .tree()
         .map_err(super::git)?;
-    let Some(runs) = tree.lookup_entry_by_path("runs").map_err(super::git)? else {
-        return Ok(out);
-    };
-    if !runs.mode().is_tree() {
-        return Ok(out);
-    }
-    let mut stack = vec![("runs".to_string(), runs.oid().to_owned())];
-    while let Some((prefix, id)) = stack.pop() {
-        let t = repo.find_tree(id).map_err(super::git)?;
-        for e in t.iter() {
+    Ok(tree
+        .lookup_entry_by_path("runs")
+        .map_err(super::git)?
+        .filter(|e| e.mode().is_tree())
+        .map(|e| e.oid().to_owned()))
+}
+
+/// Entries of a tree: name -> (id, is_tree).
+fn entries(ledger: &Ledger, tree: Option<ObjectId>) -> Result<BTreeMap<String, (ObjectId, bool)>, Error> {
+    let mut out = BTreeMap::new();
+    if let Some(id) = tree {
+        for e in ledger.repo.find_tree(id).map_err(super::git)?.iter() {
             let e = e.map_err(super::git)?;
-            let path = format!("{prefix}/{}", e.filename());
-            if e.mode().is_tree() {
-                stack.push((path, e.oid().to_owned()));
-            } else if is_runner_path(&path) {
-                out.insert(path, e.oid().to_owned());
-            }
+            out.insert(e.filename().to_string(), (e.oid().to_owned(), e.mode().is_tree()));
         }
     }
     Ok(out)
+}
+
+/// A runner file that differs between a commit and its parent: (path, before, after).
+type FileChange = (String, Option<ObjectId>, Option<ObjectId>);
+
+/// The runner files that differ between two `runs` trees, descending only into subtrees
+/// whose ids differ (so a commit costs what it changed, not the size of the ledger).
+fn changes(
+    ledger: &Ledger,
+    prefix: &str,
+    old: Option<ObjectId>,
+    new: Option<ObjectId>,
+    out: &mut Vec<FileChange>,
+) -> Result<(), Error> {
+    if old == new {
+        return Ok(());
+    }
+    let (a, b) = (entries(ledger, old)?, entries(ledger, new)?);
+    let names: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    for name in names {
+        let path = format!("{prefix}/{name}");
+        let (x, y) = (a.get(name), b.get(name));
+        if x.map(|e| e.0) == y.map(|e| e.0) {
+            continue;
+        }
+        let x_tree = x.filter(|e| e.1).map(|e| e.0);
+        let y_tree = y.filter(|e| e.1).map(|e| e.0);
+        if x_tree.is_some() || y_tree.is_some() {
+            changes(ledger, &path, x_tree, y_tree, out)?;
+        }
+        let x_blob = x.filter(|e| !e.1).map(|e| e.0);
+        let y_blob = y.filter(|e| !e.1).map(|e| e.0);
+        if (x_blob.is_some() || y_blob.is_some()) && is_runner_path(&path) {
+            out.push((path, x_blob, y_blob));
+        }
+    }
+    Ok(())
 }
 
 /// The commit's bytes without its `gpgsig` header (what was signed), and the signature.
@@ -121,10 +154,11 @@ pub fn verify(ledger: &Ledger) -> Result<Report, Error> {
         report.commits += 1;
         let parents = ledger.parents(commit)?;
         let before = match parents.first() {
-            Some(&p) => runner_files(ledger, p)?,
-            None => BTreeMap::new(),
+            Some(&p) => runs_tree(ledger, p)?,
+            None => None,
         };
-        let after = runner_files(ledger, commit)?;
+        let mut diff = Vec::new();
+        changes(ledger, "runs", before, runs_tree(ledger, commit)?, &mut diff)?;
         let mut changed = Vec::new();
         let short = commit.to_hex_with_len(12).to_string();
         let mut problem = |path: &str, message: String| {
@@ -134,39 +168,31 @@ pub fn verify(ledger: &Ledger) -> Result<Report, Error> {
                 message,
             });
         };
-        for (path, old) in &before {
-            match after.get(path) {
-                None => problem(path, "runner file deleted".into()),
-                Some(new) if new != old => {
-                    if path.ends_with("/events.ndjson") {
-                        let old_bytes = ledger.repo.find_blob(*old).map(|b| b.data.clone()).unwrap_or_default();
-                        let new_bytes = ledger.repo.find_blob(*new).map(|b| b.data.clone()).unwrap_or_default();
-                        if !new_bytes.starts_with(&old_bytes) {
-                            problem(
-                                path,
-                                "events rewritten (events.ndjson may only grow by appending)".into(),
-                            );
-                        }
-                    } else {
-                        problem(path, "runner file rewritten".into());
-                    }
-                    changed.push(path.clone());
-                }
-                Some(_) => {}
-            }
-        }
-        for (path, id) in &after {
-            if !before.contains_key(path) {
-                changed.push(path.clone());
-            }
-            if path.ends_with("/plan.json") && !before.contains_key(path) {
-                let text = ledger.repo.find_blob(*id).map(|b| b.data.clone()).unwrap_or_default();
-                if let Err(e) = crate::plan::Plan::from_plan_json(&String::from_utf8_lossy(&text)) {
-                    problem(path, format!("plan.json does not match its hash: {e}"));
-                }
-            }
+        for (path, old, new) in &diff {
+            changed.push(path.clone());
             if let Some(run) = path.split('/').nth(1) {
                 runs.insert(run.to_string());
+            }
+            match (old, new) {
+                (Some(_), None) => problem(path, "runner file deleted".into()),
+                (Some(old), Some(new)) if path.ends_with("/events.ndjson") => {
+                    let old_bytes = ledger.repo.find_blob(*old).map(|b| b.data.clone()).unwrap_or_default();
+                    let new_bytes = ledger.repo.find_blob(*new).map(|b| b.data.clone()).unwrap_or_default();
+                    if !new_bytes.starts_with(&old_bytes) {
+                        problem(
+                            path,
+                            "events rewritten (events.ndjson may only grow by appending)".into(),
+                        );
+                    }
+                }
+                (Some(_), Some(_)) => problem(path, "runner file rewritten".into()),
+                (None, Some(id)) if path.ends_with("/plan.json") => {
+                    let text = ledger.repo.find_blob(*id).map(|b| b.data.clone()).unwrap_or_default();
+                    if let Err(e) = crate::plan::Plan::from_plan_json(&String::from_utf8_lossy(&text)) {
+                        problem(path, format!("plan.json does not match its hash: {e}"));
+                    }
+                }
+                _ => {}
             }
         }
         if changed.is_empty() {

@@ -19,6 +19,8 @@ pub struct LedgerSink<'a> {
     pub run_dir: PathBuf,
     pub batch: Duration,
     pub last_commit: Mutex<Instant>,
+    /// The canonical plan, written with every commit of the run (unchanged, it costs nothing).
+    pub plan_json: Mutex<Option<Vec<u8>>>,
 }
 
 impl LedgerSink<'_> {
@@ -31,6 +33,12 @@ impl LedgerSink<'_> {
                 .contents()
                 .map_err(|e| format!("cannot read the journal: {e}"))?,
         }];
+        if let Some(plan) = self.plan_json.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            writes.push(FileWrite {
+                path: format!("runs/{}/plan.json", self.id),
+                bytes: plan,
+            });
+        }
         writes.extend(artifact_writes(&self.run_dir, self.id)?);
         let _ = self.journal.sync();
         let mut ledger = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner());

@@ -17,6 +17,7 @@ use crate::event::{Event, EventSink, now_rfc3339};
 use crate::exec::{self, CancelToken, ExecConfig, Gatekeeper, Outcome};
 use crate::journal::{self, Journal};
 use crate::ledger::{CommitSigner, FileWrite, Ledger};
+
 use crate::pack::{PackFiles, sha256_hex};
 use crate::plan::Plan;
 use crate::request::Request;
@@ -96,6 +97,7 @@ pub fn process(
         run_dir: run_dir.clone(),
         batch: Duration::from_millis(config.batch_ms),
         last_commit: Mutex::new(Instant::now()),
+        plan_json: Mutex::new(None),
     };
     match need {
         Need::Nothing => Ok(None),
@@ -141,27 +143,9 @@ pub fn process(
                     }));
                 }
             };
-            if prior.is_empty() {
-                let mut writes = vec![FileWrite {
-                    path: format!("runs/{id}/plan.json"),
-                    bytes: plan.to_plan_json().into_bytes(),
-                }];
-                writes.push(FileWrite {
-                    path: format!("runs/{id}/events.ndjson"),
-                    bytes: journal.contents().map_err(|e| Error::Journal(e.to_string()))?,
-                });
-                let msg = format!(
-                    "stella: run {id} planned ({} {}, {})",
-                    plan.pack.name,
-                    plan.pack.version,
-                    plan.hash()
-                );
-                env.ledger
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .commit(&writes, &msg, env.signer.as_ref())
-                    .map_err(|e| Error::Ledger(e.to_string()))?;
-            }
+            // plan.json goes out with the first commit of the run (the first batch, a gate
+            // wait or the end), so planning adds no commit of its own before the first step.
+            *sink.plan_json.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan.to_plan_json().into_bytes());
             let mut prior = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
             let before = fold(&prior);
             if need == Need::Waiting {
