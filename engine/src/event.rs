@@ -92,6 +92,7 @@ impl NdjsonSink {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
+        cut_torn_line(path)?;
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
         Ok(NdjsonSink { file: Mutex::new(file) })
     }
@@ -104,6 +105,17 @@ impl EventSink for NdjsonSink {
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
         f.write_all(line.as_bytes())
     }
+}
+
+/// Cuts a torn last line (a crash mid-write) off an NDJSON file, so the next event starts a
+/// line of its own instead of gluing itself to half an event.
+pub fn cut_torn_line(path: &std::path::Path) -> std::io::Result<()> {
+    let Ok(text) = std::fs::read(path) else { return Ok(()) };
+    if text.is_empty() || text.ends_with(b"\n") {
+        return Ok(());
+    }
+    let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    std::fs::OpenOptions::new().write(true).open(path)?.set_len(keep as u64)
 }
 
 /// Keeps events in memory (tests, and readers that fold as they go).

@@ -38,13 +38,7 @@ impl Journal {
     pub fn open(git_dir: &Path, run: &str) -> std::io::Result<Journal> {
         let path = path(git_dir, run);
         std::fs::create_dir_all(path.parent().expect("journal dir"))?;
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            if !text.is_empty() && !text.ends_with('\n') {
-                let keep = text.rfind('\n').map_or(0, |i| i + 1);
-                let f = std::fs::OpenOptions::new().write(true).open(&path)?;
-                f.set_len(keep as u64)?;
-            }
-        }
+        crate::event::cut_torn_line(&path)?;
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
         Ok(Journal {
             path,

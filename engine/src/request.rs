@@ -88,10 +88,10 @@ impl Request {
             }
         };
         let inputs = root.get("inputs").cloned().filter(|n| !matches!(n.value, Value::Null));
-        if let Some(n) = &inputs {
-            if n.as_map().is_none() {
-                err(n.pos, "inputs", format!("inputs must be a mapping, found {}", n.kind()));
-            }
+        if let Some(n) = &inputs
+            && n.as_map().is_none()
+        {
+            err(n.pos, "inputs", format!("inputs must be a mapping, found {}", n.kind()));
         }
         let plan_hash = match text_field("planHash") {
             Some((Some(h), pos)) => {
@@ -129,7 +129,7 @@ impl Request {
             Some((r, _)) => r,
             None => None,
         };
-        drop(err);
+
         match pack {
             Some(pack) if diags.is_empty() => Ok(Request {
                 pack,

@@ -79,7 +79,7 @@ pub fn parse(armored: &str) -> Result<SshSig, Error> {
         .ok_or_else(|| malformed("it has no `-----END SSH SIGNATURE-----` line"))?;
     let b64: String = body[..end].chars().filter(|c| !c.is_ascii_whitespace()).collect();
     let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64.as_bytes())
-        .map_err(|e| malformed(&format!("invalid base64: {e}")))?;
+        .map_err(|_| malformed("its body is not valid base64"))?;
     // ssh-key reads only 70-column PEM (what ssh-keygen writes); ssh-keygen itself reads any
     // wrapping, so re-wrap the decoded bytes before handing them over.
     let sig = SshSig::from_pem(rewrap(&bytes)).map_err(|e| match e {

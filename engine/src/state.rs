@@ -196,7 +196,7 @@ pub fn fold(events: &[Event]) -> RunState {
                     s.status = StepStatus::Cancelled;
                     s.finished = Some(e.ts.clone());
                 }
-                "gate.waiting" => {
+                "gate.waiting" | "run.waiting" => {
                     s.status = StepStatus::Waiting;
                     s.started.get_or_insert_with(|| e.ts.clone());
                     st.state = RunStatus::Waiting;
@@ -208,7 +208,10 @@ pub fn fold(events: &[Event]) -> RunState {
                 st.state = RunStatus::Running;
                 st.waiting_gate = None;
             }
-            if e.kind == "gate.approved" || (st.waiting_gate.as_deref() == Some(id) && e.kind != "gate.waiting") {
+            if e.kind == "gate.approved"
+                || (st.waiting_gate.as_deref() == Some(id)
+                    && !matches!(e.kind.as_str(), "gate.waiting" | "run.waiting"))
+            {
                 if st.state == RunStatus::Waiting {
                     st.state = RunStatus::Running;
                 }

@@ -342,6 +342,47 @@ fn we_accept_ssh_keygens_signature() {
 }
 
 #[test]
+fn we_accept_sha256_signatures_as_ssh_keygen_does() {
+    let k = Signers::new();
+    let out = k.scratch.run(
+        "ssh-keygen",
+        &[
+            "-Y",
+            "sign",
+            "-f",
+            k.theirs.to_str().unwrap(),
+            "-n",
+            "git",
+            "-O",
+            "hashalg=sha256",
+        ],
+        MSG,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sig = String::from_utf8(out.stdout).unwrap();
+    let signers = format!("bob@example.com {}\n", k.their_key());
+    Verdict::new(&signers, "bob@example.com", "git", MSG, &sig).accepted(&k.scratch);
+}
+
+#[test]
+fn other_key_types_may_be_listed_but_their_signatures_are_unsupported() {
+    let s = Scratch::new();
+    let mut lines = String::new();
+    for (name, kind) in [("rsa", "rsa"), ("ecdsa", "ecdsa")] {
+        let path = s.path(name);
+        s.ssh_keygen(&["-q", "-t", kind, "-N", "", "-C", name, "-f", path.to_str().unwrap()]);
+        let public = std::fs::read_to_string(keys::pub_path(&path)).unwrap();
+        lines.push_str(&format!("{name}@example.com {public}"));
+        let sig = s.keygen_sign(&path, "git", MSG);
+        let err = sshsig::verify(&sig, "git", MSG).unwrap_err();
+        assert!(matches!(err, sshsig::Error::Unsupported { .. }), "{err}");
+        assert_eq!(err.code(), Code::SignatureInvalid);
+    }
+    let signers = AllowedSigners::parse("allowed_signers", &lines).unwrap();
+    assert_eq!(signers.entries().len(), 2);
+}
+
+#[test]
 fn wrong_namespace() {
     let k = Signers::new();
     let signers = format!("alice@example.com {}\n", k.our_key());

@@ -170,7 +170,10 @@ fn report(id: &str, result: Result<Option<Outcome>, String>) {
 }
 
 /// The runs on the branch and what each needs, after checking history was not rewritten.
-fn scan(env: &Environment) -> Result<(Vec<(runs::RunView, Need)>, Vec<String>), Failure> {
+/// The runs found by a scan with what each needs, and the entries under runs/ that are not runs.
+type Scan = (Vec<(runs::RunView, Need)>, Vec<String>);
+
+fn scan(env: &Environment) -> Result<Scan, Failure> {
     let mut ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
     ledger.refresh();
     let Some(tip) = ledger.tip().map_err(|e| Failure::one(e.code(), e.to_string()))? else {

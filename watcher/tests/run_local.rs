@@ -473,3 +473,65 @@ fn ctrl_c_cancels_cleanly() {
     assert_eq!(r.state().state.as_str(), "cancelled");
     assert!(!pid_alive(pid));
 }
+
+#[test]
+fn resuming_with_different_inputs_is_refused() {
+    let steps = format!(
+        "{}    - {{ id: gate, gate: {{ approval: {{ id: review }} }} }}\n{}",
+        exec("before", "true"),
+        shell("after", "echo {{ inputs.name }}")
+    );
+    let s = Scratch::new().pack(&steps);
+    s.run(&[]).code(3);
+    let changed = s.inputs("name: mallory\n");
+    let r = changed.run(&["--resume", "--approve-local"]);
+    r.code(1).stderr_has("error[ERR_PACK_HASH_MISMATCH]");
+    assert!(
+        r.step_events("after", "step.started").is_empty(),
+        "nothing of the different plan ran"
+    );
+}
+
+#[test]
+fn a_secret_in_a_failure_message_is_masked_on_the_terminal_too() {
+    let s = Scratch::new()
+        .pack(&shell("bad", "echo \"x $STELLA_SECRET_TOKEN=1\" >> $STELLA_OUTPUT"))
+        .secret("hunter2hunter2");
+    let r = s.run(&[]);
+    r.code(1);
+    assert!(
+        !r.stderr().contains("hunter2") && !r.stdout().contains("hunter2"),
+        "{}{}",
+        r.stdout(),
+        r.stderr()
+    );
+}
+
+#[test]
+fn a_torn_last_event_line_does_not_break_resume() {
+    let steps = format!(
+        "{}    - {{ id: gate, gate: {{ approval: {{ id: review }} }} }}\n",
+        exec("before", "true")
+    );
+    let s = Scratch::new().pack(&steps);
+    s.run(&[]).code(3);
+    let mut text = std::fs::read_to_string(s.events_path()).unwrap();
+    text.push_str("{\"seq\":99,\"ts\":\"2026-");
+    std::fs::write(s.events_path(), text).unwrap();
+    s.run(&["--resume", "--approve-local"]).code(0);
+    let again = crate::support::Ran::from(std::process::Command::new("true").output().unwrap(), s.events_path());
+    assert_eq!(again.state().state.as_str(), "succeeded");
+}
+
+#[test]
+fn a_resumed_run_still_at_its_gate_reads_as_waiting() {
+    let steps = format!(
+        "{}    - {{ id: gate, gate: {{ approval: {{ id: review }} }} }}\n",
+        exec("before", "true")
+    );
+    let s = Scratch::new().pack(&steps);
+    s.run(&[]).code(3);
+    let r = s.run(&["--resume"]);
+    r.code(3);
+    assert_eq!(r.state().state.as_str(), "waiting");
+}

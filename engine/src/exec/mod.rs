@@ -159,7 +159,11 @@ pub fn execute(
             state::RunStatus::Succeeded => Outcome::Succeeded,
             state::RunStatus::Cancelled => Outcome::Cancelled,
             _ => Outcome::Failed {
-                code: Code::StepFailed,
+                code: before
+                    .code
+                    .as_deref()
+                    .and_then(code_from_str)
+                    .unwrap_or(Code::StepFailed),
                 message: before
                     .error
                     .clone()
@@ -211,11 +215,22 @@ impl Runner<'_> {
 
     fn run(&self, files: &PackFiles) -> Outcome {
         let resumed = !self.before.steps.is_empty() || self.before.state != state::RunStatus::Planned;
+        // A run is bound to the plan it started with: resuming with a different pack or
+        // different inputs would run something nobody planned (or approved).
+        if let Some(recorded) = &self.before.plan_hash {
+            let hash = self.plan.hash();
+            if *recorded != hash {
+                let message =
+                    format!("this run was planned as {recorded}, but the pack and inputs given now plan to {hash}");
+                return self.finish(Res::Failed(StepError::new(Code::PackHashMismatch, message)));
+            }
+        }
         if resumed {
             let done = self.before.steps.iter().filter(|s| s.status.is_done()).count();
+            let plural = if done == 1 { "" } else { "s" };
             self.emit(
                 Event::new("run.resumed")
-                    .msg(format!("resuming: {done} steps already finished"))
+                    .msg(format!("resuming: {done} step{plural} already finished"))
                     .data(json!({ "finished": done })),
             );
         } else {
@@ -236,12 +251,21 @@ impl Runner<'_> {
         let ms = self.started.elapsed().as_millis() as u64;
         let outcome = match result {
             Res::Ok | Res::Skipped => Outcome::Succeeded,
+            // Messages may quote what a step wrote; they leave the executor redacted.
             Res::Failed(e) => Outcome::Failed {
                 code: e.code,
-                message: e.message,
+                message: self.emitter.redactor().redact(&e.message),
             },
             Res::Cancelled => Outcome::Cancelled,
-            Res::Waiting(step, approval) => return Outcome::Waiting { step, approval },
+            Res::Waiting(step, approval) => {
+                self.emit(
+                    Event::new("run.waiting")
+                        .step(&step)
+                        .msg(format!("waiting at gate `{step}` for approval `{approval}`"))
+                        .data(json!({ "gate": approval })),
+                );
+                return Outcome::Waiting { step, approval };
+            }
         };
         let outcome = match (self.emitter.error(), outcome) {
             (Some(msg), _) => Outcome::Failed {

@@ -140,9 +140,14 @@ fn signer(ledger: &Ledger, commit: ObjectId, signers: &AllowedSigners) -> Result
         })
 }
 
-fn signers_at(ledger: &Ledger, commit: ObjectId) -> Option<AllowedSigners> {
-    let text = ledger.read(commit, ".stella/allowed_signers").ok().flatten()?;
-    AllowedSigners::parse(".stella/allowed_signers", &String::from_utf8_lossy(&text)).ok()
+/// The trusted signers as of `commit`, or why there are none.
+fn signers_at(ledger: &Ledger, commit: ObjectId) -> Result<AllowedSigners, String> {
+    let text = ledger
+        .read(commit, ".stella/allowed_signers")
+        .map_err(|e| e.to_string())?
+        .ok_or("there is no .stella/allowed_signers before it")?;
+    AllowedSigners::parse(".stella/allowed_signers", &String::from_utf8_lossy(&text))
+        .map_err(|d| format!(".stella/allowed_signers before it does not parse: {d}"))
 }
 
 /// Checks the branch's whole history; the report lists every problem found.
@@ -201,10 +206,7 @@ pub fn verify(ledger: &Ledger) -> Result<Report, Error> {
         report.runner_commits += 1;
         // Trust comes from before the commit: a commit cannot vouch for itself.
         let trust_from = parents.first().copied().unwrap_or(commit);
-        let verdict = match signers_at(ledger, trust_from) {
-            Some(signers) => signer(ledger, commit, &signers).map(|_| ()),
-            None => Err("there is no readable .stella/allowed_signers before it".into()),
-        };
+        let verdict = signers_at(ledger, trust_from).and_then(|signers| signer(ledger, commit, &signers).map(|_| ()));
         if let Err(why) = verdict {
             for path in changed {
                 problem(

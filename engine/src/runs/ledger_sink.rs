@@ -92,7 +92,9 @@ pub fn message_for(id: &str, e: &Event, journal: &[Event]) -> String {
         "run.succeeded" => format!("stella: run {id} succeeded ({steps} step{plural}{secs})"),
         "run.failed" => format!("stella: run {id} failed: {}", e.msg.as_deref().unwrap_or("")),
         "run.cancelled" => format!("stella: run {id} cancelled"),
-        "gate.waiting" => format!("stella: run {id} waiting at gate {}", e.step.as_deref().unwrap_or("")),
+        "gate.waiting" | "run.waiting" => {
+            format!("stella: run {id} waiting at gate {}", e.step.as_deref().unwrap_or(""))
+        }
         _ => format!("stella: run {id} in progress ({steps} step{plural} done)"),
     }
 }

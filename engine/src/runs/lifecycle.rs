@@ -276,24 +276,24 @@ fn plan_new(env: &Environment, id: &str, commit: ObjectId, config: &Config) -> R
     let text = read_text(env, commit, &request_path)
         .ok_or_else(|| refuse(Code::RequestInvalid, format!("{request_path} is missing")))?;
     let request = Request::parse(&request_path, &text)?;
-    if let Some(token) = &request.run_token {
-        if let Some(first) = first_with_token(env, commit, token, id) {
-            return Err(refuse(
-                Code::RunDuplicate,
-                format!("duplicate of run {first} (same runToken); not executed"),
-            ));
-        }
+    if let Some(token) = &request.run_token
+        && let Some(first) = first_with_token(env, commit, token, id)
+    {
+        return Err(refuse(
+            Code::RunDuplicate,
+            format!("duplicate of run {first} (same runToken); not executed"),
+        ));
     }
     let files = pack_at(env, commit, &request.pack)?;
     let plan = crate::plan_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
     let hash = plan.hash();
-    if let Some(pinned) = &request.plan_hash {
-        if *pinned != hash {
-            return Err(refuse(
-                Code::PackHashMismatch,
-                format!("the request pins {pinned}, but the pack and inputs at this commit plan to {hash}"),
-            ));
-        }
+    if let Some(pinned) = &request.plan_hash
+        && *pinned != hash
+    {
+        return Err(refuse(
+            Code::PackHashMismatch,
+            format!("the request pins {pinned}, but the pack and inputs at this commit plan to {hash}"),
+        ));
     }
     let journal = Journal::open(&env.git_dir, id).map_err(|e| refuse(Code::Io, e.to_string()))?;
     let mut data = json!({
