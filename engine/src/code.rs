@@ -48,6 +48,24 @@ pub enum Code {
     RunDuplicate,
     /// The ledger's history was rewritten, or a runner file changed outside a signed runner commit.
     LedgerTampered,
+    /// `.stella/approvers.yaml` is malformed.
+    ApproversInvalid,
+    /// An approval's signature is missing, malformed, or not by a key allowed for its principal.
+    ApprovalSignatureInvalid,
+    /// The approval's principal holds none of the grants the gate asks for.
+    ApprovalUnauthorized,
+    /// The approval is bound to another run, gate or plan hash.
+    ApprovalPlanMismatch,
+    /// The approving key is expired (or not yet valid) in allowed_signers.
+    ApprovalExpired,
+    /// The approval file is not a valid approval.
+    ApprovalMalformed,
+    /// The approval comes from a principal or key that already counted.
+    ApprovalDuplicate,
+    /// A valid reject: the run fails.
+    PackApprovalRejected,
+    /// The gate's expiresAfter passed without enough approvals: the run fails.
+    PackApprovalTimeout,
     /// A file given on the command line could not be read.
     Io,
     /// The command line itself is wrong.
@@ -70,7 +88,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, for parsing codes back out of events.
-    pub const ALL: [Code; 30] = [
+    pub const ALL: [Code; 39] = [
         Code::PackInvalid,
         Code::PackInputInvalid,
         Code::PackNetworkBlocked,
@@ -92,6 +110,15 @@ impl Code {
         Code::RequestInvalid,
         Code::RunDuplicate,
         Code::LedgerTampered,
+        Code::ApproversInvalid,
+        Code::ApprovalSignatureInvalid,
+        Code::ApprovalUnauthorized,
+        Code::ApprovalPlanMismatch,
+        Code::ApprovalExpired,
+        Code::ApprovalMalformed,
+        Code::ApprovalDuplicate,
+        Code::PackApprovalRejected,
+        Code::PackApprovalTimeout,
         Code::Io,
         Code::Usage,
         Code::KeyInvalid,
@@ -127,6 +154,15 @@ impl Code {
             Code::RequestInvalid => "ERR_REQUEST_INVALID",
             Code::RunDuplicate => "ERR_RUN_DUPLICATE",
             Code::LedgerTampered => "ERR_LEDGER_TAMPERED",
+            Code::ApproversInvalid => "ERR_APPROVERS_INVALID",
+            Code::ApprovalSignatureInvalid => "ERR_APPROVAL_SIGNATURE_INVALID",
+            Code::ApprovalUnauthorized => "ERR_APPROVAL_UNAUTHORIZED",
+            Code::ApprovalPlanMismatch => "ERR_APPROVAL_PLAN_MISMATCH",
+            Code::ApprovalExpired => "ERR_APPROVAL_EXPIRED",
+            Code::ApprovalMalformed => "ERR_APPROVAL_MALFORMED",
+            Code::ApprovalDuplicate => "ERR_APPROVAL_DUPLICATE",
+            Code::PackApprovalRejected => "ERR_PACK_APPROVAL_REJECTED",
+            Code::PackApprovalTimeout => "ERR_PACK_APPROVAL_TIMEOUT",
             Code::Io => "ERR_IO",
             Code::Usage => "ERR_USAGE",
             Code::KeyInvalid => "ERR_KEY_INVALID",
@@ -161,12 +197,21 @@ impl Code {
             | Code::SignerNamespace
             | Code::SignerExpired
             | Code::RunDuplicate
-            | Code::LedgerTampered => 1,
+            | Code::LedgerTampered
+            | Code::ApprovalSignatureInvalid
+            | Code::ApprovalUnauthorized
+            | Code::ApprovalPlanMismatch
+            | Code::ApprovalExpired
+            | Code::ApprovalMalformed
+            | Code::ApprovalDuplicate
+            | Code::PackApprovalRejected
+            | Code::PackApprovalTimeout => 1,
             Code::PackInvalid
             | Code::PackInputInvalid
             | Code::PackNetworkBlocked
             | Code::PackSecretMissing
             | Code::ConfigInvalid
+            | Code::ApproversInvalid
             | Code::RequestInvalid
             | Code::Io
             | Code::Usage

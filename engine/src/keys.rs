@@ -175,6 +175,11 @@ impl SshKey {
     }
 }
 
+/// `SHA256:…` of a public key, as `ssh-keygen -l` prints it.
+pub fn fingerprint_of(key: &PublicKey) -> String {
+    key.fingerprint(ssh_key::HashAlg::Sha256).to_string()
+}
+
 /// `<path>.pub`, where ssh-keygen keeps the public half.
 pub fn pub_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_os_string();

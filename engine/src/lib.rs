@@ -2,6 +2,7 @@
 //! file watching. This crate parses packs, checks them, resolves inputs and builds the
 //! hashed plan; later modules execute plans and keep the git ledger.
 
+pub mod approvals;
 pub mod canonical;
 pub mod code;
 pub mod config;

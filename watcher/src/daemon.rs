@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use notify::Watcher;
 use stella_engine::Code;
-use stella_engine::exec::{CancelToken, GateDecision, Gatekeeper, Outcome};
-use stella_engine::plan::{PlanApprovalGate, PlanStep};
+use stella_engine::exec::{CancelToken, Outcome};
 use stella_engine::runs::{self, Environment, Need};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -25,15 +24,6 @@ pub struct Args {
     pub key: Option<PathBuf>,
     pub poll: Duration,
     pub kill_grace: Duration,
-}
-
-/// Approval gates in the repository. Signed approvals are not evaluated yet: gates wait.
-struct RepoGates;
-
-impl Gatekeeper for RepoGates {
-    fn decide(&self, _step: &PlanStep, _gate: &PlanApprovalGate) -> GateDecision {
-        GateDecision::Waiting
-    }
 }
 
 pub fn run(a: Args) -> Result<u8, Failure> {
@@ -93,6 +83,7 @@ async fn main_loop(env: Arc<Environment>, root: PathBuf, max_runs: usize, a: Arg
                 .map_err(|e| Failure::one(Code::Io, e.to_string()))??
         };
         let mut started = 0;
+        let deadline = next_deadline(views.0.iter().map(|(v, _)| v));
         for (view, need) in views.0 {
             if let Some(token) = running.get(&view.id) {
                 if need == Need::Cancel || view.has_cancel {
@@ -120,7 +111,7 @@ async fn main_loop(env: Arc<Environment>, root: PathBuf, max_runs: usize, a: Arg
             let id = view.id.clone();
             info!(run = %id, need = ?need, "processing");
             tasks.spawn_blocking(move || {
-                let r = runs::process(&env, &id, need, token, &RepoGates).map_err(|e| e.to_string());
+                let r = runs::process(&env, &id, need, token).map_err(|e| e.to_string());
                 (id, r)
             });
             started += 1;
@@ -153,9 +144,29 @@ async fn main_loop(env: Arc<Environment>, root: PathBuf, max_runs: usize, a: Arg
             _ = tokio::time::sleep(a.poll), if !a.once => {
                 tried.retain(|(_, need)| need != "Waiting");
             }
+            // A gate's expiry needs no commit: wake up at the deadline and judge it.
+            _ = tokio::time::sleep(deadline.map_or(Duration::MAX, |d| d.duration_since(std::time::SystemTime::now()).unwrap_or_default() + Duration::from_millis(5))), if deadline.is_some() && !a.once => {
+                tried.retain(|(_, need)| need != "Waiting");
+            }
             else => {}
         }
     }
+}
+
+/// The earliest moment a waiting run's gate expires.
+fn next_deadline<'a>(views: impl Iterator<Item = &'a runs::RunView>) -> Option<std::time::SystemTime> {
+    views
+        .filter_map(|v| {
+            let st = v.state();
+            let gate = st.waiting_gate.as_deref()?;
+            let waiting = v
+                .events()
+                .iter()
+                .find(|e| e.kind == "gate.waiting" && e.step.as_deref() == Some(gate))?;
+            let ttl = waiting.get("expiresAfterMs")?.as_u64()?;
+            Some(humantime::parse_rfc3339(&waiting.ts).ok()? + Duration::from_millis(ttl))
+        })
+        .min()
 }
 
 fn report(id: &str, result: Result<Option<Outcome>, String>) {

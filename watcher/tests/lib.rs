@@ -3,6 +3,7 @@
 mod repo_support;
 mod support;
 
+mod approvals;
 mod daemon;
 mod pack_cli;
 mod run_local;

@@ -93,7 +93,25 @@ pub enum GateDecision {
 
 /// Decides approval gates: locally a development flag, in the daemon signed approval files.
 pub trait Gatekeeper: Sync {
-    fn decide(&self, step: &PlanStep, gate: &PlanApprovalGate) -> GateDecision;
+    /// `waiting_since`: when the run first waited at this gate (RFC 3339), if it has.
+    fn decide(&self, step: &PlanStep, gate: &PlanApprovalGate, waiting_since: Option<&str>) -> GateVerdict;
+}
+
+/// A gate's decision and what the gatekeeper saw on the way (e.g. `approval.verdict` events,
+/// each with a unique `data.key`; the executor records each key once per run).
+#[derive(Debug, Clone)]
+pub struct GateVerdict {
+    pub decision: GateDecision,
+    pub notes: Vec<Event>,
+}
+
+impl From<GateDecision> for GateVerdict {
+    fn from(decision: GateDecision) -> Self {
+        GateVerdict {
+            decision,
+            notes: Vec::new(),
+        }
+    }
 }
 
 /// Gates for `stella pack run`: wait, unless `--approve-local` passes them (recorded as such).
@@ -102,13 +120,14 @@ pub struct LocalGates {
 }
 
 impl Gatekeeper for LocalGates {
-    fn decide(&self, _step: &PlanStep, _gate: &PlanApprovalGate) -> GateDecision {
+    fn decide(&self, _step: &PlanStep, _gate: &PlanApprovalGate, _since: Option<&str>) -> GateVerdict {
         if self.approve_local {
             GateDecision::Approved {
                 data: json!({ "local": true, "note": "approved with --approve-local (development only)" }),
             }
+            .into()
         } else {
-            GateDecision::Waiting
+            GateDecision::Waiting.into()
         }
     }
 }
@@ -183,6 +202,7 @@ pub fn execute(
         inputs: expr::value(&Json::Object(plan.inputs.clone())),
         scratch: AtomicU64::new(0),
         started: Instant::now(),
+        recorded: Mutex::new(recorded_keys(prior)),
     };
     runner.run(files)
 }
@@ -206,6 +226,8 @@ struct Runner<'a> {
     inputs: expr::Ctx,
     scratch: AtomicU64,
     started: Instant,
+    /// `data.key`s of gatekeeper notes already recorded in this run's events.
+    recorded: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Runner<'_> {
@@ -799,7 +821,16 @@ impl Runner<'_> {
             Ok(m) => m,
             Err(e) => return self.fail(s, e, 0),
         };
-        match self.gates.decide(s, gate) {
+        let since = self.before.step(&s.id).and_then(|p| p.started.clone());
+        let verdict = self.gates.decide(s, gate, since.as_deref());
+        for note in verdict.notes {
+            let key = note.get("key").and_then(|k| k.as_str()).map(str::to_string);
+            let fresh = key.is_none_or(|k| self.recorded.lock().unwrap_or_else(|p| p.into_inner()).insert(k));
+            if fresh {
+                self.emit(note.step(&s.id));
+            }
+        }
+        match verdict.decision {
             GateDecision::Approved { data } => {
                 self.emit(Event::new("gate.approved").step(&s.id).data(data));
                 self.emit(
@@ -890,6 +921,14 @@ fn mismatch(path: &str, what: &str) -> StepError {
         Code::PackHashMismatch,
         format!("pack file `{path}` {what}; the plan that was approved no longer matches"),
     )
+}
+
+/// The `data.key`s of notes already in `events`.
+pub fn recorded_keys(events: &[Event]) -> std::collections::HashSet<String> {
+    events
+        .iter()
+        .filter_map(|e| e.get("key").and_then(|k| k.as_str()).map(str::to_string))
+        .collect()
 }
 
 fn code_from_str(s: &str) -> Option<Code> {

@@ -15,6 +15,8 @@ use crate::config::{CONFIG_PATH, Config};
 use crate::diag::Diagnostics;
 use crate::event::{Event, EventSink, now_rfc3339};
 use crate::exec::{self, CancelToken, ExecConfig, Gatekeeper, Outcome};
+
+use super::gates::RepoGates;
 use crate::journal::{self, Journal};
 use crate::ledger::{CommitSigner, FileWrite, Ledger};
 
@@ -78,13 +80,7 @@ fn refuse(code: Code, message: impl Into<String>) -> Refusal {
 }
 
 /// Carries run `id` forward as `need` says. Returns how the run stands when this call ends.
-pub fn process(
-    env: &Environment,
-    id: &str,
-    need: Need,
-    cancel: CancelToken,
-    gates: &dyn Gatekeeper,
-) -> Result<Option<Outcome>, Error> {
+pub fn process(env: &Environment, id: &str, need: Need, cancel: CancelToken) -> Result<Option<Outcome>, Error> {
     let journal = Journal::open(&env.git_dir, id).map_err(|e| Error::Journal(e.to_string()))?;
     let prior = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
     let run_dir = super::work_dir(&env.git_dir, id);
@@ -148,14 +144,46 @@ pub fn process(
             *sink.plan_json.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan.to_plan_json().into_bytes());
             let mut prior = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
             let before = fold(&prior);
+            let planned = prior.iter().find(|e| e.kind == "run.planned");
+            let trust_commit = planned
+                .and_then(|e| e.get("trustCommit").and_then(|v| v.as_str()))
+                .and_then(|h| ObjectId::from_hex(h.as_bytes()).ok())
+                .unwrap_or(tip);
+            let gates = RepoGates {
+                env,
+                run: id,
+                plan: &plan,
+                plan_hash: plan.hash(),
+                trust_commit,
+            };
             if need == Need::Waiting {
-                // Resume only when the gate's answer changed; otherwise nothing happens.
+                // Resume only when the gate's answer changed; new verdicts are recorded either way.
                 let gate = before.waiting_gate.clone().unwrap_or_default();
                 let step = plan.all_steps().into_iter().find(|s| s.id == gate).cloned();
-                match step
+                let since = before.step(&gate).and_then(|s| s.started.clone());
+                let verdict = step
                     .as_ref()
-                    .and_then(|s| s.approval.as_ref().map(|a| gates.decide(s, a)))
-                {
+                    .and_then(|s| s.approval.as_ref().map(|a| gates.decide(s, a, since.as_deref())));
+                if let Some(v) = &verdict {
+                    let seen = exec::recorded_keys(&prior);
+                    let fresh: Vec<Event> = v
+                        .notes
+                        .iter()
+                        .filter(|n| n.get("key").and_then(|k| k.as_str()).is_some_and(|k| !seen.contains(k)))
+                        .cloned()
+                        .collect();
+                    if !fresh.is_empty() && matches!(v.decision, exec::GateDecision::Waiting) {
+                        for n in fresh {
+                            let now = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+                            append(&journal, &now, n.step(&gate));
+                        }
+                        let all = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+                        let msg = format!("stella: run {id} approvals recorded at gate {gate}");
+                        sink.commit(&msg).map_err(Error::Ledger)?;
+                        let _ = all;
+                    }
+                }
+                match verdict.map(|v| v.decision) {
                     Some(exec::GateDecision::Waiting) | None => {
                         return Ok(Some(Outcome::Waiting {
                             step: gate,
@@ -197,7 +225,7 @@ pub fn process(
             cfg.artifact_bytes = config.artifact_bytes;
             cfg.kill_grace = env.kill_grace;
             cfg.cancel = cancel;
-            let outcome = exec::execute(&plan, &files, &prior, &cfg, gates, vec![&sink as &dyn EventSink]);
+            let outcome = exec::execute(&plan, &files, &prior, &cfg, &gates, vec![&sink as &dyn EventSink]);
             // The terminal event was committed by the sink; make sure nothing is left behind.
             let all = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
             if all.len() > view_len(env, self::tip(env)?, id) {
@@ -296,9 +324,10 @@ fn plan_new(env: &Environment, id: &str, commit: ObjectId, config: &Config) -> R
         ));
     }
     let journal = Journal::open(&env.git_dir, id).map_err(|e| refuse(Code::Io, e.to_string()))?;
+    let trust = trust_commit(env, commit, &request_path);
     let mut data = json!({
         "planHash": hash, "pack": request.pack, "version": plan.pack.version, "requestCommit": commit.to_string(),
-        "requestSha256": sha256_hex(text.as_bytes()),
+        "requestSha256": sha256_hex(text.as_bytes()), "trustCommit": trust.to_string(),
     });
     if let Some(t) = &request.run_token {
         data["runToken"] = json!(t);
@@ -353,6 +382,21 @@ fn replan(env: &Environment, id: &str, prior: &[Event]) -> Result<(Plan, PackFil
         ));
     }
     Ok((plan, files))
+}
+
+/// The commit whose trust files judge a request: the first parent of the commit that brought
+/// the request onto the branch (or that commit itself when it has no parent).
+fn trust_commit(env: &Environment, tip: ObjectId, request_path: &str) -> ObjectId {
+    let ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+    let mut at = tip;
+    loop {
+        let Ok(parents) = ledger.parents(at) else { return at };
+        let Some(&parent) = parents.first() else { return at };
+        if ledger.read(parent, request_path).ok().flatten().is_none() {
+            return parent;
+        }
+        at = parent;
+    }
 }
 
 fn pack_at(env: &Environment, commit: ObjectId, pack: &str) -> Result<PackFiles, Refusal> {

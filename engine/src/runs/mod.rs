@@ -2,6 +2,7 @@
 //! recover, flush, cancel, nothing), and carrying one run from request to finished ledger.
 //! Synchronous; the watcher decides when to call it and on which thread.
 
+mod gates;
 mod ledger_sink;
 mod lifecycle;
 

@@ -1,6 +1,7 @@
 //! Command-line grammar (clap) and dispatch to the command modules. Owns the mapping from
 //! engine errors to the single printed report and exit code.
 
+mod approve;
 pub mod init;
 mod ledger;
 mod pack;
@@ -50,6 +51,27 @@ enum Command {
     Ledger(LedgerCommand),
     /// Watch a repository and execute the run requests committed to its branch
     Daemon(DaemonArgs),
+    /// Sign an approval (or --reject) of a run's gate, bound to its plan hash
+    Approve {
+        /// The run id
+        run: String,
+        /// The gate: the approval id (e.g. security-review) or its gate step id
+        #[arg(long)]
+        gate: String,
+        /// Your OpenSSH private key (unencrypted; otherwise sign with ssh-keygen, see docs/approvals.md)
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Your principal in .stella/allowed_signers (default: the one listed for the key)
+        #[arg(long)]
+        principal: Option<String>,
+        /// Reject instead of approve (one valid reject fails the run)
+        #[arg(long)]
+        reject: bool,
+        #[arg(long)]
+        comment: Option<String>,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -261,6 +283,23 @@ impl Cli {
 pub fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Init { dir, key } => init::init(&dir, key.as_deref()),
+        Command::Approve {
+            run,
+            gate,
+            key,
+            principal,
+            reject,
+            comment,
+            repo,
+        } => approve::approve(approve::Args {
+            repo: &repo,
+            run: &run,
+            gate: &gate,
+            key: &key,
+            principal: principal.as_deref(),
+            reject,
+            comment: comment.as_deref(),
+        }),
         Command::Run(RunCommand::Request { pack, inputs, id }) => {
             request::request(&pack, inputs.as_deref(), id.as_deref())
         }

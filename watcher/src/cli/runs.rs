@@ -95,15 +95,62 @@ pub fn list(repo_dir: &Path, as_json: bool) -> Result<u8, Failure> {
     Ok(0)
 }
 
+/// Each approval gate the run reached: its verdicts (latest per file) and time left.
+fn gates(view: &RunView, st: &RunState) -> Vec<serde_json::Value> {
+    let events = view.events();
+    let mut out = Vec::new();
+    for w in events.iter().filter(|e| e.kind == "gate.waiting") {
+        let step = w.step.clone().unwrap_or_default();
+        if out.iter().any(|g: &serde_json::Value| g["step"] == step.as_str()) {
+            continue;
+        }
+        let gate = w.get("gate").cloned().unwrap_or_default();
+        let mut verdicts: Vec<serde_json::Value> = Vec::new();
+        for e in events
+            .iter()
+            .filter(|e| e.kind == "approval.verdict" && e.step.as_deref() == Some(step.as_str()))
+        {
+            let d = e.data.clone().unwrap_or_default();
+            verdicts.retain(|v| v["path"] != d["path"]);
+            verdicts.push(d);
+        }
+        let state = st
+            .steps
+            .iter()
+            .find(|s| s.id == step)
+            .map(|s| serde_json::to_value(s.status).expect("JSON"))
+            .unwrap_or_default();
+        let deadline = w.get("expiresAfterMs").and_then(|ms| ms.as_u64()).and_then(|ms| {
+            humantime::parse_rfc3339(&w.ts)
+                .ok()
+                .map(|t| t + Duration::from_millis(ms))
+        });
+        let remaining = deadline.map(|d| {
+            d.duration_since(std::time::SystemTime::now())
+                .map_or(0, |r| r.as_secs())
+        });
+        out.push(json!({
+            "step": step, "gate": gate, "state": state,
+            "requiredCount": w.get("requiredCount"), "grants": w.get("grants"),
+            "expiresAt": deadline.map(|d| humantime::format_rfc3339_seconds(d).to_string()),
+            "remainingSeconds": remaining,
+            "approvals": verdicts,
+        }));
+    }
+    out
+}
+
 pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<u8, Failure> {
     let root = repo::find_root(repo_dir)?;
     let view = one(&root, id)?;
     let st = view.state();
+    let gates = gates(&view, &st);
     if as_json {
         let mut v = serde_json::to_value(&st).expect("JSON");
         v["id"] = json!(id);
         v["pack"] = json!(view.pack());
         v["events"] = json!(view.events().len());
+        v["gates"] = json!(gates);
         println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
         return Ok(0);
     }
@@ -125,6 +172,33 @@ pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<u8, Failure> {
     }
     if let (Some(code), Some(err)) = (&st.code, &st.error) {
         println!("error:     {err} [{code}]");
+    }
+    for g in &gates {
+        let left = match g["remainingSeconds"].as_u64() {
+            Some(s) if g["state"] == "waiting" => format!(", {} left", stella_engine::duration::format_ms(s * 1000)),
+            _ => String::new(),
+        };
+        println!(
+            "gate {} ({}): {}, needs {} of [{}]{left}",
+            g["step"].as_str().unwrap_or(""),
+            g["gate"].as_str().unwrap_or(""),
+            g["state"].as_str().unwrap_or(""),
+            g["requiredCount"],
+            g["grants"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()
+        );
+        for a in g["approvals"].as_array().into_iter().flatten() {
+            let why = a["reason"].as_str().map_or(String::new(), |r| {
+                format!(": {r} [{}]", a["code"].as_str().unwrap_or(""))
+            });
+            println!(
+                "    {} {}{why}",
+                a["principal"].as_str().unwrap_or(""),
+                a["verdict"].as_str().unwrap_or("")
+            );
+        }
     }
     if !st.steps.is_empty() {
         println!("steps:");

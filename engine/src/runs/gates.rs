@@ -1,0 +1,157 @@
+//! Approval gates in a repository: the approval files committed on the branch, judged by the
+//! allowed_signers and approvers.yaml of the commit *before* the one that brought the request
+//! (so a pull request cannot add its own approver and approve itself).
+
+use std::time::SystemTime;
+
+use gix::ObjectId;
+use serde_json::json;
+
+use crate::allowed_signers::AllowedSigners;
+use crate::approvals::{self, APPROVERS_PATH, ApprovalFile, Approvers, GateInput, Outcome};
+use crate::code::Code;
+use crate::event::Event;
+use crate::exec::{GateDecision, GateVerdict, Gatekeeper};
+use crate::plan::{Plan, PlanApprovalGate, PlanStep};
+
+use super::lifecycle::Environment;
+
+pub struct RepoGates<'a> {
+    pub env: &'a Environment,
+    pub run: &'a str,
+    pub plan: &'a Plan,
+    pub plan_hash: String,
+    /// Whose trust files judge the approvals.
+    pub trust_commit: ObjectId,
+}
+
+impl RepoGates<'_> {
+    fn trust(&self) -> Result<(AllowedSigners, Approvers), (Code, String)> {
+        let ledger = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let read = |path: &str| {
+            ledger
+                .read(self.trust_commit, path)
+                .ok()
+                .flatten()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        };
+        let signers = AllowedSigners::parse(
+            ".stella/allowed_signers",
+            &read(".stella/allowed_signers").unwrap_or_default(),
+        )
+        .map_err(|d| {
+            (
+                Code::SignersInvalid,
+                format!("the allowed_signers that judge this run do not parse: {d}"),
+            )
+        })?;
+        let approvers = Approvers::parse(APPROVERS_PATH, &read(APPROVERS_PATH).unwrap_or_default()).map_err(|d| {
+            (
+                Code::ApproversInvalid,
+                format!("the approvers.yaml that judges this run does not parse: {d}"),
+            )
+        })?;
+        Ok((signers, approvers))
+    }
+
+    /// The approval files for `gate` on the branch tip now.
+    fn files(&self, gate: &str) -> Vec<ApprovalFile> {
+        let mut ledger = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        ledger.refresh();
+        let Ok(Some(tip)) = ledger.tip() else { return Vec::new() };
+        let dir = format!("approvals/{}/{gate}", self.run);
+        let mut out = Vec::new();
+        for (name, is_dir) in ledger.list(tip, &dir).unwrap_or_default() {
+            let Some(principal) = name.strip_suffix(".yaml") else {
+                continue;
+            };
+            if is_dir || principal.is_empty() {
+                continue;
+            }
+            let path = format!("{dir}/{name}");
+            let Ok(Some(yaml)) = ledger.read(tip, &path) else {
+                continue;
+            };
+            let sig = ledger.read(tip, &format!("{path}.sig")).ok().flatten();
+            out.push(ApprovalFile {
+                principal: principal.to_string(),
+                path,
+                yaml,
+                sig,
+            });
+        }
+        out
+    }
+}
+
+impl Gatekeeper for RepoGates<'_> {
+    fn decide(&self, _step: &PlanStep, gate: &PlanApprovalGate, waiting_since: Option<&str>) -> GateVerdict {
+        let Some(rule) = self.plan.approvals.iter().find(|a| a.id == gate.id) else {
+            return GateDecision::Failed {
+                code: Code::PackInvalid,
+                message: format!("no approval rule `{}`", gate.id),
+            }
+            .into();
+        };
+        let (signers, approvers) = match self.trust() {
+            Ok(t) => t,
+            Err((code, message)) => return GateDecision::Failed { code, message }.into(),
+        };
+        let files = self.files(&gate.id);
+        let input = GateInput {
+            run: self.run,
+            gate: &gate.id,
+            plan_hash: &self.plan_hash,
+            rule,
+            signers: &signers,
+            approvers: &approvers,
+            files: &files,
+            waiting_since: waiting_since.and_then(|t| humantime::parse_rfc3339(t).ok()),
+            now: SystemTime::now(),
+        };
+        let (outcome, verdicts) = approvals::evaluate(&input);
+        let notes = verdicts
+            .iter()
+            .map(|v| {
+                let msg = match (&v.verdict[..], &v.reason) {
+                    ("counted", _) => format!("approval by {} counted", v.principal),
+                    ("rejected", _) => format!("rejected by {}", v.principal),
+                    (_, Some(r)) => format!("approval {} does not count: {r}", v.path),
+                    _ => format!("approval {} does not count", v.path),
+                };
+                let level = if v.verdict == "ignored" { "warn" } else { "info" };
+                let mut data = serde_json::to_value(v).expect("JSON");
+                data["gate"] = json!(gate.id);
+                Event::new("approval.verdict").level(level).msg(msg).data(data)
+            })
+            .collect();
+        let decision = match outcome {
+            Outcome::Approved { by } => GateDecision::Approved {
+                data: json!({
+                    "gate": gate.id,
+                    "approvals": by.iter().map(|v| json!({ "principal": v.principal, "signatureSha256": v.signature_sha256, "path": v.path })).collect::<Vec<_>>(),
+                }),
+            },
+            Outcome::Waiting { .. } => GateDecision::Waiting,
+            Outcome::Rejected { by, comment } => GateDecision::Failed {
+                code: Code::PackApprovalRejected,
+                message: format!(
+                    "gate `{}` rejected by {by}{}",
+                    gate.id,
+                    comment.map_or(String::new(), |c| format!(": {c}"))
+                ),
+            },
+            Outcome::Expired => {
+                let counted = verdicts.iter().filter(|v| v.verdict == "counted").count();
+                GateDecision::Failed {
+                    code: Code::PackApprovalTimeout,
+                    message: format!(
+                        "gate `{}` expired with {counted} of {} approvals",
+                        gate.id, rule.required_count
+                    ),
+                }
+            }
+        };
+        GateVerdict { decision, notes }
+    }
+}

@@ -1,0 +1,165 @@
+//! `stella approve RUN --gate G --key KEY`: write `approvals/RUN/G/PRINCIPAL.yaml` bound to the
+//! run's plan hash, and its `.sig` exactly as `ssh-keygen -Y sign -n stella-approval` would.
+
+use std::path::Path;
+
+use stella_engine::Code;
+use stella_engine::allowed_signers::AllowedSigners;
+use stella_engine::approvals::{Approval, Decision, NAMESPACE};
+use stella_engine::keys::SshKey;
+use stella_engine::runs;
+
+use super::{Failure, repo};
+
+pub struct Args<'a> {
+    pub repo: &'a Path,
+    pub run: &'a str,
+    pub gate: &'a str,
+    pub key: &'a Path,
+    pub principal: Option<&'a str>,
+    pub reject: bool,
+    pub comment: Option<&'a str>,
+}
+
+pub fn approve(a: Args) -> Result<u8, Failure> {
+    if !stella_engine::run_id::is_valid(a.run) {
+        return Err(Failure::one(Code::Usage, format!("`{}` is not a valid run id", a.run)));
+    }
+    let root = repo::find_root(a.repo)?;
+    let key = SshKey::load(a.key).map_err(|e| {
+        let hint = if matches!(e, stella_engine::keys::Error::Encrypted { .. }) {
+            "; for a passphrase-protected or agent key, sign with ssh-keygen instead (see docs/approvals.md)"
+        } else {
+            ""
+        };
+        Failure::one(e.code(), format!("{e}{hint}"))
+    })?;
+    let config = repo::config_at_head(&root)?;
+    let ledger = repo::open_ledger(&root, &config)?;
+    let tip = ledger
+        .tip()
+        .map_err(|e| Failure::one(e.code(), e.to_string()))?
+        .ok_or_else(|| Failure::one(Code::Usage, "the branch has no commits"))?;
+    let view = runs::view(&ledger, tip, a.run).map_err(|e| Failure::one(Code::Io, e))?;
+    let (plan_hash, gates) = plan_of(&root, &ledger, tip, a.run, &view)?;
+    let gate = resolve_gate(a.gate, &gates)?;
+    let principal = match a.principal {
+        Some(p) => p.to_string(),
+        None => {
+            let text = std::fs::read_to_string(root.join(".stella/allowed_signers")).unwrap_or_default();
+            let signers = AllowedSigners::parse(".stella/allowed_signers", &text)?;
+            signers.find_principals(&key.public_key(), NAMESPACE, std::time::SystemTime::now()).into_iter().next().ok_or_else(|| {
+                Failure::one(
+                    Code::SignerUnknown,
+                    format!(
+                        "key {} is not in .stella/allowed_signers for namespace {NAMESPACE}; add it there (committed before the request), or pass --principal",
+                        key.fingerprint()
+                    ),
+                )
+            })?
+        }
+    };
+    if stella_engine::allowed_signers::check_principal(&principal).is_some()
+        || principal.contains('/')
+        || principal.starts_with('.')
+    {
+        return Err(Failure::one(
+            Code::Usage,
+            format!("`{principal}` cannot be used as an approval file name"),
+        ));
+    }
+    let approval = Approval {
+        run: a.run.to_string(),
+        gate: gate.clone(),
+        plan_hash: plan_hash.clone(),
+        decision: if a.reject { Decision::Reject } else { Decision::Approve },
+        comment: a.comment.map(str::to_string),
+    };
+    let text = approval.render();
+    let sig = key.sign(NAMESPACE, text.as_bytes());
+    let dir = root.join("approvals").join(a.run).join(&gate);
+    let yaml_path = dir.join(format!("{principal}.yaml"));
+    super::init::write_replace(&yaml_path, &text)?;
+    super::init::write_replace(&dir.join(format!("{principal}.yaml.sig")), &sig)?;
+    let rel = format!("approvals/{}/{gate}/{principal}.yaml", a.run);
+    println!("{rel}");
+    let verb = if a.reject { "rejection" } else { "approval" };
+    eprintln!(
+        "wrote the {verb} of {principal} for run {} gate {gate} (plan {plan_hash}) and its signature",
+        a.run
+    );
+    eprintln!(
+        "next: git add {rel} {rel}.sig && git commit -m \"{verb} of {} by {principal}\" && git push",
+        a.run
+    );
+    Ok(0)
+}
+
+/// A plan hash and its approval gates: (approval id, gate step ids).
+type PlanGates = (String, Vec<(String, Vec<String>)>);
+
+/// The run's plan hash and approval ids: from the ledger when planned, else by planning the request.
+fn plan_of(
+    root: &Path,
+    ledger: &stella_engine::ledger::Ledger,
+    tip: gix::ObjectId,
+    run: &str,
+    view: &runs::RunView,
+) -> Result<PlanGates, Failure> {
+    let from_plan = |text: &str| -> Result<PlanGates, Failure> {
+        let (plan, hash) =
+            stella_engine::plan::Plan::from_plan_json(text).map_err(|e| Failure::one(Code::LedgerTampered, e))?;
+        let gates = plan
+            .all_steps()
+            .into_iter()
+            .filter_map(|s| s.approval.as_ref().map(|a| (a.id.clone(), vec![s.id.clone()])))
+            .collect();
+        Ok((hash, gates))
+    };
+    if let Some(bytes) = ledger
+        .read(tip, &format!("runs/{run}/plan.json"))
+        .map_err(|e| Failure::one(e.code(), e.to_string()))?
+    {
+        return from_plan(&String::from_utf8_lossy(&bytes));
+    }
+    if !view.has_request {
+        return Err(Failure::one(
+            Code::Usage,
+            format!("no run {run} on this branch (commit its request first)"),
+        ));
+    }
+    // Not planned yet: plan the committed request the way the runner will.
+    let text = ledger
+        .read(tip, &format!("runs/{run}/request.yaml"))
+        .map_err(|e| Failure::one(e.code(), e.to_string()))?
+        .unwrap_or_default();
+    let request_path = format!("runs/{run}/request.yaml");
+    let request = stella_engine::request::Request::parse(&request_path, &String::from_utf8_lossy(&text))?;
+    let files = ledger
+        .files_under(tip, &request.pack)
+        .map_err(|e| Failure::one(e.code(), e.to_string()))?;
+    let files =
+        stella_engine::pack::PackFiles::from_entries(&request.pack, files).map_err(|d| Failure::Diags(d.into()))?;
+    let config = repo::config_at_head(root)?;
+    let plan = stella_engine::plan_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
+    from_plan(&plan.to_plan_json())
+}
+
+/// `--gate` may name the approval (`security-review`) or the gate step (`review`).
+fn resolve_gate(given: &str, gates: &[(String, Vec<String>)]) -> Result<String, Failure> {
+    if let Some((id, _)) = gates.iter().find(|(id, _)| id == given) {
+        return Ok(id.clone());
+    }
+    if let Some((id, _)) = gates.iter().find(|(_, steps)| steps.iter().any(|s| s == given)) {
+        return Ok(id.clone());
+    }
+    let known: Vec<&str> = gates.iter().map(|(id, _)| id.as_str()).collect();
+    Err(Failure::one(
+        Code::Usage,
+        if known.is_empty() {
+            "this run has no approval gates".to_string()
+        } else {
+            format!("no gate `{given}` in this run; its gates are: {}", known.join(", "))
+        },
+    ))
+}

@@ -1,0 +1,387 @@
+//! Signed approvals against a determined forger: real ssh-keygen keys and signatures, the
+//! daemon judging them, and each verdict recorded with its reason.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::repo_support::Repo;
+
+const GATED: &str = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: gated, version: 1.0.0 }\nspec:\n  approvals:\n    - { id: change-review, grants: [Packs.Approve], requiredCount: 2, expiresAfter: PT1H }\n  steps:\n    - { id: before, run: { uses: builtin:exec, with: { argv: [\"true\"] } } }\n    - { id: review, gate: { approval: { id: change-review, message: please review } } }\n    - { id: after, run: { uses: builtin:exec, with: { argv: [echo, done] } } }\n";
+
+struct Team {
+    repo: Repo,
+    keys: tempfile::TempDir,
+}
+
+fn keygen(dir: &std::path::Path, name: &str) -> String {
+    let path = dir.join(name);
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::read_to_string(path.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+impl Team {
+    /// A repository where alice and bob may approve, carol is a known signer without the
+    /// grant, and mallory is nobody.
+    fn new() -> Team {
+        let repo = Repo::new();
+        let keys = tempfile::tempdir().unwrap();
+        let mut signers = std::fs::read_to_string(repo.path().join(".stella/allowed_signers")).unwrap();
+        for name in ["alice", "bob", "carol", "mallory"] {
+            let public = keygen(keys.path(), name);
+            if name != "mallory" {
+                signers.push_str(&format!("{name} namespaces=\"stella-approval\" {public}\n"));
+            }
+        }
+        repo.write(".stella/allowed_signers", &signers);
+        repo.write(
+            ".stella/approvers.yaml",
+            "grants:\n  Packs.Approve: [alice, bob]\n  Ops.Observe: [carol]\n",
+        );
+        repo.commit_all("approvers");
+        repo.pack("gated", GATED);
+        Team { repo, keys }
+    }
+
+    fn key(&self, name: &str) -> PathBuf {
+        self.keys.path().join(name)
+    }
+
+    fn approve(&self, run: &str, who: &str, extra: &[&str]) -> &Team {
+        let key = self.key(who);
+        let mut args = vec![
+            "approve",
+            run,
+            "--gate",
+            "change-review",
+            "--key",
+            key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.repo.stella(&args).ok();
+        self
+    }
+
+    fn commit(&self, msg: &str) -> &Team {
+        self.repo.commit_all(msg);
+        self
+    }
+
+    fn waiting_run(self, id: &str) -> Team {
+        self.repo.request(id, "gated", "{}\n");
+        self.repo.daemon_once().ok();
+        assert_eq!(self.repo.state(id), "waiting");
+        self
+    }
+
+    /// The verdict recorded for `principal`'s file at the run's gate.
+    fn verdict(&self, run: &str, principal: &str) -> serde_json::Value {
+        let show = self.repo.show(run);
+        let gate = &show["gates"][0];
+        gate["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["principal"] == principal)
+            .cloned()
+            .unwrap_or_else(|| panic!("no verdict for {principal}: {show:#}"))
+    }
+
+    fn assert_not_counted(&self, run: &str, principal: &str, code: &str) {
+        let v = self.verdict(run, principal);
+        assert_eq!(
+            (v["verdict"].as_str(), v["code"].as_str()),
+            (Some("ignored"), Some(code)),
+            "{v:#}"
+        );
+    }
+}
+
+#[test]
+fn two_of_two_approvals_pass_the_gate() {
+    let t = Team::new().waiting_run("r1");
+    t.approve("r1", "alice", &[]).commit("alice approves");
+    t.repo.daemon_once().ok();
+    assert_eq!(t.repo.state("r1"), "waiting", "one of two is not enough");
+    assert_eq!(t.verdict("r1", "alice")["verdict"], "counted");
+    t.approve("r1", "bob", &["--comment", "looks right"])
+        .commit("bob approves");
+    t.repo.daemon_once().ok();
+    assert_eq!(t.repo.state("r1"), "succeeded");
+    let approved = t
+        .repo
+        .events("r1")
+        .into_iter()
+        .find(|e| e["type"] == "gate.approved")
+        .unwrap();
+    let by: Vec<&str> = approved["data"]["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["principal"].as_str().unwrap())
+        .collect();
+    assert_eq!(by, ["alice", "bob"]);
+    assert!(
+        approved["data"]["approvals"][0]["signatureSha256"]
+            .as_str()
+            .unwrap()
+            .len()
+            == 64
+    );
+    t.repo.stella(&["ledger", "verify"]).ok();
+}
+
+#[test]
+fn approvals_committed_before_the_gate_is_reached_count() {
+    let t = Team::new();
+    t.repo.request("r1", "gated", "{}\n");
+    t.approve("r1", "alice", &[])
+        .approve("r1", "bob", &[])
+        .commit("approve ahead of time");
+    t.repo.daemon_once().ok();
+    assert_eq!(t.repo.state("r1"), "succeeded");
+}
+
+#[test]
+fn what_stella_approve_writes_verifies_with_ssh_keygen() {
+    let t = Team::new().waiting_run("r1");
+    t.approve("r1", "alice", &[]);
+    let dir = t.repo.path().join("approvals/r1/change-review");
+    let file = std::fs::File::open(dir.join("alice.yaml")).unwrap();
+    let out = Command::new("ssh-keygen")
+        .args([
+            "-Y",
+            "verify",
+            "-f",
+            ".stella/allowed_signers",
+            "-I",
+            "alice",
+            "-n",
+            "stella-approval",
+            "-s",
+        ])
+        .arg(dir.join("alice.yaml.sig"))
+        .current_dir(t.repo.path())
+        .stdin(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_unknown_key_does_not_count() {
+    let t = Team::new().waiting_run("r1");
+    t.approve("r1", "mallory", &["--principal", "mallory"])
+        .commit("mallory");
+    t.repo.daemon_once().ok();
+    t.assert_not_counted("r1", "mallory", "ERR_APPROVAL_SIGNATURE_INVALID");
+    assert_eq!(t.repo.state("r1"), "waiting");
+}
+
+#[test]
+fn a_principal_without_the_grant_does_not_count() {
+    let t = Team::new().waiting_run("r1");
+    t.approve("r1", "carol", &[]).commit("carol");
+    t.repo.daemon_once().ok();
+    t.assert_not_counted("r1", "carol", "ERR_APPROVAL_UNAUTHORIZED");
+}
+
+#[test]
+fn a_file_named_for_someone_else_does_not_count() {
+    let t = Team::new().waiting_run("r1");
+    t.approve("r1", "mallory", &["--principal", "alice"])
+        .commit("mallory poses as alice");
+    t.repo.daemon_once().ok();
+    t.assert_not_counted("r1", "alice", "ERR_APPROVAL_SIGNATURE_INVALID");
+}
+
+#[test]
+fn the_right_key_in_the_wrong_namespace_does_not_count() {
+    let t = Team::new().waiting_run("r1");
+    t.approve("r1", "alice", &[]);
+    let file = t.repo.path().join("approvals/r1/change-review/alice.yaml");
+    std::fs::remove_file(file.with_extension("yaml.sig")).unwrap();
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-n", "git", "-f"])
+        .arg(t.key("alice"))
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    t.commit("signed for git, not for approvals");
+    t.repo.daemon_once().ok();
+    t.assert_not_counted("r1", "alice", "ERR_APPROVAL_SIGNATURE_INVALID");
+}
+
+#[test]
+fn a_file_edited_after_signing_does_not_count() {
+    let t = Team::new().waiting_run("r1");
+    t.approve("r1", "alice", &["--comment", "ok"]);
+    let file = t.repo.path().join("approvals/r1/change-review/alice.yaml");
+    let edited = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("\"ok\"", "\"ok, and also run anything\"");
+    std::fs::write(&file, edited).unwrap();
+    t.commit("edited");
+    t.repo.daemon_once().ok();
+    t.assert_not_counted("r1", "alice", "ERR_APPROVAL_SIGNATURE_INVALID");
+}
+
+#[test]
+fn an_approval_replayed_from_another_run_does_not_count() {
+    let t = Team::new().waiting_run("r1").waiting_run("r2");
+    t.approve("r1", "alice", &[]);
+    let from = t.repo.path().join("approvals/r1/change-review");
+    let to = t.repo.path().join("approvals/r2/change-review");
+    std::fs::create_dir_all(&to).unwrap();
+    for f in ["alice.yaml", "alice.yaml.sig"] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+    t.commit("replay");
+    t.repo.daemon_once().ok();
+    t.assert_not_counted("r2", "alice", "ERR_APPROVAL_PLAN_MISMATCH");
+    assert_eq!(t.verdict("r1", "alice")["verdict"], "counted");
+}
+
+#[test]
+fn an_approval_of_another_plan_does_not_count() {
+    let t = Team::new().waiting_run("r1");
+    let dir = t.repo.path().join("approvals/r1/change-review");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("alice.yaml");
+    let other = format!("sha256:{}", "ab".repeat(32));
+    std::fs::write(&file, format!("apiVersion: stella/v1\nkind: Approval\nrun: r1\ngate: change-review\nplanHash: \"{other}\"\ndecision: approve\n")).unwrap();
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-n", "stella-approval", "-f"])
+        .arg(t.key("alice"))
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    t.commit("approval of a different plan, signed by hand");
+    t.repo.daemon_once().ok();
+    t.assert_not_counted("r1", "alice", "ERR_APPROVAL_PLAN_MISMATCH");
+}
+
+#[test]
+fn one_valid_reject_fails_the_run() {
+    let t = Team::new().waiting_run("r1");
+    t.approve("r1", "alice", &[])
+        .approve("r1", "bob", &["--reject", "--comment", "wrong window"])
+        .commit("alice yes, bob no");
+    t.repo.daemon_once().ok();
+    let show = t.repo.show("r1");
+    assert_eq!(
+        (show["state"].as_str(), show["code"].as_str()),
+        (Some("failed"), Some("ERR_PACK_APPROVAL_REJECTED"))
+    );
+    assert!(
+        show["error"].as_str().unwrap().contains("bob: wrong window"),
+        "{show:#}"
+    );
+}
+
+#[test]
+fn one_key_under_two_principals_counts_once() {
+    let t = Team::new();
+    let signers = std::fs::read_to_string(t.repo.path().join(".stella/allowed_signers")).unwrap();
+    let alice_line = signers
+        .lines()
+        .find(|l| l.starts_with("alice "))
+        .unwrap()
+        .replacen("alice ", "alice2 ", 1);
+    t.repo
+        .write(".stella/allowed_signers", &format!("{signers}{alice_line}\n"));
+    t.repo.write(
+        ".stella/approvers.yaml",
+        "grants:\n  Packs.Approve: [alice, alice2, bob]\n",
+    );
+    t.commit("alice gets a second name");
+    let t = t.waiting_run("r1");
+    t.approve("r1", "alice", &[])
+        .approve("r1", "alice", &["--principal", "alice2"])
+        .commit("alice twice");
+    t.repo.daemon_once().ok();
+    assert_eq!(t.repo.state("r1"), "waiting");
+    let counted = [t.verdict("r1", "alice"), t.verdict("r1", "alice2")];
+    assert_eq!(
+        counted.iter().filter(|v| v["verdict"] == "counted").count(),
+        1,
+        "{counted:#?}"
+    );
+    assert!(counted.iter().any(|v| v["code"] == "ERR_APPROVAL_DUPLICATE"));
+}
+
+#[test]
+fn an_approver_added_with_the_request_does_not_count() {
+    let t = Team::new();
+    let mallory = std::fs::read_to_string(t.key("mallory").with_extension("pub")).unwrap();
+    let signers = std::fs::read_to_string(t.repo.path().join(".stella/allowed_signers")).unwrap();
+    t.repo.write(
+        ".stella/allowed_signers",
+        &format!("{signers}mallory namespaces=\"stella-approval\" {mallory}"),
+    );
+    t.repo.write(
+        ".stella/approvers.yaml",
+        "grants:\n  Packs.Approve: [alice, bob, mallory]\n",
+    );
+    t.repo.write(
+        "runs/r1/request.yaml",
+        "apiVersion: stella/v1\nkind: RunRequest\npack: packs/gated\n",
+    );
+    t.commit("request, and make mallory an approver in the same pull request");
+    t.approve("r1", "mallory", &[])
+        .approve("r1", "alice", &[])
+        .commit("mallory and alice approve");
+    t.repo.daemon_once().ok();
+    assert_eq!(t.repo.state("r1"), "waiting", "mallory's approval must not count");
+    t.assert_not_counted("r1", "mallory", "ERR_APPROVAL_SIGNATURE_INVALID");
+}
+
+#[test]
+fn a_gate_expires_without_any_further_commit() {
+    let t = Team::new();
+    t.repo
+        .pack("gated", &GATED.replace("expiresAfter: PT1H", "expiresAfter: 2s"));
+    t.repo.request("r1", "gated", "{}\n");
+    let mut daemon = crate::support::stella()
+        .current_dir(t.repo.path())
+        .args(["daemon", "--repo", ".", "--poll", "60s"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let journal = t.repo.journal("r1");
+    while !std::fs::read_to_string(&journal)
+        .unwrap_or_default()
+        .contains("ERR_PACK_APPROVAL_TIMEOUT")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the gate never expired:\n{}",
+            std::fs::read_to_string(&journal).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let show = t.repo.show("r1");
+    assert_eq!(
+        (show["state"].as_str(), show["code"].as_str()),
+        (Some("failed"), Some("ERR_PACK_APPROVAL_TIMEOUT"))
+    );
+}
