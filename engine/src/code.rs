@@ -66,6 +66,8 @@ pub enum Code {
     PackApprovalRejected,
     /// The gate's expiresAfter passed without enough approvals: the run fails.
     PackApprovalTimeout,
+    /// An evidence archive or attestation does not verify.
+    EvidenceInvalid,
     /// A file given on the command line could not be read.
     Io,
     /// The command line itself is wrong.
@@ -88,7 +90,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, for parsing codes back out of events.
-    pub const ALL: [Code; 39] = [
+    pub const ALL: [Code; 40] = [
         Code::PackInvalid,
         Code::PackInputInvalid,
         Code::PackNetworkBlocked,
@@ -119,6 +121,7 @@ impl Code {
         Code::ApprovalDuplicate,
         Code::PackApprovalRejected,
         Code::PackApprovalTimeout,
+        Code::EvidenceInvalid,
         Code::Io,
         Code::Usage,
         Code::KeyInvalid,
@@ -163,6 +166,7 @@ impl Code {
             Code::ApprovalDuplicate => "ERR_APPROVAL_DUPLICATE",
             Code::PackApprovalRejected => "ERR_PACK_APPROVAL_REJECTED",
             Code::PackApprovalTimeout => "ERR_PACK_APPROVAL_TIMEOUT",
+            Code::EvidenceInvalid => "ERR_EVIDENCE_INVALID",
             Code::Io => "ERR_IO",
             Code::Usage => "ERR_USAGE",
             Code::KeyInvalid => "ERR_KEY_INVALID",
@@ -205,7 +209,8 @@ impl Code {
             | Code::ApprovalMalformed
             | Code::ApprovalDuplicate
             | Code::PackApprovalRejected
-            | Code::PackApprovalTimeout => 1,
+            | Code::PackApprovalTimeout
+            | Code::EvidenceInvalid => 1,
             Code::PackInvalid
             | Code::PackInputInvalid
             | Code::PackNetworkBlocked

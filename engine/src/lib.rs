@@ -9,6 +9,7 @@ pub mod config;
 pub mod diag;
 pub mod duration;
 pub mod event;
+pub mod evidence;
 pub mod exec;
 pub mod expr;
 pub mod yaml;

@@ -53,7 +53,7 @@ pub fn run(a: Args) -> Result<u8, Failure> {
     let env = Arc::new(Environment {
         ledger: Mutex::new(ledger),
         git_dir: git_dir.clone(),
-        signer: Arc::new(key),
+        key: Arc::new(key),
         file_secrets,
         kill_grace: a.kill_grace,
     });

@@ -5,5 +5,6 @@ mod support;
 
 mod approvals;
 mod daemon;
+mod evidence;
 mod pack_cli;
 mod run_local;

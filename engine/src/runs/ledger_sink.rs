@@ -2,6 +2,7 @@
 //! run's ledger files (events, plan, artifacts) are committed in batches — at once at a gate
 //! wait and at the end of the run, otherwise at most every `commit.batchMs`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -21,6 +22,18 @@ pub struct LedgerSink<'a> {
     pub last_commit: Mutex<Instant>,
     /// The canonical plan, written with every commit of the run (unchanged, it costs nothing).
     pub plan_json: Mutex<Option<Vec<u8>>>,
+    /// What the evidence of the run is made from; set once the run is planned.
+    pub evidence: Mutex<Option<EvidenceContext>>,
+}
+
+/// The parts of a run's evidence that events do not hold.
+pub struct EvidenceContext {
+    pub plan: crate::plan::Plan,
+    pub pack_path: String,
+    pub request: Vec<u8>,
+    pub sealed: bool,
+    pub network_allow: Vec<String>,
+    pub secret_sources: BTreeMap<String, String>,
 }
 
 impl LedgerSink<'_> {
@@ -40,13 +53,83 @@ impl LedgerSink<'_> {
             });
         }
         writes.extend(artifact_writes(&self.run_dir, self.id)?);
+        if let Some(evidence) = self.evidence_writes(&writes)? {
+            writes.extend(evidence);
+        }
         let _ = self.journal.sync();
         let mut ledger = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner());
         ledger
-            .commit(&writes, message, self.env.signer.as_ref())
+            .commit(&writes, message, self.env.key.as_ref())
             .map_err(|e| e.to_string())?;
         *self.last_commit.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         Ok(())
+    }
+}
+
+impl LedgerSink<'_> {
+    /// At the end of a run (its events hold a terminal event): the attestation and manifest.
+    fn evidence_writes(&self, writes: &[FileWrite]) -> Result<Option<Vec<FileWrite>>, String> {
+        let guard = self.evidence.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(ctx) = guard.as_ref() else { return Ok(None) };
+        let prefix = format!("runs/{}/", self.id);
+        let events_bytes = writes
+            .iter()
+            .find(|w| w.path.ends_with("/events.ndjson"))
+            .map(|w| w.bytes.clone())
+            .unwrap_or_default();
+        let events = crate::event::read_ndjson(&String::from_utf8_lossy(&events_bytes)).unwrap_or_default();
+        if !crate::state::fold(&events).state.is_terminal() {
+            return Ok(None);
+        }
+        let run_files: BTreeMap<String, Vec<u8>> = writes
+            .iter()
+            .filter_map(|w| {
+                w.path
+                    .strip_prefix(&prefix)
+                    .map(|rel| (rel.to_string(), w.bytes.clone()))
+            })
+            .collect();
+        let mut approvals = BTreeMap::new();
+        let cancel;
+        {
+            let ledger = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            let tip = ledger.tip().map_err(|e| e.to_string())?;
+            cancel = tip.and_then(|t| ledger.read(t, &format!("{prefix}cancel.yaml")).ok().flatten());
+            for e in events.iter().filter(|e| e.kind == "gate.approved") {
+                for a in e.get("approvals").and_then(|a| a.as_array()).into_iter().flatten() {
+                    let Some(path) = a["path"].as_str() else { continue };
+                    for p in [path.to_string(), format!("{path}.sig")] {
+                        if let Some(bytes) = tip.and_then(|t| ledger.read(t, &p).ok().flatten()) {
+                            approvals.insert(p, bytes);
+                        }
+                    }
+                }
+            }
+        }
+        let record = crate::evidence::RunRecord {
+            run_id: self.id,
+            pack_path: &ctx.pack_path,
+            plan: &ctx.plan,
+            events: &events,
+            run_files: &run_files,
+            request: &ctx.request,
+            cancel: cancel.as_deref(),
+            approvals: &approvals,
+            sealed: ctx.sealed,
+            network_allow: &ctx.network_allow,
+            secret_sources: &ctx.secret_sources,
+        };
+        let (attestation, manifest) = crate::evidence::build(&record, &self.env.key);
+        Ok(Some(vec![
+            FileWrite {
+                path: format!("{prefix}{}", crate::evidence::ATTESTATION),
+                bytes: attestation,
+            },
+            FileWrite {
+                path: format!("{prefix}{}", crate::evidence::MANIFEST),
+                bytes: manifest,
+            },
+        ]))
     }
 }
 

@@ -18,7 +18,7 @@ use crate::exec::{self, CancelToken, ExecConfig, Gatekeeper, Outcome};
 
 use super::gates::RepoGates;
 use crate::journal::{self, Journal};
-use crate::ledger::{CommitSigner, FileWrite, Ledger};
+use crate::ledger::Ledger;
 
 use crate::pack::{PackFiles, sha256_hex};
 use crate::plan::Plan;
@@ -27,13 +27,14 @@ use crate::secrets::Secrets;
 use crate::state::fold;
 
 use super::Need;
-use super::ledger_sink::{LedgerSink, artifact_writes, message_for};
+use super::ledger_sink::{EvidenceContext, LedgerSink, message_for};
 
 /// What every run of one daemon shares.
 pub struct Environment {
     pub ledger: Mutex<Ledger>,
     pub git_dir: PathBuf,
-    pub signer: Arc<dyn CommitSigner + Send + Sync>,
+    /// The runner key: signs ledger commits (namespace git) and evidence (DSSE).
+    pub key: Arc<crate::keys::SshKey>,
     /// Secrets from `--secrets FILE`; others come from `STELLA_SECRET_<NAME>`.
     pub file_secrets: BTreeMap<String, String>,
     pub kill_grace: Duration,
@@ -94,6 +95,7 @@ pub fn process(env: &Environment, id: &str, need: Need, cancel: CancelToken) -> 
         batch: Duration::from_millis(config.batch_ms),
         last_commit: Mutex::new(Instant::now()),
         plan_json: Mutex::new(None),
+        evidence: Mutex::new(None),
     };
     match need {
         Need::Nothing => Ok(None),
@@ -103,6 +105,12 @@ pub fn process(env: &Environment, id: &str, need: Need, cancel: CancelToken) -> 
             Ok(None)
         }
         Need::Cancel => {
+            if !prior.is_empty()
+                && let Ok((plan, _)) = replan(env, id, &prior)
+            {
+                *sink.plan_json.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan.to_plan_json().into_bytes());
+                *sink.evidence.lock().unwrap_or_else(|p| p.into_inner()) = Some(evidence_context(env, id, &plan)?);
+            }
             let reason = read_text(env, tip, &format!("runs/{id}/cancel.yaml"))
                 .and_then(|t| crate::yaml::parse("cancel.yaml", &t, Default::default()).ok())
                 .and_then(|n| n.get("reason").and_then(|r| r.as_str().map(str::to_string)))
@@ -142,6 +150,7 @@ pub fn process(env: &Environment, id: &str, need: Need, cancel: CancelToken) -> 
             // plan.json goes out with the first commit of the run (the first batch, a gate
             // wait or the end), so planning adds no commit of its own before the first step.
             *sink.plan_json.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan.to_plan_json().into_bytes());
+            *sink.evidence.lock().unwrap_or_else(|p| p.into_inner()) = Some(evidence_context(env, id, &plan)?);
             let mut prior = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
             let before = fold(&prior);
             let planned = prior.iter().find(|e| e.kind == "run.planned");
@@ -220,6 +229,13 @@ pub fn process(env: &Environment, id: &str, need: Need, cancel: CancelToken) -> 
                 }
             };
             let mut cfg = ExecConfig::new(id, &run_dir);
+            if let Some(ctx) = sink.evidence.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                ctx.secret_sources = plan
+                    .secrets
+                    .iter()
+                    .filter_map(|d| secrets.source(&d.name).map(|s| (d.name.clone(), s.to_string())))
+                    .collect();
+            }
             cfg.secrets = secrets;
             cfg.max_steps = config.max_steps;
             cfg.artifact_bytes = config.artifact_bytes;
@@ -235,6 +251,34 @@ pub fn process(env: &Environment, id: &str, need: Need, cancel: CancelToken) -> 
             Ok(Some(outcome))
         }
     }
+}
+
+/// What the evidence needs beyond the events: the request as committed, the pack path and
+/// the repository policy of the request's commit.
+fn evidence_context(env: &Environment, id: &str, plan: &Plan) -> Result<EvidenceContext, Error> {
+    let prior = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+    let planned = prior.iter().find(|e| e.kind == "run.planned");
+    let field = |k: &str| {
+        planned
+            .and_then(|e| e.get(k))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let commit = ObjectId::from_hex(field("requestCommit").as_bytes())
+        .map_err(|e| Error::Journal(format!("requestCommit: {e}")))?;
+    let request = read_text(env, commit, &format!("runs/{id}/request.yaml"))
+        .unwrap_or_default()
+        .into_bytes();
+    let config = read_config(env, commit);
+    Ok(EvidenceContext {
+        plan: plan.clone(),
+        pack_path: field("pack"),
+        request,
+        sealed: config.sealed,
+        network_allow: config.network_allow.clone(),
+        secret_sources: Default::default(),
+    })
 }
 
 fn tip(env: &Environment) -> Result<ObjectId, Error> {
@@ -445,9 +489,4 @@ fn first_with_token(env: &Environment, commit: ObjectId, token: &str, id: &str) 
         .next()
         .map(|(_, owner)| owner)
         .filter(|owner| owner != id)
-}
-
-#[allow(dead_code)]
-fn artifacts(run_dir: &std::path::Path, id: &str) -> Result<Vec<FileWrite>, String> {
-    artifact_writes(run_dir, id)
 }

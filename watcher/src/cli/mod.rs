@@ -2,6 +2,7 @@
 //! engine errors to the single printed report and exit code.
 
 mod approve;
+mod evidence;
 pub mod init;
 mod ledger;
 mod pack;
@@ -51,6 +52,9 @@ enum Command {
     Ledger(LedgerCommand),
     /// Watch a repository and execute the run requests committed to its branch
     Daemon(DaemonArgs),
+    /// Check evidence offline
+    #[command(subcommand)]
+    Evidence(EvidenceCommand),
     /// Sign an approval (or --reject) of a run's gate, bound to its plan hash
     Approve {
         /// The run id
@@ -113,6 +117,14 @@ enum RunsCommand {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Pack a finished run's ledger, request, pack, approvals and signers into a deterministic archive
+    Export {
+        run: String,
+        #[arg(short, long, value_name = "FILE.tar.gz")]
+        output: PathBuf,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
     /// Write runs/<id>/cancel.yaml (commit it to cancel the run)
     Cancel {
         run: String,
@@ -120,6 +132,23 @@ enum RunsCommand {
         repo: PathBuf,
         #[arg(long)]
         reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EvidenceCommand {
+    /// Verify an exported run (FILE.tar.gz) or a run of this repository: signature, digests,
+    /// plan hash, approvals
+    Verify {
+        /// FILE.tar.gz from `stella runs export`, or a run id
+        target: String,
+        /// Trust these signers instead of the archive's own .stella/allowed_signers
+        #[arg(long, value_name = "FILE")]
+        allowed_signers: Option<PathBuf>,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -274,6 +303,7 @@ impl Cli {
             Command::Pack(PackCommand::Run(_)) => false,
             Command::Runs(RunsCommand::List { json, .. } | RunsCommand::Show { json, .. }) => *json,
             Command::Ledger(LedgerCommand::Verify { json, .. }) => *json,
+            Command::Evidence(EvidenceCommand::Verify { json, .. }) => *json,
             _ => false,
         }
     }
@@ -306,6 +336,13 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Runs(RunsCommand::List { repo, json }) => runs::list(&repo, json),
         Command::Runs(RunsCommand::Show { run, repo, json }) => runs::show(&repo, &run, json),
         Command::Runs(RunsCommand::Logs { run, repo, follow }) => runs::logs(&repo, &run, follow),
+        Command::Runs(RunsCommand::Export { run, output, repo }) => evidence::export(&repo, &run, &output),
+        Command::Evidence(EvidenceCommand::Verify {
+            target,
+            allowed_signers,
+            repo,
+            json,
+        }) => evidence::verify(&target, allowed_signers.as_deref(), &repo, json),
         Command::Runs(RunsCommand::Cancel { run, repo, reason }) => runs::cancel(&repo, &run, reason.as_deref()),
         Command::Ledger(LedgerCommand::Verify { repo, json }) => ledger::verify(&repo, json),
         Command::Daemon(a) => crate::daemon::run(crate::daemon::Args {

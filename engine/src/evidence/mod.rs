@@ -1,0 +1,134 @@
+//! Evidence (DESIGN section 8): the in-toto Statement of a finished run, signed as a DSSE
+//! envelope with the runner key, and the manifest of every file of the run. Built from the
+//! run's events, plan, artifacts and the approvals that counted; pure apart from the inputs given.
+
+pub mod dsse;
+
+mod export;
+mod verify;
+
+pub use export::{ExportFile, export_archive, read_archive};
+pub use verify::{Check, verify_archive};
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value as Json, json};
+use sha2::{Digest, Sha256};
+
+use crate::event::Event;
+use crate::plan::Plan;
+use crate::state::fold;
+
+pub const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
+pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
+pub const PREDICATE_TYPE: &str = "https://stella.dev/attestations/pack-run/v1";
+pub const ATTESTATION: &str = "evidence/attestation.dsse.json";
+pub const MANIFEST: &str = "evidence/manifest.json";
+
+/// What the evidence of one run is made from.
+pub struct RunRecord<'a> {
+    pub run_id: &'a str,
+    pub pack_path: &'a str,
+    pub plan: &'a Plan,
+    pub events: &'a [Event],
+    /// Files of the run's ledger directory, relative to it (plan.json, events.ndjson, artifacts/...).
+    pub run_files: &'a BTreeMap<String, Vec<u8>>,
+    pub request: &'a [u8],
+    /// The cancel request, when the run was cancelled by one.
+    pub cancel: Option<&'a [u8]>,
+    /// Approval files the run used (repository paths), with their signatures.
+    pub approvals: &'a BTreeMap<String, Vec<u8>>,
+    pub sealed: bool,
+    pub network_allow: &'a [String],
+    /// Where each secret came from (`file` or `env`); never a value.
+    pub secret_sources: &'a BTreeMap<String, String>,
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The in-toto Statement of a finished run.
+pub fn statement(r: &RunRecord) -> Json {
+    let st = fold(r.events);
+    let subject: Vec<Json> = r
+        .run_files
+        .iter()
+        .filter(|(p, _)| p.starts_with("artifacts/"))
+        .map(|(p, b)| json!({ "name": p, "digest": { "sha256": sha256(b) } }))
+        .collect();
+    let inputs: BTreeMap<&String, String> = r
+        .plan
+        .inputs
+        .iter()
+        .map(|(k, v)| (k, sha256(crate::canonical::to_string(v).as_bytes())))
+        .collect();
+    let secrets: Vec<Json> = r
+        .plan
+        .secrets
+        .iter()
+        .map(|s| json!({ "name": s.name, "scope": s.scope, "source": r.secret_sources.get(&s.name).cloned().unwrap_or_else(|| "unset".into()) }))
+        .collect();
+    let steps: Vec<Json> = st
+        .steps
+        .iter()
+        .map(|s| json!({ "id": s.id, "status": s.status, "attempts": s.attempts, "started": s.started, "finished": s.finished, "code": s.code }))
+        .collect();
+    let approvals: Vec<Json> = r
+        .events
+        .iter()
+        .filter(|e| e.kind == "gate.approved")
+        .flat_map(|e| {
+            let gate = e.get("gate").cloned().unwrap_or(json!(e.step));
+            let local = e.get("local").cloned();
+            e.get("approvals")
+                .and_then(|a| a.as_array().cloned())
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |a| json!({ "gate": gate, "principal": a["principal"], "signatureSha256": a["signatureSha256"], "path": a["path"] }))
+                .chain(local.map(|_| json!({ "gate": e.get("gate").cloned().unwrap_or(json!(e.step)), "principal": "local", "note": "approved with --approve-local" })))
+        })
+        .collect();
+    json!({
+        "_type": STATEMENT_TYPE,
+        "subject": subject,
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "runId": r.run_id,
+            "pack": { "name": r.plan.pack.name, "version": r.plan.pack.version, "path": r.pack_path },
+            "planHash": r.plan.hash(),
+            "request": { "path": format!("runs/{}/request.yaml", r.run_id), "sha256": sha256(r.request) },
+            "inputs": inputs,
+            "secrets": secrets,
+            "sealed": r.sealed,
+            "network": { "allow": r.network_allow },
+            "state": st.state.as_str(),
+            "code": st.code,
+            "steps": steps,
+            "approvals": approvals,
+            "startedAt": st.started,
+            "completedAt": st.finished,
+        },
+    })
+}
+
+/// The signed attestation (DSSE envelope as pretty JSON) and the manifest, as ledger files.
+pub fn build(r: &RunRecord, key: &crate::keys::SshKey) -> (Vec<u8>, Vec<u8>) {
+    let body = crate::canonical::to_string(&statement(r)).into_bytes();
+    let env = dsse::sign(PAYLOAD_TYPE, &body, &key.signing_key(), &key.fingerprint());
+    let attestation = serde_json::to_vec_pretty(&env).expect("JSON");
+    let mut files: BTreeMap<String, String> = BTreeMap::new();
+    for (p, b) in r.run_files {
+        files.insert(format!("runs/{}/{p}", r.run_id), sha256(b));
+    }
+    files.insert(format!("runs/{}/request.yaml", r.run_id), sha256(r.request));
+    if let Some(c) = r.cancel {
+        files.insert(format!("runs/{}/cancel.yaml", r.run_id), sha256(c));
+    }
+    files.insert(format!("runs/{}/{ATTESTATION}", r.run_id), sha256(&attestation));
+    for (p, b) in r.approvals {
+        files.insert(p.clone(), sha256(b));
+    }
+    let manifest = json!({ "run": r.run_id, "files": files.iter().map(|(p, d)| json!({ "path": p, "sha256": d })).collect::<Vec<_>>() });
+    (attestation, serde_json::to_vec_pretty(&manifest).expect("JSON"))
+}

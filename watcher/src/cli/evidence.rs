@@ -1,0 +1,118 @@
+//! `stella runs export RUN -o FILE.tar.gz` and `stella evidence verify FILE.tar.gz|RUN`: a run's
+//! evidence packed deterministically, and checked offline with nothing but the archive (and,
+//! optionally, an allowed_signers file the auditor trusts).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use stella_engine::Code;
+use stella_engine::evidence;
+
+use super::{Failure, repo};
+
+/// Every file an auditor needs for `run`, by repository path.
+fn gather(root: &Path, run: &str) -> Result<BTreeMap<String, Vec<u8>>, Failure> {
+    if !stella_engine::run_id::is_valid(run) {
+        return Err(Failure::one(Code::Usage, format!("`{run}` is not a valid run id")));
+    }
+    let config = repo::config_at_head(root)?;
+    let ledger = repo::open_ledger(root, &config)?;
+    let io = |e: stella_engine::ledger::Error| Failure::one(e.code(), e.to_string());
+    let tip = ledger
+        .tip()
+        .map_err(io)?
+        .ok_or_else(|| Failure::one(Code::Usage, "the branch has no commits"))?;
+    let mut files = BTreeMap::new();
+    for (rel, bytes, _) in ledger.files_under(tip, &format!("runs/{run}")).map_err(io)? {
+        files.insert(format!("runs/{run}/{rel}"), bytes);
+    }
+    if !files.contains_key(&format!("runs/{run}/{}", evidence::ATTESTATION)) {
+        return Err(Failure::one(
+            Code::Usage,
+            format!("run {run} has no evidence yet (evidence is written when a run finishes)"),
+        ));
+    }
+    let events =
+        stella_engine::event::read_ndjson(&String::from_utf8_lossy(&files[&format!("runs/{run}/events.ndjson")]))
+            .map_err(|e| Failure::one(Code::LedgerTampered, e))?;
+    let planned = events
+        .iter()
+        .find(|e| e.kind == "run.planned")
+        .ok_or_else(|| Failure::one(Code::LedgerTampered, "the run has no run.planned event"))?;
+    let commit_of = |k: &str| {
+        planned
+            .get(k)
+            .and_then(|v| v.as_str())
+            .and_then(|h| gix::ObjectId::from_hex(h.as_bytes()).ok())
+    };
+    let request_commit = commit_of("requestCommit").unwrap_or(tip);
+    let trust_commit = commit_of("trustCommit").unwrap_or(tip);
+    let pack = planned
+        .get("pack")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    for (rel, bytes, _) in ledger.files_under(request_commit, &pack).map_err(io)? {
+        files.insert(format!("{pack}/{rel}"), bytes);
+    }
+    for (rel, bytes, _) in ledger.files_under(tip, &format!("approvals/{run}")).map_err(io)? {
+        files.insert(format!("approvals/{run}/{rel}"), bytes);
+    }
+    if let Some(signers) = ledger.read(trust_commit, ".stella/allowed_signers").map_err(io)? {
+        files.insert(".stella/allowed_signers".into(), signers);
+    }
+    Ok(files)
+}
+
+pub fn export(repo_dir: &Path, run: &str, out: &Path) -> Result<u8, Failure> {
+    let root = repo::find_root(repo_dir)?;
+    let files = gather(&root, run)?;
+    let bytes = evidence::export_archive(&files)
+        .map_err(|e| Failure::one(Code::Io, format!("cannot build the archive: {e}")))?;
+    super::init::write_replace(out, "")?;
+    std::fs::write(out, &bytes).map_err(|e| Failure::one(Code::Io, format!("{}: {e}", out.display())))?;
+    println!("{}", out.display());
+    eprintln!(
+        "exported run {run}: {} files, {} bytes, sha256 {}",
+        files.len(),
+        bytes.len(),
+        stella_engine::pack::sha256_hex(&bytes)
+    );
+    Ok(0)
+}
+
+pub fn verify(target: &str, signers: Option<&Path>, repo_dir: &Path, as_json: bool) -> Result<u8, Failure> {
+    let path = Path::new(target);
+    let bytes = if path.is_file() {
+        std::fs::read(path).map_err(|e| Failure::one(Code::Io, format!("{}: {e}", path.display())))?
+    } else {
+        let root = repo::find_root(repo_dir)?;
+        evidence::export_archive(&gather(&root, target)?).map_err(|e| Failure::one(Code::Io, e.to_string()))?
+    };
+    let signers_text = signers
+        .map(|p| std::fs::read_to_string(p).map_err(|e| Failure::one(Code::Io, format!("{}: {e}", p.display()))))
+        .transpose()?;
+    let checks = evidence::verify_archive(&bytes, signers_text.as_deref())
+        .map_err(|e| Failure::one(Code::EvidenceInvalid, format!("{target}: {e}")))?;
+    let failed: Vec<&evidence::Check> = checks.iter().filter(|c| !c.ok).collect();
+    if as_json {
+        println!(
+            "{}",
+            serde_json::json!({ "ok": failed.is_empty(), "checks": checks, "code": (!failed.is_empty()).then_some(Code::EvidenceInvalid.as_str()) })
+        );
+    } else {
+        for c in &checks {
+            println!("{} {}", if c.ok { "ok  " } else { "FAIL" }, c.what);
+        }
+    }
+    if failed.is_empty() {
+        if !as_json {
+            println!("evidence verified: {} checks passed", checks.len());
+        }
+        return Ok(0);
+    }
+    for c in &failed {
+        eprintln!("error[{}]: {target}: {}", Code::EvidenceInvalid, c.what);
+    }
+    Ok(1)
+}
