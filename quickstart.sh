@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Stella quick start: builds the `stella` binary and walks through the pack commands —
-# validating packs, planning one with inputs, and what a broken pack's errors look like.
-# Needs only cargo (and bash). Run it from anywhere: ./quickstart.sh
+# Stella quick start: builds the `stella` binary, walks through the pack commands
+# (validating packs, planning one with inputs, what a broken pack's errors look like), then
+# runs the whole repository flow in a throw-away git repository: stella init, a run request,
+# the daemon, the ledger it commits, and the checks on it (stella ledger verify, git
+# verify-commit). Needs cargo, git, bash, python3 and ssh-keygen (git verifies SSH
+# signatures with it). Run it from anywhere: ./quickstart.sh
 #
-# Each section is a function; later steps of the demo (a git repository, a run request,
-# signed approvals, the daemon, the ledger, evidence) are added as new sections.
+# Each section is a function; later steps of the demo (signed approvals, evidence, sync)
+# are added as new sections.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -14,7 +17,14 @@ trap 'rm -rf "$scratch"' EXIT
 
 if [[ -t 1 ]]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
 section() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
-show() { printf '$ %s\n' "$*"; "$@"; }
+show() {
+  local arg shown=()
+  for arg in "$@"; do
+    if [[ $arg == *[[:space:]\;]* ]]; then shown+=("\"$arg\""); else shown+=("$arg"); fi
+  done
+  printf '$ %s\n' "${shown[*]}"
+  "$@"
+}
 
 build() {
   section "1. Build"
@@ -69,19 +79,89 @@ EOF
   fi
 }
 
+demo_repository() {
+  section "5. A watched repository: init, packs, first commit"
+  demo="$scratch/demo"
+  show git init -q -b main "$demo"
+  show stella init "$demo"
+  show cp -R packs/parallel-checks packs/sbom-remediation "$demo/packs/"
+  # An identity for the demo's own commits, set in the demo repository only; commits there
+  # are plain (a global commit.gpgsign would otherwise ask for a key).
+  git -C "$demo" config user.name "Quickstart Demo"
+  git -C "$demo" config user.email "demo@example.invalid"
+  git -C "$demo" config commit.gpgsign false
+  git -C "$demo" add -A
+  show git -C "$demo" commit -q -m "stella init; example packs"
+  show cat "$demo/.stella/allowed_signers"
+}
+
+demo_run() {
+  section "6. Request a run, commit it, let the daemon run it"
+  printf '$ %s\n' "stella run request $demo/packs/parallel-checks --inputs examples/parallel-checks.inputs.yaml"
+  run_id=$(stella run request "$demo/packs/parallel-checks" --inputs examples/parallel-checks.inputs.yaml)
+  show cat "$demo/runs/$run_id/request.yaml"
+  git -C "$demo" add "runs/$run_id"
+  show git -C "$demo" commit -q -m "request $run_id"
+  show stella daemon --once --repo "$demo"
+  show stella runs list --repo "$demo"
+  show stella runs show "$run_id" --repo "$demo"
+}
+
+demo_ledger() {
+  section "7. The ledger: signed runner commits on the branch, checked"
+  show git -C "$demo" log --oneline
+  show git -C "$demo" show --stat HEAD
+  show stella runs logs "$run_id" --repo "$demo"
+  show stella ledger verify --repo "$demo"
+  local last
+  last=$(git -C "$demo" log -1 --author=runner@stella.invalid --format=%H)
+  show git -C "$demo" -c gpg.format=ssh -c gpg.ssh.allowedSignersFile=.stella/allowed_signers verify-commit "$last"
+  echo "git status of the demo repository after the runner's commits (empty = clean):"
+  show git -C "$demo" status --short
+}
+
+demo_gate() {
+  section "8. A run that needs a secret and an approval: it stops at its gate"
+  # The secret comes from a file outside the repository (never commit secrets).
+  printf 'registryToken: quickstart-dummy-token\n' > "$scratch/secrets.yaml"
+  printf '$ %s\n' "stella run request $demo/packs/sbom-remediation --inputs examples/sbom-remediation.inputs.yaml"
+  gate_id=$(stella run request "$demo/packs/sbom-remediation" --inputs examples/sbom-remediation.inputs.yaml)
+  git -C "$demo" add "runs/$gate_id"
+  show git -C "$demo" commit -q -m "request $gate_id"
+  show stella daemon --once --repo "$demo" --secrets "$scratch/secrets.yaml"
+  show stella runs list --repo "$demo"
+  local state
+  state=$(stella runs list --repo "$demo" --json |
+    python3 -c 'import json,sys; print({r["id"]: r["state"] for r in json.load(sys.stdin)}[sys.argv[1]])' "$gate_id")
+  if [[ $state != waiting ]]; then
+    echo "quickstart: expected $gate_id to wait at its approval gate, found $state" >&2
+    exit 1
+  fi
+  # approve: sign the approval here, then run the daemon again and show the run succeed:
+  #   stella approve "$gate_id" --gate security-review --key APPROVER_KEY --repo "$demo"
+  #   git -C "$demo" add approvals && git -C "$demo" commit -m "approve $gate_id"
+  #   stella daemon --once --repo "$demo" --secrets "$scratch/secrets.yaml"
+  # The approver's key (namespaces="stella-approval" in .stella/allowed_signers) and its grant
+  # (Packs.Approve in .stella/approvers.yaml) must be committed *before* the request: approvals
+  # are judged by the trust files of the commit before the one that brought the request.
+  show stella ledger verify --repo "$demo"
+}
+
 next_steps() {
   section "What comes next"
-  cat <<'EOF'
-Working today: stella pack validate, stella pack plan, and stella pack run (runs a pack on
-this machine, without git). Try it (the secret is a dummy; approvals are waived locally):
-  STELLA_SECRET_REGISTRYTOKEN=dummy target/release/stella pack run packs/sbom-remediation \
+  cat <<EOF
+Working today: stella pack validate|plan|run; in a repository stella init, stella run
+request, stella daemon, stella runs list|show|logs|cancel, stella ledger verify. Runner
+commits are SSH-signed and verify with stock git. A local run without git (the secret is a
+dummy; approvals are waived locally):
+  STELLA_SECRET_REGISTRYTOKEN=dummy target/release/stella pack run packs/sbom-remediation \\
       --inputs examples/sbom-remediation.inputs.yaml --approve-local
 Coming next, and added to this script as they land:
-  - stella init / run request / approve: a git repository with run requests and signed approvals
-  - stella daemon: watch the repository, plan, wait for approvals, execute, commit the ledger
-  - stella evidence verify / ledger verify: DSSE evidence and an append-only ledger, checked offline
+  - stella approve: signed approval files, and the daemon passing gates with them
+  - DSSE evidence at the end of each run, stella runs export and stella evidence verify
   - stella sync export|import: carry the repository across an air gap with git bundle
-Read next: README.md, ARCHITECTURE.md, docs/packs.md, docs/plan.md.
+The demo repository ($demo) is removed when this script exits.
+Read next: README.md, ARCHITECTURE.md, docs/ledger.md, docs/daemon.md, docs/execution.md.
 EOF
 }
 
@@ -89,4 +169,8 @@ build
 validate_examples
 plan_example
 broken_pack
+demo_repository
+demo_run
+demo_ledger
+demo_gate
 next_steps

@@ -233,13 +233,26 @@ fn watch(root: &Path, tx: mpsc::Sender<()>) -> Result<notify::RecommendedWatcher
     let git = root.join(".git");
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            let relevant = ev.paths.iter().any(|p| {
-                let s = p.to_string_lossy();
-                !s.contains("/.git/stella/")
-                    && !s.ends_with("/index")
-                    && !s.ends_with("/index.lock")
-                    && !s.contains("/objects/")
-            });
+            // Only changes count: opening or reading files (our own scans do) must not wake us.
+            let change = matches!(
+                ev.kind,
+                notify::EventKind::Create(_)
+                    | notify::EventKind::Remove(_)
+                    | notify::EventKind::Modify(
+                        notify::event::ModifyKind::Data(_)
+                            | notify::event::ModifyKind::Name(_)
+                            | notify::event::ModifyKind::Any
+                    )
+                    | notify::EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write))
+            );
+            let relevant = change
+                && ev.paths.iter().any(|p| {
+                    let s = p.to_string_lossy();
+                    !s.contains("/.git/stella/")
+                        && !s.ends_with("/index")
+                        && !s.ends_with("/index.lock")
+                        && !s.contains("/objects/")
+                });
             if relevant {
                 let _ = tx.try_send(());
             }

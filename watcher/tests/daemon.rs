@@ -158,7 +158,7 @@ fn kill_9_in_a_step_then_restart_recovers_the_run() {
     let r = Repo::new();
     let once = HELLO.replace(
         "echo said=yes >> $STELLA_OUTPUT",
-        "echo said=yes >> $STELLA_OUTPUT; if [ ! -f ../../once ]; then touch ../../once; sleep 30; fi",
+        "echo said=yes >> $STELLA_OUTPUT; if [ ! -f ../../once ]; then touch ../../once; echo $$ > ../../greet.pid; sleep 30; fi",
     );
     r.pack("hello", &once).request("r1", "hello", "{}\n");
     let mut daemon = crate::support::stella()
@@ -178,8 +178,9 @@ fn kill_9_in_a_step_then_restart_recovers_the_run() {
     daemon.kill().unwrap();
     daemon.wait().unwrap();
     // The step's process group outlives the killed daemon; a real crash leaves it too.
-    let _ = std::process::Command::new("pkill")
-        .args(["-9", "-f", "sleep 30"])
+    let pid = std::fs::read_to_string(r.path().join(".git/stella/work/greet.pid")).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", "--", &format!("-{}", pid.trim())])
         .status();
     r.daemon_once().ok();
     assert_eq!(r.state("r1"), "succeeded");
@@ -381,4 +382,26 @@ fn runs_list_and_logs_read_the_ledger() {
     let bad = r.stella(&["runs", "show", "../etc"]);
     assert_eq!(bad.code(), Some(2));
     assert!(bad.stderr().contains("error[ERR_USAGE]"));
+}
+
+#[test]
+fn ledger_verify_finds_a_request_edited_after_planning() {
+    let r = finished_run();
+    r.write(
+        "runs/r1/request.yaml",
+        "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\ninputs: { who: mallory }\n",
+    )
+    .commit_all("edit the request afterwards");
+    verify_fails_naming(&r, "runs/r1/request.yaml", "immutable");
+}
+
+#[test]
+fn a_merge_of_the_branch_into_a_feature_branch_is_not_tampering() {
+    let r = finished_run();
+    r.git(&["checkout", "-q", "-b", "feature", "HEAD~1"]);
+    r.write("notes.md", "feature work\n").commit_all("feature work");
+    r.git(&["merge", "-q", "--no-edit", "main"]);
+    r.git(&["checkout", "-q", "main"]);
+    r.git(&["merge", "-q", "--ff-only", "feature"]);
+    r.stella(&["ledger", "verify"]).ok();
 }

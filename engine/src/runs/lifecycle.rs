@@ -100,6 +100,10 @@ pub fn process(env: &Environment, id: &str, need: Need, cancel: CancelToken) -> 
     match need {
         Need::Nothing => Ok(None),
         Need::Flush => {
+            if let Ok((plan, _)) = replan(env, id, &prior) {
+                *sink.plan_json.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan.to_plan_json().into_bytes());
+                *sink.evidence.lock().unwrap_or_else(|p| p.into_inner()) = Some(evidence_context(env, id, &plan)?);
+            }
             let last = prior.last().cloned().unwrap_or_else(|| Event::new("run.progress"));
             sink.commit(&message_for(id, &last, &prior)).map_err(Error::Ledger)?;
             Ok(None)

@@ -26,6 +26,9 @@ pub fn init(dir: &Path, key: Option<&Path>) -> Result<u8, Failure> {
                 format!("cannot create a git repository in {}: {e}", dir.display()),
             )
         })?;
+        // The branch the config below names, whatever init.defaultBranch says.
+        std::fs::write(dir.join(".git/HEAD"), "ref: refs/heads/main\n")
+            .map_err(|e| Failure::one(Code::Io, format!("cannot set HEAD: {e}")))?;
         created.push(".git (new repository)".to_string());
     }
     let key_path = repo::key_path(dir, key);

@@ -229,7 +229,7 @@ pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<u8, Failure> {
 
 pub fn logs(repo_dir: &Path, id: &str, follow: bool) -> Result<u8, Failure> {
     let root = repo::find_root(repo_dir)?;
-    let view = one(&root, id)?;
+    let mut view = one(&root, id)?;
     let mut shown = 0;
     let print = |events: &[stella_engine::event::Event], from: usize| {
         for e in &events[from.min(events.len())..] {
@@ -251,14 +251,17 @@ pub fn logs(repo_dir: &Path, id: &str, follow: bool) -> Result<u8, Failure> {
     if !follow {
         return Ok(0);
     }
-    let git_dir = repo::git_dir(&root);
+    // Follow the journal where this machine runs the run, else the ledger as it is committed.
     loop {
-        let events = stella_engine::journal::read(&git_dir, id).map_err(|e| Failure::one(Code::Io, e))?;
-        shown = print(&events, shown);
-        if stella_engine::state::fold(&events).state.is_terminal() {
+        if view.state().state.is_terminal() && view.events().len() <= shown {
             return Ok(0);
         }
         std::thread::sleep(Duration::from_millis(200));
+        view = one(&root, id)?;
+        shown = print(view.events(), shown);
+        if view.state().state.is_terminal() {
+            return Ok(0);
+        }
     }
 }
 
