@@ -187,7 +187,7 @@ impl EventSink for LedgerSink<'_> {
         self.journal.accept(event)?;
         let urgent = matches!(
             event.kind.as_str(),
-            "gate.waiting" | "run.succeeded" | "run.failed" | "run.cancelled"
+            "run.waiting" | "run.succeeded" | "run.failed" | "run.cancelled"
         );
         let due = self.last_commit.lock().unwrap_or_else(|p| p.into_inner()).elapsed() >= self.batch;
         if urgent || due {
