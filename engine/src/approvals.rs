@@ -74,6 +74,11 @@ impl Approvers {
             .any(|g| self.grants.get(g).is_some_and(|s| s.contains(principal)))
     }
 
+    /// Every grant named in the file.
+    pub fn grant_names(&self) -> Vec<String> {
+        self.grants.keys().cloned().collect()
+    }
+
     /// Principals holding any of `grants` (for messages: who may approve).
     pub fn holders(&self, grants: &[String]) -> Vec<String> {
         let mut out: BTreeSet<String> = BTreeSet::new();

@@ -405,3 +405,18 @@ fn a_merge_of_the_branch_into_a_feature_branch_is_not_tampering() {
     r.git(&["merge", "-q", "--ff-only", "feature"]);
     r.stella(&["ledger", "verify"]).ok();
 }
+
+#[test]
+fn doctor_finds_a_broken_setup() {
+    let r = Repo::new();
+    let ok = r.stella(&["doctor"]).ok();
+    assert!(ok.stdout().contains("ok   runner key SHA256:"), "{}", ok.stdout());
+    r.write(".stella/allowed_signers", "alice not-a-key\n");
+    let bad = r.stella(&["doctor"]);
+    assert_eq!(bad.code(), Some(1));
+    assert!(
+        bad.stdout().contains("FAIL .stella/allowed_signers does not parse"),
+        "{}",
+        bad.stdout()
+    );
+}

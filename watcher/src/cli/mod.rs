@@ -2,6 +2,7 @@
 //! engine errors to the single printed report and exit code.
 
 mod approve;
+mod doctor;
 mod evidence;
 pub mod init;
 mod ledger;
@@ -55,6 +56,13 @@ enum Command {
     /// Check evidence offline
     #[command(subcommand)]
     Evidence(EvidenceCommand),
+    /// Check that this machine and repository are ready (tools, config, signers, runner key)
+    Doctor {
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
     /// Sign an approval (or --reject) of a run's gate, bound to its plan hash
     Approve {
         /// The run id
@@ -288,6 +296,14 @@ impl Failure {
     }
 }
 
+/// A failure as one line, for reports that go on after it.
+pub fn describe(f: &Failure) -> String {
+    match f {
+        Failure::Diags(d) => d.to_string(),
+        Failure::One { code, message } => format!("{message} [{code}]"),
+    }
+}
+
 impl From<Diagnostics> for Failure {
     fn from(d: Diagnostics) -> Self {
         Failure::Diags(d)
@@ -313,6 +329,7 @@ impl Cli {
 pub fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Init { dir, key } => init::init(&dir, key.as_deref()),
+        Command::Doctor { repo, key } => doctor::doctor(&repo, key.as_deref()),
         Command::Approve {
             run,
             gate,

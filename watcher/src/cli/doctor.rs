@@ -1,0 +1,190 @@
+//! `stella doctor`: checks that this machine and repository are ready for Stella, and says
+//! how to fix what is not (tools, configuration, signers, runner key, watch limits).
+
+use std::path::Path;
+use std::process::Command;
+
+use stella_engine::allowed_signers::AllowedSigners;
+use stella_engine::approvals::{APPROVERS_PATH, Approvers, NAMESPACE};
+use stella_engine::config::{CONFIG_PATH, Config};
+
+use super::{Failure, repo};
+
+#[derive(PartialEq)]
+enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+fn tool(name: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(name).args(args).output().ok()?;
+    let text = String::from_utf8_lossy(if out.stdout.is_empty() {
+        &out.stderr
+    } else {
+        &out.stdout
+    })
+    .lines()
+    .next()
+    .unwrap_or("")
+    .to_string();
+    Some(text)
+}
+
+pub fn doctor(repo_dir: &Path, key: Option<&Path>) -> Result<u8, Failure> {
+    let mut results: Vec<(Level, String)> = Vec::new();
+    let mut say = |l: Level, m: String| results.push((l, m));
+    match tool("git", &["--version"]) {
+        Some(v) => say(Level::Ok, v),
+        None => say(
+            Level::Fail,
+            "git is not installed (needed for push, bundles and people's commits)".into(),
+        ),
+    }
+    match tool("ssh-keygen", &["-Y", "help"]).or_else(|| tool("ssh-keygen", &["-?"])) {
+        Some(_) => say(
+            Level::Ok,
+            "ssh-keygen is installed (for signing approvals by hand)".into(),
+        ),
+        None => say(
+            Level::Warn,
+            "ssh-keygen is not installed; approvers can still use `stella approve`".into(),
+        ),
+    }
+    if let Some(limit) = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+    {
+        let level = if limit < 1024 { Level::Warn } else { Level::Ok };
+        say(
+            level,
+            format!(
+                "inotify watch limit {limit} (the daemon needs a handful; raise fs.inotify.max_user_watches if it cannot watch)"
+            ),
+        );
+    }
+    let root = match repo::find_root(repo_dir) {
+        Ok(r) => r,
+        Err(_) => {
+            say(
+                Level::Fail,
+                format!("{}: not a git repository; run `stella init`", repo_dir.display()),
+            );
+            return Ok(print(&results));
+        }
+    };
+    say(Level::Ok, format!("repository {}", root.display()));
+    let config = match repo::config_at_head(&root) {
+        Ok(c) => {
+            say(
+                Level::Ok,
+                format!(
+                    "{CONFIG_PATH} at HEAD: branch {}, maxRuns {}, commit batch {} ms",
+                    c.branch, c.max_runs, c.batch_ms
+                ),
+            );
+            c
+        }
+        Err(f) => {
+            say(
+                Level::Fail,
+                format!("{CONFIG_PATH} at HEAD does not parse: {}", super::describe(&f)),
+            );
+            Config::default()
+        }
+    };
+    if let Ok(head) = std::fs::read_to_string(root.join(".git/HEAD")) {
+        let branch = head
+            .trim()
+            .strip_prefix("ref: refs/heads/")
+            .unwrap_or("(detached)")
+            .to_string();
+        if branch != config.branch {
+            say(
+                Level::Warn,
+                format!(
+                    "HEAD is on `{branch}` but the config watches `{}`; the daemon executes only that branch",
+                    config.branch
+                ),
+            );
+        }
+    }
+    let signers_text = std::fs::read_to_string(root.join(".stella/allowed_signers")).unwrap_or_default();
+    let signers = match AllowedSigners::parse(".stella/allowed_signers", &signers_text) {
+        Ok(s) => {
+            say(
+                Level::Ok,
+                format!(".stella/allowed_signers: {} entries", s.entries().len()),
+            );
+            Some(s)
+        }
+        Err(d) => {
+            say(Level::Fail, format!(".stella/allowed_signers does not parse: {d}"));
+            None
+        }
+    };
+    match repo::load_key(&root, key) {
+        Ok(k) => {
+            say(
+                Level::Ok,
+                format!(
+                    "runner key {} ({})",
+                    k.fingerprint(),
+                    repo::key_path(&root, key).display()
+                ),
+            );
+            if let Some(s) = &signers {
+                let now = std::time::SystemTime::now();
+                for ns in ["git", "stella-evidence"] {
+                    if s.find_principals(&k.public_key(), ns, now).is_empty() {
+                        say(
+                            Level::Fail,
+                            format!(
+                                "the runner key is not in .stella/allowed_signers for namespace {ns}: its commits would not verify (run `stella init` and commit)"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        Err(f) => say(Level::Fail, super::describe(&f)),
+    }
+    match std::fs::read_to_string(root.join(APPROVERS_PATH)).map(|t| Approvers::parse(APPROVERS_PATH, &t)) {
+        Ok(Ok(a)) => {
+            say(Level::Ok, format!("{APPROVERS_PATH} parses"));
+            if let Some(s) = &signers {
+                let listed: Vec<String> = s
+                    .entries()
+                    .iter()
+                    .filter(|e| e.allows_namespace(NAMESPACE))
+                    .flat_map(|e| e.principals.clone())
+                    .collect();
+                for p in a.holders(&a.grant_names()) {
+                    if !listed.contains(&p) {
+                        say(
+                            Level::Warn,
+                            format!(
+                                "approver `{p}` has no key in .stella/allowed_signers for namespace {NAMESPACE}; their approvals cannot count"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(Err(d)) => say(Level::Fail, format!("{APPROVERS_PATH} does not parse: {d}")),
+        Err(_) => say(Level::Warn, format!("no {APPROVERS_PATH}: no approval gate can pass")),
+    }
+    Ok(print(&results))
+}
+
+fn print(results: &[(Level, String)]) -> u8 {
+    for (level, msg) in results {
+        let tag = match level {
+            Level::Ok => "ok  ",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        };
+        println!("{tag} {msg}");
+    }
+    u8::from(results.iter().any(|(l, _)| *l == Level::Fail))
+}
