@@ -121,7 +121,14 @@ demo_ledger() {
 }
 
 demo_gate() {
-  section "8. A run that needs a secret and an approval: it stops at its gate"
+  section "8. A run that needs a secret and an approval: it waits at its gate until signed"
+  # An approver: an SSH key listed for namespace stella-approval and granted Packs.Approve.
+  # Trust changes must be committed *before* the request they should judge.
+  ssh-keygen -q -t ed25519 -N '' -C alice -f "$scratch/alice"
+  printf 'alice namespaces="stella-approval" %s\n' "$(cat "$scratch/alice.pub")" >> "$demo/.stella/allowed_signers"
+  printf 'grants:\n  Packs.Approve: [alice]\n' > "$demo/.stella/approvers.yaml"
+  git -C "$demo" add .stella
+  show git -C "$demo" commit -q -m "alice may approve"
   # The secret comes from a file outside the repository (never commit secrets).
   printf 'registryToken: quickstart-dummy-token\n' > "$scratch/secrets.yaml"
   printf '$ %s\n' "stella run request $demo/packs/sbom-remediation --inputs examples/sbom-remediation.inputs.yaml"
@@ -130,38 +137,48 @@ demo_gate() {
   show git -C "$demo" commit -q -m "request $gate_id"
   show stella daemon --once --repo "$demo" --secrets "$scratch/secrets.yaml"
   show stella runs list --repo "$demo"
+  expect_state "$gate_id" waiting
+
+  section "9. Approve with an SSH signature bound to the plan hash; the daemon passes the gate"
+  show stella approve "$gate_id" --gate security-review --key "$scratch/alice" --comment "scan reviewed" --repo "$demo"
+  git -C "$demo" add approvals
+  show git -C "$demo" commit -q -m "alice approves $gate_id"
+  show ssh-keygen -Y verify -f "$demo/.stella/allowed_signers" -I alice -n stella-approval \
+    -s "$demo/approvals/$gate_id/security-review/alice.yaml.sig" < "$demo/approvals/$gate_id/security-review/alice.yaml"
+  show stella daemon --once --repo "$demo" --secrets "$scratch/secrets.yaml"
+  show stella runs show "$gate_id" --repo "$demo"
+  expect_state "$gate_id" succeeded
+
+  section "10. Evidence: a signed in-toto attestation, exported and verified offline"
+  show stella runs export "$gate_id" -o "$scratch/evidence.tar.gz" --repo "$demo"
+  show stella evidence verify "$scratch/evidence.tar.gz"
+  show stella ledger verify --repo "$demo"
+}
+
+expect_state() {
   local state
   state=$(stella runs list --repo "$demo" --json |
-    python3 -c 'import json,sys; print({r["id"]: r["state"] for r in json.load(sys.stdin)}[sys.argv[1]])' "$gate_id")
-  if [[ $state != waiting ]]; then
-    echo "quickstart: expected $gate_id to wait at its approval gate, found $state" >&2
+    python3 -c 'import json,sys; print({r["id"]: r["state"] for r in json.load(sys.stdin)}[sys.argv[1]])' "$1")
+  if [[ $state != "$2" ]]; then
+    echo "quickstart: expected $1 to be $2, found $state" >&2
     exit 1
   fi
-  # approve: sign the approval here, then run the daemon again and show the run succeed:
-  #   stella approve "$gate_id" --gate security-review --key APPROVER_KEY --repo "$demo"
-  #   git -C "$demo" add approvals && git -C "$demo" commit -m "approve $gate_id"
-  #   stella daemon --once --repo "$demo" --secrets "$scratch/secrets.yaml"
-  # The approver's key (namespaces="stella-approval" in .stella/allowed_signers) and its grant
-  # (Packs.Approve in .stella/approvers.yaml) must be committed *before* the request: approvals
-  # are judged by the trust files of the commit before the one that brought the request.
-  show stella ledger verify --repo "$demo"
 }
 
 next_steps() {
   section "What comes next"
   cat <<EOF
 Working today: stella pack validate|plan|run; in a repository stella init, stella run
-request, stella daemon, stella runs list|show|logs|cancel, stella ledger verify. Runner
-commits are SSH-signed and verify with stock git. A local run without git (the secret is a
+request, stella approve, stella daemon, stella runs list|show|logs|cancel|export, stella
+ledger verify, stella evidence verify, stella doctor. Runner commits are SSH-signed and
+verify with stock git; evidence verifies with any DSSE implementation. A local run without git (the secret is a
 dummy; approvals are waived locally):
   STELLA_SECRET_REGISTRYTOKEN=dummy target/release/stella pack run packs/sbom-remediation \\
       --inputs examples/sbom-remediation.inputs.yaml --approve-local
-Coming next, and added to this script as they land:
-  - stella approve: signed approval files, and the daemon passing gates with them
-  - DSSE evidence at the end of each run, stella runs export and stella evidence verify
-  - stella sync export|import: carry the repository across an air gap with git bundle
+Coming next: stella daemon --remote (pull requests, claims across runners) and
+stella sync export|import (carry the repository across an air gap with git bundle).
 The demo repository ($demo) is removed when this script exits.
-Read next: README.md, ARCHITECTURE.md, docs/ledger.md, docs/daemon.md, docs/execution.md.
+Read next: README.md, ARCHITECTURE.md, docs/ledger.md, docs/daemon.md, docs/approvals.md, docs/evidence.md.
 EOF
 }
 
