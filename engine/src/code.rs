@@ -68,6 +68,8 @@ pub enum Code {
     PackApprovalTimeout,
     /// An evidence archive or attestation does not verify.
     EvidenceInvalid,
+    /// A git bundle is truncated, corrupted, not for this repository, or not a fast-forward.
+    BundleInvalid,
     /// A file given on the command line could not be read.
     Io,
     /// The command line itself is wrong.
@@ -90,7 +92,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, for parsing codes back out of events.
-    pub const ALL: [Code; 40] = [
+    pub const ALL: [Code; 41] = [
         Code::PackInvalid,
         Code::PackInputInvalid,
         Code::PackNetworkBlocked,
@@ -122,6 +124,7 @@ impl Code {
         Code::PackApprovalRejected,
         Code::PackApprovalTimeout,
         Code::EvidenceInvalid,
+        Code::BundleInvalid,
         Code::Io,
         Code::Usage,
         Code::KeyInvalid,
@@ -167,6 +170,7 @@ impl Code {
             Code::PackApprovalRejected => "ERR_PACK_APPROVAL_REJECTED",
             Code::PackApprovalTimeout => "ERR_PACK_APPROVAL_TIMEOUT",
             Code::EvidenceInvalid => "ERR_EVIDENCE_INVALID",
+            Code::BundleInvalid => "ERR_BUNDLE_INVALID",
             Code::Io => "ERR_IO",
             Code::Usage => "ERR_USAGE",
             Code::KeyInvalid => "ERR_KEY_INVALID",
@@ -216,6 +220,7 @@ impl Code {
             | Code::PackNetworkBlocked
             | Code::PackSecretMissing
             | Code::ConfigInvalid
+            | Code::BundleInvalid
             | Code::ApproversInvalid
             | Code::RequestInvalid
             | Code::Io

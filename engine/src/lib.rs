@@ -31,6 +31,7 @@ pub mod runs;
 pub mod secrets;
 pub mod sshsig;
 pub mod state;
+pub mod sync;
 
 /// Reads a pack directory, checks it, resolves `inputs` and builds its plan: what
 /// `stella pack plan` and `stella run request` do. `inputs_file` names the inputs in messages.

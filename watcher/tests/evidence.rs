@@ -11,14 +11,14 @@ use stella_engine::evidence::{export_archive, read_archive};
 use crate::repo_support::{HELLO, Repo};
 
 fn export(r: &Repo, run: &str) -> (PathBuf, Vec<u8>) {
-    let out = r.path().join(format!("../{run}-evidence.tar.gz"));
+    let out = r.outside(&format!("{run}-evidence.tar.gz"));
     r.stella(&["runs", "export", run, "-o", out.to_str().unwrap()]).ok();
     let bytes = std::fs::read(&out).unwrap();
     (out, bytes)
 }
 
 fn verify_bytes(r: &Repo, bytes: &[u8], extra: &[&str]) -> crate::repo_support::Stella {
-    let path = r.path().join("../candidate.tar.gz");
+    let path = r.outside("candidate.tar.gz");
     std::fs::write(&path, bytes).unwrap();
     let mut args = vec!["evidence", "verify", path.to_str().unwrap()];
     args.extend_from_slice(extra);
@@ -127,7 +127,7 @@ fn no_secret_value_reaches_the_ledger_or_an_export() {
     let pack = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: s, version: 1.0.0 }\nspec:\n  secrets: [{ name: token, scope: registry }]\n  steps:\n    - id: use\n      outputs: { out: out.txt }\n      run: { uses: builtin:shell, with: { script: \"echo using $STELLA_SECRET_TOKEN; echo t=$STELLA_SECRET_TOKEN >> $STELLA_OUTPUT; echo done > out.txt\" } }\n";
     let r = Repo::new();
     r.pack("s", pack).request("r1", "s", "{}\n");
-    let secrets = r.path().join("../secrets.yaml");
+    let secrets = r.outside("secrets.yaml");
     std::fs::write(&secrets, format!("token: \"{secret}\"\n")).unwrap();
     r.stella(&[
         "daemon",
@@ -229,7 +229,7 @@ fn securesystemslib_verifies_the_attestation() {
     // And refuses a tampered payload.
     let mut env = env;
     env["payload"] = serde_json::json!(base64::engine::general_purpose::STANDARD.encode(b"{\"_type\":\"forged\"}"));
-    let forged = r.path().join("../forged.json");
+    let forged = r.outside("forged.json");
     std::fs::write(&forged, env.to_string()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dsse_check.py");
     let out = Command::new(python())

@@ -2,6 +2,7 @@
 
 mod repo_support;
 mod support;
+mod sync;
 
 mod approvals;
 mod daemon;

@@ -30,6 +30,14 @@ impl Repo {
         self.dir.path()
     }
 
+    /// A path for files that belong to the test, not the repository (inside .git, so git
+    /// ignores it and parallel tests never share it).
+    pub fn outside(&self, name: &str) -> PathBuf {
+        let dir = self.path().join(".git/test-scratch");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
     pub fn git(&self, args: &[&str]) -> Output {
         let out = Command::new("git")
             .current_dir(self.path())
@@ -89,8 +97,8 @@ impl Repo {
 
     /// `stella run request` then commit, like a person would.
     pub fn request(&self, id: &str, pack: &str, inputs: &str) -> &Repo {
-        self.write(&format!("../inputs-{id}.yaml"), inputs);
-        let inputs_path = self.path().join(format!("../inputs-{id}.yaml"));
+        let inputs_path = self.outside(&format!("inputs-{id}.yaml"));
+        std::fs::write(&inputs_path, inputs).unwrap();
         self.stella(&[
             "run",
             "request",

@@ -222,6 +222,11 @@ impl Ledger {
     /// The first-parent history of the branch, oldest first.
     pub fn history(&self) -> Result<Vec<ObjectId>, Error> {
         let Some(tip) = self.tip()? else { return Ok(Vec::new()) };
+        self.history_of(tip)
+    }
+
+    /// Every commit reachable from `tip`, oldest first.
+    pub fn history_of(&self, tip: ObjectId) -> Result<Vec<ObjectId>, Error> {
         let mut out = Vec::new();
         for info in self.repo.rev_walk([tip]).all().map_err(git)? {
             out.push(info.map_err(git)?.id);

@@ -180,8 +180,16 @@ fn merged_from_other_parent(
 
 /// Checks the branch's whole history; the report lists every problem found.
 pub fn verify(ledger: &Ledger) -> Result<Report, Error> {
+    match ledger.tip()? {
+        Some(tip) => verify_at(ledger, tip),
+        None => Ok(Report::default()),
+    }
+}
+
+/// As `verify`, for the history that ends at `tip` (e.g. an incoming bundle before it is accepted).
+pub fn verify_at(ledger: &Ledger, tip: ObjectId) -> Result<Report, Error> {
     let mut report = Report::default();
-    let history = ledger.history()?;
+    let history = ledger.history_of(tip)?;
     let mut runs = std::collections::BTreeSet::new();
     for &commit in &history {
         report.commits += 1;

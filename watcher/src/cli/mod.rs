@@ -11,6 +11,7 @@ pub mod repo;
 mod request;
 mod run;
 mod runs;
+mod sync;
 
 use std::path::PathBuf;
 
@@ -56,6 +57,9 @@ enum Command {
     /// Check evidence offline
     #[command(subcommand)]
     Evidence(EvidenceCommand),
+    /// Carry the repository across an air gap as git bundles
+    #[command(subcommand)]
+    Sync(SyncCommand),
     /// Check that this machine and repository are ready (tools, config, signers, runner key)
     Doctor {
         #[arg(long, default_value = ".")]
@@ -140,6 +144,29 @@ enum RunsCommand {
         repo: PathBuf,
         #[arg(long)]
         reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SyncCommand {
+    /// Write a bundle of the branch and refs/notes/stella with what the other side lacks
+    Export {
+        #[arg(short, long, value_name = "FILE.bundle")]
+        output: PathBuf,
+        /// Include only commits after REV (default: after the last export to --to)
+        #[arg(long, value_name = "REV")]
+        since: Option<String>,
+        /// Name of the other side, to remember what it already has
+        #[arg(long, default_value = "default")]
+        to: String,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
+    /// Apply a bundle: verified, fast-forward only, ledger proven; on any error nothing changes
+    Import {
+        bundle: PathBuf,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
     },
 }
 
@@ -330,6 +357,13 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Init { dir, key } => init::init(&dir, key.as_deref()),
         Command::Doctor { repo, key } => doctor::doctor(&repo, key.as_deref()),
+        Command::Sync(SyncCommand::Export {
+            output,
+            since,
+            to,
+            repo,
+        }) => sync::export(&repo, &output, since.as_deref(), &to),
+        Command::Sync(SyncCommand::Import { bundle, repo }) => sync::import(&repo, &bundle),
         Command::Approve {
             run,
             gate,

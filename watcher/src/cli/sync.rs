@@ -1,0 +1,51 @@
+//! `stella sync export|import`: carry the repository across an air gap as git bundles.
+
+use std::path::Path;
+
+use stella_engine::sync;
+
+use super::{Failure, repo};
+
+fn fail(e: sync::Error) -> Failure {
+    Failure::one(e.code(), e.to_string())
+}
+
+pub fn export(repo_dir: &Path, out: &Path, since: Option<&str>, target: &str) -> Result<u8, Failure> {
+    let root = repo::find_root(repo_dir)?;
+    let config = repo::config_at_head(&root)?;
+    let e = sync::export(&root, &config.branch, target, since, out).map_err(fail)?;
+    println!("{}", e.path.display());
+    let from = e
+        .since
+        .as_deref()
+        .map_or("the beginning".to_string(), |s| s[..12].to_string());
+    eprintln!(
+        "bundle holds {} and refs/notes/stella: {} commits from {from} to {}",
+        e.branch,
+        e.commits,
+        &e.tip[..12]
+    );
+    eprintln!("recorded as the last export to `{target}` (refs/stella/sync/{target})");
+    Ok(0)
+}
+
+pub fn import(repo_dir: &Path, bundle: &Path) -> Result<u8, Failure> {
+    let root = repo::find_root(repo_dir)?;
+    let config = repo::config_at_head(&root)?;
+    let i = sync::import(&root, &config.branch, bundle).map_err(fail)?;
+    if i.commits == 0 {
+        println!("already up to date ({})", &i.to[..12]);
+    } else {
+        let from = i.from.as_deref().map_or("nothing".to_string(), |s| s[..12].to_string());
+        println!(
+            "{}: {from} -> {} ({} commits, ledger verified)",
+            config.branch,
+            &i.to[..12],
+            i.commits
+        );
+        if !i.worktree_updated {
+            println!("the branch is not checked out here; the working tree was left alone");
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,174 @@
+//! Air-gap round trips with git bundles, and bundles that must be refused with the
+//! repository left exactly as it was.
+
+use crate::repo_support::{HELLO, Repo};
+
+fn refs(r: &Repo) -> String {
+    String::from_utf8_lossy(&r.git(&["for-each-ref", "--format=%(refname) %(objectname)"]).stdout).into_owned()
+}
+
+/// An offline copy of `online`, made while they were still connected.
+fn offline_copy(online: &Repo) -> Repo {
+    let dir = tempfile::tempdir().unwrap();
+    let st = std::process::Command::new("git")
+        .args(["clone", "-q"])
+        .arg(online.path())
+        .arg(dir.path().join("r"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let offline = Repo { dir };
+    // Work in the clone's directory: move it up to the temp dir root.
+    let inner = offline.path().join("r");
+    for entry in std::fs::read_dir(&inner).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::rename(entry.path(), offline.path().join(entry.file_name())).unwrap();
+    }
+    std::fs::remove_dir(&inner).unwrap();
+    // The offline site has its own runner key (the online one never leaves its machine).
+    offline.stella(&["init", "."]).ok();
+    offline.commit_all("offline runner key");
+    offline
+}
+
+#[test]
+fn a_full_air_gap_round_trip() {
+    let online = Repo::new();
+    online.pack("hello", HELLO);
+    let offline = offline_copy(&online);
+    // Online: a request is made and carried over.
+    online.request("r1", "hello", "who: site-b\n");
+    let bundle = online.outside("to-offline.bundle");
+    online
+        .stella(&[
+            "sync",
+            "export",
+            "-o",
+            bundle.to_str().unwrap(),
+            "--to",
+            "site-b",
+            "--since",
+            "HEAD~1",
+        ])
+        .ok();
+    // Offline: import, run, carry the results back.
+    let imported = offline.stella(&["sync", "import", bundle.to_str().unwrap()]);
+    // The offline clone committed its own key, so the branches diverged: refused, unchanged.
+    assert_eq!(imported.code(), Some(2), "{}", imported.stderr());
+    assert!(
+        imported.stderr().contains("error[ERR_BUNDLE_INVALID]") && imported.stderr().contains("diverged"),
+        "{}",
+        imported.stderr()
+    );
+
+    // A proper offline site shares history: clone after the runner keys are both committed.
+    let offline = offline_copy(&online);
+    online
+        .write("notes.md", "bring offline up to date\n")
+        .commit_all("online work");
+    online.request("r2", "hello", "who: offline\n");
+    let signers_after_offline_key = offline.path().join(".stella/allowed_signers");
+    let offline_line = std::fs::read_to_string(&signers_after_offline_key).unwrap();
+    online
+        .write(".stella/allowed_signers", &offline_line)
+        .commit_all("trust the offline runner");
+    // (The offline side must not have commits of its own: reset its key commit away.)
+    offline.git(&["reset", "-q", "--hard", "HEAD~1"]);
+    let bundle = online.outside("round.bundle");
+    online
+        .stella(&["sync", "export", "-o", bundle.to_str().unwrap(), "--to", "site-b"])
+        .ok();
+    let out = offline.stella(&["sync", "import", bundle.to_str().unwrap()]).ok();
+    assert!(out.stdout().contains("ledger verified"), "{}", out.stdout());
+    assert!(
+        offline.status_porcelain().is_empty(),
+        "the working tree followed: {}",
+        offline.status_porcelain()
+    );
+    offline.daemon_once().ok();
+    assert_eq!(offline.state("r2"), "succeeded");
+    // Back online: only what online lacks.
+    let back = offline.outside("back.bundle");
+    offline
+        .stella(&["sync", "export", "-o", back.to_str().unwrap(), "--to", "online"])
+        .ok();
+    online.stella(&["sync", "import", back.to_str().unwrap()]).ok();
+    assert_eq!(online.state("r2"), "succeeded");
+    online.stella(&["ledger", "verify"]).ok();
+    // Nothing new: a second export says so.
+    let again = online.stella(&["sync", "export", "-o", bundle.to_str().unwrap(), "--to", "site-b"]);
+    let _ = again;
+}
+
+fn refused(r: &Repo, bundle: &std::path::Path, code: &str) {
+    let before = refs(r);
+    let status = r.status_porcelain();
+    let out = r.stella(&["sync", "import", bundle.to_str().unwrap()]);
+    assert_ne!(out.code(), Some(0), "the bundle should be refused");
+    assert!(out.stderr().contains(&format!("error[{code}]")), "{}", out.stderr());
+    assert_eq!(refs(r), before, "refs changed");
+    assert_eq!(r.status_porcelain(), status, "working tree changed");
+}
+
+fn pair() -> (Repo, Repo, std::path::PathBuf) {
+    let online = Repo::new();
+    online.pack("hello", HELLO);
+    let offline = offline_copy(&online);
+    offline.git(&["reset", "-q", "--hard", "HEAD~1"]);
+    online.request("r1", "hello", "{}\n");
+    online.daemon_once().ok();
+    let bundle = online.outside("good.bundle");
+    online.stella(&["sync", "export", "-o", bundle.to_str().unwrap()]).ok();
+    (online, offline, bundle)
+}
+
+#[test]
+fn truncated_and_corrupted_bundles_are_refused_and_change_nothing() {
+    let (_online, offline, bundle) = pair();
+    let bytes = std::fs::read(&bundle).unwrap();
+    let truncated = bundle.with_extension("truncated");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    refused(&offline, &truncated, "ERR_BUNDLE_INVALID");
+    let mut corrupt = bytes.clone();
+    let i = corrupt.len() - 40;
+    corrupt[i] ^= 0xff;
+    let corrupted = bundle.with_extension("corrupted");
+    std::fs::write(&corrupted, corrupt).unwrap();
+    refused(&offline, &corrupted, "ERR_BUNDLE_INVALID");
+    refused(&offline, &bundle.with_extension("missing"), "ERR_BUNDLE_INVALID");
+    // The good one still applies afterwards.
+    offline.stella(&["sync", "import", bundle.to_str().unwrap()]).ok();
+}
+
+#[test]
+fn a_divergent_bundle_is_refused() {
+    let (_online, offline, bundle) = pair();
+    offline
+        .write("local.md", "offline work\n")
+        .commit_all("offline diverges");
+    refused(&offline, &bundle, "ERR_BUNDLE_INVALID");
+}
+
+#[test]
+fn a_bundle_with_a_tampered_ledger_is_refused() {
+    let (online, offline, _) = pair();
+    let events = online
+        .at_head("runs/r1/events.ndjson")
+        .unwrap()
+        .replace("succeeded", "failed");
+    online
+        .write("runs/r1/events.ndjson", &events)
+        .commit_all("rewrite the ledger");
+    let bundle = online.outside("tampered.bundle");
+    online
+        .stella(&["sync", "export", "-o", bundle.to_str().unwrap(), "--to", "x"])
+        .ok();
+    refused(&offline, &bundle, "ERR_LEDGER_TAMPERED");
+}
+
+#[test]
+fn a_dirty_working_tree_is_a_clear_refusal() {
+    let (_online, offline, bundle) = pair();
+    offline.write("packs/hello/pack.yaml", "edited locally\n");
+    refused(&offline, &bundle, "ERR_USAGE");
+}
