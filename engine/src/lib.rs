@@ -25,6 +25,7 @@ pub mod manifest;
 pub mod pack;
 pub mod plan;
 pub mod redact;
+pub mod remote;
 pub mod request;
 pub mod run_id;
 pub mod runs;

@@ -24,6 +24,10 @@ pub struct Args {
     pub key: Option<PathBuf>,
     pub poll: Duration,
     pub kill_grace: Duration,
+    /// Work with this remote: fetch, claim runs, push results.
+    pub remote: Option<String>,
+    /// How long a claim holds without renewal before another runner may take the run over.
+    pub lease: Duration,
 }
 
 pub fn run(a: Args) -> Result<u8, Failure> {
@@ -57,17 +61,46 @@ pub fn run(a: Args) -> Result<u8, Failure> {
         file_secrets,
         kill_grace: a.kill_grace,
     });
+    let remote = a.remote.as_ref().map(|name| {
+        Arc::new(stella_engine::remote::Remote {
+            root: root.clone(),
+            name: name.clone(),
+            branch: config.branch.clone(),
+            pull_patterns: vec!["refs/pull/*/head".into(), "refs/merge-requests/*/head".into()],
+            lease: a.lease,
+        })
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| Failure::one(Code::Io, format!("cannot start the runtime: {e}")))?;
-    rt.block_on(main_loop(env, root, config.max_runs, a))
+    rt.block_on(main_loop(env, root, config.max_runs, a, remote))
 }
 
 type Done = (String, Result<Option<Outcome>, String>);
 
-async fn main_loop(env: Arc<Environment>, root: PathBuf, max_runs: usize, a: Args) -> Result<u8, Failure> {
+type SharedRemote = Option<Arc<stella_engine::remote::Remote>>;
+
+/// Fetch, bring the branch level with the remote, and push what the runner committed.
+fn exchange(env: &Environment, remote: &stella_engine::remote::Remote) -> Result<(), Failure> {
+    let fail = |e: stella_engine::remote::Error| Failure::one(e.code(), e.to_string());
+    remote.fetch().map_err(fail)?;
+    let mut ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+    remote.integrate(&mut ledger, &env.key).map_err(fail)?;
+    ledger.refresh();
+    remote.push(&mut ledger, &env.key).map_err(fail)?;
+    ledger.refresh();
+    Ok(())
+}
+
+async fn main_loop(
+    env: Arc<Environment>,
+    root: PathBuf,
+    max_runs: usize,
+    a: Args,
+    remote: SharedRemote,
+) -> Result<u8, Failure> {
     let (tx, mut rx) = mpsc::channel::<()>(64);
     let _watcher = if a.once { None } else { Some(watch(&root, tx.clone())?) };
     let mut running: HashMap<String, CancelToken> = HashMap::new();
@@ -76,6 +109,12 @@ async fn main_loop(env: Arc<Environment>, root: PathBuf, max_runs: usize, a: Arg
     let mut reported: HashSet<String> = HashSet::new();
     let mut first = true;
     loop {
+        if let Some(r) = &remote {
+            let (env, r) = (env.clone(), r.clone());
+            tokio::task::spawn_blocking(move || exchange(&env, &r))
+                .await
+                .map_err(|e| Failure::one(Code::Io, e.to_string()))??;
+        }
         let views = {
             let env = env.clone();
             tokio::task::spawn_blocking(move || scan(&env))
@@ -110,9 +149,28 @@ async fn main_loop(env: Arc<Environment>, root: PathBuf, max_runs: usize, a: Arg
             let env = env.clone();
             let id = view.id.clone();
             info!(run = %id, need = ?need, "processing");
+            let remote = remote.clone();
             tasks.spawn_blocking(move || {
-                let r = runs::process(&env, &id, need, token).map_err(|e| e.to_string());
-                (id, r)
+                // With a remote, a run is executed only by the runner that holds its claim.
+                let mut took_over = None;
+                if let Some(r) = &remote {
+                    match r.claim(&id, &env.key) {
+                        Ok(stella_engine::remote::Claim::Lost { holder }) => {
+                            return (id, Err(format!("claimed by runner {holder}; left alone")));
+                        }
+                        Ok(stella_engine::remote::Claim::TakenOver { from }) => {
+                            info!(run = %id, from = %from, "took over a claim whose runner went silent");
+                            took_over = Some(from);
+                        }
+                        Ok(stella_engine::remote::Claim::Won) => {}
+                        Err(e) => return (id, Err(format!("cannot claim: {e}"))),
+                    }
+                }
+                let result = runs::process(&env, &id, need, token, took_over.as_deref()).map_err(|e| e.to_string());
+                if let Some(r) = &remote {
+                    let _ = exchange(&env, r);
+                }
+                (id, result)
             });
             started += 1;
         }

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `stella` binary: one binary, one module per story.
 
+mod remote;
 mod repo_support;
 mod support;
 mod sync;

@@ -81,11 +81,27 @@ fn refuse(code: Code, message: impl Into<String>) -> Refusal {
 }
 
 /// Carries run `id` forward as `need` says. Returns how the run stands when this call ends.
-pub fn process(env: &Environment, id: &str, need: Need, cancel: CancelToken) -> Result<Option<Outcome>, Error> {
+/// `took_over_from`: the runner whose silent claim this runner took (recorded in the events).
+pub fn process(
+    env: &Environment,
+    id: &str,
+    need: Need,
+    cancel: CancelToken,
+    took_over_from: Option<&str>,
+) -> Result<Option<Outcome>, Error> {
     let journal = Journal::open(&env.git_dir, id).map_err(|e| Error::Journal(e.to_string()))?;
+    let tip = tip(env)?;
+    // A run another runner started (this one took it over): its journal starts as the ledger.
+    if journal::read(&env.git_dir, id).map_err(Error::Journal)?.is_empty() {
+        for e in super::view(&env.ledger.lock().unwrap_or_else(|p| p.into_inner()), tip, id)
+            .map_err(Error::Ledger)?
+            .ledger_events
+        {
+            journal.accept(&e).map_err(|e| Error::Journal(e.to_string()))?;
+        }
+    }
     let prior = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
     let run_dir = super::work_dir(&env.git_dir, id);
-    let tip = tip(env)?;
     let config = read_config(env, tip);
     let sink = LedgerSink {
         env,
@@ -155,6 +171,18 @@ pub fn process(env: &Environment, id: &str, need: Need, cancel: CancelToken) -> 
             // wait or the end), so planning adds no commit of its own before the first step.
             *sink.plan_json.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan.to_plan_json().into_bytes());
             *sink.evidence.lock().unwrap_or_else(|p| p.into_inner()) = Some(evidence_context(env, id, &plan)?);
+            if let Some(from) = took_over_from {
+                let now = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+                let msg = format!("took the run over from runner {from}, silent past its claim's lease");
+                append(
+                    &journal,
+                    &now,
+                    Event::new("run.claimed")
+                        .level("warn")
+                        .msg(msg)
+                        .data(json!({ "takeover": true, "from": from })),
+                );
+            }
             let mut prior = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
             let before = fold(&prior);
             let planned = prior.iter().find(|e| e.kind == "run.planned");

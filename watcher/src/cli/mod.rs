@@ -218,6 +218,12 @@ struct DaemonArgs {
     /// Time a stopped step gets between SIGTERM and SIGKILL
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     kill_grace: std::time::Duration,
+    /// Work with this git remote: fetch, claim runs (so each runs once across runners), push results
+    #[arg(long, value_name = "NAME")]
+    remote: Option<String>,
+    /// How long a runner's claim on a run holds without renewal
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    lease: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -403,6 +409,8 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
             key: a.key,
             poll: a.poll,
             kill_grace: a.kill_grace,
+            remote: a.remote,
+            lease: a.lease,
         }),
         Command::Pack(PackCommand::Validate { pack, json }) => pack::validate(&pack, json),
         Command::Pack(PackCommand::Plan(a)) => pack::plan(&a.pack, a.inputs.as_deref(), a.json),

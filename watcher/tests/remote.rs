@@ -1,0 +1,175 @@
+//! Several runners and one shared git server: runs claimed so each executes exactly once,
+//! results pushed (re-committed when the remote moved), and nothing lost.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::repo_support::{HELLO, Repo};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "user.name=Ops",
+            "-c",
+            "user.email=ops@example.com",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A bare hub, an admin clone with the pack, and `n` runner clones whose keys are trusted.
+fn hub_with_runners(n: usize) -> (tempfile::TempDir, Repo, Vec<Repo>) {
+    let hub = tempfile::tempdir().unwrap();
+    git(hub.path(), &["init", "-q", "--bare", "-b", "main"]);
+    let admin = Repo::new();
+    admin.write(
+        ".stella/config.yaml",
+        "branch: main\ncommit: { batchMs: 200 }\nlimits: { maxRuns: 2 }\n",
+    );
+    admin.pack("hello", HELLO);
+    admin.git(&["remote", "add", "origin", hub.path().to_str().unwrap()]);
+    admin.git(&["push", "-q", "origin", "main"]);
+    let mut runners = Vec::new();
+    for _ in 0..n {
+        let dir = tempfile::tempdir().unwrap();
+        git(dir.path(), &["clone", "-q", hub.path().to_str().unwrap(), "."]);
+        let r = Repo { dir };
+        r.stella(&["init", "."]).ok();
+        r.commit_all("trust this runner");
+        r.git(&["pull", "-q", "--rebase", "origin", "main"]);
+        r.git(&["push", "-q", "origin", "main"]);
+        runners.push(r);
+    }
+    for r in &runners {
+        r.git(&["pull", "-q", "--ff-only", "origin", "main"]);
+    }
+    admin.git(&["pull", "-q", "--ff-only", "origin", "main"]);
+    (hub, admin, runners)
+}
+
+fn start(r: &Repo, extra: &[&str]) -> Child {
+    crate::support::stella()
+        .current_dir(r.path())
+        .args(["daemon", "--repo", ".", "--remote", "origin", "--poll", "1s"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Runs on the hub's branch, by state, as the admin sees them after pulling.
+fn hub_states(admin: &Repo) -> std::collections::BTreeMap<String, String> {
+    admin.git(&["pull", "-q", "--ff-only", "origin", "main"]);
+    let out = admin.stella(&["runs", "list", "--json"]).ok();
+    let rows: serde_json::Value = serde_json::from_str(&out.stdout()).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn three_runners_one_hub_twenty_requests_each_run_exactly_once() {
+    let (_hub, admin, runners) = hub_with_runners(3);
+    for i in 0..20 {
+        let id = format!("r{i:02}");
+        admin.write(
+            &format!("runs/{id}/request.yaml"),
+            &format!("apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\ninputs: {{ who: \"{id}\" }}\n"),
+        );
+    }
+    admin.commit_all("twenty requests");
+    admin.git(&["push", "-q", "origin", "main"]);
+    let mut daemons: Vec<Child> = runners.iter().map(|r| start(r, &[])).collect();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let states = hub_states(&admin);
+        if states.len() == 20 && states.values().all(|s| s == "succeeded") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all runs finished: {states:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for d in &mut daemons {
+        d.kill().unwrap();
+        d.wait().unwrap();
+    }
+    for i in 0..20 {
+        let id = format!("r{i:02}");
+        let events = admin.events(&id);
+        let starts = events.iter().filter(|e| e["type"] == "run.started").count();
+        let greets = events
+            .iter()
+            .filter(|e| e["type"] == "step.started" && e["step"] == "greet")
+            .count();
+        assert_eq!((starts, greets), (1, 1), "{id} executed more than once");
+    }
+    admin.stella(&["ledger", "verify"]).ok();
+}
+
+#[test]
+fn a_claim_is_taken_over_after_its_runner_was_killed() {
+    let (_hub, admin, runners) = hub_with_runners(2);
+    let slow = HELLO.replace(
+        "echo said=yes >> $STELLA_OUTPUT",
+        "echo said=yes >> $STELLA_OUTPUT; sleep 8",
+    );
+    admin.write("packs/hello/pack.yaml", &slow);
+    admin.write(
+        "runs/r1/request.yaml",
+        "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
+    );
+    admin.commit_all("slow request");
+    admin.git(&["push", "-q", "origin", "main"]);
+    let mut first = start(&runners[0], &["--lease", "2s"]);
+    let journal = runners[0].journal("r1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&journal)
+        .unwrap_or_default()
+        .contains("\"step.started\",\"step\":\"greet\"")
+    {
+        assert!(Instant::now() < deadline, "the first runner never started the run");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // The second runner waits out the lease, takes the run over and finishes it.
+    let mut second = start(&runners[1], &["--lease", "2s"]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let states = hub_states(&admin);
+        if states.get("r1").is_some_and(|s| s == "succeeded" || s == "failed") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run was not taken over: {states:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let events = admin.events("r1");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "run.claimed" && e["data"]["takeover"] == true),
+        "the takeover is recorded"
+    );
+}
