@@ -294,3 +294,153 @@ impl Remote {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 }
+
+/// A plan summary for a pull request's head commit, written as a git note.
+impl Remote {
+    /// Plans every run request a pull request adds (never executes it) and writes the summary
+    /// as a note on the pull request's head commit in `refs/notes/stella`, then pushes the notes.
+    /// Returns how many notes were written.
+    pub fn note_pull_requests(&self, ledger: &Ledger) -> Result<usize, Error> {
+        let pulls = self.git(&["for-each-ref", "--format=%(objectname)", "refs/stella/pulls/"])?;
+        let heads: Vec<&str> = pulls.lines().filter(|l| !l.is_empty()).collect();
+        if heads.is_empty() {
+            return Ok(0);
+        }
+        let tip = self
+            .rev(&format!("refs/heads/{}", self.branch))
+            .and_then(|t| ObjectId::from_hex(t.as_bytes()).ok());
+        let mut written = 0;
+        for head in heads {
+            let Ok(head_id) = ObjectId::from_hex(head.as_bytes()) else {
+                continue;
+            };
+            let mut sections = Vec::new();
+            for (name, is_dir) in ledger.list(head_id, "runs").unwrap_or_default() {
+                if !is_dir || !crate::run_id::is_valid(&name) {
+                    continue;
+                }
+                let request_path = format!("runs/{name}/request.yaml");
+                let in_pr = ledger.read(head_id, &request_path).ok().flatten();
+                let on_branch = tip.and_then(|t| ledger.read(t, &request_path).ok().flatten());
+                let Some(text) = in_pr else { continue };
+                if on_branch.is_some() {
+                    continue;
+                }
+                sections.push(summary(ledger, head_id, tip, &name, &String::from_utf8_lossy(&text)));
+            }
+            if sections.is_empty() {
+                continue;
+            }
+            let note = sections.join("\n");
+            let existing = self.git(&["notes", "--ref=stella", "show", head]).unwrap_or_default();
+            if existing.trim() == note.trim() {
+                continue;
+            }
+            self.git(&["notes", "--ref=stella", "add", "-f", "-m", &note, head])?;
+            written += 1;
+        }
+        if written > 0 {
+            for _ in 0..10 {
+                if self
+                    .git(&["push", "-q", &self.name, "refs/notes/stella:refs/notes/stella"])
+                    .is_ok()
+                {
+                    break;
+                }
+                // Someone else added notes meanwhile: take theirs, keep ours.
+                let _ = self.git(&["fetch", "-q", &self.name, "refs/notes/stella:refs/stella/notes-theirs"]);
+                let _ = self.git(&[
+                    "notes",
+                    "--ref=stella",
+                    "merge",
+                    "-s",
+                    "theirs",
+                    "refs/stella/notes-theirs",
+                ]);
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// The note for one request of a pull request: its plan, or why it does not plan.
+fn summary(ledger: &Ledger, head: ObjectId, tip: Option<ObjectId>, run: &str, text: &str) -> String {
+    let request_path = format!("runs/{run}/request.yaml");
+    let config = ledger
+        .read(head, crate::config::CONFIG_PATH)
+        .ok()
+        .flatten()
+        .and_then(|t| crate::config::Config::parse(crate::config::CONFIG_PATH, &String::from_utf8_lossy(&t)).ok())
+        .unwrap_or_default();
+    let planned = (|| -> Result<crate::plan::Plan, String> {
+        let request = crate::request::Request::parse(&request_path, text).map_err(|d| d.to_string())?;
+        let files = ledger.files_under(head, &request.pack).map_err(|e| e.to_string())?;
+        if files.is_empty() {
+            return Err(format!("{}: no pack at this commit", request.pack));
+        }
+        let files = crate::pack::PackFiles::from_entries(&request.pack, files).map_err(|d| d.to_string())?;
+        let plan = crate::plan_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())
+            .map_err(|d| d.to_string())?;
+        if let Some(pin) = &request.plan_hash {
+            if *pin != plan.hash() {
+                return Err(format!(
+                    "the request pins {pin} but plans to {} [{}]",
+                    plan.hash(),
+                    Code::PackHashMismatch
+                ));
+            }
+        }
+        Ok(plan)
+    })();
+    match planned {
+        Err(e) => format!(
+            "stella plan for runs/{run}: does not plan\n  {}",
+            e.replace('\n', "\n  ")
+        ),
+        Ok(plan) => {
+            // Approvals are judged by the trust files in force before the merge: the branch tip's.
+            let approvers = tip
+                .and_then(|t| ledger.read(t, crate::approvals::APPROVERS_PATH).ok().flatten())
+                .and_then(|t| {
+                    crate::approvals::Approvers::parse(crate::approvals::APPROVERS_PATH, &String::from_utf8_lossy(&t))
+                        .ok()
+                })
+                .unwrap_or_default();
+            let mut out = format!(
+                "stella plan for runs/{run}\n  pack: {} {}\n  planHash: {}\n  steps: {}\n",
+                plan.pack.name,
+                plan.pack.version,
+                plan.hash(),
+                plan.all_steps().len()
+            );
+            if plan.approvals.is_empty() {
+                out.push_str("  approvals: none\n");
+            }
+            for a in &plan.approvals {
+                let ttl = a.expires_after_ms.map_or(String::new(), |ms| {
+                    format!(", expires {} after the gate is reached", crate::duration::format_ms(ms))
+                });
+                let who = approvers.holders(&a.grants);
+                let who = if who.is_empty() {
+                    "nobody yet".to_string()
+                } else {
+                    who.join(", ")
+                };
+                out.push_str(&format!(
+                    "  approval {}: {} of [{}] ({who}){ttl}\n",
+                    a.id,
+                    a.required_count,
+                    a.grants.join(", ")
+                ));
+            }
+            for sct in &plan.secrets {
+                out.push_str(&format!(
+                    "  secret {}{}\n",
+                    sct.name,
+                    sct.scope.as_deref().map_or(String::new(), |s| format!(" ({s})"))
+                ));
+            }
+            out
+        }
+    }
+}

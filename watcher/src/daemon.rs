@@ -91,6 +91,12 @@ fn exchange(env: &Environment, remote: &stella_engine::remote::Remote) -> Result
     ledger.refresh();
     remote.push(&mut ledger, &env.key).map_err(fail)?;
     ledger.refresh();
+    // Pull requests are planned and noted, never executed.
+    match remote.note_pull_requests(&ledger) {
+        Ok(n) if n > 0 => info!(notes = n, "wrote plan notes on pull requests"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot write plan notes on pull requests"),
+    }
     Ok(())
 }
 

@@ -173,3 +173,41 @@ fn a_claim_is_taken_over_after_its_runner_was_killed() {
         "the takeover is recorded"
     );
 }
+
+#[test]
+fn a_pull_request_is_planned_and_noted_but_runs_only_after_the_merge() {
+    let (_hub, admin, runners) = hub_with_runners(1);
+    let runner = &runners[0];
+    admin.git(&["checkout", "-q", "-b", "pr-1"]);
+    admin
+        .write(
+            "runs/p1/request.yaml",
+            "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\ninputs: { who: reviewer }\n",
+        )
+        .commit_all("request p1");
+    admin.git(&["push", "-q", "origin", "HEAD:refs/pull/1/head"]);
+    let head = admin.git(&["rev-parse", "HEAD"]);
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    runner
+        .stella(&["daemon", "--once", "--repo", ".", "--remote", "origin"])
+        .ok();
+    // The note is on the hub; any clone can read it with git log --notes=stella.
+    admin.git(&["fetch", "-q", "origin", "refs/notes/stella:refs/notes/stella"]);
+    let log = admin.git(&["log", "--notes=stella", "-1", &head]);
+    let log = String::from_utf8_lossy(&log.stdout).into_owned();
+    assert!(
+        log.contains("stella plan for runs/p1") && log.contains("planHash: sha256:"),
+        "{log}"
+    );
+    // Not executed: nothing for p1 on main.
+    admin.git(&["checkout", "-q", "main"]);
+    assert!(!hub_states(&admin).contains_key("p1"));
+    // Merged: executed, results pushed.
+    admin.git(&["merge", "-q", "--no-ff", "-m", "merge pr-1", "pr-1"]);
+    admin.git(&["push", "-q", "origin", "main"]);
+    runner
+        .stella(&["daemon", "--once", "--repo", ".", "--remote", "origin"])
+        .ok();
+    assert_eq!(hub_states(&admin).get("p1").map(String::as_str), Some("succeeded"));
+    admin.stella(&["ledger", "verify"]).ok();
+}
