@@ -255,12 +255,13 @@ pub fn evaluate(input: &GateInput) -> (Outcome, Vec<Verdict>) {
         verdicts.push(v);
     }
     let counted: Vec<Verdict> = verdicts.iter().filter(|v| v.verdict == "counted").cloned().collect();
+    // Fail closed: past the deadline the gate has expired, even if approvals arrived late.
     let outcome = if let Some((by, comment)) = reject {
         Outcome::Rejected { by, comment }
-    } else if counted.len() >= input.rule.required_count as usize {
-        Outcome::Approved { by: counted }
     } else if expired(input) {
         Outcome::Expired
+    } else if counted.len() >= input.rule.required_count as usize {
+        Outcome::Approved { by: counted }
     } else {
         Outcome::Waiting { counted: counted.len() }
     };

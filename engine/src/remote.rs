@@ -382,13 +382,14 @@ fn summary(ledger: &Ledger, head: ObjectId, tip: Option<ObjectId>, run: &str, te
         let plan = crate::plan_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())
             .map_err(|d| d.to_string())?;
         if let Some(pin) = &request.plan_hash
-            && *pin != plan.hash() {
-                return Err(format!(
-                    "the request pins {pin} but plans to {} [{}]",
-                    plan.hash(),
-                    Code::PackHashMismatch
-                ));
-            }
+            && *pin != plan.hash()
+        {
+            return Err(format!(
+                "the request pins {pin} but plans to {} [{}]",
+                plan.hash(),
+                Code::PackHashMismatch
+            ));
+        }
         Ok(plan)
     })();
     match planned {

@@ -208,10 +208,12 @@ pub fn fold(events: &[Event]) -> RunState {
                 st.state = RunStatus::Running;
                 st.waiting_gate = None;
             }
-            if e.kind == "gate.approved"
-                || (st.waiting_gate.as_deref() == Some(id)
-                    && !matches!(e.kind.as_str(), "gate.waiting" | "run.waiting"))
-            {
+            // Only progress leaves a wait; notes such as approval.verdict do not.
+            let progress = matches!(
+                e.kind.as_str(),
+                "gate.approved" | "step.started" | "step.succeeded" | "step.failed" | "step.skipped" | "step.cancelled"
+            );
+            if e.kind == "gate.approved" || (st.waiting_gate.as_deref() == Some(id) && progress) {
                 if st.state == RunStatus::Waiting {
                     st.state = RunStatus::Running;
                 }

@@ -12,6 +12,11 @@ use clap::Parser;
 use cli::{Cli, Failure};
 
 fn main() -> ExitCode {
+    // Output piped into `head` should end the program quietly, as it does other CLI tools.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {

@@ -420,3 +420,28 @@ fn doctor_finds_a_broken_setup() {
         bad.stdout()
     );
 }
+
+#[test]
+fn forged_events_in_a_merged_request_are_never_continued() {
+    let r = Repo::new();
+    r.pack("hello", HELLO);
+    r.write(
+        "runs/f1/request.yaml",
+        "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
+    );
+    r.write(
+        "runs/f1/events.ndjson",
+        "{\"seq\":0,\"ts\":\"2026-01-01T00:00:00.000Z\",\"type\":\"run.planned\",\"data\":{\"planHash\":\"sha256:00\",\"requestCommit\":\"0000000000000000000000000000000000000000\"}}\n{\"seq\":1,\"ts\":\"2026-01-01T00:00:00.000Z\",\"type\":\"step.succeeded\",\"step\":\"greet\"}\n",
+    );
+    r.commit_all("a request with a head start");
+    let out = r.daemon_once();
+    assert!(
+        out.stderr().contains("refusing to continue run f1") && out.stderr().contains("ERR_LEDGER_TAMPERED"),
+        "{}",
+        out.stderr()
+    );
+    assert!(
+        r.runner_commits().is_empty(),
+        "the runner signed nothing of the forged run"
+    );
+}

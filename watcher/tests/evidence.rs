@@ -241,3 +241,29 @@ fn securesystemslib_verifies_the_attestation() {
         .unwrap();
     assert!(!out.status.success(), "a forged payload must not verify");
 }
+
+#[test]
+fn an_edited_log_with_a_recomputed_manifest_still_fails() {
+    let r = finished(HELLO, "{}\n");
+    let (_, bytes) = export(&r, "r1");
+    let mut files = read_archive(&bytes, 1 << 30).unwrap();
+    let events = String::from_utf8(files["runs/r1/events.ndjson"].clone())
+        .unwrap()
+        .replace("hello world", "hello forged");
+    files.insert("runs/r1/events.ndjson".into(), events.into_bytes());
+    let manifest_path = "runs/r1/evidence/manifest.json".to_string();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&files[&manifest_path]).unwrap();
+    for f in manifest["files"].as_array_mut().unwrap() {
+        let p = f["path"].as_str().unwrap().to_string();
+        f["sha256"] = serde_json::json!(stella_engine::pack::sha256_hex(&files[&p]));
+    }
+    files.insert(manifest_path, serde_json::to_vec_pretty(&manifest).unwrap());
+    let out = verify_bytes(&r, &export_archive(&files).unwrap(), &[]);
+    assert_eq!(out.code(), Some(1), "{}", out.stdout());
+    assert!(
+        out.stderr()
+            .contains("runs/r1/events.ndjson matches the signed attestation"),
+        "{}",
+        out.stderr()
+    );
+}

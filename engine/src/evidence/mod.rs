@@ -48,6 +48,25 @@ fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Every file the evidence covers, by repository path: the run's ledger files (not the
+/// evidence itself), its request (and cancel request), and the approval files of its gates.
+fn covered_files(r: &RunRecord) -> BTreeMap<String, String> {
+    let mut files: BTreeMap<String, String> = BTreeMap::new();
+    for (p, b) in r.run_files {
+        if !p.starts_with("evidence/") {
+            files.insert(format!("runs/{}/{p}", r.run_id), sha256(b));
+        }
+    }
+    files.insert(format!("runs/{}/request.yaml", r.run_id), sha256(r.request));
+    if let Some(c) = r.cancel {
+        files.insert(format!("runs/{}/cancel.yaml", r.run_id), sha256(c));
+    }
+    for (p, b) in r.approvals {
+        files.insert(p.clone(), sha256(b));
+    }
+    files
+}
+
 /// The in-toto Statement of a finished run.
 pub fn statement(r: &RunRecord) -> Json {
     let st = fold(r.events);
@@ -108,6 +127,8 @@ pub fn statement(r: &RunRecord) -> Json {
             "approvals": approvals,
             "startedAt": st.started,
             "completedAt": st.finished,
+            // Signed digests of every covered file, so nothing of the run can change unnoticed.
+            "files": covered_files(r),
         },
     })
 }
@@ -117,18 +138,8 @@ pub fn build(r: &RunRecord, key: &crate::keys::SshKey) -> (Vec<u8>, Vec<u8>) {
     let body = crate::canonical::to_string(&statement(r)).into_bytes();
     let env = dsse::sign(PAYLOAD_TYPE, &body, &key.signing_key(), &key.fingerprint());
     let attestation = serde_json::to_vec_pretty(&env).expect("JSON");
-    let mut files: BTreeMap<String, String> = BTreeMap::new();
-    for (p, b) in r.run_files {
-        files.insert(format!("runs/{}/{p}", r.run_id), sha256(b));
-    }
-    files.insert(format!("runs/{}/request.yaml", r.run_id), sha256(r.request));
-    if let Some(c) = r.cancel {
-        files.insert(format!("runs/{}/cancel.yaml", r.run_id), sha256(c));
-    }
+    let mut files = covered_files(r);
     files.insert(format!("runs/{}/{ATTESTATION}", r.run_id), sha256(&attestation));
-    for (p, b) in r.approvals {
-        files.insert(p.clone(), sha256(b));
-    }
     let manifest = json!({ "run": r.run_id, "files": files.iter().map(|(p, d)| json!({ "path": p, "sha256": d })).collect::<Vec<_>>() });
     (attestation, serde_json::to_vec_pretty(&manifest).expect("JSON"))
 }

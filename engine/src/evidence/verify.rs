@@ -100,7 +100,33 @@ pub fn verify_archive(bytes: &[u8], signers: Option<&str>) -> Result<Vec<Check>,
         );
     }
 
-    // 3. The manifest: every file of the run and its approvals, by digest, and nothing unlisted.
+    // 3. The signed file list: every covered file, by digest, and nothing covered left out.
+    let signed_files: BTreeMap<String, String> = pred["files"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(p, d)| Some((p.clone(), d.as_str()?.to_string())))
+        .collect();
+    check(!signed_files.is_empty(), "the attestation lists the run's files".into());
+    for (path, want) in &signed_files {
+        let got = files.get(path).map(|b| sha256(b));
+        check(
+            got.as_deref() == Some(want.as_str()),
+            format!("{path} matches the signed attestation"),
+        );
+    }
+    for path in files.keys() {
+        let covered = path.starts_with(&format!("{run_dir}/")) || path.starts_with(&format!("approvals/{run_id}/"));
+        let evidence = path.starts_with(&format!("{run_dir}/evidence/"));
+        if covered && !evidence && !signed_files.contains_key(path) {
+            check(
+                false,
+                format!("{path} is in the archive but not in the signed attestation"),
+            );
+        }
+    }
+
+    // 4. The manifest: every file of the run and its approvals, by digest, and nothing unlisted.
     let manifest: Json = files
         .get(&format!("{run_dir}/{MANIFEST}"))
         .and_then(|m| serde_json::from_slice(m).ok())
@@ -130,7 +156,7 @@ pub fn verify_archive(bytes: &[u8], signers: Option<&str>) -> Result<Vec<Check>,
         }
     }
 
-    // 4. The plan: self-consistent, and what the exported pack and request plan to.
+    // 5. The plan: self-consistent, and what the exported pack and request plan to.
     let plan_hash = pred["planHash"].as_str().unwrap_or_default();
     match files
         .get(&format!("{run_dir}/plan.json"))
@@ -188,7 +214,7 @@ pub fn verify_archive(bytes: &[u8], signers: Option<&str>) -> Result<Vec<Check>,
         Err(e) => check(false, format!("cannot re-plan the exported pack and request: {e}")),
     }
 
-    // 5. The approvals that counted: present, signed by their principal for stella-approval.
+    // 6. The approvals that counted: present, signed by their principal for stella-approval.
     for a in pred["approvals"].as_array().into_iter().flatten() {
         let (Some(path), Some(principal)) = (a["path"].as_str(), a["principal"].as_str()) else {
             continue;

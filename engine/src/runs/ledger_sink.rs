@@ -95,14 +95,11 @@ impl LedgerSink<'_> {
             let ledger = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner());
             let tip = ledger.tip().map_err(|e| e.to_string())?;
             cancel = tip.and_then(|t| ledger.read(t, &format!("{prefix}cancel.yaml")).ok().flatten());
-            for e in events.iter().filter(|e| e.kind == "gate.approved") {
-                for a in e.get("approvals").and_then(|a| a.as_array()).into_iter().flatten() {
-                    let Some(path) = a["path"].as_str() else { continue };
-                    for p in [path.to_string(), format!("{path}.sig")] {
-                        if let Some(bytes) = tip.and_then(|t| ledger.read(t, &p).ok().flatten()) {
-                            approvals.insert(p, bytes);
-                        }
-                    }
+            // Every approval file of the run's gates, counted or not: the evidence covers them all.
+            if let Some(t) = tip {
+                let dir = format!("approvals/{}", self.id);
+                for (rel, bytes, _) in ledger.files_under(t, &dir).unwrap_or_default() {
+                    approvals.insert(format!("{dir}/{rel}"), bytes);
                 }
             }
         }

@@ -93,10 +93,25 @@ pub fn process(
     let tip = tip(env)?;
     // A run another runner started (this one took it over): its journal starts as the ledger.
     if journal::read(&env.git_dir, id).map_err(Error::Journal)?.is_empty() {
-        for e in super::view(&env.ledger.lock().unwrap_or_else(|p| p.into_inner()), tip, id)
-            .map_err(Error::Ledger)?
-            .ledger_events
-        {
+        let ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let events = super::view(&ledger, tip, id).map_err(Error::Ledger)?.ledger_events;
+        if !events.is_empty() {
+            // Only what trusted runners committed may be continued: a pull request could
+            // have written "events" of its own.
+            let report = crate::ledger::verify::verify_at(&ledger, tip).map_err(|e| Error::Ledger(e.to_string()))?;
+            let prefix = format!("runs/{id}/");
+            if let Some(p) = report.problems.iter().find(|p| p.path.starts_with(&prefix)) {
+                return Err(Error::Ledger(format!(
+                    "refusing to continue run {id}: its ledger files were not written by a trusted runner (commit {} {}: {}) [{}]",
+                    p.commit,
+                    p.path,
+                    p.message,
+                    Code::LedgerTampered
+                )));
+            }
+        }
+        drop(ledger);
+        for e in events {
             journal.accept(&e).map_err(|e| Error::Journal(e.to_string()))?;
         }
     }
@@ -150,7 +165,7 @@ pub fn process(
         }
         Need::Start | Need::Recover | Need::Waiting => {
             let prepared = if prior.is_empty() {
-                plan_new(env, id, tip, &config)
+                plan_new(env, id, tip)
             } else {
                 replan(env, id, &prior)
             };
@@ -302,7 +317,8 @@ fn evidence_context(env: &Environment, id: &str, plan: &Plan) -> Result<Evidence
     let request = read_text(env, commit, &format!("runs/{id}/request.yaml"))
         .unwrap_or_default()
         .into_bytes();
-    let config = read_config(env, commit);
+    let trust = ObjectId::from_hex(field("trustCommit").as_bytes()).unwrap_or(commit);
+    let config = read_config(env, trust);
     Ok(EvidenceContext {
         plan: plan.clone(),
         pack_path: field("pack"),
@@ -375,7 +391,7 @@ fn fail(journal: &Journal, prior: &[Event], r: &Refusal) {
 }
 
 /// Plans a new request from the objects of `commit` and records `run.planned`.
-fn plan_new(env: &Environment, id: &str, commit: ObjectId, config: &Config) -> Result<(Plan, PackFiles), Refusal> {
+fn plan_new(env: &Environment, id: &str, commit: ObjectId) -> Result<(Plan, PackFiles), Refusal> {
     let request_path = format!("runs/{id}/request.yaml");
     let text = read_text(env, commit, &request_path)
         .ok_or_else(|| refuse(Code::RequestInvalid, format!("{request_path} is missing")))?;
@@ -388,6 +404,9 @@ fn plan_new(env: &Environment, id: &str, commit: ObjectId, config: &Config) -> R
             format!("duplicate of run {first} (same runToken); not executed"),
         ));
     }
+    // Repository policy (sealed, network.allow) is trusted only from before the request.
+    let trust = trust_commit(env, commit, &request_path);
+    let config = &read_config(env, trust);
     let files = pack_at(env, commit, &request.pack)?;
     let plan = crate::plan_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
     let hash = plan.hash();
@@ -400,7 +419,6 @@ fn plan_new(env: &Environment, id: &str, commit: ObjectId, config: &Config) -> R
         ));
     }
     let journal = Journal::open(&env.git_dir, id).map_err(|e| refuse(Code::Io, e.to_string()))?;
-    let trust = trust_commit(env, commit, &request_path);
     let mut data = json!({
         "planHash": hash, "pack": request.pack, "version": plan.pack.version, "requestCommit": commit.to_string(),
         "requestSha256": sha256_hex(text.as_bytes()), "trustCommit": trust.to_string(),
@@ -433,7 +451,8 @@ fn replan(env: &Environment, id: &str, prior: &[Event]) -> Result<(Plan, PackFil
     };
     let commit = ObjectId::from_hex(field("requestCommit").as_bytes())
         .map_err(|e| refuse(Code::LedgerTampered, format!("bad requestCommit: {e}")))?;
-    let config = read_config(env, commit);
+    let trust = ObjectId::from_hex(field("trustCommit").as_bytes()).unwrap_or(commit);
+    let config = read_config(env, trust);
     let request_path = format!("runs/{id}/request.yaml");
     let text = read_text(env, commit, &request_path)
         .ok_or_else(|| refuse(Code::RequestInvalid, format!("{request_path} is missing")))?;

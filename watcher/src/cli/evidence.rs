@@ -55,8 +55,22 @@ fn gather(root: &Path, run: &str) -> Result<BTreeMap<String, Vec<u8>>, Failure> 
     for (rel, bytes, _) in ledger.files_under(request_commit, &pack).map_err(io)? {
         files.insert(format!("{pack}/{rel}"), bytes);
     }
+    // The approval files the evidence covers (files committed after the run ended are not its).
+    let manifest: serde_json::Value = files
+        .get(&format!("runs/{run}/{}", evidence::MANIFEST))
+        .and_then(|m| serde_json::from_slice(m).ok())
+        .unwrap_or_default();
+    let covered: Vec<String> = manifest["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["path"].as_str().map(str::to_string))
+        .collect();
     for (rel, bytes, _) in ledger.files_under(tip, &format!("approvals/{run}")).map_err(io)? {
-        files.insert(format!("approvals/{run}/{rel}"), bytes);
+        let path = format!("approvals/{run}/{rel}");
+        if covered.contains(&path) {
+            files.insert(path, bytes);
+        }
     }
     if let Some(signers) = ledger.read(trust_commit, ".stella/allowed_signers").map_err(io)? {
         files.insert(".stella/allowed_signers".into(), signers);
