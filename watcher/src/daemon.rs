@@ -289,6 +289,7 @@ fn check_history(ledger: &stella_engine::ledger::Ledger, git_dir: &Path, tip: gi
     }
     let _ = std::fs::create_dir_all(file.parent().expect("has a parent"));
     let _ = std::fs::write(&file, tip.to_string());
+    runs::record_seen(git_dir, tip);
     Ok(())
 }
 

@@ -385,3 +385,31 @@ fn a_gate_expires_without_any_further_commit() {
         (Some("failed"), Some("ERR_PACK_APPROVAL_TIMEOUT"))
     );
 }
+
+#[test]
+fn a_fast_forwarded_pull_request_cannot_add_its_own_approver_in_an_earlier_commit() {
+    let t = Team::new();
+    t.repo.daemon_once().ok(); // the runner has seen the branch before the pull request
+    let mallory = std::fs::read_to_string(t.key("mallory").with_extension("pub")).unwrap();
+    let signers = std::fs::read_to_string(t.repo.path().join(".stella/allowed_signers")).unwrap();
+    t.repo.write(
+        ".stella/allowed_signers",
+        &format!("{signers}mallory namespaces=\"stella-approval\" {mallory}"),
+    );
+    t.repo.write(
+        ".stella/approvers.yaml",
+        "grants:\n  Packs.Approve: [alice, bob, mallory]\n",
+    );
+    t.commit("first commit of the pull request: mallory becomes an approver");
+    t.repo.write(
+        "runs/r1/request.yaml",
+        "apiVersion: stella/v1\nkind: RunRequest\npack: packs/gated\n",
+    );
+    t.commit("second commit of the pull request: the request");
+    t.approve("r1", "mallory", &[])
+        .approve("r1", "alice", &[])
+        .commit("mallory and alice approve");
+    t.repo.daemon_once().ok();
+    assert_eq!(t.repo.state("r1"), "waiting", "mallory's approval must not count");
+    t.assert_not_counted("r1", "mallory", "ERR_APPROVAL_SIGNATURE_INVALID");
+}

@@ -484,13 +484,48 @@ fn replan(env: &Environment, id: &str, prior: &[Event]) -> Result<(Plan, PackFil
 fn trust_commit(env: &Environment, tip: ObjectId, request_path: &str) -> ObjectId {
     let ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
     let mut at = tip;
-    loop {
-        let Ok(parents) = ledger.parents(at) else { return at };
-        let Some(&parent) = parents.first() else { return at };
+    let before_request = loop {
+        let Ok(parents) = ledger.parents(at) else { break at };
+        let Some(&parent) = parents.first() else { break at };
         if ledger.read(parent, request_path).ok().flatten().is_none() {
-            return parent;
+            break parent;
         }
         at = parent;
+    };
+    // A pull request merged by fast-forward puts its own earlier commits (say, one adding an
+    // approver) before the request on the branch. The branch as this runner last saw it
+    // before the request arrived is older than all of them: trust that when it is known.
+    for seen in seen_tips(&env.git_dir).into_iter().rev() {
+        let lacks = ledger.read(seen, request_path).ok().flatten().is_none();
+        if lacks && ledger.is_ancestor(seen, before_request).unwrap_or(false) {
+            return seen;
+        }
+    }
+    before_request
+}
+
+/// The branch tips this runner has seen, oldest first (`.git/stella/seen`).
+pub fn seen_tips(git_dir: &std::path::Path) -> Vec<ObjectId> {
+    std::fs::read_to_string(git_dir.join("stella").join("seen"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| ObjectId::from_hex(l.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// Records a branch tip as seen (kept to the last 1,000).
+pub fn record_seen(git_dir: &std::path::Path, tip: ObjectId) {
+    let mut tips = seen_tips(git_dir);
+    if tips.last() == Some(&tip) {
+        return;
+    }
+    tips.push(tip);
+    let keep = tips.len().saturating_sub(1000);
+    let text: String = tips[keep..].iter().map(|t| format!("{t}\n")).collect();
+    let path = git_dir.join("stella").join("seen");
+    let tmp = path.with_extension("tmp");
+    if std::fs::create_dir_all(path.parent().expect("has a parent")).is_ok() && std::fs::write(&tmp, text).is_ok() {
+        let _ = std::fs::rename(tmp, path);
     }
 }
 
