@@ -114,29 +114,46 @@ async fn main_loop(
     let mut tried: HashSet<(String, String)> = HashSet::new();
     let mut reported: HashSet<String> = HashSet::new();
     let mut first = true;
+    let mut backlog: std::collections::VecDeque<(runs::RunView, Need)> = std::collections::VecDeque::new();
+    let mut ignored: Vec<String> = Vec::new();
+    let mut deadline = None;
+    let mut rescan = true;
     loop {
-        if let Some(r) = &remote {
-            let (env, r) = (env.clone(), r.clone());
-            tokio::task::spawn_blocking(move || exchange(&env, &r))
-                .await
-                .map_err(|e| Failure::one(Code::Io, e.to_string()))??;
+        // Scan when the last scan's work is used up or something changed; otherwise keep
+        // starting what it found (a scan reads every run, so not one per finished run).
+        let fresh = backlog.is_empty() || rescan;
+        if fresh {
+            if let Some(r) = &remote {
+                let (env, r) = (env.clone(), r.clone());
+                tokio::task::spawn_blocking(move || exchange(&env, &r))
+                    .await
+                    .map_err(|e| Failure::one(Code::Io, e.to_string()))??;
+            }
+            let views = {
+                let env = env.clone();
+                tokio::task::spawn_blocking(move || scan(&env))
+                    .await
+                    .map_err(|e| Failure::one(Code::Io, e.to_string()))??
+            };
+            deadline = next_deadline(views.0.iter().map(|(v, _)| v));
+            backlog = views.0.into_iter().collect();
+            ignored = views.1;
+            rescan = false;
         }
-        let views = {
-            let env = env.clone();
-            tokio::task::spawn_blocking(move || scan(&env))
-                .await
-                .map_err(|e| Failure::one(Code::Io, e.to_string()))??
-        };
         let mut started = 0;
-        let deadline = next_deadline(views.0.iter().map(|(v, _)| v));
-        for (view, need) in views.0 {
+        let mut later = std::collections::VecDeque::new();
+        while let Some((view, need)) = backlog.pop_front() {
+            if running.len() >= max_runs && !running.contains_key(&view.id) && need != Need::Nothing {
+                later.push_back((view, need));
+                continue;
+            }
             if let Some(token) = running.get(&view.id) {
                 if need == Need::Cancel || view.has_cancel {
                     token.cancel();
                 }
                 continue;
             }
-            if need == Need::Nothing || running.len() >= max_runs {
+            if need == Need::Nothing {
                 continue;
             }
             let key = (view.id.clone(), format!("{need:?}"));
@@ -180,17 +197,22 @@ async fn main_loop(
             });
             started += 1;
         }
+        backlog = later;
         if first {
             first = false;
             println!("stella daemon: ready ({started} run(s) started)");
         }
-        for path in views.1 {
+        for path in &ignored {
             if reported.insert(path.clone()) {
                 warn!(path = %path, "not a run directory (run ids match ^[a-z0-9][a-z0-9._-]{{0,99}}$); ignored");
             }
         }
         if a.once && started == 0 && tasks.is_empty() {
-            return Ok(0);
+            if fresh && backlog.is_empty() {
+                return Ok(0);
+            }
+            rescan = true;
+            continue;
         }
         tokio::select! {
             Some(done) = tasks.join_next() => {
@@ -198,19 +220,26 @@ async fn main_loop(
                     running.remove(&id);
                     report(&id, result);
                 }
+                // With a remote, results are exchanged each cycle; locally the backlog goes on.
+                if remote.is_some() && backlog.is_empty() {
+                    rescan = true;
+                }
             }
             Some(()) = rx.recv(), if !a.once => {
                 // Let a burst of file events settle, then scan once.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 while rx.try_recv().is_ok() {}
                 tried.retain(|(_, need)| need != "Waiting");
+                rescan = true;
             }
             _ = tokio::time::sleep(a.poll), if !a.once => {
                 tried.retain(|(_, need)| need != "Waiting");
+                rescan = true;
             }
             // A gate's expiry needs no commit: wake up at the deadline and judge it.
             _ = tokio::time::sleep(deadline.map_or(Duration::MAX, |d| d.duration_since(std::time::SystemTime::now()).unwrap_or_default() + Duration::from_millis(5))), if deadline.is_some() && !a.once => {
                 tried.retain(|(_, need)| need != "Waiting");
+                rescan = true;
             }
             else => {}
         }
