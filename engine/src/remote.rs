@@ -54,7 +54,8 @@ pub enum Claim {
     Lost { holder: String },
 }
 
-fn git_in(root: &Path, args: &[&str]) -> Result<String, Error> {
+/// Runs the git CLI in `root`; its trimmed stdout, or its stderr as the error.
+pub fn git_in(root: &Path, args: &[&str]) -> Result<String, Error> {
     let out = Command::new("git")
         .current_dir(root)
         .args(args)

@@ -37,19 +37,7 @@ impl Error {
 const NOTES: &str = "refs/notes/stella";
 
 fn git(root: &Path, args: &[&str]) -> Result<String, Error> {
-    let out = Command::new("git")
-        .current_dir(root)
-        .args(args)
-        .output()
-        .map_err(|e| Error::Git(format!("cannot run git: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::Git(format!(
-            "git {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    crate::remote::git_in(root, args).map_err(|e| Error::Git(e.to_string().trim_start_matches("git: ").to_string()))
 }
 
 fn rev(root: &Path, name: &str) -> Option<String> {

@@ -171,16 +171,7 @@ pub fn process(
             };
             let (plan, files) = match prepared {
                 Ok(p) => p,
-                Err(r) => {
-                    fail(&journal, &prior, &r);
-                    let all = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
-                    sink.commit(&message_for(id, all.last().expect("just appended"), &all))
-                        .map_err(Error::Ledger)?;
-                    return Ok(Some(Outcome::Failed {
-                        code: r.code,
-                        message: r.message,
-                    }));
-                }
+                Err(r) => return refuse_run(env, id, &journal, &prior, &sink, r),
             };
             // plan.json goes out with the first commit of the run (the first batch, a gate
             // wait or the end), so planning adds no commit of its own before the first step.
@@ -263,17 +254,7 @@ pub fn process(
             let file_secrets = &env.file_secrets;
             let secrets = match Secrets::for_plan(&plan, file_secrets, |k| std::env::var(k).ok()) {
                 Ok(s) => s,
-                Err(d) => {
-                    let r = Refusal::from(d);
-                    fail(&journal, &prior, &r);
-                    let all = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
-                    sink.commit(&message_for(id, all.last().expect("just appended"), &all))
-                        .map_err(Error::Ledger)?;
-                    return Ok(Some(Outcome::Failed {
-                        code: r.code,
-                        message: r.message,
-                    }));
-                }
+                Err(d) => return refuse_run(env, id, &journal, &prior, &sink, Refusal::from(d)),
             };
             let mut cfg = ExecConfig::new(id, &run_dir);
             if let Some(ctx) = sink.evidence.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
@@ -373,6 +354,25 @@ fn append(journal: &Journal, prior: &[Event], mut e: Event) {
     if let Err(err) = journal.accept(&e) {
         tracing::error!(error = %err, "cannot append to the journal");
     }
+}
+
+/// Records a refusal as the run's failure and commits it.
+fn refuse_run(
+    env: &Environment,
+    id: &str,
+    journal: &Journal,
+    prior: &[Event],
+    sink: &LedgerSink,
+    r: Refusal,
+) -> Result<Option<Outcome>, Error> {
+    fail(journal, prior, &r);
+    let all = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+    sink.commit(&message_for(id, all.last().expect("just appended"), &all))
+        .map_err(Error::Ledger)?;
+    Ok(Some(Outcome::Failed {
+        code: r.code,
+        message: r.message,
+    }))
 }
 
 fn fail(journal: &Journal, prior: &[Event], r: &Refusal) {
