@@ -189,7 +189,29 @@ async fn main_loop(
                         Err(e) => return (id, Err(format!("cannot claim: {e}"))),
                     }
                 }
+                // While the run goes, keep the claim fresh so no other runner takes it over.
+                let renewing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+                let renewer = remote.clone().map(|r| {
+                    let (env, id, renewing) = (env.clone(), id.clone(), renewing.clone());
+                    std::thread::spawn(move || {
+                        let every = (r.lease / 3).max(Duration::from_millis(200));
+                        let mut last = std::time::Instant::now();
+                        while renewing.load(std::sync::atomic::Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(100));
+                            if last.elapsed() >= every {
+                                if let Err(e) = r.renew(&id, &env.key) {
+                                    warn!(run = %id, error = %e, "cannot renew the claim");
+                                }
+                                last = std::time::Instant::now();
+                            }
+                        }
+                    })
+                });
                 let result = runs::process(&env, &id, need, token, took_over.as_deref()).map_err(|e| e.to_string());
+                renewing.store(false, std::sync::atomic::Ordering::SeqCst);
+                if let Some(h) = renewer {
+                    let _ = h.join();
+                }
                 if let Some(r) = &remote {
                     let _ = exchange(&env, r);
                 }

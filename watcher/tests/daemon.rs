@@ -445,3 +445,41 @@ fn forged_events_in_a_merged_request_are_never_continued() {
         "the runner signed nothing of the forged run"
     );
 }
+
+#[test]
+fn kill_9_at_many_points_then_restart_always_finishes_with_a_verifiable_ledger() {
+    const THREE: &str = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: three, version: 1.0.0 }\nspec:\n  steps:\n    - { id: one, run: { uses: builtin:shell, with: { script: \"echo $$ > ../../step.pid; sleep 0.3; echo one\" } } }\n    - { id: two, run: { uses: builtin:shell, with: { script: \"echo $$ > ../../step.pid; sleep 0.3; echo two\" } } }\n    - { id: three, run: { uses: builtin:shell, with: { script: \"echo $$ > ../../step.pid; sleep 0.3; echo three\" } } }\n";
+    for delay_ms in [40u64, 250, 450, 700, 950, 1300] {
+        let r = Repo::new();
+        r.write(".stella/config.yaml", "branch: main\ncommit: { batchMs: 100 }\n");
+        r.pack("three", THREE).request("r1", "three", "{}\n");
+        let mut daemon = crate::support::stella()
+            .current_dir(r.path())
+            .args(["daemon", "--once", "--repo", "."])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+        if let Ok(pid) = std::fs::read_to_string(r.path().join(".git/stella/work/step.pid")) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", "--", &format!("-{}", pid.trim())])
+                .status();
+        }
+        r.daemon_once().ok();
+        let show = r.show("r1");
+        assert_eq!(show["state"], "succeeded", "killed after {delay_ms} ms: {show:#}");
+        for step in show["steps"].as_array().unwrap() {
+            assert_eq!(step["status"], "succeeded", "killed after {delay_ms} ms: {show:#}");
+        }
+        let seqs: Vec<u64> = r.events("r1").iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "killed after {delay_ms} ms: seqs {seqs:?}"
+        );
+        r.stella(&["ledger", "verify"]).ok();
+        r.stella(&["evidence", "verify", "r1"]).ok();
+    }
+}

@@ -211,3 +211,57 @@ fn a_pull_request_is_planned_and_noted_but_runs_only_after_the_merge() {
     assert_eq!(hub_states(&admin).get("p1").map(String::as_str), Some("succeeded"));
     admin.stella(&["ledger", "verify"]).ok();
 }
+
+#[test]
+fn a_live_runner_keeps_its_claim_past_the_lease() {
+    let (_hub, admin, runners) = hub_with_runners(2);
+    let slow = HELLO.replace(
+        "echo said=yes >> $STELLA_OUTPUT",
+        "echo said=yes >> $STELLA_OUTPUT; sleep 4",
+    );
+    admin.write("packs/hello/pack.yaml", &slow);
+    admin.write(
+        "runs/r1/request.yaml",
+        "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
+    );
+    admin.commit_all("slow request");
+    admin.git(&["push", "-q", "origin", "main"]);
+    let mut first = start(&runners[0], &["--lease", "1s"]);
+    let journal = runners[0].journal("r1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&journal)
+        .unwrap_or_default()
+        .contains("\"step.started\",\"step\":\"greet\"")
+    {
+        assert!(Instant::now() < deadline, "the first runner never started the run");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The lease is 1 s and the step takes 4 s: only renewal keeps the second runner out.
+    let mut second = start(&runners[1], &["--lease", "1s"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let states = hub_states(&admin);
+        if states.get("r1").is_some_and(|s| s == "succeeded") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run did not finish: {states:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for d in [&mut first, &mut second] {
+        d.kill().unwrap();
+        d.wait().unwrap();
+    }
+    let events = admin.events("r1");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "step.started" && e["step"] == "greet")
+            .count(),
+        1,
+        "executed once"
+    );
+    assert!(
+        !events.iter().any(|e| e["type"] == "run.claimed"),
+        "no takeover while the runner was alive"
+    );
+}
