@@ -88,11 +88,13 @@ pub enum Code {
     SignerNamespace,
     /// The signer's key is outside its valid-after/valid-before window (expired or not yet valid).
     SignerExpired,
+    /// The local branch has commits the remote lacks that are not this runner's: never merged.
+    BranchDiverged,
 }
 
 impl Code {
     /// Every code, for parsing codes back out of events.
-    pub const ALL: [Code; 41] = [
+    pub const ALL: [Code; 42] = [
         Code::PackInvalid,
         Code::PackInputInvalid,
         Code::PackNetworkBlocked,
@@ -134,6 +136,7 @@ impl Code {
         Code::SignerUnknown,
         Code::SignerNamespace,
         Code::SignerExpired,
+        Code::BranchDiverged,
     ];
 
     /// The code as printed in messages, events and `--json` output.
@@ -180,6 +183,7 @@ impl Code {
             Code::SignerUnknown => "ERR_SIGNER_UNKNOWN",
             Code::SignerNamespace => "ERR_SIGNER_NAMESPACE",
             Code::SignerExpired => "ERR_SIGNER_EXPIRED",
+            Code::BranchDiverged => "ERR_BRANCH_DIVERGED",
         }
     }
 
@@ -214,7 +218,8 @@ impl Code {
             | Code::ApprovalDuplicate
             | Code::PackApprovalRejected
             | Code::PackApprovalTimeout
-            | Code::EvidenceInvalid => 1,
+            | Code::EvidenceInvalid
+            | Code::BranchDiverged => 1,
             Code::PackInvalid
             | Code::PackInputInvalid
             | Code::PackNetworkBlocked

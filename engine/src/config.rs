@@ -20,6 +20,8 @@ pub struct Config {
     pub batch_ms: u64,
     /// Where the runner commits; `None`: the watched branch.
     pub ledger_branch: Option<String>,
+    /// Pull-request ref patterns a daemon with `--remote` fetches and plans (one `*` each).
+    pub pull_patterns: Vec<String>,
 }
 
 impl Default for Config {
@@ -33,6 +35,7 @@ impl Default for Config {
             artifact_bytes: 10 << 20,
             batch_ms: 2000,
             ledger_branch: None,
+            pull_patterns: vec!["refs/pull/*/head".into(), "refs/merge-requests/*/head".into()],
         }
     }
 }
@@ -66,7 +69,15 @@ impl Config {
             err(&mut diags, &root, "", "config must be a mapping".into());
             return Err(diags);
         };
-        const TOP: &[&str] = &["branch", "sealed", "network", "limits", "commit", "ledger"];
+        const TOP: &[&str] = &[
+            "branch",
+            "sealed",
+            "network",
+            "limits",
+            "commit",
+            "ledger",
+            "pullRequests",
+        ];
         for (k, v) in entries {
             match k.name.as_str() {
                 "branch" => match v.as_str() {
@@ -125,6 +136,23 @@ impl Config {
                         "expected { batchMs: <milliseconds> }".into(),
                     ),
                 },
+                "pullRequests" => match &v.value {
+                    Value::Seq(items) => {
+                        c.pull_patterns.clear();
+                        for i in items {
+                            match i.as_str() {
+                                Some(p) if valid_pull_pattern(p) => c.pull_patterns.push(p.into()),
+                                _ => err(
+                                    &mut diags,
+                                    i,
+                                    "pullRequests",
+                                    "expected a ref pattern such as refs/pull/*/head (under refs/, one `*`, no spaces, `:`, `+` or `..`)".into(),
+                                ),
+                            }
+                        }
+                    }
+                    _ => err(&mut diags, v, "pullRequests", "expected a list of ref patterns".into()),
+                },
                 "ledger" => match v.get("branch").and_then(Node::as_str) {
                     Some(b) if valid_branch(b) => c.ledger_branch = Some(b.into()),
                     _ => err(&mut diags, v, "ledger.branch", "expected a branch name".into()),
@@ -145,6 +173,18 @@ impl Config {
         }
         diags.into_result(c)
     }
+}
+
+/// A pull-request ref pattern: under `refs/`, exactly one `*`, and nothing a refspec would
+/// read as more than a pattern.
+fn valid_pull_pattern(p: &str) -> bool {
+    p.starts_with("refs/")
+        && p.matches('*').count() == 1
+        && !p.contains("..")
+        && !p.contains("//")
+        && !p.ends_with('/')
+        && p.chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, ':' | '+' | '^' | '~' | '?' | '[' | '\\'))
 }
 
 fn valid_branch(s: &str) -> bool {
@@ -168,6 +208,29 @@ mod tests {
         .unwrap();
         assert_eq!((c.max_runs, c.batch_ms, c.ledger_branch()), (2, 500, "stella/ledger"));
         assert!(c.sealed);
+    }
+
+    #[test]
+    fn pull_request_patterns_are_checked() {
+        let c = Config::parse("config.yaml", "pullRequests: [refs/pull/*/head, refs/heads/review/*]\n").unwrap();
+        assert_eq!(c.pull_patterns, ["refs/pull/*/head", "refs/heads/review/*"]);
+        for bad in [
+            "pull/*/head",
+            "refs/pull/head",
+            "refs/*/*",
+            "+refs/pull/*/head",
+            "refs/a/*:refs/b/*",
+            "refs/../*",
+        ] {
+            let d = Config::parse("config.yaml", &format!("pullRequests:\n  - \"{bad}\"\n")).unwrap_err();
+            let d = d.iter().next().unwrap();
+            assert_eq!(
+                (d.line, d.field.as_str(), d.code),
+                (2, "pullRequests", Code::ConfigInvalid),
+                "{bad}"
+            );
+        }
+        assert_eq!(Config::default().pull_patterns.len(), 2);
     }
 
     #[test]

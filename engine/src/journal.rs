@@ -32,6 +32,29 @@ pub fn read(git_dir: &Path, run: &str) -> Result<Vec<Event>, String> {
     }
 }
 
+/// Whether the journal of `run` continues `ledger_events` (the run's `events.ndjson` as the
+/// ledger holds it), or there is no journal. A journal that does not is stale: another runner
+/// took the run over and the ledger went on without this one.
+pub fn continues(git_dir: &Path, run: &str, ledger_events: &[u8]) -> bool {
+    match std::fs::read(path(git_dir, run)) {
+        Ok(bytes) => bytes.is_empty() || bytes.starts_with(ledger_events),
+        Err(_) => true,
+    }
+}
+
+/// Moves a stale journal aside (`<run>.ndjson.stale-<unix-time>`), so the run goes on from the
+/// ledger; kept for inspection, never read again.
+pub fn set_aside(git_dir: &Path, run: &str) -> std::io::Result<PathBuf> {
+    let from = path(git_dir, run);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let to = dir(git_dir).join(format!("{run}.ndjson.stale-{secs}"));
+    std::fs::rename(&from, &to)?;
+    Ok(to)
+}
+
 impl Journal {
     /// Opens (creating) the journal of `run` for appending. A torn last line from a crash
     /// is cut off first, so the next event starts on a line of its own.

@@ -4,12 +4,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify::Watcher;
 use stella_engine::Code;
 use stella_engine::exec::{CancelToken, Outcome};
+use stella_engine::remote::{Claim, Remote, Renewal};
 use stella_engine::runs::{self, Environment, Need};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -31,6 +33,12 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<u8, Failure> {
+    // The daemon talks to git over pipes (gix's transport writes to `git upload-pack`): a
+    // server that hangs up early must be an error to handle, not a signal that kills us.
+    // SAFETY: setting a signal disposition before any thread of ours is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     let root = repo::find_root(&a.repo)?;
     let config = repo::config_at_head(&root)?;
     let key = repo::load_key(&root, a.key.as_deref())?;
@@ -60,15 +68,16 @@ pub fn run(a: Args) -> Result<u8, Failure> {
         key: Arc::new(key),
         file_secrets,
         kill_grace: a.kill_grace,
+        fenced: Mutex::new(HashSet::new()),
     });
     let remote = a.remote.as_ref().map(|name| {
-        Arc::new(stella_engine::remote::Remote {
-            root: root.clone(),
-            name: name.clone(),
-            branch: config.branch.clone(),
-            pull_patterns: vec!["refs/pull/*/head".into(), "refs/merge-requests/*/head".into()],
-            lease: a.lease,
-        })
+        Arc::new(Remote::new(
+            root.clone(),
+            name.clone(),
+            config.branch.clone(),
+            config.pull_patterns.clone(),
+            a.lease,
+        ))
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -78,19 +87,36 @@ pub fn run(a: Args) -> Result<u8, Failure> {
     rt.block_on(main_loop(env, root, config.max_runs, a, remote))
 }
 
-type Done = (String, Result<Option<Outcome>, String>);
+/// How one piece of work on a run ended.
+enum TaskEnd {
+    Finished(Option<Outcome>),
+    /// Another runner holds the claim, renewed `age_secs` ago: left alone until it may lapse.
+    ClaimedElsewhere {
+        holder: String,
+        age_secs: u64,
+    },
+    /// Another runner took the run over while this one worked on it.
+    TakenOver,
+    Failed(String),
+}
 
-type SharedRemote = Option<Arc<stella_engine::remote::Remote>>;
+type Done = (String, TaskEnd);
 
-/// Fetch, bring the branch level with the remote, and push what the runner committed.
-fn exchange(env: &Environment, remote: &stella_engine::remote::Remote) -> Result<(), Failure> {
-    let fail = |e: stella_engine::remote::Error| Failure::one(e.code(), e.to_string());
-    remote.fetch().map_err(fail)?;
+type SharedRemote = Option<Arc<Remote>>;
+
+/// Fetch, bring the branch level with the remote, and push what the runner committed. Runs
+/// whose local results had to be dropped (another runner holds them) are fenced.
+fn exchange(env: &Environment, remote: &Remote) -> Result<(), stella_engine::remote::Error> {
+    remote.fetch()?;
     let mut ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
-    remote.integrate(&mut ledger, &env.key).map_err(fail)?;
+    let mut dropped = remote.integrate(&mut ledger, &env.key)?.dropped;
     ledger.refresh();
-    remote.push(&mut ledger, &env.key).map_err(fail)?;
+    dropped.extend(remote.push(&mut ledger, &env.key)?.1);
     ledger.refresh();
+    for id in dropped {
+        warn!(run = %id, "another runner holds this run: this runner's unpushed results for it were dropped");
+        env.fence(&id);
+    }
     // Pull requests are planned and noted, never executed.
     match remote.note_pull_requests(&ledger) {
         Ok(n) if n > 0 => info!(notes = n, "wrote plan notes on pull requests"),
@@ -98,6 +124,76 @@ fn exchange(env: &Environment, remote: &stella_engine::remote::Remote) -> Result
         Err(e) => warn!(error = %e, "cannot write plan notes on pull requests"),
     }
     Ok(())
+}
+
+/// One piece of work on a run, on a blocking worker. With a remote, the run is executed only
+/// by the runner that holds its claim, and the claim is renewed while the work goes on.
+fn work(env: Arc<Environment>, remote: SharedRemote, id: String, need: Need, token: CancelToken) -> Done {
+    let mut took_over = None;
+    let mut lease_token = None;
+    if let Some(r) = &remote {
+        match r.claim(&id, &env.key) {
+            Ok(Claim::Lost { holder, age_secs }) => return (id, TaskEnd::ClaimedElsewhere { holder, age_secs }),
+            Ok(Claim::TakenOver { from, token }) => {
+                env.unfence(&id);
+                info!(run = %id, from = %from, "took over a claim whose runner went silent");
+                took_over = Some(from);
+                lease_token = Some(token);
+            }
+            Ok(Claim::Won { token }) => {
+                env.unfence(&id);
+                lease_token = Some(token);
+            }
+            Err(e) => return (id, TaskEnd::Failed(format!("cannot claim the run: {e}"))),
+        }
+    }
+    let renewing = Arc::new(AtomicBool::new(true));
+    let renewer = remote.clone().zip(lease_token).map(|(r, mut lease)| {
+        let (env, id, renewing, token) = (env.clone(), id.clone(), renewing.clone(), token.clone());
+        std::thread::spawn(move || {
+            let every = (r.lease / 3).max(Duration::from_millis(200));
+            let mut last = std::time::Instant::now();
+            while renewing.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(100));
+                if last.elapsed() < every {
+                    continue;
+                }
+                match r.renew(&id, &env.key, &lease) {
+                    Ok(Renewal::Kept { token }) => lease = token,
+                    Ok(Renewal::Lost { holder }) => {
+                        // Paused past the lease (or cut off): another runner has the run now.
+                        warn!(run = %id, holder = %holder, "the claim was taken over; stopping this runner's work on the run");
+                        env.fence(&id);
+                        token.cancel();
+                        return;
+                    }
+                    Err(e) => warn!(run = %id, error = %e, "cannot renew the claim; retrying"),
+                }
+                last = std::time::Instant::now();
+            }
+        })
+    });
+    let result = runs::process(&env, &id, need, token, took_over.as_deref());
+    renewing.store(false, Ordering::SeqCst);
+    if let Some(h) = renewer {
+        let _ = h.join();
+    }
+    if let Some(r) = &remote
+        && let Err(f) = exchange(&env, r)
+    {
+        warn!(run = %id, error = %f, "cannot exchange with the remote; retried at the next cycle");
+    }
+    if env.is_fenced(&id) {
+        // What this runner recorded after the takeover is not the run's: keep it aside.
+        if let Ok(kept) = stella_engine::journal::set_aside(&env.git_dir, &id) {
+            info!(run = %id, kept = %kept.display(), "journal of a run taken over set aside");
+        }
+        return (id, TaskEnd::TakenOver);
+    }
+    match result {
+        Ok(o) => (id, TaskEnd::Finished(o)),
+        Err(e) => (id, TaskEnd::Failed(e.to_string())),
+    }
 }
 
 async fn main_loop(
@@ -118,28 +214,71 @@ async fn main_loop(
     let mut ignored: Vec<String> = Vec::new();
     let mut deadline = None;
     let mut rescan = true;
+    // Runs another runner holds, with when their claim could lapse.
+    let mut elsewhere: HashMap<String, Instant> = HashMap::new();
+    // The remote could not be reached: when to try again, and the wait after that.
+    let mut retry_at: Option<Instant> = None;
+    let mut backoff = Duration::from_secs(1);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Failure::one(Code::Io, format!("cannot handle SIGTERM: {e}")))?;
     loop {
         // Scan when the last scan's work is used up or something changed; otherwise keep
         // starting what it found (a scan reads every run, so not one per finished run).
         let fresh = backlog.is_empty() || rescan;
         if fresh {
+            let mut reachable = true;
             if let Some(r) = &remote {
-                let (env, r) = (env.clone(), r.clone());
-                tokio::task::spawn_blocking(move || exchange(&env, &r))
-                    .await
-                    .map_err(|e| Failure::one(Code::Io, e.to_string()))??;
+                if retry_at.is_some_and(|t| Instant::now() < t) {
+                    reachable = false;
+                } else {
+                    let (env, r) = (env.clone(), r.clone());
+                    let res = tokio::task::spawn_blocking(move || exchange(&env, &r))
+                        .await
+                        .map_err(|e| Failure::one(Code::Io, e.to_string()))?;
+                    match res {
+                        Ok(()) => {
+                            if retry_at.take().is_some() {
+                                println!("stella daemon: the remote answers again");
+                            }
+                            backoff = Duration::from_secs(1);
+                        }
+                        // A diverged branch needs a person; `--once` reports whatever failed.
+                        Err(e) if a.once || e.code() == Code::BranchDiverged => {
+                            return Err(Failure::one(e.code(), e.to_string()));
+                        }
+                        Err(e) => {
+                            warn!(error = %e, retry_in = ?backoff, "cannot exchange with the remote; runs wait until it answers");
+                            retry_at = Some(Instant::now() + backoff);
+                            backoff = (backoff * 2).min(Duration::from_secs(60));
+                            reachable = false;
+                        }
+                    }
+                }
             }
-            let views = {
-                let env = env.clone();
-                tokio::task::spawn_blocking(move || scan(&env))
-                    .await
-                    .map_err(|e| Failure::one(Code::Io, e.to_string()))??
-            };
-            deadline = next_deadline(views.0.iter().map(|(v, _)| v));
-            backlog = views.0.into_iter().collect();
-            ignored = views.1;
+            if reachable {
+                let views = {
+                    let env = env.clone();
+                    tokio::task::spawn_blocking(move || scan(&env))
+                        .await
+                        .map_err(|e| Failure::one(Code::Io, e.to_string()))??
+                };
+                deadline = next_deadline(views.0.iter().map(|(v, _)| v));
+                backlog = views.0.into_iter().collect();
+                ignored = views.1;
+            } else {
+                // Without the remote no run can be claimed: nothing starts until it answers.
+                backlog.clear();
+            }
             rescan = false;
         }
+        // Runs another runner took over: stop this runner's work on them.
+        for (id, token) in &running {
+            if env.is_fenced(id) {
+                token.cancel();
+            }
+        }
+        let now = Instant::now();
+        elsewhere.retain(|_, until| *until > now);
         let mut started = 0;
         let mut later = std::collections::VecDeque::new();
         while let Some((view, need)) = backlog.pop_front() {
@@ -153,7 +292,7 @@ async fn main_loop(
                 }
                 continue;
             }
-            if need == Need::Nothing {
+            if need == Need::Nothing || elsewhere.contains_key(&view.id) {
                 continue;
             }
             let key = (view.id.clone(), format!("{need:?}"));
@@ -173,50 +312,7 @@ async fn main_loop(
             let id = view.id.clone();
             info!(run = %id, need = ?need, "processing");
             let remote = remote.clone();
-            tasks.spawn_blocking(move || {
-                // With a remote, a run is executed only by the runner that holds its claim.
-                let mut took_over = None;
-                if let Some(r) = &remote {
-                    match r.claim(&id, &env.key) {
-                        Ok(stella_engine::remote::Claim::Lost { holder }) => {
-                            return (id, Err(format!("claimed by runner {holder}; left alone")));
-                        }
-                        Ok(stella_engine::remote::Claim::TakenOver { from }) => {
-                            info!(run = %id, from = %from, "took over a claim whose runner went silent");
-                            took_over = Some(from);
-                        }
-                        Ok(stella_engine::remote::Claim::Won) => {}
-                        Err(e) => return (id, Err(format!("cannot claim: {e}"))),
-                    }
-                }
-                // While the run goes, keep the claim fresh so no other runner takes it over.
-                let renewing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-                let renewer = remote.clone().map(|r| {
-                    let (env, id, renewing) = (env.clone(), id.clone(), renewing.clone());
-                    std::thread::spawn(move || {
-                        let every = (r.lease / 3).max(Duration::from_millis(200));
-                        let mut last = std::time::Instant::now();
-                        while renewing.load(std::sync::atomic::Ordering::SeqCst) {
-                            std::thread::sleep(Duration::from_millis(100));
-                            if last.elapsed() >= every {
-                                if let Err(e) = r.renew(&id, &env.key) {
-                                    warn!(run = %id, error = %e, "cannot renew the claim");
-                                }
-                                last = std::time::Instant::now();
-                            }
-                        }
-                    })
-                });
-                let result = runs::process(&env, &id, need, token, took_over.as_deref()).map_err(|e| e.to_string());
-                renewing.store(false, std::sync::atomic::Ordering::SeqCst);
-                if let Some(h) = renewer {
-                    let _ = h.join();
-                }
-                if let Some(r) = &remote {
-                    let _ = exchange(&env, r);
-                }
-                (id, result)
-            });
+            tasks.spawn_blocking(move || work(env, remote, id, need, token));
             started += 1;
         }
         backlog = later;
@@ -238,9 +334,18 @@ async fn main_loop(
         }
         tokio::select! {
             Some(done) = tasks.join_next() => {
-                if let Ok((id, result)) = done {
+                if let Ok((id, end)) = done {
                     running.remove(&id);
-                    report(&id, result);
+                    if let TaskEnd::ClaimedElsewhere { holder, age_secs } = &end {
+                        let lapse = a.lease.saturating_sub(Duration::from_secs(*age_secs)) + Duration::from_secs(1);
+                        elsewhere.insert(id.clone(), Instant::now() + lapse);
+                        tried.remove(&(id.clone(), "Waiting".to_string()));
+                        if reported.insert(format!("{id} {holder}")) {
+                            println!("run {id} is claimed by runner {holder}; left to it");
+                        }
+                    } else {
+                        report(&id, end);
+                    }
                 }
                 // With a remote, results are exchanged each cycle; locally the backlog goes on.
                 if remote.is_some() && backlog.is_empty() {
@@ -254,7 +359,9 @@ async fn main_loop(
                 tried.retain(|(_, need)| need != "Waiting");
                 rescan = true;
             }
-            _ = tokio::time::sleep(a.poll), if !a.once => {
+            _ = sigterm.recv() => return stop(env.clone(), a.kill_grace, "SIGTERM").await,
+            _ = tokio::signal::ctrl_c() => return stop(env.clone(), a.kill_grace, "SIGINT").await,
+            _ = tokio::time::sleep(retry_at.map_or(a.poll, |t| t.saturating_duration_since(Instant::now()).min(a.poll))), if !a.once => {
                 tried.retain(|(_, need)| need != "Waiting");
                 rescan = true;
             }
@@ -284,15 +391,39 @@ fn next_deadline<'a>(views: impl Iterator<Item = &'a runs::RunView>) -> Option<s
         .min()
 }
 
-fn report(id: &str, result: Result<Option<Outcome>, String>) {
-    match result {
-        Ok(Some(Outcome::Succeeded)) => println!("run {id} succeeded"),
-        Ok(Some(Outcome::Failed { code, message })) => println!("run {id} failed: {message} [{code}]"),
-        Ok(Some(Outcome::Cancelled)) => println!("run {id} cancelled"),
-        Ok(Some(Outcome::Waiting { step, .. })) => println!("run {id} waiting at gate {step}"),
-        Ok(None) => {}
-        Err(e) => eprintln!("error[{}]: run {id}: {e}", Code::Io),
+fn report(id: &str, end: TaskEnd) {
+    match end {
+        TaskEnd::Finished(Some(Outcome::Succeeded)) => println!("run {id} succeeded"),
+        TaskEnd::Finished(Some(Outcome::Failed { code, message })) => println!("run {id} failed: {message} [{code}]"),
+        TaskEnd::Finished(Some(Outcome::Cancelled)) => println!("run {id} cancelled"),
+        TaskEnd::Finished(Some(Outcome::Waiting { step, .. })) => println!("run {id} waiting at gate {step}"),
+        TaskEnd::Finished(None) | TaskEnd::ClaimedElsewhere { .. } => {}
+        TaskEnd::TakenOver => {
+            println!("run {id} was taken over by another runner (this one was silent past its lease); stopped here")
+        }
+        TaskEnd::Failed(e) => eprintln!("error[{}]: run {id}: {e}", Code::Io),
     }
+}
+
+/// Stops the daemon on a signal: ends the running steps (SIGTERM to their process groups,
+/// SIGKILL after the grace), records nothing of their ends, and exits once no ledger commit is
+/// under way. Interrupted runs resume from their journals at the next start.
+async fn stop(env: Arc<Environment>, grace: Duration, signal: &'static str) -> Result<u8, Failure> {
+    let ended = tokio::task::spawn_blocking(move || {
+        let n = stella_engine::exec::shutdown(grace);
+        // Holding the ledger means no commit of this process is half done.
+        let guard = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        (n, guard.git_dir().to_path_buf())
+    })
+    .await
+    .map_err(|e| Failure::one(Code::Io, e.to_string()))?;
+    println!(
+        "stella daemon: stopped on {signal}; {} step(s) ended, their runs resume at the next start",
+        ended.0
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(0)
 }
 
 /// The runs on the branch and what each needs, after checking history was not rewritten.

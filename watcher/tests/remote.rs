@@ -265,3 +265,235 @@ fn a_live_runner_keeps_its_claim_past_the_lease() {
         "no takeover while the runner was alive"
     );
 }
+
+/// A daemon whose output goes to a file, for reading what it said.
+fn start_logged(r: &Repo, extra: &[&str], log: &Path) -> Child {
+    let file = std::fs::File::create(log).unwrap();
+    crate::support::stella()
+        .current_dir(r.path())
+        .args(["daemon", "--repo", ".", "--remote", "origin", "--poll", "1s"])
+        .args(extra)
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for_step(r: &Repo, run: &str, step: &str) {
+    let journal = r.journal(run);
+    let needle = format!("\"step.started\",\"step\":\"{step}\"");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&journal).unwrap_or_default().contains(&needle) {
+        assert!(Instant::now() < deadline, "{step} of {run} never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_for_state(admin: &Repo, run: &str, want: &[&str], secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let states = hub_states(admin);
+        if let Some(s) = states.get(run).filter(|s| want.contains(&s.as_str())) {
+            return s.clone();
+        }
+        assert!(Instant::now() < deadline, "{run} never reached {want:?}: {states:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_runner_paused_past_its_lease_stops_and_writes_nothing_over_the_takeover() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let (_hub, admin, runners) = hub_with_runners(2);
+    let slow = HELLO.replace(
+        "echo said=yes >> $STELLA_OUTPUT",
+        "echo said=yes >> $STELLA_OUTPUT; sleep 4",
+    );
+    admin.write("packs/hello/pack.yaml", &slow);
+    admin.write(
+        "runs/r1/request.yaml",
+        "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
+    );
+    admin.commit_all("slow request");
+    admin.git(&["push", "-q", "origin", "main"]);
+    let log_a = runners[0].outside("daemon-a.log");
+    let mut a = start_logged(&runners[0], &["--lease", "2s"], &log_a);
+    wait_for_step(&runners[0], "r1", "greet");
+    // Runner A freezes (a VM pause, a stuck disk): its claim goes silent.
+    let pid_a = Pid::from_raw(a.id() as i32);
+    kill(pid_a, Signal::SIGSTOP).unwrap();
+    let mut b = start(&runners[1], &["--lease", "2s"]);
+    wait_for_state(&admin, "r1", &["succeeded"], 90);
+    // A wakes up: its renewal finds the claim taken, so it stops and drops what it did.
+    kill(pid_a, Signal::SIGCONT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log_a).unwrap().contains("taken over") {
+        assert!(
+            Instant::now() < deadline,
+            "runner A never noticed the takeover:\n{}",
+            std::fs::read_to_string(&log_a).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    for d in [&mut a, &mut b] {
+        d.kill().unwrap();
+        d.wait().unwrap();
+    }
+    // The hub holds B's run, whole: one takeover, one end, and a ledger that verifies.
+    let events = admin.events("r1");
+    let count = |t: &str| events.iter().filter(|e| e["type"] == t).count();
+    assert_eq!(count("run.succeeded"), 1, "{events:?}");
+    assert_eq!(count("run.claimed"), 1);
+    assert_eq!(events.last().unwrap()["type"], "run.succeeded");
+    assert!(!events.iter().any(|e| e["type"] == "run.cancelled"));
+    admin.stella(&["ledger", "verify"]).ok();
+    // A kept its own record aside, and its branch is the hub's again.
+    let kept = std::fs::read_dir(runners[0].path().join(".git/stella/journal"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().starts_with("r1.ndjson.stale-"));
+    assert!(kept, "the stale journal is set aside");
+    runners[0].git(&["fetch", "-q", "origin"]);
+    let ahead = runners[0].git(&["rev-list", "--count", "origin/main..main"]);
+    assert_eq!(String::from_utf8_lossy(&ahead.stdout).trim(), "0");
+}
+
+#[test]
+fn an_unreachable_remote_is_waited_out_not_fatal() {
+    let (hub, admin, runners) = hub_with_runners(1);
+    let log = runners[0].outside("daemon.log");
+    let mut d = start_logged(&runners[0], &[], &log);
+    std::thread::sleep(Duration::from_millis(1500));
+    let away = hub.path().with_extension("away");
+    std::fs::rename(hub.path(), &away).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        d.try_wait().unwrap().is_none(),
+        "the daemon stopped:\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("cannot exchange with the remote")
+    );
+    std::fs::rename(&away, hub.path()).unwrap();
+    admin.write(
+        "runs/r1/request.yaml",
+        "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
+    );
+    admin.commit_all("request");
+    admin.git(&["push", "-q", "origin", "main"]);
+    wait_for_state(&admin, "r1", &["succeeded"], 90);
+    d.kill().unwrap();
+    d.wait().unwrap();
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("the remote answers again")
+    );
+}
+
+#[test]
+fn a_diverged_branch_is_refused_never_merged() {
+    let (_hub, admin, runners) = hub_with_runners(1);
+    let runner = &runners[0];
+    runner
+        .write("notes.txt", "a local change\n")
+        .commit_all("local, unpushed");
+    let before = runner.git(&["rev-parse", "HEAD"]).stdout;
+    admin.write("other.txt", "meanwhile\n").commit_all("on the hub");
+    admin.git(&["push", "-q", "origin", "main"]);
+    let out = runner.stella(&["daemon", "--once", "--repo", ".", "--remote", "origin"]);
+    assert_eq!(out.code(), Some(1), "{}", out.stderr());
+    assert!(out.stderr().contains("ERR_BRANCH_DIVERGED"), "{}", out.stderr());
+    assert!(out.stderr().contains("notes.txt"), "{}", out.stderr());
+    assert_eq!(runner.git(&["rev-parse", "HEAD"]).stdout, before, "never merged");
+}
+
+#[test]
+fn a_request_that_plans_differently_after_the_merge_than_its_note_fails() {
+    let (_hub, admin, runners) = hub_with_runners(1);
+    let runner = &runners[0];
+    admin.git(&["checkout", "-q", "-b", "pr-2"]);
+    admin
+        .write(
+            "runs/p2/request.yaml",
+            "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
+        )
+        .commit_all("request p2");
+    admin.git(&["push", "-q", "origin", "HEAD:refs/pull/2/head"]);
+    runner
+        .stella(&["daemon", "--once", "--repo", ".", "--remote", "origin"])
+        .ok();
+    // Meanwhile the pack changes on main: the reviewed plan is not what would run.
+    admin.git(&["checkout", "-q", "main"]);
+    admin
+        .write("packs/hello/pack.yaml", &HELLO.replace("echo hello", "echo goodbye"))
+        .commit_all("change the pack");
+    admin.git(&["merge", "-q", "--no-ff", "-m", "merge pr-2", "pr-2"]);
+    admin.git(&["push", "-q", "origin", "main"]);
+    runner
+        .stella(&["daemon", "--once", "--repo", ".", "--remote", "origin"])
+        .ok();
+    assert_eq!(hub_states(&admin).get("p2").map(String::as_str), Some("failed"));
+    let events = admin.events("p2");
+    let failed = events.iter().find(|e| e["type"] == "run.failed").unwrap();
+    assert_eq!(failed["data"]["code"], "ERR_PACK_HASH_MISMATCH", "{failed}");
+    assert!(
+        failed["msg"].as_str().unwrap().contains("noted on pull request"),
+        "{failed}"
+    );
+    assert!(!events.iter().any(|e| e["type"] == "step.started"));
+}
+
+#[test]
+fn pull_request_notes_judge_by_the_branch_policy_and_closed_pull_requests_are_dropped() {
+    let (_hub, admin, runners) = hub_with_runners(1);
+    let runner = &runners[0];
+    admin.git(&["checkout", "-q", "-b", "pr-3"]);
+    // The pull request tries to loosen the policy for itself: the note must not believe it.
+    let net = HELLO.replace(
+        "    - id: after\n",
+        "    - id: fetch\n      network: [evil.example.com]\n      run: { uses: builtin:exec, with: { argv: [\"true\"] } }\n    - id: after\n",
+    );
+    admin
+        .write(
+            ".stella/config.yaml",
+            "branch: main\nsealed: true\nnetwork: { allow: [evil.example.com] }\n",
+        )
+        .write("packs/net/pack.yaml", &net.replace("name: hello", "name: net"))
+        .write(
+            "runs/p3/request.yaml",
+            "apiVersion: stella/v1\nkind: RunRequest\npack: packs/net\n",
+        )
+        .commit_all("request p3");
+    admin.git(&["checkout", "-q", "main"]);
+    admin
+        .write(
+            ".stella/config.yaml",
+            "branch: main\nsealed: true\ncommit: { batchMs: 200 }\n",
+        )
+        .commit_all("seal the site");
+    admin.git(&["push", "-q", "origin", "main"]);
+    admin.git(&["push", "-q", "origin", "pr-3:refs/pull/3/head"]);
+    runner
+        .stella(&["daemon", "--once", "--repo", ".", "--remote", "origin"])
+        .ok();
+    admin.git(&["fetch", "-q", "origin", "+refs/notes/stella:refs/notes/stella"]);
+    let note = admin.git(&["notes", "--ref=stella", "show", "pr-3"]);
+    let note = String::from_utf8_lossy(&note.stdout).into_owned();
+    assert!(
+        note.contains("does not plan") && note.contains("ERR_PACK_NETWORK_BLOCKED"),
+        "{note}"
+    );
+    // Closed: the ref is gone from the hub, and the runner forgets it.
+    admin.git(&["push", "-q", "origin", ":refs/pull/3/head"]);
+    runner
+        .stella(&["daemon", "--once", "--repo", ".", "--remote", "origin"])
+        .ok();
+    let left = runner.git(&["for-each-ref", "refs/stella/pulls/"]);
+    assert!(left.stdout.is_empty(), "{}", String::from_utf8_lossy(&left.stdout));
+}

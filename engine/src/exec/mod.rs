@@ -27,6 +27,7 @@ use crate::state::{self, RunState, StepStatus};
 
 pub use artifacts::StepError;
 pub use control::{CancelToken, Limiter, Stop};
+pub use process::{shutdown, shutting_down};
 
 /// How to run one plan.
 #[derive(Debug, Clone)]

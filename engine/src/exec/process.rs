@@ -58,6 +58,57 @@ struct Pipes {
     err: Option<ChildStderr>,
 }
 
+/// The process groups of the steps running now, so a stopping daemon can end them.
+static LIVE: std::sync::Mutex<std::collections::BTreeSet<i32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Set when the process is shutting down: step ends seen from now on are not results.
+static SHUTTING_DOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A step's process group, listed in `LIVE` while its supervisor runs.
+struct LiveGroup(i32);
+
+impl LiveGroup {
+    fn enter(pgid: Pid) -> LiveGroup {
+        LIVE.lock().unwrap_or_else(|p| p.into_inner()).insert(pgid.as_raw());
+        LiveGroup(pgid.as_raw())
+    }
+}
+
+impl Drop for LiveGroup {
+    fn drop(&mut self) {
+        LIVE.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.0);
+    }
+}
+
+/// Whether `shutdown` was called: events from now on describe the stop, not the run, and are
+/// not recorded (the run resumes from its journal at the next start).
+pub fn shutting_down() -> bool {
+    SHUTTING_DOWN.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Ends every running step for a stopping process: SIGTERM to each step's process group, then
+/// SIGKILL to what is left after `grace`. Returns how many groups there were.
+pub fn shutdown(grace: Duration) -> usize {
+    SHUTTING_DOWN.store(true, std::sync::atomic::Ordering::SeqCst);
+    let groups: Vec<i32> = LIVE.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+    for g in &groups {
+        let _ = killpg(Pid::from_raw(*g), Signal::SIGTERM);
+    }
+    let start = Instant::now();
+    while start.elapsed() < grace {
+        let alive = groups.iter().any(|g| killpg(Pid::from_raw(*g), None).is_ok());
+        if !alive {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for g in &groups {
+        let _ = killpg(Pid::from_raw(*g), Signal::SIGKILL);
+    }
+    groups.len()
+}
+
 /// Spawns `cmd` (stdin closed, output piped) and supervises it until it ends.
 pub fn run(mut cmd: Command, step: &str, token: &CancelToken, grace: Duration, emitter: &Emitter) -> ProcEnd {
     use std::os::unix::process::CommandExt;
@@ -70,6 +121,7 @@ pub fn run(mut cmd: Command, step: &str, token: &CancelToken, grace: Duration, e
         Err(e) => return ProcEnd::SpawnFailed(e.to_string()),
     };
     let pgid = Pid::from_raw(child.id() as i32);
+    let _live = LiveGroup::enter(pgid);
     let pidfd = pidfd_open(child.id());
     let mut pipes = Pipes {
         out: child.stdout.take(),

@@ -97,7 +97,7 @@ impl Ledger {
             path: dir.display().to_string(),
             detail,
         };
-        let repo = gix::open(dir).map_err(|e| not(e.to_string()))?;
+        let repo = open_repo(dir).map_err(|e| not(e.to_string()))?;
         let workdir = repo
             .workdir()
             .map(Path::to_path_buf)
@@ -125,9 +125,15 @@ impl Ledger {
 
     /// Re-opens the repository, so references and packs written by others are seen.
     pub fn refresh(&mut self) {
-        if let Ok(repo) = gix::open(&self.workdir) {
+        if let Ok(repo) = open_repo(&self.workdir) {
             self.repo = repo;
         }
+    }
+
+    /// The commit a reference (`refs/notes/stella`, ...) points at, if it exists.
+    pub fn resolve(&self, name: &str) -> Option<ObjectId> {
+        let mut r = self.repo.try_find_reference(name).ok().flatten()?;
+        Some(r.peel_to_id().ok()?.detach())
     }
 
     /// The branch tip, if the branch exists.
@@ -304,6 +310,11 @@ impl Ledger {
                     return Ok(commit);
                 }
                 Err(e) => {
+                    // Only a moved branch is worth another attempt; anything else is the error.
+                    self.refresh();
+                    if self.tip()? == tip {
+                        return Err(git(e));
+                    }
                     tracing::debug!(attempt, error = %e, "branch moved while committing; retrying");
                     std::thread::sleep(std::time::Duration::from_millis(5 * u64::from(attempt + 1)));
                     self.refresh();
@@ -355,6 +366,16 @@ impl Ledger {
         commit.extra_headers.push(("gpgsig".into(), armored.trim_end().into()));
         Ok(self.repo.write_object(&commit).map_err(git)?.detach())
     }
+}
+
+/// Opens a repository so that reflog entries never fail for want of a git identity: a runner
+/// machine often has no `user.name`, and the commits carry the runner's own identity anyway.
+pub fn open_repo(dir: &Path) -> gix::Result<gix::Repository> {
+    let opts = gix::open::Options::default().config_overrides([
+        "gitoxide.committer.nameFallback=stella runner",
+        "gitoxide.committer.emailFallback=runner@stella.invalid",
+    ]);
+    gix::open_opts(dir, opts)
 }
 
 fn first_line(s: &str) -> &str {

@@ -39,6 +39,12 @@ pub struct EvidenceContext {
 impl LedgerSink<'_> {
     /// Commits everything of the run the ledger lacks, with `message`.
     pub fn commit(&self, message: &str) -> Result<(), String> {
+        if self.env.is_fenced(self.id) {
+            return Err(format!(
+                "another runner took run {} over; this runner's results stay in its journal",
+                self.id
+            ));
+        }
         let mut writes = vec![FileWrite {
             path: format!("runs/{}/events.ndjson", self.id),
             bytes: self
@@ -181,6 +187,11 @@ pub fn message_for(id: &str, e: &Event, journal: &[Event]) -> String {
 
 impl EventSink for LedgerSink<'_> {
     fn accept(&self, event: &Event) -> std::io::Result<()> {
+        // A stopping daemon killed the steps: what follows is not the run's doing. The journal
+        // stays as it was, so the run resumes at the next start.
+        if crate::exec::shutting_down() {
+            return Ok(());
+        }
         self.journal.accept(event)?;
         let urgent = matches!(
             event.kind.as_str(),

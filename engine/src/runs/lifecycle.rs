@@ -38,6 +38,28 @@ pub struct Environment {
     /// Secrets from `--secrets FILE`; others come from `STELLA_SECRET_<NAME>`.
     pub file_secrets: BTreeMap<String, String>,
     pub kill_grace: Duration,
+    /// Runs this runner must not write any more: another runner took over their claim.
+    pub fenced: Mutex<std::collections::HashSet<String>>,
+}
+
+impl Environment {
+    /// Whether another runner took run `id` over (see `fenced`).
+    pub fn is_fenced(&self, id: &str) -> bool {
+        self.fenced.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
+    }
+
+    /// Lets this runner write run `id` again (it holds the claim anew).
+    pub fn unfence(&self, id: &str) {
+        self.fenced.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// Stops this runner writing run `id`: its results from now on stay out of the ledger.
+    pub fn fence(&self, id: &str) {
+        self.fenced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,8 +111,19 @@ pub fn process(
     cancel: CancelToken,
     took_over_from: Option<&str>,
 ) -> Result<Option<Outcome>, Error> {
-    let journal = Journal::open(&env.git_dir, id).map_err(|e| Error::Journal(e.to_string()))?;
     let tip = tip(env)?;
+    {
+        let ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let committed = ledger
+            .read(tip, &format!("runs/{id}/events.ndjson"))
+            .map_err(|e| Error::Ledger(e.to_string()))?
+            .unwrap_or_default();
+        if !journal::continues(&env.git_dir, id, &committed) {
+            let kept = journal::set_aside(&env.git_dir, id).map_err(|e| Error::Journal(e.to_string()))?;
+            tracing::warn!(run = %id, kept = %kept.display(), "the ledger went on without this runner's journal (another runner took the run over); continuing from the ledger");
+        }
+    }
+    let journal = Journal::open(&env.git_dir, id).map_err(|e| Error::Journal(e.to_string()))?;
     // A run another runner started (this one took it over): its journal starts as the ledger.
     if journal::read(&env.git_dir, id).map_err(Error::Journal)?.is_empty() {
         let ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
@@ -416,6 +449,22 @@ fn plan_new(env: &Environment, id: &str, commit: ObjectId) -> Result<(Plan, Pack
         return Err(refuse(
             Code::PackHashMismatch,
             format!("the request pins {pinned}, but the pack and inputs at this commit plan to {hash}"),
+        ));
+    }
+    // A request reviewed on a pull request must run the plan its note showed.
+    let noted = {
+        let ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        crate::remote::noted_plan_hash(&ledger, commit, id)
+    };
+    if let Some((at, noted)) = noted
+        && noted != hash
+    {
+        return Err(refuse(
+            Code::PackHashMismatch,
+            format!(
+                "after the merge the request plans to {hash}, but the plan noted on pull request commit {} was {noted}",
+                &at.to_string()[..12]
+            ),
         ));
     }
     let journal = Journal::open(&env.git_dir, id).map_err(|e| refuse(Code::Io, e.to_string()))?;

@@ -115,16 +115,19 @@ pub fn view(ledger: &Ledger, tip: ObjectId, id: &str) -> Result<RunView, String>
             .read(tip, &format!("runs/{id}/{file}"))
             .map_err(|e| e.to_string())
     };
-    let ledger_events = match read("events.ndjson")? {
-        Some(bytes) => {
-            read_ndjson(&String::from_utf8_lossy(&bytes)).map_err(|e| format!("runs/{id}/events.ndjson: {e}"))?
-        }
-        None => Vec::new(),
+    let ledger_bytes = read("events.ndjson")?.unwrap_or_default();
+    let ledger_events =
+        read_ndjson(&String::from_utf8_lossy(&ledger_bytes)).map_err(|e| format!("runs/{id}/events.ndjson: {e}"))?;
+    // A journal that does not continue the ledger is stale: another runner took the run over.
+    let journal_events = if crate::journal::continues(ledger.git_dir(), id, &ledger_bytes) {
+        crate::journal::read(ledger.git_dir(), id)?
+    } else {
+        Vec::new()
     };
     Ok(RunView {
         id: id.to_string(),
         ledger_events,
-        journal_events: crate::journal::read(ledger.git_dir(), id)?,
+        journal_events,
         has_request: read("request.yaml")?.is_some(),
         has_cancel: read("cancel.yaml")?.is_some(),
     })

@@ -1,0 +1,321 @@
+//! Working with a shared git server (DESIGN section 9): fetching the branch, claims, notes and
+//! pull-request refs (gix), fast-forwarding the local branch (a diverged branch is an error,
+//! never a merge), pushing runner commits (git CLI; re-committed on the new tip when the remote
+//! moved), and claiming runs with create-only pushes so each run executes exactly once.
+
+mod claims;
+mod notes;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use gix::ObjectId;
+
+use crate::code::Code;
+use crate::keys::SshKey;
+use crate::ledger::{FileWrite, Ledger, is_runner_path};
+
+pub use claims::{Claim, Renewal};
+pub use notes::noted_plan_hash;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Diverged(String),
+    #[error("git: {0}")]
+    Git(String),
+}
+
+impl Error {
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Diverged(_) => Code::BranchDiverged,
+            Error::Git(_) => Code::Io,
+        }
+    }
+}
+
+fn git_err(e: impl std::fmt::Display) -> Error {
+    Error::Git(e.to_string())
+}
+
+/// A remote and the branch the runner works on.
+#[derive(Debug)]
+pub struct Remote {
+    pub root: PathBuf,
+    pub name: String,
+    pub branch: String,
+    /// Pull-request ref patterns fetched for planning (`refs/pull/*/head`, ...).
+    pub pull_patterns: Vec<String>,
+    /// How long a claim stays valid without renewal.
+    pub lease: Duration,
+    /// Pull-request heads already noted, with the branch tip they were planned against.
+    noted: Mutex<BTreeMap<String, String>>,
+}
+
+/// What bringing the local branch level with the remote did.
+#[derive(Debug, Default)]
+pub struct Integrated {
+    /// Runs whose local results were dropped: another runner holds their claim, or the
+    /// remote's events for them are not a prefix of ours.
+    pub dropped: Vec<String>,
+}
+
+/// Runs the git CLI in `root`; its trimmed stdout, or its stderr as the error.
+pub fn git_in(root: &Path, args: &[&str]) -> Result<String, Error> {
+    let out = Command::new("git")
+        .current_dir(root)
+        .args(args)
+        .output()
+        .map_err(|e| Error::Git(format!("cannot run git: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::Git(format!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+impl Remote {
+    pub fn new(root: PathBuf, name: String, branch: String, pull_patterns: Vec<String>, lease: Duration) -> Remote {
+        Remote {
+            root,
+            name,
+            branch,
+            pull_patterns,
+            lease,
+            noted: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn git(&self, args: &[&str]) -> Result<String, Error> {
+        git_in(&self.root, args)
+    }
+
+    fn repo(&self) -> Result<gix::Repository, Error> {
+        crate::ledger::open_repo(&self.root).map_err(git_err)
+    }
+
+    fn tracking(&self) -> String {
+        format!("refs/remotes/{}/{}", self.name, self.branch)
+    }
+
+    fn rev(&self, name: &str) -> Option<String> {
+        self.git(&["rev-parse", "--verify", "--quiet", &format!("{name}^{{commit}}")])
+            .ok()
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Where a pull-request pattern's refs land locally: `refs/pull/*/head` → `refs/stella/pulls/pull/*/head`.
+    fn pull_local(pattern: &str) -> String {
+        format!("refs/stella/pulls/{}", pattern.trim_start_matches("refs/"))
+    }
+
+    /// Fetches the branch, the claims, the notes and the pull-request refs with gix; pull
+    /// requests that are gone from the remote (merged, closed) are pruned here.
+    pub fn fetch(&self) -> Result<(), Error> {
+        use gix::remote::Direction;
+        let repo = self.repo()?;
+        let named = repo
+            .find_remote(self.name.as_str())
+            .map_err(|e| Error::Git(format!("remote `{}`: {e}", self.name)))?;
+        let url = named
+            .url(Direction::Fetch)
+            .ok_or_else(|| Error::Git(format!("remote `{}` has no fetch URL", self.name)))?
+            .clone();
+        let mut specs = vec![
+            format!("+refs/heads/{b}:{}", self.tracking(), b = self.branch),
+            "+refs/notes/stella:refs/stella/remote-notes".to_string(),
+            "+refs/stella/claims/*:refs/stella/remote-claims/*".to_string(),
+        ];
+        for p in &self.pull_patterns {
+            specs.push(format!("+{p}:{}", Self::pull_local(p)));
+        }
+        let remote = repo
+            .remote_at(url)
+            .map_err(git_err)?
+            .with_fetch_tags(gix::remote::fetch::Tags::None)
+            .with_refspecs(specs.iter().map(String::as_str), Direction::Fetch)
+            .map_err(git_err)?;
+        let outcome = remote
+            .connect(Direction::Fetch)
+            .map_err(|e| Error::Git(format!("cannot reach remote `{}`: {e}", self.name)))?
+            .prepare_fetch(gix::progress::Discard, Default::default())
+            .map_err(|e| Error::Git(format!("fetch from `{}`: {e}", self.name)))?
+            .receive(gix::progress::Discard, &std::sync::atomic::AtomicBool::new(false))
+            .map_err(|e| Error::Git(format!("fetch from `{}`: {e}", self.name)))?;
+        let fetched: BTreeSet<String> = outcome
+            .ref_map
+            .mappings
+            .iter()
+            .filter_map(|m| m.local.as_ref().map(ToString::to_string))
+            .collect();
+        // Pull requests no longer on the remote are not planned again.
+        let stale: Vec<String> = repo
+            .references()
+            .map_err(git_err)?
+            .prefixed("refs/stella/pulls/")
+            .map_err(git_err)?
+            .filter_map(Result::ok)
+            .map(|r| r.name().as_bstr().to_string())
+            .filter(|n| !fetched.contains(n))
+            .collect();
+        for name in stale {
+            let _ = self.git(&["update-ref", "-d", &name]);
+        }
+        Ok(())
+    }
+
+    /// Brings the local branch level with the remote: fast-forward when behind; when the local
+    /// branch has runner commits the remote lacks, keeps them only for runs this runner still
+    /// holds (re-committed on the remote tip when it moved). Anything else that diverged is an
+    /// error, never merged.
+    pub fn integrate(&self, ledger: &mut Ledger, key: &SshKey) -> Result<Integrated, Error> {
+        let branch_ref = format!("refs/heads/{}", self.branch);
+        let Some(remote) = self.rev(&self.tracking()) else {
+            return Ok(Integrated::default());
+        };
+        let Some(local) = self.rev(&branch_ref) else {
+            self.git(&["update-ref", &branch_ref, &remote])?;
+            return Ok(Integrated::default());
+        };
+        if local == remote || self.is_ancestor(&local, &remote) {
+            if local != remote {
+                self.fast_forward(&remote, &local)?;
+            }
+            return Ok(Integrated::default());
+        }
+        let base = self.git(&["merge-base", &local, &remote])?;
+        let changed = self.git(&["diff", "--name-only", &base, &local])?;
+        let paths: Vec<&str> = changed.lines().filter(|l| !l.is_empty()).collect();
+        if let Some(p) = paths.iter().find(|p| !is_runner_path(p)) {
+            return Err(Error::Diverged(format!(
+                "local branch {} has commits the remote `{}` lacks that are not the runner's (e.g. {p}); \
+                 it is never merged: reconcile it by hand (git log {}..{})",
+                self.branch,
+                self.name,
+                &remote[..12],
+                &local[..12]
+            )));
+        }
+        let ahead = base == remote;
+        let me = key.fingerprint();
+        let local_id = oid(&local)?;
+        let remote_id = oid(&remote)?;
+        // Group the runner's paths by run and keep only the runs this runner may still write.
+        let mut by_run: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for p in &paths {
+            if let Some(run) = p.split('/').nth(1) {
+                by_run.entry(run).or_default().push(p);
+            }
+        }
+        let mut dropped = Vec::new();
+        for run in by_run.keys() {
+            let foreign = self.claim_holder(run).is_some_and(|h| h != me);
+            let events = format!("runs/{run}/events.ndjson");
+            let theirs = ledger.read(remote_id, &events).map_err(git_err)?.unwrap_or_default();
+            let ours = ledger.read(local_id, &events).map_err(git_err)?.unwrap_or_default();
+            if foreign || !ours.starts_with(&theirs) {
+                dropped.push((*run).to_string());
+            }
+        }
+        if ahead && dropped.is_empty() {
+            return Ok(Integrated::default());
+        }
+        let mut writes = Vec::new();
+        for (run, run_paths) in &by_run {
+            if dropped.iter().any(|d| d == run) {
+                continue;
+            }
+            for p in run_paths {
+                if let Some(bytes) = ledger.read(local_id, p).map_err(git_err)? {
+                    writes.push(FileWrite {
+                        path: (*p).to_string(),
+                        bytes,
+                    });
+                }
+            }
+        }
+        self.reset_to(&remote, &local)?;
+        ledger.refresh();
+        if !writes.is_empty() {
+            ledger
+                .commit(
+                    &writes,
+                    &format!("stella: runner results re-committed on {}", &remote[..12]),
+                    key,
+                )
+                .map_err(git_err)?;
+        }
+        Ok(Integrated { dropped })
+    }
+
+    fn is_ancestor(&self, a: &str, b: &str) -> bool {
+        Command::new("git")
+            .current_dir(&self.root)
+            .args(["merge-base", "--is-ancestor", a, b])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn head_is_branch(&self) -> bool {
+        self.git(&["symbolic-ref", "-q", "HEAD"]).ok().as_deref()
+            == Some(format!("refs/heads/{}", self.branch).as_str())
+    }
+
+    fn fast_forward(&self, to: &str, from: &str) -> Result<(), Error> {
+        if self.head_is_branch() {
+            self.git(&["merge", "-q", "--ff-only", to]).map(|_| ())
+        } else {
+            self.git(&["update-ref", &format!("refs/heads/{}", self.branch), to, from])
+                .map(|_| ())
+        }
+    }
+
+    /// Moves the branch to `to` dropping the local runner commits (their kept files are re-committed next).
+    fn reset_to(&self, to: &str, from: &str) -> Result<(), Error> {
+        if self.head_is_branch() {
+            self.git(&["reset", "-q", "--keep", to]).map(|_| ())
+        } else {
+            self.git(&["update-ref", &format!("refs/heads/{}", self.branch), to, from])
+                .map(|_| ())
+        }
+    }
+
+    /// Pushes the branch when it is ahead; fetches, re-integrates and retries when the remote
+    /// moved. Returns whether it pushed, and the runs whose results were dropped on the way.
+    pub fn push(&self, ledger: &mut Ledger, key: &SshKey) -> Result<(bool, Vec<String>), Error> {
+        let branch_ref = format!("refs/heads/{}", self.branch);
+        let mut dropped = Vec::new();
+        for _ in 0..20 {
+            let (Some(local), remote) = (self.rev(&branch_ref), self.rev(&self.tracking())) else {
+                return Ok((false, dropped));
+            };
+            if remote.as_deref() == Some(local.as_str())
+                || remote.as_deref().is_some_and(|r| self.is_ancestor(&local, r))
+            {
+                return Ok((false, dropped));
+            }
+            let spec = format!("{branch_ref}:{branch_ref}");
+            if self.git(&["push", "-q", &self.name, &spec]).is_ok() {
+                let _ = self.git(&["update-ref", &self.tracking(), &local]);
+                return Ok((true, dropped));
+            }
+            self.fetch()?;
+            dropped.extend(self.integrate(ledger, key)?.dropped);
+        }
+        Err(Error::Git(format!(
+            "could not push {}: the remote kept moving",
+            self.branch
+        )))
+    }
+}
+
+fn oid(hex: &str) -> Result<ObjectId, Error> {
+    ObjectId::from_hex(hex.as_bytes()).map_err(git_err)
+}

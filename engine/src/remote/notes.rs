@@ -1,0 +1,254 @@
+//! Pull requests (DESIGN section 9): every run request a pull request adds is planned, never
+//! executed, and the plan summary is written as a git note on the pull request's head commit in
+//! `refs/notes/stella`, pushed so that `git log --notes=stella` shows it in any clone. After the
+//! merge, a request whose plan differs from the hash noted on its pull request is refused.
+
+use gix::ObjectId;
+
+use super::{Error, Remote};
+use crate::code::Code;
+use crate::config::{CONFIG_PATH, Config};
+use crate::ledger::Ledger;
+
+const NOTES: &str = "refs/notes/stella";
+/// Who writes notes: the runner (a runner machine often has no git identity of its own).
+const IDENTITY: [&str; 4] = [
+    "-c",
+    "user.name=stella runner",
+    "-c",
+    "user.email=runner@stella.invalid",
+];
+
+impl Remote {
+    fn git_as_runner(&self, args: &[&str]) -> Result<String, Error> {
+        let mut all: Vec<&str> = IDENTITY.to_vec();
+        all.extend_from_slice(args);
+        self.git(&all)
+    }
+
+    /// Plans every run request an open pull request adds and writes the summary as a note on
+    /// its head commit, then pushes the notes. A head is planned again only when it or the
+    /// branch moved. Returns how many notes were written.
+    pub fn note_pull_requests(&self, ledger: &Ledger) -> Result<usize, Error> {
+        let pulls = self.git(&["for-each-ref", "--format=%(objectname)", "refs/stella/pulls/"])?;
+        let heads: Vec<&str> = pulls.lines().filter(|l| !l.is_empty()).collect();
+        let tip = self
+            .rev(&format!("refs/heads/{}", self.branch))
+            .and_then(|t| ObjectId::from_hex(t.as_bytes()).ok());
+        let tip_hex = tip.map(|t| t.to_string()).unwrap_or_default();
+        let mut noted = self.noted.lock().unwrap_or_else(|p| p.into_inner());
+        noted.retain(|head, _| heads.contains(&head.as_str()));
+        let mut written = 0;
+        for head in heads {
+            if noted.get(head) == Some(&tip_hex) {
+                continue;
+            }
+            let Ok(head_id) = ObjectId::from_hex(head.as_bytes()) else {
+                continue;
+            };
+            let mut sections = Vec::new();
+            for (name, is_dir) in ledger.list(head_id, "runs").unwrap_or_default() {
+                if !is_dir || !crate::run_id::is_valid(&name) {
+                    continue;
+                }
+                let request_path = format!("runs/{name}/request.yaml");
+                let Some(text) = ledger.read(head_id, &request_path).ok().flatten() else {
+                    continue;
+                };
+                if tip.is_some_and(|t| ledger.read(t, &request_path).ok().flatten().is_some()) {
+                    continue;
+                }
+                sections.push(summary(ledger, head_id, tip, &name, &String::from_utf8_lossy(&text)));
+            }
+            noted.insert(head.to_string(), tip_hex.clone());
+            if sections.is_empty() {
+                continue;
+            }
+            let note = sections.join("\n");
+            let existing = self.git(&["notes", "--ref=stella", "show", head]).unwrap_or_default();
+            if existing.trim() == note.trim() {
+                continue;
+            }
+            self.git_as_runner(&["notes", "--ref=stella", "add", "-f", "-m", &note, head])?;
+            written += 1;
+        }
+        drop(noted);
+        if written > 0 {
+            self.push_notes()?;
+        }
+        Ok(written)
+    }
+
+    /// Pushes `refs/notes/stella`, merging in notes others pushed meanwhile.
+    fn push_notes(&self) -> Result<(), Error> {
+        let mut last = None;
+        for _ in 0..10 {
+            match self.git(&["push", "-q", &self.name, &format!("{NOTES}:{NOTES}")]) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+            // Someone else added notes meanwhile: merge theirs (ours win on the same commit).
+            self.git(&[
+                "fetch",
+                "-q",
+                "--no-tags",
+                &self.name,
+                &format!("+{NOTES}:refs/stella/remote-notes"),
+            ])?;
+            self.git_as_runner(&[
+                "notes",
+                "--ref=stella",
+                "merge",
+                "-q",
+                "-s",
+                "ours",
+                "refs/stella/remote-notes",
+            ])?;
+        }
+        Err(last.unwrap_or_else(|| Error::Git("cannot push the notes".into())))
+    }
+}
+
+/// The note on `commit` in the notes whose tip is `notes` (flat or fanned-out layout).
+fn note_at(ledger: &Ledger, notes: ObjectId, commit: ObjectId) -> Option<String> {
+    let hex = commit.to_string();
+    let paths = [
+        hex.clone(),
+        format!("{}/{}", &hex[..2], &hex[2..]),
+        format!("{}/{}/{}", &hex[..2], &hex[2..4], &hex[4..]),
+    ];
+    paths
+        .iter()
+        .find_map(|p| ledger.read(notes, p).ok().flatten())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// The plan hash noted for run `id` on the pull request that brought it: the newest commit
+/// holding the request, walking back from `commit`, whose note (local or fetched) has a plan
+/// for the run. `(noted commit, planHash)`.
+pub fn noted_plan_hash(ledger: &Ledger, commit: ObjectId, id: &str) -> Option<(ObjectId, String)> {
+    let stores: Vec<ObjectId> = [NOTES, "refs/stella/remote-notes"]
+        .iter()
+        .filter_map(|r| ledger.resolve(r))
+        .collect();
+    if stores.is_empty() {
+        return None;
+    }
+    let request_path = format!("runs/{id}/request.yaml");
+    let header = format!("stella plan for runs/{id}\n");
+    let mut queue = std::collections::VecDeque::from([commit]);
+    let mut seen = std::collections::HashSet::new();
+    while let Some(c) = queue.pop_front() {
+        if !seen.insert(c) || seen.len() > 500 {
+            continue;
+        }
+        if ledger.read(c, &request_path).ok().flatten().is_none() {
+            continue;
+        }
+        for notes in &stores {
+            let Some(text) = note_at(ledger, *notes, c) else {
+                continue;
+            };
+            let Some(start) = text.find(&header) else { continue };
+            let section = &text[start + header.len()..];
+            let section = section.split("\nstella plan for ").next().unwrap_or(section);
+            if let Some(hash) = section.lines().find_map(|l| l.trim().strip_prefix("planHash: ")) {
+                return Some((c, hash.trim().to_string()));
+            }
+        }
+        queue.extend(ledger.parents(c).unwrap_or_default());
+    }
+    None
+}
+
+/// The note for one request of a pull request: its plan, or why it does not plan. The pack and
+/// request are the pull request's; the repository policy and the approvers are the branch's,
+/// as they will judge the request after the merge.
+fn summary(ledger: &Ledger, head: ObjectId, tip: Option<ObjectId>, run: &str, text: &str) -> String {
+    let request_path = format!("runs/{run}/request.yaml");
+    let config = tip
+        .and_then(|t| ledger.read(t, CONFIG_PATH).ok().flatten())
+        .and_then(|t| Config::parse(CONFIG_PATH, &String::from_utf8_lossy(&t)).ok())
+        .unwrap_or_default();
+    let coded = |d: crate::diag::Diagnostics| {
+        d.iter()
+            .map(|x| format!("{x} [{}]", x.code))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let planned = (|| -> Result<crate::plan::Plan, String> {
+        let request = crate::request::Request::parse(&request_path, text).map_err(coded)?;
+        let files = ledger.files_under(head, &request.pack).map_err(|e| e.to_string())?;
+        if files.is_empty() {
+            return Err(format!("{}: no pack at this commit", request.pack));
+        }
+        let files =
+            crate::pack::PackFiles::from_entries(&request.pack, files).map_err(|d| format!("{d} [{}]", d.code))?;
+        let plan =
+            crate::plan_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config()).map_err(coded)?;
+        if let Some(pin) = &request.plan_hash
+            && *pin != plan.hash()
+        {
+            return Err(format!(
+                "the request pins {pin} but plans to {} [{}]",
+                plan.hash(),
+                Code::PackHashMismatch
+            ));
+        }
+        Ok(plan)
+    })();
+    match planned {
+        Err(e) => format!(
+            "stella plan for runs/{run}\n  does not plan:\n  {}\n",
+            e.replace('\n', "\n  ")
+        ),
+        Ok(plan) => plan_summary(ledger, tip, run, &plan),
+    }
+}
+
+fn plan_summary(ledger: &Ledger, tip: Option<ObjectId>, run: &str, plan: &crate::plan::Plan) -> String {
+    let approvers = tip
+        .and_then(|t| ledger.read(t, crate::approvals::APPROVERS_PATH).ok().flatten())
+        .and_then(|t| {
+            crate::approvals::Approvers::parse(crate::approvals::APPROVERS_PATH, &String::from_utf8_lossy(&t)).ok()
+        })
+        .unwrap_or_default();
+    let mut out = format!(
+        "stella plan for runs/{run}\n  pack: {} {}\n  planHash: {}\n  steps: {}\n",
+        plan.pack.name,
+        plan.pack.version,
+        plan.hash(),
+        plan.all_steps().len()
+    );
+    if plan.approvals.is_empty() {
+        out.push_str("  approvals: none\n");
+    }
+    for a in &plan.approvals {
+        let ttl = a.expires_after_ms.map_or(String::new(), |ms| {
+            format!(", expires {} after the gate is reached", crate::duration::format_ms(ms))
+        });
+        let who = approvers.holders(&a.grants);
+        let who = if who.is_empty() {
+            "nobody yet".to_string()
+        } else {
+            who.join(", ")
+        };
+        out.push_str(&format!(
+            "  approval {}: {} of [{}] ({who}){ttl}\n",
+            a.id,
+            a.required_count,
+            a.grants.join(", ")
+        ));
+    }
+    if plan.secrets.is_empty() {
+        out.push_str("  secrets: none\n");
+    }
+    for sct in &plan.secrets {
+        out.push_str(&format!(
+            "  secret {}{}\n",
+            sct.name,
+            sct.scope.as_deref().map_or(String::new(), |s| format!(" ({s})"))
+        ));
+    }
+    out
+}
