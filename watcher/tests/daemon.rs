@@ -1,6 +1,7 @@
 //! The daemon and the ledger on real git repositories: requests executed, results committed
 //! as signed runner commits, people's work left alone, crashes recovered, tampering found.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::repo_support::{HELLO, Repo};
@@ -482,4 +483,59 @@ fn kill_9_at_many_points_then_restart_always_finishes_with_a_verifiable_ledger()
         r.stella(&["ledger", "verify"]).ok();
         r.stella(&["evidence", "verify", "r1"]).ok();
     }
+}
+
+#[test]
+fn sigterm_ends_the_steps_and_the_run_resumes_at_the_next_start() {
+    let r = Repo::new();
+    let once = HELLO.replace(
+        "echo said=yes >> $STELLA_OUTPUT",
+        "echo said=yes >> $STELLA_OUTPUT; if [ ! -f ../../once ]; then touch ../../once; echo $$ > ../../greet.pid; sleep 30; fi",
+    );
+    r.pack("hello", &once).request("r1", "hello", "{}\n");
+    let mut daemon = crate::support::stella()
+        .current_dir(r.path())
+        .args(["daemon", "--repo", ".", "--kill-grace", "1s"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid_file = r.path().join(".git/stella/work/greet.pid");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pid_file.exists() {
+        assert!(Instant::now() < deadline, "the step never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let step = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    let started = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopping took {:?}",
+        started.elapsed()
+    );
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut daemon.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(out.contains("stopped on SIGTERM; 1 step(s) ended"), "{out}");
+    // Nothing of the step outlives the daemon.
+    assert!(
+        !Path::new(&format!("/proc/{step}")).exists(),
+        "the step process {step} survived"
+    );
+    // Its end was not taken for a failure: the run is resumed and finishes.
+    assert!(
+        !std::fs::read_to_string(r.journal("r1"))
+            .unwrap()
+            .contains("step.failed"),
+        "the killed step was recorded as failed"
+    );
+    r.daemon_once().ok();
+    assert_eq!(r.state("r1"), "succeeded");
+    r.stella(&["ledger", "verify"]).ok();
 }

@@ -497,3 +497,35 @@ fn pull_request_notes_judge_by_the_branch_policy_and_closed_pull_requests_are_dr
     let left = runner.git(&["for-each-ref", "refs/stella/pulls/"]);
     assert!(left.stdout.is_empty(), "{}", String::from_utf8_lossy(&left.stdout));
 }
+
+#[test]
+fn a_runner_machine_without_a_git_identity_notes_and_pushes() {
+    let (_hub, admin, runners) = hub_with_runners(1);
+    admin.git(&["checkout", "-q", "-b", "pr-4"]);
+    admin
+        .write(
+            "runs/p4/request.yaml",
+            "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
+        )
+        .commit_all("request p4");
+    admin.git(&["push", "-q", "origin", "HEAD:refs/pull/4/head"]);
+    admin.git(&["checkout", "-q", "main"]);
+    admin.request("r1", "hello", "{}\n");
+    admin.git(&["push", "-q", "origin", "main"]);
+    // No user.name or user.email anywhere: notes and runner commits carry the runner's identity.
+    let home = tempfile::tempdir().unwrap();
+    let out = crate::support::stella()
+        .current_dir(runners[0].path())
+        .args(["daemon", "--once", "--repo", ".", "--remote", "origin"])
+        .env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", home.path())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env_remove("EMAIL")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(hub_states(&admin).get("r1").map(String::as_str), Some("succeeded"));
+    admin.git(&["fetch", "-q", "origin", "+refs/notes/stella:refs/notes/stella"]);
+    let note = admin.git(&["notes", "--ref=stella", "show", "pr-4"]);
+    assert!(String::from_utf8_lossy(&note.stdout).contains("stella plan for runs/p4"));
+}
