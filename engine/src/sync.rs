@@ -57,51 +57,68 @@ pub struct Exported {
     pub tip: String,
     pub since: Option<String>,
     pub commits: usize,
+    /// Whether the bundle carries `refs/notes/stella` (it does when the notes moved).
+    pub notes: bool,
 }
 
-/// Writes a bundle of `branch` (and the notes) holding what was added since the last export to
-/// `target` (or since `since`), and records the export in `refs/stella/sync/<target>`.
+/// Writes a bundle of `branch` and the notes holding what was added since the last export to
+/// `target` (or since `since`), and records the export in `refs/stella/sync/<target>` (and
+/// `refs/stella/sync-notes/<target>` for the notes). A bundle may hold notes alone, when only
+/// they moved (plan notes written after the last export).
 pub fn export(root: &Path, branch: &str, target: &str, since: Option<&str>, out: &Path) -> Result<Exported, Error> {
     let branch_ref = format!("refs/heads/{branch}");
     let tip = rev(root, &branch_ref).ok_or_else(|| Error::Refused(format!("branch {branch} has no commits")))?;
     let mark = format!("refs/stella/sync/{target}");
+    let notes_mark = format!("refs/stella/sync-notes/{target}");
     let since = match since {
         Some(s) => Some(rev(root, s).ok_or_else(|| Error::Refused(format!("--since {s}: no such commit")))?),
         None => rev(root, &mark),
     };
-    if since.as_deref() == Some(tip.as_str()) {
+    let notes_tip = rev(root, NOTES);
+    let notes_since = rev(root, &notes_mark);
+    let branch_moved = since.as_deref() != Some(tip.as_str());
+    let notes_moved = notes_tip.is_some() && notes_tip != notes_since;
+    if !branch_moved && !notes_moved {
         return Err(Error::Refused(format!(
-            "nothing new on {branch} since the last export to `{target}` ({})",
+            "nothing new on {branch} or {NOTES} since the last export to `{target}` ({})",
             &tip[..12]
         )));
     }
-    let mut args: Vec<String> = vec![
-        "bundle".into(),
-        "create".into(),
-        "-q".into(),
-        out.display().to_string(),
-        branch_ref.clone(),
-    ];
-    if rev(root, NOTES).is_some() {
-        args.push(NOTES.into());
+    let mut args: Vec<String> = vec!["bundle".into(), "create".into(), "-q".into(), out.display().to_string()];
+    if branch_moved {
+        args.push(branch_ref.clone());
+        if let Some(s) = &since {
+            args.push(format!("^{s}"));
+        }
     }
-    if let Some(s) = &since {
-        args.push(format!("^{s}"));
+    if notes_moved {
+        args.push(NOTES.into());
+        if let Some(n) = &notes_since {
+            args.push(format!("^{n}"));
+        }
     }
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     git(root, &arg_refs)?;
-    let range = match &since {
-        Some(s) => format!("{s}..{tip}"),
-        None => tip.clone(),
+    let commits = if branch_moved {
+        let range = match &since {
+            Some(s) => format!("{s}..{tip}"),
+            None => tip.clone(),
+        };
+        git(root, &["rev-list", "--count", &range])?.parse().unwrap_or(0)
+    } else {
+        0
     };
-    let commits = git(root, &["rev-list", "--count", &range])?.parse().unwrap_or(0);
     git(root, &["update-ref", &mark, &tip])?;
+    if let Some(n) = &notes_tip {
+        git(root, &["update-ref", &notes_mark, n])?;
+    }
     Ok(Exported {
         path: out.to_path_buf(),
         branch: branch.into(),
         tip,
         since,
         commits,
+        notes: notes_moved,
     })
 }
 
@@ -112,108 +129,206 @@ pub struct Imported {
     pub to: String,
     pub commits: usize,
     pub worktree_updated: bool,
+    /// Whether notes arrived (merged into `refs/notes/stella`).
+    pub notes: bool,
 }
 
-/// Applies a bundle: verify it, fetch into quarantine, accept only a fast-forward of `branch`
-/// whose whole history passes `ledger verify`, then move the branch (and the working tree when
-/// it is clean). Any failure leaves the repository exactly as it was.
-pub fn import(root: &Path, branch: &str, bundle: &Path) -> Result<Imported, Error> {
-    let bundle_s = bundle.display().to_string();
-    if !bundle.is_file() {
-        return Err(Error::Invalid(format!("{bundle_s}: no such file")));
+/// A scratch repository that borrows this one's objects (git alternates): a bundle is fetched
+/// and proven there, so a refused bundle leaves not even objects behind. Removed on drop.
+struct Quarantine {
+    dir: PathBuf,
+}
+
+impl Quarantine {
+    fn new(root: &Path) -> Result<Quarantine, Error> {
+        let objects = git(root, &["rev-parse", "--path-format=absolute", "--git-path", "objects"])?;
+        let git_dir = git(root, &["rev-parse", "--path-format=absolute", "--git-dir"])?;
+        let dir = Path::new(&git_dir)
+            .join("stella")
+            .join(format!("import-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Git(format!("{}: {e}", dir.display())))?;
+        let q = Quarantine { dir };
+        git(&q.dir, &["init", "-q", "--template="])?;
+        let alternates = q.dir.join(".git/objects/info/alternates");
+        std::fs::write(&alternates, format!("{objects}\n"))
+            .map_err(|e| Error::Git(format!("{}: {e}", alternates.display())))?;
+        Ok(q)
     }
-    git(root, &["bundle", "verify", "-q", &bundle_s])
-        .map_err(|e| Error::Invalid(format!("{bundle_s}: not a valid bundle for this repository ({e})")))?;
+}
+
+impl Drop for Quarantine {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Applies a bundle: verify it, fetch it into a quarantine repository, accept only a
+/// fast-forward of `branch` whose whole history passes `ledger verify`, then bring the objects
+/// in and move the branch (and the working tree when it is clean); notes are merged. Any
+/// failure leaves the repository exactly as it was: refs, working tree and object store.
+pub fn import(root: &Path, branch: &str, bundle: &Path) -> Result<Imported, Error> {
+    let bundle_s = std::path::absolute(bundle)
+        .unwrap_or_else(|_| bundle.to_path_buf())
+        .display()
+        .to_string();
+    if !bundle.is_file() {
+        return Err(Error::Invalid(format!("{}: no such file", bundle.display())));
+    }
+    git(root, &["bundle", "verify", "-q", &bundle_s]).map_err(|e| {
+        Error::Invalid(format!(
+            "{}: not a valid bundle for this repository ({e})",
+            bundle.display()
+        ))
+    })?;
+    let bundle_name = bundle.display().to_string();
     let branch_ref = format!("refs/heads/{branch}");
     let heads = git(root, &["bundle", "list-heads", &bundle_s]).map_err(|e| Error::Invalid(e.to_string()))?;
-    if !heads.lines().any(|l| l.ends_with(&format!(" {branch_ref}"))) {
-        return Err(Error::Invalid(format!("{bundle_s} does not carry {branch_ref}")));
+    let carries = |r: &str| heads.lines().any(|l| l.ends_with(&format!(" {r}")));
+    let (has_branch, has_notes) = (carries(&branch_ref), carries(NOTES));
+    if !has_branch && !has_notes {
+        return Err(Error::Invalid(format!(
+            "{bundle_name} carries neither {branch_ref} nor {NOTES}"
+        )));
     }
-    let quarantine = format!("refs/stella/quarantine/{}", std::process::id());
-    let notes_q = format!("{quarantine}-notes");
-    let cleanup = |root: &Path| {
-        let _ = git(root, &["update-ref", "-d", &quarantine]);
-        let _ = git(root, &["update-ref", "-d", &notes_q]);
-    };
-    let mut refspecs = vec![format!("{branch_ref}:{quarantine}")];
-    if heads.lines().any(|l| l.ends_with(&format!(" {NOTES}"))) {
-        refspecs.push(format!("{NOTES}:{notes_q}"));
-    }
+    let q = Quarantine::new(root)?;
+    let (incoming_ref, notes_ref) = ("refs/stella/incoming", "refs/stella/incoming-notes");
     let mut args = vec!["fetch", "-q", "--no-tags", "--no-write-fetch-head", bundle_s.as_str()];
-    args.extend(refspecs.iter().map(String::as_str));
-    if let Err(e) = git(root, &args) {
-        cleanup(root);
-        return Err(Error::Invalid(format!("{bundle_s}: cannot be read ({e})")));
+    let branch_spec = format!("{branch_ref}:{incoming_ref}");
+    let notes_spec = format!("{NOTES}:{notes_ref}");
+    if has_branch {
+        args.push(&branch_spec);
     }
-    let result = (|| {
-        let incoming =
-            rev(root, &quarantine).ok_or_else(|| Error::Invalid("the bundle's branch did not arrive".into()))?;
-        let current = rev(root, &branch_ref);
-        if current.as_deref() == Some(incoming.as_str()) {
-            return Ok(Imported {
-                from: current,
-                to: incoming,
-                commits: 0,
-                worktree_updated: false,
-            });
-        }
-        if let Some(cur) = &current {
-            let ff = Command::new("git")
-                .current_dir(root)
-                .args(["merge-base", "--is-ancestor", cur, &incoming])
-                .status()
-                .map_err(|e| Error::Git(e.to_string()))?;
-            if !ff.success() {
-                return Err(Error::Invalid(format!(
-                    "{bundle_s}: {branch} diverged (the bundle's {} does not contain this repository's {}); only fast-forwards are accepted",
-                    &incoming[..12],
-                    &cur[..12]
-                )));
-            }
+    if has_notes {
+        args.push(&notes_spec);
+    }
+    git(&q.dir, &args).map_err(|e| Error::Invalid(format!("{bundle_name}: cannot be read ({e})")))?;
+    let current = rev(root, &branch_ref);
+    let incoming = if has_branch {
+        rev(&q.dir, incoming_ref).ok_or_else(|| Error::Invalid("the bundle's branch did not arrive".into()))?
+    } else {
+        current
+            .clone()
+            .ok_or_else(|| Error::Invalid(format!("{bundle_name} carries notes only, and {branch} has no commits")))?
+    };
+    let moves = current.as_deref() != Some(incoming.as_str());
+    if moves {
+        if let Some(cur) = &current
+            && !is_ancestor(&q.dir, cur, &incoming)?
+        {
+            return Err(Error::Invalid(format!(
+                "{bundle_name}: {branch} diverged (the bundle's {} does not contain this repository's {}); only fast-forwards are accepted",
+                &incoming[..12],
+                &cur[..12]
+            )));
         }
         // Prove the incoming history before it becomes the branch.
-        let ledger = Ledger::open(root, branch).map_err(|e| Error::Git(e.to_string()))?;
+        let ledger = Ledger::open(&q.dir, branch).map_err(|e| Error::Git(e.to_string()))?;
         let tip = ObjectId::from_hex(incoming.as_bytes()).map_err(|e| Error::Git(e.to_string()))?;
         let report = verify::verify_at(&ledger, tip).map_err(|e| Error::Git(e.to_string()))?;
         if let Some(p) = report.problems.first() {
             return Err(Error::Tampered(format!(
-                "{bundle_s}: the incoming ledger does not verify ({} problems; first: commit {} {}: {})",
+                "{bundle_name}: the incoming ledger does not verify ({} problems; first: commit {} {}: {})",
                 report.problems.len(),
                 p.commit,
                 p.path,
                 p.message
             )));
         }
-        let head_is_branch = git(root, &["symbolic-ref", "-q", "HEAD"]).ok().as_deref() == Some(branch_ref.as_str());
-        let dirty = head_is_branch && !git(root, &["status", "--porcelain", "--untracked-files=no"])?.is_empty();
-        if dirty {
-            return Err(Error::Refused(format!(
-                "the working tree has uncommitted changes to tracked files; commit or stash them, then import {bundle_s} again"
-            )));
+    }
+    let head_is_branch = git(root, &["symbolic-ref", "-q", "HEAD"]).ok().as_deref() == Some(branch_ref.as_str());
+    let dirty = moves && head_is_branch && !git(root, &["status", "--porcelain", "--untracked-files=no"])?.is_empty();
+    if dirty {
+        return Err(Error::Refused(format!(
+            "the working tree has uncommitted changes to tracked files; commit or stash them, then import {bundle_name} again"
+        )));
+    }
+    // Proven: bring the objects in (from the quarantine, all local) under a temporary ref.
+    let landing = format!("refs/stella/quarantine/{}", std::process::id());
+    let landing_notes = format!("{landing}-notes");
+    let q_dir = q.dir.display().to_string();
+    let mut specs = vec![format!("{incoming_ref}:{landing}")];
+    if has_notes {
+        specs.push(format!("{notes_ref}:{landing_notes}"));
+    }
+    let result = (|| {
+        let mut args = vec!["fetch", "-q", "--no-tags", "--no-write-fetch-head", q_dir.as_str()];
+        if has_branch {
+            args.push(&specs[0]);
         }
-        let commits = match &current {
-            Some(c) => git(root, &["rev-list", "--count", &format!("{c}..{incoming}")])?
+        if has_notes {
+            args.push(specs.last().expect("notes spec"));
+        }
+        git(root, &args)?;
+        let commits = match (&current, moves) {
+            (_, false) => 0,
+            (Some(c), true) => git(root, &["rev-list", "--count", &format!("{c}..{incoming}")])?
                 .parse()
                 .unwrap_or(0),
-            None => git(root, &["rev-list", "--count", &incoming])?.parse().unwrap_or(0),
+            (None, true) => git(root, &["rev-list", "--count", &incoming])?.parse().unwrap_or(0),
         };
-        let old = current.clone().unwrap_or_else(|| "0".repeat(40));
-        if head_is_branch {
-            // Moves the branch and the working tree together; refuses rather than overwrite.
-            git(root, &["merge", "-q", "--ff-only", &incoming])?;
-        } else {
-            git(root, &["update-ref", &branch_ref, &incoming, &old])?;
+        if moves {
+            let old = current.clone().unwrap_or_else(|| "0".repeat(40));
+            if head_is_branch {
+                // Moves the branch and the working tree together; refuses rather than overwrite.
+                git(root, &["merge", "-q", "--ff-only", &incoming])?;
+            } else {
+                git(root, &["update-ref", &branch_ref, &incoming, &old])?;
+            }
         }
-        if rev(root, &notes_q).is_some() {
-            let _ = git(root, &["update-ref", NOTES, &notes_q]);
+        if has_notes {
+            merge_notes(root, &landing_notes)?;
         }
         Ok(Imported {
-            from: current,
-            to: incoming,
+            from: current.clone(),
+            to: incoming.clone(),
             commits,
-            worktree_updated: head_is_branch,
+            worktree_updated: moves && head_is_branch,
+            notes: has_notes,
         })
     })();
-    cleanup(root);
+    let _ = git(root, &["update-ref", "-d", &landing]);
+    let _ = git(root, &["update-ref", "-d", &landing_notes]);
     result
+}
+
+fn is_ancestor(root: &Path, a: &str, b: &str) -> Result<bool, Error> {
+    Ok(Command::new("git")
+        .current_dir(root)
+        .args(["merge-base", "--is-ancestor", a, b])
+        .status()
+        .map_err(|e| Error::Git(e.to_string()))?
+        .success())
+}
+
+/// Brings `incoming` notes into `refs/notes/stella`: taken as they are when they contain ours,
+/// merged otherwise (theirs win on the same commit: a note is a plan summary, re-made at will).
+fn merge_notes(root: &Path, incoming: &str) -> Result<(), Error> {
+    let Some(theirs) = rev(root, incoming) else {
+        return Ok(());
+    };
+    match rev(root, NOTES) {
+        None => git(root, &["update-ref", NOTES, &theirs]).map(|_| ()),
+        Some(ours) if is_ancestor(root, &ours, &theirs)? => {
+            git(root, &["update-ref", NOTES, &theirs, &ours]).map(|_| ())
+        }
+        Some(ours) if is_ancestor(root, &theirs, &ours)? => Ok(()),
+        Some(_) => git(
+            root,
+            &[
+                "-c",
+                "user.name=stella",
+                "-c",
+                "user.email=stella@stella.invalid",
+                "notes",
+                "--ref=stella",
+                "merge",
+                "-q",
+                "-s",
+                "theirs",
+                incoming,
+            ],
+        )
+        .map(|_| ()),
+    }
 }

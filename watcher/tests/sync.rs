@@ -100,14 +100,39 @@ fn a_full_air_gap_round_trip() {
     let _ = again;
 }
 
+/// Every file of the object store, so a refused import can be shown to add none.
+fn objects(r: &Repo) -> Vec<String> {
+    let root = r.path().join(".git/objects");
+    let mut all: Vec<String> = walk(&root)
+        .into_iter()
+        .map(|p| p.strip_prefix(&root).unwrap().display().to_string())
+        .collect();
+    all.sort();
+    all
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
 fn refused(r: &Repo, bundle: &std::path::Path, code: &str) {
     let before = refs(r);
     let status = r.status_porcelain();
+    let stored = objects(r);
     let out = r.stella(&["sync", "import", bundle.to_str().unwrap()]);
     assert_ne!(out.code(), Some(0), "the bundle should be refused");
     assert!(out.stderr().contains(&format!("error[{code}]")), "{}", out.stderr());
     assert_eq!(refs(r), before, "refs changed");
     assert_eq!(r.status_porcelain(), status, "working tree changed");
+    assert_eq!(objects(r), stored, "objects were left behind");
 }
 
 fn pair() -> (Repo, Repo, std::path::PathBuf) {
@@ -171,4 +196,28 @@ fn a_dirty_working_tree_is_a_clear_refusal() {
     let (_online, offline, bundle) = pair();
     offline.write("packs/hello/pack.yaml", "edited locally\n");
     refused(&offline, &bundle, "ERR_USAGE");
+}
+
+#[test]
+fn notes_alone_travel_and_merge_with_the_other_side() {
+    let (online, offline, bundle) = pair();
+    offline.stella(&["sync", "import", bundle.to_str().unwrap()]).ok();
+    // Offline notes a commit of its own; online notes another, after the last export.
+    offline.git(&["notes", "--ref=stella", "add", "-m", "offline note", "HEAD~1"]);
+    online.git(&["notes", "--ref=stella", "add", "-m", "online note", "HEAD"]);
+    let notes_only = online.outside("notes.bundle");
+    let out = online
+        .stella(&["sync", "export", "-o", notes_only.to_str().unwrap()])
+        .ok();
+    assert!(out.stderr().contains("refs/notes/stella only"), "{}", out.stderr());
+    let out = offline.stella(&["sync", "import", notes_only.to_str().unwrap()]).ok();
+    assert!(out.stdout().contains("refs/notes/stella: merged"), "{}", out.stdout());
+    let show =
+        |rev: &str| String::from_utf8_lossy(&offline.git(&["notes", "--ref=stella", "show", rev]).stdout).into_owned();
+    assert!(show("HEAD").contains("online note"));
+    assert!(show("HEAD~1").contains("offline note"));
+    // Nothing moved since: a second export says so and writes nothing.
+    let again = online.stella(&["sync", "export", "-o", notes_only.to_str().unwrap()]);
+    assert_eq!(again.code(), Some(2));
+    assert!(again.stderr().contains("nothing new"), "{}", again.stderr());
 }

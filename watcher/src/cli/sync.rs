@@ -19,12 +19,24 @@ pub fn export(repo_dir: &Path, out: &Path, since: Option<&str>, target: &str) ->
         .since
         .as_deref()
         .map_or("the beginning".to_string(), |s| s[..12].to_string());
-    eprintln!(
-        "bundle holds {} and refs/notes/stella: {} commits from {from} to {}",
-        e.branch,
-        e.commits,
-        &e.tip[..12]
-    );
+    let notes = if e.notes {
+        " and refs/notes/stella"
+    } else {
+        " (refs/notes/stella unchanged, not included)"
+    };
+    if e.commits > 0 {
+        eprintln!(
+            "bundle holds {}{notes}: {} commits from {from} to {}",
+            e.branch,
+            e.commits,
+            &e.tip[..12]
+        );
+    } else {
+        eprintln!(
+            "bundle holds refs/notes/stella only: {} has not moved since {from}",
+            e.branch
+        );
+    }
     eprintln!("recorded as the last export to `{target}` (refs/stella/sync/{target})");
     Ok(0)
 }
@@ -34,7 +46,7 @@ pub fn import(repo_dir: &Path, bundle: &Path) -> Result<u8, Failure> {
     let config = repo::config_at_head(&root)?;
     let i = sync::import(&root, &config.branch, bundle).map_err(fail)?;
     if i.commits == 0 {
-        println!("already up to date ({})", &i.to[..12]);
+        println!("{}: already up to date ({})", config.branch, &i.to[..12]);
     } else {
         let from = i.from.as_deref().map_or("nothing".to_string(), |s| s[..12].to_string());
         println!(
@@ -46,6 +58,9 @@ pub fn import(repo_dir: &Path, bundle: &Path) -> Result<u8, Failure> {
         if !i.worktree_updated {
             println!("the branch is not checked out here; the working tree was left alone");
         }
+    }
+    if i.notes {
+        println!("refs/notes/stella: merged");
     }
     Ok(0)
 }
