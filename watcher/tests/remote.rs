@@ -529,3 +529,51 @@ fn a_runner_machine_without_a_git_identity_notes_and_pushes() {
     let note = admin.git(&["notes", "--ref=stella", "show", "pr-4"]);
     assert!(String::from_utf8_lossy(&note.stdout).contains("stella plan for runs/p4"));
 }
+
+#[test]
+fn approvals_committed_in_the_pull_request_count_after_the_merge() {
+    let (_hub, admin, runners) = hub_with_runners(1);
+    let keys = tempfile::tempdir().unwrap();
+    let alice = keys.path().join("alice");
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "alice", "-f"])
+        .arg(&alice)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let public = std::fs::read_to_string(alice.with_extension("pub")).unwrap();
+    let mut signers = std::fs::read_to_string(admin.path().join(".stella/allowed_signers")).unwrap();
+    signers.push_str(&format!("alice namespaces=\"stella-approval\" {}\n", public.trim()));
+    let gated = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: gated, version: 1.0.0 }\nspec:\n  approvals:\n    - { id: review, grants: [Packs.Approve], requiredCount: 1 }\n  steps:\n    - { id: gate, gate: { approval: { id: review } } }\n    - { id: after, run: { uses: builtin:exec, with: { argv: [echo, done] } } }\n";
+    admin
+        .write(".stella/allowed_signers", &signers)
+        .write(".stella/approvers.yaml", "grants:\n  Packs.Approve: [alice]\n")
+        .write("packs/gated/pack.yaml", gated)
+        .commit_all("alice approves");
+    admin.git(&["push", "-q", "origin", "main"]);
+    // The pull request brings the request and alice's approval of its plan.
+    admin.git(&["checkout", "-q", "-b", "pr-5"]);
+    admin.request("g1", "gated", "{}\n");
+    admin
+        .stella(&["approve", "g1", "--gate", "review", "--key", alice.to_str().unwrap()])
+        .ok();
+    admin.commit_all("approve g1");
+    admin.git(&["push", "-q", "origin", "HEAD:refs/pull/5/head"]);
+    let runner = &runners[0];
+    runner
+        .stella(&["daemon", "--once", "--repo", ".", "--remote", "origin"])
+        .ok();
+    admin.git(&["checkout", "-q", "main"]);
+    assert!(!hub_states(&admin).contains_key("g1"), "planned only, never executed");
+    admin.git(&["fetch", "-q", "origin", "+refs/notes/stella:refs/notes/stella"]);
+    let note = admin.git(&["notes", "--ref=stella", "show", "pr-5"]);
+    let note = String::from_utf8_lossy(&note.stdout).into_owned();
+    assert!(note.contains("approval review: 1 of [Packs.Approve] (alice)"), "{note}");
+    admin.git(&["merge", "-q", "--no-ff", "-m", "merge pr-5", "pr-5"]);
+    admin.git(&["push", "-q", "origin", "main"]);
+    runner
+        .stella(&["daemon", "--once", "--repo", ".", "--remote", "origin"])
+        .ok();
+    assert_eq!(hub_states(&admin).get("g1").map(String::as_str), Some("succeeded"));
+    admin.stella(&["ledger", "verify"]).ok();
+}

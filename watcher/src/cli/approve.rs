@@ -40,8 +40,25 @@ pub fn approve(a: Args) -> Result<u8, Failure> {
         .tip()
         .map_err(|e| Failure::one(e.code(), e.to_string()))?
         .ok_or_else(|| Failure::one(Code::Usage, "the branch has no commits"))?;
-    let view = runs::view(&ledger, tip, a.run).map_err(|e| Failure::one(Code::Io, e))?;
-    let (plan_hash, gates) = plan_of(&root, &ledger, tip, a.run, &view)?;
+    let mut view = runs::view(&ledger, tip, a.run).map_err(|e| Failure::one(Code::Io, e))?;
+    let mut at = tip;
+    // A request still on a pull request: approve the plan of the checked-out commit, which
+    // the runner will execute after the merge (and which the pull request's note shows).
+    if !view.has_request
+        && let Some(head) = ledger.resolve("HEAD").filter(|h| *h != tip)
+    {
+        let there = runs::view(&ledger, head, a.run).map_err(|e| Failure::one(Code::Io, e))?;
+        if there.has_request {
+            eprintln!(
+                "run {} is not on {} yet: approving the plan of the checked-out commit {}",
+                a.run,
+                config.branch,
+                &head.to_string()[..12]
+            );
+            (view, at) = (there, head);
+        }
+    }
+    let (plan_hash, gates) = plan_of(&root, &ledger, at, a.run, &view)?;
     let gate = resolve_gate(a.gate, &gates)?;
     let principal = match a.principal {
         Some(p) => p.to_string(),
@@ -125,7 +142,7 @@ fn plan_of(
     if !view.has_request {
         return Err(Failure::one(
             Code::Usage,
-            format!("no run {run} on this branch (commit its request first)"),
+            format!("no run {run} on this branch or the checked-out commit (commit its request first)"),
         ));
     }
     // Not planned yet: plan the committed request the way the runner will.
@@ -140,7 +157,15 @@ fn plan_of(
         .map_err(|e| Failure::one(e.code(), e.to_string()))?;
     let files =
         stella_engine::pack::PackFiles::from_entries(&request.pack, files).map_err(|d| Failure::Diags(d.into()))?;
-    let config = repo::config_at_head(root)?;
+    // The policy that will judge the request is the branch's, not the checked-out commit's.
+    let config = ledger
+        .tip()
+        .ok()
+        .flatten()
+        .and_then(|t| ledger.read(t, stella_engine::config::CONFIG_PATH).ok().flatten())
+        .map(|t| stella_engine::config::Config::parse(stella_engine::config::CONFIG_PATH, &String::from_utf8_lossy(&t)))
+        .transpose()?
+        .map_or_else(|| repo::config_at_head(root), Ok)?;
     let plan = stella_engine::plan_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
     from_plan(&plan.to_plan_json())
 }
