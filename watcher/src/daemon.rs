@@ -219,6 +219,13 @@ async fn main_loop(
     // The remote could not be reached: when to try again, and the wait after that.
     let mut retry_at: Option<Instant> = None;
     let mut backoff = Duration::from_secs(1);
+    // What the last scan saw, and whether the wake-up asks only "did anything change?"
+    // (the safety poll, a file event): then an unchanged branch and journals need no scan.
+    let mut scanned: Option<Fingerprint> = None;
+    let mut quiet = false;
+    // Whether the last scan found work (a failed commit to flush, a run to recover): then the
+    // next poll scans again even if nothing moved.
+    let mut had_work = true;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Failure::one(Code::Io, format!("cannot handle SIGTERM: {e}")))?;
     loop {
@@ -255,7 +262,15 @@ async fn main_loop(
                     }
                 }
             }
-            if reachable {
+            let seen = reachable.then(|| fingerprint(&env));
+            let idle = !had_work && elsewhere.is_empty() && tasks.is_empty() && backlog.is_empty();
+            if reachable && quiet && idle && seen.is_some() && seen == scanned {
+                // Nothing moved since the last scan: it would find what it found then.
+            } else if reachable {
+                if quiet {
+                    tried.retain(|(_, need)| need != "Waiting");
+                }
+                scanned = seen;
                 let views = {
                     let env = env.clone();
                     tokio::task::spawn_blocking(move || scan(&env))
@@ -263,6 +278,7 @@ async fn main_loop(
                         .map_err(|e| Failure::one(Code::Io, e.to_string()))??
                 };
                 deadline = next_deadline(views.0.iter().map(|(v, _)| v));
+                had_work = views.0.iter().any(|(_, n)| !matches!(n, Need::Nothing | Need::Waiting));
                 backlog = views.0.into_iter().collect();
                 ignored = views.1;
             } else {
@@ -270,6 +286,7 @@ async fn main_loop(
                 backlog.clear();
             }
             rescan = false;
+            quiet = false;
         }
         // Runs another runner took over: stop this runner's work on them.
         for (id, token) in &running {
@@ -356,14 +373,14 @@ async fn main_loop(
                 // Let a burst of file events settle, then scan once.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 while rx.try_recv().is_ok() {}
-                tried.retain(|(_, need)| need != "Waiting");
                 rescan = true;
+                quiet = true;
             }
             _ = sigterm.recv() => return stop(env.clone(), a.kill_grace, "SIGTERM").await,
             _ = tokio::signal::ctrl_c() => return stop(env.clone(), a.kill_grace, "SIGINT").await,
             _ = tokio::time::sleep(retry_at.map_or(a.poll, |t| t.saturating_duration_since(Instant::now()).min(a.poll))), if !a.once => {
-                tried.retain(|(_, need)| need != "Waiting");
                 rescan = true;
+                quiet = true;
             }
             // A gate's expiry needs no commit: wake up at the deadline and judge it.
             _ = tokio::time::sleep(deadline.map_or(Duration::MAX, |d| d.duration_since(std::time::SystemTime::now()).unwrap_or_default() + Duration::from_millis(5))), if deadline.is_some() && !a.once => {
@@ -373,6 +390,29 @@ async fn main_loop(
             else => {}
         }
     }
+}
+
+/// What an idle scan's result depends on besides the clock: the branch tip, and the journal
+/// directory (a journal created or set aside). Journals grow only under this daemon's own
+/// work, after which it scans anyway. Cheap: one ref read and one stat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    tip: Option<gix::ObjectId>,
+    journals: Option<std::time::SystemTime>,
+}
+
+fn fingerprint(env: &Environment) -> Fingerprint {
+    let tip = env
+        .ledger
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .tip()
+        .ok()
+        .flatten();
+    let journals = std::fs::metadata(stella_engine::journal::dir(&env.git_dir))
+        .and_then(|m| m.modified())
+        .ok();
+    Fingerprint { tip, journals }
 }
 
 /// The earliest moment a waiting run's gate expires.

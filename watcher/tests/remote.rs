@@ -99,14 +99,28 @@ fn three_runners_one_hub_twenty_requests_each_run_exactly_once() {
     }
     admin.commit_all("twenty requests");
     admin.git(&["push", "-q", "origin", "main"]);
-    let mut daemons: Vec<Child> = runners.iter().map(|r| start(r, &[])).collect();
+    let logs: Vec<_> = runners.iter().map(|r| r.outside("daemon.log")).collect();
+    let mut daemons: Vec<Child> = runners
+        .iter()
+        .zip(&logs)
+        .map(|(r, log)| start_logged(r, &[], log))
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let states = hub_states(&admin);
         if states.len() == 20 && states.values().all(|s| s == "succeeded") {
             break;
         }
-        assert!(Instant::now() < deadline, "not all runs finished: {states:?}");
+        if Instant::now() >= deadline {
+            for log in &logs {
+                eprintln!(
+                    "--- {}\n{}",
+                    log.display(),
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            panic!("not all runs finished: {states:?}");
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
     for d in &mut daemons {
@@ -273,6 +287,7 @@ fn start_logged(r: &Repo, extra: &[&str], log: &Path) -> Child {
         .current_dir(r.path())
         .args(["daemon", "--repo", ".", "--remote", "origin", "--poll", "1s"])
         .args(extra)
+        .env("STELLA_LOG", "info")
         .stdout(file.try_clone().unwrap())
         .stderr(file)
         .spawn()

@@ -375,7 +375,12 @@ pub fn open_repo(dir: &Path) -> gix::Result<gix::Repository> {
         "gitoxide.committer.nameFallback=stella runner",
         "gitoxide.committer.emailFallback=runner@stella.invalid",
     ]);
-    gix::open_opts(dir, opts)
+    let mut repo = gix::open_opts(dir, opts)?;
+    // Readers fetch many files from one commit: every path lookup walks the same trees
+    // (`runs/` alone is a tree of every run), so keep decoded objects instead of inflating
+    // them again for each file.
+    repo.object_cache_size_if_unset(32 << 20);
+    Ok(repo)
 }
 
 fn first_line(s: &str) -> &str {
