@@ -413,3 +413,24 @@ fn a_fast_forwarded_pull_request_cannot_add_its_own_approver_in_an_earlier_commi
     assert_eq!(t.repo.state("r1"), "waiting", "mallory's approval must not count");
     t.assert_not_counted("r1", "mallory", "ERR_APPROVAL_SIGNATURE_INVALID");
 }
+
+#[test]
+fn evidence_exports_the_approvals_as_they_were_when_the_run_ended() {
+    let t = Team::new().waiting_run("r1");
+    t.approve("r1", "alice", &[])
+        .approve("r1", "bob", &[])
+        .commit("both approve");
+    t.repo.daemon_once().ok();
+    assert_eq!(t.repo.state("r1"), "succeeded");
+    // Afterwards bob's approval is re-signed with a comment and alice's is removed: neither
+    // is what the evidence covered, and the export must still be the run's.
+    t.approve("r1", "bob", &["--comment", "signed again later"]);
+    t.repo.git(&["rm", "-q", "-r", "approvals/r1/change-review/alice.yaml"]);
+    t.repo.commit_all("later edits");
+    let out = t.repo.outside("r1.tar.gz");
+    t.repo
+        .stella(&["runs", "export", "r1", "-o", out.to_str().unwrap()])
+        .ok();
+    let verified = t.repo.stella(&["evidence", "verify", out.to_str().unwrap()]);
+    assert_eq!(verified.code(), Some(0), "{}{}", verified.stdout(), verified.stderr());
+}

@@ -22,8 +22,11 @@ fn gather(root: &Path, run: &str) -> Result<BTreeMap<String, Vec<u8>>, Failure> 
         .tip()
         .map_err(io)?
         .ok_or_else(|| Failure::one(Code::Usage, "the branch has no commits"))?;
+    // Everything is read as it stood when the evidence was written: approval files changed or
+    // re-signed after the run ended are not what it covered.
+    let at = written_at(&ledger, tip, &format!("runs/{run}/{}", evidence::ATTESTATION)).map_err(io)?;
     let mut files = BTreeMap::new();
-    for (rel, bytes, _) in ledger.files_under(tip, &format!("runs/{run}")).map_err(io)? {
+    for (rel, bytes, _) in ledger.files_under(at, &format!("runs/{run}")).map_err(io)? {
         files.insert(format!("runs/{run}/{rel}"), bytes);
     }
     if !files.contains_key(&format!("runs/{run}/{}", evidence::ATTESTATION)) {
@@ -66,7 +69,7 @@ fn gather(root: &Path, run: &str) -> Result<BTreeMap<String, Vec<u8>>, Failure> 
         .flatten()
         .filter_map(|f| f["path"].as_str().map(str::to_string))
         .collect();
-    for (rel, bytes, _) in ledger.files_under(tip, &format!("approvals/{run}")).map_err(io)? {
+    for (rel, bytes, _) in ledger.files_under(at, &format!("approvals/{run}")).map_err(io)? {
         let path = format!("approvals/{run}/{rel}");
         if covered.contains(&path) {
             files.insert(path, bytes);
@@ -76,6 +79,24 @@ fn gather(root: &Path, run: &str) -> Result<BTreeMap<String, Vec<u8>>, Failure> 
         files.insert(".stella/allowed_signers".into(), signers);
     }
     Ok(files)
+}
+
+/// The oldest commit on the first-parent line from `tip` whose `path` is what it is at `tip`:
+/// where the file got its present content.
+fn written_at(
+    ledger: &stella_engine::ledger::Ledger,
+    tip: gix::ObjectId,
+    path: &str,
+) -> Result<gix::ObjectId, stella_engine::ledger::Error> {
+    let now = ledger.read(tip, path)?;
+    let mut at = tip;
+    while let Some(&parent) = ledger.parents(at)?.first() {
+        if ledger.read(parent, path)? != now {
+            break;
+        }
+        at = parent;
+    }
+    Ok(at)
 }
 
 pub fn export(repo_dir: &Path, run: &str, out: &Path) -> Result<u8, Failure> {
