@@ -535,3 +535,28 @@ fn a_resumed_run_still_at_its_gate_reads_as_waiting() {
     r.code(3);
     assert_eq!(r.state().state.as_str(), "waiting");
 }
+
+#[test]
+fn resuming_with_other_inputs_is_refused_and_writes_nothing() {
+    let steps = format!(
+        "{}    - {{ id: gate, gate: {{ approval: {{ id: review }} }} }}\n",
+        exec("before", "true")
+    );
+    let s = Scratch::new().pack(&steps).inputs("name: first\n");
+    s.run(&[]).code(3);
+    let before = std::fs::read(s.events_path()).unwrap();
+    let s = s.inputs("name: second\n");
+    let r = s.run(&["--resume", "--approve-local"]);
+    r.code(1);
+    let err = String::from_utf8_lossy(&r.out.stderr).into_owned();
+    assert!(err.contains("error[ERR_PACK_HASH_MISMATCH]"), "{err}");
+    assert!(
+        err.contains("events.ndjson: the run in this file was planned as sha256:"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(s.events_path()).unwrap(),
+        before,
+        "the events file is unchanged"
+    );
+}

@@ -63,6 +63,20 @@ pub fn run(a: RunArgs) -> Result<u8, Failure> {
         }
         _ => Vec::new(),
     };
+    // A local resume with another pack or other inputs is a mistake on the command line, not a
+    // run that failed: refuse it before anything is written.
+    if let (Some(recorded), Some(path)) = (stella_engine::state::fold(&prior).plan_hash, a.events)
+        && recorded != plan.hash()
+    {
+        return Err(Failure::one(
+            Code::PackHashMismatch,
+            format!(
+                "{}: the run in this file was planned as {recorded}, but {shown} with {inputs_file} plans to {}; resume with the pack and inputs it started with",
+                path.display(),
+                plan.hash()
+            ),
+        ));
+    }
     let run_id = prior
         .iter()
         .find(|e| e.kind == "run.started")
