@@ -412,6 +412,24 @@ fn doctor_finds_a_broken_setup() {
     let r = Repo::new();
     let ok = r.stella(&["doctor"]).ok();
     assert!(ok.stdout().contains("ok   runner key SHA256:"), "{}", ok.stdout());
+    assert!(
+        !ok.stdout().contains("differs from the one committed"),
+        "{}",
+        ok.stdout()
+    );
+    let signers = std::fs::read_to_string(r.path().join(".stella/allowed_signers")).unwrap();
+    r.write(
+        ".stella/allowed_signers",
+        &format!("{signers}# a change not committed yet\n"),
+    );
+    let uncommitted = r.stella(&["doctor"]).ok();
+    assert!(
+        uncommitted
+            .stdout()
+            .contains("warn .stella/allowed_signers differs from the one committed on `main`"),
+        "{}",
+        uncommitted.stdout()
+    );
     r.write(".stella/allowed_signers", "alice not-a-key\n");
     let bad = r.stella(&["doctor"]);
     assert_eq!(bad.code(), Some(1));

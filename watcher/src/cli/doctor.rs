@@ -110,6 +110,23 @@ pub fn doctor(repo_dir: &Path, key: Option<&Path>) -> Result<u8, Failure> {
         }
     }
     let signers_text = std::fs::read_to_string(root.join(".stella/allowed_signers")).unwrap_or_default();
+    // Verification trusts the committed file, never the working tree's.
+    {
+        let committed = stella_engine::remote::git_in(
+            &root,
+            &["show", &format!("refs/heads/{}:.stella/allowed_signers", config.branch)],
+        )
+        .unwrap_or_default();
+        if committed.trim() != signers_text.trim() {
+            say(
+                Level::Warn,
+                format!(
+                    ".stella/allowed_signers differs from the one committed on `{}`: runners and `ledger verify` trust only what is committed (commit it)",
+                    config.branch
+                ),
+            );
+        }
+    }
     let signers = match AllowedSigners::parse(".stella/allowed_signers", &signers_text) {
         Ok(s) => {
             say(
