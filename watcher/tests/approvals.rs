@@ -390,17 +390,6 @@ fn a_gate_expires_without_any_further_commit() {
 fn a_fast_forwarded_pull_request_cannot_add_its_own_approver_in_an_earlier_commit() {
     let t = Team::new();
     t.repo.daemon_once().ok(); // the runner has seen the branch before the pull request
-    fast_forwarded_self_approval_is_refused(t);
-}
-
-#[test]
-fn a_runner_set_up_before_the_pull_request_refuses_it_even_before_its_first_scan() {
-    let t = Team::new();
-    t.repo.stella(&["init", "."]).ok(); // setting up the runner records the branch it saw
-    fast_forwarded_self_approval_is_refused(t);
-}
-
-fn fast_forwarded_self_approval_is_refused(t: Team) {
     let mallory = std::fs::read_to_string(t.key("mallory").with_extension("pub")).unwrap();
     let signers = std::fs::read_to_string(t.repo.path().join(".stella/allowed_signers")).unwrap();
     t.repo.write(

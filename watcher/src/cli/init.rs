@@ -80,7 +80,6 @@ pub fn init(dir: &Path, key: Option<&Path>) -> Result<u8, Failure> {
         write_replace(&signers, &format!("{existing}{sep}{header}{line}"))?;
         created.push(".stella/allowed_signers (runner key added)".to_string());
     }
-    remember_tip(dir);
     if created.is_empty() {
         println!("{} is already set up; nothing changed", dir.display());
     } else {
@@ -91,29 +90,6 @@ pub fn init(dir: &Path, key: Option<&Path>) -> Result<u8, Failure> {
     println!("runner key: {} ({})", runner.fingerprint(), key_path.display());
     println!("next: git add .stella packs runs approvals && git commit -m \"stella init\"");
     Ok(0)
-}
-
-/// Records the branch as this runner sees it now (`.git/stella/seen`): requests that arrive
-/// later are judged by the trust files of this commit or a later one, so a pull request
-/// fast-forwarded with an earlier commit of its own (adding its own approver, say) cannot
-/// vouch for itself, even before the daemon's first scan.
-fn remember_tip(dir: &Path) {
-    let branch = repo::config_at_head(dir)
-        .map(|c| c.branch)
-        .unwrap_or_else(|_| "main".into());
-    let git = |args: &[&str]| stella_engine::remote::git_in(dir, args).ok();
-    let tip = git(&[
-        "rev-parse",
-        "--verify",
-        "-q",
-        &format!("refs/heads/{branch}^{{commit}}"),
-    ]);
-    let git_dir = git(&["rev-parse", "--absolute-git-dir"]);
-    if let (Some(tip), Some(git_dir)) = (tip, git_dir)
-        && let Ok(tip) = gix::ObjectId::from_hex(tip.as_bytes())
-    {
-        stella_engine::runs::record_seen(Path::new(&git_dir), tip);
-    }
 }
 
 fn write_new(path: &Path, content: &str) -> Result<(), Failure> {
