@@ -129,6 +129,10 @@ demo_gate() {
   printf 'grants:\n  Packs.Approve: [alice]\n' > "$demo/.stella/approvers.yaml"
   git -C "$demo" add .stella
   show git -C "$demo" commit -q -m "alice may approve"
+  # A request is judged by the trust files of the branch as the runner saw it before the
+  # request arrived (so a pull request cannot bring its own approver): let the runner see
+  # alice's commit first. A watching daemon does this by itself when the commits land apart.
+  show stella daemon --once --repo "$demo"
   # The secret comes from a file outside the repository (never commit secrets).
   printf 'registryToken: quickstart-dummy-token\n' > "$scratch/secrets.yaml"
   printf '$ %s\n' "stella run request $demo/packs/sbom-remediation --inputs examples/sbom-remediation.inputs.yaml"
@@ -155,6 +159,30 @@ demo_gate() {
   show stella ledger verify --repo "$demo"
 }
 
+demo_air_gap() {
+  section "11. Across an air gap: a git bundle, checked before it moves anything"
+  # An offline site holds the repository as it was before the gated run.
+  local offline="$scratch/offline" before
+  before=$(git -C "$demo" rev-parse "HEAD~3")
+  git -C "$demo" branch -q site-b-base "$before"
+  git clone -q --no-local --single-branch --branch site-b-base "$demo" "$offline"
+  git -C "$demo" branch -q -D site-b-base
+  git -C "$offline" checkout -q -b main
+  git -C "$offline" branch -q -D site-b-base
+  show stella sync export -o "$scratch/site-b.bundle" --to site-b --since "$before" --repo "$demo"
+  # A bundle cut short in transit is refused, and the offline repository is left as it was.
+  head -c 2000 "$scratch/site-b.bundle" > "$scratch/truncated.bundle"
+  printf '$ %s\n' "stella sync import $scratch/truncated.bundle --repo $offline"
+  if stella sync import "$scratch/truncated.bundle" --repo "$offline"; then
+    echo "quickstart: a truncated bundle was accepted" >&2
+    exit 1
+  fi
+  show git -C "$offline" log --oneline -1
+  # The whole bundle: a fast-forward whose ledger verifies, so the branch moves.
+  show stella sync import "$scratch/site-b.bundle" --repo "$offline"
+  show stella ledger verify --repo "$offline"
+}
+
 expect_state() {
   local state
   state=$(stella runs list --repo "$demo" --json |
@@ -175,10 +203,10 @@ verify with stock git; evidence verifies with any DSSE implementation. A local r
 dummy; approvals are waived locally):
   STELLA_SECRET_REGISTRYTOKEN=dummy target/release/stella pack run packs/sbom-remediation \\
       --inputs examples/sbom-remediation.inputs.yaml --approve-local
-Coming next: stella daemon --remote (pull requests, claims across runners) and
-stella sync export|import (carry the repository across an air gap with git bundle).
+Several runners on one git server, pull requests planned and noted: stella daemon
+--remote origin (docs/remote.md). Sealed sites: stella sync export|import (docs/air-gap.md).
 The demo repository ($demo) is removed when this script exits.
-Read next: README.md, ARCHITECTURE.md, docs/ledger.md, docs/daemon.md, docs/approvals.md, docs/evidence.md.
+Read next: README.md, ARCHITECTURE.md, docs/ledger.md, docs/daemon.md, docs/approvals.md, docs/evidence.md, docs/remote.md, docs/air-gap.md.
 EOF
 }
 
@@ -190,4 +218,5 @@ demo_repository
 demo_run
 demo_ledger
 demo_gate
+demo_air_gap
 next_steps

@@ -349,6 +349,11 @@ fn an_approver_added_with_the_request_does_not_count() {
     t.repo.daemon_once().ok();
     assert_eq!(t.repo.state("r1"), "waiting", "mallory's approval must not count");
     t.assert_not_counted("r1", "mallory", "ERR_APPROVAL_SIGNATURE_INVALID");
+    // The reason says why a signer listed at the tip does not count.
+    let reason = t.verdict("r1", "mallory")["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("mallory is trusted at the branch tip, but"), "{reason}");
+    let alice = t.verdict("r1", "alice");
+    assert_eq!(alice["verdict"], "counted", "{alice}");
 }
 
 #[test]

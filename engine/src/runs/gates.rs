@@ -27,10 +27,15 @@ pub struct RepoGates<'a> {
 
 impl RepoGates<'_> {
     fn trust(&self) -> Result<(AllowedSigners, Approvers), (Code, String)> {
+        self.trust_at(self.trust_commit)
+    }
+
+    /// The trust files of `commit`.
+    fn trust_at(&self, commit: ObjectId) -> Result<(AllowedSigners, Approvers), (Code, String)> {
         let ledger = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let read = |path: &str| {
             ledger
-                .read(self.trust_commit, path)
+                .read(commit, path)
                 .ok()
                 .flatten()
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -84,6 +89,52 @@ impl RepoGates<'_> {
     }
 }
 
+impl RepoGates<'_> {
+    /// An approval that does not count under the trust files in force before the request, but
+    /// would under the branch tip's, says so: its signer or grant arrived too late (with the
+    /// request, or before the runner saw the branch again), which the bare reason does not tell.
+    fn explain_late_trust(&self, input: &GateInput, verdicts: &mut [approvals::Verdict]) {
+        let late_codes = [
+            Code::ApprovalSignatureInvalid.as_str(),
+            Code::ApprovalUnauthorized.as_str(),
+        ];
+        if !verdicts
+            .iter()
+            .any(|v| v.code.as_deref().is_some_and(|c| late_codes.contains(&c)))
+        {
+            return;
+        }
+        let tip = {
+            let ledger = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            ledger.tip().ok().flatten()
+        };
+        let Some(tip) = tip.filter(|t| *t != self.trust_commit) else {
+            return;
+        };
+        let Ok((signers, approvers)) = self.trust_at(tip) else {
+            return;
+        };
+        let (_, at_tip) = approvals::evaluate(&GateInput {
+            signers: &signers,
+            approvers: &approvers,
+            ..*input
+        });
+        for v in verdicts.iter_mut() {
+            let late = v.code.as_deref().is_some_and(|c| late_codes.contains(&c))
+                && at_tip
+                    .iter()
+                    .any(|t| t.path == v.path && (t.verdict == "counted" || t.verdict == "rejected"));
+            if late && let Some(reason) = &mut v.reason {
+                reason.push_str(&format!(
+                    " — {} is trusted at the branch tip, but this run's approvals are judged by the trust files of commit {} (the branch before the request arrived, as this runner saw it); a signer or grant must reach the branch, and the runner, before the request does: request the run again for it to count",
+                    v.principal,
+                    &self.trust_commit.to_string()[..12]
+                ));
+            }
+        }
+    }
+}
+
 impl Gatekeeper for RepoGates<'_> {
     fn decide(&self, _step: &PlanStep, gate: &PlanApprovalGate, waiting_since: Option<&str>) -> GateVerdict {
         let Some(rule) = self.plan.approvals.iter().find(|a| a.id == gate.id) else {
@@ -109,7 +160,8 @@ impl Gatekeeper for RepoGates<'_> {
             waiting_since: waiting_since.and_then(|t| humantime::parse_rfc3339(t).ok()),
             now: SystemTime::now(),
         };
-        let (outcome, verdicts) = approvals::evaluate(&input);
+        let (outcome, mut verdicts) = approvals::evaluate(&input);
+        self.explain_late_trust(&input, &mut verdicts);
         let notes = verdicts
             .iter()
             .map(|v| {
