@@ -60,21 +60,29 @@ impl Remote {
                 }
                 sections.push(summary(ledger, head_id, tip, &name, &String::from_utf8_lossy(&text)));
             }
+            if !sections.is_empty() {
+                let note = sections.join("\n");
+                let existing = self.git(&["notes", "--ref=stella", "show", head]).unwrap_or_default();
+                if existing.trim() != note.trim() {
+                    self.git_as_runner(&["notes", "--ref=stella", "add", "-f", "-m", &note, head])?;
+                    written += 1;
+                }
+            }
+            // Planned against this tip: not again until the head or the branch moves.
             noted.insert(head.to_string(), tip_hex.clone());
-            if sections.is_empty() {
-                continue;
-            }
-            let note = sections.join("\n");
-            let existing = self.git(&["notes", "--ref=stella", "show", head]).unwrap_or_default();
-            if existing.trim() == note.trim() {
-                continue;
-            }
-            self.git_as_runner(&["notes", "--ref=stella", "add", "-f", "-m", &note, head])?;
-            written += 1;
         }
         drop(noted);
-        if written > 0 {
+        // Push when the notes hold anything the remote lacks (new now, or left by a failed push).
+        let local = self.rev(NOTES);
+        let remote = self.rev("refs/stella/remote-notes");
+        if let Some(l) = &local
+            && local != remote
+            && !remote.as_deref().is_some_and(|r| self.is_ancestor(l, r))
+        {
             self.push_notes()?;
+            if let Some(pushed) = self.rev(NOTES) {
+                let _ = self.git(&["update-ref", "refs/stella/remote-notes", &pushed]);
+            }
         }
         Ok(written)
     }
