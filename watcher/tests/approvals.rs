@@ -439,3 +439,34 @@ fn evidence_exports_the_approvals_as_they_were_when_the_run_ended() {
     let verified = t.repo.stella(&["evidence", "verify", out.to_str().unwrap()]);
     assert_eq!(verified.code(), Some(0), "{}{}", verified.stdout(), verified.stderr());
 }
+
+#[test]
+fn the_trust_files_are_those_before_the_request_however_far_back_it_is() {
+    // The request is far below the tip (found by bisecting the history, not by walking it):
+    // a grant given to carol in commit 20 of 37 after it must not count for it.
+    let t = Team::new();
+    t.repo.write(
+        "runs/r1/request.yaml",
+        "apiVersion: stella/v1\nkind: RunRequest\npack: packs/gated\n",
+    );
+    t.commit("the request");
+    for i in 0..37 {
+        if i == 20 {
+            t.repo.write(
+                ".stella/approvers.yaml",
+                "grants:\n  Packs.Approve: [alice, bob, carol]\n",
+            );
+        }
+        t.repo.write("notes.md", &format!("change {i}\n"));
+        t.commit(&format!("unrelated {i}"));
+    }
+    t.approve("r1", "carol", &[])
+        .approve("r1", "alice", &[])
+        .commit("approvals");
+    t.repo.daemon_once().ok();
+    assert_eq!(t.repo.state("r1"), "waiting");
+    t.assert_not_counted("r1", "carol", "ERR_APPROVAL_UNAUTHORIZED");
+    t.approve("r1", "bob", &[]).commit("bob approves");
+    t.repo.daemon_once().ok();
+    assert_eq!(t.repo.state("r1"), "succeeded");
+}

@@ -532,15 +532,7 @@ fn replan(env: &Environment, id: &str, prior: &[Event]) -> Result<(Plan, PackFil
 /// the request onto the branch (or that commit itself when it has no parent).
 fn trust_commit(env: &Environment, tip: ObjectId, request_path: &str) -> ObjectId {
     let ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
-    let mut at = tip;
-    let before_request = loop {
-        let Ok(parents) = ledger.parents(at) else { break at };
-        let Some(&parent) = parents.first() else { break at };
-        if ledger.read(parent, request_path).ok().flatten().is_none() {
-            break parent;
-        }
-        at = parent;
-    };
+    let before_request = before_arrival(&ledger, tip, request_path);
     // A pull request merged by fast-forward puts its own earlier commits (say, one adding an
     // approver) before the request on the branch. The branch as this runner last saw it
     // before the request arrived is older than all of them: trust that when it is known.
@@ -551,6 +543,53 @@ fn trust_commit(env: &Environment, tip: ObjectId, request_path: &str) -> ObjectI
         }
     }
     before_request
+}
+
+/// The newest commit on the first-parent line from `tip` that lacks `path` (or the root, when
+/// every commit has it). A request, once on the branch, stays there unchanged (`ledger verify`
+/// holds it to that), so along the line "has it" turns into "lacks it" exactly once: found by
+/// galloping then bisecting, reading the path O(log n) times, not once per runner commit made
+/// since the request arrived (which made planning quadratic on a busy ledger).
+fn before_arrival(ledger: &Ledger, tip: ObjectId, path: &str) -> ObjectId {
+    let has = |c: ObjectId| ledger.read(c, path).ok().flatten().is_some();
+    let mut chain = vec![tip];
+    // Extends the chain to hold index `i` if the history is that long; false at the root.
+    let reach = |chain: &mut Vec<ObjectId>, i: usize| {
+        while chain.len() <= i {
+            let last = *chain.last().expect("non-empty");
+            match ledger.parents(last).ok().and_then(|p| p.first().copied()) {
+                Some(parent) => chain.push(parent),
+                None => return false,
+            }
+        }
+        true
+    };
+    // Invariant: chain[lo] has the path; chain[hi] lacks it (once found).
+    let (mut lo, mut hi) = (0, 1);
+    loop {
+        if !reach(&mut chain, hi) {
+            let root = chain.len() - 1;
+            if has(chain[root]) {
+                return chain[root];
+            }
+            hi = root;
+            break;
+        }
+        if !has(chain[hi]) {
+            break;
+        }
+        lo = hi;
+        hi *= 2;
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if has(chain[mid]) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    chain[hi]
 }
 
 /// The branch tips this runner has seen, oldest first (`.git/stella/seen`).
