@@ -35,6 +35,8 @@ impl Error {
 }
 
 const NOTES: &str = "refs/notes/stella";
+/// git's empty tree, to diff a first import against.
+const EMPTY_TREE: &str = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
 
 fn git(root: &Path, args: &[&str]) -> Result<String, Error> {
     crate::remote::git_in(root, args).map_err(|e| Error::Git(e.to_string().trim_start_matches("git: ").to_string()))
@@ -70,12 +72,14 @@ pub fn export(root: &Path, branch: &str, target: &str, since: Option<&str>, out:
     let tip = rev(root, &branch_ref).ok_or_else(|| Error::Refused(format!("branch {branch} has no commits")))?;
     let mark = format!("refs/stella/sync/{target}");
     let notes_mark = format!("refs/stella/sync-notes/{target}");
+    let explicit = since.is_some();
     let since = match since {
         Some(s) => Some(rev(root, s).ok_or_else(|| Error::Refused(format!("--since {s}: no such commit")))?),
         None => rev(root, &mark),
     };
     let notes_tip = rev(root, NOTES);
-    let notes_since = rev(root, &notes_mark);
+    // An explicit --since redoes an export (a bundle lost on the way): the notes go whole.
+    let notes_since = if explicit { None } else { rev(root, &notes_mark) };
     let branch_moved = since.as_deref() != Some(tip.as_str());
     let notes_moved = notes_tip.is_some() && notes_tip != notes_since;
     if !branch_moved && !notes_moved {
@@ -211,6 +215,15 @@ pub fn import(root: &Path, branch: &str, bundle: &Path) -> Result<Imported, Erro
             .clone()
             .ok_or_else(|| Error::Invalid(format!("{bundle_name} carries notes only, and {branch} has no commits")))?
     };
+    // A bundle older than the branch (already imported, or overtaken) brings nothing new.
+    let behind = current
+        .as_deref()
+        .is_some_and(|cur| cur != incoming && is_ancestor(&q.dir, &incoming, cur).unwrap_or(false));
+    let incoming = if behind {
+        current.clone().expect("behind implies a branch")
+    } else {
+        incoming
+    };
     let moves = current.as_deref() != Some(incoming.as_str());
     if moves {
         if let Some(cur) = &current
@@ -242,6 +255,17 @@ pub fn import(root: &Path, branch: &str, bundle: &Path) -> Result<Imported, Erro
         return Err(Error::Refused(format!(
             "the working tree has uncommitted changes to tracked files; commit or stash them, then import {bundle_name} again"
         )));
+    }
+    if moves && head_is_branch {
+        // The working tree follows the branch: a file the import would add must not be there
+        // already untracked (git would refuse at the very end, after the objects came in).
+        let from = current.clone().unwrap_or_else(|| EMPTY_TREE.to_string());
+        let added = git(&q.dir, &["diff", "--name-only", "--diff-filter=A", &from, &incoming])?;
+        if let Some(p) = added.lines().find(|p| !p.is_empty() && root.join(p).exists()) {
+            return Err(Error::Refused(format!(
+                "{p} is in the working tree but not committed, and {bundle_name} adds it; move it away, then import again"
+            )));
+        }
     }
     // Proven: bring the objects in (from the quarantine, all local) under a temporary ref.
     let landing = format!("refs/stella/quarantine/{}", std::process::id());

@@ -100,13 +100,15 @@ enum TaskEnd {
     Failed(String),
 }
 
-type Done = (String, TaskEnd);
+/// A run, how the work on it ended, and the claim to release once its results are pushed.
+type Done = (String, TaskEnd, Option<String>);
 
 type SharedRemote = Option<Arc<Remote>>;
 
 /// Fetch, bring the branch level with the remote, and push what the runner committed. Runs
 /// whose local results had to be dropped (another runner holds them) are fenced.
 fn exchange(env: &Environment, remote: &Remote) -> Result<(), stella_engine::remote::Error> {
+    tracing::debug!(remote = %remote.name, "exchange with the remote");
     remote.fetch()?;
     let mut ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
     let mut dropped = remote.integrate(&mut ledger, &env.key)?.dropped;
@@ -126,6 +128,15 @@ fn exchange(env: &Environment, remote: &Remote) -> Result<(), stella_engine::rem
     Ok(())
 }
 
+/// Releases the claims of runs left waiting at a gate (their events are on the remote now).
+fn release_claims(remote: &Remote, claims: Vec<(String, String)>) {
+    for (id, lease) in claims {
+        if let Err(e) = remote.release(&id, &lease) {
+            warn!(run = %id, error = %e, "cannot release the claim of a waiting run; it lapses after the lease");
+        }
+    }
+}
+
 /// One piece of work on a run, on a blocking worker. With a remote, the run is executed only
 /// by the runner that holds its claim, and the claim is renewed while the work goes on.
 fn work(env: Arc<Environment>, remote: SharedRemote, id: String, need: Need, token: CancelToken) -> Done {
@@ -133,7 +144,7 @@ fn work(env: Arc<Environment>, remote: SharedRemote, id: String, need: Need, tok
     let mut lease_token = None;
     if let Some(r) = &remote {
         match r.claim(&id, &env.key) {
-            Ok(Claim::Lost { holder, age_secs }) => return (id, TaskEnd::ClaimedElsewhere { holder, age_secs }),
+            Ok(Claim::Lost { holder, age_secs }) => return (id, TaskEnd::ClaimedElsewhere { holder, age_secs }, None),
             Ok(Claim::TakenOver { from, token }) => {
                 env.unfence(&id);
                 info!(run = %id, from = %from, "took over a claim whose runner went silent");
@@ -144,7 +155,7 @@ fn work(env: Arc<Environment>, remote: SharedRemote, id: String, need: Need, tok
                 env.unfence(&id);
                 lease_token = Some(token);
             }
-            Err(e) => return (id, TaskEnd::Failed(format!("cannot claim the run: {e}"))),
+            Err(e) => return (id, TaskEnd::Failed(format!("cannot claim the run: {e}")), None),
         }
     }
     let renewing = Arc::new(AtomicBool::new(true));
@@ -165,35 +176,66 @@ fn work(env: Arc<Environment>, remote: SharedRemote, id: String, need: Need, tok
                         warn!(run = %id, holder = %holder, "the claim was taken over; stopping this runner's work on the run");
                         env.fence(&id);
                         token.cancel();
-                        return;
+                        return None;
                     }
                     Err(e) => warn!(run = %id, error = %e, "cannot renew the claim; retrying"),
                 }
                 last = std::time::Instant::now();
             }
+            Some(lease)
         })
     });
+    // Holding the claim, read the run as the remote has it now: another runner may have
+    // carried it on since this runner's last fetch (a brand-new claim on a new request
+    // cannot be behind: nobody ever held it).
+    if let Some(r) = &remote
+        && (need != Need::Start || took_over.is_some())
+        && let Err(e) = catch_up(&env, r)
+    {
+        renewing.store(false, Ordering::SeqCst);
+        if let Some(h) = renewer {
+            let _ = h.join();
+        }
+        return (
+            id,
+            TaskEnd::Failed(format!("cannot read the run from the remote: {e}")),
+            None,
+        );
+    }
     let result = runs::process(&env, &id, need, token, took_over.as_deref());
     renewing.store(false, Ordering::SeqCst);
-    if let Some(h) = renewer {
-        let _ = h.join();
-    }
-    if let Some(r) = &remote
-        && let Err(f) = exchange(&env, r)
-    {
-        warn!(run = %id, error = %f, "cannot exchange with the remote; retried at the next cycle");
-    }
+    let lease = renewer.and_then(|h| h.join().ok().flatten());
+    // A run waiting at a gate is not being executed: its claim is released once its events
+    // are on the remote, so whichever runner sees the approvals first carries it on (a live
+    // runner's waiting run is not "taken over" after the lease).
+    let release = match &result {
+        Ok(Some(Outcome::Waiting { .. })) => lease,
+        _ => None,
+    };
+    // The results go out with the main loop's next exchange, together with those of the
+    // runs that finished meanwhile (one fetch and one push for all of them).
     if env.is_fenced(&id) {
         // What this runner recorded after the takeover is not the run's: keep it aside.
         if let Ok(kept) = stella_engine::journal::set_aside(&env.git_dir, &id) {
             info!(run = %id, kept = %kept.display(), "journal of a run taken over set aside");
         }
-        return (id, TaskEnd::TakenOver);
+        return (id, TaskEnd::TakenOver, None);
     }
     match result {
-        Ok(o) => (id, TaskEnd::Finished(o)),
-        Err(e) => (id, TaskEnd::Failed(e.to_string())),
+        Ok(o) => (id, TaskEnd::Finished(o), release),
+        Err(e) => (id, TaskEnd::Failed(e.to_string()), None),
     }
+}
+
+/// Fetches and brings the branch level with the remote, without pushing.
+fn catch_up(env: &Environment, remote: &Remote) -> Result<(), stella_engine::remote::Error> {
+    remote.fetch()?;
+    let mut ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+    for id in remote.integrate(&mut ledger, &env.key)?.dropped {
+        env.fence(&id);
+    }
+    ledger.refresh();
+    Ok(())
 }
 
 async fn main_loop(
@@ -226,22 +268,41 @@ async fn main_loop(
     // Whether the last scan found work (a failed commit to flush, a run to recover): then the
     // next poll scans again even if nothing moved.
     let mut had_work = true;
+    // Runs finished since the last exchange with the remote: their results wait to be pushed.
+    let mut exchange_due = false;
+    // Claims of runs waiting at a gate, released after the next successful exchange.
+    let mut to_release: Vec<(String, String)> = Vec::new();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Failure::one(Code::Io, format!("cannot handle SIGTERM: {e}")))?;
     loop {
         // Scan when the last scan's work is used up or something changed; otherwise keep
         // starting what it found (a scan reads every run, so not one per finished run).
         let fresh = backlog.is_empty() || rescan;
+        if !fresh
+            && exchange_due
+            && let Some(r) = &remote
+            && retry_at.is_none_or(|t| Instant::now() >= t)
+        {
+            // Push what finished while the backlog is still being worked through.
+            let (env, r, release) = (env.clone(), r.clone(), std::mem::take(&mut to_release));
+            let exchanged =
+                tokio::task::spawn_blocking(move || exchange(&env, &r).map(|()| release_claims(&r, release)));
+            if let Ok(Err(e)) = exchanged.await {
+                warn!(error = %e, "cannot exchange with the remote; retried at the next cycle");
+            }
+        }
+        exchange_due = false;
         if fresh {
             let mut reachable = true;
             if let Some(r) = &remote {
                 if retry_at.is_some_and(|t| Instant::now() < t) {
                     reachable = false;
                 } else {
-                    let (env, r) = (env.clone(), r.clone());
-                    let res = tokio::task::spawn_blocking(move || exchange(&env, &r))
-                        .await
-                        .map_err(|e| Failure::one(Code::Io, e.to_string()))?;
+                    let (env, r, release) = (env.clone(), r.clone(), std::mem::take(&mut to_release));
+                    let res =
+                        tokio::task::spawn_blocking(move || exchange(&env, &r).map(|()| release_claims(&r, release)))
+                            .await
+                            .map_err(|e| Failure::one(Code::Io, e.to_string()))?;
                     match res {
                         Ok(()) => {
                             if retry_at.take().is_some() {
@@ -279,7 +340,11 @@ async fn main_loop(
                 };
                 deadline = next_deadline(views.0.iter().map(|(v, _)| v));
                 had_work = views.0.iter().any(|(_, n)| !matches!(n, Need::Nothing | Need::Waiting));
-                backlog = views.0.into_iter().collect();
+                let mut found = views.0;
+                if remote.is_some() {
+                    spread(&mut found, &env.key.fingerprint());
+                }
+                backlog = found.into_iter().collect();
                 ignored = views.1;
             } else {
                 // Without the remote no run can be claimed: nothing starts until it answers.
@@ -350,9 +415,14 @@ async fn main_loop(
             continue;
         }
         tokio::select! {
-            Some(done) = tasks.join_next() => {
-                if let Ok((id, end)) = done {
+            Some(first) = tasks.join_next() => {
+              let mut next = Some(first);
+              while let Some(done) = next {
+                if let Ok((id, end, release)) = done {
                     running.remove(&id);
+                    if let Some(lease) = release {
+                        to_release.push((id.clone(), lease));
+                    }
                     if let TaskEnd::ClaimedElsewhere { holder, age_secs } = &end {
                         let lapse = a.lease.saturating_sub(Duration::from_secs(*age_secs)) + Duration::from_secs(1);
                         elsewhere.insert(id.clone(), Instant::now() + lapse);
@@ -364,9 +434,14 @@ async fn main_loop(
                         report(&id, end);
                     }
                 }
+                next = tasks.try_join_next();
+              }
                 // With a remote, results are exchanged each cycle; locally the backlog goes on.
-                if remote.is_some() && backlog.is_empty() {
-                    rescan = true;
+                if remote.is_some() {
+                    exchange_due = true;
+                    if backlog.is_empty() {
+                        rescan = true;
+                    }
                 }
             }
             Some(()) = rx.recv(), if !a.once => {
@@ -413,6 +488,18 @@ fn fingerprint(env: &Environment) -> Fingerprint {
         .and_then(|m| m.modified())
         .ok();
     Fingerprint { tip, journals }
+}
+
+/// Orders new runs differently on each runner (by a hash of the runner key and the run id,
+/// as rendezvous hashing does), so runners sharing a remote do not all race for the same run
+/// first; runs already under way come first.
+fn spread(found: &mut [(runs::RunView, Need)], runner: &str) {
+    use sha2::Digest;
+    found.sort_by_cached_key(|(view, need)| {
+        let fresh = *need == Need::Start;
+        let rank = fresh.then(|| sha2::Sha256::digest(format!("{runner}\n{}", view.id).as_bytes()).to_vec());
+        (fresh, rank)
+    });
 }
 
 /// The earliest moment a waiting run's gate expires.
@@ -493,7 +580,7 @@ fn scan(env: &Environment) -> Result<Scan, Failure> {
 /// Refuses to go on when the branch no longer contains the last tip this daemon saw
 /// (a force-push rewrote the ledger's history).
 fn check_history(ledger: &stella_engine::ledger::Ledger, git_dir: &Path, tip: gix::ObjectId) -> Result<(), Failure> {
-    let file = git_dir.join("stella").join("last-seen");
+    let file = runs::last_seen_path(git_dir);
     if let Some(seen) = std::fs::read_to_string(&file)
         .ok()
         .and_then(|s| gix::ObjectId::from_hex(s.trim().as_bytes()).ok())
@@ -532,13 +619,16 @@ fn watch(root: &Path, tx: mpsc::Sender<()>) -> Result<notify::RecommendedWatcher
                     )
                     | notify::EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write))
             );
+            // Only what can move the branch: HEAD, packed-refs and refs/heads/. Lock files,
+            // FETCH_HEAD and the like come and go with every fetch (ours too) and would wake
+            // the daemon to fetch again, for ever.
             let relevant = change
                 && ev.paths.iter().any(|p| {
                     let s = p.to_string_lossy();
-                    !s.contains("/.git/stella/")
-                        && !s.ends_with("/index")
-                        && !s.ends_with("/index.lock")
-                        && !s.contains("/objects/")
+                    !s.ends_with(".lock")
+                        && (s.ends_with("/.git/HEAD")
+                            || s.ends_with("/.git/packed-refs")
+                            || s.contains("/.git/refs/heads/"))
                 });
             if relevant {
                 let _ = tx.try_send(());

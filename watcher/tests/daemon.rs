@@ -557,3 +557,40 @@ fn sigterm_ends_the_steps_and_the_run_resumes_at_the_next_start() {
     assert_eq!(r.state("r1"), "succeeded");
     r.stella(&["ledger", "verify"]).ok();
 }
+
+#[test]
+fn a_service_stop_signalling_every_process_at_once_does_not_fail_the_run() {
+    // systemd's default KillMode sends SIGTERM to the daemon and to the step together.
+    let r = Repo::new();
+    let once = HELLO.replace(
+        "echo said=yes >> $STELLA_OUTPUT",
+        "echo said=yes >> $STELLA_OUTPUT; if [ ! -f ../../once ]; then touch ../../once; echo $$ > ../../greet.pid; sleep 30; fi",
+    );
+    r.pack("hello", &once).request("r1", "hello", "{}\n");
+    let mut daemon = crate::support::stella()
+        .current_dir(r.path())
+        .args(["daemon", "--repo", ".", "--kill-grace", "1s"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid_file = r.path().join(".git/stella/work/greet.pid");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pid_file.exists() {
+        assert!(Instant::now() < deadline, "the step never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let step: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    use nix::sys::signal::{Signal, kill, killpg};
+    use nix::unistd::Pid;
+    killpg(Pid::from_raw(step), Signal::SIGTERM).unwrap();
+    kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(daemon.wait().unwrap().success());
+    let journal = std::fs::read_to_string(r.journal("r1")).unwrap();
+    assert!(
+        !journal.contains("step.failed") && !journal.contains("run.failed"),
+        "{journal}"
+    );
+    r.daemon_once().ok();
+    assert_eq!(r.state("r1"), "succeeded");
+}

@@ -592,3 +592,77 @@ fn approvals_committed_in_the_pull_request_count_after_the_merge() {
     assert_eq!(hub_states(&admin).get("g1").map(String::as_str), Some("succeeded"));
     admin.stella(&["ledger", "verify"]).ok();
 }
+
+#[test]
+fn an_idle_runner_fetches_at_its_poll_not_at_its_own_fetches() {
+    let (_hub, _admin, runners) = hub_with_runners(1);
+    // A clone has packed-refs; every fetch touches it (and FETCH_HEAD, lock files): none of
+    // that may wake the daemon to fetch again.
+    assert!(runners[0].path().join(".git/packed-refs").exists());
+    let log = runners[0].outside("daemon.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut d = crate::support::stella()
+        .current_dir(runners[0].path())
+        .args(["daemon", "--repo", ".", "--remote", "origin", "--poll", "5s"])
+        .env("STELLA_LOG", "debug")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    d.kill().unwrap();
+    d.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let exchanges = text.matches("exchange with the remote").count();
+    assert!(
+        (1..=2).contains(&exchanges),
+        "{exchanges} exchanges in 4 s with --poll 5s:\n{text}"
+    );
+}
+
+#[test]
+fn hand_made_commits_ahead_of_the_remote_are_pushed_with_the_runners() {
+    let (_hub, admin, runners) = hub_with_runners(1);
+    let runner = &runners[0];
+    runner
+        .write("notes.md", "written on the runner\n")
+        .commit_all("by hand");
+    runner.request("r1", "hello", "{}\n");
+    runner
+        .stella(&["daemon", "--once", "--repo", ".", "--remote", "origin"])
+        .ok();
+    assert_eq!(hub_states(&admin).get("r1").map(String::as_str), Some("succeeded"));
+    assert!(admin.path().join("notes.md").exists());
+}
+
+#[test]
+fn a_waiting_run_is_released_not_taken_over_from_a_live_runner() {
+    let (hub, admin, runners) = hub_with_runners(2);
+    let gated = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: gated, version: 1.0.0 }\nspec:\n  approvals:\n    - { id: review, grants: [Packs.Approve], requiredCount: 1 }\n  steps:\n    - { id: before, run: { uses: builtin:exec, with: { argv: [\"true\"] } } }\n    - { id: gate, gate: { approval: { id: review } } }\n";
+    admin.write("packs/gated/pack.yaml", gated).commit_all("gated pack");
+    admin.request("g1", "gated", "{}\n");
+    admin.git(&["push", "-q", "origin", "main"]);
+    let mut daemons: Vec<Child> = runners.iter().map(|r| start(r, &["--lease", "1s"])).collect();
+    wait_for_state(&admin, "g1", &["waiting"], 60);
+    // Past the lease several times over, both runners alive and polling.
+    std::thread::sleep(Duration::from_secs(4));
+    for d in &mut daemons {
+        d.kill().unwrap();
+        d.wait().unwrap();
+    }
+    let events = admin.events("g1");
+    assert!(
+        !events.iter().any(|e| e["type"] == "run.claimed"),
+        "a waiting run was taken over: {events:?}"
+    );
+    assert_eq!(
+        events.iter().filter(|e| e["type"] == "step.started").count(),
+        1,
+        "the step before the gate ran once"
+    );
+    let claims = git(hub.path(), &["for-each-ref", "refs/stella/claims/g1"]);
+    assert!(
+        claims.trim().is_empty(),
+        "the claim of a waiting run is released: {claims}"
+    );
+}

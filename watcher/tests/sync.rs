@@ -221,3 +221,20 @@ fn notes_alone_travel_and_merge_with_the_other_side() {
     assert_eq!(again.code(), Some(2));
     assert!(again.stderr().contains("nothing new"), "{}", again.stderr());
 }
+
+#[test]
+fn an_older_bundle_is_nothing_new_and_an_untracked_file_in_the_way_is_refused() {
+    let (online, offline, bundle) = pair();
+    // Untracked on the offline side, and added by the bundle: refused before anything moves.
+    offline.write("runs/r1/request.yaml", "not committed\n");
+    refused(&offline, &bundle, "ERR_USAGE");
+    std::fs::remove_file(offline.path().join("runs/r1/request.yaml")).unwrap();
+    offline.stella(&["sync", "import", bundle.to_str().unwrap()]).ok();
+    // The online side moves on; the first bundle, imported again, is simply behind.
+    online.request("r2", "hello", "{}\n");
+    let newer = online.outside("newer.bundle");
+    online.stella(&["sync", "export", "-o", newer.to_str().unwrap()]).ok();
+    offline.stella(&["sync", "import", newer.to_str().unwrap()]).ok();
+    let again = offline.stella(&["sync", "import", bundle.to_str().unwrap()]).ok();
+    assert!(again.stdout().contains("already up to date"), "{}", again.stdout());
+}

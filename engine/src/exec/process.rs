@@ -109,6 +109,14 @@ pub fn shutdown(grace: Duration) -> usize {
     groups.len()
 }
 
+/// Whether a step ended by SIGTERM, SIGINT or SIGHUP: what a service manager sends on stop.
+fn stopped_from_outside(status: &ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .signal()
+        .is_some_and(|s| [libc::SIGTERM, libc::SIGINT, libc::SIGHUP].contains(&s))
+}
+
 /// Spawns `cmd` (stdin closed, output piped) and supervises it until it ends.
 pub fn run(mut cmd: Command, step: &str, token: &CancelToken, grace: Duration, emitter: &Emitter) -> ProcEnd {
     use std::os::unix::process::CommandExt;
@@ -186,6 +194,15 @@ pub fn run(mut cmd: Command, step: &str, token: &CancelToken, grace: Duration, e
             && (ready.exited || pidfd.is_none())
             && let Ok(Some(st)) = child.try_wait()
         {
+            // A step killed by a stop signal nobody here sent: most likely the whole service is
+            // being stopped (systemd signals every process of the unit at once). Give the
+            // daemon a moment to say so, so the stop is not recorded as the step failing.
+            if stopped.is_none() && term_sent.is_none() && stopped_from_outside(&st) {
+                let grace = Instant::now();
+                while !shutting_down() && grace.elapsed() < Duration::from_millis(500) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
             status = Some(st);
             exited_at = Some(Instant::now());
             // Nothing of the step may outlive it: kill what is left of its group.

@@ -173,6 +173,16 @@ impl Remote {
         }
     }
 
+    /// Gives up this runner's claim on `run` (leased on `token`: a claim that changed hands is
+    /// left alone). For a run waiting at a gate, whose events are on the remote: the next
+    /// runner to carry it on claims it afresh.
+    pub fn release(&self, run: &str, token: &str) -> Result<(), Error> {
+        let claim_ref = Self::claim_ref(run);
+        let lease = format!("--force-with-lease={claim_ref}:{token}");
+        self.git(&["push", "-q", &lease, &self.name, &format!(":{claim_ref}")])
+            .map(|_| ())
+    }
+
     /// Pushes `blob` to `claim_ref` leased on `expected` (empty: the ref must not exist).
     /// Ok(false) when the lease did not hold; Err when the remote could not be reached.
     fn push_claim(&self, claim_ref: &str, blob: &str, expected: &str) -> Result<bool, Error> {

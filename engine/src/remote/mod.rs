@@ -191,9 +191,16 @@ impl Remote {
             return Ok(Integrated::default());
         }
         let base = self.git(&["merge-base", &local, &remote])?;
+        let ahead = base == remote;
         let changed = self.git(&["diff", "--name-only", &base, &local])?;
         let paths: Vec<&str> = changed.lines().filter(|l| !l.is_empty()).collect();
-        if let Some(p) = paths.iter().find(|p| !is_runner_path(p)) {
+        let hand_made = paths.iter().find(|p| !is_runner_path(p));
+        if ahead && hand_made.is_some() {
+            // Commits made by hand in the runner's clone, on top of what the remote has: a
+            // fast-forward for the remote, pushed with the runner's own like any `git push`.
+            return Ok(Integrated::default());
+        }
+        if let Some(p) = hand_made {
             return Err(Error::Diverged(format!(
                 "local branch {} has commits the remote `{}` lacks that are not the runner's (e.g. {p}); \
                  it is never merged: reconcile it by hand (git log {}..{})",
@@ -203,7 +210,6 @@ impl Remote {
                 &local[..12]
             )));
         }
-        let ahead = base == remote;
         let me = key.fingerprint();
         let local_id = oid(&local)?;
         let remote_id = oid(&remote)?;
@@ -242,6 +248,12 @@ impl Remote {
             }
         }
         self.reset_to(&remote, &local)?;
+        // The dropped commits were this runner's own and unpushed: the daemon's check against
+        // rewritten history must not take their replacement for a force-push.
+        let seen = crate::runs::last_seen_path(ledger.git_dir());
+        if std::fs::read_to_string(&seen).is_ok_and(|s| !self.is_ancestor(s.trim(), &remote)) {
+            let _ = std::fs::write(&seen, &remote);
+        }
         ledger.refresh();
         if !writes.is_empty() {
             ledger

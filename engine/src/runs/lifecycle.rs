@@ -592,6 +592,12 @@ fn before_arrival(ledger: &Ledger, tip: ObjectId, path: &str) -> ObjectId {
     chain[hi]
 }
 
+/// Where the daemon keeps the last branch tip it saw (`.git/stella/last-seen`): a later tip
+/// that does not contain it means history was rewritten.
+pub fn last_seen_path(git_dir: &std::path::Path) -> std::path::PathBuf {
+    git_dir.join("stella").join("last-seen")
+}
+
 /// The branch tips this runner has seen, oldest first (`.git/stella/seen`).
 pub fn seen_tips(git_dir: &std::path::Path) -> Vec<ObjectId> {
     std::fs::read_to_string(git_dir.join("stella").join("seen"))

@@ -14,7 +14,7 @@ use crate::event::{Event, read_ndjson};
 use crate::ledger::Ledger;
 use crate::state::{RunState, RunStatus, fold};
 
-pub use lifecycle::{Environment, Error, process, record_seen, seen_tips};
+pub use lifecycle::{Environment, Error, last_seen_path, process, record_seen, seen_tips};
 
 /// What the repository and the local journal say about one run.
 #[derive(Debug, Clone)]
