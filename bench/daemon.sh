@@ -33,15 +33,8 @@ esac
 lat_n=50; ledger_n=1000; idle_s=60; idle_poll=5s
 if $quick; then lat_n=10; ledger_n=100; idle_s=10; fi
 
-for tool in git python3; do
-  command -v "$tool" > /dev/null || { echo "bench: $tool is needed" >&2; exit 2; }
-done
-if [[ -n "${STELLA_BIN:-}" ]]; then
-  stella=$(cd "$(dirname "$STELLA_BIN")" && pwd)/$(basename "$STELLA_BIN")
-else
-  cargo build --release -q
-  stella=$PWD/target/release/stella
-fi
+source bench/lib.sh
+bench_needs git python3
 
 work=$(mktemp -d)
 pypid=

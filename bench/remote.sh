@@ -6,6 +6,8 @@
 #   2. throughput: N one-step requests (builtin:exec /bin/true) pushed in one commit, carried out
 #      by one runner (`stella daemon --once --remote origin`), then by three runners watching the
 #      hub (`--poll 1s`) on a fresh hub: runs/s, and three against one.
+#   3. the same with steps that wait (`sleep 0.5`, as a step waiting on a remote system does):
+#      what scaling out buys when the steps, not the machine, are the limit.
 #      Every run must end succeeded and executed exactly once (one step.started each), and the
 #      hub's ledger must verify; the bench fails otherwise.
 #   baseline for 2: the same N requests run by `stella daemon --once` with no remote.
@@ -20,15 +22,8 @@ case "${1:-}" in
   "") ;;
   *) echo "usage: bench/remote.sh [--quick]" >&2; exit 2 ;;
 esac
-for tool in git python3; do
-  command -v "$tool" > /dev/null || { echo "bench: $tool is needed" >&2; exit 2; }
-done
-if [[ -n "${STELLA_BIN:-}" ]]; then
-  stella=$(cd "$(dirname "$STELLA_BIN")" && pwd)/$(basename "$STELLA_BIN")
-else
-  cargo build --release -q
-  stella=$PWD/target/release/stella
-fi
+source bench/lib.sh
+bench_needs git python3
 
 work=$(mktemp -d)
 pids=()
@@ -44,13 +39,10 @@ export GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@example.com
 now() { python3 -c 'import time; print(time.monotonic())'; }
 elapsed() { python3 -c "import sys; print(float(sys.argv[2]) - float(sys.argv[1]))" "$1" "$2"; }
 
-pack='apiVersion: stella/v1
-kind: TaskPack
-metadata: { name: t, version: 1.0.0 }
-spec:
-  steps:
-    - { id: s, run: { uses: builtin:exec, with: { argv: ["true"] } } }
-'
+step_argv='"true"'
+pack() {
+  printf 'apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: t, version: 1.0.0 }\nspec:\n  steps:\n    - { id: s, run: { uses: builtin:exec, with: { argv: [%s] } } }\n' "$step_argv"
+}
 
 # A hub with an admin clone holding the pack, and `$2` runner clones whose keys it trusts.
 setup() {
@@ -60,7 +52,7 @@ setup() {
   git init -q -b main "$dir/admin"
   (cd "$dir/admin" && "$stella" init . > /dev/null)
   mkdir -p "$dir/admin/packs/t"
-  printf '%s' "$pack" > "$dir/admin/packs/t/pack.yaml"
+  pack > "$dir/admin/packs/t/pack.yaml"
   printf 'branch: main\ncommit: { batchMs: 60000 }\nlimits: { maxRuns: 4 }\n' > "$dir/admin/.stella/config.yaml"
   git -C "$dir/admin" add -A
   git -C "$dir/admin" commit -q -m setup
@@ -121,7 +113,7 @@ t2=$(now)
 plain=$(elapsed "$t0" "$t1")
 claim=$(elapsed "$t1" "$t2")
 
-# 2a. baseline: the same requests with no remote.
+# 2. baseline: the same requests with no remote.
 setup "$work/l" 0
 request_all "$work/l"
 t0=$(now)
@@ -129,49 +121,63 @@ t0=$(now)
 t1=$(now)
 local_s=$(elapsed "$t0" "$t1")
 
-# 2b. one runner with the hub.
-setup "$work/one" 1
-request_all "$work/one"
-t0=$(now)
-(cd "$work/one/runner1" && "$stella" daemon --once --repo . --remote origin > /dev/null)
-t1=$(now)
-one_s=$(elapsed "$t0" "$t1")
-[[ $(succeeded "$work/one") == "$n" ]] || { echo "bench: one runner left runs unfinished" >&2; exit 1; }
-check "$work/one"
+# One runner, then three, on fresh hubs under $1: sets one_s, three_s and by_runner.
+scale() {
+  local base=$1 i p t0 t1
+  setup "$base/one" 1
+  request_all "$base/one"
+  t0=$(now)
+  (cd "$base/one/runner1" && "$stella" daemon --once --repo . --remote origin > /dev/null)
+  t1=$(now)
+  one_s=$(elapsed "$t0" "$t1")
+  [[ $(succeeded "$base/one") == "$n" ]] || { echo "bench: one runner left runs unfinished" >&2; exit 1; }
+  check "$base/one"
+  setup "$base/three" 3
+  pids=()
+  for i in 1 2 3; do
+    (cd "$base/three/runner$i" && exec "$stella" daemon --repo . --remote origin --poll 1s > "$base/three/runner$i.log" 2>&1) &
+    pids+=($!)
+  done
+  sleep 1
+  t0=$(now)
+  request_all "$base/three"
+  while [[ $(succeeded "$base/three") != "$n" ]]; do
+    sleep 0.2
+    if [[ $(elapsed "$t0" "$(now)" | cut -d. -f1) -gt 600 ]]; then
+      echo "bench: three runners did not finish in 600 s" >&2
+      tail -n 20 "$base/three"/runner*.log >&2
+      exit 1
+    fi
+    for p in "${pids[@]}"; do
+      kill -0 "$p" 2> /dev/null || { echo "bench: a runner stopped" >&2; tail -n 20 "$base/three"/runner*.log >&2; exit 1; }
+    done
+  done
+  t1=$(now)
+  three_s=$(elapsed "$t0" "$t1")
+  for p in "${pids[@]}"; do kill -TERM "$p" 2> /dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2> /dev/null || true; done
+  check "$base/three"
+  by_runner=$(for i in $(seq -w 1 "$n"); do
+    git -C "$base/three/hub" cat-file -p "refs/stella/claims/b$i" | head -n 1
+  done | sort | uniq -c | awk '{printf "%s%s", sep, $1; sep="/"}')
+}
 
-# 2c. three runners watching one hub.
-setup "$work/three" 3
-for i in 1 2 3; do
-  (cd "$work/three/runner$i" && exec "$stella" daemon --repo . --remote origin --poll 1s > "$work/three/runner$i.log" 2>&1) &
-  pids+=($!)
-done
-sleep 1
-t0=$(now)
-request_all "$work/three"
-while [[ $(succeeded "$work/three") != "$n" ]]; do
-  sleep 0.2
-  if [[ $(elapsed "$t0" "$(now)" | cut -d. -f1) -gt 600 ]]; then
-    echo "bench: three runners did not finish in 600 s" >&2
-    tail -n 20 "$work/three"/runner*.log >&2
-    exit 1
-  fi
-done
-t1=$(now)
-three_s=$(elapsed "$t0" "$t1")
-for p in "${pids[@]}"; do kill -TERM "$p" 2> /dev/null || true; done
-check "$work/three"
-by_runner=$(for i in $(seq -w 1 "$n"); do
-  git -C "$work/three/hub" cat-file -p "refs/stella/claims/b$i" | head -n 1
-done | sort | uniq -c | awk '{printf "%s%s", sep, $1; sep="/"}')
+scale "$work/trivial"
+one_trivial=$one_s three_trivial=$three_s by_trivial=$by_runner
+step_argv='sleep, "0.5"'
+scale "$work/waiting"
+one_wait=$one_s three_wait=$three_s by_wait=$by_runner
 
-python3 - "$n" "$plain" "$claim" "$local_s" "$one_s" "$three_s" "$by_runner" <<'EOF'
+python3 - "$n" "$plain" "$claim" "$local_s" "$one_trivial" "$three_trivial" "$by_trivial" "$one_wait" "$three_wait" "$by_wait" <<'EOF'
 import sys
 n = int(sys.argv[1])
 plain, claim, local, one, three = map(float, sys.argv[2:7])
-print(f"{'measure':52} {'value':>12} {'baseline':>12} {'ratio':>7}")
-print(f"{'claim: create-only push, ms each (vs plain push)':52} {claim / n * 1000:12.1f} {plain / n * 1000:12.1f} {claim / plain:7.2f}")
-print(f"{'one runner with the hub, runs/s (vs no remote)':52} {n / one:12.2f} {n / local:12.2f} {local / one:7.2f}")
-print(f"{'three runners on one hub, runs/s (vs one runner)':52} {n / three:12.2f} {n / one:12.2f} {one / three:7.2f}")
-print(f"runs per runner (three runners, by claim): {sys.argv[7]}")
-print("every run executed exactly once; the hub's ledger verifies")
+one_w, three_w = float(sys.argv[8]), float(sys.argv[9])
+print(f"{'measure':58} {'value':>10} {'baseline':>10} {'ratio':>7}")
+print(f"{'claim: create-only push, ms each (vs plain push)':58} {claim / n * 1000:10.1f} {plain / n * 1000:10.1f} {claim / plain:7.2f}")
+print(f"{'trivial steps, one runner with the hub, runs/s (vs local)':58} {n / one:10.2f} {n / local:10.2f} {local / one:7.2f}")
+print(f"{'trivial steps, three runners, runs/s (vs one runner)':58} {n / three:10.2f} {n / one:10.2f} {one / three:7.2f}")
+print(f"{'0.5 s steps, three runners, runs/s (vs one runner)':58} {n / three_w:10.2f} {n / one_w:10.2f} {one_w / three_w:7.2f}")
+print(f"runs per runner, by claim: trivial {sys.argv[7]}, 0.5 s steps {sys.argv[10]}")
+print("every run executed exactly once; each hub's ledger verifies")
 EOF

@@ -503,15 +503,15 @@ fn kill_9_at_many_points_then_restart_always_finishes_with_a_verifiable_ledger()
     }
 }
 
-#[test]
-fn sigterm_ends_the_steps_and_the_run_resumes_at_the_next_start() {
-    let r = Repo::new();
+/// A watching daemon whose run r1 is in a step that sleeps 30 s the first time only; the
+/// step's pid (its process group).
+fn daemon_in_a_long_step(r: &Repo) -> (std::process::Child, i32) {
     let once = HELLO.replace(
         "echo said=yes >> $STELLA_OUTPUT",
         "echo said=yes >> $STELLA_OUTPUT; if [ ! -f ../../once ]; then touch ../../once; echo $$ > ../../greet.pid; sleep 30; fi",
     );
     r.pack("hello", &once).request("r1", "hello", "{}\n");
-    let mut daemon = crate::support::stella()
+    let daemon = crate::support::stella()
         .current_dir(r.path())
         .args(["daemon", "--repo", ".", "--kill-grace", "1s"])
         .stdout(std::process::Stdio::piped())
@@ -524,7 +524,14 @@ fn sigterm_ends_the_steps_and_the_run_resumes_at_the_next_start() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(200));
-    let step = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    let step = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    (daemon, step)
+}
+
+#[test]
+fn sigterm_ends_the_steps_and_the_run_resumes_at_the_next_start() {
+    let r = Repo::new();
+    let (mut daemon, step) = daemon_in_a_long_step(&r);
     let started = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.id() as i32),
@@ -562,25 +569,7 @@ fn sigterm_ends_the_steps_and_the_run_resumes_at_the_next_start() {
 fn a_service_stop_signalling_every_process_at_once_does_not_fail_the_run() {
     // systemd's default KillMode sends SIGTERM to the daemon and to the step together.
     let r = Repo::new();
-    let once = HELLO.replace(
-        "echo said=yes >> $STELLA_OUTPUT",
-        "echo said=yes >> $STELLA_OUTPUT; if [ ! -f ../../once ]; then touch ../../once; echo $$ > ../../greet.pid; sleep 30; fi",
-    );
-    r.pack("hello", &once).request("r1", "hello", "{}\n");
-    let mut daemon = crate::support::stella()
-        .current_dir(r.path())
-        .args(["daemon", "--repo", ".", "--kill-grace", "1s"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid_file = r.path().join(".git/stella/work/greet.pid");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !pid_file.exists() {
-        assert!(Instant::now() < deadline, "the step never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    let step: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let (mut daemon, step) = daemon_in_a_long_step(&r);
     use nix::sys::signal::{Signal, kill, killpg};
     use nix::unistd::Pid;
     killpg(Pid::from_raw(step), Signal::SIGTERM).unwrap();

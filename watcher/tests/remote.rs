@@ -87,6 +87,21 @@ fn hub_states(admin: &Repo) -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
+/// The hello pack made slow (`sleep SECS` in its first step) and one request for it, pushed.
+fn push_slow_request(admin: &Repo, secs: u32) {
+    let slow = HELLO.replace(
+        "echo said=yes >> $STELLA_OUTPUT",
+        &format!("echo said=yes >> $STELLA_OUTPUT; sleep {secs}"),
+    );
+    admin.write("packs/hello/pack.yaml", &slow);
+    admin.write(
+        "runs/r1/request.yaml",
+        "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
+    );
+    admin.commit_all("slow request");
+    admin.git(&["push", "-q", "origin", "main"]);
+}
+
 #[test]
 fn three_runners_one_hub_twenty_requests_each_run_exactly_once() {
     let (_hub, admin, runners) = hub_with_runners(3);
@@ -143,27 +158,9 @@ fn three_runners_one_hub_twenty_requests_each_run_exactly_once() {
 #[test]
 fn a_claim_is_taken_over_after_its_runner_was_killed() {
     let (_hub, admin, runners) = hub_with_runners(2);
-    let slow = HELLO.replace(
-        "echo said=yes >> $STELLA_OUTPUT",
-        "echo said=yes >> $STELLA_OUTPUT; sleep 8",
-    );
-    admin.write("packs/hello/pack.yaml", &slow);
-    admin.write(
-        "runs/r1/request.yaml",
-        "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
-    );
-    admin.commit_all("slow request");
-    admin.git(&["push", "-q", "origin", "main"]);
+    push_slow_request(&admin, 8);
     let mut first = start(&runners[0], &["--lease", "2s"]);
-    let journal = runners[0].journal("r1");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&journal)
-        .unwrap_or_default()
-        .contains("\"step.started\",\"step\":\"greet\"")
-    {
-        assert!(Instant::now() < deadline, "the first runner never started the run");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_step(&runners[0], "r1", "greet");
     first.kill().unwrap();
     first.wait().unwrap();
     // The second runner waits out the lease, takes the run over and finishes it.
@@ -229,27 +226,9 @@ fn a_pull_request_is_planned_and_noted_but_runs_only_after_the_merge() {
 #[test]
 fn a_live_runner_keeps_its_claim_past_the_lease() {
     let (_hub, admin, runners) = hub_with_runners(2);
-    let slow = HELLO.replace(
-        "echo said=yes >> $STELLA_OUTPUT",
-        "echo said=yes >> $STELLA_OUTPUT; sleep 4",
-    );
-    admin.write("packs/hello/pack.yaml", &slow);
-    admin.write(
-        "runs/r1/request.yaml",
-        "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
-    );
-    admin.commit_all("slow request");
-    admin.git(&["push", "-q", "origin", "main"]);
+    push_slow_request(&admin, 4);
     let mut first = start(&runners[0], &["--lease", "1s"]);
-    let journal = runners[0].journal("r1");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&journal)
-        .unwrap_or_default()
-        .contains("\"step.started\",\"step\":\"greet\"")
-    {
-        assert!(Instant::now() < deadline, "the first runner never started the run");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_step(&runners[0], "r1", "greet");
     // The lease is 1 s and the step takes 4 s: only renewal keeps the second runner out.
     let mut second = start(&runners[1], &["--lease", "1s"]);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -321,17 +300,7 @@ fn a_runner_paused_past_its_lease_stops_and_writes_nothing_over_the_takeover() {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     let (_hub, admin, runners) = hub_with_runners(2);
-    let slow = HELLO.replace(
-        "echo said=yes >> $STELLA_OUTPUT",
-        "echo said=yes >> $STELLA_OUTPUT; sleep 4",
-    );
-    admin.write("packs/hello/pack.yaml", &slow);
-    admin.write(
-        "runs/r1/request.yaml",
-        "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
-    );
-    admin.commit_all("slow request");
-    admin.git(&["push", "-q", "origin", "main"]);
+    push_slow_request(&admin, 4);
     let log_a = runners[0].outside("daemon-a.log");
     let mut a = start_logged(&runners[0], &["--lease", "2s"], &log_a);
     wait_for_step(&runners[0], "r1", "greet");
