@@ -19,6 +19,23 @@ use tracing::{info, warn};
 
 use crate::cli::{Failure, repo};
 
+/// Prints a line on stdout, ignoring a closed stdout: the daemon ignores SIGPIPE (see `run`),
+/// and losing its reader (`stella daemon | head`) must not stop it.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// As `say!`, on stderr.
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub struct Args {
     pub repo: PathBuf,
     pub once: bool,
@@ -47,8 +64,8 @@ pub fn run(a: Args) -> Result<u8, Failure> {
         Some(p) => stella_engine::secrets::Secrets::from_file(p)?,
         None => Default::default(),
     };
-    println!(
-        "stella daemon: repository {}, branch {}, runner key {}, limits maxRuns {} maxSteps {}, commit batch {} ms{}",
+    say!(
+        "stella daemon: repository {}, branch {}, runner key {}, limits maxRuns {} maxSteps {}, commit batch {} ms{}{}",
         root.display(),
         config.branch,
         key.fingerprint(),
@@ -59,6 +76,11 @@ pub fn run(a: Args) -> Result<u8, Failure> {
             config.max_steps.to_string()
         },
         config.batch_ms,
+        a.remote.as_ref().map_or(String::new(), |r| format!(
+            ", remote {r} (claims lease {}, pull requests {})",
+            humantime::format_duration(a.lease),
+            config.pull_patterns.join(" ")
+        )),
         if a.once { ", once" } else { "" }
     );
     let git_dir = ledger.git_dir().to_path_buf();
@@ -306,7 +328,7 @@ async fn main_loop(
                     match res {
                         Ok(()) => {
                             if retry_at.take().is_some() {
-                                println!("stella daemon: the remote answers again");
+                                say!("stella daemon: the remote answers again");
                             }
                             backoff = Duration::from_secs(1);
                         }
@@ -400,7 +422,7 @@ async fn main_loop(
         backlog = later;
         if first {
             first = false;
-            println!("stella daemon: ready ({started} run(s) started)");
+            say!("stella daemon: ready ({started} run(s) started)");
         }
         for path in &ignored {
             if reported.insert(path.clone()) {
@@ -428,7 +450,7 @@ async fn main_loop(
                         elsewhere.insert(id.clone(), Instant::now() + lapse);
                         tried.remove(&(id.clone(), "Waiting".to_string()));
                         if reported.insert(format!("{id} {holder}")) {
-                            println!("run {id} is claimed by runner {holder}; left to it");
+                            say!("run {id} is claimed by runner {holder}; left to it");
                         }
                     } else {
                         report(&id, end);
@@ -520,15 +542,15 @@ fn next_deadline<'a>(views: impl Iterator<Item = &'a runs::RunView>) -> Option<s
 
 fn report(id: &str, end: TaskEnd) {
     match end {
-        TaskEnd::Finished(Some(Outcome::Succeeded)) => println!("run {id} succeeded"),
-        TaskEnd::Finished(Some(Outcome::Failed { code, message })) => println!("run {id} failed: {message} [{code}]"),
-        TaskEnd::Finished(Some(Outcome::Cancelled)) => println!("run {id} cancelled"),
-        TaskEnd::Finished(Some(Outcome::Waiting { step, .. })) => println!("run {id} waiting at gate {step}"),
+        TaskEnd::Finished(Some(Outcome::Succeeded)) => say!("run {id} succeeded"),
+        TaskEnd::Finished(Some(Outcome::Failed { code, message })) => say!("run {id} failed: {message} [{code}]"),
+        TaskEnd::Finished(Some(Outcome::Cancelled)) => say!("run {id} cancelled"),
+        TaskEnd::Finished(Some(Outcome::Waiting { step, .. })) => say!("run {id} waiting at gate {step}"),
         TaskEnd::Finished(None) | TaskEnd::ClaimedElsewhere { .. } => {}
         TaskEnd::TakenOver => {
-            println!("run {id} was taken over by another runner (this one was silent past its lease); stopped here")
+            say!("run {id} was taken over by another runner (this one was silent past its lease); stopped here")
         }
-        TaskEnd::Failed(e) => eprintln!("error[{}]: run {id}: {e}", Code::Io),
+        TaskEnd::Failed(e) => say_err!("error[{}]: run {id}: {e}", Code::Io),
     }
 }
 
@@ -544,7 +566,7 @@ async fn stop(env: Arc<Environment>, grace: Duration, signal: &'static str) -> R
     })
     .await
     .map_err(|e| Failure::one(Code::Io, e.to_string()))?;
-    println!(
+    say!(
         "stella daemon: stopped on {signal}; {} step(s) ended, their runs resume at the next start",
         ended.0
     );

@@ -583,3 +583,26 @@ fn a_service_stop_signalling_every_process_at_once_does_not_fail_the_run() {
     r.daemon_once().ok();
     assert_eq!(r.state("r1"), "succeeded");
 }
+
+#[test]
+fn a_daemon_whose_reader_went_away_goes_on() {
+    // `stella daemon | head -1`: the reader closes the pipe after the first line.
+    let r = Repo::new();
+    r.pack("hello", HELLO).request("r1", "hello", "{}\n");
+    let mut child = crate::support::stella()
+        .current_dir(r.path())
+        .args(["daemon", "--once", "--repo", "."])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("panicked"),
+        "{:?}\n{err}",
+        out.status
+    );
+    assert_eq!(r.state("r1"), "succeeded");
+}
