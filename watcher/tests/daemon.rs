@@ -606,3 +606,43 @@ fn a_daemon_whose_reader_went_away_goes_on() {
     );
     assert_eq!(r.state("r1"), "succeeded");
 }
+
+#[test]
+fn sealed_steps_see_only_loopback_unless_they_declare_an_allowed_host() {
+    let r = Repo::new();
+    r.write(
+        ".stella/config.yaml",
+        "branch: main\nsealed: true\nnetwork: { allow: [mirror.internal] }\n",
+    );
+    r.commit_all("seal the site");
+    let pack = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: net, version: 1.0.0 }\nspec:\n  steps:\n    - id: offline\n      run: { uses: builtin:shell, with: { script: \"awk -F: 'NR>2 {gsub(/ /, \\\"\\\", $1); print \\\"iface \\\" $1}' /proc/net/dev; cat /sys/class/net/lo/operstate\" } }\n    - id: mirror\n      network: [mirror.internal]\n      run: { uses: builtin:shell, with: { script: \"awk -F: 'NR>2 {gsub(/ /, \\\"\\\", $1); print \\\"iface \\\" $1}' /proc/net/dev\" } }\n";
+    r.pack("net", pack).request("n1", "net", "{}\n");
+    r.daemon_once().ok();
+    assert_eq!(r.state("n1"), "succeeded");
+    let lines = |step: &str| -> Vec<String> {
+        r.events("n1")
+            .iter()
+            .filter(|e| e["type"] == "step.log" && e["step"] == step)
+            .map(|e| e["msg"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let offline = lines("offline");
+    assert_eq!(
+        offline.iter().filter(|l| l.starts_with("iface ")).collect::<Vec<_>>(),
+        ["iface lo"],
+        "{offline:?}"
+    );
+    assert!(
+        offline.iter().any(|l| l == "unknown" || l == "up"),
+        "lo is up: {offline:?}"
+    );
+    // The host this test runs on has more than loopback; a step with an allowed host sees it.
+    let host: Vec<String> = std::fs::read_to_string("/proc/net/dev")
+        .unwrap()
+        .lines()
+        .skip(2)
+        .map(|l| format!("iface {}", l.split(':').next().unwrap().trim()))
+        .collect();
+    let mirror = lines("mirror");
+    assert_eq!(mirror.len(), host.len(), "{mirror:?} vs {host:?}");
+}

@@ -46,6 +46,9 @@ pub struct ExecConfig {
     pub cancel: CancelToken,
     /// The environment steps start from (a small allowlist of the runner's, by default).
     pub base_env: Vec<(String, String)>,
+    /// Sealed mode: a step that declares no host runs in a network namespace of its own with
+    /// only loopback (DESIGN section 9).
+    pub sealed: bool,
 }
 
 impl ExecConfig {
@@ -63,6 +66,7 @@ impl ExecConfig {
             secrets: Secrets::default(),
             cancel: CancelToken::new(),
             base_env: base_env(),
+            sealed: false,
         }
     }
 }
@@ -683,6 +687,10 @@ impl Runner<'_> {
         for (name, value) in &s.env {
             cmd.env(name, self.text(value, item).map_err(Attempt::Failed)?);
         }
+        let sealed = self.cfg.sealed && s.network.is_empty();
+        if sealed {
+            process::loopback_only(&mut cmd);
+        }
         let end = process::run(cmd, &s.id, token, self.cfg.kill_grace, self.emitter);
         let result = match end {
             process::ProcEnd::Exited(0) => {
@@ -709,6 +717,12 @@ impl Runner<'_> {
                 format!("killed by signal {sig}"),
             ))),
             process::ProcEnd::Stopped(_) => Err(Attempt::Stopped),
+            process::ProcEnd::SpawnFailed(m) if sealed => Err(Attempt::Failed(StepError::new(
+                Code::StepFailed,
+                format!(
+                    "cannot start in sealed mode: the step could not be given a network namespace of its own ({m}); the runner needs CAP_SYS_ADMIN or unprivileged user namespaces"
+                ),
+            ))),
             process::ProcEnd::SpawnFailed(m) => Err(Attempt::Failed(StepError::new(
                 Code::StepFailed,
                 format!("cannot start: {m}"),

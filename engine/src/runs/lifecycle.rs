@@ -291,6 +291,8 @@ pub fn process(
             };
             let mut cfg = ExecConfig::new(id, &run_dir);
             if let Some(ctx) = sink.evidence.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                // Sealed as the trust commit's policy says (the one the plan was checked against).
+                cfg.sealed = ctx.sealed;
                 ctx.secret_sources = plan
                     .secrets
                     .iter()
