@@ -106,6 +106,20 @@ impl Remote {
     pub fn claim(&self, run: &str, key: &SshKey) -> Result<Claim, Error> {
         let claim_ref = Self::claim_ref(run);
         let me = key.fingerprint();
+        // As of the last fetch, another runner holds it and renewed it within the lease: no
+        // need to ask the server (runners sharing a backlog would otherwise spend a push on
+        // every run the others took).
+        if let Ok(Some((_, held))) = self.read_claim(&format!("refs/stella/remote-claims/{run}"))
+            && held.holder != me
+        {
+            let age = now_secs().saturating_sub(held.at);
+            if age <= self.lease.as_secs() {
+                return Ok(Claim::Lost {
+                    holder: held.holder,
+                    age_secs: age,
+                });
+            }
+        }
         let blob = self.claim_blob(&me)?;
         if self.push_claim(&claim_ref, &blob, "")? {
             return Ok(Claim::Won { token: blob });

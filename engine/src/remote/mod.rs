@@ -155,16 +155,20 @@ impl Remote {
             .iter()
             .filter_map(|m| m.local.as_ref().map(ToString::to_string))
             .collect();
-        // Pull requests no longer on the remote are not planned again.
-        let stale: Vec<String> = repo
-            .references()
-            .map_err(git_err)?
-            .prefixed("refs/stella/pulls/")
-            .map_err(git_err)?
-            .filter_map(Result::ok)
-            .map(|r| r.name().as_bstr().to_string())
-            .filter(|n| !fetched.contains(n))
-            .collect();
+        // Pull requests no longer on the remote are not planned again, and claims released
+        // there (runs waiting at a gate) are not taken for held.
+        let mut stale = Vec::new();
+        for prefix in ["refs/stella/pulls/", "refs/stella/remote-claims/"] {
+            stale.extend(
+                repo.references()
+                    .map_err(git_err)?
+                    .prefixed(prefix)
+                    .map_err(git_err)?
+                    .filter_map(Result::ok)
+                    .map(|r| r.name().as_bstr().to_string())
+                    .filter(|n| !fetched.contains(n)),
+            );
+        }
         for name in stale {
             let _ = self.git(&["update-ref", "-d", &name]);
         }
