@@ -261,7 +261,16 @@ pub fn import(root: &Path, branch: &str, bundle: &Path) -> Result<Imported, Erro
         // already untracked (git would refuse at the very end, after the objects came in).
         let from = current.clone().unwrap_or_else(|| EMPTY_TREE.to_string());
         let added = git(&q.dir, &["diff", "--name-only", "--diff-filter=A", &from, &incoming])?;
-        if let Some(p) = added.lines().find(|p| !p.is_empty() && root.join(p).exists()) {
+        // The path itself, or a file where the import needs one of its directories.
+        let in_the_way = |p: &str| {
+            root.join(p).exists()
+                || std::path::Path::new(p)
+                    .ancestors()
+                    .skip(1)
+                    .filter(|a| !a.as_os_str().is_empty())
+                    .any(|a| root.join(a).is_file())
+        };
+        if let Some(p) = added.lines().find(|p| !p.is_empty() && in_the_way(p)) {
             return Err(Error::Refused(format!(
                 "{p} is in the working tree but not committed, and {bundle_name} adds it; move it away, then import again"
             )));

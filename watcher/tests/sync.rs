@@ -229,6 +229,11 @@ fn an_older_bundle_is_nothing_new_and_an_untracked_file_in_the_way_is_refused() 
     offline.write("runs/r1/request.yaml", "not committed\n");
     refused(&offline, &bundle, "ERR_USAGE");
     std::fs::remove_file(offline.path().join("runs/r1/request.yaml")).unwrap();
+    std::fs::remove_dir(offline.path().join("runs/r1")).unwrap();
+    // A file where the bundle needs a directory is in the way just the same.
+    offline.write("runs/r1", "not a directory\n");
+    refused(&offline, &bundle, "ERR_USAGE");
+    std::fs::remove_file(offline.path().join("runs/r1")).unwrap();
     offline.stella(&["sync", "import", bundle.to_str().unwrap()]).ok();
     // The online side moves on; the first bundle, imported again, is simply behind.
     online.request("r2", "hello", "{}\n");

@@ -120,7 +120,15 @@ pub fn process(
             .unwrap_or_default();
         if !journal::continues(&env.git_dir, id, &committed) {
             let kept = journal::set_aside(&env.git_dir, id).map_err(|e| Error::Journal(e.to_string()))?;
-            tracing::warn!(run = %id, kept = %kept.display(), "the ledger went on without this runner's journal (another runner took the run over); continuing from the ledger");
+            let mine = std::fs::read(&kept).unwrap_or_default();
+            if committed.starts_with(&mine) {
+                // Another runner carried the run on from where this one left it (a gate passed
+                // elsewhere): nothing of this runner's is lost.
+                tracing::debug!(run = %id, "the ledger carries the run on from this runner's journal; continuing from the ledger");
+                let _ = std::fs::remove_file(&kept);
+            } else {
+                tracing::warn!(run = %id, kept = %kept.display(), "the ledger went on without this runner's journal (another runner took the run over); continuing from the ledger");
+            }
         }
     }
     let journal = Journal::open(&env.git_dir, id).map_err(|e| Error::Journal(e.to_string()))?;
