@@ -452,6 +452,11 @@ async fn main_loop(
                         if reported.insert(format!("{id} {holder}")) {
                             say!("run {id} is claimed by runner {holder}; left to it");
                         }
+                    } else if let TaskEnd::Finished(Some(Outcome::Waiting { step, .. })) = &end {
+                        // Said once per gate: re-checking a waiting run is not news.
+                        if reported.insert(format!("{id} waiting {step}")) {
+                            report(&id, end);
+                        }
                     } else {
                         report(&id, end);
                     }

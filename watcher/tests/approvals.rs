@@ -470,3 +470,30 @@ fn the_trust_files_are_those_before_the_request_however_far_back_it_is() {
     t.repo.daemon_once().ok();
     assert_eq!(t.repo.state("r1"), "succeeded");
 }
+
+#[test]
+fn a_watching_daemon_says_once_that_a_run_waits() {
+    let t = Team::new();
+    let log = t.repo.outside("daemon.log");
+    let mut d = crate::support::stella()
+        .current_dir(t.repo.path())
+        .args(["daemon", "--repo", "."])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    t.repo.request("r1", "gated", "{}\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log).unwrap().contains("waiting at gate") {
+        assert!(Instant::now() < deadline, "the run never waited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The branch moves twice more; each move re-checks the gate, and nothing new is said.
+    for i in 0..2 {
+        t.repo.write("notes.md", &format!("{i}\n")).commit_all("unrelated");
+        std::thread::sleep(Duration::from_millis(800));
+    }
+    d.kill().unwrap();
+    d.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("waiting at gate").count(), 1, "{text}");
+}
