@@ -190,7 +190,7 @@ impl Remote {
         };
         if local == remote || self.is_ancestor(&local, &remote) {
             if local != remote {
-                self.fast_forward(&remote, &local)?;
+                self.move_branch(&remote, &local, true)?;
             }
             return Ok(Integrated::default());
         }
@@ -251,7 +251,7 @@ impl Remote {
                 }
             }
         }
-        self.reset_to(&remote, &local)?;
+        self.move_branch(&remote, &local, false)?;
         // The dropped commits were this runner's own and unpushed: the daemon's check against
         // rewritten history must not take their replacement for a force-push.
         let seen = crate::runs::last_seen_path(ledger.git_dir());
@@ -284,23 +284,17 @@ impl Remote {
             == Some(format!("refs/heads/{}", self.branch).as_str())
     }
 
-    fn fast_forward(&self, to: &str, from: &str) -> Result<(), Error> {
-        if self.head_is_branch() {
-            self.git(&["merge", "-q", "--ff-only", to]).map(|_| ())
-        } else {
-            self.git(&["update-ref", &format!("refs/heads/{}", self.branch), to, from])
-                .map(|_| ())
-        }
-    }
-
-    /// Moves the branch to `to` dropping the local runner commits (their kept files are re-committed next).
-    fn reset_to(&self, to: &str, from: &str) -> Result<(), Error> {
-        if self.head_is_branch() {
-            self.git(&["reset", "-q", "--keep", to]).map(|_| ())
-        } else {
-            self.git(&["update-ref", &format!("refs/heads/{}", self.branch), to, from])
-                .map(|_| ())
-        }
+    /// Moves the branch from `from` to `to`, and the working tree with it when it is checked
+    /// out: a fast-forward (`git merge --ff-only`), or dropping the local runner commits
+    /// (`git reset --keep`; the kept files are re-committed next). Either refuses rather than
+    /// overwrite a person's uncommitted change.
+    fn move_branch(&self, to: &str, from: &str, fast_forward: bool) -> Result<(), Error> {
+        let args: &[&str] = match (self.head_is_branch(), fast_forward) {
+            (true, true) => &["merge", "-q", "--ff-only", to],
+            (true, false) => &["reset", "-q", "--keep", to],
+            (false, _) => &["update-ref", &format!("refs/heads/{}", self.branch), to, from],
+        };
+        self.git(args).map(|_| ())
     }
 
     /// Pushes the branch when it is ahead; fetches, re-integrates and retries when the remote
