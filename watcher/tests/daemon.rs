@@ -646,3 +646,26 @@ fn sealed_steps_see_only_loopback_unless_they_declare_an_allowed_host() {
     let mirror = lines("mirror");
     assert_eq!(mirror.len(), host.len(), "{mirror:?} vs {host:?}");
 }
+
+#[test]
+fn an_index_lock_left_by_a_killed_runner_does_not_block_the_next() {
+    let r = Repo::new();
+    r.pack("hello", HELLO).request("r1", "hello", "{}\n");
+    // A runner killed while it held the index lock: the lock stays, marked with its pid.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    std::fs::write(r.path().join(".git/index.lock"), b"").unwrap();
+    std::fs::create_dir_all(r.path().join(".git/stella")).unwrap();
+    std::fs::write(r.path().join(".git/stella/index-lock-owner"), pid.to_string()).unwrap();
+    let started = Instant::now();
+    r.daemon_once().ok();
+    assert_eq!(r.state("r1"), "succeeded");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "waited on the lock: {:?}",
+        started.elapsed()
+    );
+    assert!(!r.path().join(".git/index.lock").exists());
+    assert!(r.status_porcelain().is_empty(), "{}", r.status_porcelain());
+}

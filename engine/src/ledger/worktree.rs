@@ -14,7 +14,10 @@ use super::FileWrite;
 /// under the index lock (the same `index.lock` git takes, so neither side loses an update).
 pub fn sync(repo: &gix::Repository, workdir: &Path, writes: &[FileWrite], blobs: &[ObjectId]) -> Result<(), String> {
     let index_path = repo.index_path();
-    let mut lock = acquire(&index_path)?;
+    let owner = repo.git_dir().join("stella").join("index-lock-owner");
+    let mut lock = acquire(&index_path, &owner)?;
+    // Declared after the lock, dropped before it: the mark goes with the lock, whatever happens.
+    let _mark = OwnerMark(owner.clone());
     for w in writes {
         let dest = workdir.join(&w.path);
         if let Some(dir) = dest.parent() {
@@ -75,17 +78,63 @@ pub fn sync(repo: &gix::Repository, workdir: &Path, writes: &[FileWrite], blobs:
     Ok(())
 }
 
-/// Takes `index.lock`, waiting a little while a person's git command holds it.
-fn acquire(index: &Path) -> Result<std::io::BufWriter<gix::lock::File>, String> {
+/// Removes the lock owner's mark when the lock is given up.
+struct OwnerMark(std::path::PathBuf);
+
+impl Drop for OwnerMark {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Takes `index.lock`, waiting a little while a person's git command holds it. While this
+/// process holds it, `owner` names it: a lock left by a runner that was killed (its process
+/// gone) is removed instead of blocking every later commit, as git's own leftover lock would.
+fn acquire(index: &Path, owner: &Path) -> Result<std::io::BufWriter<gix::lock::File>, String> {
     let mut last = String::new();
     for attempt in 0..100u64 {
         match gix::lock::File::acquire_to_update_resource(index, gix::lock::acquire::Fail::Immediately, None, 0) {
-            Ok(lock) => return Ok(std::io::BufWriter::new(lock)),
+            Ok(lock) => {
+                if let Some(dir) = owner.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                let _ = std::fs::write(owner, std::process::id().to_string());
+                return Ok(std::io::BufWriter::new(lock));
+            }
             Err(e) => last = e.to_string(),
+        }
+        if left_by_a_dead_runner(owner, &index.with_extension("lock")) {
+            tracing::warn!(lock = %index.with_extension("lock").display(), "removing the index lock a killed runner left");
+            let _ = std::fs::remove_file(index.with_extension("lock"));
+            let _ = std::fs::remove_file(owner);
+            continue;
         }
         std::thread::sleep(std::time::Duration::from_millis(10 + attempt * 2));
     }
     Err(format!(
         "the index is locked by another process ({last}); if no git command is running, remove .git/index.lock"
     ))
+}
+
+/// Whether `lock` is the one `owner` marks (the mark written just after the lock, so not
+/// older than it) and `owner` names a process that no longer exists (and is not this one).
+fn left_by_a_dead_runner(owner: &Path, lock: &Path) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (modified(owner), modified(lock)) {
+        (Some(marked), Some(locked)) if marked >= locked => {}
+        _ => return false,
+    }
+    let Some(pid) = std::fs::read_to_string(owner)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return false;
+    };
+    if pid <= 0 || pid as u32 == std::process::id() {
+        return false;
+    }
+    // SAFETY: signal 0 only asks whether the process exists.
+    let gone =
+        unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    gone
 }
