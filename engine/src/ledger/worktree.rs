@@ -134,7 +134,5 @@ fn left_by_a_dead_runner(owner: &Path, lock: &Path) -> bool {
         return false;
     }
     // SAFETY: signal 0 only asks whether the process exists.
-    let gone =
-        unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-    gone
+    (unsafe { libc::kill(pid, 0) } != 0) && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
