@@ -343,17 +343,7 @@ fn an_approver_added_with_the_request_does_not_count() {
         "apiVersion: stella/v1\nkind: RunRequest\npack: packs/gated\n",
     );
     t.commit("request, and make mallory an approver in the same pull request");
-    t.approve("r1", "mallory", &[])
-        .approve("r1", "alice", &[])
-        .commit("mallory and alice approve");
-    t.repo.daemon_once().ok();
-    assert_eq!(t.repo.state("r1"), "waiting", "mallory's approval must not count");
-    t.assert_not_counted("r1", "mallory", "ERR_APPROVAL_SIGNATURE_INVALID");
-    // The reason says why a signer listed at the tip does not count.
-    let reason = t.verdict("r1", "mallory")["reason"].as_str().unwrap().to_string();
-    assert!(reason.contains("mallory is trusted at the branch tip, but"), "{reason}");
-    let alice = t.verdict("r1", "alice");
-    assert_eq!(alice["verdict"], "counted", "{alice}");
+    mallory_and_alice_approve_and_only_alice_counts(&t);
 }
 
 #[test]
@@ -411,12 +401,7 @@ fn a_fast_forwarded_pull_request_cannot_add_its_own_approver_in_an_earlier_commi
         "apiVersion: stella/v1\nkind: RunRequest\npack: packs/gated\n",
     );
     t.commit("second commit of the pull request: the request");
-    t.approve("r1", "mallory", &[])
-        .approve("r1", "alice", &[])
-        .commit("mallory and alice approve");
-    t.repo.daemon_once().ok();
-    assert_eq!(t.repo.state("r1"), "waiting", "mallory's approval must not count");
-    t.assert_not_counted("r1", "mallory", "ERR_APPROVAL_SIGNATURE_INVALID");
+    mallory_and_alice_approve_and_only_alice_counts(&t);
 }
 
 #[test]
@@ -496,4 +481,19 @@ fn a_watching_daemon_says_once_that_a_run_waits() {
     d.wait().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(text.matches("waiting at gate").count(), 1, "{text}");
+}
+
+/// Mallory (made an approver too late) and alice approve r1: alice counts, mallory does not,
+/// and the reason says that mallory is trusted only from after the request.
+fn mallory_and_alice_approve_and_only_alice_counts(t: &Team) {
+    t.approve("r1", "mallory", &[])
+        .approve("r1", "alice", &[])
+        .commit("mallory and alice approve");
+    t.repo.daemon_once().ok();
+    assert_eq!(t.repo.state("r1"), "waiting", "mallory's approval must not count");
+    t.assert_not_counted("r1", "mallory", "ERR_APPROVAL_SIGNATURE_INVALID");
+    let reason = t.verdict("r1", "mallory")["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("mallory is trusted at the branch tip, but"), "{reason}");
+    let alice = t.verdict("r1", "alice");
+    assert_eq!(alice["verdict"], "counted", "{alice}");
 }
