@@ -4,12 +4,12 @@
 //! `ledger verify` — before the branch moves; on any failure the repository is as it was.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use gix::ObjectId;
 
 use crate::code::Code;
 use crate::ledger::{Ledger, verify};
+use crate::remote::is_ancestor_in;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -218,7 +218,7 @@ pub fn import(root: &Path, branch: &str, bundle: &Path) -> Result<Imported, Erro
     // A bundle older than the branch (already imported, or overtaken) brings nothing new.
     let behind = current
         .as_deref()
-        .is_some_and(|cur| cur != incoming && is_ancestor(&q.dir, &incoming, cur).unwrap_or(false));
+        .is_some_and(|cur| cur != incoming && is_ancestor_in(&q.dir, &incoming, cur));
     let incoming = if behind {
         current.clone().expect("behind implies a branch")
     } else {
@@ -227,7 +227,7 @@ pub fn import(root: &Path, branch: &str, bundle: &Path) -> Result<Imported, Erro
     let moves = current.as_deref() != Some(incoming.as_str());
     if moves {
         if let Some(cur) = &current
-            && !is_ancestor(&q.dir, cur, &incoming)?
+            && !is_ancestor_in(&q.dir, cur, &incoming)
         {
             return Err(Error::Invalid(format!(
                 "{bundle_name}: {branch} diverged (the bundle's {} does not contain this repository's {}); only fast-forwards are accepted",
@@ -325,15 +325,6 @@ pub fn import(root: &Path, branch: &str, bundle: &Path) -> Result<Imported, Erro
     result
 }
 
-fn is_ancestor(root: &Path, a: &str, b: &str) -> Result<bool, Error> {
-    Ok(Command::new("git")
-        .current_dir(root)
-        .args(["merge-base", "--is-ancestor", a, b])
-        .status()
-        .map_err(|e| Error::Git(e.to_string()))?
-        .success())
-}
-
 /// Brings `incoming` notes into `refs/notes/stella`: taken as they are when they contain ours,
 /// merged otherwise (theirs win on the same commit: a note is a plan summary, re-made at will).
 fn merge_notes(root: &Path, incoming: &str) -> Result<(), Error> {
@@ -342,10 +333,10 @@ fn merge_notes(root: &Path, incoming: &str) -> Result<(), Error> {
     };
     match rev(root, NOTES) {
         None => git(root, &["update-ref", NOTES, &theirs]).map(|_| ()),
-        Some(ours) if is_ancestor(root, &ours, &theirs)? => {
+        Some(ours) if is_ancestor_in(root, &ours, &theirs) => {
             git(root, &["update-ref", NOTES, &theirs, &ours]).map(|_| ())
         }
-        Some(ours) if is_ancestor(root, &theirs, &ours)? => Ok(()),
+        Some(ours) if is_ancestor_in(root, &theirs, &ours) => Ok(()),
         Some(_) => git(
             root,
             &[

@@ -81,6 +81,16 @@ pub fn git_in(root: &Path, args: &[&str]) -> Result<String, Error> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Whether commit `a` is an ancestor of (or is) `b` in the repository at `root`; false when
+/// git cannot tell (an unknown commit, git missing), which every caller reads as "no".
+pub fn is_ancestor_in(root: &Path, a: &str, b: &str) -> bool {
+    Command::new("git")
+        .current_dir(root)
+        .args(["merge-base", "--is-ancestor", a, b])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 impl Remote {
     pub fn new(root: PathBuf, name: String, branch: String, pull_patterns: Vec<String>, lease: Duration) -> Remote {
         Remote {
@@ -272,11 +282,7 @@ impl Remote {
     }
 
     fn is_ancestor(&self, a: &str, b: &str) -> bool {
-        Command::new("git")
-            .current_dir(&self.root)
-            .args(["merge-base", "--is-ancestor", a, b])
-            .status()
-            .is_ok_and(|s| s.success())
+        is_ancestor_in(&self.root, a, b)
     }
 
     fn head_is_branch(&self) -> bool {
