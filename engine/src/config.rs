@@ -22,6 +22,32 @@ pub struct Config {
     pub ledger_branch: Option<String>,
     /// Pull-request ref patterns a daemon with `--remote` fetches and plans (one `*` each).
     pub pull_patterns: Vec<String>,
+    /// How steps are kept away from the runner (DESIGN section 9).
+    pub sandbox: SandboxPolicy,
+}
+
+/// `sandbox:` in the config: how far a step is kept from the runner.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SandboxPolicy {
+    /// Every step runs in user, mount and PID namespaces of its own, or not at all.
+    #[default]
+    Required,
+    /// No isolation: recorded in every run's events and attestation.
+    Off,
+    /// As `Required`, plus a Landlock allowlist: the workspace, the temporary directory, the
+    /// read-only system and these paths.
+    Strict { read: Vec<String>, write: Vec<String> },
+}
+
+impl SandboxPolicy {
+    /// The name written to events, evidence and `doctor`.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            SandboxPolicy::Required => "required",
+            SandboxPolicy::Off => "off",
+            SandboxPolicy::Strict { .. } => "strict",
+        }
+    }
 }
 
 impl Default for Config {
@@ -36,6 +62,7 @@ impl Default for Config {
             batch_ms: 2000,
             ledger_branch: None,
             pull_patterns: vec!["refs/pull/*/head".into(), "refs/merge-requests/*/head".into()],
+            sandbox: SandboxPolicy::Required,
         }
     }
 }
@@ -77,6 +104,7 @@ impl Config {
             "commit",
             "ledger",
             "pullRequests",
+            "sandbox",
         ];
         for (k, v) in entries {
             match k.name.as_str() {
@@ -153,6 +181,10 @@ impl Config {
                     }
                     _ => err(&mut diags, v, "pullRequests", "expected a list of ref patterns".into()),
                 },
+                "sandbox" => match sandbox(file, v) {
+                    Ok(p) => c.sandbox = p,
+                    Err(d) => d.into_iter().for_each(|d| diags.push(d)),
+                },
                 "ledger" => match v.get("branch").and_then(Node::as_str) {
                     Some(b) if valid_branch(b) => c.ledger_branch = Some(b.into()),
                     _ => err(&mut diags, v, "ledger.branch", "expected a branch name".into()),
@@ -173,6 +205,66 @@ impl Config {
         }
         diags.into_result(c)
     }
+}
+
+/// `sandbox: required | off | {mode: strict, read: [PATHS], write: [PATHS]}`.
+fn sandbox(file: &str, v: &Node) -> Result<SandboxPolicy, Vec<Diagnostic>> {
+    let at =
+        |pos, field: &str, msg: &str| vec![Diagnostic::new(Code::ConfigInvalid, file, pos, field, msg.to_string())];
+    let bad = |n: &Node, field: &str, msg: &str| at(n.pos, field, msg);
+    const EXPECTED: &str = "expected required, off, or { mode: strict, read: [paths], write: [paths] }";
+    let simple = |mode: &str, n: &Node| match mode {
+        "required" => Ok(SandboxPolicy::Required),
+        "off" => Ok(SandboxPolicy::Off),
+        _ => Err(bad(n, "sandbox", EXPECTED)),
+    };
+    if let Some(mode) = v.as_str() {
+        return simple(mode, v);
+    }
+    let Some(entries) = v.as_map() else {
+        return Err(bad(v, "sandbox", EXPECTED));
+    };
+    let mut mode = None;
+    let (mut read, mut write) = (Vec::new(), Vec::new());
+    let mut diags = Vec::new();
+    for (k, val) in entries {
+        match k.name.as_str() {
+            "mode" => mode = Some((val.as_str().unwrap_or("").to_string(), val)),
+            list @ ("read" | "write") => {
+                let field = format!("sandbox.{list}");
+                let Value::Seq(items) = &val.value else {
+                    diags.extend(bad(val, &field, "expected a list of absolute paths"));
+                    continue;
+                };
+                for i in items {
+                    match i.as_str() {
+                        Some(p) if p.starts_with('/') && !p.split('/').any(|c| c == "..") => {
+                            if list == "read" {
+                                read.push(p.to_string())
+                            } else {
+                                write.push(p.to_string())
+                            }
+                        }
+                        _ => diags.extend(bad(i, &field, "expected an absolute path without `..`")),
+                    }
+                }
+            }
+            other => diags.extend(at(
+                k.pos,
+                &format!("sandbox.{other}"),
+                &format!("unknown field `{other}` (expected mode, read, write)"),
+            )),
+        }
+    }
+    let policy = match mode {
+        Some((m, _)) if m == "strict" => SandboxPolicy::Strict { read, write },
+        Some((m, n)) if read.is_empty() && write.is_empty() => {
+            simple(&m, n).map_err(|_| bad(n, "sandbox.mode", "expected required, off or strict"))?
+        }
+        Some((_, n)) => return Err(bad(n, "sandbox.mode", "read and write lists need mode: strict")),
+        None => return Err(bad(v, "sandbox.mode", "missing field `mode` (required, off or strict)")),
+    };
+    if diags.is_empty() { Ok(policy) } else { Err(diags) }
 }
 
 /// A pull-request ref pattern: under `refs/`, exactly one `*`, and nothing a refspec would
@@ -231,6 +323,42 @@ mod tests {
             );
         }
         assert_eq!(Config::default().pull_patterns.len(), 2);
+    }
+
+    #[test]
+    fn sandbox_modes() {
+        assert_eq!(Config::default().sandbox, SandboxPolicy::Required);
+        assert_eq!(
+            Config::parse("c", "sandbox: off\n").unwrap().sandbox,
+            SandboxPolicy::Off
+        );
+        let strict = Config::parse(
+            "c",
+            "sandbox: { mode: strict, read: [/opt/tools], write: [/var/cache/x] }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            strict.sandbox,
+            SandboxPolicy::Strict {
+                read: vec!["/opt/tools".into()],
+                write: vec!["/var/cache/x".into()]
+            }
+        );
+        for (bad, field) in [
+            ("sandbox: maybe\n", "sandbox"),
+            ("sandbox: { mode: strict, read: [relative/path] }\n", "sandbox.read"),
+            ("sandbox: { mode: required, write: [/x] }\n", "sandbox.mode"),
+            ("sandbox: { read: [/x] }\n", "sandbox.mode"),
+            ("sandbox: { mode: strict, extra: 1 }\n", "sandbox.extra"),
+        ] {
+            let d = Config::parse("config.yaml", bad).unwrap_err();
+            let d = d.iter().next().unwrap();
+            assert_eq!(
+                (d.line, d.field.as_str(), d.code),
+                (1, field, Code::ConfigInvalid),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub struct Args {
     pub remote: Option<String>,
     /// How long a claim holds without renewal before another runner may take the run over.
     pub lease: Duration,
+    /// Where run workspaces go (default: `runs::default_work_root`, outside the repository).
+    pub work_dir: Option<PathBuf>,
+    /// Keep the workspace of a failed run for inspection.
+    pub keep_work: bool,
 }
 
 pub fn run(a: Args) -> Result<u8, Failure> {
@@ -55,6 +59,12 @@ pub fn run(a: Args) -> Result<u8, Failure> {
     // SAFETY: setting a signal disposition before any thread of ours is started.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    // Nothing running as this user may read the runner's memory (the key) through ptrace or
+    // /proc/<pid>/mem; steps are kept out by their sandbox, this is the second wall.
+    // SAFETY: a prctl on this process only.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0);
     }
     let root = repo::find_root(&a.repo)?;
     let config = repo::config_at_head(&root)?;
@@ -84,6 +94,21 @@ pub fn run(a: Args) -> Result<u8, Failure> {
         if a.once { ", once" } else { "" }
     );
     let git_dir = ledger.git_dir().to_path_buf();
+    let work_root = match &a.work_dir {
+        Some(d) => std::path::absolute(d).unwrap_or_else(|_| d.clone()),
+        None => runs::default_work_root(&git_dir),
+    };
+    let hidden = [
+        Some(root.clone()),
+        Some(git_dir.clone()),
+        Some(work_root.clone()),
+        Some(repo::key_path(&root, a.key.as_deref())),
+        a.secrets.clone(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| std::path::absolute(&p).unwrap_or(p))
+    .collect();
     let env = Arc::new(Environment {
         ledger: Mutex::new(ledger),
         git_dir: git_dir.clone(),
@@ -91,6 +116,9 @@ pub fn run(a: Args) -> Result<u8, Failure> {
         file_secrets,
         kill_grace: a.kill_grace,
         fenced: Mutex::new(HashSet::new()),
+        work_root,
+        hidden,
+        keep_work: a.keep_work,
     });
     let remote = a.remote.as_ref().map(|name| {
         Arc::new(Remote::new(

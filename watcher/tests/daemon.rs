@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::repo_support::{HELLO, Repo};
+use crate::support::{all_gone, marker, shared_dir, wait_for_process};
 
 #[test]
 fn a_request_runs_and_its_ledger_is_committed() {
@@ -157,9 +158,13 @@ fn a_repeated_run_token_is_not_executed() {
 #[test]
 fn kill_9_in_a_step_then_restart_recovers_the_run() {
     let r = Repo::new();
+    let (m, shared) = (marker(), shared_dir());
     let once = HELLO.replace(
         "echo said=yes >> $STELLA_OUTPUT",
-        "echo said=yes >> $STELLA_OUTPUT; if [ ! -f ../../once ]; then touch ../../once; echo $$ > ../../greet.pid; sleep 30; fi",
+        &format!(
+            "echo said=yes >> $STELLA_OUTPUT; if [ ! -f {0}/once ]; then touch {0}/once; sleep 30; fi # {m}",
+            shared.display()
+        ),
     );
     r.pack("hello", &once).request("r1", "hello", "{}\n");
     let mut daemon = crate::support::stella()
@@ -176,13 +181,11 @@ fn kill_9_in_a_step_then_restart_recovers_the_run() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(200));
+    wait_for_process(&m);
     daemon.kill().unwrap();
     daemon.wait().unwrap();
-    // The step's process group outlives the killed daemon; a real crash leaves it too.
-    let pid = std::fs::read_to_string(r.path().join(".git/stella/work/greet.pid")).unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-9", "--", &format!("-{}", pid.trim())])
-        .status();
+    // The step dies with its runner, so the restarted runner never runs it beside an orphan.
+    assert!(all_gone(&m, Duration::from_secs(2)), "the step outlived its runner");
     r.daemon_once().ok();
     assert_eq!(r.state("r1"), "succeeded");
     let kinds: Vec<String> = r
@@ -467,11 +470,14 @@ fn forged_events_in_a_merged_request_are_never_continued() {
 
 #[test]
 fn kill_9_at_many_points_then_restart_always_finishes_with_a_verifiable_ledger() {
-    const THREE: &str = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: three, version: 1.0.0 }\nspec:\n  steps:\n    - { id: one, run: { uses: builtin:shell, with: { script: \"echo $$ > ../../step.pid; sleep 0.3; echo one\" } } }\n    - { id: two, run: { uses: builtin:shell, with: { script: \"echo $$ > ../../step.pid; sleep 0.3; echo two\" } } }\n    - { id: three, run: { uses: builtin:shell, with: { script: \"echo $$ > ../../step.pid; sleep 0.3; echo three\" } } }\n";
+    let m = marker();
+    let three = format!(
+        "apiVersion: stella/v1\nkind: TaskPack\nmetadata: {{ name: three, version: 1.0.0 }}\nspec:\n  steps:\n    - {{ id: one, run: {{ uses: builtin:shell, with: {{ script: \"sleep 0.3; echo one # {m}\" }} }} }}\n    - {{ id: two, run: {{ uses: builtin:shell, with: {{ script: \"sleep 0.3; echo two # {m}\" }} }} }}\n    - {{ id: three, run: {{ uses: builtin:shell, with: {{ script: \"sleep 0.3; echo three # {m}\" }} }} }}\n"
+    );
     for delay_ms in [40u64, 250, 450, 700, 950, 1300] {
         let r = Repo::new();
         r.write(".stella/config.yaml", "branch: main\ncommit: { batchMs: 100 }\n");
-        r.pack("three", THREE).request("r1", "three", "{}\n");
+        r.pack("three", &three).request("r1", "three", "{}\n");
         let mut daemon = crate::support::stella()
             .current_dir(r.path())
             .args(["daemon", "--once", "--repo", "."])
@@ -482,11 +488,10 @@ fn kill_9_at_many_points_then_restart_always_finishes_with_a_verifiable_ledger()
         std::thread::sleep(Duration::from_millis(delay_ms));
         daemon.kill().unwrap();
         daemon.wait().unwrap();
-        if let Ok(pid) = std::fs::read_to_string(r.path().join(".git/stella/work/step.pid")) {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", "--", &format!("-{}", pid.trim())])
-                .status();
-        }
+        assert!(
+            all_gone(&m, Duration::from_secs(2)),
+            "killed after {delay_ms} ms: a step outlived its runner"
+        );
         r.daemon_once().ok();
         let show = r.show("r1");
         assert_eq!(show["state"], "succeeded", "killed after {delay_ms} ms: {show:#}");
@@ -506,9 +511,13 @@ fn kill_9_at_many_points_then_restart_always_finishes_with_a_verifiable_ledger()
 /// A watching daemon whose run r1 is in a step that sleeps 30 s the first time only; the
 /// step's pid (its process group).
 fn daemon_in_a_long_step(r: &Repo) -> (std::process::Child, i32) {
+    let (m, shared) = (marker(), shared_dir());
     let once = HELLO.replace(
         "echo said=yes >> $STELLA_OUTPUT",
-        "echo said=yes >> $STELLA_OUTPUT; if [ ! -f ../../once ]; then touch ../../once; echo $$ > ../../greet.pid; sleep 30; fi",
+        &format!(
+            "echo said=yes >> $STELLA_OUTPUT; if [ ! -f {0}/once ]; then touch {0}/once; sleep 30; fi # {m}",
+            shared.display()
+        ),
     );
     r.pack("hello", &once).request("r1", "hello", "{}\n");
     let daemon = crate::support::stella()
@@ -517,14 +526,8 @@ fn daemon_in_a_long_step(r: &Repo) -> (std::process::Child, i32) {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let pid_file = r.path().join(".git/stella/work/greet.pid");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !pid_file.exists() {
-        assert!(Instant::now() < deadline, "the step never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let step = wait_for_process(&m);
     std::thread::sleep(Duration::from_millis(200));
-    let step = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     (daemon, step)
 }
 
@@ -572,7 +575,8 @@ fn a_service_stop_signalling_every_process_at_once_does_not_fail_the_run() {
     let (mut daemon, step) = daemon_in_a_long_step(&r);
     use nix::sys::signal::{Signal, kill, killpg};
     use nix::unistd::Pid;
-    killpg(Pid::from_raw(step), Signal::SIGTERM).unwrap();
+    let group = nix::unistd::getpgid(Some(Pid::from_raw(step))).unwrap();
+    killpg(group, Signal::SIGTERM).unwrap();
     kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM).unwrap();
     assert!(daemon.wait().unwrap().success());
     let journal = std::fs::read_to_string(r.journal("r1")).unwrap();

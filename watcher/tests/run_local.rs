@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use crate::support::{Ran, Scratch};
+use crate::support::{Ran, Scratch, all_gone, marker, pids_with, shared_dir, wait_for_process};
 
 fn exec(id: &str, args: &str) -> String {
     format!("    - {{ id: {id}, run: {{ uses: builtin:exec, with: {{ argv: [{args}] }} }} }}\n")
@@ -15,25 +15,6 @@ fn shell(id: &str, script: &str) -> String {
         "    - id: {id}\n      run: {{ uses: builtin:shell, with: {{ script: {} }} }}\n",
         serde_json::to_string(script).unwrap()
     )
-}
-
-fn pid_alive(pid: i32) -> bool {
-    // Signal 0 checks existence; a zombie no longer counts as running.
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    !status.is_empty() && !status.lines().any(|l| l.starts_with("State:") && l.contains('Z'))
-}
-
-fn read_pid(s: &Scratch, rel: &str) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(t) = std::fs::read_to_string(s.run_dir().join("workspace").join(rel))
-            && let Ok(p) = t.trim().parse()
-        {
-            return p;
-        }
-        assert!(Instant::now() < deadline, "no pid file {rel}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn wait_for_event(s: &Scratch, kind: &str, step: &str) {
@@ -122,8 +103,11 @@ fn max_parallel_and_the_global_limit_serialise_steps() {
 
 #[test]
 fn a_failure_in_a_parallel_group_stops_its_siblings() {
-    let steps = "    - id: group\n      parallel:\n        maxParallel: 2\n        steps:\n          - { id: slow, run: { uses: builtin:shell, with: { script: \"echo $$ > slow.pid; sleep 60\" } } }\n          - { id: broken, run: { uses: builtin:shell, with: { script: \"sleep 0.3; exit 4\" } } }\n          - { id: never, run: { uses: builtin:exec, with: { argv: [touch, never.flag] } } }\n    - { id: after, run: { uses: builtin:exec, with: { argv: [true] } } }\n";
-    let s = Scratch::new().pack(steps);
+    let m = marker();
+    let steps = format!(
+        "    - id: group\n      parallel:\n        maxParallel: 2\n        steps:\n          - {{ id: slow, run: {{ uses: builtin:shell, with: {{ script: \"exec -a {m} sleep 60\" }} }} }}\n          - {{ id: broken, run: {{ uses: builtin:shell, with: {{ script: \"sleep 0.3; exit 4\" }} }} }}\n          - {{ id: never, run: {{ uses: builtin:exec, with: {{ argv: [touch, never.flag] }} }} }}\n    - {{ id: after, run: {{ uses: builtin:exec, with: {{ argv: [true] }} }} }}\n"
+    );
+    let s = Scratch::new().pack(&steps);
     let t0 = Instant::now();
     let r = s.run(&[]);
     r.code(1)
@@ -138,7 +122,7 @@ fn a_failure_in_a_parallel_group_stops_its_siblings() {
     assert_eq!(r.step("never"), "cancelled");
     assert!(r.step_events("after", "step.started").is_empty());
     assert!(!s.run_dir().join("workspace/never.flag").exists());
-    assert!(!pid_alive(read_pid(&s, "slow.pid")));
+    assert!(all_gone(&m, Duration::from_secs(2)), "the slow sibling lives on");
 }
 
 #[test]
@@ -176,12 +160,18 @@ fn retries_record_every_attempt() {
 
 #[test]
 fn a_timeout_kills_the_whole_process_group_grandchildren_included() {
-    let steps = "    - id: hang\n      timeout: 500ms\n      run: { uses: builtin:shell, with: { script: \"trap '' TERM; bash -c 'trap \\\"\\\" TERM; echo $$ > grandchild.pid; sleep 60' & wait\" } }\n";
-    let s = Scratch::new().pack(steps);
+    let m = marker();
+    let steps = format!(
+        "    - id: hang\n      timeout: 500ms\n      run: {{ uses: builtin:shell, with: {{ script: \"trap '' TERM; bash -c 'trap \\\"\\\" TERM; exec -a {m} sleep 60' & wait\" }} }}\n"
+    );
+    let s = Scratch::new().pack(&steps);
     let r = s.run(&["--kill-grace", "300ms"]);
     r.code(1).stderr_has("error[ERR_STEP_TIMEOUT]");
-    let gc = read_pid(&s, "grandchild.pid");
-    assert!(!pid_alive(gc), "grandchild {gc} survived the timeout");
+    assert!(
+        all_gone(&m, Duration::from_secs(2)),
+        "a grandchild survived the timeout: {:?}",
+        pids_with(&m)
+    );
     assert_eq!(
         r.state().step("hang").unwrap().code.as_deref(),
         Some("ERR_STEP_TIMEOUT")
@@ -403,14 +393,16 @@ fn bundle_ingest_verifies_and_stages() {
 
 #[test]
 fn a_run_killed_mid_step_resumes_without_repeating_finished_steps() {
+    let (m, shared) = (marker(), shared_dir());
+    let at = shared.display();
     let steps = format!(
         "{}{}{}",
-        shell("first", "echo ran >> ../first.count"),
+        shell("first", &format!("echo ran >> {at}/first.count")),
         shell(
             "second",
-            "echo ran >> ../second.count; if [ ! -f once ]; then touch once; echo $$ > second.pid; sleep 60; fi"
+            &format!("echo ran >> {at}/second.count; if [ ! -f once ]; then touch once; exec -a {m} sleep 60; fi")
         ),
-        shell("third", "echo ran >> ../third.count")
+        shell("third", &format!("echo ran >> {at}/third.count"))
     );
     let s = Scratch::new().pack(&steps);
     let mut child = s
@@ -420,21 +412,18 @@ fn a_run_killed_mid_step_resumes_without_repeating_finished_steps() {
         .spawn()
         .unwrap();
     wait_for_event(&s, "step.started", "second");
-    let orphan = read_pid(&s, "second.pid");
+    wait_for_process(&m);
     child.kill().unwrap(); // SIGKILL: no chance to record anything
     child.wait().unwrap();
-    // The interrupted step's process outlives the runner; a real crash leaves it too.
-    let _ = std::process::Command::new("kill")
-        .arg("-9")
-        .arg(orphan.to_string())
-        .status();
+    // The interrupted step dies with its runner, so the resumed run never runs beside it.
+    assert!(all_gone(&m, Duration::from_secs(2)), "the step outlived its runner");
     let interrupted = crate::support::Ran::from(std::process::Command::new("true").output().unwrap(), s.events_path());
     assert_eq!(interrupted.state().state.as_str(), "running");
 
     let r: Ran = s.run(&["--resume"]);
     r.code(0);
     let count = |f: &str| {
-        std::fs::read_to_string(s.run_dir().join(f))
+        std::fs::read_to_string(shared.join(f))
             .unwrap_or_default()
             .lines()
             .count()
@@ -453,7 +442,8 @@ fn a_run_killed_mid_step_resumes_without_repeating_finished_steps() {
 
 #[test]
 fn ctrl_c_cancels_cleanly() {
-    let s = Scratch::new().pack(&shell("wait", "echo $$ > wait.pid; sleep 60"));
+    let m = marker();
+    let s = Scratch::new().pack(&shell("wait", &format!("exec -a {m} sleep 60")));
     let child = s
         .command(&[])
         .stdout(std::process::Stdio::piped())
@@ -461,7 +451,7 @@ fn ctrl_c_cancels_cleanly() {
         .spawn()
         .unwrap();
     wait_for_event(&s, "step.started", "wait");
-    let pid = read_pid(&s, "wait.pid");
+    wait_for_process(&m);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
@@ -471,7 +461,7 @@ fn ctrl_c_cancels_cleanly() {
     let r = Ran::from(out, s.events_path());
     r.code(1).stderr_has("error[ERR_RUN_CANCELLED]");
     assert_eq!(r.state().state.as_str(), "cancelled");
-    assert!(!pid_alive(pid));
+    assert!(all_gone(&m, Duration::from_secs(2)));
 }
 
 #[test]

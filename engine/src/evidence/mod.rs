@@ -40,6 +40,8 @@ pub struct RunRecord<'a> {
     pub approvals: &'a BTreeMap<String, Vec<u8>>,
     pub sealed: bool,
     pub network_allow: &'a [String],
+    /// The sandbox the steps ran in (`Sandbox::describe`).
+    pub sandbox: serde_json::Value,
     /// Where each secret came from (`file` or `env`); never a value.
     pub secret_sources: &'a BTreeMap<String, String>,
 }
@@ -121,6 +123,7 @@ pub fn statement(r: &RunRecord) -> Json {
             "secrets": secrets,
             "sealed": r.sealed,
             "network": { "allow": r.network_allow },
+            "sandbox": r.sandbox,
             "state": st.state.as_str(),
             "code": st.code,
             "steps": steps,

@@ -6,6 +6,7 @@
 mod artifacts;
 pub mod control;
 mod process;
+pub mod sandbox;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,8 @@ pub struct ExecConfig {
     /// Sealed mode: a step that declares no host runs in a network namespace of its own with
     /// only loopback (DESIGN section 9).
     pub sealed: bool,
+    /// How steps are kept from the runner (`sandbox:` in the config, DESIGN section 9).
+    pub sandbox: sandbox::Sandbox,
 }
 
 impl ExecConfig {
@@ -67,6 +70,7 @@ impl ExecConfig {
             cancel: CancelToken::new(),
             base_env: base_env(),
             sealed: false,
+            sandbox: sandbox::Sandbox::default(),
         }
     }
 }
@@ -264,7 +268,7 @@ impl Runner<'_> {
             let total = self.plan.all_steps().len();
             self.emit(Event::new("run.started").data(json!({
                 "runId": self.cfg.run_id, "planHash": self.plan.hash(), "pack": self.plan.pack.name,
-                "version": self.plan.pack.version, "steps": total,
+                "version": self.plan.pack.version, "steps": total, "sandbox": self.cfg.sandbox.describe(),
             })));
         }
         let result = match self.materialise(files) {
@@ -559,7 +563,10 @@ impl Runner<'_> {
                     }
                 }
                 Err(Attempt::Failed(e)) => {
-                    let retryable = !matches!(e.code, Code::PackHashMismatch | Code::ArtifactSecret);
+                    let retryable = !matches!(
+                        e.code,
+                        Code::PackHashMismatch | Code::ArtifactSecret | Code::SandboxUnavailable
+                    );
                     if retryable && attempt < max {
                         if !self.retry(s, attempt, &e, retries.backoff_ms, token) {
                             return self.stopped(s, token);
@@ -688,10 +695,22 @@ impl Runner<'_> {
             cmd.env(name, self.text(value, item).map_err(Attempt::Failed)?);
         }
         let sealed = self.cfg.sealed && s.network.is_empty();
-        if sealed {
-            process::loopback_only(&mut cmd);
-        }
-        let end = process::run(cmd, &s.id, token, self.cfg.kill_grace, self.emitter);
+        let guard = if self.cfg.sandbox.is_off() {
+            if sealed {
+                process::loopback_only(&mut cmd);
+            }
+            None
+        } else {
+            cmd.env("TMPDIR", "/tmp");
+            match self.cfg.sandbox.apply(&mut cmd, &self.cfg.workspace, &out_file, sealed) {
+                Ok(g) => Some(g),
+                Err(u) => {
+                    let _ = std::fs::remove_file(&out_file);
+                    return Err(Attempt::Failed(StepError::new(Code::SandboxUnavailable, u.to_string())));
+                }
+            }
+        };
+        let end = process::run(cmd, guard, &s.id, token, self.cfg.kill_grace, self.emitter);
         let result = match end {
             process::ProcEnd::Exited(0) => {
                 let outputs = artifacts::read_outputs(&out_file, redactor).map_err(Attempt::Failed);
@@ -717,6 +736,9 @@ impl Runner<'_> {
                 format!("killed by signal {sig}"),
             ))),
             process::ProcEnd::Stopped(_) => Err(Attempt::Stopped),
+            process::ProcEnd::Unisolated(u) => {
+                Err(Attempt::Failed(StepError::new(Code::SandboxUnavailable, u.to_string())))
+            }
             process::ProcEnd::SpawnFailed(m) if sealed => Err(Attempt::Failed(StepError::new(
                 Code::StepFailed,
                 format!(

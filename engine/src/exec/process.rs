@@ -31,6 +31,8 @@ pub enum ProcEnd {
     Signaled(i32),
     Stopped(Stop),
     SpawnFailed(String),
+    /// The sandbox could not be set up: the step never ran.
+    Unisolated(super::sandbox::Unavailable),
 }
 
 /// A pidfd for `pid`: readable once the process exits. `None` on kernels without pidfd_open.
@@ -155,7 +157,7 @@ fn write_proc(path: &std::ffi::CStr, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Brings `lo` up in the current network namespace (a new one has it down).
-fn loopback_up() -> std::io::Result<()> {
+pub(super) fn loopback_up() -> std::io::Result<()> {
     // SAFETY: an ifreq zeroed then named "lo"; ioctls on a socket this function owns.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
@@ -187,16 +189,42 @@ fn stopped_from_outside(status: &ExitStatus) -> bool {
         .is_some_and(|s| [libc::SIGTERM, libc::SIGINT, libc::SIGHUP].contains(&s))
 }
 
-/// Spawns `cmd` (stdin closed, output piped) and supervises it until it ends.
-pub fn run(mut cmd: Command, step: &str, token: &CancelToken, grace: Duration, emitter: &Emitter) -> ProcEnd {
+/// The wait status a sandboxed step's init reported, or the keeper's own.
+fn effective(status: ExitStatus, guard: Option<&super::sandbox::Guard>) -> Result<ExitStatus, ProcEnd> {
+    use std::os::unix::process::ExitStatusExt;
+    match guard.map(|g| g.outcome()) {
+        None | Some(super::sandbox::Outcome::Nothing) => Ok(status),
+        Some(super::sandbox::Outcome::Status(raw)) => Ok(ExitStatus::from_raw(raw)),
+        Some(super::sandbox::Outcome::Unavailable(u)) => Err(ProcEnd::Unisolated(u)),
+    }
+}
+
+/// Spawns `cmd` (stdin closed, output piped) and supervises it until it ends. With a sandbox
+/// `guard`, `cmd` was prepared by `Sandbox::apply`, and the step's own exit status comes from it.
+pub fn run(
+    mut cmd: Command,
+    guard: Option<super::sandbox::Guard>,
+    step: &str,
+    token: &CancelToken,
+    grace: Duration,
+    emitter: &Emitter,
+) -> ProcEnd {
     use std::os::unix::process::CommandExt;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let mut child = match cmd.spawn() {
+    let spawned = cmd.spawn();
+    // The command holds the write end of the sandbox's status pipe: close it here.
+    drop(cmd);
+    let mut child = match spawned {
         Ok(c) => c,
-        Err(e) => return ProcEnd::SpawnFailed(e.to_string()),
+        Err(e) => {
+            return match effective(ExitStatus::default(), guard.as_ref()) {
+                Err(end) => end,
+                Ok(_) => ProcEnd::SpawnFailed(e.to_string()),
+            };
+        }
     };
     let pgid = Pid::from_raw(child.id() as i32);
     let _live = LiveGroup::enter(pgid);
@@ -264,6 +292,13 @@ pub fn run(mut cmd: Command, step: &str, token: &CancelToken, grace: Duration, e
             && (ready.exited || pidfd.is_none())
             && let Ok(Some(st)) = child.try_wait()
         {
+            let st = match effective(st, guard.as_ref()) {
+                Ok(st) => st,
+                Err(end) => {
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                    return end;
+                }
+            };
             // A step killed by a stop signal nobody here sent: most likely the whole service is
             // being stopped (systemd signals every process of the unit at once). Give the
             // daemon a moment to say so, so the stop is not recorded as the step failing.
@@ -297,10 +332,15 @@ pub fn run(mut cmd: Command, step: &str, token: &CancelToken, grace: Duration, e
             log(i, l);
         }
     }
-    finish(&mut child, status, stopped)
+    finish(&mut child, status, stopped, guard.as_ref())
 }
 
-fn finish(child: &mut Child, status: Option<ExitStatus>, stopped: Option<Stop>) -> ProcEnd {
+fn finish(
+    child: &mut Child,
+    status: Option<ExitStatus>,
+    stopped: Option<Stop>,
+    guard: Option<&super::sandbox::Guard>,
+) -> ProcEnd {
     use std::os::unix::process::ExitStatusExt;
     if let Some(reason) = stopped {
         let _ = child.wait();
@@ -309,7 +349,10 @@ fn finish(child: &mut Child, status: Option<ExitStatus>, stopped: Option<Stop>) 
     let status = match status {
         Some(s) => s,
         None => match child.wait() {
-            Ok(s) => s,
+            Ok(s) => match effective(s, guard) {
+                Ok(s) => s,
+                Err(end) => return end,
+            },
             Err(e) => return ProcEnd::SpawnFailed(format!("cannot wait for the process: {e}")),
         },
     };

@@ -34,6 +34,8 @@ pub struct EvidenceContext {
     pub sealed: bool,
     pub network_allow: Vec<String>,
     pub secret_sources: BTreeMap<String, String>,
+    /// The trust commit's `sandbox:` policy, recorded in the attestation.
+    pub sandbox: crate::config::SandboxPolicy,
 }
 
 impl LedgerSink<'_> {
@@ -120,6 +122,11 @@ impl LedgerSink<'_> {
             approvals: &approvals,
             sealed: ctx.sealed,
             network_allow: &ctx.network_allow,
+            sandbox: crate::exec::sandbox::Sandbox {
+                policy: ctx.sandbox.clone(),
+                hide: Vec::new(),
+            }
+            .describe(),
             secret_sources: &ctx.secret_sources,
         };
         let (attestation, manifest) = crate::evidence::build(&record, &self.env.key);

@@ -40,6 +40,13 @@ pub struct Environment {
     pub kill_grace: Duration,
     /// Runs this runner must not write any more: another runner took over their claim.
     pub fenced: Mutex<std::collections::HashSet<String>>,
+    /// Where run workspaces live (`runs::default_work_root` unless `--work-dir`).
+    pub work_root: PathBuf,
+    /// The runner's own paths no step may see: the repository, `.git`, the work root, the key
+    /// and secrets files (the sandbox covers them).
+    pub hidden: Vec<PathBuf>,
+    /// Keep the workspace of a failed run (`--keep-work`); others are removed after the final commit.
+    pub keep_work: bool,
 }
 
 impl Environment {
@@ -104,7 +111,29 @@ fn refuse(code: Code, message: impl Into<String>) -> Refusal {
 
 /// Carries run `id` forward as `need` says. Returns how the run stands when this call ends.
 /// `took_over_from`: the runner whose silent claim this runner took (recorded in the events).
+/// Once the run's final event is committed, its work directory is removed (a failed run's is
+/// kept with `keep_work`).
 pub fn process(
+    env: &Environment,
+    id: &str,
+    need: Need,
+    cancel: CancelToken,
+    took_over_from: Option<&str>,
+) -> Result<Option<Outcome>, Error> {
+    let result = carry(env, id, need, cancel, took_over_from);
+    let done = result.is_ok() && !env.is_fenced(id) && {
+        let events = journal::read(&env.git_dir, id).unwrap_or_default();
+        let state = fold(&events).state;
+        let committed = self::tip(env).is_ok_and(|t| view_len(env, t, id) >= events.len());
+        committed && state.is_terminal() && !(env.keep_work && state != crate::state::RunStatus::Succeeded)
+    };
+    if done {
+        let _ = std::fs::remove_dir_all(super::work_dir(&env.work_root, id));
+    }
+    result
+}
+
+fn carry(
     env: &Environment,
     id: &str,
     need: Need,
@@ -157,7 +186,7 @@ pub fn process(
         }
     }
     let prior = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
-    let run_dir = super::work_dir(&env.git_dir, id);
+    let run_dir = super::work_dir(&env.work_root, id);
     let config = read_config(env, tip);
     let sink = LedgerSink {
         env,
@@ -299,8 +328,13 @@ pub fn process(
             };
             let mut cfg = ExecConfig::new(id, &run_dir);
             if let Some(ctx) = sink.evidence.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-                // Sealed as the trust commit's policy says (the one the plan was checked against).
+                // Sealed and sandboxed as the trust commit's policy says (the one the plan was
+                // checked against).
                 cfg.sealed = ctx.sealed;
+                cfg.sandbox = exec::sandbox::Sandbox {
+                    policy: ctx.sandbox.clone(),
+                    hide: env.hidden.clone(),
+                };
                 ctx.secret_sources = plan
                     .secrets
                     .iter()
@@ -350,6 +384,7 @@ fn evidence_context(env: &Environment, id: &str, plan: &Plan) -> Result<Evidence
         sealed: config.sealed,
         network_allow: config.network_allow.clone(),
         secret_sources: Default::default(),
+        sandbox: config.sandbox.clone(),
     })
 }
 

@@ -133,7 +133,26 @@ pub fn view(ledger: &Ledger, tip: ObjectId, id: &str) -> Result<RunView, String>
     })
 }
 
-/// Where a run's workspace and artifacts live while it runs: `<git-dir>/stella/work/<run-id>`.
-pub fn work_dir(git_dir: &Path, id: &str) -> std::path::PathBuf {
-    git_dir.join("stella").join("work").join(id)
+/// Where a run's workspace and artifacts live while it runs: `<work root>/<run-id>`.
+pub fn work_dir(work_root: &Path, id: &str) -> std::path::PathBuf {
+    work_root.join(id)
+}
+
+/// Where a repository's run workspaces live by default: outside the repository and its
+/// `.git`, under `$XDG_STATE_HOME/stella/work/<repository key>` (`~/.local/state` without
+/// it), the key being the first 16 hex digits of the sha256 of the git directory's path.
+pub fn default_work_root(git_dir: &Path) -> std::path::PathBuf {
+    let canonical = std::fs::canonicalize(git_dir).unwrap_or_else(|_| git_dir.to_path_buf());
+    let key = crate::pack::sha256_hex(canonical.as_os_str().as_encoded_bytes());
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("stella-state-{}", effective_uid())));
+    state.join("stella").join("work").join(&key[..16])
+}
+
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
 }

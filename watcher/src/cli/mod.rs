@@ -224,6 +224,12 @@ struct DaemonArgs {
     /// How long a runner's claim on a run holds without renewal
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     lease: std::time::Duration,
+    /// Where run workspaces go (default: $XDG_STATE_HOME/stella/work/<repository key>)
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Keep the workspace of a failed run (others are removed after the run's final commit)
+    #[arg(long)]
+    keep_work: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -271,6 +277,22 @@ struct RunArgs {
     /// Time a stopped step gets between SIGTERM and SIGKILL
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     kill_grace: std::time::Duration,
+    /// How steps are kept from this process: required (namespaces), strict (also Landlock), off
+    #[arg(long, value_name = "MODE", default_value = "required", value_parser = parse_sandbox)]
+    sandbox: stella_engine::config::SandboxPolicy,
+}
+
+fn parse_sandbox(s: &str) -> Result<stella_engine::config::SandboxPolicy, String> {
+    use stella_engine::config::SandboxPolicy;
+    match s {
+        "required" => Ok(SandboxPolicy::Required),
+        "off" => Ok(SandboxPolicy::Off),
+        "strict" => Ok(SandboxPolicy::Strict {
+            read: Vec::new(),
+            write: Vec::new(),
+        }),
+        _ => Err("expected required, strict or off".into()),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -411,6 +433,8 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
             kill_grace: a.kill_grace,
             remote: a.remote,
             lease: a.lease,
+            work_dir: a.work_dir,
+            keep_work: a.keep_work,
         }),
         Command::Pack(PackCommand::Validate { pack, json }) => pack::validate(&pack, json),
         Command::Pack(PackCommand::Plan(a)) => pack::plan(&a.pack, a.inputs.as_deref(), a.json),
@@ -424,6 +448,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
             approve_local: a.approve_local,
             max_steps: a.max_steps,
             kill_grace: a.kill_grace,
+            sandbox: a.sandbox,
         }),
     }
 }

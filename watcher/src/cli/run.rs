@@ -22,6 +22,7 @@ pub struct RunArgs<'a> {
     pub approve_local: bool,
     pub max_steps: usize,
     pub kill_grace: std::time::Duration,
+    pub sandbox: stella_engine::config::SandboxPolicy,
 }
 
 pub fn run(a: RunArgs) -> Result<u8, Failure> {
@@ -90,6 +91,18 @@ pub fn run(a: RunArgs) -> Result<u8, Failure> {
     cfg.secrets = secrets;
     cfg.max_steps = a.max_steps;
     cfg.kill_grace = a.kill_grace;
+    // The run directory (artifacts, other scratch) and the secrets file stay out of the steps'
+    // sight; the workspace and $STELLA_OUTPUT are shown again inside the sandbox.
+    cfg.sandbox = exec::sandbox::Sandbox {
+        policy: a.sandbox,
+        hide: [
+            Some(cfg.run_dir.clone()),
+            a.secrets.map(|p| std::path::absolute(p).unwrap_or(p.into())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+    };
     let cancel = cfg.cancel.clone();
     let _ = ctrlc::set_handler(move || cancel.cancel());
 
