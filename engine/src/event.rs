@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
+use crate::exec::output::{LogLimits, RunLog, StepOutput};
 use crate::redact::Redactor;
 
 /// One event, one NDJSON line.
@@ -144,11 +145,13 @@ impl EventSink for MemorySink {
     }
 }
 
-/// Stamps, redacts and fans out events to sinks; the executor's only way to emit.
+/// Stamps, redacts and fans out events to sinks; the executor's only way to emit. Also holds
+/// the run's output budget (`limits.logBytes`, `limits.runLogBytes`), which steps draw from.
 pub struct Emitter<'s> {
     sinks: Vec<&'s dyn EventSink>,
     redactor: Redactor,
     state: Mutex<EmitState>,
+    run_log: RunLog,
 }
 
 struct EmitState {
@@ -163,7 +166,20 @@ impl<'s> Emitter<'s> {
             sinks,
             redactor,
             state: Mutex::new(EmitState { next_seq, error: None }),
+            run_log: RunLog::new(LogLimits::default()),
         }
+    }
+
+    /// The output limits of this run (the defaults otherwise).
+    #[must_use]
+    pub fn with_log_limits(mut self, limits: LogLimits) -> Emitter<'s> {
+        self.run_log = RunLog::new(limits);
+        self
+    }
+
+    /// A step's share of the run's output budget: which of its lines become `step.log` events.
+    pub fn step_output(&self, step: &str) -> StepOutput<'_> {
+        StepOutput::new(&self.run_log, step)
     }
 
     pub fn redactor(&self) -> &Redactor {

@@ -310,6 +310,7 @@ pub fn process(
             cfg.secrets = secrets;
             cfg.max_steps = config.max_steps;
             cfg.artifact_bytes = config.artifact_bytes;
+            cfg.log_limits = config.log_limits();
             cfg.kill_grace = env.kill_grace;
             cfg.cancel = cancel;
             let outcome = exec::execute(&plan, &files, &prior, &cfg, &gates, vec![&sink as &dyn EventSink]);
