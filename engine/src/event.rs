@@ -216,6 +216,24 @@ pub fn now_rfc3339() -> String {
 
 /// Reads an NDJSON event file; a torn last line (a crash mid-write) is ignored.
 pub fn read_ndjson(text: &str) -> Result<Vec<Event>, String> {
+    read_lines(text, |e| e)
+}
+
+/// As `read_ndjson`, for readers that need a run's state, not its output: `step.log` events
+/// keep their seq, type and step but not their line (`msg`, `data`, `ts`), so a run's log costs
+/// a reader a few bytes an event instead of the whole log.
+pub fn read_ndjson_for_state(text: &str) -> Result<Vec<Event>, String> {
+    read_lines(text, |mut e| {
+        if e.kind == "step.log" {
+            e.msg = None;
+            e.data = None;
+            e.ts = String::new();
+        }
+        e
+    })
+}
+
+fn read_lines(text: &str, keep: impl Fn(Event) -> Event) -> Result<Vec<Event>, String> {
     let mut out = Vec::new();
     let lines: Vec<&str> = text.split('\n').collect();
     for (i, line) in lines.iter().enumerate() {
@@ -223,7 +241,7 @@ pub fn read_ndjson(text: &str) -> Result<Vec<Event>, String> {
             continue;
         }
         match serde_json::from_str::<Event>(line) {
-            Ok(e) => out.push(e),
+            Ok(e) => out.push(keep(e)),
             Err(_) if i == lines.len() - 1 => break,
             Err(e) => return Err(format!("line {}: not an event: {e}", i + 1)),
         }
