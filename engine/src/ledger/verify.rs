@@ -242,10 +242,8 @@ pub fn verify_at(ledger: &Ledger, tip: ObjectId) -> Result<Report, Error> {
             if let Some(run) = path.split('/').nth(1) {
                 runs.insert(run.to_string());
             }
-            if let Some((run, name)) = segment_of(path) {
-                if let (None, Some(id)) = (old, new) {
-                    added.entry(run.to_string()).or_default().push((name.to_string(), *id));
-                }
+            if let (Some((run, name)), None, Some(id)) = (segment_of(path), old, new) {
+                added.entry(run.to_string()).or_default().push((name.to_string(), *id));
             }
             match (old, new) {
                 (Some(_), None) => problem(path, "runner file deleted".into()),
