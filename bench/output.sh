@@ -39,7 +39,7 @@ spec:
 PACK
     echo "mb: \"$mb\"" > "$work/in-$mb.yaml"
     git add -A && git -c user.name=b -c user.email=b@b commit -q -m init
-    "$stella" run request packs/loud --inputs "$work/in-$mb.yaml" --id r1 > /dev/null
+    "$stella" run request packs/loud --inputs "$work/in-$mb.yaml" --id r1 > /dev/null 2>&1
     git add -A && git -c user.name=b -c user.email=b@b commit -q -m request
   )
   python3 - "$stella" "$repo" <<'PY'

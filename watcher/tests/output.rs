@@ -26,7 +26,10 @@ fn kinds(events: &[serde_json::Value], kind: &str) -> Vec<serde_json::Value> {
 }
 
 /// Runs `cmd` to its end and returns (success, peak RSS in KiB of it and what it waited for).
-#[expect(clippy::zombie_processes, reason = "the child is reaped by wait4, which also reports its usage")]
+#[expect(
+    clippy::zombie_processes,
+    reason = "the child is reaped by wait4, which also reports its usage"
+)]
 fn peak_rss(mut cmd: Command) -> (bool, i64) {
     let child = cmd
         .stdout(std::process::Stdio::null())
