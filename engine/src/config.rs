@@ -17,6 +17,10 @@ pub struct Config {
     /// 0: the number of cores.
     pub max_steps: usize,
     pub artifact_bytes: u64,
+    /// Output a step may store as `step.log` events (`limits.logBytes`); 0: no limit.
+    pub log_bytes: u64,
+    /// Output all steps of a run may store together (`limits.runLogBytes`); 0: no limit.
+    pub run_log_bytes: u64,
     pub batch_ms: u64,
     /// Where the runner commits; `None`: the watched branch.
     pub ledger_branch: Option<String>,
@@ -59,6 +63,8 @@ impl Default for Config {
             max_runs: 4,
             max_steps: 0,
             artifact_bytes: 10 << 20,
+            log_bytes: crate::exec::output::STEP_LOG_BYTES,
+            run_log_bytes: crate::exec::output::RUN_LOG_BYTES,
             batch_ms: 2000,
             ledger_branch: None,
             pull_patterns: vec!["refs/pull/*/head".into(), "refs/merge-requests/*/head".into()],
@@ -71,6 +77,14 @@ impl Config {
     /// The branch runner commits go to.
     pub fn ledger_branch(&self) -> &str {
         self.ledger_branch.as_deref().unwrap_or(&self.branch)
+    }
+
+    /// The output limits steps run under.
+    pub fn log_limits(&self) -> crate::exec::output::LogLimits {
+        crate::exec::output::LogLimits {
+            step_bytes: self.log_bytes,
+            run_bytes: self.run_log_bytes,
+        }
     }
 
     /// The plan-shaping part of the policy.
@@ -146,6 +160,8 @@ impl Config {
                             "maxRuns" => c.max_runs = (n as usize).max(1),
                             "maxSteps" => c.max_steps = n as usize,
                             "artifactBytes" => c.artifact_bytes = n,
+                            "logBytes" => c.log_bytes = n,
+                            "runLogBytes" => c.run_log_bytes = n,
                             other => err(
                                 &mut diags,
                                 lv,

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
+use crate::exec::output::{LogLimits, RunLog, StepOutput};
 use crate::redact::Redactor;
 
 /// One event, one NDJSON line.
@@ -144,11 +145,13 @@ impl EventSink for MemorySink {
     }
 }
 
-/// Stamps, redacts and fans out events to sinks; the executor's only way to emit.
+/// Stamps, redacts and fans out events to sinks; the executor's only way to emit. Also holds
+/// the run's output budget (`limits.logBytes`, `limits.runLogBytes`), which steps draw from.
 pub struct Emitter<'s> {
     sinks: Vec<&'s dyn EventSink>,
     redactor: Redactor,
     state: Mutex<EmitState>,
+    run_log: RunLog,
 }
 
 struct EmitState {
@@ -163,7 +166,20 @@ impl<'s> Emitter<'s> {
             sinks,
             redactor,
             state: Mutex::new(EmitState { next_seq, error: None }),
+            run_log: RunLog::new(LogLimits::default()),
         }
+    }
+
+    /// The output limits of this run (the defaults otherwise).
+    #[must_use]
+    pub fn with_log_limits(mut self, limits: LogLimits) -> Emitter<'s> {
+        self.run_log = RunLog::new(limits);
+        self
+    }
+
+    /// A step's share of the run's output budget: which of its lines become `step.log` events.
+    pub fn step_output(&self, step: &str) -> StepOutput<'_> {
+        StepOutput::new(&self.run_log, step)
     }
 
     pub fn redactor(&self) -> &Redactor {
@@ -200,6 +216,24 @@ pub fn now_rfc3339() -> String {
 
 /// Reads an NDJSON event file; a torn last line (a crash mid-write) is ignored.
 pub fn read_ndjson(text: &str) -> Result<Vec<Event>, String> {
+    read_lines(text, |e| e)
+}
+
+/// As `read_ndjson`, for readers that need a run's state, not its output: `step.log` events
+/// keep their seq, type and step but not their line (`msg`, `data`, `ts`), so a run's log costs
+/// a reader a few bytes an event instead of the whole log.
+pub fn read_ndjson_for_state(text: &str) -> Result<Vec<Event>, String> {
+    read_lines(text, |mut e| {
+        if e.kind == "step.log" {
+            e.msg = None;
+            e.data = None;
+            e.ts = String::new();
+        }
+        e
+    })
+}
+
+fn read_lines(text: &str, keep: impl Fn(Event) -> Event) -> Result<Vec<Event>, String> {
     let mut out = Vec::new();
     let lines: Vec<&str> = text.split('\n').collect();
     for (i, line) in lines.iter().enumerate() {
@@ -207,7 +241,7 @@ pub fn read_ndjson(text: &str) -> Result<Vec<Event>, String> {
             continue;
         }
         match serde_json::from_str::<Event>(line) {
-            Ok(e) => out.push(e),
+            Ok(e) => out.push(keep(e)),
             Err(_) if i == lines.len() - 1 => break,
             Err(e) => return Err(format!("line {}: not an event: {e}", i + 1)),
         }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::event::{Event, EventSink, read_ndjson};
+use crate::event::{Event, EventSink, read_ndjson, read_ndjson_for_state};
 
 /// The journal of one run.
 pub struct Journal {
@@ -27,6 +27,16 @@ pub fn path(git_dir: &Path, run: &str) -> PathBuf {
 pub fn read(git_dir: &Path, run: &str) -> Result<Vec<Event>, String> {
     match std::fs::read_to_string(path(git_dir, run)) {
         Ok(text) => read_ndjson(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("cannot read the journal of {run}: {e}")),
+    }
+}
+
+/// As `read`, with `step.log` events stripped to their seq, type and step
+/// (`event::read_ndjson_for_state`): what the daemon needs to carry a run on.
+pub fn read_for_state(git_dir: &Path, run: &str) -> Result<Vec<Event>, String> {
+    match std::fs::read_to_string(path(git_dir, run)) {
+        Ok(text) => read_ndjson_for_state(&text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(format!("cannot read the journal of {run}: {e}")),
     }
@@ -73,10 +83,24 @@ impl Journal {
         &self.path
     }
 
-    /// Everything recorded so far, as the ledger's `events.ndjson` should hold it.
+    /// Everything recorded so far, as the ledger's events should hold it.
     pub fn contents(&self) -> std::io::Result<Vec<u8>> {
         let _guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
         std::fs::read(&self.path)
+    }
+
+    /// What was recorded after the first `offset` bytes, up to the end of the last whole line:
+    /// the part of the journal the ledger lacks when it holds `offset` bytes.
+    pub fn contents_from(&self, offset: u64) -> std::io::Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let _guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = std::fs::File::open(&self.path)?;
+        f.seek(SeekFrom::Start(offset))?;
+        let mut out = Vec::new();
+        f.read_to_end(&mut out)?;
+        let whole = out.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        out.truncate(whole);
+        Ok(out)
     }
 
     /// Forces what was written to stable storage (at commits; a process crash loses nothing

@@ -240,21 +240,20 @@ fn ledger_verify_finds_a_deleted_runner_file() {
 #[test]
 fn ledger_verify_finds_rewritten_events() {
     let r = finished_run();
-    let events = r
-        .at_head("runs/r1/events.ndjson")
-        .unwrap()
-        .replace("succeeded", "failed");
-    r.write("runs/r1/events.ndjson", &events).commit_all("rewrite history");
-    verify_fails_naming(&r, "runs/r1/events.ndjson", "rewritten");
+    let segment = r.event_file_with("r1", "run.succeeded");
+    let events = r.at_head(&segment).unwrap().replace("succeeded", "failed");
+    r.write(&segment, &events).commit_all("rewrite history");
+    verify_fails_naming(&r, &segment, "rewritten");
 }
 
 #[test]
 fn ledger_verify_finds_an_append_by_someone_else() {
     let r = finished_run();
-    let mut events = r.at_head("runs/r1/events.ndjson").unwrap();
-    events.push_str("{\"seq\":99,\"ts\":\"2026-01-01T00:00:00.000Z\",\"type\":\"run.succeeded\"}\n");
-    r.write("runs/r1/events.ndjson", &events).commit_all("append, unsigned");
-    verify_fails_naming(&r, "runs/r1/events.ndjson", "not a trusted runner commit");
+    let next = r.events("r1").len();
+    let segment = format!("runs/r1/events/{next:012}.ndjson");
+    let event = format!("{{\"seq\":{next},\"ts\":\"2026-01-01T00:00:00.000Z\",\"type\":\"run.succeeded\"}}\n");
+    r.write(&segment, &event).commit_all("append, unsigned");
+    verify_fails_naming(&r, &segment, "not a trusted runner commit");
 }
 
 #[test]

@@ -8,5 +8,6 @@ mod sync;
 mod approvals;
 mod daemon;
 mod evidence;
+mod output;
 mod pack_cli;
 mod run_local;

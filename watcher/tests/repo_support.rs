@@ -138,9 +138,32 @@ impl Repo {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The event files of a run at HEAD, in order: the legacy `events.ndjson`, then the
+    /// segments `events/<first seq>.ndjson`.
+    pub fn event_files(&self, id: &str) -> Vec<String> {
+        let out = self.git(&["ls-tree", "-r", "--name-only", "HEAD", &format!("runs/{id}/")]);
+        let mut files: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|p| p.ends_with("/events.ndjson") || p.contains("/events/"))
+            .map(str::to_string)
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// The event file of a run at HEAD that holds `text`.
+    pub fn event_file_with(&self, id: &str, text: &str) -> String {
+        self.event_files(id)
+            .into_iter()
+            .find(|f| self.at_head(f).is_some_and(|t| t.contains(text)))
+            .unwrap_or_else(|| panic!("no event file of {id} holds {text}"))
+    }
+
     pub fn events(&self, id: &str) -> Vec<serde_json::Value> {
-        self.at_head(&format!("runs/{id}/events.ndjson"))
-            .unwrap_or_default()
+        self.event_files(id)
+            .iter()
+            .filter_map(|f| self.at_head(f))
+            .collect::<String>()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()

@@ -5,6 +5,7 @@
 
 mod artifacts;
 pub mod control;
+pub mod output;
 mod process;
 pub mod sandbox;
 
@@ -41,6 +42,9 @@ pub struct ExecConfig {
     /// Most steps running at once; 0 means the number of cores.
     pub max_steps: usize,
     pub artifact_bytes: u64,
+    /// How much output becomes `step.log` events, per step and per run (`limits.logBytes`,
+    /// `limits.runLogBytes`); the rest is counted and hashed in `step.log.truncated`.
+    pub log_limits: output::LogLimits,
     /// Time between SIGTERM and SIGKILL when a step is stopped.
     pub kill_grace: Duration,
     pub secrets: Secrets,
@@ -65,6 +69,7 @@ impl ExecConfig {
             workspace: run_dir.join("workspace"),
             max_steps: 0,
             artifact_bytes: 10 << 20,
+            log_limits: output::LogLimits::default(),
             kill_grace: Duration::from_secs(5),
             secrets: Secrets::default(),
             cancel: CancelToken::new(),
@@ -181,7 +186,7 @@ pub fn execute(
 ) -> Outcome {
     let before = state::fold(prior);
     let redactor = Redactor::new(cfg.secrets.values());
-    let emitter = Emitter::new(sinks, redactor, before.next_seq);
+    let emitter = Emitter::new(sinks, redactor, before.next_seq).with_log_limits(cfg.log_limits);
     if before.state.is_terminal() {
         return match before.state {
             state::RunStatus::Succeeded => Outcome::Succeeded,

@@ -1,7 +1,8 @@
 //! Running one step process: its own process group, stdout/stderr as redacted `step.log`
 //! events, and termination of the whole group (SIGTERM, grace, SIGKILL) on timeout or
 //! cancel. After the main process exits, stragglers left in its group are killed too.
-//! One thread per step: the pipes and a pidfd are multiplexed with poll(2).
+//! One thread per step: the pipes and a pidfd are multiplexed with poll(2). How much output
+//! is kept is `output::StepOutput`'s to say; past its limits bytes are only counted and hashed.
 
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -241,7 +242,11 @@ pub fn run(
         LineSplitter::new(emitter.redactor().clone(), MAX_LINE),
         LineSplitter::new(emitter.redactor().clone(), MAX_LINE),
     ];
+    let output = emitter.step_output(step);
     let log = |stream: usize, line: String| {
+        if !output.keep(&line) {
+            return;
+        }
         emitter.emit(
             Event::new("step.log")
                 .step(step)
@@ -274,8 +279,20 @@ pub fn run(
                 continue;
             }
             let closed = match i {
-                0 => drain(pipes.out.as_mut(), &mut buf, &mut splitters[0], |l| log(0, l)),
-                _ => drain(pipes.err.as_mut(), &mut buf, &mut splitters[1], |l| log(1, l)),
+                0 => drain(
+                    pipes.out.as_mut(),
+                    &mut buf,
+                    &mut splitters[0],
+                    |b| output.read(0, b),
+                    |l| log(0, l),
+                ),
+                _ => drain(
+                    pipes.err.as_mut(),
+                    &mut buf,
+                    &mut splitters[1],
+                    |b| output.read(1, b),
+                    |l| log(1, l),
+                ),
             };
             if closed {
                 if i == 0 {
@@ -331,6 +348,9 @@ pub fn run(
         if let Some(l) = s.finish() {
             log(i, l);
         }
+    }
+    if let Some(truncated) = output.truncated() {
+        emitter.emit(truncated);
     }
     finish(&mut child, status, stopped, guard.as_ref())
 }
@@ -407,17 +427,20 @@ fn wait_ready(pipes: &Pipes, pidfd: Option<&OwnedFd>, wait: Duration) -> Ready {
     ready
 }
 
-/// Reads what a pipe holds now; true when it reached end of file.
+/// Reads what a pipe holds now; true when it reached end of file. Every byte read goes to
+/// `seen` (counted and hashed); only while that says lines are still kept is it split.
 fn drain<R: Read>(
     pipe: Option<&mut R>,
     buf: &mut [u8],
     splitter: &mut LineSplitter,
+    mut seen: impl FnMut(&[u8]) -> bool,
     mut log: impl FnMut(String),
 ) -> bool {
     let Some(pipe) = pipe else { return true };
     loop {
         match pipe.read(buf) {
             Ok(0) => return true,
+            Ok(n) if !seen(&buf[..n]) => {}
             Ok(n) => splitter.push(&buf[..n]).into_iter().for_each(&mut log),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

@@ -3,6 +3,7 @@
 //! by compare-and-swap, with the index and working tree updated for the runner's paths only.
 //! The only module besides `sync` that touches git.
 
+pub mod events;
 pub mod verify;
 mod worktree;
 

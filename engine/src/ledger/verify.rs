@@ -201,6 +201,15 @@ pub fn verify_at(ledger: &Ledger, tip: ObjectId) -> Result<Report, Error> {
         let mut diff = Vec::new();
         changes(ledger, "runs", before, runs_tree(ledger, commit)?, &mut diff)?;
         let mut changed = Vec::new();
+        // Events segments this commit adds, by run: (file name, blob).
+        let mut added: BTreeMap<String, Vec<(String, ObjectId)>> = BTreeMap::new();
+        let has_segments = |parent: Option<ObjectId>, path: &str| -> Result<bool, Error> {
+            let run = path.split('/').nth(1).unwrap_or_default();
+            Ok(match parent {
+                Some(p) => !ledger.run_segments(p, run)?.is_empty(),
+                None => false,
+            })
+        };
         let short = commit.to_hex_with_len(12).to_string();
         let mut problem = |path: &str, message: String| {
             report.problems.push(Problem {
@@ -216,8 +225,9 @@ pub fn verify_at(ledger: &Ledger, tip: ObjectId) -> Result<Report, Error> {
             }
             if path.ends_with("/request.yaml") {
                 let run_dir = path.trim_end_matches("request.yaml");
+                let run = run_dir.trim_start_matches("runs/").trim_end_matches('/');
                 let planned = match parents.first() {
-                    Some(&p) => ledger.read(p, &format!("{run_dir}events.ndjson"))?.is_some(),
+                    Some(&p) => ledger.has_run_events(p, run)?,
                     None => false,
                 };
                 if planned && old.is_some() {
@@ -232,8 +242,17 @@ pub fn verify_at(ledger: &Ledger, tip: ObjectId) -> Result<Report, Error> {
             if let Some(run) = path.split('/').nth(1) {
                 runs.insert(run.to_string());
             }
+            if let (Some((run, name)), None, Some(id)) = (segment_of(path), old, new) {
+                added.entry(run.to_string()).or_default().push((name.to_string(), *id));
+            }
             match (old, new) {
                 (Some(_), None) => problem(path, "runner file deleted".into()),
+                (_, Some(_)) if path.ends_with("/events.ndjson") && has_segments(parents.first().copied(), path)? => {
+                    problem(
+                        path,
+                        "events rewritten (events.ndjson may not change once the run has events segments)".into(),
+                    );
+                }
                 (Some(old), Some(new)) if path.ends_with("/events.ndjson") => {
                     let old_bytes = ledger.repo.find_blob(*old).map(|b| b.data.clone()).unwrap_or_default();
                     let new_bytes = ledger.repo.find_blob(*new).map(|b| b.data.clone()).unwrap_or_default();
@@ -254,6 +273,11 @@ pub fn verify_at(ledger: &Ledger, tip: ObjectId) -> Result<Report, Error> {
                 _ => {}
             }
         }
+        for (run, segments) in &added {
+            for (path, message) in check_segments(ledger, parents.first().copied(), run, segments)? {
+                problem(&path, message);
+            }
+        }
         if changed.is_empty() {
             continue;
         }
@@ -272,6 +296,91 @@ pub fn verify_at(ledger: &Ledger, tip: ObjectId) -> Result<Report, Error> {
     }
     report.runs = runs.len();
     Ok(report)
+}
+
+/// `(run, file name)` when `path` is under a run's events segment directory.
+fn segment_of(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("runs/")?;
+    let (run, rest) = rest.split_once('/')?;
+    let name = rest.strip_prefix("events/")?;
+    Some((run, name))
+}
+
+/// The events segments a commit adds to `run` must be named for their first event, hold whole
+/// lines of events numbered on from the run's last one, and come after every segment before
+/// them: the run's events only grow at their end. Returns (path, problem) for each breach.
+fn check_segments(
+    ledger: &Ledger,
+    parent: Option<ObjectId>,
+    run: &str,
+    added: &[(String, ObjectId)],
+) -> Result<Vec<(String, String)>, Error> {
+    use super::events::{LEGACY, segment_seq};
+    let mut problems = Vec::new();
+    let mut before: Vec<(u64, ObjectId)> = match parent {
+        Some(p) => ledger.run_segments(p, run)?,
+        None => Vec::new(),
+    };
+    let last_before = match (before.last(), parent) {
+        (Some((_, id)), _) => Some(ledger.repo.find_blob(*id).map_err(super::git)?.data.clone()),
+        (None, Some(p)) => ledger.read(p, &format!("runs/{run}/{LEGACY}"))?,
+        (None, None) => None,
+    };
+    let mut next = last_before.as_deref().and_then(super::events::last_seq).map(|s| s + 1);
+    let mut sorted: Vec<(Option<u64>, &String, ObjectId)> =
+        added.iter().map(|(name, id)| (segment_seq(name), name, *id)).collect();
+    sorted.sort();
+    for (seq, name, id) in sorted {
+        let path = format!("runs/{run}/events/{name}");
+        let Some(seq) = seq else {
+            problems.push((
+                path,
+                "not an events segment (runs/<id>/events/ holds only <first seq, 12 digits>.ndjson)".into(),
+            ));
+            continue;
+        };
+        if before.last().is_some_and(|(last, _)| seq <= *last) {
+            problems.push((
+                path,
+                "events segment added before existing ones (events may only grow at their end)".into(),
+            ));
+            continue;
+        }
+        let bytes = ledger.repo.find_blob(id).map_err(super::git)?.data.clone();
+        if !bytes.ends_with(b"\n") {
+            problems.push((path, "events segment does not end with a whole line".into()));
+            continue;
+        }
+        let mut expect = next.unwrap_or(seq);
+        if expect != seq {
+            problems.push((
+                path,
+                format!("events segment starts at seq {seq}, but the run's events go on at {expect}"),
+            ));
+            continue;
+        }
+        let mut broken = None;
+        for (i, line) in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+            match serde_json::from_slice::<crate::event::Event>(line) {
+                Ok(e) if e.seq == expect => expect += 1,
+                Ok(e) => {
+                    broken = Some(format!("line {}: seq {} where {expect} was due", i + 1, e.seq));
+                    break;
+                }
+                Err(e) => {
+                    broken = Some(format!("line {}: not an event: {e}", i + 1));
+                    break;
+                }
+            }
+        }
+        if let Some(why) = broken {
+            problems.push((path, format!("events segment is not the run's next events ({why})")));
+            continue;
+        }
+        next = Some(expect);
+        before.push((seq, id));
+    }
+    Ok(problems)
 }
 
 #[cfg(test)]

@@ -237,9 +237,8 @@ impl Remote {
         let mut dropped = Vec::new();
         for run in by_run.keys() {
             let foreign = self.claim_holder(run).is_some_and(|h| h != me);
-            let events = format!("runs/{run}/events.ndjson");
-            let theirs = ledger.read(remote_id, &events).map_err(git_err)?.unwrap_or_default();
-            let ours = ledger.read(local_id, &events).map_err(git_err)?.unwrap_or_default();
+            let theirs = ledger.run_events(remote_id, run).map_err(git_err)?.unwrap_or_default();
+            let ours = ledger.run_events(local_id, run).map_err(git_err)?.unwrap_or_default();
             if foreign || !ours.starts_with(&theirs) {
                 dropped.push((*run).to_string());
             }

@@ -1,10 +1,13 @@
 //! The event sink of a run in a repository: every event goes to the journal first, and the
 //! run's ledger files (events, plan, artifacts) are committed in batches — at once at a gate
-//! wait and at the end of the run, otherwise at most every `commit.batchMs`.
+//! wait and at the end of the run, otherwise at most every `commit.batchMs`. Each commit adds
+//! one events segment holding what the ledger lacks (`ledger::events`), so neither a commit nor
+//! the runner's memory grows with the length of the run.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::event::{Event, EventSink};
@@ -24,6 +27,8 @@ pub struct LedgerSink<'a> {
     pub plan_json: Mutex<Option<Vec<u8>>>,
     /// What the evidence of the run is made from; set once the run is planned.
     pub evidence: Mutex<Option<EvidenceContext>>,
+    /// Steps that succeeded so far (for commit messages), counted as events pass.
+    pub steps_done: AtomicUsize,
 }
 
 /// The parts of a run's evidence that events do not hold.
@@ -39,7 +44,8 @@ pub struct EvidenceContext {
 }
 
 impl LedgerSink<'_> {
-    /// Commits everything of the run the ledger lacks, with `message`.
+    /// Commits everything of the run the ledger lacks, with `message`: the journal's events
+    /// past those the ledger holds, as a new segment.
     pub fn commit(&self, message: &str) -> Result<(), String> {
         if self.env.is_fenced(self.id) {
             return Err(format!(
@@ -47,13 +53,30 @@ impl LedgerSink<'_> {
                 self.id
             ));
         }
-        let mut writes = vec![FileWrite {
-            path: format!("runs/{}/events.ndjson", self.id),
-            bytes: self
-                .journal
-                .contents()
-                .map_err(|e| format!("cannot read the journal: {e}"))?,
-        }];
+        let committed = {
+            let ledger = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            match ledger.tip().map_err(|e| e.to_string())? {
+                Some(tip) => ledger.run_events_len(tip, self.id).map_err(|e| e.to_string())?,
+                None => 0,
+            }
+        };
+        let fresh = self
+            .journal
+            .contents_from(committed)
+            .map_err(|e| format!("cannot read the journal: {e}"))?;
+        let mut writes = Vec::new();
+        if !fresh.is_empty() {
+            let seq = crate::ledger::events::first_seq(&fresh).ok_or_else(|| {
+                format!(
+                    "the journal of {} does not continue the ledger at byte {committed}",
+                    self.id
+                )
+            })?;
+            writes.push(FileWrite {
+                path: crate::ledger::events::segment_path(self.id, seq),
+                bytes: fresh,
+            });
+        }
         if let Some(plan) = self.plan_json.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             writes.push(FileWrite {
                 path: format!("runs/{}/plan.json", self.id),
@@ -80,23 +103,37 @@ impl LedgerSink<'_> {
         let guard = self.evidence.lock().unwrap_or_else(|p| p.into_inner());
         let Some(ctx) = guard.as_ref() else { return Ok(None) };
         let prefix = format!("runs/{}/", self.id);
-        let events_bytes = writes
-            .iter()
-            .find(|w| w.path.ends_with("/events.ndjson"))
-            .map(|w| w.bytes.clone())
-            .unwrap_or_default();
-        let events = crate::event::read_ndjson(&String::from_utf8_lossy(&events_bytes)).unwrap_or_default();
+        // Every runner file of the run: what the ledger holds, with this commit's writes over it.
+        let mut run_files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        {
+            let ledger = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(tip) = ledger.tip().map_err(|e| e.to_string())? {
+                for (rel, bytes, _) in ledger
+                    .files_under(tip, &format!("runs/{}", self.id))
+                    .unwrap_or_default()
+                {
+                    if crate::ledger::is_runner_path(&format!("{prefix}{rel}")) {
+                        run_files.insert(rel, bytes);
+                    }
+                }
+            }
+        }
+        for w in writes {
+            if let Some(rel) = w.path.strip_prefix(&prefix) {
+                run_files.insert(rel.to_string(), w.bytes.clone());
+            }
+        }
+        // The events in their order, read file by file: the legacy file, then segments by seq
+        // (zero-padded names sort as their numbers, and after `events.ndjson`).
+        let mut events = Vec::new();
+        for (rel, bytes) in &run_files {
+            if crate::ledger::events::is_events_file(rel) {
+                events.extend(crate::event::read_ndjson_for_state(&String::from_utf8_lossy(bytes)).unwrap_or_default());
+            }
+        }
         if !crate::state::fold(&events).state.is_terminal() {
             return Ok(None);
         }
-        let run_files: BTreeMap<String, Vec<u8>> = writes
-            .iter()
-            .filter_map(|w| {
-                w.path
-                    .strip_prefix(&prefix)
-                    .map(|rel| (rel.to_string(), w.bytes.clone()))
-            })
-            .collect();
         let mut approvals = BTreeMap::new();
         let cancel;
         {
@@ -170,12 +207,23 @@ pub fn artifact_writes(run_dir: &Path, id: &str) -> Result<Vec<FileWrite>, Strin
     Ok(out)
 }
 
+/// Whether `e` is a step that succeeded by running (what commit messages count).
+fn is_step_done(e: &Event) -> bool {
+    e.kind == "step.succeeded" && e.get("attempt").is_some()
+}
+
+/// How many steps of `events` succeeded by running.
+pub fn steps_done(events: &[Event]) -> usize {
+    events.iter().filter(|x| is_step_done(x)).count()
+}
+
 /// The commit message for an event that ends a batch.
 pub fn message_for(id: &str, e: &Event, journal: &[Event]) -> String {
-    let steps = journal
-        .iter()
-        .filter(|x| x.kind == "step.succeeded" && x.get("attempt").is_some())
-        .count();
+    message(id, e, steps_done(journal))
+}
+
+/// The commit message for an event that ends a batch, with `steps` steps done.
+fn message(id: &str, e: &Event, steps: usize) -> String {
     let secs = e
         .get("durationMs")
         .and_then(|v| v.as_u64())
@@ -200,15 +248,16 @@ impl EventSink for LedgerSink<'_> {
             return Ok(());
         }
         self.journal.accept(event)?;
+        if is_step_done(event) {
+            self.steps_done.fetch_add(1, Ordering::SeqCst);
+        }
         let urgent = matches!(
             event.kind.as_str(),
             "run.waiting" | "run.succeeded" | "run.failed" | "run.cancelled"
         );
         let due = self.last_commit.lock().unwrap_or_else(|p| p.into_inner()).elapsed() >= self.batch;
         if urgent || due {
-            let events =
-                crate::event::read_ndjson(&String::from_utf8_lossy(&self.journal.contents()?)).unwrap_or_default();
-            let message = message_for(self.id, event, &events);
+            let message = message(self.id, event, self.steps_done.load(Ordering::SeqCst));
             // The journal holds the event; a failed commit is retried at the next batch, and
             // the daemon flushes whatever is left when the run ends.
             if let Err(e) = self.commit(&message) {

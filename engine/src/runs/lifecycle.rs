@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,7 @@ use crate::secrets::Secrets;
 use crate::state::fold;
 
 use super::Need;
-use super::ledger_sink::{EvidenceContext, LedgerSink, message_for};
+use super::ledger_sink::{EvidenceContext, LedgerSink, message_for, steps_done};
 
 /// What every run of one daemon shares.
 pub struct Environment {
@@ -122,9 +123,12 @@ pub fn process(
 ) -> Result<Option<Outcome>, Error> {
     let result = carry(env, id, need, cancel, took_over_from);
     let done = result.is_ok() && !env.is_fenced(id) && {
-        let events = journal::read(&env.git_dir, id).unwrap_or_default();
-        let state = fold(&events).state;
-        let committed = self::tip(env).is_ok_and(|t| view_len(env, t, id) >= events.len());
+        let state = fold(&journal::read_for_state(&env.git_dir, id).unwrap_or_default()).state;
+        let journaled = std::fs::metadata(journal::path(&env.git_dir, id)).map_or(0, |m| m.len());
+        let committed = self::tip(env).is_ok_and(|t| {
+            let ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            ledger.run_events_len(t, id).unwrap_or(0) >= journaled
+        });
         committed && state.is_terminal() && !(env.keep_work && state != crate::state::RunStatus::Succeeded)
     };
     if done {
@@ -144,7 +148,7 @@ fn carry(
     {
         let ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let committed = ledger
-            .read(tip, &format!("runs/{id}/events.ndjson"))
+            .run_events(tip, id)
             .map_err(|e| Error::Ledger(e.to_string()))?
             .unwrap_or_default();
         if !journal::continues(&env.git_dir, id, &committed) {
@@ -162,7 +166,10 @@ fn carry(
     }
     let journal = Journal::open(&env.git_dir, id).map_err(|e| Error::Journal(e.to_string()))?;
     // A run another runner started (this one took it over): its journal starts as the ledger.
-    if journal::read(&env.git_dir, id).map_err(Error::Journal)?.is_empty() {
+    if journal::read_for_state(&env.git_dir, id)
+        .map_err(Error::Journal)?
+        .is_empty()
+    {
         let ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let events = super::view(&ledger, tip, id).map_err(Error::Ledger)?.ledger_events;
         if !events.is_empty() {
@@ -185,7 +192,7 @@ fn carry(
             journal.accept(&e).map_err(|e| Error::Journal(e.to_string()))?;
         }
     }
-    let prior = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+    let prior = journal::read_for_state(&env.git_dir, id).map_err(Error::Journal)?;
     let run_dir = super::work_dir(&env.work_root, id);
     let config = read_config(env, tip);
     let sink = LedgerSink {
@@ -197,6 +204,7 @@ fn carry(
         last_commit: Mutex::new(Instant::now()),
         plan_json: Mutex::new(None),
         evidence: Mutex::new(None),
+        steps_done: AtomicUsize::new(steps_done(&prior)),
     };
     match need {
         Need::Nothing => Ok(None),
@@ -228,7 +236,7 @@ fn carry(
                     .msg(reason)
                     .data(json!({ "code": Code::RunCancelled.as_str() })),
             );
-            let all = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+            let all = journal::read_for_state(&env.git_dir, id).map_err(Error::Journal)?;
             sink.commit(&message_for(id, all.last().expect("just appended"), &all))
                 .map_err(Error::Ledger)?;
             Ok(Some(Outcome::Cancelled))
@@ -248,7 +256,7 @@ fn carry(
             *sink.plan_json.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan.to_plan_json().into_bytes());
             *sink.evidence.lock().unwrap_or_else(|p| p.into_inner()) = Some(evidence_context(env, id, &plan)?);
             if let Some(from) = took_over_from {
-                let now = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+                let now = journal::read_for_state(&env.git_dir, id).map_err(Error::Journal)?;
                 let msg = format!("took the run over from runner {from}, silent past its claim's lease");
                 append(
                     &journal,
@@ -259,7 +267,7 @@ fn carry(
                         .data(json!({ "takeover": true, "from": from })),
                 );
             }
-            let mut prior = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+            let mut prior = journal::read_for_state(&env.git_dir, id).map_err(Error::Journal)?;
             let before = fold(&prior);
             let planned = prior.iter().find(|e| e.kind == "run.planned");
             let trust_commit = planned
@@ -291,10 +299,10 @@ fn carry(
                         .collect();
                     if !fresh.is_empty() && matches!(v.decision, exec::GateDecision::Waiting) {
                         for n in fresh {
-                            let now = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+                            let now = journal::read_for_state(&env.git_dir, id).map_err(Error::Journal)?;
                             append(&journal, &now, n.step(&gate));
                         }
-                        let all = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+                        let all = journal::read_for_state(&env.git_dir, id).map_err(Error::Journal)?;
                         let msg = format!("stella: run {id} approvals recorded at gate {gate}");
                         sink.commit(&msg).map_err(Error::Ledger)?;
                         let _ = all;
@@ -319,7 +327,7 @@ fn carry(
                         .msg("the runner stopped during this run; resuming from its journal")
                         .data(json!({ "journalAhead": ahead })),
                 );
-                prior = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+                prior = journal::read_for_state(&env.git_dir, id).map_err(Error::Journal)?;
             }
             let file_secrets = &env.file_secrets;
             let secrets = match Secrets::for_plan(&plan, file_secrets, |k| std::env::var(k).ok()) {
@@ -344,12 +352,20 @@ fn carry(
             cfg.secrets = secrets;
             cfg.max_steps = config.max_steps;
             cfg.artifact_bytes = config.artifact_bytes;
+            cfg.log_limits = config.log_limits();
             cfg.kill_grace = env.kill_grace;
             cfg.cancel = cancel;
             let outcome = exec::execute(&plan, &files, &prior, &cfg, &gates, vec![&sink as &dyn EventSink]);
-            // The terminal event was committed by the sink; make sure nothing is left behind.
-            let all = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
-            if all.len() > view_len(env, self::tip(env)?, id) {
+            // The terminal event was committed by the sink; make sure nothing is left behind
+            // (compared by size: the ledger's events are a byte prefix of the journal).
+            let journaled = std::fs::metadata(journal.path()).map_or(0, |m| m.len());
+            let now = self::tip(env)?;
+            let committed = {
+                let ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+                ledger.run_events_len(now, id).unwrap_or(0)
+            };
+            if journaled > committed {
+                let all = journal::read_for_state(&env.git_dir, id).map_err(Error::Journal)?;
                 sink.commit(&message_for(id, all.last().expect("has events"), &all))
                     .map_err(Error::Ledger)?;
             }
@@ -361,7 +377,7 @@ fn carry(
 /// What the evidence needs beyond the events: the request as committed, the pack path and
 /// the repository policy of the request's commit.
 fn evidence_context(env: &Environment, id: &str, plan: &Plan) -> Result<EvidenceContext, Error> {
-    let prior = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+    let prior = journal::read_for_state(&env.git_dir, id).map_err(Error::Journal)?;
     let planned = prior.iter().find(|e| e.kind == "run.planned");
     let field = |k: &str| {
         planned
@@ -399,13 +415,12 @@ fn tip(env: &Environment) -> Result<ObjectId, Error> {
 
 fn view_len(env: &Environment, tip: ObjectId, id: &str) -> usize {
     let ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+    // Events are whole lines, one each: counting lines is counting events.
     ledger
-        .read(tip, &format!("runs/{id}/events.ndjson"))
+        .run_events(tip, id)
         .ok()
         .flatten()
-        .map_or(0, |b| {
-            crate::event::read_ndjson(&String::from_utf8_lossy(&b)).map_or(0, |v| v.len())
-        })
+        .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
 }
 
 fn read_text(env: &Environment, commit: ObjectId, path: &str) -> Option<String> {
@@ -444,7 +459,7 @@ fn refuse_run(
     r: Refusal,
 ) -> Result<Option<Outcome>, Error> {
     fail(journal, prior, &r);
-    let all = journal::read(&env.git_dir, id).map_err(Error::Journal)?;
+    let all = journal::read_for_state(&env.git_dir, id).map_err(Error::Journal)?;
     sink.commit(&message_for(id, all.last().expect("just appended"), &all))
         .map_err(Error::Ledger)?;
     Ok(Some(Outcome::Failed {
@@ -700,11 +715,7 @@ fn first_with_token(env: &Environment, commit: ObjectId, token: &str, id: &str) 
             continue;
         };
         if req.run_token.as_deref() == Some(token) {
-            let planned = ledger
-                .read(commit, &format!("runs/{other}/events.ndjson"))
-                .ok()
-                .flatten()
-                .is_some();
+            let planned = ledger.has_run_events(commit, &other).unwrap_or(false);
             holders.push((!planned, other));
         }
     }

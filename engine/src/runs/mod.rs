@@ -10,7 +10,7 @@ use std::path::Path;
 
 use gix::ObjectId;
 
-use crate::event::{Event, read_ndjson};
+use crate::event::{Event, read_ndjson, read_ndjson_for_state};
 use crate::ledger::Ledger;
 use crate::state::{RunState, RunStatus, fold};
 
@@ -88,7 +88,8 @@ impl RunView {
 }
 
 /// Every run directory on the branch at `tip`, with its journal; and the entries under
-/// `runs/` that are not runs (reported, then ignored).
+/// `runs/` that are not runs (reported, then ignored). The views carry state, not output:
+/// their `step.log` events are stripped (`event::read_ndjson_for_state`); `view` has it all.
 pub fn scan(ledger: &Ledger, tip: ObjectId) -> Result<(Vec<RunView>, Vec<String>), String> {
     let mut views = Vec::new();
     let mut ignored = Vec::new();
@@ -103,24 +104,41 @@ pub fn scan(ledger: &Ledger, tip: ObjectId) -> Result<(Vec<RunView>, Vec<String>
             ignored.push(format!("runs/{name}"));
             continue;
         }
-        views.push(view(ledger, tip, &name)?);
+        views.push(view_with(ledger, tip, &name, read_ndjson_for_state)?);
     }
     Ok((views, ignored))
 }
 
-/// One run as the branch at `tip` and the local journal describe it.
+/// One run as the branch at `tip` and the local journal describe it, every event whole.
 pub fn view(ledger: &Ledger, tip: ObjectId, id: &str) -> Result<RunView, String> {
+    view_with(ledger, tip, id, read_ndjson)
+}
+
+fn view_with(
+    ledger: &Ledger,
+    tip: ObjectId,
+    id: &str,
+    parse: fn(&str) -> Result<Vec<Event>, String>,
+) -> Result<RunView, String> {
     let read = |file: &str| {
         ledger
             .read(tip, &format!("runs/{id}/{file}"))
             .map_err(|e| e.to_string())
     };
-    let ledger_bytes = read("events.ndjson")?.unwrap_or_default();
-    let ledger_events =
-        read_ndjson(&String::from_utf8_lossy(&ledger_bytes)).map_err(|e| format!("runs/{id}/events.ndjson: {e}"))?;
+    let ledger_bytes = ledger
+        .run_events(tip, id)
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    let ledger_events = parse(&String::from_utf8_lossy(&ledger_bytes)).map_err(|e| format!("runs/{id}/events: {e}"))?;
     // A journal that does not continue the ledger is stale: another runner took the run over.
     let journal_events = if crate::journal::continues(ledger.git_dir(), id, &ledger_bytes) {
-        crate::journal::read(ledger.git_dir(), id)?
+        drop(ledger_bytes);
+        let path = crate::journal::path(ledger.git_dir(), id);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => parse(&text)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(format!("cannot read the journal of {id}: {e}")),
+        }
     } else {
         Vec::new()
     };

@@ -35,9 +35,15 @@ fn gather(root: &Path, run: &str) -> Result<BTreeMap<String, Vec<u8>>, Failure> 
             format!("run {run} has no evidence yet (evidence is written when a run finishes)"),
         ));
     }
-    let events =
-        stella_engine::event::read_ndjson(&String::from_utf8_lossy(&files[&format!("runs/{run}/events.ndjson")]))
-            .map_err(|e| Failure::one(Code::LedgerTampered, e))?;
+    let prefix = format!("runs/{run}/");
+    let events_bytes = stella_engine::ledger::events::concat(
+        files
+            .iter()
+            .filter_map(|(p, b)| p.strip_prefix(&prefix).map(|rel| (rel, b.as_slice()))),
+    )
+    .unwrap_or_default();
+    let events = stella_engine::event::read_ndjson_for_state(&String::from_utf8_lossy(&events_bytes))
+        .map_err(|e| Failure::one(Code::LedgerTampered, e))?;
     let planned = events
         .iter()
         .find(|e| e.kind == "run.planned")

@@ -8,7 +8,7 @@ use stella_engine::keys::SshKey;
 
 use super::{Failure, repo};
 
-const CONFIG: &str = "# Stella repository policy (see docs/). Everything here is optional.\nbranch: main                 # the branch whose commits are executed\nsealed: false                # true: steps get no network\nnetwork: { allow: [] }       # hosts a step may declare in sealed mode\nlimits: { maxRuns: 4, maxSteps: 0, artifactBytes: 10485760 }   # maxSteps 0 = number of cores\ncommit: { batchMs: 2000 }    # how often the runner may commit progress of a running run\n";
+const CONFIG: &str = "# Stella repository policy (see docs/). Everything here is optional.\nbranch: main                 # the branch whose commits are executed\nsealed: false                # true: steps get no network\nnetwork: { allow: [] }       # hosts a step may declare in sealed mode\nlimits: { maxRuns: 4, maxSteps: 0, artifactBytes: 10485760, logBytes: 8388608 }   # maxSteps 0 = number of cores; logBytes per step\ncommit: { batchMs: 2000 }    # how often the runner may commit progress of a running run\n";
 const APPROVERS: &str = "# Who may approve which gates: grant -> principals (names in .stella/allowed_signers).\ngrants:\n  Packs.Approve: []\n";
 const PACKS_README: &str =
     "# packs/\n\nTask packs: one directory per pack, holding `pack.yaml` and the files it uses.\n";
