@@ -8,5 +8,6 @@ mod sync;
 mod approvals;
 mod daemon;
 mod evidence;
+mod invalid_runs;
 mod pack_cli;
 mod run_local;
