@@ -83,6 +83,8 @@ pub fn run(a: Args) -> Result<u8, Failure> {
         )),
         if a.once { ", once" } else { "" }
     );
+    // A `stella sync import` killed mid-way leaves its quarantine; it is of no use to anyone.
+    stella_engine::sync::sweep_leftovers(&root);
     let git_dir = ledger.git_dir().to_path_buf();
     let env = Arc::new(Environment {
         ledger: Mutex::new(ledger),
