@@ -15,6 +15,12 @@ use crate::yaml::{self, Value};
 
 pub const NAMESPACE: &str = "stella-approval";
 pub const APPROVERS_PATH: &str = ".stella/approvers.yaml";
+/// Largest approval file read (`<principal>.yaml`); a real one is a few hundred bytes.
+pub const MAX_APPROVAL_BYTES: u64 = 64 * 1024;
+/// Largest signature file read (`<principal>.yaml.sig`); a real sshsig armour is under 1 KiB.
+pub const MAX_SIGNATURE_BYTES: u64 = 16 * 1024;
+/// Largest trust file read (`.stella/allowed_signers`, `.stella/approvers.yaml`).
+pub const MAX_TRUST_FILE_BYTES: u64 = 1024 * 1024;
 
 /// Grants: which principals hold which grant (`grants: { Packs.Approve: [alice, bob] }`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -169,6 +175,24 @@ pub struct ApprovalFile {
     pub path: String,
     pub yaml: Vec<u8>,
     pub sig: Option<Vec<u8>>,
+    /// The size of an approval file too large to be read (`yaml` is then empty).
+    pub yaml_too_large: Option<u64>,
+    /// The size of a signature file too large to be read (`sig` is then empty).
+    pub sig_too_large: Option<u64>,
+}
+
+impl ApprovalFile {
+    /// An approval file and its signature as read, each within its limit.
+    pub fn new(principal: &str, path: &str, yaml: Vec<u8>, sig: Option<Vec<u8>>) -> ApprovalFile {
+        ApprovalFile {
+            principal: principal.to_string(),
+            path: path.to_string(),
+            yaml,
+            sig,
+            yaml_too_large: None,
+            sig_too_large: None,
+        }
+    }
 }
 
 /// What became of one approval file.
@@ -225,6 +249,10 @@ pub fn evaluate(input: &GateInput) -> (Outcome, Vec<Verdict>) {
         let sig_sha = f.sig.as_ref().map(|s| crate::pack::sha256_hex(s));
         let mut both = f.yaml.clone();
         both.extend_from_slice(f.sig.as_deref().unwrap_or_default());
+        // Files too large to read differ by their sizes at least.
+        if f.yaml_too_large.is_some() || f.sig_too_large.is_some() {
+            both.extend_from_slice(format!("\0{:?}\0{:?}", f.yaml_too_large, f.sig_too_large).as_bytes());
+        }
         let key = crate::pack::sha256_hex(&both);
         let mut v = Verdict {
             path: f.path.clone(),
@@ -283,6 +311,23 @@ fn judge(
     f: &ApprovalFile,
     counted_keys: &mut BTreeMap<String, String>,
 ) -> Result<Approval, (Code, String)> {
+    let yaml_size = f.yaml_too_large.unwrap_or(f.yaml.len() as u64);
+    if yaml_size > MAX_APPROVAL_BYTES {
+        return Err((
+            Code::ApprovalMalformed,
+            format!("the approval file is {yaml_size} bytes; at most {MAX_APPROVAL_BYTES} are read"),
+        ));
+    }
+    let sig_size = f.sig_too_large.or(f.sig.as_ref().map(|s| s.len() as u64)).unwrap_or(0);
+    if sig_size > MAX_SIGNATURE_BYTES {
+        return Err((
+            Code::ApprovalSignatureInvalid,
+            format!(
+                "{}.sig is {sig_size} bytes; at most {MAX_SIGNATURE_BYTES} are read (an ssh signature is under 1 KiB)",
+                f.path
+            ),
+        ));
+    }
     let sig = f.sig.as_ref().ok_or((
         Code::ApprovalSignatureInvalid,
         format!("no signature ({}.sig is missing)", f.path),

@@ -223,14 +223,17 @@ pub fn read_ndjson(text: &str) -> Result<Vec<Event>, String> {
 /// keep their seq, type and step but not their line (`msg`, `data`, `ts`), so a run's log costs
 /// a reader a few bytes an event instead of the whole log.
 pub fn read_ndjson_for_state(text: &str) -> Result<Vec<Event>, String> {
-    read_lines(text, |mut e| {
-        if e.kind == "step.log" {
-            e.msg = None;
-            e.data = None;
-            e.ts = String::new();
-        }
-        e
-    })
+    read_lines(text, for_state)
+}
+
+/// An event as state readers need it: a `step.log` loses its line (`msg`, `data`, `ts`).
+pub fn for_state(mut e: Event) -> Event {
+    if e.kind == "step.log" {
+        e.msg = None;
+        e.data = None;
+        e.ts = String::new();
+    }
+    e
 }
 
 fn read_lines(text: &str, keep: impl Fn(Event) -> Event) -> Result<Vec<Event>, String> {

@@ -77,6 +77,9 @@ pub fn parse(armored: &str) -> Result<SshSig, Error> {
     let end = body
         .find(END)
         .ok_or_else(|| malformed("it has no `-----END SSH SIGNATURE-----` line"))?;
+    if !body[end + END.len()..].trim().is_empty() {
+        return Err(malformed("data follows the `-----END SSH SIGNATURE-----` line"));
+    }
     let b64: String = body[..end].chars().filter(|c| !c.is_ascii_whitespace()).collect();
     let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64.as_bytes())
         .map_err(|_| malformed("its body is not valid base64"))?;
@@ -183,6 +186,13 @@ AAAAQCfr09xDsfQv5rWa/tNsmRqO9qCwMHoHbACYEeji9gStucLZHewnSRWp4vThnN7Zbt
             verify(&truncated, "git", b"hello\n"),
             Err(Error::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn data_after_the_end_line_is_refused_but_whitespace_is_not() {
+        assert!(parse(&format!("{SIG}\r\n  \n")).is_ok());
+        let e = parse(&format!("{SIG}junk\n")).unwrap_err();
+        assert!(e.to_string().contains("data follows"), "{e}");
     }
 
     #[test]

@@ -167,11 +167,83 @@ impl Drop for Quarantine {
     }
 }
 
+/// Removes what imports killed mid-way left behind: quarantine repositories
+/// (`.git/stella/import-<pid>`) and landing refs (`refs/stella/quarantine/<pid>`, `…-notes`)
+/// whose process is gone or is not a stella process. Those of a live import are left alone.
+/// Returns what was removed; a failure to remove one is logged, never fatal.
+pub fn sweep_leftovers(root: &Path) -> Vec<String> {
+    let mut removed = Vec::new();
+    if let Ok(git_dir) = git(root, &["rev-parse", "--path-format=absolute", "--git-dir"]) {
+        let stella = Path::new(&git_dir).join("stella");
+        for entry in std::fs::read_dir(&stella).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix("import-").and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if import_alive(pid) {
+                continue;
+            }
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => removed.push(entry.path().display().to_string()),
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove the quarantine of a killed import")
+                }
+            }
+        }
+    }
+    let refs = git(
+        root,
+        &["for-each-ref", "--format=%(refname)", "refs/stella/quarantine/"],
+    )
+    .unwrap_or_default();
+    for name in refs.lines() {
+        let last = name.rsplit('/').next().unwrap_or_default();
+        let Ok(pid) = last.strip_suffix("-notes").unwrap_or(last).parse::<u32>() else {
+            continue;
+        };
+        if import_alive(pid) {
+            continue;
+        }
+        match git(root, &["update-ref", "-d", name]) {
+            Ok(_) => removed.push(name.to_string()),
+            Err(e) => tracing::warn!(reference = %name, error = %e, "cannot remove the landing ref of a killed import"),
+        }
+    }
+    for what in &removed {
+        tracing::warn!(left = %what, "removed what a killed `stella sync import` left behind");
+    }
+    removed
+}
+
+/// Whether process `pid` may still be the import that made a quarantine: this process, or a
+/// live process named `stella…` (a pid reused by something else does not hold it). When it
+/// cannot be told, the quarantine is kept.
+fn import_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    let Ok(raw) = i32::try_from(pid) else { return false };
+    if raw <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only asks whether the process exists.
+    let gone =
+        unsafe { libc::kill(raw, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    if gone {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(comm) => comm.trim().starts_with("stella"),
+        Err(_) => true,
+    }
+}
+
 /// Applies a bundle: verify it, fetch it into a quarantine repository, accept only a
 /// fast-forward of `branch` whose whole history passes `ledger verify`, then bring the objects
 /// in and move the branch (and the working tree when it is clean); notes are merged. Any
 /// failure leaves the repository exactly as it was: refs, working tree and object store.
 pub fn import(root: &Path, branch: &str, bundle: &Path) -> Result<Imported, Error> {
+    sweep_leftovers(root);
     let bundle_s = std::path::absolute(bundle)
         .unwrap_or_else(|_| bundle.to_path_buf())
         .display()

@@ -93,6 +93,8 @@ pub fn run(a: Args) -> Result<u8, Failure> {
         )),
         if a.once { ", once" } else { "" }
     );
+    // A `stella sync import` killed mid-way leaves its quarantine; it is of no use to anyone.
+    stella_engine::sync::sweep_leftovers(&root);
     let git_dir = ledger.git_dir().to_path_buf();
     let work_root = match &a.work_dir {
         Some(d) => std::path::absolute(d).unwrap_or_else(|_| d.clone()),
@@ -147,7 +149,9 @@ enum TaskEnd {
     },
     /// Another runner took the run over while this one worked on it.
     TakenOver,
-    Failed(String),
+    /// The run's files cannot be continued (tampered, malformed): left alone until they change.
+    Invalid(runs::Invalid),
+    Failed(Code, String),
 }
 
 /// A run, how the work on it ended, and the claim to release once its results are pushed.
@@ -205,7 +209,13 @@ fn work(env: Arc<Environment>, remote: SharedRemote, id: String, need: Need, tok
                 env.unfence(&id);
                 lease_token = Some(token);
             }
-            Err(e) => return (id, TaskEnd::Failed(format!("cannot claim the run: {e}")), None),
+            Err(e) => {
+                return (
+                    id,
+                    TaskEnd::Failed(e.code(), format!("cannot claim the run: {e}")),
+                    None,
+                );
+            }
         }
     }
     let renewing = Arc::new(AtomicBool::new(true));
@@ -248,7 +258,7 @@ fn work(env: Arc<Environment>, remote: SharedRemote, id: String, need: Need, tok
         }
         return (
             id,
-            TaskEnd::Failed(format!("cannot read the run from the remote: {e}")),
+            TaskEnd::Failed(e.code(), format!("cannot read the run from the remote: {e}")),
             None,
         );
     }
@@ -273,7 +283,8 @@ fn work(env: Arc<Environment>, remote: SharedRemote, id: String, need: Need, tok
     }
     match result {
         Ok(o) => (id, TaskEnd::Finished(o), release),
-        Err(e) => (id, TaskEnd::Failed(e.to_string()), None),
+        Err(runs::Error::Invalid(why)) => (id, TaskEnd::Invalid(why), None),
+        Err(e) => (id, TaskEnd::Failed(e.code(), e.to_string()), None),
     }
 }
 
@@ -304,6 +315,9 @@ async fn main_loop(
     let mut first = true;
     let mut backlog: std::collections::VecDeque<(runs::RunView, Need)> = std::collections::VecDeque::new();
     let mut ignored: Vec<String> = Vec::new();
+    // Runs whose files cannot be read as a run, with the branch tip at which they were found
+    // so: skipped (every other run goes on) until the branch moves.
+    let mut invalid: HashMap<String, (runs::Invalid, Option<gix::ObjectId>)> = HashMap::new();
     let mut deadline = None;
     let mut rescan = true;
     // Runs another runner holds, with when their claim could lapse.
@@ -394,6 +408,13 @@ async fn main_loop(
                 if remote.is_some() {
                     spread(&mut found, &env.key.fingerprint());
                 }
+                let tip = scanned.as_ref().and_then(|f| f.tip);
+                invalid.retain(|_, (_, at)| *at == tip);
+                for (view, _) in &found {
+                    if let Some(why) = &view.invalid {
+                        invalid.insert(view.id.clone(), (why.clone(), tip));
+                    }
+                }
                 backlog = found.into_iter().collect();
                 ignored = views.1;
             } else {
@@ -424,7 +445,7 @@ async fn main_loop(
                 }
                 continue;
             }
-            if need == Need::Nothing || elsewhere.contains_key(&view.id) {
+            if need == Need::Nothing || elsewhere.contains_key(&view.id) || invalid.contains_key(&view.id) {
                 continue;
             }
             let key = (view.id.clone(), format!("{need:?}"));
@@ -454,7 +475,16 @@ async fn main_loop(
         }
         for path in &ignored {
             if reported.insert(path.clone()) {
-                warn!(path = %path, "not a run directory (run ids match ^[a-z0-9][a-z0-9._-]{{0,99}}$); ignored");
+                if path.matches('/').count() > 1 {
+                    warn!(path = %path, "not a run file (a run directory holds request.yaml, cancel.yaml and the runner's files); ignored");
+                } else {
+                    warn!(path = %path, "not a run directory (run ids match ^[a-z0-9][a-z0-9._-]{{0,99}}$); ignored");
+                }
+            }
+        }
+        for (id, (why, _)) in &invalid {
+            if reported.insert(format!("{id} invalid {why}")) {
+                report_invalid(id, why);
             }
         }
         if a.once && started == 0 && tasks.is_empty() {
@@ -479,6 +509,12 @@ async fn main_loop(
                         tried.remove(&(id.clone(), "Waiting".to_string()));
                         if reported.insert(format!("{id} {holder}")) {
                             say!("run {id} is claimed by runner {holder}; left to it");
+                        }
+                    } else if let TaskEnd::Invalid(why) = &end {
+                        let tip = scanned.as_ref().and_then(|f| f.tip);
+                        invalid.insert(id.clone(), (why.clone(), tip));
+                        if reported.insert(format!("{id} invalid {why}")) {
+                            report_invalid(&id, why);
                         }
                     } else if let TaskEnd::Finished(Some(Outcome::Waiting { step, .. })) = &end {
                         // Said once per gate: re-checking a waiting run is not news.
@@ -579,12 +615,24 @@ fn report(id: &str, end: TaskEnd) {
         TaskEnd::Finished(Some(Outcome::Failed { code, message })) => say!("run {id} failed: {message} [{code}]"),
         TaskEnd::Finished(Some(Outcome::Cancelled)) => say!("run {id} cancelled"),
         TaskEnd::Finished(Some(Outcome::Waiting { step, .. })) => say!("run {id} waiting at gate {step}"),
-        TaskEnd::Finished(None) | TaskEnd::ClaimedElsewhere { .. } => {}
+        TaskEnd::Finished(None) | TaskEnd::ClaimedElsewhere { .. } | TaskEnd::Invalid(_) => {}
         TaskEnd::TakenOver => {
             say!("run {id} was taken over by another runner (this one was silent past its lease); stopped here")
         }
-        TaskEnd::Failed(e) => say_err!("error[{}]: run {id}: {e}", Code::Io),
+        TaskEnd::Failed(code, e) => say_err!("error[{code}]: run {id}: {e}"),
     }
+}
+
+/// Says once that a run is invalid and skipped: the run, the file and line, the code.
+fn report_invalid(id: &str, why: &runs::Invalid) {
+    warn!(
+        run = %id,
+        file = %why.file,
+        line = why.line,
+        code = %why.code,
+        reason = %why.message,
+        "run is invalid and skipped; the other runs go on (`stella runs show {id}`)"
+    );
 }
 
 /// Stops the daemon on a signal: ends the running steps (SIGTERM to their process groups,

@@ -497,3 +497,66 @@ fn mallory_and_alice_approve_and_only_alice_counts(t: &Team) {
     let alice = t.verdict("r1", "alice");
     assert_eq!(alice["verdict"], "counted", "{alice}");
 }
+
+#[test]
+fn a_valid_signature_followed_by_junk_does_not_count() {
+    let t = Team::new().waiting_run("r1");
+    t.approve("r1", "alice", &[]).approve("r1", "bob", &[]);
+    let dir = t.repo.path().join("approvals/r1/change-review");
+    let alice = std::fs::read_to_string(dir.join("alice.yaml.sig")).unwrap();
+    std::fs::write(dir.join("alice.yaml.sig"), format!("{alice}and then some\n")).unwrap();
+    let bob = std::fs::read_to_string(dir.join("bob.yaml.sig")).unwrap();
+    std::fs::write(dir.join("bob.yaml.sig"), format!("{bob}\n{}", "A".repeat(30 << 20))).unwrap();
+    t.commit("two good signatures, with junk after each");
+    t.repo.daemon_once().ok();
+    assert_eq!(t.repo.state("r1"), "waiting");
+    t.assert_not_counted("r1", "alice", "ERR_APPROVAL_SIGNATURE_INVALID");
+    let why = t.verdict("r1", "alice")["reason"].as_str().unwrap().to_string();
+    assert!(
+        why.contains("data follows the `-----END SSH SIGNATURE-----` line"),
+        "{why}"
+    );
+    t.assert_not_counted("r1", "bob", "ERR_APPROVAL_SIGNATURE_INVALID");
+    let why = t.verdict("r1", "bob")["reason"].as_str().unwrap().to_string();
+    assert!(why.contains("bytes; at most 16384 are read"), "{why}");
+}
+
+#[test]
+fn an_approval_file_past_its_limit_does_not_count() {
+    let t = Team::new().waiting_run("r1");
+    t.approve("r1", "alice", &[]);
+    let file = t.repo.path().join("approvals/r1/change-review/alice.yaml");
+    let padded = format!(
+        "{}# {}\n",
+        std::fs::read_to_string(&file).unwrap(),
+        "x".repeat(70 * 1024)
+    );
+    std::fs::write(&file, padded).unwrap();
+    t.commit("a long approval");
+    t.repo.daemon_once().ok();
+    t.assert_not_counted("r1", "alice", "ERR_APPROVAL_MALFORMED");
+    let why = t.verdict("r1", "alice")["reason"].as_str().unwrap().to_string();
+    assert!(why.contains("at most 65536 are read"), "{why}");
+}
+
+#[test]
+fn an_allowed_signers_file_past_its_limit_fails_the_gate() {
+    let t = Team::new();
+    let path = t.repo.path().join(".stella/allowed_signers");
+    let mut signers = std::fs::read_to_string(&path).unwrap();
+    signers.push_str(&format!("# {}\n", "x".repeat(1 << 20)));
+    std::fs::write(&path, signers).unwrap();
+    t.commit("a very long comment in allowed_signers");
+    t.repo.request("r1", "gated", "{}\n");
+    t.repo.daemon_once().ok();
+    let show = t.repo.show("r1");
+    assert_eq!(
+        (show["state"].as_str(), show["code"].as_str()),
+        (Some("failed"), Some("ERR_SIGNERS_INVALID")),
+        "{show:#}"
+    );
+    assert!(
+        show["error"].as_str().unwrap().contains("at most 1048576 are read"),
+        "{show:#}"
+    );
+}

@@ -8,6 +8,7 @@ mod sync;
 mod approvals;
 mod daemon;
 mod evidence;
+mod invalid_runs;
 mod output;
 mod pack_cli;
 mod run_local;

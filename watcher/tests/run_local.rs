@@ -498,6 +498,24 @@ fn a_secret_in_a_failure_message_is_masked_on_the_terminal_too() {
 }
 
 #[test]
+fn part_of_a_secret_in_a_malformed_output_line_is_never_quoted() {
+    let secret = "Zq8-Kx2-Wm5-Pt7-Rb4";
+    let script = "echo \"${STELLA_SECRET_TOKEN:0:11} tail=1\" >> $STELLA_OUTPUT";
+    let s = Scratch::new().pack(&shell("leaky", script)).secret(secret);
+    let r = s.run(&[]);
+    r.code(1).stderr_has("$STELLA_OUTPUT line 1");
+    let events = std::fs::read_to_string(s.events_path()).unwrap();
+    let everything = format!("{events}{}{}", r.stdout(), r.stderr());
+    for start in 0..=secret.len() - 4 {
+        let part = &secret[start..start + 4];
+        assert!(
+            !everything.contains(part),
+            "`{part}` of the secret leaked:\n{everything}"
+        );
+    }
+}
+
+#[test]
 fn a_torn_last_event_line_does_not_break_resume() {
     let steps = format!(
         "{}    - {{ id: gate, gate: {{ approval: {{ id: review }} }} }}\n",

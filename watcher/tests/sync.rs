@@ -239,3 +239,66 @@ fn an_older_bundle_is_nothing_new_and_an_untracked_file_in_the_way_is_refused() 
     let again = offline.stella(&["sync", "import", bundle.to_str().unwrap()]).ok();
     assert!(again.stdout().contains("already up to date"), "{}", again.stdout());
 }
+
+/// What a `stella sync import` killed by pid `pid` would have left: its quarantine repository
+/// and its landing refs.
+fn leave_an_import_behind(r: &Repo, pid: u32) -> std::path::PathBuf {
+    let quarantine = r.path().join(format!(".git/stella/import-{pid}"));
+    std::fs::create_dir_all(quarantine.join(".git/objects/info")).unwrap();
+    std::fs::write(quarantine.join(".git/objects/info/alternates"), "objects\n").unwrap();
+    r.git(&["update-ref", &format!("refs/stella/quarantine/{pid}"), "HEAD"]);
+    r.git(&["update-ref", &format!("refs/stella/quarantine/{pid}-notes"), "HEAD"]);
+    quarantine
+}
+
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[test]
+fn a_killed_import_leaves_nothing_after_the_next_import_or_daemon_start() {
+    let online = Repo::new();
+    online.pack("hello", HELLO);
+    let offline = offline_copy(&online);
+    // A live stella process (a watching daemon of another repository) holds its quarantine.
+    let elsewhere = Repo::new();
+    let mut live = crate::support::stella()
+        .args(["daemon", "--repo"])
+        .arg(elsewhere.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // A pid reused by a process that is not stella holds nothing.
+    let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    for (r, next) in [(&offline, "sync import"), (&online, "daemon")] {
+        let killed = leave_an_import_behind(r, dead_pid());
+        let reused = leave_an_import_behind(r, sleeper.id());
+        let running = leave_an_import_behind(r, live.id());
+        if next == "daemon" {
+            r.daemon_once().ok();
+        } else {
+            // Even an import that fails at once (no such bundle) clears up first.
+            assert_eq!(r.stella(&["sync", "import", "no-such.bundle"]).code(), Some(2));
+        }
+        assert!(!killed.exists() && !reused.exists(), "the leftovers are removed");
+        assert!(running.exists(), "a live import's quarantine is left alone");
+        let left = refs(r);
+        let live_ref = format!("refs/stella/quarantine/{}", live.id());
+        assert_eq!(
+            left.lines()
+                .filter(|l| l.starts_with("refs/stella/quarantine/"))
+                .count(),
+            2,
+            "only the live import's refs are left:\n{left}"
+        );
+        assert!(left.contains(&live_ref), "{left}");
+    }
+    live.kill().unwrap();
+    live.wait().unwrap();
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+}

@@ -33,6 +33,8 @@ impl StepError {
 const MAX_OUTPUT_BYTES: u64 = 1 << 20;
 
 /// Reads `key=value` lines; blank lines and `#` comments are skipped, values are redacted.
+/// A bad line is named by its number only: the step wrote it, and a part of a secret in it
+/// (which the redactor cannot recognise) must not reach an event through the error.
 pub fn read_outputs(path: &Path, redactor: &Redactor) -> Result<Map<String, Json>, StepError> {
     let mut out = Map::new();
     let Ok(file) = std::fs::File::open(path) else {
@@ -64,7 +66,10 @@ pub fn read_outputs(path: &Path, redactor: &Redactor) -> Result<Map<String, Json
         {
             return Err(StepError::new(
                 Code::StepFailed,
-                format!("$STELLA_OUTPUT line {}: `{key}` is not a valid output name", i + 1),
+                format!(
+                    "$STELLA_OUTPUT line {}: not a valid output name (letters, digits, `_`, `-` and `.`; the name is not shown, it may hold part of a secret)",
+                    i + 1
+                ),
             ));
         }
         out.insert(key.to_string(), Json::String(redactor.redact(value)));
@@ -228,6 +233,19 @@ mod tests {
         std::fs::write(&p, "a=1\n# note\n\nb=x=y\ntoken=pw-123456\n").unwrap();
         let o = read_outputs(&p, &Redactor::new(["pw-123456"])).unwrap();
         assert_eq!(Json::Object(o), json!({"a": "1", "b": "x=y", "token": "***"}));
+    }
+
+    #[test]
+    fn a_bad_output_line_is_named_by_its_number_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out");
+        let redactor = Redactor::new(["pw-123456"]);
+        for line in ["pw-12 leaked=1", "pw-1234 no equals sign", "=pw-1234"] {
+            std::fs::write(&p, format!("ok=1\n{line}\n")).unwrap();
+            let e = read_outputs(&p, &redactor).unwrap_err();
+            assert!(e.message.starts_with("$STELLA_OUTPUT line 2: "), "{}", e.message);
+            assert!(!e.message.contains("pw-1"), "{line}: {}", e.message);
+        }
     }
 
     #[test]

@@ -40,6 +40,14 @@ impl Error {
     }
 }
 
+/// A file read within a size limit (`Ledger::read_within`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Within {
+    Read(Vec<u8>),
+    /// Larger than the limit: not read; its size in bytes.
+    TooLarge(u64),
+}
+
 fn git<E: std::fmt::Display>(e: E) -> Error {
     Error::Git(e.to_string())
 }
@@ -156,6 +164,24 @@ impl Ledger {
         }
         let blob = self.repo.find_blob(entry.oid()).map_err(git)?;
         Ok(Some(blob.data.clone()))
+    }
+
+    /// The content of `path` in `commit` if it is a file of at most `limit` bytes; for a larger
+    /// one only its size, taken from the object's header without inflating it.
+    pub fn read_within(&self, commit: ObjectId, path: &str, limit: u64) -> Result<Option<Within>, Error> {
+        let tree = self.repo.find_commit(commit).map_err(git)?.tree().map_err(git)?;
+        let Some(entry) = tree.lookup_entry_by_path(path).map_err(git)? else {
+            return Ok(None);
+        };
+        if !entry.mode().is_blob() {
+            return Ok(None);
+        }
+        let size = self.repo.find_header(entry.oid()).map_err(git)?.size();
+        if size > limit {
+            return Ok(Some(Within::TooLarge(size)));
+        }
+        let blob = self.repo.find_blob(entry.oid()).map_err(git)?;
+        Ok(Some(Within::Read(blob.data.clone())))
     }
 
     /// Names of the entries of directory `path` in `commit` (empty when absent), with whether each is a tree.

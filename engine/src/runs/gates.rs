@@ -8,10 +8,14 @@ use gix::ObjectId;
 use serde_json::json;
 
 use crate::allowed_signers::AllowedSigners;
-use crate::approvals::{self, APPROVERS_PATH, ApprovalFile, Approvers, GateInput, Outcome};
+use crate::approvals::{
+    self, APPROVERS_PATH, ApprovalFile, Approvers, GateInput, MAX_APPROVAL_BYTES, MAX_SIGNATURE_BYTES,
+    MAX_TRUST_FILE_BYTES, Outcome,
+};
 use crate::code::Code;
 use crate::event::Event;
 use crate::exec::{GateDecision, GateVerdict, Gatekeeper};
+use crate::ledger::Within;
 use crate::plan::{Plan, PlanApprovalGate, PlanStep};
 
 use super::lifecycle::Environment;
@@ -33,24 +37,24 @@ impl RepoGates<'_> {
     /// The trust files of `commit`.
     fn trust_at(&self, commit: ObjectId) -> Result<(AllowedSigners, Approvers), (Code, String)> {
         let ledger = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner());
-        let read = |path: &str| {
-            ledger
-                .read(commit, path)
-                .ok()
-                .flatten()
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        // Read within a limit, checked against the object's size before it is inflated.
+        let read = |path: &str, code: Code| match ledger.read_within(commit, path, MAX_TRUST_FILE_BYTES) {
+            Ok(Some(Within::Read(b))) => Ok(String::from_utf8_lossy(&b).into_owned()),
+            Ok(Some(Within::TooLarge(size))) => Err((
+                code,
+                format!("{path} at commit {commit} is {size} bytes; at most {MAX_TRUST_FILE_BYTES} are read"),
+            )),
+            Ok(None) | Err(_) => Ok(String::new()),
         };
-        let signers = AllowedSigners::parse(
-            ".stella/allowed_signers",
-            &read(".stella/allowed_signers").unwrap_or_default(),
-        )
-        .map_err(|d| {
+        let signers_text = read(".stella/allowed_signers", Code::SignersInvalid)?;
+        let signers = AllowedSigners::parse(".stella/allowed_signers", &signers_text).map_err(|d| {
             (
                 Code::SignersInvalid,
                 format!("the allowed_signers that judge this run do not parse: {d}"),
             )
         })?;
-        let approvers = Approvers::parse(APPROVERS_PATH, &read(APPROVERS_PATH).unwrap_or_default()).map_err(|d| {
+        let approvers_text = read(APPROVERS_PATH, Code::ApproversInvalid)?;
+        let approvers = Approvers::parse(APPROVERS_PATH, &approvers_text).map_err(|d| {
             (
                 Code::ApproversInvalid,
                 format!("the approvers.yaml that judges this run does not parse: {d}"),
@@ -74,16 +78,19 @@ impl RepoGates<'_> {
                 continue;
             }
             let path = format!("{dir}/{name}");
-            let Ok(Some(yaml)) = ledger.read(tip, &path) else {
-                continue;
-            };
-            let sig = ledger.read(tip, &format!("{path}.sig")).ok().flatten();
-            out.push(ApprovalFile {
-                principal: principal.to_string(),
-                path,
-                yaml,
-                sig,
-            });
+            // Each file read within its limit: a larger one is judged by its size, unread.
+            let mut file = ApprovalFile::new(principal, &path, Vec::new(), None);
+            match ledger.read_within(tip, &path, MAX_APPROVAL_BYTES) {
+                Ok(Some(Within::Read(yaml))) => file.yaml = yaml,
+                Ok(Some(Within::TooLarge(size))) => file.yaml_too_large = Some(size),
+                Ok(None) | Err(_) => continue,
+            }
+            match ledger.read_within(tip, &format!("{path}.sig"), MAX_SIGNATURE_BYTES) {
+                Ok(Some(Within::Read(sig))) => file.sig = Some(sig),
+                Ok(Some(Within::TooLarge(size))) => file.sig_too_large = Some(size),
+                Ok(None) | Err(_) => {}
+            }
+            out.push(file);
         }
         out
     }

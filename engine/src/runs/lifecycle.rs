@@ -76,11 +76,17 @@ pub enum Error {
     Ledger(String),
     #[error("journal: {0}")]
     Journal(String),
+    /// The run's files cannot be continued: it is left alone, the other runs go on.
+    #[error("run is invalid: {0}")]
+    Invalid(super::Invalid),
 }
 
 impl Error {
     pub fn code(&self) -> Code {
-        Code::Io
+        match self {
+            Error::Invalid(why) => why.code,
+            Error::Ledger(_) | Error::Journal(_) => Code::Io,
+        }
     }
 }
 
@@ -171,19 +177,24 @@ fn carry(
         .is_empty()
     {
         let ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
-        let events = super::view(&ledger, tip, id).map_err(Error::Ledger)?.ledger_events;
+        let view = super::view(&ledger, tip, id);
+        if let Some(why) = view.invalid {
+            return Err(Error::Invalid(why));
+        }
+        let events = view.ledger_events;
         if !events.is_empty() {
             // Only what trusted runners committed may be continued: a pull request could
             // have written "events" of its own.
             let report = crate::ledger::verify::verify_at(&ledger, tip).map_err(|e| Error::Ledger(e.to_string()))?;
             let prefix = format!("runs/{id}/");
             if let Some(p) = report.problems.iter().find(|p| p.path.starts_with(&prefix)) {
-                return Err(Error::Ledger(format!(
-                    "refusing to continue run {id}: its ledger files were not written by a trusted runner (commit {} {}: {}) [{}]",
-                    p.commit,
-                    p.path,
-                    p.message,
-                    Code::LedgerTampered
+                return Err(Error::Invalid(super::Invalid::new(
+                    Code::LedgerTampered,
+                    p.path.clone(),
+                    format!(
+                        "refusing to continue run {id}: its ledger files were not written by a trusted runner (commit {}: {})",
+                        p.commit, p.message
+                    ),
                 )));
             }
         }

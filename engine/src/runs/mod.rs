@@ -3,6 +3,7 @@
 //! Synchronous; the watcher decides when to call it and on which thread.
 
 mod gates;
+mod invalid;
 mod ledger_sink;
 mod lifecycle;
 
@@ -10,10 +11,12 @@ use std::path::Path;
 
 use gix::ObjectId;
 
-use crate::event::{Event, read_ndjson, read_ndjson_for_state};
+use crate::code::Code;
+use crate::event::Event;
 use crate::ledger::Ledger;
 use crate::state::{RunState, RunStatus, fold};
 
+pub use invalid::{Invalid, RUN_ENTRIES};
 pub use lifecycle::{Environment, Error, last_seen_path, process, record_seen, seen_tips};
 
 /// What the repository and the local journal say about one run.
@@ -26,6 +29,11 @@ pub struct RunView {
     pub journal_events: Vec<Event>,
     pub has_request: bool,
     pub has_cancel: bool,
+    /// Why the run directory cannot be read as a run: then it has no events here, and the
+    /// daemon leaves it alone (reported, never fatal to the other runs).
+    pub invalid: Option<Invalid>,
+    /// Entries of the run directory that are no run file (`runs/<id>/<name>`): reported, ignored.
+    pub ignored: Vec<String>,
 }
 
 impl RunView {
@@ -69,6 +77,9 @@ pub enum Need {
 
 impl RunView {
     pub fn need(&self) -> Need {
+        if self.invalid.is_some() {
+            return Need::Nothing;
+        }
         let st = self.state();
         let journal_ahead = self.journal_events.len() > self.ledger_events.len();
         if self.events().is_empty() {
@@ -88,8 +99,9 @@ impl RunView {
 }
 
 /// Every run directory on the branch at `tip`, with its journal; and the entries under
-/// `runs/` that are not runs (reported, then ignored). The views carry state, not output:
-/// their `step.log` events are stripped (`event::read_ndjson_for_state`); `view` has it all.
+/// `runs/` that are not runs, or not run files (reported, then ignored). A run directory that
+/// cannot be read is a view with `invalid` set; only the `runs/` tree itself failing to read
+/// is an error.
 pub fn scan(ledger: &Ledger, tip: ObjectId) -> Result<(Vec<RunView>, Vec<String>), String> {
     let mut views = Vec::new();
     let mut ignored = Vec::new();
@@ -104,51 +116,100 @@ pub fn scan(ledger: &Ledger, tip: ObjectId) -> Result<(Vec<RunView>, Vec<String>
             ignored.push(format!("runs/{name}"));
             continue;
         }
-        views.push(view_with(ledger, tip, &name, read_ndjson_for_state)?);
+        let v = view_with(ledger, tip, &name, true);
+        ignored.extend(v.ignored.iter().cloned());
+        views.push(v);
     }
     Ok((views, ignored))
 }
 
 /// One run as the branch at `tip` and the local journal describe it, every event whole.
-pub fn view(ledger: &Ledger, tip: ObjectId, id: &str) -> Result<RunView, String> {
-    view_with(ledger, tip, id, read_ndjson)
+/// Whatever is wrong with the run's files is in `invalid`, with the file, line and code.
+pub fn view(ledger: &Ledger, tip: ObjectId, id: &str) -> RunView {
+    view_with(ledger, tip, id, false)
 }
 
-fn view_with(
-    ledger: &Ledger,
-    tip: ObjectId,
-    id: &str,
-    parse: fn(&str) -> Result<Vec<Event>, String>,
-) -> Result<RunView, String> {
-    let read = |file: &str| {
-        ledger
-            .read(tip, &format!("runs/{id}/{file}"))
-            .map_err(|e| e.to_string())
-    };
-    let ledger_bytes = ledger
-        .run_events(tip, id)
-        .map_err(|e| e.to_string())?
-        .unwrap_or_default();
-    let ledger_events = parse(&String::from_utf8_lossy(&ledger_bytes)).map_err(|e| format!("runs/{id}/events: {e}"))?;
-    // A journal that does not continue the ledger is stale: another runner took the run over.
-    let journal_events = if crate::journal::continues(ledger.git_dir(), id, &ledger_bytes) {
-        drop(ledger_bytes);
-        let path = crate::journal::path(ledger.git_dir(), id);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => parse(&text)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(format!("cannot read the journal of {id}: {e}")),
-        }
-    } else {
-        Vec::new()
-    };
-    Ok(RunView {
+/// As `view`; with `for_state`, `step.log` events keep only their seq, type and step
+/// (`event::read_ndjson_for_state`), so scanning many runs never holds their output.
+fn view_with(ledger: &Ledger, tip: ObjectId, id: &str, for_state: bool) -> RunView {
+    let mut v = RunView {
         id: id.to_string(),
-        ledger_events,
-        journal_events,
-        has_request: read("request.yaml")?.is_some(),
-        has_cancel: read("cancel.yaml")?.is_some(),
-    })
+        ledger_events: Vec::new(),
+        journal_events: Vec::new(),
+        has_request: false,
+        has_cancel: false,
+        invalid: None,
+        ignored: Vec::new(),
+    };
+    if let Err(why) = read_run(ledger, tip, &mut v, for_state) {
+        v.ledger_events.clear();
+        v.journal_events.clear();
+        v.invalid = Some(why);
+    }
+    v
+}
+
+/// Fills `v` from the run's files at `tip` and its journal.
+fn read_run(ledger: &Ledger, tip: ObjectId, v: &mut RunView, for_state: bool) -> Result<(), Invalid> {
+    let id = v.id.clone();
+    let dir = format!("runs/{id}");
+    let unreadable = |file: &str, e: crate::ledger::Error| Invalid::new(Code::Io, file, format!("cannot be read: {e}"));
+    let entries = ledger.list(tip, &dir).map_err(|e| unreadable(&dir, e))?;
+    let present = |name: &str| entries.iter().any(|(n, _)| n == name);
+    // A run file that is present must be a regular file (not a directory, link or submodule).
+    let read = |name: &str| -> Result<Option<Vec<u8>>, Invalid> {
+        let file = format!("{dir}/{name}");
+        match ledger.read(tip, &file).map_err(|e| unreadable(&file, e))? {
+            None if present(name) => {
+                let code = if matches!(name, "request.yaml" | "cancel.yaml") {
+                    Code::RequestInvalid
+                } else {
+                    Code::LedgerTampered
+                };
+                Err(Invalid::new(code, file, "not a regular file"))
+            }
+            read => Ok(read),
+        }
+    };
+    v.ignored = entries
+        .iter()
+        .filter(|(name, _)| !RUN_ENTRIES.contains(&name.as_str()))
+        .map(|(name, _)| format!("{dir}/{name}"))
+        .collect();
+    v.has_request = read("request.yaml")?.is_some();
+    v.has_cancel = read("cancel.yaml")?.is_some();
+    if present("events.ndjson") {
+        // The legacy single file must be a regular file (segments are checked as they are read).
+        read("events.ndjson")?;
+    }
+    let events_file = format!("{dir}/events");
+    let ledger_bytes = ledger
+        .run_events(tip, &id)
+        .map_err(|e| unreadable(&events_file, e))?
+        .unwrap_or_default();
+    v.ledger_events = invalid::ledger_events(&events_file, &ledger_bytes)?;
+    if for_state {
+        v.ledger_events = v.ledger_events.drain(..).map(crate::event::for_state).collect();
+    }
+    if let Some(plan) = read("plan.json")? {
+        invalid::plan_json(&format!("{dir}/plan.json"), &plan, &v.ledger_events)?;
+    }
+    // A journal that does not continue the ledger is stale: another runner took the run over.
+    if crate::journal::continues(ledger.git_dir(), &id, &ledger_bytes) {
+        let read = if for_state {
+            crate::journal::read_for_state
+        } else {
+            crate::journal::read
+        };
+        v.journal_events = read(ledger.git_dir(), &id).map_err(|e| {
+            Invalid::new(
+                Code::Io,
+                crate::journal::path(ledger.git_dir(), &id).display().to_string(),
+                format!("the local journal cannot be read ({e}); move it away to continue the run from the ledger"),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Where a run's workspace and artifacts live while it runs: `<work root>/<run-id>`.

@@ -40,14 +40,14 @@ pub fn approve(a: Args) -> Result<u8, Failure> {
         .tip()
         .map_err(|e| Failure::one(e.code(), e.to_string()))?
         .ok_or_else(|| Failure::one(Code::Usage, "the branch has no commits"))?;
-    let mut view = runs::view(&ledger, tip, a.run).map_err(|e| Failure::one(Code::Io, e))?;
+    let mut view = runs::view(&ledger, tip, a.run);
     let mut at = tip;
     // A request still on a pull request: approve the plan of the checked-out commit, which
     // the runner will execute after the merge (and which the pull request's note shows).
     if !view.has_request
         && let Some(head) = ledger.resolve("HEAD").filter(|h| *h != tip)
     {
-        let there = runs::view(&ledger, head, a.run).map_err(|e| Failure::one(Code::Io, e))?;
+        let there = runs::view(&ledger, head, a.run);
         if there.has_request {
             eprintln!(
                 "run {} is not on {} yet: approving the plan of the checked-out commit {}",
@@ -57,6 +57,12 @@ pub fn approve(a: Args) -> Result<u8, Failure> {
             );
             (view, at) = (there, head);
         }
+    }
+    if let Some(why) = &view.invalid {
+        return Err(Failure::one(
+            why.code,
+            format!("run {} is invalid, so it cannot be approved: {why}", a.run),
+        ));
     }
     let (plan_hash, gates) = plan_of(&root, &ledger, at, a.run, &view)?;
     let gate = resolve_gate(a.gate, &gates)?;

@@ -191,7 +191,46 @@ pub fn doctor(repo_dir: &Path, key: Option<&Path>) -> Result<u8, Failure> {
         Ok(Err(d)) => say(Level::Fail, format!("{APPROVERS_PATH} does not parse: {d}")),
         Err(_) => say(Level::Warn, format!("no {APPROVERS_PATH}: no approval gate can pass")),
     }
+    for (level, msg) in run_checks(&root, &config) {
+        say(level, msg);
+    }
     Ok(print(&results))
+}
+
+/// A warning per run directory the daemon skips because it cannot be read as a run.
+fn run_checks(root: &Path, config: &Config) -> Vec<(Level, String)> {
+    let Ok(ledger) = repo::open_ledger(root, config) else {
+        return Vec::new();
+    };
+    let Ok(Some(tip)) = ledger.tip() else {
+        return Vec::new();
+    };
+    match stella_engine::runs::scan(&ledger, tip) {
+        Ok((views, _)) => {
+            let bad: Vec<(Level, String)> = views
+                .iter()
+                .filter_map(|v| {
+                    let why = v.invalid.as_ref()?;
+                    Some((
+                        Level::Warn,
+                        format!(
+                            "run {} is invalid and the daemon skips it: {why} [{}]; fix or remove the file on `{}` (`stella ledger verify` tells who changed it)",
+                            v.id, why.code, config.branch
+                        ),
+                    ))
+                })
+                .collect();
+            if bad.is_empty() {
+                vec![(
+                    Level::Ok,
+                    format!("{} run(s) on `{}` read cleanly", views.len(), config.branch),
+                )]
+            } else {
+                bad
+            }
+        }
+        Err(e) => vec![(Level::Fail, format!("runs/ on `{}` cannot be read: {e}", config.branch))],
+    }
 }
 
 fn print(results: &[(Level, String)]) -> u8 {

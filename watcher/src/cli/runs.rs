@@ -17,7 +17,11 @@ fn views(root: &Path) -> Result<Vec<RunView>, Failure> {
     let Some(tip) = ledger.tip().map_err(|e| Failure::one(e.code(), e.to_string()))? else {
         return Ok(Vec::new());
     };
-    Ok(runs::scan(&ledger, tip).map_err(|e| Failure::one(Code::Io, e))?.0)
+    let (views, ignored) = runs::scan(&ledger, tip).map_err(|e| Failure::one(Code::Io, e))?;
+    for path in ignored {
+        tracing::warn!(path = %path, "not a run directory or run file; ignored");
+    }
+    Ok(views)
 }
 
 fn one(root: &Path, id: &str) -> Result<RunView, Failure> {
@@ -30,8 +34,8 @@ fn one(root: &Path, id: &str) -> Result<RunView, Failure> {
         .tip()
         .map_err(|e| Failure::one(e.code(), e.to_string()))?
         .ok_or_else(|| Failure::one(Code::Usage, "the branch has no commits"))?;
-    let view = runs::view(&ledger, tip, id).map_err(|e| Failure::one(Code::Io, e))?;
-    if !view.has_request && view.events().is_empty() {
+    let view = runs::view(&ledger, tip, id);
+    if view.invalid.is_none() && !view.has_request && view.events().is_empty() {
         return Err(Failure::one(
             Code::Usage,
             format!("no run {id} on branch {}", config.branch),
@@ -50,6 +54,29 @@ fn duration(st: &RunState) -> Option<f64> {
     end.duration_since(start).ok().map(|d| d.as_secs_f64())
 }
 
+/// The state a reader shows: `invalid` for a run directory that cannot be read as a run,
+/// `requested` before the first event, else the folded state.
+fn state_name(v: &RunView, st: &RunState) -> &'static str {
+    if v.invalid.is_some() {
+        "invalid"
+    } else if v.events().is_empty() {
+        "requested"
+    } else {
+        st.state.as_str()
+    }
+}
+
+/// The `--json` fields of a run that cannot be read as a run, in the shape of a failed run's
+/// (`state`, `code`, `error` as a message), plus `invalid`: `{code, file, line?, message}`.
+fn mark_invalid(v: &RunView, row: &mut serde_json::Value) {
+    if let Some(why) = &v.invalid {
+        row["state"] = json!("invalid");
+        row["code"] = json!(why.code);
+        row["error"] = json!(why.to_string());
+        row["invalid"] = serde_json::to_value(why).expect("JSON");
+    }
+}
+
 pub fn list(repo_dir: &Path, as_json: bool) -> Result<u8, Failure> {
     let root = repo::find_root(repo_dir)?;
     let views = views(&root)?;
@@ -57,10 +84,13 @@ pub fn list(repo_dir: &Path, as_json: bool) -> Result<u8, Failure> {
         .iter()
         .map(|v| {
             let st = v.state();
-            json!({
+            let mut row = json!({
                 "id": v.id, "pack": v.pack(), "state": st.state.as_str(), "started": st.started,
                 "durationSeconds": duration(&st), "waitingGate": st.waiting_gate, "code": st.code,
-            })
+                "error": st.error,
+            });
+            mark_invalid(v, &mut row);
+            row
         })
         .collect();
     if as_json {
@@ -77,19 +107,17 @@ pub fn list(repo_dir: &Path, as_json: bool) -> Result<u8, Failure> {
     );
     for (v, r) in views.iter().zip(&rows) {
         let st = v.state();
-        let state = if v.events().is_empty() {
-            "requested"
-        } else {
-            st.state.as_str()
+        let last = match &v.invalid {
+            Some(why) => format!("{why} [{}]", why.code),
+            None => st.waiting_gate.clone().unwrap_or_default(),
         };
         println!(
-            "{:<44} {:<24} {:<10} {:<25} {:>9}  {}",
+            "{:<44} {:<24} {:<10} {:<25} {:>9}  {last}",
             v.id,
             r["pack"].as_str().unwrap_or("-"),
-            state,
+            state_name(v, &st),
             st.started.as_deref().unwrap_or("-"),
             duration(&st).map_or("-".to_string(), |d| format!("{d:.1}s")),
-            st.waiting_gate.as_deref().unwrap_or("")
         );
     }
     Ok(0)
@@ -151,6 +179,7 @@ pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<u8, Failure> {
         v["pack"] = json!(view.pack());
         v["events"] = json!(view.events().len());
         v["gates"] = json!(gates);
+        mark_invalid(&view, &mut v);
         println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
         return Ok(0);
     }
@@ -158,12 +187,15 @@ pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<u8, Failure> {
     println!("pack:      {}", view.pack().unwrap_or_else(|| "-".into()));
     println!(
         "state:     {}",
-        if view.events().is_empty() {
-            "requested (not planned yet)"
-        } else {
-            st.state.as_str()
+        match state_name(&view, &st) {
+            "requested" => "requested (not planned yet)",
+            "invalid" => "invalid (skipped by the daemon until its files are fixed)",
+            other => other,
         }
     );
+    if let Some(why) = &view.invalid {
+        println!("error:     {why} [{}]", why.code);
+    }
     if let Some(h) = &st.plan_hash {
         println!("planHash:  {h}");
     }
@@ -230,6 +262,9 @@ pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<u8, Failure> {
 pub fn logs(repo_dir: &Path, id: &str, follow: bool) -> Result<u8, Failure> {
     let root = repo::find_root(repo_dir)?;
     let mut view = one(&root, id)?;
+    if let Some(why) = &view.invalid {
+        return Err(Failure::one(why.code, format!("run {id} is invalid: {why}")));
+    }
     let mut shown = 0;
     let print = |events: &[stella_engine::event::Event], from: usize| {
         for e in &events[from.min(events.len())..] {
@@ -258,6 +293,9 @@ pub fn logs(repo_dir: &Path, id: &str, follow: bool) -> Result<u8, Failure> {
         }
         std::thread::sleep(Duration::from_millis(200));
         view = one(&root, id)?;
+        if let Some(why) = &view.invalid {
+            return Err(Failure::one(why.code, format!("run {id} is invalid: {why}")));
+        }
         shown = print(view.events(), shown);
         if view.state().state.is_terminal() {
             return Ok(0);
