@@ -90,11 +90,13 @@ pub enum Code {
     SignerExpired,
     /// The local branch has commits the remote lacks that are not this runner's: never merged.
     BranchDiverged,
+    /// A ledger commit would hold a private key (the runner's, or any PEM/OpenSSH key block).
+    LedgerSecret,
 }
 
 impl Code {
     /// Every code, for parsing codes back out of events.
-    pub const ALL: [Code; 42] = [
+    pub const ALL: [Code; 43] = [
         Code::PackInvalid,
         Code::PackInputInvalid,
         Code::PackNetworkBlocked,
@@ -137,6 +139,7 @@ impl Code {
         Code::SignerNamespace,
         Code::SignerExpired,
         Code::BranchDiverged,
+        Code::LedgerSecret,
     ];
 
     /// The code as printed in messages, events and `--json` output.
@@ -184,6 +187,7 @@ impl Code {
             Code::SignerNamespace => "ERR_SIGNER_NAMESPACE",
             Code::SignerExpired => "ERR_SIGNER_EXPIRED",
             Code::BranchDiverged => "ERR_BRANCH_DIVERGED",
+            Code::LedgerSecret => "ERR_LEDGER_SECRET",
         }
     }
 
@@ -219,7 +223,8 @@ impl Code {
             | Code::PackApprovalRejected
             | Code::PackApprovalTimeout
             | Code::EvidenceInvalid
-            | Code::BranchDiverged => 1,
+            | Code::BranchDiverged
+            | Code::LedgerSecret => 1,
             Code::PackInvalid
             | Code::PackInputInvalid
             | Code::PackNetworkBlocked

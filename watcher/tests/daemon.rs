@@ -230,7 +230,7 @@ fn finished_run() -> Repo {
 fn ledger_verify_finds_a_deleted_runner_file() {
     let r = finished_run();
     r.git(&["rm", "-q", "runs/r1/artifacts/greet/greeting"]);
-    r.commit_all("hide the evidence");
+    r.tamper("hide the evidence");
     verify_fails_naming(&r, "runs/r1/artifacts/greet/greeting", "deleted");
 }
 
@@ -241,7 +241,7 @@ fn ledger_verify_finds_rewritten_events() {
         .at_head("runs/r1/events.ndjson")
         .unwrap()
         .replace("succeeded", "failed");
-    r.write("runs/r1/events.ndjson", &events).commit_all("rewrite history");
+    r.write("runs/r1/events.ndjson", &events).tamper("rewrite history");
     verify_fails_naming(&r, "runs/r1/events.ndjson", "rewritten");
 }
 
@@ -250,7 +250,7 @@ fn ledger_verify_finds_an_append_by_someone_else() {
     let r = finished_run();
     let mut events = r.at_head("runs/r1/events.ndjson").unwrap();
     events.push_str("{\"seq\":99,\"ts\":\"2026-01-01T00:00:00.000Z\",\"type\":\"run.succeeded\"}\n");
-    r.write("runs/r1/events.ndjson", &events).commit_all("append, unsigned");
+    r.write("runs/r1/events.ndjson", &events).tamper("append, unsigned");
     verify_fails_naming(&r, "runs/r1/events.ndjson", "not a trusted runner commit");
 }
 

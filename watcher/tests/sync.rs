@@ -183,7 +183,7 @@ fn a_bundle_with_a_tampered_ledger_is_refused() {
         .replace("succeeded", "failed");
     online
         .write("runs/r1/events.ndjson", &events)
-        .commit_all("rewrite the ledger");
+        .tamper("rewrite the ledger");
     let bundle = online.outside("tampered.bundle");
     online
         .stella(&["sync", "export", "-o", bundle.to_str().unwrap(), "--to", "x"])
