@@ -135,13 +135,16 @@ fn mask_key_blocks(text: &str) -> String {
 }
 
 /// Why `bytes` must never be committed: they hold a form of the runner key (`key_forms`,
-/// see `SshKey::secret_forms`), or a private key block of any kind.
+/// see `SshKey::secret_forms`), or a whole private key block of any kind.
 pub fn private_key_in(bytes: &[u8], key_forms: &[String]) -> Option<&'static str> {
     let text = String::from_utf8_lossy(bytes);
     if key_forms.iter().any(|f| !f.is_empty() && text.contains(f.as_str())) {
         return Some("holds the runner's private key");
     }
-    key_marker(&text, "BEGIN").map(|_| "holds a private key block (-----BEGIN … PRIVATE KEY-----)")
+    // A whole block: a script that merely looks for the BEGIN line is no key.
+    let (_, after) = key_marker(&text, "BEGIN")?;
+    key_marker(&text[after..], "END")
+        .map(|_| "holds a private key block (-----BEGIN … PRIVATE KEY----- to its END line)")
 }
 
 /// Splits a byte stream into redacted lines. A line longer than `max_line` is cut, but the

@@ -10,3 +10,4 @@ mod daemon;
 mod evidence;
 mod pack_cli;
 mod run_local;
+mod worktree;
