@@ -20,7 +20,7 @@ pub const SCRIPT: &str = r#"#!/bin/sh
 git rev-parse -q --verify HEAD >/dev/null 2>&1 || exit 0
 git_dir=$(git rev-parse --git-dir) || exit 1
 tab=$(printf '\t')
-bad=$(git -c core.quotePath=false diff --cached --no-renames --name-status HEAD -- runs/ |
+bad=$(git -c core.quotePath=false diff --cached --no-color --no-renames --name-status HEAD -- runs/ |
 while IFS="$tab" read -r status path; do
     rest=${path#runs/}
     run=${rest%%/*}
