@@ -92,11 +92,13 @@ pub enum Code {
     BranchDiverged,
     /// A step could not be isolated from the runner (a kernel feature the sandbox needs is missing).
     SandboxUnavailable,
+    /// A ledger commit would hold a private key (the runner's, or any PEM/OpenSSH key block).
+    LedgerSecret,
 }
 
 impl Code {
     /// Every code, for parsing codes back out of events.
-    pub const ALL: [Code; 43] = [
+    pub const ALL: [Code; 44] = [
         Code::PackInvalid,
         Code::PackInputInvalid,
         Code::PackNetworkBlocked,
@@ -140,6 +142,7 @@ impl Code {
         Code::SignerExpired,
         Code::BranchDiverged,
         Code::SandboxUnavailable,
+        Code::LedgerSecret,
     ];
 
     /// The code as printed in messages, events and `--json` output.
@@ -188,6 +191,7 @@ impl Code {
             Code::SignerExpired => "ERR_SIGNER_EXPIRED",
             Code::BranchDiverged => "ERR_BRANCH_DIVERGED",
             Code::SandboxUnavailable => "ERR_SANDBOX_UNAVAILABLE",
+            Code::LedgerSecret => "ERR_LEDGER_SECRET",
         }
     }
 
@@ -224,7 +228,8 @@ impl Code {
             | Code::PackApprovalTimeout
             | Code::EvidenceInvalid
             | Code::BranchDiverged
-            | Code::SandboxUnavailable => 1,
+            | Code::SandboxUnavailable
+            | Code::LedgerSecret => 1,
             Code::PackInvalid
             | Code::PackInputInvalid
             | Code::PackNetworkBlocked

@@ -164,6 +164,32 @@ impl SshKey {
         }
     }
 
+    /// Every form of the private key that must never be shown or committed: the key file's
+    /// text, each of its base64 body lines, and the raw 32-byte seed in hex and base64.
+    pub fn secret_forms(&self) -> Vec<String> {
+        use base64::Engine as _;
+        let mut forms = Vec::new();
+        if let Ok(text) = self.key.to_openssh(LineEnding::LF) {
+            forms.extend(
+                text.lines()
+                    .filter(|l| !l.starts_with("-----") && l.trim().len() >= 16)
+                    .map(|l| l.trim().to_string()),
+            );
+            forms.push(text.trim_end().to_string());
+        }
+        let seed = self.signing_key().to_bytes();
+        forms.push(hex::encode(seed));
+        forms.push(hex::encode_upper(seed));
+        for engine in [
+            &base64::engine::general_purpose::STANDARD,
+            &base64::engine::general_purpose::STANDARD_NO_PAD,
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ] {
+            forms.push(engine.encode(seed));
+        }
+        forms
+    }
+
     /// An armored SSH signature of `msg` for `namespace`, byte for byte what
     /// `ssh-keygen -Y sign -n NAMESPACE` writes (sshsig v1, sha512).
     pub fn sign(&self, namespace: &str, msg: &[u8]) -> String {

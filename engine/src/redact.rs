@@ -1,6 +1,7 @@
 //! Secret redaction: every secret value, and its base64 and URL-encoded forms, becomes `***`
-//! before anything is written or printed. Owns the line splitter that keeps a secret split
-//! across output chunks from slipping through.
+//! before anything is written or printed, and so does every PEM/OpenSSH private key block,
+//! secret or not. Owns the line splitter that keeps a secret split across output chunks (or a
+//! key block across lines) from slipping through.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
@@ -58,8 +59,10 @@ impl Redactor {
         self.patterns.first().map_or(0, String::len)
     }
 
+    /// Masks private key blocks (`-----BEGIN … PRIVATE KEY-----` to its END line, or to the
+    /// end of the text), then every form of every secret.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
+        let mut out = mask_key_blocks(text);
         for p in self.patterns.iter() {
             if out.contains(p.as_str()) {
                 out = out.replace(p.as_str(), MASK);
@@ -68,11 +71,13 @@ impl Redactor {
         out
     }
 
-    /// Whether `bytes` hold any form of a secret.
+    /// Whether `bytes` hold any form of a secret, or a private key block.
     pub fn found_in(&self, bytes: &[u8]) -> bool {
-        self.patterns
-            .iter()
-            .any(|p| bytes.windows(p.len()).any(|w| w == p.as_bytes()))
+        private_key_in(bytes, &[]).is_some()
+            || self
+                .patterns
+                .iter()
+                .any(|p| bytes.windows(p.len()).any(|w| w == p.as_bytes()))
     }
 
     /// Redacts every string inside a JSON value (keys included).
@@ -90,20 +95,147 @@ impl Redactor {
     }
 }
 
+/// The longest private key marker line worth looking for (`-----BEGIN … PRIVATE KEY-----`).
+const MARKER_MAX: usize = 64;
+
+/// The first `-----BEGIN <LABEL>-----` (or END) marker in `s` whose label ends in
+/// `PRIVATE KEY` (OPENSSH, RSA, EC, ENCRYPTED, PKCS#8 …): its start and end.
+fn key_marker(s: &str, kind: &str) -> Option<(usize, usize)> {
+    let open = format!("-----{kind} ");
+    let mut from = 0;
+    while let Some(i) = s[from..].find(&open) {
+        let start = from + i;
+        let rest = &s[start + open.len()..];
+        let label = rest
+            .bytes()
+            .take_while(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b' ')
+            .count();
+        if rest[..label].ends_with("PRIVATE KEY") && rest[label..].starts_with("-----") {
+            return Some((start, start + open.len() + label + 5));
+        }
+        from = start + open.len();
+    }
+    None
+}
+
+/// `text` with every private key block replaced by `***` (an unterminated one to the end).
+fn mask_key_blocks(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some((begin, after)) = key_marker(rest, "BEGIN") {
+        out.push_str(&rest[..begin]);
+        out.push_str(MASK);
+        rest = match key_marker(&rest[after..], "END") {
+            Some((_, end)) => &rest[after + end..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether `bytes` hold a form of the runner key (`key_forms`).
+pub fn runner_key_in(bytes: &[u8], key_forms: &[String]) -> Option<&'static str> {
+    let text = String::from_utf8_lossy(bytes);
+    key_forms
+        .iter()
+        .any(|f| !f.is_empty() && text.contains(f.as_str()))
+        .then_some("holds the runner's private key")
+}
+
+/// Why `bytes` must never be committed: they hold a form of the runner key (`key_forms`,
+/// see `SshKey::secret_forms`), or a whole private key block of any kind.
+pub fn private_key_in(bytes: &[u8], key_forms: &[String]) -> Option<&'static str> {
+    if let Some(found) = runner_key_in(bytes, key_forms) {
+        return Some(found);
+    }
+    let text = String::from_utf8_lossy(bytes);
+    // A whole block: a script that merely looks for the BEGIN line is no key.
+    let (_, after) = key_marker(&text, "BEGIN")?;
+    key_marker(&text[after..], "END")
+        .map(|_| "holds a private key block (-----BEGIN … PRIVATE KEY----- to its END line)")
+}
+
 /// Splits a byte stream into redacted lines. A line longer than `max_line` is cut, but the
 /// cut never falls inside a possible secret: the tail that could begin one is held back.
 pub struct LineSplitter {
     buf: Vec<u8>,
     max_line: usize,
     redactor: Redactor,
+    /// Inside a private key block: every line is masked until its END line.
+    in_key: bool,
 }
 
 impl LineSplitter {
     pub fn new(redactor: Redactor, max_line: usize) -> LineSplitter {
         LineSplitter {
             buf: Vec::new(),
-            max_line: max_line.max(redactor.longest() * 2 + 16),
+            max_line: max_line.max(redactor.longest() * 2 + 16).max(MARKER_MAX * 4),
             redactor,
+            in_key: false,
+        }
+    }
+
+    /// One line (or a piece of an overlong one) out: key blocks masked as the stream goes,
+    /// whatever is outside them redacted.
+    fn mask(&mut self, line: &str) -> String {
+        let mut out = String::new();
+        let mut rest = line;
+        loop {
+            if self.in_key {
+                let Some((_, end)) = key_marker(rest, "END") else {
+                    if !out.ends_with(MASK) {
+                        out.push_str(MASK);
+                    }
+                    return out;
+                };
+                if !out.ends_with(MASK) {
+                    out.push_str(MASK);
+                }
+                self.in_key = false;
+                rest = &rest[end..];
+            } else {
+                let Some((begin, after)) = key_marker(rest, "BEGIN") else {
+                    out.push_str(&self.redactor.redact(rest));
+                    return out;
+                };
+                out.push_str(&self.redactor.redact(&rest[..begin]));
+                out.push_str(MASK);
+                self.in_key = true;
+                rest = &rest[after..];
+            }
+        }
+    }
+
+    /// Where to cut an overlong line near `at` (at most): never inside a possible secret or
+    /// a key marker, which then stay whole in the part held back.
+    fn safe_cut(&self, text: &str, at: usize) -> usize {
+        let mut cut = at;
+        loop {
+            let before = cut;
+            for p in self.redactor.patterns.iter().map(String::as_str).chain(["-----"]) {
+                // A secret matters only across the cut; a marker's dashes anywhere a marker
+                // begun there could still be running.
+                let marker = p == "-----";
+                let mut lo = cut.saturating_sub(if marker { MARKER_MAX } else { p.len() } - 1);
+                let mut hi = (cut + p.len() - 1).min(text.len());
+                while !text.is_char_boundary(lo) {
+                    lo -= 1;
+                }
+                while !text.is_char_boundary(hi) {
+                    hi += 1;
+                }
+                if let Some(start) = text[lo..hi]
+                    .match_indices(p)
+                    .map(|(i, _)| lo + i)
+                    .find(|&start| start < cut && (marker || start + p.len() > cut))
+                {
+                    cut = start;
+                }
+            }
+            if cut == before {
+                return cut;
+            }
         }
     }
 
@@ -113,18 +245,23 @@ impl LineSplitter {
         let mut lines = Vec::new();
         while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.buf.drain(..=nl).collect();
-            let text = String::from_utf8_lossy(&line[..line.len() - 1]);
-            lines.push(self.redactor.redact(text.trim_end_matches('\r')));
+            let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+            lines.push(self.mask(text.trim_end_matches('\r')));
         }
         if self.buf.len() > self.max_line {
-            // Redact what we hold, then keep back a tail long enough to hide a secret's prefix.
-            let text = self.redactor.redact(&String::from_utf8_lossy(&self.buf));
-            let keep = self.redactor.longest().saturating_sub(1);
-            let mut cut = text.len().saturating_sub(keep);
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
+            // Give out what we hold, but keep back a tail long enough to hide a secret's
+            // prefix or a key marker's.
+            let text = String::from_utf8_lossy(&self.buf).into_owned();
+            let keep = self.redactor.longest().saturating_sub(1).max(MARKER_MAX);
+            let mut at = text.len().saturating_sub(keep);
+            while !text.is_char_boundary(at) {
+                at -= 1;
             }
-            lines.push(text[..cut].to_string());
+            let cut = match self.safe_cut(&text, at) {
+                0 => at,
+                cut => cut,
+            };
+            lines.push(self.mask(&text[..cut]));
             self.buf = text.as_bytes()[cut..].to_vec();
         }
         lines
@@ -137,7 +274,7 @@ impl LineSplitter {
         }
         let text = String::from_utf8_lossy(&self.buf).into_owned();
         self.buf.clear();
-        Some(self.redactor.redact(&text))
+        Some(self.mask(&text))
     }
 }
 

@@ -16,6 +16,8 @@ pub struct Secrets {
     values: BTreeMap<String, String>,
     /// Where each value came from (`file` or `env`), recorded in evidence; never the value.
     sources: BTreeMap<String, &'static str>,
+    /// Values masked like secrets but never given to a step (the runner key's forms).
+    masked: Vec<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -101,8 +103,17 @@ impl Secrets {
         diags.into_result(s)
     }
 
+    /// Every value to mask: the secrets, then what `mask_also` added.
     pub fn values(&self) -> impl Iterator<Item = &str> {
-        self.values.values().map(String::as_str)
+        self.values
+            .values()
+            .map(String::as_str)
+            .chain(self.masked.iter().map(String::as_str))
+    }
+
+    /// Masks `values` too, without exporting them to steps (the runner key: defence in depth).
+    pub fn mask_also(&mut self, values: impl IntoIterator<Item = String>) {
+        self.masked.extend(values);
     }
 
     /// `(STELLA_SECRET_<NAME>, value)` pairs for a step's environment.

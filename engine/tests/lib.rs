@@ -7,4 +7,5 @@ mod examples;
 mod hash_properties;
 mod invalid_inputs;
 mod invalid_packs;
+mod key_defence;
 mod ssh_interop;

@@ -69,7 +69,8 @@ pub fn run(a: Args) -> Result<u8, Failure> {
     let root = repo::find_root(&a.repo)?;
     let config = repo::config_at_head(&root)?;
     let key = repo::load_key(&root, a.key.as_deref())?;
-    let ledger = repo::open_ledger(&root, &config)?;
+    let mut ledger = repo::open_ledger(&root, &config)?;
+    repair_at_start(&mut ledger, &key);
     let file_secrets = match &a.secrets {
         Some(p) => stella_engine::secrets::Secrets::from_file(p)?,
         None => Default::default(),
@@ -137,6 +138,36 @@ pub fn run(a: Args) -> Result<u8, Failure> {
         .build()
         .map_err(|e| Failure::one(Code::Io, format!("cannot start the runtime: {e}")))?;
     rt.block_on(main_loop(env, root, config.max_runs, a, remote))
+}
+
+/// Before anything else: the index and working tree made to agree with the branch tip for
+/// every runner path (a runner killed between moving the branch and updating the index
+/// leaves them stale), then any damage a person's commit did to runner files healed. Either
+/// failing is reported and the daemon goes on: neither blocks executing runs.
+fn repair_at_start(ledger: &mut stella_engine::ledger::Ledger, key: &stella_engine::keys::SshKey) {
+    match ledger.repair_worktree() {
+        Ok(fixed) => {
+            for r in fixed {
+                warn!(path = %r.path, what = %r.what, "index and working tree repaired at start");
+                say!("stella daemon: repaired {}: {}", r.path, r.what);
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot repair the index and working tree at start"),
+    }
+    match stella_engine::ledger::heal::heal(ledger, key) {
+        Ok(Some(h)) => {
+            warn!(commit = %h.commit, damaged_by = ?h.damaged_by, paths = ?h.paths, "ledger healed at start");
+            say!(
+                "stella daemon: ledger healed: {} runner file{} restored by {} after {}",
+                h.paths.len(),
+                if h.paths.len() == 1 { "" } else { "s" },
+                h.commit.to_hex_with_len(12),
+                h.damaged_by.join(", ")
+            );
+        }
+        Ok(None) => {}
+        Err(e) => warn!(error = %e, "cannot heal the ledger at start"),
+    }
 }
 
 /// How one piece of work on a run ended.

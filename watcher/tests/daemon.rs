@@ -233,7 +233,7 @@ fn finished_run() -> Repo {
 fn ledger_verify_finds_a_deleted_runner_file() {
     let r = finished_run();
     r.git(&["rm", "-q", "runs/r1/artifacts/greet/greeting"]);
-    r.commit_all("hide the evidence");
+    r.tamper("hide the evidence");
     verify_fails_naming(&r, "runs/r1/artifacts/greet/greeting", "deleted");
 }
 
@@ -242,7 +242,7 @@ fn ledger_verify_finds_rewritten_events() {
     let r = finished_run();
     let segment = r.event_file_with("r1", "run.succeeded");
     let events = r.at_head(&segment).unwrap().replace("succeeded", "failed");
-    r.write(&segment, &events).commit_all("rewrite history");
+    r.write(&segment, &events).tamper("rewrite history");
     verify_fails_naming(&r, &segment, "rewritten");
 }
 
@@ -252,7 +252,7 @@ fn ledger_verify_finds_an_append_by_someone_else() {
     let next = r.events("r1").len();
     let segment = format!("runs/r1/events/{next:012}.ndjson");
     let event = format!("{{\"seq\":{next},\"ts\":\"2026-01-01T00:00:00.000Z\",\"type\":\"run.succeeded\"}}\n");
-    r.write(&segment, &event).commit_all("append, unsigned");
+    r.write(&segment, &event).tamper("append, unsigned");
     verify_fails_naming(&r, &segment, "not a trusted runner commit");
 }
 

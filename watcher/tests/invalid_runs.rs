@@ -101,11 +101,11 @@ fn garbage_events_in_one_run_do_not_stop_the_daemon() {
 
 #[test]
 fn a_plan_json_that_is_not_the_runs_does_not_stop_the_daemon() {
+    // Written by hand beside the request, before any runner planned it (a runner's own
+    // plan.json, changed later, is damage the daemon heals at start instead).
     let r = with_a_broken_run(|r| {
-        r.daemon_once().ok();
-        assert_eq!(r.state("a"), "succeeded");
         r.write("runs/a/plan.json", "{\"planHash\": \"sha256:00\"}\n")
-            .commit_all("a plan.json by hand");
+            .tamper("a plan.json by hand");
     });
     let out = r.daemon_once();
     b_ran_and_a_was_skipped(&out, "runs/a/plan.json");

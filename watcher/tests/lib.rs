@@ -12,3 +12,4 @@ mod invalid_runs;
 mod output;
 mod pack_cli;
 mod run_local;
+mod worktree;

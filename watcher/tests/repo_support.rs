@@ -90,6 +90,14 @@ impl Repo {
         self
     }
 
+    /// Commits everything past the pre-commit hook (`--no-verify`): a person changing runner
+    /// files knowingly, which the hook would refuse.
+    pub fn tamper(&self, msg: &str) -> &Repo {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--no-verify", "-m", msg]);
+        self
+    }
+
     pub fn pack(&self, name: &str, manifest: &str) -> &Repo {
         self.write(&format!("packs/{name}/pack.yaml"), manifest);
         self.commit_all(&format!("add pack {name}"))

@@ -179,7 +179,7 @@ fn a_bundle_with_a_tampered_ledger_is_refused() {
     let (online, offline, _) = pair();
     let segment = online.event_file_with("r1", "run.succeeded");
     let events = online.at_head(&segment).unwrap().replace("succeeded", "failed");
-    online.write(&segment, &events).commit_all("rewrite the ledger");
+    online.write(&segment, &events).tamper("rewrite the ledger");
     let bundle = online.outside("tampered.bundle");
     online
         .stella(&["sync", "export", "-o", bundle.to_str().unwrap(), "--to", "x"])

@@ -4,8 +4,12 @@
 //! The only module besides `sync` that touches git.
 
 pub mod events;
+pub mod heal;
+mod repair;
 pub mod verify;
 mod worktree;
+
+pub use repair::Repaired;
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +31,8 @@ pub enum Error {
     Contended { branch: String, attempts: u32 },
     #[error("`{0}` is not a runner path; the runner only writes under runs/<run-id>/")]
     NotRunnerPath(String),
+    #[error("{path}: {what}; a private key is never committed (the file is not written)")]
+    PrivateKey { path: String, what: &'static str },
     #[error("{0}")]
     Io(String),
 }
@@ -35,6 +41,7 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::NotARepo { .. } | Error::NotRunnerPath(_) => Code::Usage,
+            Error::PrivateKey { .. } => Code::LedgerSecret,
             _ => Code::Io,
         }
     }
@@ -55,6 +62,11 @@ fn git<E: std::fmt::Display>(e: E) -> Error {
 /// Produces the armored SSH signature (namespace `git`) for a commit's bytes.
 pub trait CommitSigner {
     fn sign_commit(&self, payload: &[u8]) -> String;
+
+    /// Forms of the signer's private key that no commit may hold (see `SshKey::secret_forms`).
+    fn secret_forms(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// One file the runner writes: its repository path and full new content.
@@ -293,6 +305,24 @@ impl Ledger {
                 return Err(Error::NotRunnerPath(w.path.clone()));
             }
         }
+        let key = signer.secret_forms();
+        for w in writes {
+            // A plan is made of the pack's files, which the repository already holds: a key
+            // block written into a pack's script is no leak of the runner's, and refusing it
+            // would leave that run uncommittable for good. The runner key itself never passes.
+            let forms_only = w.path.ends_with("/plan.json");
+            let found = if forms_only {
+                crate::redact::runner_key_in(&w.bytes, &key)
+            } else {
+                crate::redact::private_key_in(&w.bytes, &key)
+            };
+            if let Some(what) = found {
+                return Err(Error::PrivateKey {
+                    path: w.path.clone(),
+                    what,
+                });
+            }
+        }
         const ATTEMPTS: u32 = 20;
         for attempt in 0..ATTEMPTS {
             let tip = self.tip()?;
@@ -352,6 +382,16 @@ impl Ledger {
             branch: self.branch().to_string(),
             attempts: ATTEMPTS,
         })
+    }
+
+    /// Makes the index and working tree agree with the branch tip for every runner path (what
+    /// a runner killed between moving the branch and updating the index leaves behind). Does
+    /// nothing when HEAD is another branch: then the index is not the ledger's.
+    pub fn repair_worktree(&self) -> Result<Vec<Repaired>, Error> {
+        match self.tip()? {
+            Some(tip) if self.head_is_branch() => repair::repair(&self.repo, &self.workdir, tip).map_err(Error::Io),
+            _ => Ok(Vec::new()),
+        }
     }
 
     /// Whether HEAD is the ledger branch (then the working tree shows what the runner commits).
@@ -417,5 +457,9 @@ fn first_line(s: &str) -> &str {
 impl CommitSigner for crate::keys::SshKey {
     fn sign_commit(&self, payload: &[u8]) -> String {
         self.sign("git", payload)
+    }
+
+    fn secret_forms(&self) -> Vec<String> {
+        crate::keys::SshKey::secret_forms(self)
     }
 }

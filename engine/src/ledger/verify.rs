@@ -3,6 +3,8 @@
 //! cancel files people write) must be signed by a key that `.stella/allowed_signers` trusts
 //! for namespace `git`; runner files may be added, and `events.ndjson` may grow by appending,
 //! but nothing is ever rewritten or deleted; every `plan.json` must match its own hash.
+//! A runner file a person changed or deleted is damage: healed once a later trusted runner
+//! commit restores its earlier content (see `heal` and docs/ledger.md), a problem until then.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +29,32 @@ pub struct Report {
     pub runner_commits: usize,
     pub runs: usize,
     pub problems: Vec<Problem>,
+    /// Runner files changed or deleted outside a trusted runner commit, healed or not (an
+    /// unhealed one is also among `problems`).
+    pub damages: Vec<Damage>,
+}
+
+/// A runner file that an untrusted commit changed or deleted, and the trusted runner commit
+/// that restored it, if one has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Damage {
+    pub commit: String,
+    pub author: String,
+    pub path: String,
+    pub message: String,
+    pub healed_by: Option<String>,
+    /// The file's content before the first damage: what healing writes back.
+    #[serde(skip)]
+    pub restore: ObjectId,
+}
+
+/// A damaged runner file not healed yet: its content before the first damage, its content
+/// after the latest, and its damages (indexes into `Report::damages`).
+struct Open {
+    good: ObjectId,
+    damaged: Option<ObjectId>,
+    damages: Vec<usize>,
 }
 
 /// The `runs` tree of a commit, if any.
@@ -191,6 +219,7 @@ pub fn verify_at(ledger: &Ledger, tip: ObjectId) -> Result<Report, Error> {
     let mut report = Report::default();
     let history = ledger.history_of(tip)?;
     let mut runs = std::collections::BTreeSet::new();
+    let mut open: BTreeMap<String, Open> = BTreeMap::new();
     for &commit in &history {
         report.commits += 1;
         let parents = ledger.parents(commit)?;
@@ -218,9 +247,9 @@ pub fn verify_at(ledger: &Ledger, tip: ObjectId) -> Result<Report, Error> {
                 message,
             });
         };
-        for (path, old, new) in &diff {
+        for (path, old, new) in diff {
             // A merge brings in what another parent already had: that was checked in its history.
-            if parents.len() > 1 && new.is_some() && merged_from_other_parent(ledger, &parents[1..], path, *new)? {
+            if parents.len() > 1 && new.is_some() && merged_from_other_parent(ledger, &parents[1..], &path, new)? {
                 continue;
             }
             if path.ends_with("/request.yaml") {
@@ -232,18 +261,83 @@ pub fn verify_at(ledger: &Ledger, tip: ObjectId) -> Result<Report, Error> {
                 };
                 if planned && old.is_some() {
                     problem(
-                        path,
+                        &path,
                         "request changed after its run was planned (requests are immutable)".into(),
                     );
                 }
                 continue;
             }
-            changed.push(path.clone());
             if let Some(run) = path.split('/').nth(1) {
                 runs.insert(run.to_string());
             }
-            if let (Some((run, name)), None, Some(id)) = (segment_of(path), old, new) {
-                added.entry(run.to_string()).or_default().push((name.to_string(), *id));
+            if let (Some((run, name)), None, Some(id)) = (segment_of(&path), old, new) {
+                added.entry(run.to_string()).or_default().push((name.to_string(), id));
+            }
+            changed.push((path, old, new));
+        }
+        if changed.is_empty() && open.is_empty() {
+            continue;
+        }
+        if !changed.is_empty() {
+            report.runner_commits += 1;
+        }
+        // Trust comes from before the commit: a commit cannot vouch for itself.
+        let trust_from = parents.first().copied().unwrap_or(commit);
+        let verdict = signers_at(ledger, trust_from).and_then(|signers| signer(ledger, commit, &signers).map(|_| ()));
+        let mut healed_here = Vec::new();
+        if verdict.is_ok() {
+            for (path, o) in &open {
+                let now = blob_at(ledger, commit, path)?;
+                if restores(ledger, path, o, now) {
+                    for &i in &o.damages {
+                        report.damages[i].healed_by = Some(short.clone());
+                    }
+                    healed_here.push(path.clone());
+                }
+            }
+            for path in &healed_here {
+                open.remove(path);
+            }
+        }
+        for (path, old, new) in &changed {
+            if healed_here.contains(path) {
+                continue;
+            }
+            if let (Err(why), Some(was)) = (&verdict, old) {
+                let what = match new {
+                    None => "runner file deleted".to_string(),
+                    Some(new) if path.ends_with("/events.ndjson") => {
+                        if blob(ledger, *new).starts_with(&blob(ledger, *was)) {
+                            "events appended".into()
+                        } else {
+                            "events rewritten (events.ndjson may only grow by appending)".into()
+                        }
+                    }
+                    Some(_) => "runner file rewritten".into(),
+                };
+                let o = open.entry(path.clone()).or_insert(Open {
+                    good: *was,
+                    damaged: None,
+                    damages: Vec::new(),
+                });
+                o.damaged = *new;
+                o.damages.push(report.damages.len());
+                report.damages.push(Damage {
+                    commit: short.clone(),
+                    author: author(ledger, commit),
+                    path: path.clone(),
+                    message: format!("{what} in a commit that is not a trusted runner commit: {why}"),
+                    healed_by: None,
+                    restore: o.good,
+                });
+                continue;
+            }
+            if verdict.is_ok() && open.contains_key(path) {
+                problem(
+                    path,
+                    "a damaged runner file written again without its earlier content (run `stella ledger heal`)".into(),
+                );
+                continue;
             }
             match (old, new) {
                 (Some(_), None) => problem(path, "runner file deleted".into()),
@@ -253,46 +347,52 @@ pub fn verify_at(ledger: &Ledger, tip: ObjectId) -> Result<Report, Error> {
                         "events rewritten (events.ndjson may not change once the run has events segments)".into(),
                     );
                 }
-                (Some(old), Some(new)) if path.ends_with("/events.ndjson") => {
-                    let old_bytes = ledger.repo.find_blob(*old).map(|b| b.data.clone()).unwrap_or_default();
-                    let new_bytes = ledger.repo.find_blob(*new).map(|b| b.data.clone()).unwrap_or_default();
-                    if !new_bytes.starts_with(&old_bytes) {
-                        problem(
-                            path,
-                            "events rewritten (events.ndjson may only grow by appending)".into(),
-                        );
-                    }
+                (Some(old), Some(new))
+                    if path.ends_with("/events.ndjson") && !blob(ledger, *new).starts_with(&blob(ledger, *old)) =>
+                {
+                    problem(
+                        path,
+                        "events rewritten (events.ndjson may only grow by appending)".into(),
+                    );
                 }
+                (Some(_), Some(_)) if path.ends_with("/events.ndjson") => {}
                 (Some(_), Some(_)) => problem(path, "runner file rewritten".into()),
                 (None, Some(id)) if path.ends_with("/plan.json") => {
-                    let text = ledger.repo.find_blob(*id).map(|b| b.data.clone()).unwrap_or_default();
+                    let text = blob(ledger, *id);
                     if let Err(e) = crate::plan::Plan::from_plan_json(&String::from_utf8_lossy(&text)) {
                         problem(path, format!("plan.json does not match its hash: {e}"));
                     }
                 }
                 _ => {}
             }
-        }
-        for (run, segments) in &added {
-            for (path, message) in check_segments(ledger, parents.first().copied(), run, segments)? {
-                problem(&path, message);
-            }
-        }
-        if changed.is_empty() {
-            continue;
-        }
-        report.runner_commits += 1;
-        // Trust comes from before the commit: a commit cannot vouch for itself.
-        let trust_from = parents.first().copied().unwrap_or(commit);
-        let verdict = signers_at(ledger, trust_from).and_then(|signers| signer(ledger, commit, &signers).map(|_| ()));
-        if let Err(why) = verdict {
-            for path in changed {
+            if let Err(why) = &verdict {
                 problem(
-                    &path,
+                    path,
                     format!("runner file changed in a commit that is not a trusted runner commit: {why}"),
                 );
             }
         }
+        for (run, segments) in &added {
+            // A segment put back by a heal is checked by `restores`, not as a new one.
+            let fresh: Vec<(String, ObjectId)> = segments
+                .iter()
+                .filter(|(name, _)| !healed_here.contains(&format!("runs/{run}/events/{name}")))
+                .cloned()
+                .collect();
+            for (path, message) in check_segments(ledger, parents.first().copied(), run, &fresh)? {
+                problem(&path, message);
+            }
+        }
+    }
+    for d in report.damages.iter().filter(|d| d.healed_by.is_none()) {
+        report.problems.push(Problem {
+            commit: d.commit.clone(),
+            path: d.path.clone(),
+            message: format!(
+                "{}; run `stella ledger heal` to restore the runner's content",
+                d.message
+            ),
+        });
     }
     report.runs = runs.len();
     Ok(report)
@@ -381,6 +481,51 @@ fn check_segments(
         before.push((seq, id));
     }
     Ok(problems)
+}
+
+/// A blob's bytes (empty when it cannot be read).
+fn blob(ledger: &Ledger, id: ObjectId) -> Vec<u8> {
+    ledger.repo.find_blob(id).map(|b| b.data.clone()).unwrap_or_default()
+}
+
+/// The blob at `path` in `commit`, if it is a file there.
+fn blob_at(ledger: &Ledger, commit: ObjectId, path: &str) -> Result<Option<ObjectId>, Error> {
+    let tree = ledger
+        .repo
+        .find_commit(commit)
+        .map_err(super::git)?
+        .tree()
+        .map_err(super::git)?;
+    Ok(tree
+        .lookup_entry_by_path(path)
+        .map_err(super::git)?
+        .filter(|e| e.mode().is_blob())
+        .map(|e| e.oid().to_owned()))
+}
+
+/// Whether `now` restores a damaged file: exactly its content before the damage, or, for
+/// events, a runner's continuation of it that does not carry what the damage appended.
+fn restores(ledger: &Ledger, path: &str, o: &Open, now: Option<ObjectId>) -> bool {
+    let Some(now) = now else { return false };
+    if now == o.good {
+        return true;
+    }
+    if !path.ends_with("/events.ndjson") || Some(now) == o.damaged {
+        return false;
+    }
+    let (good, now) = (blob(ledger, o.good), blob(ledger, now));
+    let appended = o.damaged.map(|d| blob(ledger, d)).filter(|d| d.starts_with(&good));
+    now.starts_with(&good) && !appended.is_some_and(|d| now.starts_with(&d))
+}
+
+/// Who wrote a commit (`name <email>`).
+fn author(ledger: &Ledger, commit: ObjectId) -> String {
+    ledger
+        .repo
+        .find_commit(commit)
+        .ok()
+        .and_then(|c| c.author().ok().map(|a| format!("{} <{}>", a.name, a.email)))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

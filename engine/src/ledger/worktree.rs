@@ -14,35 +14,14 @@ use super::FileWrite;
 /// under the index lock (the same `index.lock` git takes, so neither side loses an update).
 pub fn sync(repo: &gix::Repository, workdir: &Path, writes: &[FileWrite], blobs: &[ObjectId]) -> Result<(), String> {
     let index_path = repo.index_path();
-    let owner = repo.git_dir().join("stella").join("index-lock-owner");
-    let mut lock = acquire(&index_path, &owner)?;
-    // Declared after the lock, dropped before it: the mark goes with the lock, whatever happens.
-    let _mark = OwnerMark(owner.clone());
+    let (lock, _mark) = lock_index(repo)?;
     for w in writes {
-        let dest = workdir.join(&w.path);
-        if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-        let tmp = dest.with_extension("stella-tmp");
-        std::fs::write(&tmp, &w.bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+        write_file(&workdir.join(&w.path), &w.bytes)?;
     }
-    let mut index = if index_path.exists() {
-        gix::index::File::at(
-            &index_path,
-            repo.object_hash(),
-            false,
-            gix::index::decode::Options::default(),
-        )
-        .map_err(|e| format!("cannot read the index: {e}"))?
-    } else {
-        gix::index::File::from_state(gix::index::State::new(repo.object_hash()), index_path.clone())
-    };
+    let mut index = read_index(repo, &index_path)?;
     let mut pushed = false;
     for (w, id) in writes.iter().zip(blobs) {
-        let meta = gix::index::fs::Metadata::from_path_no_follow(&workdir.join(&w.path))
-            .map_err(|e| format!("{}: {e}", w.path))?;
-        let stat = gix::index::entry::Stat::from_fs(&meta).map_err(|e| format!("{}: {e}", w.path))?;
+        let stat = stat_of(&workdir.join(&w.path))?;
         let path: &BStr = w.path.as_str().into();
         match index.entry_mut_by_path_and_stage(path, gix::index::entry::Stage::Unconflicted) {
             Some(entry) => {
@@ -65,6 +44,39 @@ pub fn sync(repo: &gix::Repository, workdir: &Path, writes: &[FileWrite], blobs:
     if pushed {
         index.sort_entries();
     }
+    write_index(index, lock)
+}
+
+/// Takes the index lock and marks it as this process's (see `acquire`). Keep the mark no
+/// longer than the lock: bind the lock first, so the mark is dropped before it.
+pub(super) fn lock_index(repo: &gix::Repository) -> Result<(IndexLock, OwnerMark), String> {
+    let owner = repo.git_dir().join("stella").join("index-lock-owner");
+    let lock = acquire(&repo.index_path(), &owner)?;
+    Ok((lock, OwnerMark(owner)))
+}
+
+pub(super) type IndexLock = std::io::BufWriter<gix::lock::File>;
+
+/// The index as it is on disk (an empty one when there is none yet).
+pub(super) fn read_index(repo: &gix::Repository, index_path: &Path) -> Result<gix::index::File, String> {
+    if index_path.exists() {
+        gix::index::File::at(
+            index_path,
+            repo.object_hash(),
+            false,
+            gix::index::decode::Options::default(),
+        )
+        .map_err(|e| format!("cannot read the index: {e}"))
+    } else {
+        Ok(gix::index::File::from_state(
+            gix::index::State::new(repo.object_hash()),
+            index_path.to_path_buf(),
+        ))
+    }
+}
+
+/// Writes `index` through the lock and puts it in place.
+pub(super) fn write_index(mut index: gix::index::File, mut lock: IndexLock) -> Result<(), String> {
     // The cached tree extension would describe directories as they were; drop it (git rebuilds it).
     index.remove_tree();
     index
@@ -78,8 +90,24 @@ pub fn sync(repo: &gix::Repository, workdir: &Path, writes: &[FileWrite], blobs:
     Ok(())
 }
 
+/// Replaces a working tree file atomically (a temporary file beside it, then rename).
+pub(super) fn write_file(dest: &Path, bytes: &[u8]) -> Result<(), String> {
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let tmp = dest.with_extension("stella-tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, dest).map_err(|e| format!("{}: {e}", dest.display()))
+}
+
+/// The index entry's stat for a file as it is now.
+pub(super) fn stat_of(path: &Path) -> Result<gix::index::entry::Stat, String> {
+    let meta = gix::index::fs::Metadata::from_path_no_follow(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    gix::index::entry::Stat::from_fs(&meta).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Removes the lock owner's mark when the lock is given up.
-struct OwnerMark(std::path::PathBuf);
+pub(super) struct OwnerMark(std::path::PathBuf);
 
 impl Drop for OwnerMark {
     fn drop(&mut self) {

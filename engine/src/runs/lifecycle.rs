@@ -341,7 +341,7 @@ fn carry(
                 prior = journal::read_for_state(&env.git_dir, id).map_err(Error::Journal)?;
             }
             let file_secrets = &env.file_secrets;
-            let secrets = match Secrets::for_plan(&plan, file_secrets, |k| std::env::var(k).ok()) {
+            let mut secrets = match Secrets::for_plan(&plan, file_secrets, |k| std::env::var(k).ok()) {
                 Ok(s) => s,
                 Err(d) => return refuse_run(env, id, &journal, &prior, &sink, Refusal::from(d)),
             };
@@ -360,6 +360,8 @@ fn carry(
                     .filter_map(|d| secrets.source(&d.name).map(|s| (d.name.clone(), s.to_string())))
                     .collect();
             }
+            // The runner key never reaches a step; should a step print it anyway, it is masked.
+            secrets.mask_also(env.key.secret_forms());
             cfg.secrets = secrets;
             cfg.max_steps = config.max_steps;
             cfg.artifact_bytes = config.artifact_bytes;

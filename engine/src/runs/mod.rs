@@ -182,7 +182,13 @@ fn read_run(ledger: &Ledger, tip: ObjectId, v: &mut RunView, for_state: bool) ->
         // The legacy single file must be a regular file (segments are checked as they are read).
         read("events.ndjson")?;
     }
-    let events_file = format!("{dir}/events");
+    // Problems are named by the file that holds the events: the legacy single file, or the
+    // segments' directory.
+    let events_file = if present("events") {
+        format!("{dir}/events/")
+    } else {
+        format!("{dir}/events.ndjson")
+    };
     let ledger_bytes = ledger
         .run_events(tip, &id)
         .map_err(|e| unreadable(&events_file, e))?

@@ -1,5 +1,6 @@
 //! `stella doctor`: checks that this machine and repository are ready for Stella, and says
-//! how to fix what is not (tools, configuration, signers, runner key, watch limits).
+//! how to fix what is not (tools, configuration, signers, runner key, pre-commit hook, watch
+//! limits).
 
 use std::path::Path;
 use std::process::Command;
@@ -165,6 +166,13 @@ pub fn doctor(repo_dir: &Path, key: Option<&Path>) -> Result<u8, Failure> {
             }
         }
         Err(f) => say(Level::Fail, super::describe(&f)),
+    }
+    match super::hook::problem(&repo::git_dir(&root)) {
+        None => say(
+            Level::Ok,
+            "pre-commit hook installed (refuses commits that change runner files)".into(),
+        ),
+        Some(why) => say(Level::Warn, why),
     }
     match std::fs::read_to_string(root.join(APPROVERS_PATH)).map(|t| Approvers::parse(APPROVERS_PATH, &t)) {
         Ok(Ok(a)) => {

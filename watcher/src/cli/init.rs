@@ -1,12 +1,13 @@
-//! `stella init [DIR]`: scaffold a repository for Stella. Creates what is missing and never
-//! overwrites a file, so running it twice changes nothing.
+//! `stella init [DIR]`: scaffold a repository for Stella, and install the `pre-commit` hook
+//! that keeps people's commits off runner files. Creates what is missing and never
+//! overwrites a file (nor a hook of someone else's), so running it twice changes nothing.
 
 use std::path::Path;
 
 use stella_engine::Code;
 use stella_engine::keys::SshKey;
 
-use super::{Failure, repo};
+use super::{Failure, hook, repo};
 
 const CONFIG: &str = "# Stella repository policy (see docs/). Everything here is optional.\nbranch: main                 # the branch whose commits are executed\nsealed: false                # true: steps get no network\nnetwork: { allow: [] }       # hosts a step may declare in sealed mode\nlimits: { maxRuns: 4, maxSteps: 0, artifactBytes: 10485760, logBytes: 8388608 }   # maxSteps 0 = number of cores; logBytes per step\ncommit: { batchMs: 2000 }    # how often the runner may commit progress of a running run\n";
 const APPROVERS: &str = "# Who may approve which gates: grant -> principals (names in .stella/allowed_signers).\ngrants:\n  Packs.Approve: []\n";
@@ -79,6 +80,26 @@ pub fn init(dir: &Path, key: Option<&Path>) -> Result<u8, Failure> {
         };
         write_replace(&signers, &format!("{existing}{sep}{header}{line}"))?;
         created.push(".stella/allowed_signers (runner key added)".to_string());
+    }
+    match hook::install(&dir.join(".git")) {
+        Ok(hook::Installed::Written(path)) => {
+            created.push(format!("{} (refuses commits that change runner files)", path.display()))
+        }
+        Ok(hook::Installed::Present) => {}
+        Ok(hook::Installed::Beside { existing, ours }) => println!(
+            "warn: {} already exists and is not Stella's; left as it is. Stella's hook (refuses commits that change runner files) is at {}: call it from yours (`\"$(git rev-parse --git-dir)/hooks/pre-commit.stella\" || exit 1`)",
+            existing.display(),
+            ours.display()
+        ),
+        Err(e) => {
+            return Err(Failure::one(
+                Code::Io,
+                format!(
+                    "cannot install the pre-commit hook in {}: {e}",
+                    dir.join(".git/hooks").display()
+                ),
+            ));
+        }
     }
     if created.is_empty() {
         println!("{} is already set up; nothing changed", dir.display());

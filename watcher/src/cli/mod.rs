@@ -4,6 +4,7 @@
 mod approve;
 mod doctor;
 mod evidence;
+mod hook;
 pub mod init;
 mod ledger;
 mod pack;
@@ -195,6 +196,14 @@ enum LedgerCommand {
         repo: PathBuf,
         #[arg(long)]
         json: bool,
+    },
+    /// Restore runner files a person's commit changed or deleted, as one signed runner commit
+    Heal {
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// The runner key (default: STELLA_RUNNER_KEY, else .git/stella/runner_ed25519)
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
 }
 
@@ -424,6 +433,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         }) => evidence::verify(&target, allowed_signers.as_deref(), &repo, json),
         Command::Runs(RunsCommand::Cancel { run, repo, reason }) => runs::cancel(&repo, &run, reason.as_deref()),
         Command::Ledger(LedgerCommand::Verify { repo, json }) => ledger::verify(&repo, json),
+        Command::Ledger(LedgerCommand::Heal { repo, key }) => ledger::heal(&repo, key.as_deref()),
         Command::Daemon(a) => crate::daemon::run(crate::daemon::Args {
             repo: a.repo,
             once: a.once,
