@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value as Json, json};
 
+use crate::chaos::{self, Action, Point};
 use crate::code::Code;
 use crate::event::{Emitter, Event, EventSink};
 use crate::expr::{self, Flavor};
@@ -49,6 +50,8 @@ pub struct ExecConfig {
     /// Sealed mode: a step that declares no host runs in a network namespace of its own with
     /// only loopback (DESIGN section 9).
     pub sealed: bool,
+    /// Chaos hooks (`stella daemon --chaos`): faults injected at the step points.
+    pub chaos: Option<Arc<crate::chaos::Chaos>>,
 }
 
 impl ExecConfig {
@@ -67,6 +70,7 @@ impl ExecConfig {
             cancel: CancelToken::new(),
             base_env: base_env(),
             sealed: false,
+            chaos: None,
         }
     }
 }
@@ -238,6 +242,31 @@ struct Runner<'a> {
 impl Runner<'_> {
     fn emit(&self, e: Event) {
         self.emitter.emit(e);
+    }
+
+    /// A chaos hook: the action a rule fires here, recorded as `pack.chaos.injected` before it
+    /// happens. A kill is synced to the journal and done here, except as the step starts
+    /// (`after-step-start`), where the caller arms it on the step's process.
+    fn chaos(&self, at: Point, s: &PlanStep) -> Option<Action> {
+        let ctx = chaos::Ctx {
+            run: Some(&self.cfg.run_id),
+            step: Some(&s.id),
+        };
+        let inj = self.cfg.chaos.as_ref()?.point(at, ctx)?;
+        self.emit(inj.event(Some(&s.id)));
+        if inj.action == Action::KillRunner {
+            self.emitter.sync();
+            if at != Point::AfterStepStart {
+                chaos::kill_runner();
+            }
+        }
+        Some(inj.action)
+    }
+
+    /// A run step's final end is recorded: the `after-step-end` hook.
+    fn ended(&self, s: &PlanStep, res: Res) -> Res {
+        self.chaos(Point::AfterStepEnd, s);
+        res
     }
 
     fn run(&self, files: &PackFiles) -> Outcome {
@@ -507,6 +536,11 @@ impl Runner<'_> {
         let mut attempt = prior_attempts;
         loop {
             attempt += 1;
+            if let Some(Action::Pause { ms }) = self.chaos(Point::BeforeStepStart, s)
+                && token.sleep(Duration::from_millis(ms)).is_some()
+            {
+                return self.stopped(s, token);
+            }
             if let Err(e) = self.verify_pack() {
                 return self.fail(s, e, attempt);
             }
@@ -524,6 +558,7 @@ impl Runner<'_> {
             let t0 = Instant::now();
             let result = self.attempt(s, item, attempt, &step_token);
             drop(permit);
+            self.chaos(Point::BeforeStepEnd, s);
             let ms = t0.elapsed().as_millis() as u64;
             match result {
                 Ok((outputs, artifacts, exit)) => {
@@ -541,7 +576,7 @@ impl Runner<'_> {
                             .unwrap_or_else(|p| p.into_inner())
                             .insert(s.id.clone(), o);
                     }
-                    return Res::Ok;
+                    return self.ended(s, Res::Ok);
                 }
                 Err(Attempt::Stopped) if token.stop().is_some() => return self.stopped(s, token),
                 Err(Attempt::Stopped) => {
@@ -555,7 +590,7 @@ impl Runner<'_> {
                     if attempt < max && !self.retry(s, attempt, &e, retries.backoff_ms, token) {
                         return self.stopped(s, token);
                     } else if attempt >= max {
-                        return self.fail(s, e, attempt);
+                        return self.ended(s, self.fail(s, e, attempt));
                     }
                 }
                 Err(Attempt::Failed(e)) => {
@@ -565,7 +600,7 @@ impl Runner<'_> {
                             return self.stopped(s, token);
                         }
                     } else {
-                        return self.fail(s, e, attempt);
+                        return self.ended(s, self.fail(s, e, attempt));
                     }
                 }
             }
@@ -597,6 +632,9 @@ impl Runner<'_> {
             .ok_or_else(|| Attempt::Failed(StepError::new(Code::StepFailed, "run step without run")))?;
         let redactor = self.emitter.redactor();
         if run.uses == "builtin:bundle.ingest" {
+            if self.chaos(Point::AfterStepStart, s) == Some(Action::KillRunner) {
+                chaos::kill_runner();
+            }
             let path = self
                 .text(run.path.as_ref().expect("ingest has a path"), item)
                 .map_err(Attempt::Failed)?;
@@ -690,6 +728,11 @@ impl Runner<'_> {
         let sealed = self.cfg.sealed && s.network.is_empty();
         if sealed {
             process::loopback_only(&mut cmd);
+        }
+        match self.chaos(Point::AfterStepStart, s) {
+            Some(Action::KillRunner) => chaos::kill_runner_on_spawn(&mut cmd),
+            Some(Action::DropNetwork) if !sealed => process::loopback_only(&mut cmd),
+            _ => {}
         }
         let end = process::run(cmd, &s.id, token, self.cfg.kill_grace, self.emitter);
         let result = match end {

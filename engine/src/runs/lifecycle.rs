@@ -40,6 +40,8 @@ pub struct Environment {
     pub kill_grace: Duration,
     /// Runs this runner must not write any more: another runner took over their claim.
     pub fenced: Mutex<std::collections::HashSet<String>>,
+    /// Chaos hooks (`--chaos FILE`), handed to the executor and the gates.
+    pub chaos: Option<Arc<crate::chaos::Chaos>>,
 }
 
 impl Environment {
@@ -237,12 +239,17 @@ pub fn process(
                 .and_then(|e| e.get("trustCommit").and_then(|v| v.as_str()))
                 .and_then(|h| ObjectId::from_hex(h.as_bytes()).ok())
                 .unwrap_or(tip);
-            let gates = RepoGates {
+            let repo_gates = RepoGates {
                 env,
                 run: id,
                 plan: &plan,
                 plan_hash: plan.hash(),
                 trust_commit,
+            };
+            let gates = crate::chaos::Gates {
+                inner: &repo_gates,
+                chaos: env.chaos.as_deref(),
+                run: id,
             };
             if need == Need::Waiting {
                 // Resume only when the gate's answer changed; new verdicts are recorded either way.
@@ -312,6 +319,7 @@ pub fn process(
             cfg.artifact_bytes = config.artifact_bytes;
             cfg.kill_grace = env.kill_grace;
             cfg.cancel = cancel;
+            cfg.chaos = env.chaos.clone();
             let outcome = exec::execute(&plan, &files, &prior, &cfg, &gates, vec![&sink as &dyn EventSink]);
             // The terminal event was committed by the sink; make sure nothing is left behind.
             let all = journal::read(&env.git_dir, id).map_err(Error::Journal)?;

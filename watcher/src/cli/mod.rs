@@ -224,6 +224,9 @@ struct DaemonArgs {
     /// How long a runner's claim on a run holds without renewal
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     lease: std::time::Duration,
+    /// Inject faults from this runner-local YAML file (kills, pauses, network drops, approval delays)
+    #[arg(long, value_name = "FILE")]
+    chaos: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -411,6 +414,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
             kill_grace: a.kill_grace,
             remote: a.remote,
             lease: a.lease,
+            chaos: a.chaos,
         }),
         Command::Pack(PackCommand::Validate { pack, json }) => pack::validate(&pack, json),
         Command::Pack(PackCommand::Plan(a)) => pack::plan(&a.pack, a.inputs.as_deref(), a.json),
