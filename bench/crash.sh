@@ -23,6 +23,7 @@
 #   crash: N points, L lost, D concurrent duplicates, V verify failures, F fsck errors
 # exiting 1 when any of L, D, V, F is not 0.
 # Usage: bench/crash.sh [--points N]   (default 20; 100 is the acceptance figure; 5 is quick)
+# CRASH_KEEP=1 keeps the scratch directory (repositories, marks, daemon log) for a look.
 # Needs bash, git, python3, ssh-keygen, flock (and cargo, unless STELLA_BIN names a built stella).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +48,7 @@ cleanup() {
   if [[ -n $daemon_pid ]]; then kill -KILL "$daemon_pid" 2> /dev/null || true; fi
   # Steps that outlived a killed runner may still write here for a moment.
   sleep 1
-  rm -rf "$work"
+  if [[ -n ${CRASH_KEEP:-} ]]; then echo "crash: kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
@@ -101,7 +102,7 @@ spec:
         maxParallel: 2
         steps:
           - { id: lint, run: { uses: builtin:shell, with: { script: "bash mark.sh lint 0.4" } } }
-          - { id: test, run: { uses: builtin:shell, with: { script: "bash mark.sh test 0.6" } } }
+          - { id: test, run: { uses: builtin:shell, with: { script: "bash mark.sh test 2" } } }
           - id: scan
             outputs: { findings: findings.txt }
             run: { uses: builtin:shell, with: { script: "bash mark.sh scan 0.2; echo none > findings.txt" } }
@@ -137,7 +138,11 @@ push_admin() {
   exit 2
 }
 approve() {
-  "$stella" approve "$1" --gate go --key "$work/alice" --repo "$admin" > /dev/null
+  local out
+  out=$("$stella" approve "$1" --gate go --key "$work/alice" --repo "$admin" 2>&1) || {
+    echo "crash: cannot approve $1: $out" >&2
+    exit 2
+  }
 }
 # Two new runs; the one with an even number is approved before it reaches the gate.
 request_more() {
@@ -155,7 +160,7 @@ request_more() {
   for id in "${ids[@]}"; do
     if ((10#${id#c} % 2 == 0)); then approve "$id"; fi
   done
-  git -C "$admin" add approvals
+  git -C "$admin" add -A
   git -C "$admin" commit -q --allow-empty -m "approve what is ready"
   push_admin
 }
@@ -185,7 +190,7 @@ survey() {
     esac
   done
   if ((approved)); then
-    git -C "$admin" add approvals
+    git -C "$admin" add -A
     git -C "$admin" commit -q -m "alice approves the waiting runs"
     push_admin
   fi
@@ -194,10 +199,13 @@ survey() {
 # --- the kill loop --------------------------------------------------------------------------
 chaos_points=(before-step-start after-step-start before-step-end after-step-end
   between-branch-move-and-index-update mid-commit mid-push)
+# The daemon in the background, disowned: bash would otherwise report each SIGKILL it takes.
 start_daemon() {
   "$stella" daemon --repo "$runner" --remote origin --poll 1s "$@" >> "$work/daemon.log" 2>&1 &
   daemon_pid=$!
+  disown "$daemon_pid"
 }
+gone() { ! kill -0 "$daemon_pid" 2> /dev/null; }
 request_more
 request_more
 exercised=0
@@ -213,20 +221,24 @@ for ((i = 1; i <= 2 * points; i++)); do
       "$i" "$point" "$((RANDOM % 2))" > "$work/chaos.yaml"
     start_daemon --chaos "$work/chaos.yaml"
     deadline=$(($(date +%s) + 10))
-    while kill -0 "$daemon_pid" 2> /dev/null && (($(date +%s) < deadline)); do sleep 0.05; done
-    if kill -0 "$daemon_pid" 2> /dev/null; then
+    until gone || (($(date +%s) >= deadline)); do sleep 0.05; done
+    # Only a kill ends a watching daemon (nothing else stops it before the deadline).
+    if gone; then
+      exercised=$((exercised + 1))
+    else
       unreached+=("$point")
       kill -TERM "$daemon_pid"
+      until gone; do sleep 0.05; done
     fi
   else
+    start_daemon
     sleep "$(python3 -c 'import random; print(random.uniform(0, 2))')"
     kill -KILL "$daemon_pid" 2> /dev/null || true
+    until gone; do sleep 0.02; done
+    exercised=$((exercised + 1))
   fi
-  status=0
-  wait "$daemon_pid" || status=$?
   daemon_pid=
   echo "$t0 $(now)" >> "$lives"
-  if ((status == 137)); then exercised=$((exercised + 1)); fi
 done
 
 # --- finish every run -----------------------------------------------------------------------
@@ -234,10 +246,7 @@ for ((round = 1; round <= 30; round++)); do
   survey
   ((unfinished == 0)) && break
   t0=$(now)
-  start_daemon --once
-  status=0
-  wait "$daemon_pid" || status=$?
-  daemon_pid=
+  "$stella" daemon --repo "$runner" --remote origin --once >> "$work/daemon.log" 2>&1 || true
   echo "$t0 $(now)" >> "$lives"
 done
 # Let steps that outlived their runner end before their marks are read.
