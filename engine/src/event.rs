@@ -81,6 +81,11 @@ impl Event {
 /// Where emitted events go. Called with events in sequence order, one at a time.
 pub trait EventSink: Send + Sync {
     fn accept(&self, event: &Event) -> std::io::Result<()>;
+
+    /// Forces what was accepted to stable storage (before the runner dies on purpose).
+    fn sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Appends events as NDJSON to a file, flushing each line.
@@ -199,6 +204,16 @@ impl<'s> Emitter<'s> {
         for sink in &self.sinks {
             if let Err(e) = sink.accept(&event) {
                 st.error.get_or_insert_with(|| format!("cannot record events: {e}"));
+            }
+        }
+    }
+
+    /// Syncs every sink (see `EventSink::sync`); failures are only logged.
+    pub fn sync(&self) {
+        let _st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for sink in &self.sinks {
+            if let Err(e) = sink.sync() {
+                tracing::warn!(error = %e, "cannot sync events");
             }
         }
     }

@@ -119,4 +119,8 @@ impl EventSink for Journal {
             .unwrap_or_else(|p| p.into_inner())
             .write_all(line.as_bytes())
     }
+
+    fn sync(&self) -> std::io::Result<()> {
+        Journal::sync(self)
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod approvals;
 pub mod canonical;
+pub mod chaos;
 pub mod code;
 pub mod config;
 pub mod diag;

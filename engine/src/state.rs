@@ -142,6 +142,10 @@ pub fn fold(events: &[Event]) -> RunState {
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
     for e in events {
         st.next_seq = st.next_seq.max(e.seq + 1);
+        // A chaos injection is a note: it neither starts a step nor moves the run.
+        if e.kind == crate::chaos::EVENT {
+            continue;
+        }
         let text = |k: &str| e.get(k).and_then(Json::as_str).map(str::to_string);
         if let Some(id) = &e.step {
             let i = *index.entry(id.clone()).or_insert_with(|| {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use notify::Watcher;
 use stella_engine::Code;
+use stella_engine::chaos::Chaos;
 use stella_engine::exec::{CancelToken, Outcome};
 use stella_engine::remote::{Claim, Remote, Renewal};
 use stella_engine::runs::{self, Environment, Need};
@@ -51,6 +52,8 @@ pub struct Args {
     pub work_dir: Option<PathBuf>,
     /// Keep the workspace of a failed run for inspection.
     pub keep_work: bool,
+    /// The chaos file (runner-local, never read from the repository).
+    pub chaos: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<u8, Failure> {
@@ -66,6 +69,7 @@ pub fn run(a: Args) -> Result<u8, Failure> {
     unsafe {
         libc::prctl(libc::PR_SET_DUMPABLE, 0);
     }
+    let chaos = a.chaos.as_deref().map(Chaos::load).transpose()?;
     let root = repo::find_root(&a.repo)?;
     let config = repo::config_at_head(&root)?;
     let key = repo::load_key(&root, a.key.as_deref())?;
@@ -112,6 +116,15 @@ pub fn run(a: Args) -> Result<u8, Failure> {
     .flatten()
     .map(|p| std::path::absolute(&p).unwrap_or(p))
     .collect();
+    let chaos = chaos.map(|c| Arc::new(c.with_log(git_dir.join("stella").join("chaos.ndjson"))));
+    if let Some(c) = &chaos {
+        say!(
+            "stella daemon: chaos hooks from {} ({} rule(s)); injections are logged to .git/stella/chaos.ndjson",
+            a.chaos.as_deref().unwrap_or(Path::new("")).display(),
+            c.len()
+        );
+        stella_engine::chaos::install(c.clone());
+    }
     let env = Arc::new(Environment {
         ledger: Mutex::new(ledger),
         git_dir: git_dir.clone(),
@@ -122,6 +135,7 @@ pub fn run(a: Args) -> Result<u8, Failure> {
         work_root,
         hidden,
         keep_work: a.keep_work,
+        chaos,
     });
     let remote = a.remote.as_ref().map(|name| {
         Arc::new(Remote::new(
@@ -624,18 +638,23 @@ fn spread(found: &mut [(runs::RunView, Need)], runner: &str) {
     });
 }
 
-/// The earliest moment a waiting run's gate expires.
+/// The earliest moment a waiting run's gate expires, or a chaos delay on its approvals ends.
 fn next_deadline<'a>(views: impl Iterator<Item = &'a runs::RunView>) -> Option<std::time::SystemTime> {
     views
         .filter_map(|v| {
             let st = v.state();
             let gate = st.waiting_gate.as_deref()?;
-            let waiting = v
-                .events()
-                .iter()
-                .find(|e| e.kind == "gate.waiting" && e.step.as_deref() == Some(gate))?;
-            let ttl = waiting.get("expiresAfterMs")?.as_u64()?;
-            Some(humantime::parse_rfc3339(&waiting.ts).ok()? + Duration::from_millis(ttl))
+            let ends = |kind: &str, key: &str| {
+                let e = v
+                    .events()
+                    .iter()
+                    .find(|e| e.kind == kind && e.step.as_deref() == Some(gate))?;
+                let ms = e.get(key)?.as_u64()?;
+                Some(humantime::parse_rfc3339(&e.ts).ok()? + Duration::from_millis(ms))
+            };
+            // Once a delay is over the gate is judged as usual: only one still to come counts.
+            let delay = ends(stella_engine::chaos::EVENT, "durationMs").filter(|t| *t > std::time::SystemTime::now());
+            ends("gate.waiting", "expiresAfterMs").into_iter().chain(delay).min()
         })
         .min()
 }

@@ -6,6 +6,7 @@ mod support;
 mod sync;
 
 mod approvals;
+mod chaos;
 mod daemon;
 mod evidence;
 mod invalid_runs;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value as Json, json};
 
+use crate::chaos::{self, Action, Point};
 use crate::code::Code;
 use crate::event::{Emitter, Event, EventSink};
 use crate::expr::{self, Flavor};
@@ -56,6 +57,8 @@ pub struct ExecConfig {
     pub sealed: bool,
     /// How steps are kept from the runner (`sandbox:` in the config, DESIGN section 9).
     pub sandbox: sandbox::Sandbox,
+    /// Chaos hooks (`stella daemon --chaos`): faults injected at the step points.
+    pub chaos: Option<Arc<crate::chaos::Chaos>>,
 }
 
 impl ExecConfig {
@@ -76,6 +79,7 @@ impl ExecConfig {
             base_env: base_env(),
             sealed: false,
             sandbox: sandbox::Sandbox::default(),
+            chaos: None,
         }
     }
 }
@@ -247,6 +251,31 @@ struct Runner<'a> {
 impl Runner<'_> {
     fn emit(&self, e: Event) {
         self.emitter.emit(e);
+    }
+
+    /// A chaos hook: the action a rule fires here, recorded as `pack.chaos.injected` before it
+    /// happens. A kill is synced to the journal and done here, except as the step starts
+    /// (`after-step-start`), where the caller arms it on the step's process.
+    fn chaos(&self, at: Point, s: &PlanStep) -> Option<Action> {
+        let ctx = chaos::Ctx {
+            run: Some(&self.cfg.run_id),
+            step: Some(&s.id),
+        };
+        let inj = self.cfg.chaos.as_ref()?.point(at, ctx)?;
+        self.emit(inj.event(Some(&s.id)));
+        if inj.action == Action::KillRunner {
+            self.emitter.sync();
+            if at != Point::AfterStepStart {
+                chaos::kill_runner();
+            }
+        }
+        Some(inj.action)
+    }
+
+    /// A run step's final end is recorded: the `after-step-end` hook.
+    fn ended(&self, s: &PlanStep, res: Res) -> Res {
+        self.chaos(Point::AfterStepEnd, s);
+        res
     }
 
     fn run(&self, files: &PackFiles) -> Outcome {
@@ -516,6 +545,11 @@ impl Runner<'_> {
         let mut attempt = prior_attempts;
         loop {
             attempt += 1;
+            if let Some(Action::Pause { ms }) = self.chaos(Point::BeforeStepStart, s)
+                && token.sleep(Duration::from_millis(ms)).is_some()
+            {
+                return self.stopped(s, token);
+            }
             if let Err(e) = self.verify_pack() {
                 return self.fail(s, e, attempt);
             }
@@ -533,6 +567,7 @@ impl Runner<'_> {
             let t0 = Instant::now();
             let result = self.attempt(s, item, attempt, &step_token);
             drop(permit);
+            self.chaos(Point::BeforeStepEnd, s);
             let ms = t0.elapsed().as_millis() as u64;
             match result {
                 Ok((outputs, artifacts, exit)) => {
@@ -550,7 +585,7 @@ impl Runner<'_> {
                             .unwrap_or_else(|p| p.into_inner())
                             .insert(s.id.clone(), o);
                     }
-                    return Res::Ok;
+                    return self.ended(s, Res::Ok);
                 }
                 Err(Attempt::Stopped) if token.stop().is_some() => return self.stopped(s, token),
                 Err(Attempt::Stopped) => {
@@ -564,7 +599,7 @@ impl Runner<'_> {
                     if attempt < max && !self.retry(s, attempt, &e, retries.backoff_ms, token) {
                         return self.stopped(s, token);
                     } else if attempt >= max {
-                        return self.fail(s, e, attempt);
+                        return self.ended(s, self.fail(s, e, attempt));
                     }
                 }
                 Err(Attempt::Failed(e)) => {
@@ -577,7 +612,7 @@ impl Runner<'_> {
                             return self.stopped(s, token);
                         }
                     } else {
-                        return self.fail(s, e, attempt);
+                        return self.ended(s, self.fail(s, e, attempt));
                     }
                 }
             }
@@ -609,6 +644,9 @@ impl Runner<'_> {
             .ok_or_else(|| Attempt::Failed(StepError::new(Code::StepFailed, "run step without run")))?;
         let redactor = self.emitter.redactor();
         if run.uses == "builtin:bundle.ingest" {
+            if self.chaos(Point::AfterStepStart, s) == Some(Action::KillRunner) {
+                chaos::kill_runner();
+            }
             let path = self
                 .text(run.path.as_ref().expect("ingest has a path"), item)
                 .map_err(Attempt::Failed)?;
@@ -700,14 +738,25 @@ impl Runner<'_> {
             cmd.env(name, self.text(value, item).map_err(Attempt::Failed)?);
         }
         let sealed = self.cfg.sealed && s.network.is_empty();
+        // A kill armed for the step's start runs in the forked child before the sandbox is
+        // made, while it can still name the runner: the runner dies as its step is forked.
+        let chaos = self.chaos(Point::AfterStepStart, s);
+        if chaos == Some(Action::KillRunner) {
+            chaos::kill_runner_on_spawn(&mut cmd);
+        }
+        let isolate_network = sealed || chaos == Some(Action::DropNetwork);
         let guard = if self.cfg.sandbox.is_off() {
-            if sealed {
+            if isolate_network {
                 process::loopback_only(&mut cmd);
             }
             None
         } else {
             cmd.env("TMPDIR", "/tmp");
-            match self.cfg.sandbox.apply(&mut cmd, &self.cfg.workspace, &out_file, sealed) {
+            match self
+                .cfg
+                .sandbox
+                .apply(&mut cmd, &self.cfg.workspace, &out_file, isolate_network)
+            {
                 Ok(g) => Some(g),
                 Err(u) => {
                     let _ = std::fs::remove_file(&out_file);

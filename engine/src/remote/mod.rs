@@ -317,6 +317,7 @@ impl Remote {
                 return Ok((false, dropped));
             }
             let spec = format!("{branch_ref}:{branch_ref}");
+            crate::chaos::at_push();
             if self.git(&["push", "-q", &self.name, &spec]).is_ok() {
                 let _ = self.git(&["update-ref", &self.tracking(), &local]);
                 return Ok((true, dropped));

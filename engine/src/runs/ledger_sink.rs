@@ -266,4 +266,8 @@ impl EventSink for LedgerSink<'_> {
         }
         Ok(())
     }
+
+    fn sync(&self) -> std::io::Result<()> {
+        self.journal.sync()
+    }
 }

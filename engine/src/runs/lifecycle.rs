@@ -48,6 +48,8 @@ pub struct Environment {
     pub hidden: Vec<PathBuf>,
     /// Keep the workspace of a failed run (`--keep-work`); others are removed after the final commit.
     pub keep_work: bool,
+    /// Chaos hooks (`--chaos FILE`), handed to the executor and the gates.
+    pub chaos: Option<Arc<crate::chaos::Chaos>>,
 }
 
 impl Environment {
@@ -285,12 +287,17 @@ fn carry(
                 .and_then(|e| e.get("trustCommit").and_then(|v| v.as_str()))
                 .and_then(|h| ObjectId::from_hex(h.as_bytes()).ok())
                 .unwrap_or(tip);
-            let gates = RepoGates {
+            let repo_gates = RepoGates {
                 env,
                 run: id,
                 plan: &plan,
                 plan_hash: plan.hash(),
                 trust_commit,
+            };
+            let gates = crate::chaos::Gates {
+                inner: &repo_gates,
+                chaos: env.chaos.as_deref(),
+                run: id,
             };
             if need == Need::Waiting {
                 // Resume only when the gate's answer changed; new verdicts are recorded either way.
@@ -368,6 +375,7 @@ fn carry(
             cfg.log_limits = config.log_limits();
             cfg.kill_grace = env.kill_grace;
             cfg.cancel = cancel;
+            cfg.chaos = env.chaos.clone();
             let outcome = exec::execute(&plan, &files, &prior, &cfg, &gates, vec![&sink as &dyn EventSink]);
             // The terminal event was committed by the sink; make sure nothing is left behind
             // (compared by size: the ledger's events are a byte prefix of the journal).

@@ -239,6 +239,9 @@ struct DaemonArgs {
     /// Keep the workspace of a failed run (others are removed after the run's final commit)
     #[arg(long)]
     keep_work: bool,
+    /// Inject faults from this runner-local YAML file (kills, pauses, network drops, approval delays)
+    #[arg(long, value_name = "FILE")]
+    chaos: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -445,6 +448,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
             lease: a.lease,
             work_dir: a.work_dir,
             keep_work: a.keep_work,
+            chaos: a.chaos,
         }),
         Command::Pack(PackCommand::Validate { pack, json }) => pack::validate(&pack, json),
         Command::Pack(PackCommand::Plan(a)) => pack::plan(&a.pack, a.inputs.as_deref(), a.json),
