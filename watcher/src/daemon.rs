@@ -154,11 +154,16 @@ pub fn run(a: Args) -> Result<u8, Failure> {
     rt.block_on(main_loop(env, root, config.max_runs, a, remote))
 }
 
-/// Before anything else: the index and working tree made to agree with the branch tip for
+/// Before anything else: ref locks a killed process left removed (they would fail every
+/// later fetch and commit), the index and working tree made to agree with the branch tip for
 /// every runner path (a runner killed between moving the branch and updating the index
 /// leaves them stale), then any damage a person's commit did to runner files healed. Either
 /// failing is reported and the daemon goes on: neither blocks executing runs.
 fn repair_at_start(ledger: &mut stella_engine::ledger::Ledger, key: &stella_engine::keys::SshKey) {
+    for lock in stella_engine::ledger::remove_stale_ref_locks(ledger.git_dir()) {
+        warn!(lock = %lock.display(), "a ref lock left by a killed git process was removed at start");
+        say!("stella daemon: removed a stale ref lock: {}", lock.display());
+    }
     match ledger.repair_worktree() {
         Ok(fixed) => {
             for r in fixed {

@@ -273,3 +273,24 @@ fn a_private_key_block_and_the_runner_key_printed_by_a_step_are_masked() {
         assert!(logs.contains(kept), "{kept} missing:\n{logs}");
     }
 }
+
+#[test]
+fn ref_locks_left_by_a_killed_runner_are_removed_at_start() {
+    // A runner killed while git renamed a ref into place leaves its lock; every later fetch or
+    // ref update would fail on it.
+    let r = Repo::new();
+    r.pack("hello", HELLO).request("r1", "hello", "{}\n");
+    let git = r.path().join(".git");
+    std::fs::write(git.join("packed-refs.lock"), "").unwrap();
+    std::fs::create_dir_all(git.join("refs/remotes/origin")).unwrap();
+    std::fs::write(git.join("refs/remotes/origin/main.lock"), "").unwrap();
+    let out = r.daemon_once();
+    assert!(
+        out.stdout().contains("removed a stale ref lock") && out.stdout().contains("packed-refs.lock"),
+        "{}",
+        out.stdout()
+    );
+    assert!(!git.join("packed-refs.lock").exists());
+    assert!(!git.join("refs/remotes/origin/main.lock").exists());
+    assert_eq!(r.state("r1"), "succeeded");
+}

@@ -9,7 +9,7 @@ mod repair;
 pub mod verify;
 mod worktree;
 
-pub use repair::Repaired;
+pub use repair::{Repaired, remove_stale_ref_locks};
 
 use std::path::{Path, PathBuf};
 

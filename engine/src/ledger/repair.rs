@@ -220,3 +220,28 @@ fn set_executable(file: &Path, executable: bool) -> Result<(), String> {
     std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("{}: {e}", file.display()))
 }
+
+/// Removes the ref lock files a killed git process leaves behind (`packed-refs.lock`,
+/// `HEAD.lock`, `refs/**/*.lock`): git and gitoxide write a ref by renaming its lock into
+/// place, so a process killed between the two leaves a lock that makes every later ref update
+/// (a fetch, a claim, a runner commit) fail for good. Called once at start, before this runner
+/// fetches or commits anything; a person's git command that holds a lock at that very moment
+/// fails and can be run again. `index.lock` has its own owner check (`worktree`). Returns
+/// what was removed.
+pub fn remove_stale_ref_locks(git_dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = ["packed-refs.lock", "HEAD.lock"]
+        .iter()
+        .map(|f| git_dir.join(f))
+        .filter(|p| p.is_file())
+        .collect();
+    found.extend(
+        walkdir::WalkDir::new(git_dir.join("refs"))
+            .follow_links(false)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file() && e.file_name().to_string_lossy().ends_with(".lock"))
+            .map(|e| e.into_path()),
+    );
+    found.retain(|p| std::fs::remove_file(p).is_ok());
+    found
+}
