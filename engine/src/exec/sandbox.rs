@@ -76,7 +76,7 @@ impl Feature {
     }
 
     /// What an operator can do about it.
-    fn hint(self) -> &'static str {
+    pub fn hint(self) -> &'static str {
         match self {
             Feature::UserNamespaces => {
                 "allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0, or an AppArmor profile that permits them)"
@@ -831,9 +831,10 @@ fn write_file(path: &std::ffi::CStr, bytes: &[u8]) -> libc::c_int {
     }
 }
 
-/// `stella doctor --check sandbox`: starts `true` in a sandbox of `policy` with every feature
-/// the runner may need, and reports which feature is missing if it fails.
-pub fn probe(policy: &SandboxPolicy) -> Result<(), Unavailable> {
+/// `stella doctor --check sandbox`: starts a trivial step in a sandbox of `policy` (`off` is
+/// probed as `required`), with a network namespace when `network` (sealed mode), and reports
+/// which feature is missing if it fails.
+pub fn probe(policy: &SandboxPolicy, network: bool) -> Result<(), Unavailable> {
     let dir = std::env::temp_dir().join(format!("stella-probe-{}", std::process::id()));
     let workspace = dir.join("workspace");
     let output = dir.join("output");
@@ -859,7 +860,7 @@ pub fn probe(policy: &SandboxPolicy) -> Result<(), Unavailable> {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let result = sandbox.apply(&mut cmd, &workspace, &output, true).and_then(|guard| {
+    let result = sandbox.apply(&mut cmd, &workspace, &output, network).and_then(|guard| {
         let spawned = cmd.spawn();
         drop(cmd);
         let status = spawned.and_then(|mut c| c.wait());
