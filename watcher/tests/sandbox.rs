@@ -121,6 +121,68 @@ fn a_step_cannot_read_the_runner_key_by_any_path() {
 }
 
 #[test]
+fn a_key_given_as_a_symlink_is_covered_where_it_leads() {
+    let r = Repo::outside_tmp();
+    let shared = shared_dir();
+    let (real, link) = (shared.join("vault/runner_ed25519"), shared.join("keys/runner"));
+    for p in [&real, &link] {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    }
+    std::fs::copy(r.path().join(".git/stella/runner_ed25519"), &real).unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let script = [
+        try_read("target", &real.display().to_string()),
+        try_read("link", &link.display().to_string()),
+    ]
+    .concat();
+    r.pack("probe", &probe_pack("probe", &script))
+        .request("r1", "probe", "{}\n");
+    r.stella(&["daemon", "--once", "--repo", ".", "--key", link.to_str().unwrap()])
+        .ok();
+    assert_state(&r, "r1", "succeeded");
+    let out = step_output(&r, "r1");
+    assert!(
+        out.contains("sealed-target\n") && out.contains("sealed-link\n"),
+        "{out}"
+    );
+    assert!(!out.contains("LEAK"), "{out}");
+}
+
+#[test]
+fn a_step_cannot_see_other_repositories_workspaces_under_the_state_dir() {
+    let r = Repo::outside_tmp();
+    let state = shared_dir().join("state");
+    let other = state.join("stella/work/0123456789abcdef/r9/workspace");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("theirs.txt"), "another-repository\n").unwrap();
+    let script = format!(
+        "echo \"work=$(ls -A {work} | tr '\\n' ' ')\"\ncat {theirs} 2>&1 || echo no-theirs",
+        work = state.join("stella/work").display(),
+        theirs = other.join("theirs.txt").display()
+    );
+    r.pack("probe", &probe_pack("probe", &script))
+        .request("r1", "probe", "{}\n");
+    let out = Stella(
+        crate::support::stella()
+            .current_dir(r.path())
+            .args(["daemon", "--once", "--repo", "."])
+            .env("XDG_STATE_HOME", &state)
+            .output()
+            .unwrap(),
+    );
+    out.ok();
+    assert_state(&r, "r1", "succeeded");
+    let out = step_output(&r, "r1");
+    assert!(out.contains("no-theirs"), "{out}");
+    assert!(!out.contains("another-repository"), "{out}");
+    let listed = out.lines().find(|l| l.starts_with("work=")).unwrap();
+    assert!(
+        !listed.contains("0123456789abcdef"),
+        "only this repository's work root: {out}"
+    );
+}
+
+#[test]
 fn a_step_cannot_see_git_the_working_tree_the_journal_or_another_runs_workspace() {
     let r = Repo::outside_tmp();
     let work = shared_dir().join("work");

@@ -378,6 +378,9 @@ impl Sandbox {
         let mut files: Vec<PathBuf> = Vec::new();
         for p in &self.hide {
             let p = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+            // Covered where it leads: a key given as a symlink is read through its target's
+            // path as well, and a mount on the symlink's path would land on the target anyway.
+            let p = std::fs::canonicalize(&p).unwrap_or(p);
             match std::fs::symlink_metadata(&p) {
                 Ok(m) if m.is_dir() && p != Path::new("/") => dirs.push(p),
                 Ok(m) if m.is_file() => files.push(p),
