@@ -105,10 +105,13 @@ pub fn run(a: Args) -> Result<u8, Failure> {
         Some(d) => std::path::absolute(d).unwrap_or_else(|_| d.clone()),
         None => runs::default_work_root(&git_dir),
     };
+    // With the default work root, the whole state directory: other repositories' runners
+    // keep their workspaces there too.
     let hidden = [
         Some(root.clone()),
         Some(git_dir.clone()),
         Some(work_root.clone()),
+        a.work_dir.is_none().then(runs::state_dir),
         Some(repo::key_path(&root, a.key.as_deref())),
         a.secrets.clone(),
     ]

@@ -13,4 +13,5 @@ mod invalid_runs;
 mod output;
 mod pack_cli;
 mod run_local;
+mod sandbox;
 mod worktree;

@@ -16,9 +16,17 @@ pub const HELLO: &str = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name
 impl Repo {
     /// A new repository with `stella init` done and committed.
     pub fn new() -> Repo {
-        let r = Repo {
-            dir: tempfile::tempdir().unwrap(),
-        };
+        Repo::init(tempfile::tempdir().unwrap())
+    }
+
+    /// As `new`, but outside `/tmp` (which is private to every sandboxed step, so a repository
+    /// there would be out of a step's sight whether or not the sandbox covered it).
+    pub fn outside_tmp() -> Repo {
+        Repo::init(tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap())
+    }
+
+    fn init(dir: tempfile::TempDir) -> Repo {
+        let r = Repo { dir };
         r.git(&["init", "-q", "-b", "main"]);
         r.stella(&["init", "."]).ok();
         r.write(".stella/config.yaml", "branch: main\ncommit: { batchMs: 2000 }\n");

@@ -76,7 +76,7 @@ impl Feature {
     }
 
     /// What an operator can do about it.
-    fn hint(self) -> &'static str {
+    pub fn hint(self) -> &'static str {
         match self {
             Feature::UserNamespaces => {
                 "allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0, or an AppArmor profile that permits them)"
@@ -378,6 +378,9 @@ impl Sandbox {
         let mut files: Vec<PathBuf> = Vec::new();
         for p in &self.hide {
             let p = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+            // Covered where it leads: a key given as a symlink is read through its target's
+            // path as well, and a mount on the symlink's path would land on the target anyway.
+            let p = std::fs::canonicalize(&p).unwrap_or(p);
             match std::fs::symlink_metadata(&p) {
                 Ok(m) if m.is_dir() && p != Path::new("/") => dirs.push(p),
                 Ok(m) if m.is_file() => files.push(p),
@@ -831,9 +834,10 @@ fn write_file(path: &std::ffi::CStr, bytes: &[u8]) -> libc::c_int {
     }
 }
 
-/// `stella doctor --check sandbox`: starts `true` in a sandbox of `policy` with every feature
-/// the runner may need, and reports which feature is missing if it fails.
-pub fn probe(policy: &SandboxPolicy) -> Result<(), Unavailable> {
+/// `stella doctor --check sandbox`: starts a trivial step in a sandbox of `policy` (`off` is
+/// probed as `required`), with a network namespace when `network` (sealed mode), and reports
+/// which feature is missing if it fails.
+pub fn probe(policy: &SandboxPolicy, network: bool) -> Result<(), Unavailable> {
     let dir = std::env::temp_dir().join(format!("stella-probe-{}", std::process::id()));
     let workspace = dir.join("workspace");
     let output = dir.join("output");
@@ -859,7 +863,7 @@ pub fn probe(policy: &SandboxPolicy) -> Result<(), Unavailable> {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let result = sandbox.apply(&mut cmd, &workspace, &output, true).and_then(|guard| {
+    let result = sandbox.apply(&mut cmd, &workspace, &output, network).and_then(|guard| {
         let spawned = cmd.spawn();
         drop(cmd);
         let status = spawned.and_then(|mut c| c.wait());

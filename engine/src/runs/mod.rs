@@ -229,12 +229,19 @@ pub fn work_dir(work_root: &Path, id: &str) -> std::path::PathBuf {
 pub fn default_work_root(git_dir: &Path) -> std::path::PathBuf {
     let canonical = std::fs::canonicalize(git_dir).unwrap_or_else(|_| git_dir.to_path_buf());
     let key = crate::pack::sha256_hex(canonical.as_os_str().as_encoded_bytes());
+    state_dir().join("work").join(&key[..16])
+}
+
+/// Stella's state directory for this user, `$XDG_STATE_HOME/stella` (`~/.local/state/stella`
+/// without it): every repository's default work root lives under it, so the sandbox covers
+/// all of it, not only the running repository's.
+pub fn state_dir() -> std::path::PathBuf {
     let state = std::env::var_os("XDG_STATE_HOME")
         .filter(|v| !v.is_empty())
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state")))
         .unwrap_or_else(|| std::env::temp_dir().join(format!("stella-state-{}", effective_uid())));
-    state.join("stella").join("work").join(&key[..16])
+    state.join("stella")
 }
 
 fn effective_uid() -> u32 {

@@ -1,22 +1,38 @@
 //! `stella doctor`: checks that this machine and repository are ready for Stella, and says
 //! how to fix what is not (tools, configuration, signers, runner key, pre-commit hook, watch
-//! limits).
+//! limits, the step sandbox). `--check ID` runs one group of checks; `--json` prints them as
+//! data. Only reads: never changes the repository or the machine.
 
 use std::path::Path;
 use std::process::Command;
 
+use stella_engine::Code;
 use stella_engine::allowed_signers::AllowedSigners;
 use stella_engine::approvals::{APPROVERS_PATH, Approvers, NAMESPACE};
-use stella_engine::config::{CONFIG_PATH, Config};
+use stella_engine::config::{CONFIG_PATH, Config, SandboxPolicy};
+use stella_engine::exec::sandbox::{self, Feature};
 
 use super::{Failure, repo};
 
-#[derive(PartialEq)]
+#[derive(PartialEq, Clone, Copy)]
 enum Level {
     Ok,
     Warn,
     Fail,
 }
+
+impl Level {
+    fn as_str(self) -> &'static str {
+        match self {
+            Level::Ok => "ok",
+            Level::Warn => "warn",
+            Level::Fail => "fail",
+        }
+    }
+}
+
+/// The groups `--check` takes, in the order plain `stella doctor` runs them.
+pub const CHECKS: [&str; 3] = ["tools", "sandbox", "repository"];
 
 fn tool(name: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(name).args(args).output().ok()?;
@@ -32,7 +48,30 @@ fn tool(name: &str, args: &[&str]) -> Option<String> {
     Some(text)
 }
 
-pub fn doctor(repo_dir: &Path, key: Option<&Path>) -> Result<u8, Failure> {
+/// Runs every check group, or only `check`; prints the results (as JSON with `json`). The
+/// exit code is 1 when a check failed.
+pub fn doctor(repo_dir: &Path, key: Option<&Path>, check: Option<&str>, json: bool) -> Result<u8, Failure> {
+    if let Some(id) = check
+        && !CHECKS.contains(&id)
+    {
+        return Err(Failure::one(
+            Code::Usage,
+            format!("unknown check `{id}`; expected one of: {}", CHECKS.join(", ")),
+        ));
+    }
+    let mut results: Vec<(&'static str, Level, String)> = Vec::new();
+    for group in CHECKS.into_iter().filter(|g| check.is_none_or(|c| c == *g)) {
+        let found = match group {
+            "tools" => tools(),
+            "sandbox" => sandbox_check(repo_dir),
+            _ => repository(repo_dir, key)?,
+        };
+        results.extend(found.into_iter().map(|(l, m)| (group, l, m)));
+    }
+    Ok(print(&results, json))
+}
+
+fn tools() -> Vec<(Level, String)> {
     let mut results: Vec<(Level, String)> = Vec::new();
     let mut say = |l: Level, m: String| results.push((l, m));
     match tool("git", &["--version"]) {
@@ -64,6 +103,13 @@ pub fn doctor(repo_dir: &Path, key: Option<&Path>) -> Result<u8, Failure> {
             ),
         );
     }
+    results
+}
+
+/// The repository's configuration, signers, runner key, hook, approvers and runs.
+fn repository(repo_dir: &Path, key: Option<&Path>) -> Result<Vec<(Level, String)>, Failure> {
+    let mut results: Vec<(Level, String)> = Vec::new();
+    let mut say = |l: Level, m: String| results.push((l, m));
     let root = match repo::find_root(repo_dir) {
         Ok(r) => r,
         Err(_) => {
@@ -71,7 +117,7 @@ pub fn doctor(repo_dir: &Path, key: Option<&Path>) -> Result<u8, Failure> {
                 Level::Fail,
                 format!("{}: not a git repository; run `stella init`", repo_dir.display()),
             );
-            return Ok(print(&results));
+            return Ok(results);
         }
     };
     say(Level::Ok, format!("repository {}", root.display()));
@@ -202,7 +248,7 @@ pub fn doctor(repo_dir: &Path, key: Option<&Path>) -> Result<u8, Failure> {
     for (level, msg) in run_checks(&root, &config) {
         say(level, msg);
     }
-    Ok(print(&results))
+    Ok(results)
 }
 
 /// A warning per run directory the daemon skips because it cannot be read as a run.
@@ -241,14 +287,163 @@ fn run_checks(root: &Path, config: &Config) -> Vec<(Level, String)> {
     }
 }
 
-fn print(results: &[(Level, String)]) -> u8 {
-    for (level, msg) in results {
-        let tag = match level {
-            Level::Ok => "ok  ",
-            Level::Warn => "warn",
-            Level::Fail => "FAIL",
+/// `--check sandbox`: which kernel features the step sandbox needs this host has (each
+/// probed by starting a real sandboxed process), and whether the repository's `sandbox:`
+/// policy can work here. Only what the policy in effect needs can fail the check.
+fn sandbox_check(repo_dir: &Path) -> Vec<(Level, String)> {
+    let mut results: Vec<(Level, String)> = Vec::new();
+    let (policy, sealed, source) = match repo::find_root(repo_dir) {
+        Ok(root) => match repo::config_at_head(&root) {
+            Ok(c) => (c.sandbox, c.sealed, format!("{CONFIG_PATH} at HEAD")),
+            Err(_) => (
+                SandboxPolicy::Required,
+                false,
+                format!("the default: {CONFIG_PATH} at HEAD does not parse"),
+            ),
+        },
+        Err(_) => (
+            SandboxPolicy::Required,
+            false,
+            "the default: not in a repository".into(),
+        ),
+    };
+    // Each probe starts a real process in a sandbox; a later feature is only known once the
+    // ones before it work.
+    let required = sandbox::probe(&SandboxPolicy::Required, false);
+    let network = required
+        .as_ref()
+        .ok()
+        .map(|()| sandbox::probe(&SandboxPolicy::Required, true));
+    let strict = SandboxPolicy::Strict {
+        read: Vec::new(),
+        write: Vec::new(),
+    };
+    let landlock = required.as_ref().ok().map(|()| sandbox::probe(&strict, false));
+    let needed = |f: Feature| match f {
+        _ if policy == SandboxPolicy::Off => false,
+        Feature::NetworkNamespaces => sealed,
+        Feature::Landlock => matches!(policy, SandboxPolicy::Strict { .. }),
+        _ => true,
+    };
+    let rank = |f: Feature| Feature::ALL.iter().position(|g| *g == f);
+    let mut missing: Vec<Feature> = Vec::new();
+    for feature in Feature::ALL {
+        let outcome = match feature {
+            Feature::NetworkNamespaces => network.as_ref(),
+            Feature::Landlock => landlock.as_ref(),
+            _ => Some(&required),
         };
-        println!("{tag} {msg}");
+        let (level, msg) = match outcome {
+            None => (
+                Level::Warn,
+                format!(
+                    "sandbox: {} not checked (needs user, mount and PID namespaces first)",
+                    feature.name()
+                ),
+            ),
+            // The required probe stops at the first missing namespace: those before it work,
+            // those after it are unknown.
+            Some(Err(u))
+                if matches!(
+                    feature,
+                    Feature::UserNamespaces | Feature::MountNamespaces | Feature::PidNamespaces
+                ) && rank(feature) < rank(u.feature) =>
+            {
+                (Level::Ok, format!("sandbox: {} work", feature.name()))
+            }
+            Some(Err(u))
+                if matches!(
+                    feature,
+                    Feature::UserNamespaces | Feature::MountNamespaces | Feature::PidNamespaces
+                ) && rank(feature) > rank(u.feature) =>
+            {
+                (
+                    Level::Warn,
+                    format!(
+                        "sandbox: {} not checked (needs {} first)",
+                        feature.name(),
+                        u.feature.name()
+                    ),
+                )
+            }
+            Some(Err(u)) => {
+                missing.push(feature);
+                let level = if needed(feature) { Level::Fail } else { Level::Warn };
+                (
+                    level,
+                    format!("sandbox: {} missing ({}); {}", feature.name(), u.detail, feature.hint()),
+                )
+            }
+            Some(Ok(())) if feature == Feature::Landlock => (
+                Level::Ok,
+                format!("sandbox: Landlock works (ABI {})", sandbox::landlock_abi()),
+            ),
+            Some(Ok(())) => (Level::Ok, format!("sandbox: {} work", feature.name())),
+        };
+        results.push((level, msg));
     }
-    u8::from(results.iter().any(|(l, _)| *l == Level::Fail))
+    let blocking: Vec<&str> = missing.iter().filter(|f| needed(**f)).map(|f| f.name()).collect();
+    let mode = policy.mode();
+    if policy == SandboxPolicy::Off {
+        results.push((
+            Level::Warn,
+            format!(
+                "sandbox: policy `off` in effect ({source}): steps run unisolated: they can read the runner key, the repository's .git and journal, other runs' workspaces and the runner's memory, signal the runner and outlive it; set `sandbox: required` in {CONFIG_PATH}"
+            ),
+        ));
+    } else if blocking.is_empty() {
+        let extra = match &policy {
+            SandboxPolicy::Strict { read, write } => format!(
+                "; a Landlock allowlist narrows each step to its workspace, /tmp, the read-only system, /dev{}{}",
+                if read.is_empty() {
+                    String::new()
+                } else {
+                    format!(", read: {}", read.join(" "))
+                },
+                if write.is_empty() {
+                    String::new()
+                } else {
+                    format!(", write: {}", write.join(" "))
+                },
+            ),
+            _ => String::new(),
+        };
+        results.push((
+            Level::Ok,
+            format!(
+                "sandbox: policy `{mode}` in effect ({source}): every step runs isolated from the runner{}{extra}",
+                if sealed { " and without network" } else { "" }
+            ),
+        ));
+    } else {
+        results.push((
+            Level::Fail,
+            format!(
+                "sandbox: policy `{mode}` in effect ({source}) cannot work on this host: {} missing, so every step would fail with ERR_SANDBOX_UNAVAILABLE; fix the host (see above) or, knowingly, set `sandbox: off` in {CONFIG_PATH}",
+                blocking.join(", ")
+            ),
+        ));
+    }
+    results
+}
+
+fn print(results: &[(&str, Level, String)], json: bool) -> u8 {
+    let failed = results.iter().any(|(_, l, _)| *l == Level::Fail);
+    if json {
+        let checks: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(group, level, msg)| serde_json::json!({ "check": group, "level": level.as_str(), "message": msg }))
+            .collect();
+        println!("{}", serde_json::json!({ "ok": !failed, "checks": checks }));
+    } else {
+        for (_, level, msg) in results {
+            let tag = match level {
+                Level::Ok => "ok  ",
+                Level::Warn => "warn",
+                Level::Fail => "FAIL",
+            };
+            println!("{tag} {msg}");
+        }
+    }
+    u8::from(failed)
 }

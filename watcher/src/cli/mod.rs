@@ -67,6 +67,12 @@ enum Command {
         repo: PathBuf,
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
+        /// Run one group of checks: tools, sandbox or repository
+        #[arg(long, value_name = "ID")]
+        check: Option<String>,
+        /// Print the results as JSON
+        #[arg(long)]
+        json: bool,
     },
     /// Sign an approval (or --reject) of a run's gate, bound to its plan hash
     Approve {
@@ -387,6 +393,7 @@ impl Cli {
             Command::Runs(RunsCommand::List { json, .. } | RunsCommand::Show { json, .. }) => *json,
             Command::Ledger(LedgerCommand::Verify { json, .. }) => *json,
             Command::Evidence(EvidenceCommand::Verify { json, .. }) => *json,
+            Command::Doctor { json, .. } => *json,
             _ => false,
         }
     }
@@ -396,7 +403,7 @@ impl Cli {
 pub fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Init { dir, key } => init::init(&dir, key.as_deref()),
-        Command::Doctor { repo, key } => doctor::doctor(&repo, key.as_deref()),
+        Command::Doctor { repo, key, check, json } => doctor::doctor(&repo, key.as_deref(), check.as_deref(), json),
         Command::Sync(SyncCommand::Export {
             output,
             since,
