@@ -37,3 +37,21 @@ fn a_rendered_approval_whose_comment_holds_a_del_character_reads_back() {
     let text = approval.render();
     assert_eq!(Approval::parse(&text), Ok(approval), "{text}");
 }
+
+#[test]
+fn folding_an_event_with_the_largest_sequence_number_does_not_overflow() {
+    let text = "{\"seq\":18446744073709551615,\"ts\":\"t\",\"type\":\"run.started\"}\n";
+    let events = stella_engine::event::read_ndjson(text).unwrap();
+    assert_eq!(stella_engine::state::fold(&events).next_seq, u64::MAX);
+}
+
+#[test]
+fn folding_a_step_started_again_after_the_largest_attempt_does_not_overflow() {
+    let text = "{\"seq\":0,\"ts\":\"t\",\"type\":\"step.started\",\"step\":\"a\",\"data\":{\"attempt\":4294967295}}\n\
+                {\"seq\":1,\"ts\":\"t\",\"type\":\"step.started\",\"step\":\"a\"}\n";
+    let events = stella_engine::event::read_ndjson(text).unwrap();
+    assert_eq!(
+        stella_engine::state::fold(&events).step("a").unwrap().attempts,
+        u32::MAX
+    );
+}
