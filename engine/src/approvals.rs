@@ -153,7 +153,7 @@ impl Approval {
             Decision::Approve => "approve",
             Decision::Reject => "reject",
         };
-        let q = |s: &str| serde_json::to_string(s).expect("JSON string");
+        let q = |s: &str| yaml::json_text(&s);
         let mut out = format!(
             "apiVersion: stella/v1\nkind: Approval\nrun: {}\ngate: {}\nplanHash: {}\ndecision: {decision}\n",
             q(&self.run),

@@ -142,9 +142,18 @@ impl Request {
         }
     }
 
-    /// The request file as `stella run request` writes it.
+    /// The request file as `stella run request` writes it. The pack path is written plain when
+    /// it reads back as itself (`packs/hello`), else quoted; the inputs as JSON.
     pub fn render(pack: &str, inputs: &serde_json::Value, plan_hash: &str) -> String {
-        let inputs = serde_json::to_string(inputs).expect("inputs are JSON");
+        let plain = pack.starts_with(|c: char| c.is_ascii_alphabetic())
+            && pack.contains('/')
+            && pack.bytes().all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
+        let pack = if plain {
+            pack.to_string()
+        } else {
+            yaml::json_text(&pack)
+        };
+        let inputs = yaml::json_text(inputs);
         format!("apiVersion: stella/v1\nkind: RunRequest\npack: {pack}\ninputs: {inputs}\nplanHash: \"{plan_hash}\"\n")
     }
 }

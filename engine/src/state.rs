@@ -141,7 +141,7 @@ pub fn fold(events: &[Event]) -> RunState {
     };
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
     for e in events {
-        st.next_seq = st.next_seq.max(e.seq + 1);
+        st.next_seq = st.next_seq.max(e.seq.saturating_add(1));
         // A chaos injection is a note: it neither starts a step nor moves the run.
         if e.kind == crate::chaos::EVENT {
             continue;
@@ -167,7 +167,7 @@ pub fn fold(events: &[Event]) -> RunState {
             match e.kind.as_str() {
                 "step.started" => {
                     s.status = StepStatus::Running;
-                    s.attempts = attempt.unwrap_or(s.attempts + 1);
+                    s.attempts = attempt.unwrap_or(s.attempts.saturating_add(1));
                     s.started.get_or_insert_with(|| e.ts.clone());
                     s.code = None;
                     s.error = None;

@@ -1,6 +1,7 @@
 //! Loading hostile YAML into a tree that remembers where every key and value came from.
 //! Owns the limits against YAML bombs (size, aliases, nesting, node count); it never
-//! interprets what the YAML means.
+//! interprets what the YAML means. Also writes JSON text that YAML reads back unchanged
+//! (`json_text`), for the files Stella writes (requests, approvals).
 
 use std::fmt;
 
@@ -107,6 +108,32 @@ impl Node {
             Value::Map(entries) => J::Object(entries.iter().map(|(k, v)| (k.name.clone(), v.to_json())).collect()),
         }
     }
+}
+
+/// `value` as JSON text that YAML reads back as the same value: serde_json's output, with
+/// the characters a YAML document may not hold (DEL, the C1 controls, U+FEFF, U+FFFE,
+/// U+FFFF) and YAML 1.1's extra line breaks (U+2028, U+2029) written as `\uXXXX`. Outside
+/// strings JSON text is ASCII, so they stand only in strings, where the escape means the same.
+pub fn json_text(value: &impl serde::Serialize) -> String {
+    let text = serde_json::to_string(value).expect("a value made of JSON types serialises");
+    let refused = |c: char| {
+        matches!(
+            c,
+            '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+        )
+    };
+    if !text.contains(refused) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if refused(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Parses one YAML document of `file` within `limits`. Duplicate keys are an error.

@@ -1,9 +1,10 @@
 //! Engine integration tests: every example pack, invalid packs, hostile inputs, plan hash
-//! properties and golden plans. One binary, one module per story.
+//! properties, golden plans and what the fuzz targets found. One binary, one module per story.
 
 mod support;
 
 mod examples;
+mod fuzz_regressions;
 mod hash_properties;
 mod invalid_inputs;
 mod invalid_packs;
