@@ -451,13 +451,10 @@ fn rule(n: &Node, at: &str, err: &mut impl FnMut(&Node, &str, String)) -> Option
             }
         },
     };
-    let run = match text(err, "run") {
-        Some(Ok((s, v))) if point == Some(Point::MidPush) => {
-            err(
-                v,
-                &format!("{at}.run"),
-                format!("mid-push has no run (a push carries every run); remove `run: {s}`"),
-            );
+    // A selector the point cannot have is named with why; otherwise its text, if given.
+    let mut select = |field: &str, refuse: Option<String>| match text(err, field) {
+        Some(Ok((_, v))) if refuse.is_some() => {
+            err(v, &format!("{at}.{field}"), refuse.unwrap_or_default());
             ok = false;
             None
         }
@@ -468,24 +465,17 @@ fn rule(n: &Node, at: &str, err: &mut impl FnMut(&Node, &str, String)) -> Option
         }
         None => None,
     };
-    let step = match text(err, "step") {
-        Some(Ok((_, v))) if point.is_some_and(|p| !p.has_step()) => {
-            let p = point.map_or("", Point::as_str);
-            err(
-                v,
-                &format!("{at}.step"),
-                format!("{p} has no step; select by `run` only"),
-            );
-            ok = false;
-            None
-        }
-        Some(Ok((s, _))) => Some(s),
-        Some(Err(())) => {
-            ok = false;
-            None
-        }
-        None => None,
-    };
+    let run = select(
+        "run",
+        (point == Some(Point::MidPush))
+            .then(|| "mid-push has no run (a push carries every run); remove `run: …`".to_string()),
+    );
+    let step = select(
+        "step",
+        point
+            .filter(|p| !p.has_step())
+            .map(|p| format!("{} has no step; select by `run` only", p.as_str())),
+    );
     let after = whole(err, "after", 0);
     let times = whole(err, "times", 1);
     let probability = match n.get("probability") {

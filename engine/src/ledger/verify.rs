@@ -59,16 +59,21 @@ struct Open {
 
 /// The `runs` tree of a commit, if any.
 fn runs_tree(ledger: &Ledger, commit: ObjectId) -> Result<Option<ObjectId>, Error> {
-    let tree = ledger
+    entry_at(ledger, commit, "runs", true)
+}
+
+/// The id of the entry at `path` in `commit`, if it is there and a tree (`tree`) or a blob.
+fn entry_at(ledger: &Ledger, commit: ObjectId, path: &str, tree: bool) -> Result<Option<ObjectId>, Error> {
+    let root = ledger
         .repo
         .find_commit(commit)
         .map_err(super::git)?
         .tree()
         .map_err(super::git)?;
-    Ok(tree
-        .lookup_entry_by_path("runs")
+    Ok(root
+        .lookup_entry_by_path(path)
         .map_err(super::git)?
-        .filter(|e| e.mode().is_tree())
+        .filter(|e| if tree { e.mode().is_tree() } else { e.mode().is_blob() })
         .map(|e| e.oid().to_owned()))
 }
 
@@ -490,17 +495,7 @@ fn blob(ledger: &Ledger, id: ObjectId) -> Vec<u8> {
 
 /// The blob at `path` in `commit`, if it is a file there.
 fn blob_at(ledger: &Ledger, commit: ObjectId, path: &str) -> Result<Option<ObjectId>, Error> {
-    let tree = ledger
-        .repo
-        .find_commit(commit)
-        .map_err(super::git)?
-        .tree()
-        .map_err(super::git)?;
-    Ok(tree
-        .lookup_entry_by_path(path)
-        .map_err(super::git)?
-        .filter(|e| e.mode().is_blob())
-        .map(|e| e.oid().to_owned()))
+    entry_at(ledger, commit, path, false)
 }
 
 /// Whether `now` restores a damaged file: exactly its content before the damage, or, for
