@@ -176,8 +176,21 @@ fn repair_at_start(ledger: &mut stella_engine::ledger::Ledger, key: &stella_engi
         }
         Err(e) => warn!(error = %e, "cannot repair the index and working tree at start"),
     }
+    // Finding damage walks the whole history; a tip already found whole (the file below) is not
+    // walked again, so a daemon restarted on an unchanged branch starts at once.
+    let checked = ledger.git_dir().join("stella").join("healed-tip");
+    let tip = ledger.tip().ok().flatten();
+    if tip.is_some_and(|t| std::fs::read_to_string(&checked).is_ok_and(|s| s.trim() == t.to_string())) {
+        return;
+    }
+    let whole = |ledger: &stella_engine::ledger::Ledger| {
+        if let Ok(Some(t)) = ledger.tip() {
+            let _ = std::fs::write(&checked, format!("{t}\n"));
+        }
+    };
     match stella_engine::ledger::heal::heal(ledger, key) {
         Ok(Some(h)) => {
+            whole(ledger);
             warn!(commit = %h.commit, damaged_by = ?h.damaged_by, paths = ?h.paths, "ledger healed at start");
             say!(
                 "stella daemon: ledger healed: {} runner file{} restored by {} after {}",
@@ -187,7 +200,7 @@ fn repair_at_start(ledger: &mut stella_engine::ledger::Ledger, key: &stella_engi
                 h.damaged_by.join(", ")
             );
         }
-        Ok(None) => {}
+        Ok(None) => whole(ledger),
         Err(e) => warn!(error = %e, "cannot heal the ledger at start"),
     }
 }
