@@ -40,12 +40,12 @@ fuzz_target!(|data: &[u8]| {
         expires_after_ms: Some(3_600_000),
         reason: None,
     };
-    let files = [ApprovalFile {
-        principal: "alice".into(),
-        path: format!("approvals/{RUN}/{GATE}/alice.yaml"),
-        yaml: data.to_vec(),
-        sig: Some(stella_fuzz::sign(stella_fuzz::NAMESPACE, data).into_bytes()),
-    }];
+    let files = [ApprovalFile::new(
+        "alice",
+        &format!("approvals/{RUN}/{GATE}/alice.yaml"),
+        data.to_vec(),
+        Some(stella_fuzz::sign(stella_fuzz::NAMESPACE, data).into_bytes()),
+    )];
     let input = GateInput {
         run: RUN,
         gate: GATE,
