@@ -52,6 +52,8 @@ PY
 cd "$work"
 base_seq=$(median "for i in \$(seq $seq_n); do /bin/true; done")
 stella_seq=$(median "$stella pack run seq --events @DIR@/events.ndjson --dir @DIR@/run")
+# The same steps unisolated: what the sandbox (namespaces, mounts, two more forks) costs a step.
+stella_seq_off=$(median "$stella pack run seq --sandbox off --events @DIR@/events.ndjson --dir @DIR@/run")
 base_map=$(median "seq $map_n | xargs -P2 -I{} /bin/true item-{}")
 stella_map=$(median "$stella pack run map --inputs map-small.json --events @DIR@/events.ndjson --dir @DIR@/run")
 peak=$(python3 - "$stella" <<'PY'
@@ -62,15 +64,16 @@ print(f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.1f}")
 PY
 )
 
-python3 - "$seq_n" "$base_seq" "$stella_seq" "$map_n" "$base_map" "$stella_map" "$mem_n" "$peak" <<'PY'
+python3 - "$seq_n" "$base_seq" "$stella_seq" "$map_n" "$base_map" "$stella_map" "$mem_n" "$peak" "$stella_seq_off" <<'PY'
 import sys
-seq_n, bs, ss, map_n, bm, sm, mem_n, peak = sys.argv[1:]
-bs, ss, bm, sm, peak = map(float, (bs, ss, bm, sm, peak))
+seq_n, bs, ss, map_n, bm, sm, mem_n, peak, so = sys.argv[1:]
+bs, ss, bm, sm, peak, so = map(float, (bs, ss, bm, sm, peak, so))
 def verdict(ok): return "PASS" if ok else "MISS"
 print(f"{'benchmark':<44} {'baseline':>10} {'stella':>10} {'ratio':>7}  target")
 r1, r2 = ss / bs, sm / bm
 print(f"{seq_n + ' sequential exec steps vs bash loop':<44} {bs*1000:>8.0f}ms {ss*1000:>8.0f}ms {r1:>6.2f}x  <= 1.5x {verdict(r1 <= 1.5)}")
 print(f"{map_n + '-item map, maxParallel 2 vs xargs -P2':<44} {bm*1000:>8.0f}ms {sm*1000:>8.0f}ms {r2:>6.2f}x  <= 1.3x {verdict(r2 <= 1.3)}")
 print(f"{'peak RSS of a ' + mem_n + '-step map run':<44} {'':>10} {peak:>7.1f}MiB {'':>7}  < 50 MiB {verdict(peak < 50)}")
-print(f"per step: stella {ss/int(seq_n)*1e6:.0f} us, bare spawn {bs/int(seq_n)*1e6:.0f} us")
+print(f"{seq_n + ' sequential steps, sandbox off vs on':<44} {so*1000:>8.0f}ms {ss*1000:>8.0f}ms {ss/so:>6.2f}x  (the sandbox's cost)")
+print(f"per step: stella {ss/int(seq_n)*1e6:.0f} us (sandbox off {so/int(seq_n)*1e6:.0f} us), bare spawn {bs/int(seq_n)*1e6:.0f} us")
 PY
