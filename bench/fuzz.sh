@@ -67,6 +67,9 @@ for t in "${targets[@]}"; do
   elapsed=$(( SECONDS - start ))
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$logs/$t.log" | tail -n 1)
   execs=${execs:-0}
+  # libFuzzer's own time when it ran to the end (the wall time also holds cargo's checks).
+  ran=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$logs/$t.log" | tail -n 1)
+  elapsed=${ran:-$elapsed}
   mapfile -t found < <(find "$artifacts" -type f -newer "$marker" | sort)
   rm -f "$marker"
   crashes=${#found[@]}
