@@ -180,7 +180,7 @@ fn repair_at_start(ledger: &mut stella_engine::ledger::Ledger, key: &stella_engi
     // walked again, so a daemon restarted on an unchanged branch starts at once.
     let checked = ledger.git_dir().join("stella").join("healed-tip");
     let tip = ledger.tip().ok().flatten();
-    if tip.is_some_and(|t| std::fs::read_to_string(&checked).is_ok_and(|s| s.trim() == t.to_string())) {
+    if tip.is_some_and(|t| std::fs::read_to_string(&checked).is_ok_and(|s| t.to_hex() == s.trim())) {
         return;
     }
     let whole = |ledger: &stella_engine::ledger::Ledger| {

@@ -405,12 +405,7 @@ fn a_run_killed_mid_step_resumes_without_repeating_finished_steps() {
         shell("third", &format!("echo ran >> {at}/third.count"))
     );
     let s = Scratch::new().pack(&steps);
-    let mut child = s
-        .command(&[])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = s.spawn_quiet(&[]);
     wait_for_event(&s, "step.started", "second");
     wait_for_process(&m);
     child.kill().unwrap(); // SIGKILL: no chance to record anything

@@ -374,12 +374,7 @@ fn a_steps_orphans_die_with_a_killed_pack_run() {
         .1
         .to_string();
     let s = Scratch::new().pack(&steps);
-    let mut child = s
-        .command(&[])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = s.spawn_quiet(&[]);
     wait_for_orphans(&m, &ready);
     child.kill().unwrap();
     child.wait().unwrap();

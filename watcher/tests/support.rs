@@ -87,6 +87,16 @@ impl Scratch {
         cmd
     }
 
+    /// `stella pack run` started in the background, its output discarded: for tests that
+    /// kill it mid-run.
+    pub fn spawn_quiet(&self, extra: &[&str]) -> std::process::Child {
+        self.command(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     pub fn run(&self, extra: &[&str]) -> Ran {
         Ran::from(self.command(extra).output().unwrap(), self.events_path())
     }
