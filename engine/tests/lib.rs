@@ -2,6 +2,7 @@
 //! properties, golden plans and what the fuzz targets found. One binary, one module per story.
 
 mod support;
+mod tidy;
 
 mod examples;
 mod fuzz_regressions;
