@@ -1,7 +1,7 @@
 //! The git ledger: reading the watched branch (commits, trees, files) and committing runner
 //! files back as signed commits, built from the branch tip's tree (never the index), moved
 //! by compare-and-swap, with the index and working tree updated for the runner's paths only.
-//! The only module besides `sync` that touches git.
+//! Every repository the engine opens with gix is opened here (`open_repo`).
 
 pub mod events;
 pub mod heal;
@@ -20,29 +20,80 @@ use gix::refs::{FullName, Target};
 
 use crate::code::Code;
 
+/// A gix failure: gix has an error type per operation; the ledger keeps it whole as the source.
+pub type GitError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// A ledger failure.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: not a git repository with a working tree ({detail})")]
-    NotARepo { path: String, detail: String },
+    #[error("{path}: not a git repository with a working tree ({source})")]
+    NotARepo {
+        path: String,
+        #[source]
+        source: GitError,
+    },
+    #[error("{path}: not a git repository with a working tree (bare repository)")]
+    Bare { path: String },
     #[error("git: {0}")]
-    Git(String),
+    Git(#[source] GitError),
+    #[error("git: {path}: symlinks are not allowed in packs")]
+    Symlink { path: String },
     #[error("branch {branch} moved {attempts} times while committing; giving up")]
     Contended { branch: String, attempts: u32 },
     #[error("`{0}` is not a runner path; the runner only writes under runs/<run-id>/")]
     NotRunnerPath(String),
     #[error("{path}: {what}; a private key is never committed (the file is not written)")]
     PrivateKey { path: String, what: &'static str },
+    /// A working tree file (or directory) could not be read or written.
+    #[error("{}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An object the working tree needs could not be read from the repository.
+    #[error("{path}: {source}")]
+    Object {
+        path: String,
+        #[source]
+        source: GitError,
+    },
+    /// The tip's tree could not be walked to bring the working tree in line with it.
     #[error("{0}")]
-    Io(String),
+    Tree(#[source] GitError),
+    #[error("cannot read the index: {0}")]
+    ReadIndex(#[source] GitError),
+    #[error("cannot write the index: {0}")]
+    WriteIndex(#[source] GitError),
+    #[error("cannot replace the index: {0}")]
+    ReplaceIndex(#[source] std::io::Error),
+    #[error("the index is locked by another process ({0}); if no git command is running, remove .git/index.lock")]
+    IndexLocked(#[source] GitError),
 }
 
 impl Error {
     pub fn code(&self) -> Code {
         match self {
-            Error::NotARepo { .. } | Error::NotRunnerPath(_) => Code::Usage,
+            Error::NotARepo { .. } | Error::Bare { .. } | Error::NotRunnerPath(_) => Code::Usage,
             Error::PrivateKey { .. } => Code::LedgerSecret,
-            _ => Code::Io,
+            Error::Git(_)
+            | Error::Symlink { .. }
+            | Error::Contended { .. }
+            | Error::File { .. }
+            | Error::Object { .. }
+            | Error::Tree(_)
+            | Error::ReadIndex(_)
+            | Error::WriteIndex(_)
+            | Error::ReplaceIndex(_)
+            | Error::IndexLocked(_) => Code::Io,
+        }
+    }
+
+    /// A working tree file that could not be read or written.
+    pub(crate) fn file(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+        move |source| Error::File {
+            path: path.to_path_buf(),
+            source,
         }
     }
 }
@@ -55,8 +106,8 @@ pub enum Within {
     TooLarge(u64),
 }
 
-fn git<E: std::fmt::Display>(e: E) -> Error {
-    Error::Git(e.to_string())
+fn git(e: impl Into<GitError>) -> Error {
+    Error::Git(e.into())
 }
 
 /// Produces the armored SSH signature (namespace `git`) for a commit's bytes.
@@ -114,16 +165,14 @@ pub fn is_runner_path(path: &str) -> bool {
 impl Ledger {
     /// Opens the repository at `dir` (its working tree) and the branch `branch` (e.g. `main`).
     pub fn open(dir: &Path, branch: &str) -> Result<Ledger, Error> {
-        let not = |detail: String| Error::NotARepo {
-            path: dir.display().to_string(),
-            detail,
-        };
-        let repo = open_repo(dir).map_err(|e| not(e.to_string()))?;
+        let path = || dir.display().to_string();
+        let not = |source: GitError| Error::NotARepo { path: path(), source };
+        let repo = open_repo(dir).map_err(|e| not(e.into()))?;
         let workdir = repo
             .workdir()
             .map(Path::to_path_buf)
-            .ok_or_else(|| not("bare repository".into()))?;
-        let branch = FullName::try_from(format!("refs/heads/{branch}")).map_err(|e| not(e.to_string()))?;
+            .ok_or_else(|| Error::Bare { path: path() })?;
+        let branch = FullName::try_from(format!("refs/heads/{branch}")).map_err(|e| not(e.into()))?;
         Ok(Ledger {
             repo,
             workdir,
@@ -238,7 +287,7 @@ impl Ledger {
                     let tree = self.repo.find_commit(commit).map_err(git)?.tree().map_err(git)?;
                     let entry = tree.lookup_entry_by_path(&path).map_err(git)?.expect("listed just now");
                     if entry.mode().is_link() {
-                        return Err(Error::Git(format!("{path}: symlinks are not allowed in packs")));
+                        return Err(Error::Symlink { path });
                     }
                     let executable = entry.mode().is_executable();
                     let blob = self.repo.find_blob(entry.oid()).map_err(git)?;
@@ -262,12 +311,6 @@ impl Ledger {
             }
         }
         Ok(false)
-    }
-
-    /// The first-parent history of the branch, oldest first.
-    pub fn history(&self) -> Result<Vec<ObjectId>, Error> {
-        let Some(tip) = self.tip()? else { return Ok(Vec::new()) };
-        self.history_of(tip)
     }
 
     /// Every commit reachable from `tip`, oldest first.
@@ -364,7 +407,7 @@ impl Ledger {
                     crate::chaos::at_commit(crate::chaos::Point::BetweenBranchMoveAndIndexUpdate, writes);
                     let head_is_branch = self.head_is_branch();
                     if head_is_branch {
-                        worktree::sync(&self.repo, &self.workdir, writes, &blobs).map_err(Error::Io)?;
+                        worktree::sync(&self.repo, &self.workdir, writes, &blobs)?;
                     }
                     return Ok(commit);
                 }
@@ -391,7 +434,7 @@ impl Ledger {
     /// nothing when HEAD is another branch: then the index is not the ledger's.
     pub fn repair_worktree(&self) -> Result<Vec<Repaired>, Error> {
         match self.tip()? {
-            Some(tip) if self.head_is_branch() => repair::repair(&self.repo, &self.workdir, tip).map_err(Error::Io),
+            Some(tip) if self.head_is_branch() => repair::repair(&self.repo, &self.workdir, tip),
             _ => Ok(Vec::new()),
         }
     }

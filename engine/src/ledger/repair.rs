@@ -11,8 +11,8 @@ use gix::ObjectId;
 use gix::bstr::{BStr, ByteSlice};
 use gix::index::entry::{Flags, Mode, Stage};
 
-use super::is_runner_path;
 use super::worktree::{lock_index, read_index, stat_of, write_file, write_index};
+use super::{Error, is_runner_path};
 
 /// One runner path brought in line with the tip, and what was done to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,11 +26,11 @@ type Wanted = BTreeMap<String, (ObjectId, bool)>;
 
 /// Brings the index and working tree in line with `tip` for every runner path; returns what
 /// it changed (nothing when they already agree, and then the index is not rewritten).
-pub fn repair(repo: &gix::Repository, workdir: &Path, tip: ObjectId) -> Result<Vec<Repaired>, String> {
+pub fn repair(repo: &gix::Repository, workdir: &Path, tip: ObjectId) -> Result<Vec<Repaired>, Error> {
     let tree = repo
         .find_commit(tip)
         .and_then(|c| c.tree_id())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Error::Tree(e.into()))?;
     let mut wanted = Wanted::new();
     collect(repo, tree.detach(), "", &mut wanted)?;
     let index_path = repo.index_path();
@@ -57,7 +57,10 @@ pub fn repair(repo: &gix::Repository, workdir: &Path, tip: ObjectId) -> Result<V
                 let kept = keep_aside(&file, &set_aside, path)?;
                 what.push(format!("a person's edit kept at {}", kept.display()));
             }
-            let blob = repo.find_blob(want).map_err(|e| format!("{path}: {e}"))?;
+            let blob = repo.find_blob(want).map_err(|e| Error::Object {
+                path: path.clone(),
+                source: e.into(),
+            })?;
             write_file(&file, &blob.data)?;
             set_executable(&file, executable)?;
             what.push(
@@ -118,7 +121,7 @@ pub fn repair(repo: &gix::Repository, workdir: &Path, tip: ObjectId) -> Result<V
     for (path, id) in removed {
         let file = workdir.join(&path);
         let what = if content_id(repo, &file)? == Some(id) {
-            std::fs::remove_file(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            std::fs::remove_file(&file).map_err(Error::file(&file))?;
             "not at the tip: removed from the index and the working tree"
         } else {
             "not at the tip: removed from the index (the working tree file, changed since, is left untracked)"
@@ -138,7 +141,7 @@ pub fn repair(repo: &gix::Repository, workdir: &Path, tip: ObjectId) -> Result<V
 /// Whether every runner path already agrees: index entry and file content as at the tip,
 /// and no runner path staged that the tip lacks. A file whose stat matches its entry is
 /// taken as unchanged (as git does); any other is hashed.
-fn agrees(repo: &gix::Repository, workdir: &Path, index: &gix::index::File, wanted: &Wanted) -> Result<bool, String> {
+fn agrees(repo: &gix::Repository, workdir: &Path, index: &gix::index::File, wanted: &Wanted) -> Result<bool, Error> {
     for (path, &(want, _)) in wanted {
         let key: &BStr = path.as_str().into();
         let Some(entry) = index.entry_by_path_and_stage(key, Stage::Unconflicted) else {
@@ -165,10 +168,10 @@ fn has_conflict(index: &gix::index::File, key: &BStr) -> bool {
 }
 
 /// Every runner file under `runs/` in `tree`.
-fn collect(repo: &gix::Repository, tree: ObjectId, prefix: &str, out: &mut Wanted) -> Result<(), String> {
-    let tree = repo.find_tree(tree).map_err(|e| e.to_string())?;
+fn collect(repo: &gix::Repository, tree: ObjectId, prefix: &str, out: &mut Wanted) -> Result<(), Error> {
+    let tree = repo.find_tree(tree).map_err(|e| Error::Tree(e.into()))?;
     for entry in tree.iter() {
-        let entry = entry.map_err(|e| e.to_string())?;
+        let entry = entry.map_err(|e| Error::Tree(e.into()))?;
         let name = entry.filename().to_str_lossy();
         let path = if prefix.is_empty() {
             name.into_owned()
@@ -189,36 +192,35 @@ fn collect(repo: &gix::Repository, tree: ObjectId, prefix: &str, out: &mut Wante
 }
 
 /// The blob id of the file's content, or `None` when there is no regular file.
-fn content_id(repo: &gix::Repository, file: &Path) -> Result<Option<ObjectId>, String> {
+fn content_id(repo: &gix::Repository, file: &Path) -> Result<Option<ObjectId>, Error> {
     match std::fs::symlink_metadata(file) {
         Ok(m) if m.is_file() => {}
         _ => return Ok(None),
     }
-    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let bytes = std::fs::read(file).map_err(Error::file(file))?;
     gix::objs::compute_hash(repo.object_hash(), gix::objs::Kind::Blob, &bytes)
         .map(Some)
-        .map_err(|e| e.to_string())
+        .map_err(|e| Error::Tree(e.into()))
 }
 
 /// Copies a person's version of a runner file to `.git/stella/repaired/<stamp>/<path>`.
-fn keep_aside(file: &Path, dir: &Path, path: &str) -> Result<PathBuf, String> {
+fn keep_aside(file: &Path, dir: &Path, path: &str) -> Result<PathBuf, Error> {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
     let dest = dir.join(stamp.to_string()).join(path);
     if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        std::fs::create_dir_all(parent).map_err(Error::file(parent))?;
     }
-    std::fs::copy(file, &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    std::fs::copy(file, &dest).map_err(Error::file(&dest))?;
     Ok(dest)
 }
 
-fn set_executable(file: &Path, executable: bool) -> Result<(), String> {
+fn set_executable(file: &Path, executable: bool) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
     let mode = if executable { 0o755 } else { 0o644 };
-    std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("{}: {e}", file.display()))
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).map_err(Error::file(file))
 }
 
 /// Removes the ref lock files a killed git process leaves behind (`packed-refs.lock`,

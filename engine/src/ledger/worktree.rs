@@ -8,11 +8,11 @@ use std::path::Path;
 use gix::ObjectId;
 use gix::bstr::BStr;
 
-use super::FileWrite;
+use super::{Error, FileWrite};
 
 /// Writes each file into the working tree and records it in the index with its blob id, all
 /// under the index lock (the same `index.lock` git takes, so neither side loses an update).
-pub fn sync(repo: &gix::Repository, workdir: &Path, writes: &[FileWrite], blobs: &[ObjectId]) -> Result<(), String> {
+pub fn sync(repo: &gix::Repository, workdir: &Path, writes: &[FileWrite], blobs: &[ObjectId]) -> Result<(), Error> {
     let index_path = repo.index_path();
     let (lock, _mark) = lock_index(repo)?;
     for w in writes {
@@ -49,7 +49,7 @@ pub fn sync(repo: &gix::Repository, workdir: &Path, writes: &[FileWrite], blobs:
 
 /// Takes the index lock and marks it as this process's (see `acquire`). Keep the mark no
 /// longer than the lock: bind the lock first, so the mark is dropped before it.
-pub(super) fn lock_index(repo: &gix::Repository) -> Result<(IndexLock, OwnerMark), String> {
+pub(super) fn lock_index(repo: &gix::Repository) -> Result<(IndexLock, OwnerMark), Error> {
     let owner = repo.git_dir().join("stella").join("index-lock-owner");
     let lock = acquire(&repo.index_path(), &owner)?;
     Ok((lock, OwnerMark(owner)))
@@ -58,7 +58,7 @@ pub(super) fn lock_index(repo: &gix::Repository) -> Result<(IndexLock, OwnerMark
 pub(super) type IndexLock = std::io::BufWriter<gix::lock::File>;
 
 /// The index as it is on disk (an empty one when there is none yet).
-pub(super) fn read_index(repo: &gix::Repository, index_path: &Path) -> Result<gix::index::File, String> {
+pub(super) fn read_index(repo: &gix::Repository, index_path: &Path) -> Result<gix::index::File, Error> {
     if index_path.exists() {
         gix::index::File::at(
             index_path,
@@ -66,7 +66,7 @@ pub(super) fn read_index(repo: &gix::Repository, index_path: &Path) -> Result<gi
             false,
             gix::index::decode::Options::default(),
         )
-        .map_err(|e| format!("cannot read the index: {e}"))
+        .map_err(|e| Error::ReadIndex(e.into()))
     } else {
         Ok(gix::index::File::from_state(
             gix::index::State::new(repo.object_hash()),
@@ -76,34 +76,37 @@ pub(super) fn read_index(repo: &gix::Repository, index_path: &Path) -> Result<gi
 }
 
 /// Writes `index` through the lock and puts it in place.
-pub(super) fn write_index(mut index: gix::index::File, mut lock: IndexLock) -> Result<(), String> {
+pub(super) fn write_index(mut index: gix::index::File, mut lock: IndexLock) -> Result<(), Error> {
     // The cached tree extension would describe directories as they were; drop it (git rebuilds it).
     index.remove_tree();
     index
         .write_to(&mut lock, gix::index::write::Options::default())
-        .map_err(|e| format!("cannot write the index: {e}"))?;
-    lock.flush().map_err(|e| format!("cannot write the index: {e}"))?;
+        .map_err(|e| Error::WriteIndex(e.into()))?;
+    lock.flush().map_err(|e| Error::WriteIndex(e.into()))?;
     lock.into_inner()
-        .map_err(|e| format!("cannot write the index: {e}"))?
+        .map_err(|e| Error::WriteIndex(e.into_error().into()))?
         .commit()
-        .map_err(|e| format!("cannot replace the index: {e}"))?;
+        .map_err(|e| Error::ReplaceIndex(e.error))?;
     Ok(())
 }
 
 /// Replaces a working tree file atomically (a temporary file beside it, then rename).
-pub(super) fn write_file(dest: &Path, bytes: &[u8]) -> Result<(), String> {
+pub(super) fn write_file(dest: &Path, bytes: &[u8]) -> Result<(), Error> {
     if let Some(dir) = dest.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(Error::file(dir))?;
     }
     let tmp = dest.with_extension("stella-tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, dest).map_err(|e| format!("{}: {e}", dest.display()))
+    std::fs::write(&tmp, bytes).map_err(Error::file(&tmp))?;
+    std::fs::rename(&tmp, dest).map_err(Error::file(dest))
 }
 
 /// The index entry's stat for a file as it is now.
-pub(super) fn stat_of(path: &Path) -> Result<gix::index::entry::Stat, String> {
-    let meta = gix::index::fs::Metadata::from_path_no_follow(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    gix::index::entry::Stat::from_fs(&meta).map_err(|e| format!("{}: {e}", path.display()))
+pub(super) fn stat_of(path: &Path) -> Result<gix::index::entry::Stat, Error> {
+    let meta = gix::index::fs::Metadata::from_path_no_follow(path).map_err(Error::file(path))?;
+    gix::index::entry::Stat::from_fs(&meta).map_err(|e| Error::Object {
+        path: path.display().to_string(),
+        source: e.into(),
+    })
 }
 
 /// Removes the lock owner's mark when the lock is given up.
@@ -118,30 +121,33 @@ impl Drop for OwnerMark {
 /// Takes `index.lock`, waiting a little while a person's git command holds it. While this
 /// process holds it, `owner` names it: a lock left by a runner that was killed (its process
 /// gone) is removed instead of blocking every later commit, as git's own leftover lock would.
-fn acquire(index: &Path, owner: &Path) -> Result<std::io::BufWriter<gix::lock::File>, String> {
-    let mut last = String::new();
-    for attempt in 0..100u64 {
-        match gix::lock::File::acquire_to_update_resource(index, gix::lock::acquire::Fail::Immediately, None, 0) {
-            Ok(lock) => {
-                if let Some(dir) = owner.parent() {
-                    let _ = std::fs::create_dir_all(dir);
+fn acquire(index: &Path, owner: &Path) -> Result<std::io::BufWriter<gix::lock::File>, Error> {
+    const ATTEMPTS: u64 = 100;
+    let mut attempt = 0;
+    loop {
+        let last =
+            match gix::lock::File::acquire_to_update_resource(index, gix::lock::acquire::Fail::Immediately, None, 0) {
+                Ok(lock) => {
+                    if let Some(dir) = owner.parent() {
+                        let _ = std::fs::create_dir_all(dir);
+                    }
+                    let _ = std::fs::write(owner, std::process::id().to_string());
+                    return Ok(std::io::BufWriter::new(lock));
                 }
-                let _ = std::fs::write(owner, std::process::id().to_string());
-                return Ok(std::io::BufWriter::new(lock));
-            }
-            Err(e) => last = e.to_string(),
-        }
+                Err(e) => e,
+            };
         if left_by_a_dead_runner(owner, &index.with_extension("lock")) {
             tracing::warn!(lock = %index.with_extension("lock").display(), "removing the index lock a killed runner left");
             let _ = std::fs::remove_file(index.with_extension("lock"));
             let _ = std::fs::remove_file(owner);
-            continue;
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(10 + attempt * 2));
         }
-        std::thread::sleep(std::time::Duration::from_millis(10 + attempt * 2));
+        attempt += 1;
+        if attempt == ATTEMPTS {
+            return Err(Error::IndexLocked(last.into()));
+        }
     }
-    Err(format!(
-        "the index is locked by another process ({last}); if no git command is running, remove .git/index.lock"
-    ))
 }
 
 /// Whether `lock` is the one `owner` marks (the mark written just after the lock, so not
