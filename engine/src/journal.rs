@@ -6,7 +6,30 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::code::Code;
 use crate::event::{Event, EventSink, read_ndjson, read_ndjson_for_state};
+
+/// A journal that cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read the journal of {run}: {source}")]
+    Read {
+        run: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line before the last is not an event (`event::read_ndjson` says which and why).
+    #[error("{0}")]
+    Malformed(String),
+}
+
+impl Error {
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Read { .. } | Error::Malformed(_) => Code::Io,
+        }
+    }
+}
 
 /// The journal of one run.
 pub struct Journal {
@@ -24,21 +47,24 @@ pub fn path(git_dir: &Path, run: &str) -> PathBuf {
 }
 
 /// The events recorded so far for `run` (empty when there is no journal).
-pub fn read(git_dir: &Path, run: &str) -> Result<Vec<Event>, String> {
-    match std::fs::read_to_string(path(git_dir, run)) {
-        Ok(text) => read_ndjson(&text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(format!("cannot read the journal of {run}: {e}")),
-    }
+pub fn read(git_dir: &Path, run: &str) -> Result<Vec<Event>, Error> {
+    read_with(git_dir, run, read_ndjson)
 }
 
 /// As `read`, with `step.log` events stripped to their seq, type and step
 /// (`event::read_ndjson_for_state`): what the daemon needs to carry a run on.
-pub fn read_for_state(git_dir: &Path, run: &str) -> Result<Vec<Event>, String> {
+pub fn read_for_state(git_dir: &Path, run: &str) -> Result<Vec<Event>, Error> {
+    read_with(git_dir, run, read_ndjson_for_state)
+}
+
+fn read_with(git_dir: &Path, run: &str, parse: fn(&str) -> Result<Vec<Event>, String>) -> Result<Vec<Event>, Error> {
     match std::fs::read_to_string(path(git_dir, run)) {
-        Ok(text) => read_ndjson_for_state(&text),
+        Ok(text) => parse(&text).map_err(Error::Malformed),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(format!("cannot read the journal of {run}: {e}")),
+        Err(source) => Err(Error::Read {
+            run: run.to_string(),
+            source,
+        }),
     }
 }
 
@@ -83,12 +109,6 @@ impl Journal {
         &self.path
     }
 
-    /// Everything recorded so far, as the ledger's events should hold it.
-    pub fn contents(&self) -> std::io::Result<Vec<u8>> {
-        let _guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        std::fs::read(&self.path)
-    }
-
     /// What was recorded after the first `offset` bytes, up to the end of the last whole line:
     /// the part of the journal the ledger lacks when it holds `offset` bytes.
     pub fn contents_from(&self, offset: u64) -> std::io::Result<Vec<u8>> {
@@ -103,8 +123,8 @@ impl Journal {
         Ok(out)
     }
 
-    /// Forces what was written to stable storage (at commits; a process crash loses nothing
-    /// written before it anyway).
+    /// Forces what was written to stable storage (before each ledger commit, which fails when
+    /// this does; a process crash loses nothing written before it anyway).
     pub fn sync(&self) -> std::io::Result<()> {
         self.file.lock().unwrap_or_else(|p| p.into_inner()).sync_data()
     }

@@ -13,6 +13,7 @@ pub mod event;
 pub mod evidence;
 pub mod exec;
 pub mod expr;
+pub mod git_cli;
 pub mod yaml;
 
 pub use code::Code;

@@ -8,38 +8,70 @@ use std::path::{Path, PathBuf};
 use gix::ObjectId;
 
 use crate::code::Code;
+use crate::git_cli::{self, is_ancestor as is_ancestor_in};
+use crate::ledger::notes::NOTES_REF as NOTES;
 use crate::ledger::{Ledger, verify};
-use crate::remote::is_ancestor_in;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
     Invalid(String),
+    /// `git bundle verify` refused the file.
+    #[error("{bundle}: not a valid bundle for this repository (git: {source})")]
+    NotABundle {
+        bundle: String,
+        #[source]
+        source: git_cli::Error,
+    },
+    /// The bundle's heads could not be listed.
+    #[error("git: {0}")]
+    NoHeads(#[source] git_cli::Error),
+    /// Fetching from the bundle into the quarantine failed.
+    #[error("{bundle}: cannot be read (git: {source})")]
+    Unreadable {
+        bundle: String,
+        #[source]
+        source: git_cli::Error,
+    },
     #[error("{0}")]
     Tampered(String),
     #[error("{0}")]
     Refused(String),
     #[error("git: {0}")]
-    Git(String),
+    Cli(#[from] git_cli::Error),
+    /// The quarantine repository could not be made.
+    #[error("git: {}: {source}", path.display())]
+    Quarantine {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The incoming history could not be read to be proven.
+    #[error("git: {0}")]
+    Ledger(#[from] crate::ledger::Error),
+    #[error("git: {0}")]
+    Tip(#[from] gix::Error),
 }
 
 impl Error {
     pub fn code(&self) -> Code {
         match self {
-            Error::Invalid(_) => Code::BundleInvalid,
+            Error::Invalid(_) | Error::NotABundle { .. } | Error::NoHeads(_) | Error::Unreadable { .. } => {
+                Code::BundleInvalid
+            }
             Error::Tampered(_) => Code::LedgerTampered,
             Error::Refused(_) => Code::Usage,
-            Error::Git(_) => Code::Io,
+            Error::Ledger(e) => e.code(),
+            Error::Cli(_) | Error::Quarantine { .. } | Error::Tip(_) => Code::Io,
         }
     }
 }
 
-const NOTES: &str = "refs/notes/stella";
 /// git's empty tree, to diff a first import against.
 const EMPTY_TREE: &str = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
 
 fn git(root: &Path, args: &[&str]) -> Result<String, Error> {
-    crate::remote::git_in(root, args).map_err(|e| Error::Git(e.to_string().trim_start_matches("git: ").to_string()))
+    Ok(git_cli::run(root, args)?)
 }
 
 fn rev(root: &Path, name: &str) -> Option<String> {
@@ -151,12 +183,17 @@ impl Quarantine {
             .join("stella")
             .join(format!("import-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::Git(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Quarantine {
+            path: dir.clone(),
+            source,
+        })?;
         let q = Quarantine { dir };
         git(&q.dir, &["init", "-q", "--template="])?;
         let alternates = q.dir.join(".git/objects/info/alternates");
-        std::fs::write(&alternates, format!("{objects}\n"))
-            .map_err(|e| Error::Git(format!("{}: {e}", alternates.display())))?;
+        std::fs::write(&alternates, format!("{objects}\n")).map_err(|source| Error::Quarantine {
+            path: alternates.clone(),
+            source,
+        })?;
         Ok(q)
     }
 }
@@ -251,15 +288,13 @@ pub fn import(root: &Path, branch: &str, bundle: &Path) -> Result<Imported, Erro
     if !bundle.is_file() {
         return Err(Error::Invalid(format!("{}: no such file", bundle.display())));
     }
-    git(root, &["bundle", "verify", "-q", &bundle_s]).map_err(|e| {
-        Error::Invalid(format!(
-            "{}: not a valid bundle for this repository ({e})",
-            bundle.display()
-        ))
+    git_cli::run(root, &["bundle", "verify", "-q", &bundle_s]).map_err(|source| Error::NotABundle {
+        bundle: bundle.display().to_string(),
+        source,
     })?;
     let bundle_name = bundle.display().to_string();
     let branch_ref = format!("refs/heads/{branch}");
-    let heads = git(root, &["bundle", "list-heads", &bundle_s]).map_err(|e| Error::Invalid(e.to_string()))?;
+    let heads = git_cli::run(root, &["bundle", "list-heads", &bundle_s]).map_err(Error::NoHeads)?;
     let carries = |r: &str| heads.lines().any(|l| l.ends_with(&format!(" {r}")));
     let (has_branch, has_notes) = (carries(&branch_ref), carries(NOTES));
     if !has_branch && !has_notes {
@@ -278,7 +313,10 @@ pub fn import(root: &Path, branch: &str, bundle: &Path) -> Result<Imported, Erro
     if has_notes {
         args.push(&notes_spec);
     }
-    git(&q.dir, &args).map_err(|e| Error::Invalid(format!("{bundle_name}: cannot be read ({e})")))?;
+    git_cli::run(&q.dir, &args).map_err(|source| Error::Unreadable {
+        bundle: bundle_name.clone(),
+        source,
+    })?;
     let current = rev(root, &branch_ref);
     let incoming = if has_branch {
         rev(&q.dir, incoming_ref).ok_or_else(|| Error::Invalid("the bundle's branch did not arrive".into()))?
@@ -308,9 +346,9 @@ pub fn import(root: &Path, branch: &str, bundle: &Path) -> Result<Imported, Erro
             )));
         }
         // Prove the incoming history before it becomes the branch.
-        let ledger = Ledger::open(&q.dir, branch).map_err(|e| Error::Git(e.to_string()))?;
-        let tip = ObjectId::from_hex(incoming.as_bytes()).map_err(|e| Error::Git(e.to_string()))?;
-        let report = verify::verify_at(&ledger, tip).map_err(|e| Error::Git(e.to_string()))?;
+        let ledger = Ledger::open(&q.dir, branch)?;
+        let tip = ObjectId::from_hex(incoming.as_bytes())?;
+        let report = verify::verify_at(&ledger, tip)?;
         if let Some(p) = report.problems.first() {
             return Err(Error::Tampered(format!(
                 "{bundle_name}: the incoming ledger does not verify ({} problems; first: commit {} {}: {})",

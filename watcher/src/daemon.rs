@@ -738,7 +738,7 @@ fn scan(env: &Environment) -> Result<Scan, Failure> {
         return Ok((Vec::new(), Vec::new()));
     };
     check_history(&ledger, &env.git_dir, tip)?;
-    let (views, ignored) = runs::scan(&ledger, tip).map_err(|e| Failure::one(Code::Io, e))?;
+    let (views, ignored) = runs::scan(&ledger, tip).map_err(|e| Failure::one(e.code(), e.to_string()))?;
     Ok((
         views
             .into_iter()
@@ -754,7 +754,7 @@ fn scan(env: &Environment) -> Result<Scan, Failure> {
 /// Refuses to go on when the branch no longer contains the last tip this daemon saw
 /// (a force-push rewrote the ledger's history).
 fn check_history(ledger: &stella_engine::ledger::Ledger, git_dir: &Path, tip: gix::ObjectId) -> Result<(), Failure> {
-    let file = runs::last_seen_path(git_dir);
+    let file = stella_engine::ledger::seen::last_seen_path(git_dir);
     if let Some(seen) = std::fs::read_to_string(&file)
         .ok()
         .and_then(|s| gix::ObjectId::from_hex(s.trim().as_bytes()).ok())
@@ -772,7 +772,7 @@ fn check_history(ledger: &stella_engine::ledger::Ledger, git_dir: &Path, tip: gi
     }
     let _ = std::fs::create_dir_all(file.parent().expect("has a parent"));
     let _ = std::fs::write(&file, tip.to_string());
-    runs::record_seen(git_dir, tip);
+    stella_engine::ledger::seen::record(git_dir, tip);
     Ok(())
 }
 

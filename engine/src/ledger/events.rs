@@ -31,11 +31,6 @@ pub fn segment_seq(name: &str) -> Option<u64> {
     (segment_name(seq) == name).then_some(seq)
 }
 
-/// Whether `rel` (relative to a run directory) holds events: the legacy file or a segment.
-pub fn is_events_file(rel: &str) -> bool {
-    rel == LEGACY || rel.starts_with("events/")
-}
-
 /// A run's events from its files (paths relative to the run directory): the legacy file, then
 /// the segments in seq order. `None` when the run has no events file at all.
 pub fn concat<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Option<Vec<u8>> {

@@ -5,7 +5,9 @@
 
 pub mod events;
 pub mod heal;
+pub mod notes;
 mod repair;
+pub mod seen;
 pub mod verify;
 mod worktree;
 

@@ -177,7 +177,7 @@ impl Remote {
                 if self.push_claim(&claim_ref, &blob, &current)? {
                     Ok(Renewal::Kept { token: blob })
                 } else {
-                    Err(Error::Git(format!("the claim on {run} keeps changing")))
+                    Err(Error::ClaimContended(run.to_string()))
                 }
             }
             Some((_, held)) => Ok(Renewal::Lost { holder: held.holder }),
@@ -203,7 +203,12 @@ impl Remote {
         let lease = format!("--force-with-lease={claim_ref}:{expected}");
         match self.git(&["push", &lease, &self.name, &format!("{blob}:{claim_ref}")]) {
             Ok(_) => Ok(true),
-            Err(Error::Git(e)) if e.contains("stale info") || e.contains("rejected") => Ok(false),
+            Err(Error::Cli(e))
+                if e.stderr()
+                    .is_some_and(|s| s.contains("stale info") || s.contains("rejected")) =>
+            {
+                Ok(false)
+            }
             Err(e) => {
                 // Some servers word a lease failure differently: tell it apart from an
                 // unreachable remote by asking the remote.

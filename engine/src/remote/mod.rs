@@ -7,39 +7,78 @@ mod claims;
 mod notes;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use gix::ObjectId;
 
 use crate::code::Code;
+use crate::git_cli;
 use crate::keys::SshKey;
-use crate::ledger::{FileWrite, Ledger, is_runner_path};
+use crate::ledger::notes::{NOTES_REF, REMOTE_NOTES_REF};
+use crate::ledger::{FileWrite, GitError, Ledger, is_runner_path};
 
 pub use claims::{Claim, Renewal};
-pub use notes::noted_plan_hash;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
     Diverged(String),
+    /// A git command failed (fetching one ref, pushing, notes, moving the branch).
     #[error("git: {0}")]
-    Git(String),
+    Cli(#[from] git_cli::Error),
+    /// The ledger could not be read, or the runner's files not re-committed.
+    #[error("git: {0}")]
+    Ledger(#[from] crate::ledger::Error),
+    #[error("git: remote `{name}`: {source}")]
+    NoRemote {
+        name: String,
+        #[source]
+        source: GitError,
+    },
+    #[error("git: remote `{name}` has no fetch URL")]
+    NoFetchUrl { name: String },
+    #[error("git: cannot reach remote `{name}`: {source}")]
+    Unreachable {
+        name: String,
+        #[source]
+        source: GitError,
+    },
+    #[error("git: fetch from `{name}`: {source}")]
+    Fetch {
+        name: String,
+        #[source]
+        source: GitError,
+    },
+    /// Any other gix failure: opening the repository, references, refspecs, objects.
+    #[error("git: {0}")]
+    Git(#[source] GitError),
+    #[error("git: could not push {0}: the remote kept moving")]
+    PushContended(String),
+    #[error("git: the claim on {0} keeps changing")]
+    ClaimContended(String),
 }
 
 impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::Diverged(_) => Code::BranchDiverged,
-            Error::Git(_) => Code::Io,
+            Error::Ledger(e) => e.code(),
+            Error::Cli(_)
+            | Error::NoRemote { .. }
+            | Error::NoFetchUrl { .. }
+            | Error::Unreachable { .. }
+            | Error::Fetch { .. }
+            | Error::Git(_)
+            | Error::PushContended(_)
+            | Error::ClaimContended(_) => Code::Io,
         }
     }
 }
 
-fn git_err(e: impl std::fmt::Display) -> Error {
-    Error::Git(e.to_string())
+fn git_err(e: impl Into<GitError>) -> Error {
+    Error::Git(e.into())
 }
 
 /// A remote and the branch the runner works on.
@@ -64,33 +103,6 @@ pub struct Integrated {
     pub dropped: Vec<String>,
 }
 
-/// Runs the git CLI in `root`; its trimmed stdout, or its stderr as the error.
-pub fn git_in(root: &Path, args: &[&str]) -> Result<String, Error> {
-    let out = Command::new("git")
-        .current_dir(root)
-        .args(args)
-        .output()
-        .map_err(|e| Error::Git(format!("cannot run git: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::Git(format!(
-            "git {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// Whether commit `a` is an ancestor of (or is) `b` in the repository at `root`; false when
-/// git cannot tell (an unknown commit, git missing), which every caller reads as "no".
-pub fn is_ancestor_in(root: &Path, a: &str, b: &str) -> bool {
-    Command::new("git")
-        .current_dir(root)
-        .args(["merge-base", "--is-ancestor", a, b])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 impl Remote {
     pub fn new(root: PathBuf, name: String, branch: String, pull_patterns: Vec<String>, lease: Duration) -> Remote {
         Remote {
@@ -104,11 +116,18 @@ impl Remote {
     }
 
     fn git(&self, args: &[&str]) -> Result<String, Error> {
-        git_in(&self.root, args)
+        Ok(git_cli::run(&self.root, args)?)
     }
 
     fn repo(&self) -> Result<gix::Repository, Error> {
         crate::ledger::open_repo(&self.root).map_err(git_err)
+    }
+
+    fn fetch_failed(&self, e: impl Into<GitError>) -> Error {
+        Error::Fetch {
+            name: self.name.clone(),
+            source: e.into(),
+        }
     }
 
     fn tracking(&self) -> String {
@@ -131,16 +150,19 @@ impl Remote {
     pub fn fetch(&self) -> Result<(), Error> {
         use gix::remote::Direction;
         let repo = self.repo()?;
-        let named = repo
-            .find_remote(self.name.as_str())
-            .map_err(|e| Error::Git(format!("remote `{}`: {e}", self.name)))?;
+        let named = repo.find_remote(self.name.as_str()).map_err(|e| Error::NoRemote {
+            name: self.name.clone(),
+            source: e.into(),
+        })?;
         let url = named
             .url(Direction::Fetch)
-            .ok_or_else(|| Error::Git(format!("remote `{}` has no fetch URL", self.name)))?
+            .ok_or_else(|| Error::NoFetchUrl {
+                name: self.name.clone(),
+            })?
             .clone();
         let mut specs = vec![
             format!("+refs/heads/{b}:{}", self.tracking(), b = self.branch),
-            "+refs/notes/stella:refs/stella/remote-notes".to_string(),
+            format!("+{NOTES_REF}:{REMOTE_NOTES_REF}"),
             "+refs/stella/claims/*:refs/stella/remote-claims/*".to_string(),
         ];
         for p in &self.pull_patterns {
@@ -154,11 +176,14 @@ impl Remote {
             .map_err(git_err)?;
         let outcome = remote
             .connect(Direction::Fetch)
-            .map_err(|e| Error::Git(format!("cannot reach remote `{}`: {e}", self.name)))?
+            .map_err(|e| Error::Unreachable {
+                name: self.name.clone(),
+                source: e.into(),
+            })?
             .prepare_fetch(gix::progress::Discard, Default::default())
-            .map_err(|e| Error::Git(format!("fetch from `{}`: {e}", self.name)))?
+            .map_err(|e| self.fetch_failed(e))?
             .receive(gix::progress::Discard, &std::sync::atomic::AtomicBool::new(false))
-            .map_err(|e| Error::Git(format!("fetch from `{}`: {e}", self.name)))?;
+            .map_err(|e| self.fetch_failed(e))?;
         let fetched: BTreeSet<String> = outcome
             .ref_map
             .mappings
@@ -237,8 +262,8 @@ impl Remote {
         let mut dropped = Vec::new();
         for run in by_run.keys() {
             let foreign = self.claim_holder(run).is_some_and(|h| h != me);
-            let theirs = ledger.run_events(remote_id, run).map_err(git_err)?.unwrap_or_default();
-            let ours = ledger.run_events(local_id, run).map_err(git_err)?.unwrap_or_default();
+            let theirs = ledger.run_events(remote_id, run)?.unwrap_or_default();
+            let ours = ledger.run_events(local_id, run)?.unwrap_or_default();
             if foreign || !ours.starts_with(&theirs) {
                 dropped.push((*run).to_string());
             }
@@ -252,7 +277,7 @@ impl Remote {
                 continue;
             }
             for p in run_paths {
-                if let Some(bytes) = ledger.read(local_id, p).map_err(git_err)? {
+                if let Some(bytes) = ledger.read(local_id, p)? {
                     writes.push(FileWrite {
                         path: (*p).to_string(),
                         bytes,
@@ -263,25 +288,23 @@ impl Remote {
         self.move_branch(&remote, &local, false)?;
         // The dropped commits were this runner's own and unpushed: the daemon's check against
         // rewritten history must not take their replacement for a force-push.
-        let seen = crate::runs::last_seen_path(ledger.git_dir());
+        let seen = crate::ledger::seen::last_seen_path(ledger.git_dir());
         if std::fs::read_to_string(&seen).is_ok_and(|s| !self.is_ancestor(s.trim(), &remote)) {
             let _ = std::fs::write(&seen, &remote);
         }
         ledger.refresh();
         if !writes.is_empty() {
-            ledger
-                .commit(
-                    &writes,
-                    &format!("stella: runner results re-committed on {}", &remote[..12]),
-                    key,
-                )
-                .map_err(git_err)?;
+            ledger.commit(
+                &writes,
+                &format!("stella: runner results re-committed on {}", &remote[..12]),
+                key,
+            )?;
         }
         Ok(Integrated { dropped })
     }
 
     fn is_ancestor(&self, a: &str, b: &str) -> bool {
-        is_ancestor_in(&self.root, a, b)
+        git_cli::is_ancestor(&self.root, a, b)
     }
 
     fn head_is_branch(&self) -> bool {
@@ -325,10 +348,7 @@ impl Remote {
             self.fetch()?;
             dropped.extend(self.integrate(ledger, key)?.dropped);
         }
-        Err(Error::Git(format!(
-            "could not push {}: the remote kept moving",
-            self.branch
-        )))
+        Err(Error::PushContended(self.branch.clone()))
     }
 }
 

@@ -9,8 +9,7 @@ use super::{Error, Remote};
 use crate::code::Code;
 use crate::config::{CONFIG_PATH, Config};
 use crate::ledger::Ledger;
-
-const NOTES: &str = "refs/notes/stella";
+use crate::ledger::notes::{NOTES_REF as NOTES, REMOTE_NOTES_REF};
 /// Who writes notes: the runner (a runner machine often has no git identity of its own).
 const IDENTITY: [&str; 4] = [
     "-c",
@@ -74,14 +73,14 @@ impl Remote {
         drop(noted);
         // Push when the notes hold anything the remote lacks (new now, or left by a failed push).
         let local = self.rev(NOTES);
-        let remote = self.rev("refs/stella/remote-notes");
+        let remote = self.rev(REMOTE_NOTES_REF);
         if let Some(l) = &local
             && local != remote
             && !remote.as_deref().is_some_and(|r| self.is_ancestor(l, r))
         {
             self.push_notes()?;
             if let Some(pushed) = self.rev(NOTES) {
-                let _ = self.git(&["update-ref", "refs/stella/remote-notes", &pushed]);
+                let _ = self.git(&["update-ref", REMOTE_NOTES_REF, &pushed]);
             }
         }
         Ok(written)
@@ -89,84 +88,28 @@ impl Remote {
 
     /// Pushes `refs/notes/stella`, merging in notes others pushed meanwhile.
     fn push_notes(&self) -> Result<(), Error> {
-        let mut last = None;
-        for _ in 0..10 {
-            match self.git(&["push", "-q", &self.name, &format!("{NOTES}:{NOTES}")]) {
+        const ATTEMPTS: u32 = 10;
+        let mut attempt = 0;
+        loop {
+            let failed = match self.git(&["push", "-q", &self.name, &format!("{NOTES}:{NOTES}")]) {
                 Ok(_) => return Ok(()),
-                Err(e) => last = Some(e),
-            }
+                Err(e) => e,
+            };
             // Someone else added notes meanwhile: merge theirs (ours win on the same commit).
             self.git(&[
                 "fetch",
                 "-q",
                 "--no-tags",
                 &self.name,
-                &format!("+{NOTES}:refs/stella/remote-notes"),
+                &format!("+{NOTES}:{REMOTE_NOTES_REF}"),
             ])?;
-            self.git_as_runner(&[
-                "notes",
-                "--ref=stella",
-                "merge",
-                "-q",
-                "-s",
-                "ours",
-                "refs/stella/remote-notes",
-            ])?;
-        }
-        Err(last.unwrap_or_else(|| Error::Git("cannot push the notes".into())))
-    }
-}
-
-/// The note on `commit` in the notes whose tip is `notes` (flat or fanned-out layout).
-fn note_at(ledger: &Ledger, notes: ObjectId, commit: ObjectId) -> Option<String> {
-    let hex = commit.to_string();
-    let paths = [
-        hex.clone(),
-        format!("{}/{}", &hex[..2], &hex[2..]),
-        format!("{}/{}/{}", &hex[..2], &hex[2..4], &hex[4..]),
-    ];
-    paths
-        .iter()
-        .find_map(|p| ledger.read(notes, p).ok().flatten())
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-}
-
-/// The plan hash noted for run `id` on the pull request that brought it: the newest commit
-/// holding the request, walking back from `commit`, whose note (local or fetched) has a plan
-/// for the run. `(noted commit, planHash)`.
-pub fn noted_plan_hash(ledger: &Ledger, commit: ObjectId, id: &str) -> Option<(ObjectId, String)> {
-    let stores: Vec<ObjectId> = [NOTES, "refs/stella/remote-notes"]
-        .iter()
-        .filter_map(|r| ledger.resolve(r))
-        .collect();
-    if stores.is_empty() {
-        return None;
-    }
-    let request_path = format!("runs/{id}/request.yaml");
-    let header = format!("stella plan for runs/{id}\n");
-    let mut queue = std::collections::VecDeque::from([commit]);
-    let mut seen = std::collections::HashSet::new();
-    while let Some(c) = queue.pop_front() {
-        if !seen.insert(c) || seen.len() > 500 {
-            continue;
-        }
-        if ledger.read(c, &request_path).ok().flatten().is_none() {
-            continue;
-        }
-        for notes in &stores {
-            let Some(text) = note_at(ledger, *notes, c) else {
-                continue;
-            };
-            let Some(start) = text.find(&header) else { continue };
-            let section = &text[start + header.len()..];
-            let section = section.split("\nstella plan for ").next().unwrap_or(section);
-            if let Some(hash) = section.lines().find_map(|l| l.trim().strip_prefix("planHash: ")) {
-                return Some((c, hash.trim().to_string()));
+            self.git_as_runner(&["notes", "--ref=stella", "merge", "-q", "-s", "ours", REMOTE_NOTES_REF])?;
+            attempt += 1;
+            if attempt == ATTEMPTS {
+                return Err(failed);
             }
         }
-        queue.extend(ledger.parents(c).unwrap_or_default());
     }
-    None
 }
 
 /// The note for one request of a pull request: its plan, or why it does not plan. The pack and

@@ -18,7 +18,7 @@ use crate::exec::{GateDecision, GateVerdict, Gatekeeper};
 use crate::ledger::Within;
 use crate::plan::{Plan, PlanApprovalGate, PlanStep};
 
-use super::lifecycle::Environment;
+use super::Environment;
 
 pub struct RepoGates<'a> {
     pub env: &'a Environment,
@@ -36,7 +36,7 @@ impl RepoGates<'_> {
 
     /// The trust files of `commit`.
     fn trust_at(&self, commit: ObjectId) -> Result<(AllowedSigners, Approvers), (Code, String)> {
-        let ledger = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let ledger = self.env.ledger();
         // Read within a limit, checked against the object's size before it is inflated.
         let read = |path: &str, code: Code| match ledger.read_within(commit, path, MAX_TRUST_FILE_BYTES) {
             Ok(Some(Within::Read(b))) => Ok(String::from_utf8_lossy(&b).into_owned()),
@@ -65,7 +65,7 @@ impl RepoGates<'_> {
 
     /// The approval files for `gate` on the branch tip now.
     fn files(&self, gate: &str) -> Vec<ApprovalFile> {
-        let mut ledger = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ledger = self.env.ledger();
         ledger.refresh();
         let Ok(Some(tip)) = ledger.tip() else { return Vec::new() };
         let dir = format!("approvals/{}/{gate}", self.run);
@@ -112,7 +112,7 @@ impl RepoGates<'_> {
             return;
         }
         let tip = {
-            let ledger = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            let ledger = self.env.ledger();
             ledger.tip().ok().flatten()
         };
         let Some(tip) = tip.filter(|t| *t != self.trust_commit) else {

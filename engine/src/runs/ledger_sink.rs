@@ -2,7 +2,8 @@
 //! run's ledger files (events, plan, artifacts) are committed in batches — at once at a gate
 //! wait and at the end of the run, otherwise at most every `commit.batchMs`. Each commit adds
 //! one events segment holding what the ledger lacks (`ledger::events`), so neither a commit nor
-//! the runner's memory grows with the length of the run.
+//! the runner's memory grows with the length of the run. The journal is forced to disk before
+//! every commit; a fenced run is never committed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,25 +11,61 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use gix::ObjectId;
+
+use super::{Environment, Error};
 use crate::event::{Event, EventSink};
-use crate::journal::Journal;
+use crate::journal::{self, Journal};
 use crate::ledger::FileWrite;
+use crate::plan::Plan;
 
-use super::lifecycle::Environment;
-
+/// The executor's sink for one run in a repository.
 pub struct LedgerSink<'a> {
-    pub env: &'a Environment,
-    pub id: &'a str,
-    pub journal: &'a Journal,
-    pub run_dir: PathBuf,
-    pub batch: Duration,
-    pub last_commit: Mutex<Instant>,
+    env: &'a Environment,
+    id: &'a str,
+    journal: &'a Journal,
+    run_dir: PathBuf,
+    batch: Duration,
+    last_commit: Mutex<Instant>,
     /// The canonical plan, written with every commit of the run (unchanged, it costs nothing).
-    pub plan_json: Mutex<Option<Vec<u8>>>,
+    plan_json: Mutex<Option<Vec<u8>>>,
     /// What the evidence of the run is made from; set once the run is planned.
     pub evidence: Mutex<Option<EvidenceContext>>,
     /// Steps that succeeded so far (for commit messages), counted as events pass.
-    pub steps_done: AtomicUsize,
+    steps_done: AtomicUsize,
+}
+
+impl<'a> LedgerSink<'a> {
+    /// The sink of run `id`, whose journal holds `prior` so far; `run_dir` is its work directory.
+    pub fn new(
+        env: &'a Environment,
+        id: &'a str,
+        journal: &'a Journal,
+        run_dir: PathBuf,
+        batch: Duration,
+        prior: &[Event],
+    ) -> LedgerSink<'a> {
+        LedgerSink {
+            env,
+            id,
+            journal,
+            run_dir,
+            batch,
+            last_commit: Mutex::new(Instant::now()),
+            plan_json: Mutex::new(None),
+            evidence: Mutex::new(None),
+            steps_done: AtomicUsize::new(steps_done(prior)),
+        }
+    }
+
+    /// Sets the run's plan: `plan.json` goes out with the next commit, and the evidence with
+    /// the final one.
+    pub fn set_plan(&self, plan: &Plan) -> Result<(), Error> {
+        *self.plan_json.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan.to_plan_json().into_bytes());
+        let context = EvidenceContext::for_run(self.env, self.id, plan)?;
+        *self.evidence.lock().unwrap_or_else(|p| p.into_inner()) = Some(context);
+        Ok(())
+    }
 }
 
 /// The parts of a run's evidence that events do not hold.
@@ -43,34 +80,58 @@ pub struct EvidenceContext {
     pub sandbox: crate::config::SandboxPolicy,
 }
 
+impl EvidenceContext {
+    /// What the evidence of run `id` needs beyond the events: the request as committed, the
+    /// pack path and the repository policy of the request's trust commit.
+    fn for_run(env: &Environment, id: &str, plan: &Plan) -> Result<EvidenceContext, Error> {
+        let prior = journal::read_for_state(&env.git_dir, id)?;
+        let planned = prior.iter().find(|e| e.kind == "run.planned");
+        let field = |k: &str| {
+            planned
+                .and_then(|e| e.get(k))
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let commit = ObjectId::from_hex(field("requestCommit").as_bytes()).map_err(Error::RequestCommit)?;
+        let request = env
+            .read_text(commit, &format!("runs/{id}/request.yaml"))
+            .unwrap_or_default()
+            .into_bytes();
+        let trust = ObjectId::from_hex(field("trustCommit").as_bytes()).unwrap_or(commit);
+        let config = env.config_at(trust);
+        Ok(EvidenceContext {
+            plan: plan.clone(),
+            pack_path: field("pack"),
+            request,
+            sealed: config.sealed,
+            network_allow: config.network_allow.clone(),
+            secret_sources: Default::default(),
+            sandbox: config.sandbox.clone(),
+        })
+    }
+}
+
 impl LedgerSink<'_> {
     /// Commits everything of the run the ledger lacks, with `message`: the journal's events
     /// past those the ledger holds, as a new segment.
-    pub fn commit(&self, message: &str) -> Result<(), String> {
+    pub fn commit(&self, message: &str) -> Result<(), Error> {
         if self.env.is_fenced(self.id) {
-            return Err(format!(
-                "another runner took run {} over; this runner's results stay in its journal",
-                self.id
-            ));
+            return Err(Error::Fenced(self.id.to_string()));
         }
         let committed = {
-            let ledger = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner());
-            match ledger.tip().map_err(|e| e.to_string())? {
-                Some(tip) => ledger.run_events_len(tip, self.id).map_err(|e| e.to_string())?,
+            let ledger = self.env.ledger();
+            match ledger.tip()? {
+                Some(tip) => ledger.run_events_len(tip, self.id)?,
                 None => 0,
             }
         };
-        let fresh = self
-            .journal
-            .contents_from(committed)
-            .map_err(|e| format!("cannot read the journal: {e}"))?;
+        let fresh = self.journal.contents_from(committed).map_err(Error::JournalTail)?;
         let mut writes = Vec::new();
         if !fresh.is_empty() {
-            let seq = crate::ledger::events::first_seq(&fresh).ok_or_else(|| {
-                format!(
-                    "the journal of {} does not continue the ledger at byte {committed}",
-                    self.id
-                )
+            let seq = crate::ledger::events::first_seq(&fresh).ok_or_else(|| Error::Discontinued {
+                run: self.id.to_string(),
+                at: committed,
             })?;
             writes.push(FileWrite {
                 path: crate::ledger::events::segment_path(self.id, seq),
@@ -87,11 +148,12 @@ impl LedgerSink<'_> {
         if let Some(evidence) = self.evidence_writes(&writes)? {
             writes.extend(evidence);
         }
-        let _ = self.journal.sync();
-        let mut ledger = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner());
-        ledger
-            .commit(&writes, message, self.env.key.as_ref())
-            .map_err(|e| e.to_string())?;
+        // The ledger never holds an event the journal might still lose.
+        self.journal.sync().map_err(|source| Error::JournalSync {
+            path: self.journal.path().to_path_buf(),
+            source,
+        })?;
+        self.env.ledger().commit(&writes, message, self.env.key.as_ref())?;
         *self.last_commit.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         Ok(())
     }
@@ -99,15 +161,15 @@ impl LedgerSink<'_> {
 
 impl LedgerSink<'_> {
     /// At the end of a run (its events hold a terminal event): the attestation and manifest.
-    fn evidence_writes(&self, writes: &[FileWrite]) -> Result<Option<Vec<FileWrite>>, String> {
+    fn evidence_writes(&self, writes: &[FileWrite]) -> Result<Option<Vec<FileWrite>>, Error> {
         let guard = self.evidence.lock().unwrap_or_else(|p| p.into_inner());
         let Some(ctx) = guard.as_ref() else { return Ok(None) };
         let prefix = format!("runs/{}/", self.id);
         // Every runner file of the run: what the ledger holds, with this commit's writes over it.
         let mut run_files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         {
-            let ledger = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(tip) = ledger.tip().map_err(|e| e.to_string())? {
+            let ledger = self.env.ledger();
+            if let Some(tip) = ledger.tip()? {
                 for (rel, bytes, _) in ledger
                     .files_under(tip, &format!("runs/{}", self.id))
                     .unwrap_or_default()
@@ -123,22 +185,18 @@ impl LedgerSink<'_> {
                 run_files.insert(rel.to_string(), w.bytes.clone());
             }
         }
-        // The events in their order, read file by file: the legacy file, then segments by seq
-        // (zero-padded names sort as their numbers, and after `events.ndjson`).
-        let mut events = Vec::new();
-        for (rel, bytes) in &run_files {
-            if crate::ledger::events::is_events_file(rel) {
-                events.extend(crate::event::read_ndjson_for_state(&String::from_utf8_lossy(bytes)).unwrap_or_default());
-            }
-        }
+        // The events in their order: the legacy file, then the segments by seq.
+        let events = crate::ledger::events::concat(run_files.iter().map(|(rel, b)| (rel.as_str(), b.as_slice())))
+            .map(|bytes| crate::event::read_ndjson_for_state(&String::from_utf8_lossy(&bytes)).unwrap_or_default())
+            .unwrap_or_default();
         if !crate::state::fold(&events).state.is_terminal() {
             return Ok(None);
         }
         let mut approvals = BTreeMap::new();
         let cancel;
         {
-            let ledger = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner());
-            let tip = ledger.tip().map_err(|e| e.to_string())?;
+            let ledger = self.env.ledger();
+            let tip = ledger.tip()?;
             cancel = tip.and_then(|t| ledger.read(t, &format!("{prefix}cancel.yaml")).ok().flatten());
             // Every approval file of the run's gates, counted or not: the evidence covers them all.
             if let Some(t) = tip {
@@ -181,14 +239,14 @@ impl LedgerSink<'_> {
 }
 
 /// The run's artifacts as ledger files: `runs/<id>/artifacts/<step>/<name>`.
-pub fn artifact_writes(run_dir: &Path, id: &str) -> Result<Vec<FileWrite>, String> {
+fn artifact_writes(run_dir: &Path, id: &str) -> Result<Vec<FileWrite>, Error> {
     let root = run_dir.join("artifacts");
     let mut out = Vec::new();
     if !root.exists() {
         return Ok(out);
     }
     for entry in walkdir::WalkDir::new(&root).follow_links(false).sort_by_file_name() {
-        let entry = entry.map_err(|e| format!("cannot read artifacts: {e}"))?;
+        let entry = entry.map_err(Error::Artifacts)?;
         if !entry.file_type().is_file() {
             continue;
         }
@@ -198,7 +256,10 @@ pub fn artifact_writes(run_dir: &Path, id: &str) -> Result<Vec<FileWrite>, Strin
             .expect("under the run dir")
             .to_string_lossy()
             .replace('\\', "/");
-        let bytes = std::fs::read(entry.path()).map_err(|e| format!("{rel}: {e}"))?;
+        let bytes = std::fs::read(entry.path()).map_err(|source| Error::Artifact {
+            path: rel.clone(),
+            source,
+        })?;
         out.push(FileWrite {
             path: format!("runs/{id}/{rel}"),
             bytes,
@@ -213,7 +274,7 @@ fn is_step_done(e: &Event) -> bool {
 }
 
 /// How many steps of `events` succeeded by running.
-pub fn steps_done(events: &[Event]) -> usize {
+fn steps_done(events: &[Event]) -> usize {
     events.iter().filter(|x| is_step_done(x)).count()
 }
 

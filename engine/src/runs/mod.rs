@@ -2,10 +2,13 @@
 //! recover, flush, cancel, nothing), and carrying one run from request to finished ledger.
 //! Synchronous; the watcher decides when to call it and on which thread.
 
+mod env;
 mod gates;
 mod invalid;
 mod ledger_sink;
 mod lifecycle;
+mod planning;
+mod trust;
 
 use std::path::Path;
 
@@ -16,8 +19,72 @@ use crate::event::Event;
 use crate::ledger::Ledger;
 use crate::state::{RunState, RunStatus, fold};
 
+pub use env::Environment;
 pub use invalid::{Invalid, RUN_ENTRIES};
-pub use lifecycle::{Environment, Error, last_seen_path, process, record_seen, seen_tips};
+pub use lifecycle::process;
+
+/// Why a run could not be carried on. Whatever is wrong with the run's own files is `Invalid`
+/// (the run is left alone, the other runs go on); the rest is this runner's trouble with its
+/// ledger or journal.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("ledger: {0}")]
+    Ledger(#[from] crate::ledger::Error),
+    #[error("ledger: the branch has no commits")]
+    NoCommits,
+    /// Another runner took the run over: nothing more of this runner's goes into the ledger.
+    #[error("ledger: another runner took run {0} over; this runner's results stay in its journal")]
+    Fenced(String),
+    #[error("ledger: the journal of {run} does not continue the ledger at byte {at}")]
+    Discontinued { run: String, at: u64 },
+    #[error("ledger: cannot read the journal: {0}")]
+    JournalTail(#[source] std::io::Error),
+    #[error("ledger: cannot read artifacts: {0}")]
+    Artifacts(#[source] walkdir::Error),
+    #[error("ledger: {path}: {source}")]
+    Artifact {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("journal: {0}")]
+    Journal(#[from] crate::journal::Error),
+    /// The journal could not be opened, set aside or appended to.
+    #[error("journal: {0}")]
+    JournalWrite(#[source] std::io::Error),
+    /// What the journal holds could not be forced to disk: nothing is committed that the
+    /// journal might lose.
+    #[error("journal: {} cannot be synced to disk: {source}", path.display())]
+    JournalSync {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("journal: requestCommit: {0}")]
+    RequestCommit(#[source] gix::Error),
+    /// The run's files cannot be continued: it is left alone, the other runs go on.
+    #[error("run is invalid: {0}")]
+    Invalid(Invalid),
+}
+
+impl Error {
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Ledger(e) => e.code(),
+            Error::Journal(e) => e.code(),
+            Error::Invalid(why) => why.code,
+            Error::NoCommits
+            | Error::Fenced(_)
+            | Error::Discontinued { .. }
+            | Error::JournalTail(_)
+            | Error::Artifacts(_)
+            | Error::Artifact { .. }
+            | Error::JournalWrite(_)
+            | Error::JournalSync { .. }
+            | Error::RequestCommit(_) => Code::Io,
+        }
+    }
+}
 
 /// What the repository and the local journal say about one run.
 #[derive(Debug, Clone)]
@@ -102,10 +169,10 @@ impl RunView {
 /// `runs/` that are not runs, or not run files (reported, then ignored). A run directory that
 /// cannot be read is a view with `invalid` set; only the `runs/` tree itself failing to read
 /// is an error.
-pub fn scan(ledger: &Ledger, tip: ObjectId) -> Result<(Vec<RunView>, Vec<String>), String> {
+pub fn scan(ledger: &Ledger, tip: ObjectId) -> Result<(Vec<RunView>, Vec<String>), crate::ledger::Error> {
     let mut views = Vec::new();
     let mut ignored = Vec::new();
-    for (name, is_dir) in ledger.list(tip, "runs").map_err(|e| e.to_string())? {
+    for (name, is_dir) in ledger.list(tip, "runs")? {
         if !is_dir {
             if name != "README.md" {
                 ignored.push(format!("runs/{name}"));

@@ -159,7 +159,7 @@ fn repository(repo_dir: &Path, key: Option<&Path>) -> Result<Vec<(Level, String)
     let signers_text = std::fs::read_to_string(root.join(".stella/allowed_signers")).unwrap_or_default();
     // Verification trusts the committed file, never the working tree's.
     {
-        let committed = stella_engine::remote::git_in(
+        let committed = stella_engine::git_cli::run(
             &root,
             &["show", &format!("refs/heads/{}:.stella/allowed_signers", config.branch)],
         )

@@ -17,7 +17,7 @@ fn views(root: &Path) -> Result<Vec<RunView>, Failure> {
     let Some(tip) = ledger.tip().map_err(|e| Failure::one(e.code(), e.to_string()))? else {
         return Ok(Vec::new());
     };
-    let (views, ignored) = runs::scan(&ledger, tip).map_err(|e| Failure::one(Code::Io, e))?;
+    let (views, ignored) = runs::scan(&ledger, tip).map_err(|e| Failure::one(e.code(), e.to_string()))?;
     for path in ignored {
         tracing::warn!(path = %path, "not a run directory or run file; ignored");
     }

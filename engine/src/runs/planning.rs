@@ -1,0 +1,193 @@
+//! Planning a run from the repository: a new request planned from the objects of the commit
+//! that holds it (never the working tree), under the policy of its trust commit, held to its
+//! pin, its run token and the plan noted on its pull request; an interrupted run re-planned
+//! from the commit it was planned at. Decides refusals; never writes the journal or the ledger.
+
+use gix::ObjectId;
+use serde_json::json;
+
+use super::Environment;
+use super::trust::trust_commit;
+use crate::code::Code;
+use crate::diag::Diagnostics;
+use crate::event::Event;
+use crate::pack::{PackFiles, sha256_hex};
+use crate::plan::Plan;
+use crate::request::Request;
+
+/// A failure decided before execution, recorded as `run.failed`.
+pub struct Refusal {
+    pub code: Code,
+    pub message: String,
+    pub problems: Option<Diagnostics>,
+}
+
+impl From<Diagnostics> for Refusal {
+    fn from(d: Diagnostics) -> Self {
+        let message = d.iter().next().map(ToString::to_string).unwrap_or_default();
+        Refusal {
+            code: d.code(),
+            message,
+            problems: Some(d),
+        }
+    }
+}
+
+fn refuse(code: Code, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+        problems: None,
+    }
+}
+
+/// A new request planned: the plan, the pack files it was made from, and the `run.planned`
+/// event to record.
+pub struct Planned {
+    pub plan: Plan,
+    pub files: PackFiles,
+    pub event: Event,
+}
+
+/// Plans a new request from the objects of `commit`.
+pub fn plan_new(env: &Environment, id: &str, commit: ObjectId) -> Result<Planned, Refusal> {
+    let request_path = format!("runs/{id}/request.yaml");
+    let text = env
+        .read_text(commit, &request_path)
+        .ok_or_else(|| refuse(Code::RequestInvalid, format!("{request_path} is missing")))?;
+    let request = Request::parse(&request_path, &text)?;
+    if let Some(token) = &request.run_token
+        && let Some(first) = first_with_token(env, commit, token, id)
+    {
+        return Err(refuse(
+            Code::RunDuplicate,
+            format!("duplicate of run {first} (same runToken); not executed"),
+        ));
+    }
+    // Repository policy (sealed, network.allow) is trusted only from before the request.
+    let trust = trust_commit(env, commit, &request_path);
+    let config = &env.config_at(trust);
+    let files = pack_at(env, commit, &request.pack)?;
+    let plan = crate::plan_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
+    let hash = plan.hash();
+    if let Some(pinned) = &request.plan_hash
+        && *pinned != hash
+    {
+        return Err(refuse(
+            Code::PackHashMismatch,
+            format!("the request pins {pinned}, but the pack and inputs at this commit plan to {hash}"),
+        ));
+    }
+    // A request reviewed on a pull request must run the plan its note showed.
+    let noted = crate::ledger::notes::noted_plan_hash(&env.ledger(), commit, id);
+    if let Some((at, noted)) = noted
+        && noted != hash
+    {
+        return Err(refuse(
+            Code::PackHashMismatch,
+            format!(
+                "after the merge the request plans to {hash}, but the plan noted on pull request commit {} was {noted}",
+                &at.to_string()[..12]
+            ),
+        ));
+    }
+    let mut data = json!({
+        "planHash": hash, "pack": request.pack, "version": plan.pack.version, "requestCommit": commit.to_string(),
+        "requestSha256": sha256_hex(text.as_bytes()), "trustCommit": trust.to_string(),
+    });
+    if let Some(t) = &request.run_token {
+        data["runToken"] = json!(t);
+    }
+    let event = Event::new("run.planned")
+        .msg(format!("planned {} {}", plan.pack.name, plan.pack.version))
+        .data(data);
+    Ok(Planned { plan, files, event })
+}
+
+/// Re-plans an interrupted run from the commit it was planned at, and checks it is the same plan.
+pub fn replan(env: &Environment, id: &str, prior: &[Event]) -> Result<(Plan, PackFiles), Refusal> {
+    let planned = prior
+        .iter()
+        .find(|e| e.kind == "run.planned")
+        .ok_or_else(|| refuse(Code::RequestInvalid, "the journal has no run.planned event"))?;
+    let field = |k: &str| {
+        planned
+            .get(k)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let commit = ObjectId::from_hex(field("requestCommit").as_bytes())
+        .map_err(|e| refuse(Code::LedgerTampered, format!("bad requestCommit: {e}")))?;
+    let trust = ObjectId::from_hex(field("trustCommit").as_bytes()).unwrap_or(commit);
+    let config = env.config_at(trust);
+    let request_path = format!("runs/{id}/request.yaml");
+    let text = env
+        .read_text(commit, &request_path)
+        .ok_or_else(|| refuse(Code::RequestInvalid, format!("{request_path} is missing")))?;
+    // Requests are immutable: the request at the tip must still be the one that was planned.
+    let tip_text = env.tip().ok().and_then(|t| env.read_text(t, &request_path));
+    if tip_text
+        .as_deref()
+        .is_some_and(|t| sha256_hex(t.as_bytes()) != field("requestSha256"))
+    {
+        return Err(refuse(
+            Code::PackHashMismatch,
+            format!("{request_path} changed after the run was planned; requests are immutable"),
+        ));
+    }
+    let request = Request::parse(&request_path, &text)?;
+    let files = pack_at(env, commit, &request.pack)?;
+    let plan = crate::plan_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
+    if plan.hash() != field("planHash") {
+        return Err(refuse(
+            Code::PackHashMismatch,
+            format!("re-planning gives {} instead of {}", plan.hash(), field("planHash")),
+        ));
+    }
+    Ok((plan, files))
+}
+
+fn pack_at(env: &Environment, commit: ObjectId, pack: &str) -> Result<PackFiles, Refusal> {
+    let files = env
+        .ledger()
+        .files_under(commit, pack)
+        .map_err(|e| refuse(Code::PackInvalid, e.to_string()))?;
+    if files.is_empty() {
+        return Err(refuse(Code::PackInvalid, format!("{pack}: no pack at commit {commit}")));
+    }
+    PackFiles::from_entries(pack, files).map_err(|d| Refusal::from(Diagnostics::from(d)))
+}
+
+/// The run that owns `token`, if it is not `id`: a run already planned in the ledger at
+/// `commit` owns it; among unplanned ones the smallest id does. Deterministic, so two runners
+/// (or two workers of one) reach the same verdict.
+fn first_with_token(env: &Environment, commit: ObjectId, token: &str, id: &str) -> Option<String> {
+    let ledger = env.ledger();
+    let mut holders = Vec::new();
+    for (other, is_dir) in ledger.list(commit, "runs").ok()? {
+        if !is_dir || !crate::run_id::is_valid(&other) {
+            continue;
+        }
+        let Some(text) = ledger
+            .read(commit, &format!("runs/{other}/request.yaml"))
+            .ok()
+            .flatten()
+        else {
+            continue;
+        };
+        let Ok(req) = Request::parse("request.yaml", &String::from_utf8_lossy(&text)) else {
+            continue;
+        };
+        if req.run_token.as_deref() == Some(token) {
+            let planned = ledger.has_run_events(commit, &other).unwrap_or(false);
+            holders.push((!planned, other));
+        }
+    }
+    holders.sort();
+    holders
+        .into_iter()
+        .next()
+        .map(|(_, owner)| owner)
+        .filter(|owner| owner != id)
+}
