@@ -3,9 +3,6 @@
 
 use std::collections::BTreeMap;
 
-/// One file of an export: repository path and content.
-pub type ExportFile = (String, Vec<u8>);
-
 /// A `.tar.gz` of `files` (paths are repository paths, sorted by the map).
 pub fn export_archive(files: &BTreeMap<String, Vec<u8>>) -> std::io::Result<Vec<u8>> {
     let gz = flate2::GzBuilder::new()

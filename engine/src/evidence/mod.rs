@@ -7,7 +7,7 @@ pub mod dsse;
 mod export;
 mod verify;
 
-pub use export::{ExportFile, export_archive, read_archive};
+pub use export::{export_archive, read_archive};
 pub use verify::{Check, verify_archive};
 
 use std::collections::BTreeMap;

@@ -185,7 +185,7 @@ pub fn verify_archive(bytes: &[u8], signers: Option<&str>) -> Result<Vec<Check>,
         let pack = crate::pack::PackFiles::from_entries(
             &pack_path,
             pack_files.into_iter().map(|(p, b)| {
-                let exec = is_executable(&files, &pack_path, &p);
+                let exec = is_executable(&files, &p);
                 (p, b, exec)
             }),
         )
@@ -244,8 +244,7 @@ pub fn verify_archive(bytes: &[u8], signers: Option<&str>) -> Result<Vec<Check>,
 }
 
 /// Exported files carry no modes; the plan records which pack files are executable.
-fn is_executable(files: &BTreeMap<String, Vec<u8>>, pack_path: &str, rel: &str) -> bool {
-    let _ = pack_path;
+fn is_executable(files: &BTreeMap<String, Vec<u8>>, rel: &str) -> bool {
     files
         .iter()
         .find(|(p, _)| p.ends_with("/plan.json"))
