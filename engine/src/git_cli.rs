@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::code::Code;
+
 /// A git command that could not run, or that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -16,6 +18,12 @@ pub enum Error {
 }
 
 impl Error {
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Spawn(_) | Error::Failed { .. } => Code::Io,
+        }
+    }
+
     /// What git said on stderr, when it ran and failed.
     pub fn stderr(&self) -> Option<&str> {
         match self {

@@ -6,6 +6,8 @@ use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
+use super::Error;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Envelope {
@@ -42,26 +44,22 @@ pub fn sign(payload_type: &str, body: &[u8], key: &SigningKey, keyid: &str) -> E
 
 impl Envelope {
     /// The decoded payload.
-    pub fn body(&self) -> Result<Vec<u8>, String> {
-        STANDARD
-            .decode(&self.payload)
-            .map_err(|e| format!("payload is not base64: {e}"))
+    pub fn body(&self) -> Result<Vec<u8>, Error> {
+        STANDARD.decode(&self.payload).map_err(Error::PayloadNotBase64)
     }
 
     /// Whether a signature named `keyid` verifies with `key`.
-    pub fn verify(&self, keyid: &str, key: &VerifyingKey) -> Result<(), String> {
+    pub fn verify(&self, keyid: &str, key: &VerifyingKey) -> Result<(), Error> {
         let body = self.body()?;
         let s = self
             .signatures
             .iter()
             .find(|s| s.keyid == keyid)
-            .ok_or_else(|| format!("no signature by {keyid}"))?;
-        let raw = STANDARD
-            .decode(&s.sig)
-            .map_err(|e| format!("signature is not base64: {e}"))?;
-        let sig = Signature::from_slice(&raw).map_err(|e| format!("not an Ed25519 signature: {e}"))?;
+            .ok_or_else(|| Error::NoSignature(keyid.to_string()))?;
+        let raw = STANDARD.decode(&s.sig).map_err(Error::SignatureNotBase64)?;
+        let sig = Signature::from_slice(&raw).map_err(Error::NotEd25519)?;
         key.verify(&pae(&self.payload_type, &body), &sig)
-            .map_err(|_| "the signature does not verify".to_string())
+            .map_err(|_| Error::DoesNotVerify)
     }
 }
 

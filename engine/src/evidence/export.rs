@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use super::Error;
+
 /// A `.tar.gz` of `files` (paths are repository paths, sorted by the map).
 pub fn export_archive(files: &BTreeMap<String, Vec<u8>>) -> std::io::Result<Vec<u8>> {
     let gz = flate2::GzBuilder::new()
@@ -25,30 +27,29 @@ pub fn export_archive(files: &BTreeMap<String, Vec<u8>>) -> std::io::Result<Vec<
 
 /// Reads an archive written by `export_archive` (or anything like it), refusing paths that
 /// escape, links, duplicates and oversized content.
-pub fn read_archive(bytes: &[u8], max_total: u64) -> Result<BTreeMap<String, Vec<u8>>, String> {
+pub fn read_archive(bytes: &[u8], max_total: u64) -> Result<BTreeMap<String, Vec<u8>>, Error> {
     use std::io::Read;
     let mut out = BTreeMap::new();
     let mut total = 0u64;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
-    for entry in archive.entries().map_err(|e| format!("not a tar.gz archive: {e}"))? {
-        let mut entry = entry.map_err(|e| format!("damaged archive: {e}"))?;
-        let path = entry
-            .path()
-            .map_err(|e| format!("bad path in archive: {e}"))?
-            .to_string_lossy()
-            .into_owned();
+    for entry in archive.entries().map_err(Error::NotAnArchive)? {
+        let mut entry = entry.map_err(Error::Damaged)?;
+        let path = entry.path().map_err(Error::BadPath)?.to_string_lossy().into_owned();
         if !entry.header().entry_type().is_file() {
-            return Err(format!("{path}: only regular files are allowed in an evidence archive"));
+            return Err(Error::NotAFile(path));
         }
-        let norm = crate::pack::normalise(&path).ok_or_else(|| format!("{path}: path escapes the archive"))?;
+        let norm = crate::pack::normalise(&path).ok_or_else(|| Error::Escapes(path.clone()))?;
         total += entry.header().size().unwrap_or(0);
         if total > max_total {
-            return Err(format!("archive holds more than {max_total} bytes"));
+            return Err(Error::TooLarge(max_total));
         }
         let mut data = Vec::new();
-        entry.read_to_end(&mut data).map_err(|e| format!("{path}: {e}"))?;
+        entry.read_to_end(&mut data).map_err(|source| Error::Unreadable {
+            path: path.clone(),
+            source,
+        })?;
         if out.insert(norm, data).is_some() {
-            return Err(format!("{path}: appears twice"));
+            return Err(Error::Twice(path));
         }
     }
     Ok(out)

@@ -15,9 +15,67 @@ use std::collections::BTreeMap;
 use serde_json::{Value as Json, json};
 use sha2::{Digest, Sha256};
 
+use crate::code::Code;
 use crate::event::Event;
 use crate::plan::Plan;
 use crate::state::fold;
+
+/// Why an exported run cannot be read or verified (a failed check is a `Check`, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("not a tar.gz archive: {0}")]
+    NotAnArchive(#[source] std::io::Error),
+    #[error("damaged archive: {0}")]
+    Damaged(#[source] std::io::Error),
+    #[error("bad path in archive: {0}")]
+    BadPath(#[source] std::io::Error),
+    #[error("{0}: only regular files are allowed in an evidence archive")]
+    NotAFile(String),
+    #[error("{0}: path escapes the archive")]
+    Escapes(String),
+    #[error("archive holds more than {0} bytes")]
+    TooLarge(u64),
+    #[error("{path}: {source}")]
+    Unreadable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: appears twice")]
+    Twice(String),
+    #[error("expected exactly one {ATTESTATION} in the archive, found {0}")]
+    Attestations(usize),
+    #[error("the archive has no .stella/allowed_signers; pass --allowed-signers")]
+    NoSigners,
+    #[error("{0}")]
+    Signers(crate::diag::Diagnostics),
+    #[error("{path}: not a DSSE envelope: {source}")]
+    NotAnEnvelope {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("payload is not base64: {0}")]
+    PayloadNotBase64(#[source] base64::DecodeError),
+    #[error("the payload is not JSON: {0}")]
+    PayloadNotJson(#[source] serde_json::Error),
+    #[error("no signature by {0}")]
+    NoSignature(String),
+    #[error("signature is not base64: {0}")]
+    SignatureNotBase64(#[source] base64::DecodeError),
+    #[error("not an Ed25519 signature: {0}")]
+    NotEd25519(#[source] ed25519_dalek::SignatureError),
+    #[error("the signature does not verify")]
+    DoesNotVerify,
+}
+
+impl Error {
+    /// Every failure to read or verify an archive is `ERR_EVIDENCE_INVALID` (a broken
+    /// allowed_signers included: the archive cannot be verified with it).
+    pub fn code(&self) -> Code {
+        Code::EvidenceInvalid
+    }
+}
 
 pub const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";

@@ -9,7 +9,7 @@ use serde_json::Value as Json;
 
 use super::dsse::Envelope;
 use super::export::read_archive;
-use super::{ATTESTATION, MANIFEST, PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE};
+use super::{ATTESTATION, Error, MANIFEST, PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE};
 use crate::allowed_signers::AllowedSigners;
 
 /// One check and its result.
@@ -25,33 +25,27 @@ fn sha256(b: &[u8]) -> String {
 
 /// Verifies an archive; `signers` overrides the archive's own `.stella/allowed_signers`.
 /// Every check is reported; the archive is good when all are ok.
-pub fn verify_archive(bytes: &[u8], signers: Option<&str>) -> Result<Vec<Check>, String> {
+pub fn verify_archive(bytes: &[u8], signers: Option<&str>) -> Result<Vec<Check>, Error> {
     let files = read_archive(bytes, 1 << 30)?;
     let mut checks = Vec::new();
     let mut check = |ok: bool, what: String| checks.push(Check { ok, what });
     let runs: Vec<&String> = files.keys().filter(|p| p.ends_with(ATTESTATION)).collect();
     let [att_path] = runs.as_slice() else {
-        return Err(format!(
-            "expected exactly one {ATTESTATION} in the archive, found {}",
-            runs.len()
-        ));
+        return Err(Error::Attestations(runs.len()));
     };
     let run_dir = att_path.trim_end_matches(ATTESTATION).trim_end_matches('/').to_string();
     let run_id = run_dir.trim_start_matches("runs/").to_string();
     let signers_text = match signers {
         Some(t) => t.to_string(),
-        None => String::from_utf8_lossy(
-            files
-                .get(".stella/allowed_signers")
-                .ok_or("the archive has no .stella/allowed_signers; pass --allowed-signers")?,
-        )
-        .into_owned(),
+        None => String::from_utf8_lossy(files.get(".stella/allowed_signers").ok_or(Error::NoSigners)?).into_owned(),
     };
-    let signers = AllowedSigners::parse(".stella/allowed_signers", &signers_text).map_err(|d| d.to_string())?;
+    let signers = AllowedSigners::parse(".stella/allowed_signers", &signers_text).map_err(Error::Signers)?;
 
     // 1. The envelope and its signature.
-    let env: Envelope =
-        serde_json::from_slice(&files[*att_path]).map_err(|e| format!("{att_path}: not a DSSE envelope: {e}"))?;
+    let env: Envelope = serde_json::from_slice(&files[*att_path]).map_err(|source| Error::NotAnEnvelope {
+        path: att_path.to_string(),
+        source,
+    })?;
     check(
         env.payload_type == PAYLOAD_TYPE,
         format!("payloadType is {PAYLOAD_TYPE}"),
@@ -78,7 +72,7 @@ pub fn verify_archive(bytes: &[u8], signers: Option<&str>) -> Result<Vec<Check>,
         "the attestation is signed by a key allowed_signers trusts for stella-evidence".into(),
     );
     let body = env.body()?;
-    let stmt: Json = serde_json::from_slice(&body).map_err(|e| format!("the payload is not JSON: {e}"))?;
+    let stmt: Json = serde_json::from_slice(&body).map_err(Error::PayloadNotJson)?;
     check(
         stmt["_type"] == STATEMENT_TYPE && stmt["predicateType"] == PREDICATE_TYPE,
         "the payload is a Stella pack-run in-toto Statement v1".into(),
