@@ -143,10 +143,10 @@ impl Checker<'_> {
 
     /// A JSON Schema file named by the pack: inside the pack, JSON, a valid 2020-12 schema.
     fn schema_file(&mut self, path: &str, pos: Pos, field: &str) -> Option<jsonschema::Validator> {
-        match crate::inputs::compile_schema(self.files, path) {
+        match crate::schema::compile(self.files, path) {
             Ok(v) => Some(v),
-            Err(msg) => {
-                self.error(pos, field, msg);
+            Err(e) => {
+                self.error(pos, field, e.to_string());
                 None
             }
         }
