@@ -9,7 +9,7 @@ use crate::diag::{Diagnostic, Diagnostics, Pos, did_you_mean};
 use crate::expr;
 use crate::pack::{PackFiles, normalise};
 
-use super::decode::is_simple_name;
+use super::values::is_simple_name;
 use super::*;
 
 struct Checker<'a> {
