@@ -110,16 +110,22 @@ impl<'f> Decoder<'f> {
         allowed: &[&str],
         unknown: Unknown,
     ) -> Option<Obj<'n>> {
-        let Some(entries) = node.as_map() else {
+        if node.as_map().is_none() {
             self.type_error(node, path, "a mapping");
             return None;
-        };
-        for (key, _) in entries {
+        }
+        let obj = Obj::new(node, path);
+        self.unknown_fields(&obj, allowed, unknown);
+        Some(obj)
+    }
+
+    /// Reports every key of `obj` that is not one of `allowed`, the `unknown` way.
+    pub fn unknown_fields(&mut self, obj: &Obj, allowed: &[&str], unknown: Unknown) {
+        for (key, _) in obj.node.as_map().unwrap_or_default() {
             if !allowed.contains(&key.name.as_str()) {
-                self.unknown_field(key, path, allowed, unknown);
+                self.unknown_field(key, &obj.path, allowed, unknown);
             }
         }
-        Some(Obj::new(node, path))
     }
 
     /// Reports `key`, found in the mapping at `path`, as not one of `allowed`.
