@@ -39,7 +39,11 @@ impl Request {
         })?;
         let mut d = Decoder::new(file, Code::RequestInvalid);
         if root.as_map().is_none() {
-            d.error(root.pos, "", "a request is a mapping (apiVersion, kind, pack, inputs, ...)");
+            d.error(
+                root.pos,
+                "",
+                "a request is a mapping (apiVersion, kind, pack, inputs, ...)",
+            );
             return Err(d.diags);
         }
         let top = Obj::new(&root, "");
@@ -59,7 +63,11 @@ impl Request {
             match crate::pack::normalise(p) {
                 Some(path) if path.starts_with("packs/") && path.split('/').count() == 2 => Some(path),
                 _ => {
-                    d.error(n.pos, "pack", format!("`{p}` is not a pack path; expected packs/<name>"));
+                    d.error(
+                        n.pos,
+                        "pack",
+                        format!("`{p}` is not a pack path; expected packs/<name>"),
+                    );
                     None
                 }
             }

@@ -83,7 +83,8 @@ impl<'f> Decoder<'f> {
     }
 
     pub fn error(&mut self, pos: Pos, field: &str, message: impl Into<String>) -> &mut Diagnostic {
-        self.diags.push(Diagnostic::new(self.code, self.file, pos, field, message));
+        self.diags
+            .push(Diagnostic::new(self.code, self.file, pos, field, message));
         self.diags.0.last_mut().expect("just pushed")
     }
 
@@ -103,13 +104,7 @@ impl<'f> Decoder<'f> {
     }
 
     /// As `obj`, reporting unknown keys the `unknown` way.
-    pub fn obj_with<'n>(
-        &mut self,
-        node: &'n Node,
-        path: &str,
-        allowed: &[&str],
-        unknown: Unknown,
-    ) -> Option<Obj<'n>> {
+    pub fn obj_with<'n>(&mut self, node: &'n Node, path: &str, allowed: &[&str], unknown: Unknown) -> Option<Obj<'n>> {
         if node.as_map().is_none() {
             self.type_error(node, path, "a mapping");
             return None;
@@ -144,7 +139,11 @@ impl<'f> Decoder<'f> {
             Unknown::SuggestOr(otherwise) => (None, Some(suggestion().unwrap_or_else(|| otherwise.to_string()))),
             Unknown::Suggest => (None, suggestion()),
             Unknown::ListInMessage => (
-                Some(format!("unknown field `{}` (expected {})", key.name, allowed.join(", "))),
+                Some(format!(
+                    "unknown field `{}` (expected {})",
+                    key.name,
+                    allowed.join(", ")
+                )),
                 None,
             ),
         };
