@@ -88,7 +88,7 @@ impl<'f> Decoder<'f> {
         self.diags.0.last_mut().expect("just pushed")
     }
 
-    /// "expected `expected`, found `what node is`" at the node.
+    /// "expected …, found a string" at the node ("expected …" only when `terse`).
     pub fn type_error(&mut self, node: &Node, field: &str, expected: &str) {
         let message = if self.says_found {
             format!("expected {expected}, found {}", node.kind())
@@ -98,19 +98,15 @@ impl<'f> Decoder<'f> {
         self.error(node.pos, field, message);
     }
 
-    /// A mapping with only `allowed` keys; unknown keys are reported with a suggestion.
+    /// A mapping with only `allowed` keys; unknown keys are reported with a suggestion, else
+    /// the list of allowed keys.
     pub fn obj<'n>(&mut self, node: &'n Node, path: &str, allowed: &[&str]) -> Option<Obj<'n>> {
-        self.obj_with(node, path, allowed, Unknown::SuggestOrList)
-    }
-
-    /// As `obj`, reporting unknown keys the `unknown` way.
-    pub fn obj_with<'n>(&mut self, node: &'n Node, path: &str, allowed: &[&str], unknown: Unknown) -> Option<Obj<'n>> {
         if node.as_map().is_none() {
             self.type_error(node, path, "a mapping");
             return None;
         }
         let obj = Obj::new(node, path);
-        self.unknown_fields(&obj, allowed, unknown);
+        self.unknown_fields(&obj, allowed, Unknown::SuggestOrList);
         Some(obj)
     }
 
@@ -131,23 +127,16 @@ impl<'f> Decoder<'f> {
             format!("{path}.{}", key.name)
         };
         let suggestion = || did_you_mean(&key.name, allowed.iter().copied()).map(|s| format!("did you mean `{s}`?"));
+        let plain = format!("unknown field `{}`", key.name);
         let (message, hint) = match unknown {
             Unknown::SuggestOrList => (
-                None,
+                plain,
                 Some(suggestion().unwrap_or_else(|| format!("expected one of: {}", allowed.join(", ")))),
             ),
-            Unknown::SuggestOr(otherwise) => (None, Some(suggestion().unwrap_or_else(|| otherwise.to_string()))),
-            Unknown::Suggest => (None, suggestion()),
-            Unknown::ListInMessage => (
-                Some(format!(
-                    "unknown field `{}` (expected {})",
-                    key.name,
-                    allowed.join(", ")
-                )),
-                None,
-            ),
+            Unknown::SuggestOr(otherwise) => (plain, Some(suggestion().unwrap_or_else(|| otherwise.to_string()))),
+            Unknown::Suggest => (plain, suggestion()),
+            Unknown::ListInMessage => (format!("{plain} (expected {})", allowed.join(", ")), None),
         };
-        let message = message.unwrap_or_else(|| format!("unknown field `{}`", key.name));
         self.error(key.pos, &field, message).hint = hint;
     }
 
