@@ -8,7 +8,7 @@ use std::process::Command;
 use base64::Engine as _;
 use stella_engine::evidence::{export_archive, read_archive};
 
-use crate::repo_support::{HELLO, Repo};
+use crate::support::{HELLO, Repo};
 
 fn export(r: &Repo, run: &str) -> (PathBuf, Vec<u8>) {
     let out = r.outside(&format!("{run}-evidence.tar.gz"));
@@ -17,7 +17,7 @@ fn export(r: &Repo, run: &str) -> (PathBuf, Vec<u8>) {
     (out, bytes)
 }
 
-fn verify_bytes(r: &Repo, bytes: &[u8], extra: &[&str]) -> crate::repo_support::Stella {
+fn verify_bytes(r: &Repo, bytes: &[u8], extra: &[&str]) -> crate::support::Stella {
     let path = r.outside("candidate.tar.gz");
     std::fs::write(&path, bytes).unwrap();
     let mut args = vec!["evidence", "verify", path.to_str().unwrap()];

@@ -1,9 +1,7 @@
-//! End-to-end tests of the `stella` binary: one binary, one module per story.
+//! End-to-end tests of the `stella` binary: one binary, one module per story, told with
+//! `support`.
 
-mod remote;
-mod repo_support;
 mod support;
-mod sync;
 
 mod approvals;
 mod chaos;
@@ -12,6 +10,8 @@ mod evidence;
 mod invalid_runs;
 mod output;
 mod pack_cli;
+mod remote;
 mod run_local;
 mod sandbox;
+mod sync;
 mod worktree;

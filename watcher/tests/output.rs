@@ -7,7 +7,7 @@ use std::process::Command;
 
 use sha2::Digest;
 
-use crate::repo_support::{HELLO, Repo};
+use crate::support::{HELLO, Repo};
 use crate::support::stella;
 
 /// A pack whose one step prints `mb` MiB of 99-byte lines (and says so on stderr).
