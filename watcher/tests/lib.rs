@@ -1,12 +1,15 @@
 //! End-to-end tests of the `stella` binary: one binary, one module per story, told with
 //! `support`.
 
+#[path = "../../engine/tests/golden_file.rs"]
+mod golden_file;
 mod support;
 
 mod approvals;
 mod chaos;
 mod daemon;
 mod evidence;
+mod golden;
 mod invalid_runs;
 mod output;
 mod pack_cli;

@@ -77,9 +77,16 @@ impl Daemon {
                 if until() {
                     return;
                 }
-                panic!("the daemon ended ({status}) while the test waited for {what}\n{}", self.said());
+                panic!(
+                    "the daemon ended ({status}) while the test waited for {what}\n{}",
+                    self.said()
+                );
             }
-            assert!(Instant::now() < deadline, "waited {within:?} for {what}, in vain\n{}", self.said());
+            assert!(
+                Instant::now() < deadline,
+                "waited {within:?} for {what}, in vain\n{}",
+                self.said()
+            );
             std::thread::sleep(POLL);
         }
     }
@@ -119,7 +126,11 @@ impl Daemon {
 
     /// The daemon's output, for a failure message.
     fn said(&self) -> String {
-        format!("--- daemon stdout\n{}--- daemon stderr\n{}", self.stdout(), self.stderr())
+        format!(
+            "--- daemon stdout\n{}--- daemon stderr\n{}",
+            self.stdout(),
+            self.stderr()
+        )
     }
 }
 
