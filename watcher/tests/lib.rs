@@ -17,4 +17,5 @@ mod remote;
 mod run_local;
 mod sandbox;
 mod sync;
+mod tampering;
 mod worktree;

@@ -26,6 +26,15 @@ impl Repo {
         Repo::init(tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap())
     }
 
+    /// A repository where run r1 of the hello pack succeeded, its ledger verified.
+    pub fn with_finished_run() -> Repo {
+        let r = Repo::new();
+        r.pack("hello", HELLO).request("r1", "hello", "{}\n");
+        r.daemon_once().ok();
+        r.stella(&["ledger", "verify"]).ok();
+        r
+    }
+
     fn init(dir: tempfile::TempDir) -> Repo {
         let r = Repo { dir };
         r.git(&["init", "-q", "-b", "main"]);
