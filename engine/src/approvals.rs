@@ -11,6 +11,7 @@ use crate::allowed_signers::{AllowedSigners, VerifyError};
 use crate::code::Code;
 use crate::diag::{Diagnostic, Diagnostics, Pos};
 use crate::plan::PlanApproval;
+use crate::yaml::decode::{Decoder, Obj, Unknown};
 use crate::yaml::{self, Value};
 
 pub const NAMESPACE: &str = "stella-approval";
@@ -102,6 +103,9 @@ pub enum Decision {
     Reject,
 }
 
+/// The fields of an approval file.
+const APPROVAL_FIELDS: &[&str] = &["apiVersion", "kind", "run", "gate", "planHash", "decision", "comment"];
+
 /// An approval file's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
@@ -128,10 +132,11 @@ impl Approval {
         if field("apiVersion").as_deref() != Some("stella/v1") || field("kind").as_deref() != Some("Approval") {
             return Err("expected apiVersion: stella/v1 and kind: Approval".into());
         }
-        for (k, _) in root.as_map().unwrap_or_default() {
-            if !["apiVersion", "kind", "run", "gate", "planHash", "decision", "comment"].contains(&k.name.as_str()) {
-                return Err(format!("unknown field `{}`", k.name));
-            }
+        // The first unknown field is the reason given; the reason carries no hint.
+        let mut d = Decoder::new("approval", Code::ApprovalMalformed);
+        d.unknown_fields(&Obj::new(&root, ""), APPROVAL_FIELDS, Unknown::Suggest);
+        if let Some(unknown) = d.diags.0.into_iter().next() {
+            return Err(unknown.message);
         }
         let decision = match need("decision")?.as_str() {
             "approve" => Decision::Approve,

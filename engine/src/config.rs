@@ -2,7 +2,8 @@
 //! executed (never the working tree). Missing fields take their documented defaults.
 
 use crate::code::Code;
-use crate::diag::{Diagnostic, Diagnostics, did_you_mean};
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::yaml::decode::{Decoder, Obj, Unknown};
 use crate::yaml::{self, Node, Value};
 
 pub const CONFIG_PATH: &str = ".stella/config.yaml";
@@ -99,16 +100,13 @@ impl Config {
     pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
         let root = yaml::parse(file, text, yaml::Limits::default()).map_err(Diagnostics::from)?;
         let mut c = Config::default();
-        let mut diags = Diagnostics::default();
-        let err = |diags: &mut Diagnostics, n: &Node, field: &str, msg: String| {
-            diags.push(Diagnostic::new(Code::ConfigInvalid, file, n.pos, field, msg))
-        };
+        let mut d = Decoder::new(file, Code::ConfigInvalid).terse();
         if matches!(root.value, Value::Null) {
             return Ok(c);
         }
         let Some(entries) = root.as_map() else {
-            err(&mut diags, &root, "", "config must be a mapping".into());
-            return Err(diags);
+            d.error(root.pos, "", "config must be a mapping");
+            return Err(d.diags);
         };
         const TOP: &[&str] = &[
             "branch",
@@ -120,39 +118,33 @@ impl Config {
             "pullRequests",
             "sandbox",
         ];
+        let top = Obj::new(&root, "");
         for (k, v) in entries {
             match k.name.as_str() {
                 "branch" => match v.as_str() {
                     Some(s) if valid_branch(s) => c.branch = s.into(),
-                    _ => err(&mut diags, v, "branch", "expected a branch name".into()),
+                    _ => _ = d.error(v.pos, "branch", "expected a branch name"),
                 },
-                "sealed" => match v.value {
-                    Value::Bool(b) => c.sealed = b,
-                    _ => err(&mut diags, v, "sealed", "expected true or false".into()),
-                },
+                "sealed" => c.sealed = d.boolean(&top, "sealed", c.sealed),
                 "network" => match v.get("allow").map(|a| &a.value) {
                     Some(Value::Seq(items)) => {
                         for i in items {
                             match i.as_str() {
                                 Some(h) => c.network_allow.push(h.into()),
-                                None => err(&mut diags, i, "network.allow", "expected a host name".into()),
+                                None => _ = d.error(i.pos, "network.allow", "expected a host name"),
                             }
                         }
                     }
                     None if v.as_map().is_some() => {}
-                    _ => err(&mut diags, v, "network", "expected { allow: [hosts] }".into()),
+                    _ => _ = d.error(v.pos, "network", "expected { allow: [hosts] }"),
                 },
                 "limits" => {
                     for (lk, lv) in v.as_map().unwrap_or_default() {
+                        let field = format!("limits.{}", lk.name);
                         let n = match lv.value {
                             Value::Int(i) if i >= 0 => i as u64,
                             _ => {
-                                err(
-                                    &mut diags,
-                                    lv,
-                                    &format!("limits.{}", lk.name),
-                                    "expected a whole number".into(),
-                                );
+                                d.type_error(lv, &field, "a whole number");
                                 continue;
                             }
                         };
@@ -162,23 +154,13 @@ impl Config {
                             "artifactBytes" => c.artifact_bytes = n,
                             "logBytes" => c.log_bytes = n,
                             "runLogBytes" => c.run_log_bytes = n,
-                            other => err(
-                                &mut diags,
-                                lv,
-                                &format!("limits.{other}"),
-                                format!("unknown limit `{other}`"),
-                            ),
+                            other => _ = d.error(lv.pos, &field, format!("unknown limit `{other}`")),
                         }
                     }
                 }
                 "commit" => match v.get("batchMs").map(|b| &b.value) {
                     Some(Value::Int(ms)) if *ms >= 0 => c.batch_ms = *ms as u64,
-                    _ => err(
-                        &mut diags,
-                        v,
-                        "commit.batchMs",
-                        "expected { batchMs: <milliseconds> }".into(),
-                    ),
+                    _ => _ = d.error(v.pos, "commit.batchMs", "expected { batchMs: <milliseconds> }"),
                 },
                 "pullRequests" => match &v.value {
                     Value::Seq(items) => {
@@ -186,48 +168,38 @@ impl Config {
                         for i in items {
                             match i.as_str() {
                                 Some(p) if valid_pull_pattern(p) => c.pull_patterns.push(p.into()),
-                                _ => err(
-                                    &mut diags,
-                                    i,
+                                _ => _ = d.error(
+                                    i.pos,
                                     "pullRequests",
-                                    "expected a ref pattern such as refs/pull/*/head (under refs/, one `*`, no spaces, `:`, `+` or `..`)".into(),
+                                    "expected a ref pattern such as refs/pull/*/head (under refs/, one `*`, no spaces, `:`, `+` or `..`)",
                                 ),
                             }
                         }
                     }
-                    _ => err(&mut diags, v, "pullRequests", "expected a list of ref patterns".into()),
+                    _ => d.type_error(v, "pullRequests", "a list of ref patterns"),
                 },
                 "sandbox" => match sandbox(file, v) {
                     Ok(p) => c.sandbox = p,
-                    Err(d) => d.into_iter().for_each(|d| diags.push(d)),
+                    Err(found) => found.0.into_iter().for_each(|f| d.diags.push(f)),
                 },
                 "ledger" => match v.get("branch").and_then(Node::as_str) {
                     Some(b) if valid_branch(b) => c.ledger_branch = Some(b.into()),
-                    _ => err(&mut diags, v, "ledger.branch", "expected a branch name".into()),
+                    _ => _ = d.error(v.pos, "ledger.branch", "expected a branch name"),
                 },
-                other => {
-                    let hint = did_you_mean(other, TOP.iter().copied()).map(|s| format!("did you mean `{s}`?"));
-                    let mut d = Diagnostic::new(
-                        Code::ConfigInvalid,
-                        file,
-                        k.pos,
-                        other,
-                        format!("unknown field `{other}`"),
-                    );
-                    d.hint = hint;
-                    diags.push(d);
-                }
+                _ => d.unknown_field(k, "", TOP, Unknown::Suggest),
             }
         }
-        diags.into_result(c)
+        d.diags.into_result(c)
     }
 }
 
-/// `sandbox: required | off | {mode: strict, read: [PATHS], write: [PATHS]}`.
-fn sandbox(file: &str, v: &Node) -> Result<SandboxPolicy, Vec<Diagnostic>> {
-    let at =
-        |pos, field: &str, msg: &str| vec![Diagnostic::new(Code::ConfigInvalid, file, pos, field, msg.to_string())];
-    let bad = |n: &Node, field: &str, msg: &str| at(n.pos, field, msg);
+/// `sandbox: required | off | {mode: strict, read: [PATHS], write: [PATHS]}`. A mode that does
+/// not fit the lists is the one problem reported.
+fn sandbox(file: &str, v: &Node) -> Result<SandboxPolicy, Diagnostics> {
+    let mut d = Decoder::new(file, Code::ConfigInvalid).terse();
+    let bad = |n: &Node, field: &str, msg: &str| {
+        Diagnostics::from(Diagnostic::new(Code::ConfigInvalid, file, n.pos, field, msg))
+    };
     const EXPECTED: &str = "expected required, off, or { mode: strict, read: [paths], write: [paths] }";
     let simple = |mode: &str, n: &Node| match mode {
         "required" => Ok(SandboxPolicy::Required),
@@ -242,14 +214,13 @@ fn sandbox(file: &str, v: &Node) -> Result<SandboxPolicy, Vec<Diagnostic>> {
     };
     let mut mode = None;
     let (mut read, mut write) = (Vec::new(), Vec::new());
-    let mut diags = Vec::new();
     for (k, val) in entries {
         match k.name.as_str() {
             "mode" => mode = Some((val.as_str().unwrap_or("").to_string(), val)),
             list @ ("read" | "write") => {
                 let field = format!("sandbox.{list}");
                 let Value::Seq(items) = &val.value else {
-                    diags.extend(bad(val, &field, "expected a list of absolute paths"));
+                    d.type_error(val, &field, "a list of absolute paths");
                     continue;
                 };
                 for i in items {
@@ -261,15 +232,11 @@ fn sandbox(file: &str, v: &Node) -> Result<SandboxPolicy, Vec<Diagnostic>> {
                                 write.push(p.to_string())
                             }
                         }
-                        _ => diags.extend(bad(i, &field, "expected an absolute path without `..`")),
+                        _ => _ = d.error(i.pos, &field, "expected an absolute path without `..`"),
                     }
                 }
             }
-            other => diags.extend(at(
-                k.pos,
-                &format!("sandbox.{other}"),
-                &format!("unknown field `{other}` (expected mode, read, write)"),
-            )),
+            _ => d.unknown_field(k, "sandbox", &["mode", "read", "write"], Unknown::ListInMessage),
         }
     }
     let policy = match mode {
@@ -280,7 +247,7 @@ fn sandbox(file: &str, v: &Node) -> Result<SandboxPolicy, Vec<Diagnostic>> {
         Some((_, n)) => return Err(bad(n, "sandbox.mode", "read and write lists need mode: strict")),
         None => return Err(bad(v, "sandbox.mode", "missing field `mode` (required, off or strict)")),
     };
-    if diags.is_empty() { Ok(policy) } else { Err(diags) }
+    if d.diags.is_empty() { Ok(policy) } else { Err(d.diags) }
 }
 
 /// A pull-request ref pattern: under `refs/`, exactly one `*`, and nothing a refspec would

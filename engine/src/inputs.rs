@@ -9,7 +9,8 @@ use serde_json::{Map, Value as Json};
 use crate::code::Code;
 use crate::diag::{Diagnostic, Diagnostics, Pos, did_you_mean};
 use crate::manifest::{Inputs, Manifest};
-use crate::pack::{PackFiles, normalise};
+use crate::pack::PackFiles;
+use crate::schema;
 use crate::yaml::{self, Node};
 
 /// Inputs after defaults and checks: what templates see as `inputs`.
@@ -36,19 +37,6 @@ pub fn parse(shown: &str, src: &str) -> Result<Node, Diagnostics> {
         d.code = Code::PackInputInvalid;
         Diagnostics::from(d)
     })
-}
-
-/// Compiles a JSON Schema file of the pack as draft 2020-12.
-pub fn compile_schema(files: &PackFiles, path: &str) -> Result<jsonschema::Validator, String> {
-    let Some(norm) = normalise(path) else {
-        return Err(format!("schema path `{path}` leaves the pack directory"));
-    };
-    let Some(bytes) = files.get(&norm) else {
-        return Err(format!("schema file `{path}` not found in the pack"));
-    };
-    let schema: Json =
-        serde_json::from_slice(bytes).map_err(|e| format!("schema file `{path}` is not valid JSON: {e}"))?;
-    jsonschema::draft202012::new(&schema).map_err(|e| format!("schema file `{path}` is not a valid JSON Schema: {e}"))
 }
 
 /// Applies defaults and checks every given input; `given` is the inputs file's root (or none).
@@ -133,7 +121,7 @@ pub fn resolve(m: &Manifest, files: &PackFiles, given: Option<&Node>, file: &str
                     continue;
                 }
                 if let Some(schema) = &decl.schema {
-                    match compile_schema(files, schema) {
+                    match schema::compile(files, schema) {
                         Ok(validator) => {
                             for e in validator.iter_errors(&value) {
                                 let at = e.instance_path().to_string();
@@ -145,7 +133,7 @@ pub fn resolve(m: &Manifest, files: &PackFiles, given: Option<&Node>, file: &str
                                 );
                             }
                         }
-                        Err(msg) => err(decl.pos, field.clone(), msg, None),
+                        Err(e) => err(decl.pos, field.clone(), e.to_string(), None),
                     }
                 }
                 out.insert(decl.name.clone(), value);
@@ -153,7 +141,7 @@ pub fn resolve(m: &Manifest, files: &PackFiles, given: Option<&Node>, file: &str
         }
         Inputs::Schema { path, .. } => {
             let mut value: Map<String, Json> = entries.iter().map(|(k, n)| (k.name.clone(), n.to_json())).collect();
-            match compile_schema(files, path) {
+            match schema::compile(files, path) {
                 Ok(validator) => {
                     if let Some(props) = files.json(path).and_then(|s| s.get("properties").cloned()) {
                         for (name, prop) in props.as_object().into_iter().flatten() {
@@ -181,7 +169,7 @@ pub fn resolve(m: &Manifest, files: &PackFiles, given: Option<&Node>, file: &str
                         err(Pos::UNKNOWN, "inputs".into(), msg, None);
                     }
                 }
-                Err(msg) => err(Pos::UNKNOWN, "inputs".into(), msg, None),
+                Err(e) => err(Pos::UNKNOWN, "inputs".into(), e.to_string(), None),
             }
             out = value;
         }

@@ -31,6 +31,7 @@ pub mod remote;
 pub mod request;
 pub mod run_id;
 pub mod runs;
+pub mod schema;
 pub mod secrets;
 pub mod sshsig;
 pub mod state;

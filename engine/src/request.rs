@@ -4,7 +4,8 @@
 use serde::Serialize;
 
 use crate::code::Code;
-use crate::diag::{Diagnostic, Diagnostics, Pos, did_you_mean};
+use crate::diag::Diagnostics;
+use crate::yaml::decode::{Decoder, Obj, Unknown};
 use crate::yaml::{self, Node, Value};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -36,62 +37,47 @@ impl Request {
             d.code = Code::RequestInvalid;
             Diagnostics::from(d)
         })?;
-        let mut unknown = Diagnostics::default();
-        let Some(entries) = root.as_map() else {
-            let msg = "a request is a mapping (apiVersion, kind, pack, inputs, ...)";
-            return Err(Diagnostic::new(Code::RequestInvalid, file, root.pos, "", msg).into());
-        };
-        for (k, _) in entries {
-            if !FIELDS.contains(&k.name.as_str()) {
-                let hint = did_you_mean(&k.name, FIELDS.iter().copied()).map(|s| format!("did you mean `{s}`?"));
-                let mut d = Diagnostic::new(
-                    Code::RequestInvalid,
-                    file,
-                    k.pos,
-                    &k.name,
-                    format!("unknown field `{}`", k.name),
-                );
-                d.hint = hint;
-                unknown.push(d);
+        let mut d = Decoder::new(file, Code::RequestInvalid);
+        if root.as_map().is_none() {
+            d.error(
+                root.pos,
+                "",
+                "a request is a mapping (apiVersion, kind, pack, inputs, ...)",
+            );
+            return Err(d.diags);
+        }
+        let top = Obj::new(&root, "");
+        d.unknown_fields(&top, FIELDS, Unknown::Suggest);
+        for (key, want) in [("apiVersion", "stella/v1"), ("kind", "RunRequest")] {
+            if let Some(n) = d.req(&top, key)
+                && n.as_str() != Some(want)
+            {
+                d.error(n.pos, key, format!("expected `{want}`"));
             }
         }
-        let mut diags = unknown;
-        let mut err = |pos: Pos, field: &str, msg: String| {
-            diags.push(Diagnostic::new(Code::RequestInvalid, file, pos, field, msg))
-        };
-        let text_field = |name: &str| root.get(name).map(|n| (n.as_str().map(str::to_string), n.pos));
-        match text_field("apiVersion") {
-            Some((Some(v), _)) if v == "stella/v1" => {}
-            Some((_, pos)) => err(pos, "apiVersion", "expected `stella/v1`".into()),
-            None => err(root.pos, "apiVersion", "missing required field `apiVersion`".into()),
-        }
-        match text_field("kind") {
-            Some((Some(v), _)) if v == "RunRequest" => {}
-            Some((_, pos)) => err(pos, "kind", "expected `RunRequest`".into()),
-            None => err(root.pos, "kind", "missing required field `kind`".into()),
-        }
-        let pack = match text_field("pack") {
-            Some((Some(p), pos)) => match crate::pack::normalise(&p) {
-                Some(n) if n.starts_with("packs/") && n.split('/').count() == 2 => Some(n),
+        let pack = d.req(&top, "pack").and_then(|n| {
+            let Some(p) = n.as_str() else {
+                d.error(n.pos, "pack", "expected a path such as packs/<name>");
+                return None;
+            };
+            match crate::pack::normalise(p) {
+                Some(path) if path.starts_with("packs/") && path.split('/').count() == 2 => Some(path),
                 _ => {
-                    err(pos, "pack", format!("`{p}` is not a pack path; expected packs/<name>"));
+                    d.error(
+                        n.pos,
+                        "pack",
+                        format!("`{p}` is not a pack path; expected packs/<name>"),
+                    );
                     None
                 }
-            },
-            Some((None, pos)) => {
-                err(pos, "pack", "expected a path such as packs/<name>".into());
-                None
             }
-            None => {
-                err(root.pos, "pack", "missing required field `pack`".into());
-                None
-            }
-        };
+        });
+        let text_field = |name: &str| root.get(name).map(|n| (n.as_str().map(str::to_string), n.pos));
         let inputs = root.get("inputs").cloned().filter(|n| !matches!(n.value, Value::Null));
         if let Some(n) = &inputs
             && n.as_map().is_none()
         {
-            err(n.pos, "inputs", format!("inputs must be a mapping, found {}", n.kind()));
+            d.error(n.pos, "inputs", format!("inputs must be a mapping, found {}", n.kind()));
         }
         let plan_hash = match text_field("planHash") {
             Some((Some(h), pos)) => {
@@ -99,31 +85,31 @@ impl Request {
                     .strip_prefix("sha256:")
                     .is_some_and(|x| x.len() == 64 && x.bytes().all(|b| b.is_ascii_hexdigit()));
                 if !ok {
-                    err(pos, "planHash", "expected sha256:<64 hex digits>".into());
+                    d.error(pos, "planHash", "expected sha256:<64 hex digits>");
                 }
                 Some(h)
             }
             Some((None, pos)) => {
-                err(pos, "planHash", "expected sha256:<64 hex digits>".into());
+                d.error(pos, "planHash", "expected sha256:<64 hex digits>");
                 None
             }
             None => None,
         };
         let run_token = match text_field("runToken") {
             Some((Some(t), pos)) if t.is_empty() || t.len() > 200 => {
-                err(pos, "runToken", "a run token is 1 to 200 characters".into());
+                d.error(pos, "runToken", "a run token is 1 to 200 characters");
                 None
             }
             Some((Some(t), _)) => Some(t),
             Some((None, pos)) => {
-                err(pos, "runToken", "expected a string".into());
+                d.error(pos, "runToken", "expected a string");
                 None
             }
             None => None,
         };
         let retry_of = match text_field("retryOf") {
             Some((Some(r), pos)) if !crate::run_id::is_valid(&r) => {
-                err(pos, "retryOf", format!("`{r}` is not a run id"));
+                d.error(pos, "retryOf", format!("`{r}` is not a run id"));
                 None
             }
             Some((r, _)) => r,
@@ -131,14 +117,14 @@ impl Request {
         };
 
         match pack {
-            Some(pack) if diags.is_empty() => Ok(Request {
+            Some(pack) if d.diags.is_empty() => Ok(Request {
                 pack,
                 inputs,
                 plan_hash,
                 run_token,
                 retry_of,
             }),
-            _ => Err(diags.sorted()),
+            _ => Err(d.diags.sorted()),
         }
     }
 

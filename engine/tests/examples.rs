@@ -1,12 +1,11 @@
 //! Every example pack validates and plans with its example inputs, and its canonical plan
 //! matches the golden file (rewrite with `STELLA_BLESS=1 cargo test` after a deliberate change).
 
-use std::path::Path;
-
 use stella_engine::pack::{PackFiles, PackLimits};
 use stella_engine::plan::{Plan, PlanConfig};
 use stella_engine::{inputs, manifest, plan_dir};
 
+use crate::golden_file::assert_golden;
 use crate::support::packs_dir;
 
 const EXAMPLES: [&str; 3] = ["sbom-remediation", "parallel-checks", "bundle-ingest"];
@@ -66,14 +65,10 @@ fn plans_match_their_golden_files() {
         let canonical = plan.to_plan_json();
         let value: serde_json::Value = serde_json::from_str(&canonical).unwrap();
         let pretty = serde_json::to_string_pretty(&value).unwrap() + "\n";
-        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{name}.plan.json"));
-        if std::env::var_os("STELLA_BLESS").is_some() {
-            std::fs::write(&golden, &pretty).unwrap();
-        }
-        let want = std::fs::read_to_string(&golden).unwrap_or_default();
-        assert_eq!(
-            pretty, want,
-            "the plan of {name} changed; if deliberate, rerun with STELLA_BLESS=1"
+        assert_golden(
+            &format!("{name}.plan.json"),
+            &pretty,
+            "cargo test -p stella-engine --test lib plans_match_their_golden_files",
         );
         let (reread, hash) = Plan::from_plan_json(&canonical).unwrap();
         assert_eq!((reread, hash), (plan.clone(), plan.hash()), "plan.json round-trips");

@@ -1,6 +1,7 @@
 //! Engine integration tests: every example pack, invalid packs, hostile inputs, plan hash
 //! properties, golden plans and what the fuzz targets found. One binary, one module per story.
 
+mod golden_file;
 mod support;
 mod tidy;
 

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::repo_support::Repo;
+use crate::support::Repo;
 
 const GATED: &str = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: gated, version: 1.0.0 }\nspec:\n  approvals:\n    - { id: change-review, grants: [Packs.Approve], requiredCount: 2, expiresAfter: PT1H }\n  steps:\n    - { id: before, run: { uses: builtin:exec, with: { argv: [\"true\"] } } }\n    - { id: review, gate: { approval: { id: change-review, message: please review } } }\n    - { id: after, run: { uses: builtin:exec, with: { argv: [echo, done] } } }\n";
 
@@ -352,28 +352,19 @@ fn a_gate_expires_without_any_further_commit() {
     t.repo
         .pack("gated", &GATED.replace("expiresAfter: PT1H", "expiresAfter: 2s"));
     t.repo.request("r1", "gated", "{}\n");
-    let mut daemon = crate::support::stella()
-        .current_dir(t.repo.path())
-        .args(["daemon", "--repo", ".", "--poll", "60s"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let daemon = t.repo.daemon(&["--repo", ".", "--poll", "60s"]);
     let journal = t.repo.journal("r1");
-    while !std::fs::read_to_string(&journal)
-        .unwrap_or_default()
-        .contains("ERR_PACK_APPROVAL_TIMEOUT")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the gate never expired:\n{}",
-            std::fs::read_to_string(&journal).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    daemon.kill().unwrap();
-    daemon.wait().unwrap();
+    daemon.wait_for("the gate to expire", Duration::from_secs(20), || {
+        std::fs::read_to_string(&journal)
+            .unwrap_or_default()
+            .contains("ERR_PACK_APPROVAL_TIMEOUT")
+    });
+    daemon.wait_for("the run to fail", Duration::from_secs(20), || {
+        std::fs::read_to_string(&journal)
+            .unwrap_or_default()
+            .contains("\"type\":\"run.failed\"")
+    });
+    daemon.kill();
     let show = t.repo.show("r1");
     assert_eq!(
         (show["state"].as_str(), show["code"].as_str()),
@@ -459,27 +450,25 @@ fn the_trust_files_are_those_before_the_request_however_far_back_it_is() {
 #[test]
 fn a_watching_daemon_says_once_that_a_run_waits() {
     let t = Team::new();
-    let log = t.repo.outside("daemon.log");
-    let mut d = crate::support::stella()
-        .current_dir(t.repo.path())
-        .args(["daemon", "--repo", "."])
-        .stdout(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let d = t.repo.daemon(&["--repo", "."]);
     t.repo.request("r1", "gated", "{}\n");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log).unwrap().contains("waiting at gate") {
-        assert!(Instant::now() < deadline, "the run never waited");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    d.wait_for("the run to wait", Duration::from_secs(30), || {
+        d.stdout().contains("waiting at gate")
+    });
     // The branch moves twice more; each move re-checks the gate, and nothing new is said.
+    let last_seen = t.repo.path().join(".git/stella/last-seen");
     for i in 0..2 {
         t.repo.write("notes.md", &format!("{i}\n")).commit_all("unrelated");
-        std::thread::sleep(Duration::from_millis(800));
+        let tip = t.repo.git(&["rev-parse", "HEAD"]).stdout;
+        d.wait_for("the daemon to scan the new tip", Duration::from_secs(30), || {
+            std::fs::read(&last_seen).is_ok_and(|seen| seen.trim_ascii() == tip.trim_ascii())
+        });
     }
-    d.kill().unwrap();
-    d.wait().unwrap();
-    let text = std::fs::read_to_string(&log).unwrap();
+    // The re-check after the scan leaves no trace to wait for: the time it is given to say
+    // something again is the scenario (nothing must be said).
+    std::thread::sleep(Duration::from_millis(800));
+    let text = d.stdout();
+    d.kill();
     assert_eq!(text.matches("waiting at gate").count(), 1, "{text}");
 }
 

@@ -3,9 +3,9 @@
 //! injection recorded as `pack.chaos.injected` before it happens; and the runs still finish.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::repo_support::{HELLO, Repo, Stella};
+use crate::support::{HELLO, Repo, Stella};
 
 /// `stella daemon --once` with a chaos file holding `yaml` (kept outside the repository).
 fn daemon_once_with_chaos(r: &Repo, yaml: &str) -> Stella {
@@ -137,31 +137,11 @@ fn delayed_approvals_are_recorded_and_looked_at_once_the_delay_is_over() {
     )
     .unwrap();
     // A watching daemon with a poll far away: it must wake up by itself when the delay ends.
-    let mut daemon = crate::support::stella()
-        .current_dir(r.path())
-        .args([
-            "daemon",
-            "--repo",
-            ".",
-            "--poll",
-            "10m",
-            "--chaos",
-            chaos.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !r.events("g1").iter().any(|e| e["type"] == "run.succeeded") {
-        if Instant::now() > deadline {
-            daemon.kill().unwrap();
-            panic!("the run did not finish: {:#?}", r.events("g1"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    daemon.kill().unwrap();
-    daemon.wait().unwrap();
+    let daemon = r.daemon(&["--repo", ".", "--poll", "10m", "--chaos", chaos.to_str().unwrap()]);
+    daemon.wait_for("the delayed run to finish", Duration::from_secs(30), || {
+        r.events("g1").iter().any(|e| e["type"] == "run.succeeded")
+    });
+    daemon.kill();
     let events = r.events("g1");
     let delayed = index_of(&events, "pack.chaos.injected", "review");
     let waiting = index_of(&events, "gate.waiting", "review");

@@ -8,7 +8,7 @@ use std::process::Command;
 use base64::Engine as _;
 use stella_engine::evidence::{export_archive, read_archive};
 
-use crate::repo_support::{HELLO, Repo};
+use crate::support::{HELLO, Repo};
 
 fn export(r: &Repo, run: &str) -> (PathBuf, Vec<u8>) {
     let out = r.outside(&format!("{run}-evidence.tar.gz"));
@@ -17,7 +17,7 @@ fn export(r: &Repo, run: &str) -> (PathBuf, Vec<u8>) {
     (out, bytes)
 }
 
-fn verify_bytes(r: &Repo, bytes: &[u8], extra: &[&str]) -> crate::repo_support::Stella {
+fn verify_bytes(r: &Repo, bytes: &[u8], extra: &[&str]) -> crate::support::Stella {
     let path = r.outside("candidate.tar.gz");
     std::fs::write(&path, bytes).unwrap();
     let mut args = vec!["evidence", "verify", path.to_str().unwrap()];
@@ -168,35 +168,27 @@ fn no_secret_value_reaches_the_ledger_or_an_export() {
     );
 }
 
-/// A Python with securesystemslib: STELLA_PYTHON, else target/ci-venv (created when missing).
+/// How to prepare the Python the DSSE check runs (what `.ci/run` does).
+const PREPARE_PYTHON: &str = "python3 -m venv target/ci-venv && target/ci-venv/bin/pip install securesystemslib cryptography && export STELLA_PYTHON=\"$PWD/target/ci-venv/bin/python\"";
+
+/// The Python with securesystemslib that `STELLA_PYTHON` names. The tests install nothing:
+/// without it they fail saying how to prepare it.
 fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("STELLA_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ci-venv");
-    let py = venv.join("bin/python");
-    let has = |py: &Path| {
-        Command::new(py)
-            .args(["-c", "import securesystemslib, cryptography"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !has(&py) {
-        assert!(
-            Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()
-                .unwrap()
-                .success(),
-            "cannot create a virtualenv"
+    let Some(py) = std::env::var_os("STELLA_PYTHON") else {
+        panic!(
+            "STELLA_PYTHON is not set: the attestation is checked with securesystemslib from a Python you prepare once, at the workspace root:\n  {PREPARE_PYTHON}\n(`.ci/run` does this itself)"
         );
-        let ok = Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "securesystemslib", "cryptography"])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "cannot install securesystemslib");
-    }
+    };
+    let py = PathBuf::from(py);
+    let has = Command::new(&py)
+        .args(["-c", "import securesystemslib, cryptography"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        has,
+        "STELLA_PYTHON={} cannot import securesystemslib and cryptography; prepare it at the workspace root with:\n  {PREPARE_PYTHON}",
+        py.display()
+    );
     py
 }
 

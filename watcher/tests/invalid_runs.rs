@@ -2,7 +2,7 @@
 //! events, a plan.json that is not the run's, a runner file that is no file) is reported by
 //! the daemon, `runs list`, `runs show` and `doctor`, and skipped; every other run goes on.
 
-use crate::repo_support::{HELLO, Repo, Stella};
+use crate::support::{HELLO, Repo, Stella};
 
 /// A repository with a good request `b` and a run `a` whose files someone broke.
 fn with_a_broken_run(break_it: impl FnOnce(&Repo)) -> Repo {

@@ -1,17 +1,21 @@
-//! End-to-end tests of the `stella` binary: one binary, one module per story.
+//! End-to-end tests of the `stella` binary: one binary, one module per story, told with
+//! `support`.
 
-mod remote;
-mod repo_support;
+#[path = "../../engine/tests/golden_file.rs"]
+mod golden_file;
 mod support;
-mod sync;
 
 mod approvals;
 mod chaos;
 mod daemon;
 mod evidence;
+mod golden;
 mod invalid_runs;
 mod output;
 mod pack_cli;
+mod remote;
 mod run_local;
 mod sandbox;
+mod sync;
+mod tampering;
 mod worktree;

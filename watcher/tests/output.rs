@@ -7,8 +7,7 @@ use std::process::Command;
 
 use sha2::Digest;
 
-use crate::repo_support::{HELLO, Repo};
-use crate::support::stella;
+use crate::support::{HELLO, Repo, stella};
 
 /// A pack whose one step prints `mb` MiB of 99-byte lines (and says so on stderr).
 const LOUD: &str = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: loud, version: 1.0.0 }\nspec:\n  inputs: [{ name: mb, type: string, default: \"1\" }]\n  steps:\n    - id: shout\n      run: { uses: builtin:shell, with: { script: \"head -c $((STELLA_INPUT_MB * 1048576)) /dev/zero | tr '\\\\0' x | fold -w 99; echo done >&2\" } }\n";

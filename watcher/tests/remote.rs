@@ -2,10 +2,10 @@
 //! results pushed (re-committed when the remote moved), and nothing lost.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::repo_support::{HELLO, Repo};
+use crate::support::{Daemon, HELLO, Repo};
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -59,15 +59,11 @@ fn hub_with_runners(n: usize) -> (tempfile::TempDir, Repo, Vec<Repo>) {
     (hub, admin, runners)
 }
 
-fn start(r: &Repo, extra: &[&str]) -> Child {
-    crate::support::stella()
-        .current_dir(r.path())
-        .args(["daemon", "--repo", ".", "--remote", "origin", "--poll", "1s"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+/// A watching daemon of `r` exchanging with the hub every second; `extra` arguments added.
+fn start(r: &Repo, extra: &[&str]) -> Daemon {
+    let mut args = vec!["--repo", ".", "--remote", "origin", "--poll", "1s"];
+    args.extend_from_slice(extra);
+    r.daemon(&args)
 }
 
 /// Runs on the hub's branch, by state, as the admin sees them after pulling.
@@ -114,12 +110,7 @@ fn three_runners_one_hub_twenty_requests_each_run_exactly_once() {
     }
     admin.commit_all("twenty requests");
     admin.git(&["push", "-q", "origin", "main"]);
-    let logs: Vec<_> = runners.iter().map(|r| r.outside("daemon.log")).collect();
-    let mut daemons: Vec<Child> = runners
-        .iter()
-        .zip(&logs)
-        .map(|(r, log)| start_logged(r, &[], log))
-        .collect();
+    let daemons: Vec<Daemon> = runners.iter().map(|r| start_logged(r, &[])).collect();
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let states = hub_states(&admin);
@@ -127,21 +118,14 @@ fn three_runners_one_hub_twenty_requests_each_run_exactly_once() {
             break;
         }
         if Instant::now() >= deadline {
-            for log in &logs {
-                eprintln!(
-                    "--- {}\n{}",
-                    log.display(),
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
+            for (i, d) in daemons.iter().enumerate() {
+                eprintln!("--- runner {i}\n{}", said(d));
             }
             panic!("not all runs finished: {states:?}");
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    for d in &mut daemons {
-        d.kill().unwrap();
-        d.wait().unwrap();
-    }
+    drop(daemons);
     for i in 0..20 {
         let id = format!("r{i:02}");
         let events = admin.events(&id);
@@ -159,12 +143,11 @@ fn three_runners_one_hub_twenty_requests_each_run_exactly_once() {
 fn a_claim_is_taken_over_after_its_runner_was_killed() {
     let (_hub, admin, runners) = hub_with_runners(2);
     push_slow_request(&admin, 8);
-    let mut first = start(&runners[0], &["--lease", "2s"]);
-    wait_for_step(&runners[0], "r1", "greet");
-    first.kill().unwrap();
-    first.wait().unwrap();
+    let first = start(&runners[0], &["--lease", "2s"]);
+    wait_for_step(&first, &runners[0], "r1", "greet");
+    first.kill();
     // The second runner waits out the lease, takes the run over and finishes it.
-    let mut second = start(&runners[1], &["--lease", "2s"]);
+    let second = start(&runners[1], &["--lease", "2s"]);
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let states = hub_states(&admin);
@@ -174,8 +157,7 @@ fn a_claim_is_taken_over_after_its_runner_was_killed() {
         assert!(Instant::now() < deadline, "the run was not taken over: {states:?}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    second.kill().unwrap();
-    second.wait().unwrap();
+    second.kill();
     let events = admin.events("r1");
     assert!(
         events
@@ -227,10 +209,10 @@ fn a_pull_request_is_planned_and_noted_but_runs_only_after_the_merge() {
 fn a_live_runner_keeps_its_claim_past_the_lease() {
     let (_hub, admin, runners) = hub_with_runners(2);
     push_slow_request(&admin, 4);
-    let mut first = start(&runners[0], &["--lease", "1s"]);
-    wait_for_step(&runners[0], "r1", "greet");
+    let first = start(&runners[0], &["--lease", "1s"]);
+    wait_for_step(&first, &runners[0], "r1", "greet");
     // The lease is 1 s and the step takes 4 s: only renewal keeps the second runner out.
-    let mut second = start(&runners[1], &["--lease", "1s"]);
+    let second = start(&runners[1], &["--lease", "1s"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let states = hub_states(&admin);
@@ -240,10 +222,8 @@ fn a_live_runner_keeps_its_claim_past_the_lease() {
         assert!(Instant::now() < deadline, "the run did not finish: {states:?}");
         std::thread::sleep(Duration::from_millis(300));
     }
-    for d in [&mut first, &mut second] {
-        d.kill().unwrap();
-        d.wait().unwrap();
-    }
+    first.kill();
+    second.kill();
     let events = admin.events("r1");
     assert_eq!(
         events
@@ -259,28 +239,27 @@ fn a_live_runner_keeps_its_claim_past_the_lease() {
     );
 }
 
-/// A daemon whose output goes to a file, for reading what it said.
-fn start_logged(r: &Repo, extra: &[&str], log: &Path) -> Child {
-    let file = std::fs::File::create(log).unwrap();
-    crate::support::stella()
-        .current_dir(r.path())
-        .args(["daemon", "--repo", ".", "--remote", "origin", "--poll", "1s"])
-        .args(extra)
-        .env("STELLA_LOG", "info")
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap()
+/// As `start`, logging at level info (on stderr), for reading what it did.
+fn start_logged(r: &Repo, extra: &[&str]) -> Daemon {
+    let mut args = vec!["--repo", ".", "--remote", "origin", "--poll", "1s"];
+    args.extend_from_slice(extra);
+    let mut cmd = r.daemon_command(&args);
+    cmd.env("STELLA_LOG", "info");
+    Daemon::start(cmd)
 }
 
-fn wait_for_step(r: &Repo, run: &str, step: &str) {
+/// What a daemon said, on stdout and stderr.
+fn said(d: &Daemon) -> String {
+    d.stdout() + &d.stderr()
+}
+
+/// Waits until `daemon`, the runner of `r`, has started `step` of `run`.
+fn wait_for_step(daemon: &Daemon, r: &Repo, run: &str, step: &str) {
     let journal = r.journal(run);
     let needle = format!("\"step.started\",\"step\":\"{step}\"");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&journal).unwrap_or_default().contains(&needle) {
-        assert!(Instant::now() < deadline, "{step} of {run} never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    daemon.wait_for(&format!("{step} of {run} to start"), Duration::from_secs(30), || {
+        std::fs::read_to_string(&journal).unwrap_or_default().contains(&needle)
+    });
 }
 
 fn wait_for_state(admin: &Repo, run: &str, want: &[&str], secs: u64) -> String {
@@ -297,34 +276,34 @@ fn wait_for_state(admin: &Repo, run: &str, want: &[&str], secs: u64) -> String {
 
 #[test]
 fn a_runner_paused_past_its_lease_stops_and_writes_nothing_over_the_takeover() {
-    use nix::sys::signal::{Signal, kill};
-    use nix::unistd::Pid;
-    let (_hub, admin, runners) = hub_with_runners(2);
+    use nix::sys::signal::Signal;
+    let (hub, admin, runners) = hub_with_runners(2);
     push_slow_request(&admin, 4);
-    let log_a = runners[0].outside("daemon-a.log");
-    let mut a = start_logged(&runners[0], &["--lease", "2s"], &log_a);
-    wait_for_step(&runners[0], "r1", "greet");
+    let a = start_logged(&runners[0], &["--lease", "2s"]);
+    wait_for_step(&a, &runners[0], "r1", "greet");
     // Runner A freezes (a VM pause, a stuck disk): its claim goes silent.
-    let pid_a = Pid::from_raw(a.id() as i32);
-    kill(pid_a, Signal::SIGSTOP).unwrap();
-    let mut b = start(&runners[1], &["--lease", "2s"]);
+    a.signal(Signal::SIGSTOP);
+    let b = start(&runners[1], &["--lease", "2s"]);
     wait_for_state(&admin, "r1", &["succeeded"], 90);
     // A wakes up: its renewal finds the claim taken, so it stops and drops what it did.
-    kill(pid_a, Signal::SIGCONT).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log_a).unwrap().contains("taken over") {
-        assert!(
-            Instant::now() < deadline,
-            "runner A never noticed the takeover:\n{}",
-            std::fs::read_to_string(&log_a).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(Duration::from_secs(3));
-    for d in [&mut a, &mut b] {
-        d.kill().unwrap();
-        d.wait().unwrap();
-    }
+    a.signal(Signal::SIGCONT);
+    a.wait_for("runner A to notice the takeover", Duration::from_secs(30), || {
+        said(&a).contains("taken over")
+    });
+    let stale = || {
+        std::fs::read_dir(runners[0].path().join(".git/stella/journal"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with("r1.ndjson.stale-"))
+    };
+    let tip = |dir: &Path| git(dir, &["rev-parse", "refs/heads/main"]);
+    a.wait_for(
+        "runner A to set its journal aside and take the hub's branch",
+        Duration::from_secs(30),
+        || stale() && tip(runners[0].path()) == tip(hub.path()),
+    );
+    a.kill();
+    b.kill();
     // The hub holds B's run, whole: one takeover, one end, and a ledger that verifies.
     let events = admin.events("r1");
     let count = |t: &str| events.iter().filter(|e| e["type"] == t).count();
@@ -334,10 +313,7 @@ fn a_runner_paused_past_its_lease_stops_and_writes_nothing_over_the_takeover() {
     assert!(!events.iter().any(|e| e["type"] == "run.cancelled"));
     admin.stella(&["ledger", "verify"]).ok();
     // A kept its own record aside, and its branch is the hub's again.
-    let kept = std::fs::read_dir(runners[0].path().join(".git/stella/journal"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .any(|e| e.file_name().to_string_lossy().starts_with("r1.ndjson.stale-"));
+    let kept = stale();
     assert!(kept, "the stale journal is set aside");
     runners[0].git(&["fetch", "-q", "origin"]);
     let ahead = runners[0].git(&["rev-list", "--count", "origin/main..main"]);
@@ -347,22 +323,18 @@ fn a_runner_paused_past_its_lease_stops_and_writes_nothing_over_the_takeover() {
 #[test]
 fn an_unreachable_remote_is_waited_out_not_fatal() {
     let (hub, admin, runners) = hub_with_runners(1);
-    let log = runners[0].outside("daemon.log");
-    let mut d = start_logged(&runners[0], &[], &log);
-    std::thread::sleep(Duration::from_millis(1500));
+    let d = start_logged(&runners[0], &[]);
+    d.wait_for("the daemon to be ready", Duration::from_secs(30), || {
+        d.stdout().contains("stella daemon: ready")
+    });
     let away = hub.path().with_extension("away");
     std::fs::rename(hub.path(), &away).unwrap();
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(
-        d.try_wait().unwrap().is_none(),
-        "the daemon stopped:\n{}",
-        std::fs::read_to_string(&log).unwrap()
-    );
-    assert!(
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("cannot exchange with the remote")
-    );
+    // Two failed exchanges: the daemon went on after the first.
+    d.wait_for("two failed exchanges", Duration::from_secs(30), || {
+        said(&d).matches("cannot exchange with the remote").count() >= 2
+    });
+    assert!(d.exited().is_none(), "the daemon stopped:\n{}", said(&d));
+    assert!(said(&d).contains("cannot exchange with the remote"));
     std::fs::rename(&away, hub.path()).unwrap();
     admin.write(
         "runs/r1/request.yaml",
@@ -371,13 +343,9 @@ fn an_unreachable_remote_is_waited_out_not_fatal() {
     admin.commit_all("request");
     admin.git(&["push", "-q", "origin", "main"]);
     wait_for_state(&admin, "r1", &["succeeded"], 90);
-    d.kill().unwrap();
-    d.wait().unwrap();
-    assert!(
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("the remote answers again")
-    );
+    let text = said(&d);
+    d.kill();
+    assert!(text.contains("the remote answers again"));
 }
 
 #[test]
@@ -568,20 +536,13 @@ fn an_idle_runner_fetches_at_its_poll_not_at_its_own_fetches() {
     // A clone has packed-refs; every fetch touches it (and FETCH_HEAD, lock files): none of
     // that may wake the daemon to fetch again.
     assert!(runners[0].path().join(".git/packed-refs").exists());
-    let log = runners[0].outside("daemon.log");
-    let file = std::fs::File::create(&log).unwrap();
-    let mut d = crate::support::stella()
-        .current_dir(runners[0].path())
-        .args(["daemon", "--repo", ".", "--remote", "origin", "--poll", "5s"])
-        .env("STELLA_LOG", "debug")
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap();
+    let mut cmd = runners[0].daemon_command(&["--repo", ".", "--remote", "origin", "--poll", "5s"]);
+    cmd.env("STELLA_LOG", "debug");
+    let d = Daemon::start(cmd);
+    // The scenario: 4 s of an idle daemon, less than one poll.
     std::thread::sleep(Duration::from_secs(4));
-    d.kill().unwrap();
-    d.wait().unwrap();
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = said(&d);
+    d.kill();
     let exchanges = text.matches("exchange with the remote").count();
     assert!(
         (1..=2).contains(&exchanges),
@@ -611,14 +572,11 @@ fn a_waiting_run_is_released_not_taken_over_from_a_live_runner() {
     admin.write("packs/gated/pack.yaml", gated).commit_all("gated pack");
     admin.request("g1", "gated", "{}\n");
     admin.git(&["push", "-q", "origin", "main"]);
-    let mut daemons: Vec<Child> = runners.iter().map(|r| start(r, &["--lease", "1s"])).collect();
+    let daemons: Vec<Daemon> = runners.iter().map(|r| start(r, &["--lease", "1s"])).collect();
     wait_for_state(&admin, "g1", &["waiting"], 60);
-    // Past the lease several times over, both runners alive and polling.
+    // The scenario: past the lease several times over, both runners alive and polling.
     std::thread::sleep(Duration::from_secs(4));
-    for d in &mut daemons {
-        d.kill().unwrap();
-        d.wait().unwrap();
-    }
+    drop(daemons);
     let events = admin.events("g1");
     assert!(
         !events.iter().any(|e| e["type"] == "run.claimed"),

@@ -4,10 +4,9 @@
 //! kernel feature; `sandbox: off`; and `stella doctor --check sandbox`.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::repo_support::{Repo, Stella};
-use crate::support::{Scratch, all_gone, marker, pids_with, shared_dir};
+use crate::support::{Daemon, Repo, Scratch, Stella, all_gone, marker, pids_with, shared_dir, wait_for};
 
 /// A pack `name` with one step `probe` that runs `script` in bash.
 fn probe_pack(name: &str, script: &str) -> String {
@@ -47,21 +46,13 @@ fn repo_probing(script: &str) -> Repo {
 }
 
 /// `stella daemon --once` started, not waited for: the runner as a process the test can see.
-fn spawn_daemon(r: &Repo, extra: &[&str]) -> std::process::Child {
-    crate::support::stella()
-        .current_dir(r.path())
-        .args(["daemon", "--once", "--repo", "."])
-        .args(extra)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+fn spawn_daemon(r: &Repo) -> Daemon {
+    r.daemon(&["--once", "--repo", "."])
 }
 
-/// Waits for a spawned daemon, asserting it succeeded.
-fn finish(daemon: std::process::Child) -> Stella {
-    let out = Stella(daemon.wait_with_output().unwrap());
-    out.ok()
+/// Waits for a spawned daemon to end, asserting it succeeded.
+fn finish(daemon: Daemon) -> Stella {
+    daemon.wait(Duration::from_secs(120)).ok()
 }
 
 /// The lines a step prints that say whether it read `path`: `sealed-<label>` when what it
@@ -254,8 +245,8 @@ fn against_the_runner(script: &str) -> (Repo, Stella) {
         "while [ ! -s {f} ]; do sleep 0.05; done\npid=$(cat {f})\n{script}",
         f = pid_file.display()
     ));
-    let daemon = spawn_daemon(&r, &[]);
-    std::fs::write(&pid_file, daemon.id().to_string()).unwrap();
+    let daemon = spawn_daemon(&r);
+    std::fs::write(&pid_file, daemon.pid().to_string()).unwrap();
     let out = finish(daemon);
     (r, out)
 }
@@ -339,25 +330,18 @@ fn orphan_maker(m: &str, ready: &Path) -> String {
 
 /// Waits until the four grandchildren and the step itself are all running.
 fn wait_for_orphans(m: &str, ready: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(ready.exists() && pids_with(m).len() >= 5) {
-        assert!(
-            Instant::now() < deadline,
-            "the step never started its orphans: {:?}",
-            pids_with(m)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("the step to start its orphans", Duration::from_secs(20), || {
+        ready.exists() && pids_with(m).len() >= 5
+    });
 }
 
 #[test]
 fn a_steps_orphans_die_with_a_killed_daemon() {
     let (m, ready) = (marker(), shared_dir().join("ready"));
     let r = repo_probing(&orphan_maker(&m, &ready));
-    let mut daemon = spawn_daemon(&r, &[]);
+    let daemon = spawn_daemon(&r);
     wait_for_orphans(&m, &ready);
-    daemon.kill().unwrap();
-    daemon.wait().unwrap();
+    daemon.kill();
     assert!(
         all_gone(&m, Duration::from_secs(2)),
         "outlived the runner: {:?}",

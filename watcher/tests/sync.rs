@@ -1,7 +1,7 @@
 //! Air-gap round trips with git bundles, and bundles that must be refused with the
 //! repository left exactly as it was.
 
-use crate::repo_support::{HELLO, Repo};
+use crate::support::{HELLO, Repo};
 
 fn refs(r: &Repo) -> String {
     String::from_utf8_lossy(&r.git(&["for-each-ref", "--format=%(refname) %(objectname)"]).stdout).into_owned()
@@ -265,19 +265,13 @@ fn a_killed_import_leaves_nothing_after_the_next_import_or_daemon_start() {
     let offline = offline_copy(&online);
     // A live stella process (a watching daemon of another repository) holds its quarantine.
     let elsewhere = Repo::new();
-    let mut live = crate::support::stella()
-        .args(["daemon", "--repo"])
-        .arg(elsewhere.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let live = elsewhere.daemon(&["--repo", "."]);
     // A pid reused by a process that is not stella holds nothing.
     let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().unwrap();
     for (r, next) in [(&offline, "sync import"), (&online, "daemon")] {
         let killed = leave_an_import_behind(r, dead_pid());
         let reused = leave_an_import_behind(r, sleeper.id());
-        let running = leave_an_import_behind(r, live.id());
+        let running = leave_an_import_behind(r, live.pid() as u32);
         if next == "daemon" {
             r.daemon_once().ok();
         } else {
@@ -287,7 +281,7 @@ fn a_killed_import_leaves_nothing_after_the_next_import_or_daemon_start() {
         assert!(!killed.exists() && !reused.exists(), "the leftovers are removed");
         assert!(running.exists(), "a live import's quarantine is left alone");
         let left = refs(r);
-        let live_ref = format!("refs/stella/quarantine/{}", live.id());
+        let live_ref = format!("refs/stella/quarantine/{}", live.pid());
         assert_eq!(
             left.lines()
                 .filter(|l| l.starts_with("refs/stella/quarantine/"))
@@ -297,8 +291,7 @@ fn a_killed_import_leaves_nothing_after_the_next_import_or_daemon_start() {
         );
         assert!(left.contains(&live_ref), "{left}");
     }
-    live.kill().unwrap();
-    live.wait().unwrap();
+    live.kill();
     sleeper.kill().unwrap();
     sleeper.wait().unwrap();
 }

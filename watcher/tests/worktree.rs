@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::repo_support::{HELLO, Repo};
+use crate::support::{HELLO, Repo};
 
 /// `path -> blob` of every file under `runs/<id>/` at HEAD.
 fn run_files_at_head(r: &Repo, id: &str) -> BTreeMap<String, String> {

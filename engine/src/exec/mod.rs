@@ -4,6 +4,7 @@
 //! threads for parallel steps; never touches git.
 
 mod artifacts;
+pub mod chaos_gates;
 pub mod control;
 pub mod output;
 mod process;

@@ -386,7 +386,7 @@ impl Ledger {
             }
             let tree = editor.write().map_err(git)?.detach();
             let commit = self.signed_commit(tree, tip, message, signer)?;
-            crate::chaos::at_commit(crate::chaos::Point::MidCommit, writes);
+            crate::chaos::at_commit(crate::chaos::Point::MidCommit, writes.iter().map(|w| w.path.as_str()));
             let expected = match tip {
                 Some(t) => PreviousValue::MustExistAndMatch(Target::Object(t)),
                 None => PreviousValue::MustNotExist,
@@ -406,7 +406,10 @@ impl Ledger {
             };
             match self.repo.edit_reference(edit) {
                 Ok(_) => {
-                    crate::chaos::at_commit(crate::chaos::Point::BetweenBranchMoveAndIndexUpdate, writes);
+                    crate::chaos::at_commit(
+                        crate::chaos::Point::BetweenBranchMoveAndIndexUpdate,
+                        writes.iter().map(|w| w.path.as_str()),
+                    );
                     let head_is_branch = self.head_is_branch();
                     if head_is_branch {
                         worktree::sync(&self.repo, &self.workdir, writes, &blobs)?;

@@ -9,7 +9,7 @@ use crate::diag::{Diagnostic, Diagnostics, Pos, did_you_mean};
 use crate::expr;
 use crate::pack::{PackFiles, normalise};
 
-use super::decode::is_simple_name;
+use super::values::is_simple_name;
 use super::*;
 
 struct Checker<'a> {
@@ -143,10 +143,10 @@ impl Checker<'_> {
 
     /// A JSON Schema file named by the pack: inside the pack, JSON, a valid 2020-12 schema.
     fn schema_file(&mut self, path: &str, pos: Pos, field: &str) -> Option<jsonschema::Validator> {
-        match crate::inputs::compile_schema(self.files, path) {
+        match crate::schema::compile(self.files, path) {
             Ok(v) => Some(v),
-            Err(msg) => {
-                self.error(pos, field, msg);
+            Err(e) => {
+                self.error(pos, field, e.to_string());
                 None
             }
         }

@@ -4,6 +4,8 @@
 
 mod check;
 mod decode;
+mod steps;
+mod values;
 
 use std::collections::BTreeMap;
 

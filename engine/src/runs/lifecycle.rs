@@ -241,7 +241,7 @@ impl Run<'_> {
             plan_hash: plan.hash(),
             trust_commit,
         };
-        let gates = crate::chaos::Gates {
+        let gates = exec::chaos_gates::ChaosGates {
             inner: &repo_gates,
             chaos: env.chaos.as_deref(),
             run: id,

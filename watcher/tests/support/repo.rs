@@ -1,10 +1,11 @@
 //! A test repository: `stella init`, packs, requests and commits made with the real git CLI,
-//! the daemon run against it, and readers for the ledger it writes.
+//! the daemon run against it (to its end, or in the background as a `Daemon`), and readers
+//! for the ledger it writes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::support::stella;
+use super::{Daemon, stella};
 
 #[must_use]
 pub struct Repo {
@@ -23,6 +24,15 @@ impl Repo {
     /// there would be out of a step's sight whether or not the sandbox covered it).
     pub fn outside_tmp() -> Repo {
         Repo::init(tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap())
+    }
+
+    /// A repository where run r1 of the hello pack succeeded, its ledger verified.
+    pub fn with_finished_run() -> Repo {
+        let r = Repo::new();
+        r.pack("hello", HELLO).request("r1", "hello", "{}\n");
+        r.daemon_once().ok();
+        r.stella(&["ledger", "verify"]).ok();
+        r
     }
 
     fn init(dir: tempfile::TempDir) -> Repo {
@@ -134,6 +144,18 @@ impl Repo {
 
     pub fn daemon_once(&self) -> Stella {
         self.stella(&["daemon", "--once", "--repo", "."])
+    }
+
+    /// `stella daemon ARGS` in this repository, started in the background.
+    pub fn daemon(&self, args: &[&str]) -> Daemon {
+        Daemon::start(self.daemon_command(args))
+    }
+
+    /// The command `daemon` starts, for a test that sets its environment first.
+    pub fn daemon_command(&self, args: &[&str]) -> Command {
+        let mut cmd = stella();
+        cmd.current_dir(self.path()).arg("daemon").args(args);
+        cmd
     }
 
     /// `runs show --json` of a run.

@@ -1,7 +1,10 @@
 //! Loading hostile YAML into a tree that remembers where every key and value came from.
 //! Owns the limits against YAML bombs (size, aliases, nesting, node count); it never
 //! interprets what the YAML means. Also writes JSON text that YAML reads back unchanged
-//! (`json_text`), for the files Stella writes (requests, approvals).
+//! (`json_text`), for the files Stella writes (requests, approvals). Reading the tree into
+//! typed values, with located problems, is `decode`'s.
+
+pub mod decode;
 
 use std::fmt;
 

@@ -1,8 +1,10 @@
-//! The test builder: a scratch directory with a pack, inputs and secrets, the `stella`
-//! binary run against it, and readers for its output and events.
+//! `stella pack run` stories: a scratch directory with a pack, inputs and secrets, the
+//! binary run against it, and readers for its output and events. No git, no daemon.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use super::stella;
 
 use stella_engine::event::{Event, read_ndjson};
 use stella_engine::state::{RunState, fold};
@@ -100,81 +102,6 @@ impl Scratch {
     pub fn run(&self, extra: &[&str]) -> Ran {
         Ran::from(self.command(extra).output().unwrap(), self.events_path())
     }
-}
-
-/// A directory that steps and the test both reach: outside `/tmp` (private to each sandboxed
-/// step) and outside the repository and run directories (hidden from steps).
-pub fn shared_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("shared-{}", marker()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A word unique to this call, written into a step's command line so the test can find the
-/// step's processes from outside their PID namespace (where `$$` means nothing).
-pub fn marker() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "stellamark{}x{}x{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed),
-        nanos
-    )
-}
-
-/// The pids (as the test sees them) of live processes whose command line holds `marker`.
-pub fn pids_with(marker: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        let zombie = status.lines().any(|l| l.starts_with("State:") && l.contains('Z'));
-        if !zombie && String::from_utf8_lossy(&cmdline).contains(marker) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// Waits up to `within` for every process holding `marker` to be gone; false if one lives on.
-pub fn all_gone(marker: &str, within: std::time::Duration) -> bool {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        if pids_with(marker).is_empty() {
-            return true;
-        }
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
-/// Waits up to 20 s for a process holding `marker` to appear; its pid.
-pub fn wait_for_process(marker: &str) -> i32 {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        if let Some(p) = pids_with(marker).first() {
-            return *p;
-        }
-        assert!(std::time::Instant::now() < deadline, "no process {marker} started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
-/// The binary under test.
-pub fn stella() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stella"));
-    cmd.env_remove("STELLA_LOG");
-    cmd
 }
 
 /// A finished `stella` invocation.

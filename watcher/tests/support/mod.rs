@@ -1,0 +1,47 @@
+//! What every story of the `stella` binary is told with: a scratch directory for `stella
+//! pack run` (`scratch`), a git repository for the daemon and the ledger (`repo`), a daemon
+//! started in the background that cannot outlive its test (`daemon`), and processes seen from
+//! outside a step (`procs`). Nothing here asserts a product behaviour; the stories do.
+
+mod daemon;
+mod procs;
+mod repo;
+mod scratch;
+
+pub use daemon::Daemon;
+pub use procs::{all_gone, marker, pids_with, shared_dir, wait_for_process};
+pub use repo::{HELLO, Repo, Stella};
+pub use scratch::{Ran, Scratch};
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// How often a wait looks again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// The binary under test.
+pub fn stella() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stella"));
+    cmd.env_remove("STELLA_LOG");
+    cmd
+}
+
+/// Looks at `until` every 20 ms for up to `within`; whether it came true.
+pub fn poll(within: Duration, mut until: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if until() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Waits up to `within` for `until` to come true; panics naming `what` was awaited if it
+/// does not. The way to wait for something to happen: never a fixed sleep.
+pub fn wait_for(what: &str, within: Duration, until: impl FnMut() -> bool) {
+    assert!(poll(within, until), "waited {within:?} for {what}, in vain");
+}
