@@ -1,7 +1,7 @@
 //! Pull requests (DESIGN section 9): every run request a pull request adds is planned, never
 //! executed, and the plan summary is written as a git note on the pull request's head commit in
-//! `refs/notes/stella`, pushed so that `git log --notes=stella` shows it in any clone. After the
-//! merge, a request whose plan differs from the hash noted on its pull request is refused.
+//! `refs/notes/stella`, pushed so that `git log --notes=stella` shows it in any clone. Writing
+//! and pushing only: reading a note back after the merge (`noted_plan_hash`) is `ledger::notes`'s.
 
 use gix::ObjectId;
 
