@@ -5,7 +5,6 @@
 
 mod artifacts;
 pub mod control;
-pub mod output;
 mod process;
 pub mod sandbox;
 
@@ -45,7 +44,7 @@ pub struct ExecConfig {
     pub artifact_bytes: u64,
     /// How much output becomes `step.log` events, per step and per run (`limits.logBytes`,
     /// `limits.runLogBytes`); the rest is counted and hashed in `step.log.truncated`.
-    pub log_limits: output::LogLimits,
+    pub log_limits: crate::event::output::LogLimits,
     /// Time between SIGTERM and SIGKILL when a step is stopped.
     pub kill_grace: Duration,
     pub secrets: Secrets,
@@ -72,7 +71,7 @@ impl ExecConfig {
             workspace: run_dir.join("workspace"),
             max_steps: 0,
             artifact_bytes: 10 << 20,
-            log_limits: output::LogLimits::default(),
+            log_limits: crate::event::output::LogLimits::default(),
             kill_grace: Duration::from_secs(5),
             secrets: Secrets::default(),
             cancel: CancelToken::new(),

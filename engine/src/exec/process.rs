@@ -2,7 +2,7 @@
 //! events, and termination of the whole group (SIGTERM, grace, SIGKILL) on timeout or
 //! cancel. After the main process exits, stragglers left in its group are killed too.
 //! One thread per step: the pipes and a pidfd are multiplexed with poll(2). How much output
-//! is kept is `output::StepOutput`'s to say; past its limits bytes are only counted and hashed.
+//! is kept is `event::output::StepOutput`'s to say; past its limits bytes are only counted and hashed.
 
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
