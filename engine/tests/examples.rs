@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use stella_engine::pack::{PackFiles, PackLimits};
-use stella_engine::plan::{Plan, PlanConfig};
-use stella_engine::{inputs, manifest, plan_dir};
+use stella_engine::plan::{self, Plan, PlanConfig, StepKind};
+use stella_engine::{inputs, manifest};
 
 use crate::support::packs_dir;
 
@@ -15,7 +15,7 @@ fn plan_example(name: &str) -> Plan {
     let dir = packs_dir().join(name);
     let inputs_file = packs_dir().join(format!("../examples/{name}.inputs.yaml"));
     let given = inputs::read_file(&inputs_file).unwrap();
-    plan_dir(
+    plan::from_dir(
         &dir,
         &format!("packs/{name}"),
         Some(&given),
@@ -38,8 +38,8 @@ fn examples_together_use_every_step_kind_and_builtin() {
     let mut kinds = std::collections::BTreeSet::new();
     for name in EXAMPLES {
         for step in plan_example(name).all_steps() {
-            kinds.insert(step.kind.clone());
-            if let Some(run) = &step.run {
+            kinds.insert(step.kind.name().to_string());
+            if let StepKind::Run(run) = &step.kind {
                 kinds.insert(run.uses.clone());
             }
         }

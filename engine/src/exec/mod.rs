@@ -22,7 +22,7 @@ use crate::code::Code;
 use crate::event::{Emitter, Event, EventSink};
 use crate::expr::{self, Flavor};
 use crate::pack::{PackFiles, sha256_hex};
-use crate::plan::{Cond, Plan, PlanApprovalGate, PlanStep, TemplateFlavor, Text};
+use crate::plan::{Cond, Plan, PlanApprovalGate, PlanPolicy, PlanRun, PlanStep, StepKind, TemplateFlavor, Text};
 use crate::redact::Redactor;
 use crate::secrets::Secrets;
 use crate::state::{self, RunState, StepStatus};
@@ -464,26 +464,19 @@ impl Runner<'_> {
             self.skip(s, "when is false");
             return Res::Skipped;
         }
-        match s.kind.as_str() {
-            "run" => self.run_step(s, item, token),
-            "parallel" => {
-                let g = s.parallel.as_ref().expect("parallel step has a group");
+        match &s.kind {
+            StepKind::Run(run) => self.run_step(s, run, item, token),
+            StepKind::Parallel(g) => {
                 let children: Vec<(&PlanStep, Option<&Json>)> = g.steps.iter().map(|c| (c, item)).collect();
                 self.group(s, &children, g.max_parallel, g.continue_on_error, token)
             }
-            "map" => {
-                let m = s.map.as_ref().expect("map step has a map");
+            StepKind::Map(m) => {
                 let children: Vec<(&PlanStep, Option<&Json>)> =
                     m.steps.iter().zip(m.items.iter()).map(|(c, i)| (c, Some(i))).collect();
                 self.group(s, &children, m.max_parallel, false, token)
             }
-            "gate.approval" => self.approval(s, s.approval.as_ref().expect("gate"), item),
-            "gate.policy" => self.policy(s, item),
-            other => self.fail(
-                s,
-                StepError::new(Code::StepFailed, format!("unknown step kind `{other}`")),
-                0,
-            ),
+            StepKind::Approval(gate) => self.approval(s, gate, item),
+            StepKind::Policy(p) => self.policy(s, p, item),
         }
     }
 
@@ -534,7 +527,7 @@ impl Runner<'_> {
         }
     }
 
-    fn run_step(&self, s: &PlanStep, item: Option<&Json>, token: &CancelToken) -> Res {
+    fn run_step(&self, s: &PlanStep, run: &PlanRun, item: Option<&Json>, token: &CancelToken) -> Res {
         let retries = s.retries.unwrap_or(crate::plan::PlanRetries {
             max_attempts: 1,
             backoff_ms: 0,
@@ -557,14 +550,13 @@ impl Runner<'_> {
             };
             let deadline = s.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
             let step_token = token.child(deadline);
-            let uses = s.run.as_ref().map_or("", |r| r.uses.as_str());
             self.emit(
                 Event::new("step.started")
                     .step(&s.id)
-                    .data(json!({ "attempt": attempt, "kind": "run", "uses": uses })),
+                    .data(json!({ "attempt": attempt, "kind": "run", "uses": run.uses })),
             );
             let t0 = Instant::now();
-            let result = self.attempt(s, item, attempt, &step_token);
+            let result = self.attempt(s, run, item, attempt, &step_token);
             drop(permit);
             self.chaos(Point::BeforeStepEnd, s);
             let ms = t0.elapsed().as_millis() as u64;
@@ -633,14 +625,11 @@ impl Runner<'_> {
     fn attempt(
         &self,
         s: &PlanStep,
+        run: &PlanRun,
         item: Option<&Json>,
         attempt: u32,
         token: &CancelToken,
     ) -> Result<Finished, Attempt> {
-        let run = s
-            .run
-            .as_ref()
-            .ok_or_else(|| Attempt::Failed(StepError::new(Code::StepFailed, "run step without run")))?;
         let redactor = self.emitter.redactor();
         if run.uses == "builtin:bundle.ingest" {
             if self.chaos(Point::AfterStepStart, s) == Some(Action::KillRunner) {
@@ -820,7 +809,7 @@ impl Runner<'_> {
             self.emit(
                 Event::new("step.started")
                     .step(&s.id)
-                    .data(json!({ "kind": s.kind, "children": children.len() })),
+                    .data(json!({ "kind": s.kind.name(), "children": children.len() })),
             );
         }
         let deadline = s.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
@@ -951,8 +940,7 @@ impl Runner<'_> {
         }
     }
 
-    fn policy(&self, s: &PlanStep, item: Option<&Json>) -> Res {
-        let p = s.policy.as_ref().expect("policy step has a policy");
+    fn policy(&self, s: &PlanStep, p: &PlanPolicy, item: Option<&Json>) -> Res {
         let verdict = match &p.expr {
             Text::Resolved(v) => Ok(v == "true"),
             Text::Template { template, .. } => expr::eval_bool(template, &self.ctx(item)),

@@ -304,9 +304,10 @@ fn carry(
                 let gate = before.waiting_gate.clone().unwrap_or_default();
                 let step = plan.all_steps().into_iter().find(|s| s.id == gate).cloned();
                 let since = before.step(&gate).and_then(|s| s.started.clone());
-                let verdict = step
-                    .as_ref()
-                    .and_then(|s| s.approval.as_ref().map(|a| gates.decide(s, a, since.as_deref())));
+                let verdict = step.as_ref().and_then(|s| match &s.kind {
+                    crate::plan::StepKind::Approval(a) => Some(gates.decide(s, a, since.as_deref())),
+                    _ => None,
+                });
                 if let Some(v) = &verdict {
                     let seen = exec::recorded_keys(&prior);
                     let fresh: Vec<Event> = v
@@ -522,7 +523,7 @@ fn plan_new(env: &Environment, id: &str, commit: ObjectId) -> Result<(Plan, Pack
     let trust = trust_commit(env, commit, &request_path);
     let config = &read_config(env, trust);
     let files = pack_at(env, commit, &request.pack)?;
-    let plan = crate::plan_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
+    let plan = crate::plan::from_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
     let hash = plan.hash();
     if let Some(pinned) = &request.plan_hash
         && *pinned != hash
@@ -599,7 +600,7 @@ fn replan(env: &Environment, id: &str, prior: &[Event]) -> Result<(Plan, PackFil
     }
     let request = Request::parse(&request_path, &text)?;
     let files = pack_at(env, commit, &request.pack)?;
-    let plan = crate::plan_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
+    let plan = crate::plan::from_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
     if plan.hash() != field("planHash") {
         return Err(refuse(
             Code::PackHashMismatch,
