@@ -18,6 +18,7 @@ use super::process;
 use super::{Attempt, Finished, Res, Runner};
 
 impl Runner<'_> {
+    /// Runs a run step to its end: attempts until one succeeds, retries run out, or the run stops.
     pub(super) fn run_step(&self, s: &PlanStep, run: &PlanRun, item: Option<&Json>, token: &CancelToken) -> Res {
         let retries = s.retries.unwrap_or(crate::plan::PlanRetries {
             max_attempts: 1,
@@ -120,6 +121,7 @@ impl Runner<'_> {
         token.sleep(Duration::from_millis(backoff_ms)).is_none()
     }
 
+    /// One attempt of run step `s`: the command started and supervised, or the bundle ingested.
     pub(super) fn attempt(
         &self,
         s: &PlanStep,

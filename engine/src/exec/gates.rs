@@ -74,6 +74,7 @@ pub fn recorded_keys(events: &[Event]) -> std::collections::HashSet<String> {
 }
 
 impl Runner<'_> {
+    /// An approval gate: the gatekeeper's verdict, its notes recorded once, then pass, wait or fail.
     pub(super) fn approval(&self, s: &PlanStep, gate: &PlanApprovalGate, item: Option<&Json>) -> Res {
         let message = match gate.message.as_ref().map(|m| self.text(m, item)).transpose() {
             Ok(m) => m,
@@ -119,6 +120,7 @@ impl Runner<'_> {
         }
     }
 
+    /// A policy gate: its expression decides; false halts the run or, with `continue`, skips on.
     pub(super) fn policy(&self, s: &PlanStep, p: &PlanPolicy, item: Option<&Json>) -> Res {
         let verdict = match &p.expr {
             Text::Resolved(v) => Ok(v == "true"),

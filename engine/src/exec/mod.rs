@@ -123,6 +123,8 @@ enum Res {
     Waiting(String, String),
 }
 
+/// One run being executed: what the walk, run steps, gates and the workspace share. Its
+/// methods live in the rooms that own each idea.
 struct Runner<'a> {
     plan: &'a Plan,
     cfg: &'a ExecConfig,

@@ -19,6 +19,7 @@ use super::control::{CancelToken, Stop};
 use super::{Res, Runner, code_from_str};
 
 impl Runner<'_> {
+    /// Runs `steps` one after another until one fails (unless it may), waits or is stopped.
     pub(super) fn sequence(&self, steps: &[PlanStep], item: Option<&Json>, token: &CancelToken) -> Res {
         for s in steps {
             if let Some(msg) = self.emitter.error() {
@@ -33,6 +34,7 @@ impl Runner<'_> {
         Res::Ok
     }
 
+    /// One step of any kind: reused from an earlier attempt, skipped by `when`, or run by its kind.
     pub(super) fn step(&self, s: &PlanStep, item: Option<&Json>, token: &CancelToken) -> Res {
         if let Some(prev) = self.before.step(&s.id) {
             match prev.status {
@@ -76,6 +78,7 @@ impl Runner<'_> {
         }
     }
 
+    /// Records `s` and what it holds as skipped.
     pub(super) fn skip(&self, s: &PlanStep, why: &str) {
         self.emit(Event::new("step.skipped").step(&s.id).msg(why));
         for c in s.children() {
@@ -85,6 +88,7 @@ impl Runner<'_> {
         }
     }
 
+    /// Records `s` as failed with `e` (`attempt` 0 when attempts do not apply).
     pub(super) fn fail(&self, s: &PlanStep, e: StepError, attempt: u32) -> Res {
         let mut data = json!({ "code": e.code.as_str() });
         if attempt > 0 {
@@ -123,6 +127,8 @@ impl Runner<'_> {
         }
     }
 
+    /// A parallel group or a map: its children on up to `max_parallel` threads; the first failure
+    /// stops the rest unless failures may continue.
     pub(super) fn group(
         &self,
         s: &PlanStep,

@@ -133,6 +133,7 @@ impl Guard {
     }
 }
 
+/// The status pipe, both ends close-on-exec.
 pub(super) fn pipe() -> Result<(OwnedFd, OwnedFd), Unavailable> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: pipe2 fills two descriptors on success.
