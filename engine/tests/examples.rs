@@ -40,7 +40,7 @@ fn examples_together_use_every_step_kind_and_builtin() {
         for step in plan_example(name).all_steps() {
             kinds.insert(step.kind.name().to_string());
             if let StepKind::Run(run) = &step.kind {
-                kinds.insert(run.uses.clone());
+                kinds.insert(run.uses().to_string());
             }
         }
     }

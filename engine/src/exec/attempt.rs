@@ -45,7 +45,7 @@ impl Runner<'_> {
             self.emit(
                 Event::new("step.started")
                     .step(&s.id)
-                    .data(json!({ "attempt": attempt, "kind": "run", "uses": run.uses })),
+                    .data(json!({ "attempt": attempt, "kind": "run", "uses": run.uses() })),
             );
             let t0 = Instant::now();
             let result = self.attempt(s, run, item, attempt, &step_token);
@@ -131,16 +131,12 @@ impl Runner<'_> {
         token: &CancelToken,
     ) -> Result<Finished, Attempt> {
         let redactor = self.emitter.redactor();
-        if run.uses == "builtin:bundle.ingest" {
+        if let PlanRun::BundleIngest { path, checksum_sha256 } = run {
             if self.chaos(Point::AfterStepStart, s) == Some(Action::KillRunner) {
                 chaos::kill_runner();
             }
-            let path = self
-                .text(run.path.as_ref().expect("ingest has a path"), item)
-                .map_err(Attempt::Failed)?;
-            let sum = self
-                .text(run.checksum_sha256.as_ref().expect("ingest has a checksum"), item)
-                .map_err(Attempt::Failed)?;
+            let path = self.text(path, item).map_err(Attempt::Failed)?;
+            let sum = self.text(checksum_sha256, item).map_err(Attempt::Failed)?;
             let arts = artifacts::ingest_bundle(
                 &self.cfg.workspace,
                 &self.cfg.run_dir,

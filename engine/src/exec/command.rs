@@ -63,20 +63,16 @@ impl Runner<'_> {
 
     /// The program and its arguments.
     fn program(&self, run: &PlanRun, item: Option<&Json>) -> Result<Command, Attempt> {
-        let cmd = match run.uses.as_str() {
-            "builtin:shell" => {
-                let script = self
-                    .text(run.script.as_ref().expect("shell has a script"), item)
-                    .map_err(Attempt::Failed)?;
+        let cmd = match run {
+            PlanRun::Shell { script } => {
+                let script = self.text(script, item).map_err(Attempt::Failed)?;
                 let mut c = Command::new("bash");
                 c.args(["-euo", "pipefail", "-c", &script]);
                 c
             }
-            "builtin:exec" => {
-                let argv: Vec<String> = run
-                    .argv
+            PlanRun::Exec { argv } => {
+                let argv: Vec<String> = argv
                     .iter()
-                    .flatten()
                     .map(|a| self.text(a, item))
                     .collect::<Result<_, _>>()
                     .map_err(Attempt::Failed)?;
@@ -90,10 +86,10 @@ impl Runner<'_> {
                 c.args(&argv[1..]);
                 c
             }
-            other => {
+            PlanRun::BundleIngest { .. } => {
                 return Err(Attempt::Failed(StepError::new(
                     Code::StepFailed,
-                    format!("unknown runner `{other}`"),
+                    "`builtin:bundle.ingest` starts no process",
                 )));
             }
         };

@@ -218,29 +218,18 @@ impl<'a> Builder<'a> {
                     backoff_ms: r.backoff_ms,
                 };
                 let run = match run {
-                    Run::Shell { script } => PlanRun {
-                        uses: run.uses().into(),
-                        script: Some(self.text(script, Flavor::Shell, ctx)?),
-                        argv: None,
-                        path: None,
-                        checksum_sha256: None,
+                    Run::Shell { script } => PlanRun::Shell {
+                        script: self.text(script, Flavor::Shell, ctx)?,
                     },
                     Run::Exec { argv } => {
                         let argv: Vec<Option<Text>> = argv.iter().map(|a| self.text(a, Flavor::Text, ctx)).collect();
-                        PlanRun {
-                            uses: run.uses().into(),
-                            script: None,
-                            argv: Some(argv.into_iter().collect::<Option<Vec<_>>>()?),
-                            path: None,
-                            checksum_sha256: None,
+                        PlanRun::Exec {
+                            argv: argv.into_iter().collect::<Option<Vec<_>>>()?,
                         }
                     }
-                    Run::BundleIngest { path, checksum } => PlanRun {
-                        uses: run.uses().into(),
-                        script: None,
-                        argv: None,
-                        path: Some(self.text(path, Flavor::Text, ctx)?),
-                        checksum_sha256: Some(self.text(checksum, Flavor::Text, ctx)?),
+                    Run::BundleIngest { path, checksum } => PlanRun::BundleIngest {
+                        path: self.text(path, Flavor::Text, ctx)?,
+                        checksum_sha256: self.text(checksum, Flavor::Text, ctx)?,
                     },
                 };
                 (StepKind::Run(run), Some(retries), env)

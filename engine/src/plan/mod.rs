@@ -190,18 +190,27 @@ pub struct PlanRetries {
     pub backoff_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PlanRun {
-    pub uses: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub script: Option<Text>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub argv: Option<Vec<Text>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<Text>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checksum_sha256: Option<Text>,
+/// What a run step runs, by its builtin. In `plan.json`: `uses` and the builtin's fields.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "wire::RunWire")]
+pub enum PlanRun {
+    /// `builtin:shell`: a bash script.
+    Shell { script: Text },
+    /// `builtin:exec`: an argv, run without a shell.
+    Exec { argv: Vec<Text> },
+    /// `builtin:bundle.ingest`: a file to verify against its sha256 and stage as an artifact.
+    BundleIngest { path: Text, checksum_sha256: Text },
+}
+
+impl PlanRun {
+    /// The builtin's name, as the pack and `plan.json` write it.
+    pub fn uses(&self) -> &'static str {
+        match self {
+            PlanRun::Shell { .. } => "builtin:shell",
+            PlanRun::Exec { .. } => "builtin:exec",
+            PlanRun::BundleIngest { .. } => "builtin:bundle.ingest",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

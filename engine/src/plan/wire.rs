@@ -119,6 +119,52 @@ impl TryFrom<StepWire> for PlanStep {
     }
 }
 
+impl Serialize for PlanRun {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("uses", self.uses())?;
+        match self {
+            PlanRun::Shell { script } => m.serialize_entry("script", script)?,
+            PlanRun::Exec { argv } => m.serialize_entry("argv", argv)?,
+            PlanRun::BundleIngest { path, checksum_sha256 } => {
+                m.serialize_entry("path", path)?;
+                m.serialize_entry("checksumSha256", checksum_sha256)?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// A run as `plan.json` holds it: `uses` and every builtin's fields optional, checked on the way in.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct RunWire {
+    uses: String,
+    #[serde(default)]
+    script: Option<Text>,
+    #[serde(default)]
+    argv: Option<Vec<Text>>,
+    #[serde(default)]
+    path: Option<Text>,
+    #[serde(default)]
+    checksum_sha256: Option<Text>,
+}
+
+impl TryFrom<RunWire> for PlanRun {
+    type Error = String;
+
+    fn try_from(w: RunWire) -> Result<PlanRun, String> {
+        match (w.uses.as_str(), w.script, w.argv, w.path, w.checksum_sha256) {
+            ("builtin:shell", Some(script), None, None, None) => Ok(PlanRun::Shell { script }),
+            ("builtin:exec", None, Some(argv), None, None) if !argv.is_empty() => Ok(PlanRun::Exec { argv }),
+            ("builtin:bundle.ingest", None, None, Some(path), Some(checksum_sha256)) => {
+                Ok(PlanRun::BundleIngest { path, checksum_sha256 })
+            }
+            (uses, ..) => Err(format!("a run of `{uses}` must hold exactly that builtin's fields")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,7 +177,7 @@ mod tests {
     fn a_step_reads_back_only_with_the_body_of_its_kind() {
         let run = r#","run":{"uses":"builtin:exec","argv":["true"]}"#;
         let step = read(run).unwrap();
-        assert!(matches!(step.kind, StepKind::Run(_)));
+        assert!(matches!(step.kind, StepKind::Run(PlanRun::Exec { .. })));
         assert_eq!(
             serde_json::to_string(&step).unwrap(),
             format!(r#"{{"id":"a","kind":"run","continueOnError":false{run}}}"#)
@@ -140,5 +186,11 @@ mod tests {
         let policy = r#","policy":{"expr":"true","failAction":"halt"}"#;
         assert!(read(&format!("{run}{policy}")).is_err(), "a run step with a policy too");
         assert!(read(policy).is_err(), "a run step with only a policy");
+        let script_too = r#","run":{"uses":"builtin:exec","argv":["true"],"script":"true"}"#;
+        assert!(read(script_too).is_err(), "an exec run with a script too");
+        assert!(
+            read(r#","run":{"uses":"builtin:exec","argv":[]}"#).is_err(),
+            "an exec run without its program"
+        );
     }
 }
