@@ -1,6 +1,7 @@
 //! Run events (DESIGN section 6): the record every reader folds into state. Owns sequence
 //! numbers, timestamps and redaction at the single point where events leave the executor;
-//! sinks only store or show what they are given.
+//! sinks only store or show what they are given. How much of a step's output becomes events
+//! is `output`'s to say.
 
 pub mod output;
 

@@ -3,7 +3,8 @@
 //! (inputs, map items) are rendered here; run-time templates stay unresolved, marked so a
 //! rendered value is never rendered again (an input cannot smuggle in a template).
 //! This file owns the format (the types of `plan.json`, its hash) and the way in (`from_dir`,
-//! `from_files`); building is `build`'s, the on-disk shape of a step `wire`'s. Never runs a step.
+//! `from_files`); building is `build`'s, the on-disk shape of steps and runs `wire`'s. Never runs a
+//! step.
 
 mod build;
 pub mod summary;

@@ -1,7 +1,8 @@
 //! The on-disk shape of a plan step: one JSON object with the common fields, `kind` naming the
-//! kind, and one key (`run`, `parallel`, `map`, `approval`, `policy`) holding its body. Written
-//! in the field order `stella pack plan --json` has always shown; read back only when `kind`
-//! and the body agree. Owns the shape only: never decides what a step means.
+//! kind, and one key (`run`, `parallel`, `map`, `approval`, `policy`) holding its body; a run
+//! is `uses` and that builtin's fields. Written in the field order `stella pack plan --json`
+//! has always shown; read back only when `kind` (or `uses`) and the fields agree. Owns the
+//! shape only: never decides what a step means.
 
 use std::collections::BTreeMap;
 
