@@ -64,8 +64,8 @@ impl Default for Config {
             max_runs: 4,
             max_steps: 0,
             artifact_bytes: 10 << 20,
-            log_bytes: crate::exec::output::STEP_LOG_BYTES,
-            run_log_bytes: crate::exec::output::RUN_LOG_BYTES,
+            log_bytes: crate::event::output::STEP_LOG_BYTES,
+            run_log_bytes: crate::event::output::RUN_LOG_BYTES,
             batch_ms: 2000,
             ledger_branch: None,
             pull_patterns: vec!["refs/pull/*/head".into(), "refs/merge-requests/*/head".into()],
@@ -81,8 +81,8 @@ impl Config {
     }
 
     /// The output limits steps run under.
-    pub fn log_limits(&self) -> crate::exec::output::LogLimits {
-        crate::exec::output::LogLimits {
+    pub fn log_limits(&self) -> crate::event::output::LogLimits {
+        crate::event::output::LogLimits {
             step_bytes: self.log_bytes,
             run_bytes: self.run_log_bytes,
         }

@@ -36,28 +36,3 @@ pub mod secrets;
 pub mod sshsig;
 pub mod state;
 pub mod sync;
-
-/// Reads a pack directory, checks it, resolves `inputs` and builds its plan: what
-/// `stella pack plan` and `stella run request` do. `inputs_file` names the inputs in messages.
-pub fn plan_dir(
-    dir: &std::path::Path,
-    display_root: &str,
-    inputs: Option<&yaml::Node>,
-    inputs_file: &str,
-    config: &plan::PlanConfig,
-) -> Result<plan::Plan, Diagnostics> {
-    let files = pack::PackFiles::read_dir(dir, display_root, pack::PackLimits::default())?;
-    plan_files(&files, inputs, inputs_file, config)
-}
-
-/// As `plan_dir`, for pack files already in memory (e.g. read from a commit).
-pub fn plan_files(
-    files: &pack::PackFiles,
-    inputs: Option<&yaml::Node>,
-    inputs_file: &str,
-    config: &plan::PlanConfig,
-) -> Result<plan::Plan, Diagnostics> {
-    let manifest = manifest::load(files)?;
-    let resolved = inputs::resolve(&manifest, files, inputs, inputs_file)?;
-    plan::build(&manifest, files, &resolved, config)
-}

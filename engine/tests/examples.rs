@@ -2,8 +2,8 @@
 //! matches the golden file (rewrite with `STELLA_BLESS=1 cargo test` after a deliberate change).
 
 use stella_engine::pack::{PackFiles, PackLimits};
-use stella_engine::plan::{Plan, PlanConfig};
-use stella_engine::{inputs, manifest, plan_dir};
+use stella_engine::plan::{self, Plan, PlanConfig, StepKind};
+use stella_engine::{inputs, manifest};
 
 use crate::golden_file::assert_golden;
 use crate::support::packs_dir;
@@ -14,7 +14,7 @@ fn plan_example(name: &str) -> Plan {
     let dir = packs_dir().join(name);
     let inputs_file = packs_dir().join(format!("../examples/{name}.inputs.yaml"));
     let given = inputs::read_file(&inputs_file).unwrap();
-    plan_dir(
+    plan::from_dir(
         &dir,
         &format!("packs/{name}"),
         Some(&given),
@@ -37,9 +37,9 @@ fn examples_together_use_every_step_kind_and_builtin() {
     let mut kinds = std::collections::BTreeSet::new();
     for name in EXAMPLES {
         for step in plan_example(name).all_steps() {
-            kinds.insert(step.kind.clone());
-            if let Some(run) = &step.run {
-                kinds.insert(run.uses.clone());
+            kinds.insert(step.kind.name().to_string());
+            if let StepKind::Run(run) = &step.kind {
+                kinds.insert(run.uses().to_string());
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Inputs that do not fit a pack, and hostile inputs that must stay inert data.
 
 use stella_engine::Code;
-use stella_engine::plan::Text;
+use stella_engine::plan::{PlanRun, StepKind, Text};
 
 use crate::support::{TestPack, with_steps};
 
@@ -94,7 +94,10 @@ fn map_items_that_evaluate_to_a_string_are_refused() {
 
 fn script_of(plan: &stella_engine::plan::Plan, id: &str) -> String {
     let step = plan.all_steps().into_iter().find(|s| s.id == id).unwrap();
-    match step.run.as_ref().unwrap().script.as_ref().unwrap() {
+    let StepKind::Run(PlanRun::Shell { script }) = &step.kind else {
+        panic!("`{id}` is not a shell step")
+    };
+    match script {
         Text::Resolved(s) => s.clone(),
         other => panic!("expected a resolved script, got {other:?}"),
     }
@@ -148,7 +151,9 @@ fn an_input_holding_template_syntax_is_never_rendered_again() {
     ));
     let plan = pack.plan("image: \"{{ steps.a.outputs.secret }}\"\n").unwrap();
     let step = plan.all_steps().into_iter().find(|s| s.id == "b").unwrap();
-    let argv = step.run.as_ref().unwrap().argv.as_ref().unwrap();
+    let StepKind::Run(PlanRun::Exec { argv }) = &step.kind else {
+        panic!("`b` is not an exec step")
+    };
     assert_eq!(argv[1], Text::Resolved("{{ steps.a.outputs.secret }}".into()));
 }
 

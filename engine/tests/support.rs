@@ -1,8 +1,8 @@
 //! Test helpers: packs built in memory from YAML text, planned with inputs.
 
 use stella_engine::pack::PackFiles;
-use stella_engine::plan::{Plan, PlanConfig};
-use stella_engine::{Diagnostics, inputs, plan_files};
+use stella_engine::plan::{self, Plan, PlanConfig};
+use stella_engine::{Diagnostics, inputs};
 
 /// The repository's `packs/` directory.
 pub fn packs_dir() -> std::path::PathBuf {
@@ -33,12 +33,12 @@ impl TestPack {
 
     pub fn plan(&self, inputs_yaml: &str) -> Result<Plan, Diagnostics> {
         let node = inputs::parse("inputs.yaml", inputs_yaml)?;
-        plan_files(&self.files(), Some(&node), "inputs.yaml", &PlanConfig::default())
+        plan::from_files(&self.files(), Some(&node), "inputs.yaml", &PlanConfig::default())
     }
 
     pub fn plan_with(&self, inputs_yaml: &str, config: &PlanConfig) -> Result<Plan, Diagnostics> {
         let node = inputs::parse("inputs.yaml", inputs_yaml)?;
-        plan_files(&self.files(), Some(&node), "inputs.yaml", config)
+        plan::from_files(&self.files(), Some(&node), "inputs.yaml", config)
     }
 
     pub fn validate(&self) -> Result<(), Diagnostics> {

@@ -1,4 +1,4 @@
-//! A pack manifest and an inputs file, through the whole of `plan_files`: YAML parse within
+//! A pack manifest and an inputs file, through the whole of `plan::from_files`: YAML parse within
 //! limits, decode, check, inputs, plan, hash. Input: `pack.yaml`, then optionally a NUL byte
 //! and `inputs.yaml`. The example packs' scripts and schemas sit beside the manifest, so
 //! references to them resolve.
@@ -43,12 +43,12 @@ fuzz_target!(|data: &[u8]| {
         sealed,
         allow: vec!["example.com".into()],
     };
-    let Ok(plan) = stella_engine::plan_files(&files, node.as_ref(), "inputs.yaml", &config) else {
+    let Ok(plan) = stella_engine::plan::from_files(&files, node.as_ref(), "inputs.yaml", &config) else {
         return;
     };
     let hash = plan.hash();
     let again =
-        stella_engine::plan_files(&files, node.as_ref(), "inputs.yaml", &config).expect("planned once, plans again");
+        stella_engine::plan::from_files(&files, node.as_ref(), "inputs.yaml", &config).expect("planned once, plans again");
     assert_eq!(again.hash(), hash, "planning is deterministic");
     let (read, stated) = Plan::from_plan_json(&plan.to_plan_json()).expect("plan.json reads back");
     assert_eq!(stated, hash);

@@ -195,7 +195,7 @@ pub fn verify_archive(bytes: &[u8], signers: Option<&str>) -> Result<Vec<Check>,
                 .collect(),
         };
         Ok(
-            crate::plan_files(&pack, request.inputs.as_ref(), "request.yaml", &config)
+            crate::plan::from_files(&pack, request.inputs.as_ref(), "request.yaml", &config)
                 .map_err(|d| d.to_string())?
                 .hash(),
         )

@@ -135,8 +135,8 @@ fn summary(ledger: &Ledger, head: ObjectId, tip: Option<ObjectId>, run: &str, te
         }
         let files =
             crate::pack::PackFiles::from_entries(&request.pack, files).map_err(|d| format!("{d} [{}]", d.code))?;
-        let plan =
-            crate::plan_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config()).map_err(coded)?;
+        let plan = crate::plan::from_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())
+            .map_err(coded)?;
         if let Some(pin) = &request.plan_hash
             && *pin != plan.hash()
         {

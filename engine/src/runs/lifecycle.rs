@@ -311,9 +311,10 @@ impl Run<'_> {
         let gate = before.waiting_gate.clone().unwrap_or_default();
         let step = plan.all_steps().into_iter().find(|s| s.id == gate).cloned();
         let since = before.step(&gate).and_then(|s| s.started.clone());
-        let verdict = step
-            .as_ref()
-            .and_then(|s| s.approval.as_ref().map(|a| gates.decide(s, a, since.as_deref())));
+        let verdict = step.as_ref().and_then(|s| match &s.kind {
+            crate::plan::StepKind::Approval(a) => Some(gates.decide(s, a, since.as_deref())),
+            _ => None,
+        });
         if let Some(v) = &verdict {
             let seen = exec::recorded_keys(prior);
             let fresh: Vec<Event> = v

@@ -68,7 +68,7 @@ pub fn plan_new(env: &Environment, id: &str, commit: ObjectId) -> Result<Planned
     let trust = trust_commit(env, commit, &request_path);
     let config = &env.config_at(trust);
     let files = pack_at(env, commit, &request.pack)?;
-    let plan = crate::plan_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
+    let plan = crate::plan::from_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
     let hash = plan.hash();
     if let Some(pinned) = &request.plan_hash
         && *pinned != hash
@@ -138,7 +138,7 @@ pub fn replan(env: &Environment, id: &str, prior: &[Event]) -> Result<(Plan, Pac
     }
     let request = Request::parse(&request_path, &text)?;
     let files = pack_at(env, commit, &request.pack)?;
-    let plan = crate::plan_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
+    let plan = crate::plan::from_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
     if plan.hash() != field("planHash") {
         return Err(refuse(
             Code::PackHashMismatch,

@@ -7,6 +7,7 @@ use stella_engine::Code;
 use stella_engine::allowed_signers::AllowedSigners;
 use stella_engine::approvals::{Approval, Decision, NAMESPACE};
 use stella_engine::keys::SshKey;
+use stella_engine::plan::StepKind;
 use stella_engine::runs;
 
 use super::{Failure, repo};
@@ -135,7 +136,10 @@ fn plan_of(
         let gates = plan
             .all_steps()
             .into_iter()
-            .filter_map(|s| s.approval.as_ref().map(|a| (a.id.clone(), vec![s.id.clone()])))
+            .filter_map(|s| match &s.kind {
+                StepKind::Approval(a) => Some((a.id.clone(), vec![s.id.clone()])),
+                _ => None,
+            })
             .collect();
         Ok((hash, gates))
     };
@@ -172,7 +176,7 @@ fn plan_of(
         .map(|t| stella_engine::config::Config::parse(stella_engine::config::CONFIG_PATH, &String::from_utf8_lossy(&t)))
         .transpose()?
         .map_or_else(|| repo::config_at_head(root), Ok)?;
-    let plan = stella_engine::plan_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
+    let plan = stella_engine::plan::from_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
     from_plan(&plan.to_plan_json())
 }
 

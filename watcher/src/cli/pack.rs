@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use stella_engine::plan::{PlanConfig, Summary};
+use stella_engine::plan::PlanConfig;
+use stella_engine::plan::summary::Summary;
 use stella_engine::{Code, duration, inputs, manifest, pack};
 
 use super::Failure;
@@ -52,7 +53,7 @@ pub fn plan(arg: &Path, inputs_path: Option<&Path>, json: bool) -> Result<u8, Fa
     let (dir, shown) = locate(arg)?;
     let given = inputs_path.map(inputs::read_file).transpose()?;
     let inputs_file = inputs_path.map_or_else(|| "inputs".to_string(), |p| p.display().to_string());
-    let plan = stella_engine::plan_dir(&dir, &shown, given.as_ref(), &inputs_file, &PlanConfig::default())?;
+    let plan = stella_engine::plan::from_dir(&dir, &shown, given.as_ref(), &inputs_file, &PlanConfig::default())?;
     let summary = Summary::of(plan);
     if json {
         println!("{}", serde_json::to_string_pretty(&summary).expect("summary is JSON"));

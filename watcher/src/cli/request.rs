@@ -29,7 +29,7 @@ pub fn request(pack_arg: &Path, inputs_path: Option<&Path>, id: Option<&str>) ->
     let config = repo::config_in_worktree(&root)?;
     let given = inputs_path.map(inputs::read_file).transpose()?;
     let inputs_file = inputs_path.map_or_else(|| "inputs".to_string(), |p| p.display().to_string());
-    let plan = stella_engine::plan_dir(&dir, &rel, given.as_ref(), &inputs_file, &config.plan_config())?;
+    let plan = stella_engine::plan::from_dir(&dir, &rel, given.as_ref(), &inputs_file, &config.plan_config())?;
     let id = match id {
         Some(id) if run_id::is_valid(id) => id.to_string(),
         Some(id) => {

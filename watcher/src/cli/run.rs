@@ -33,7 +33,7 @@ pub fn run(a: RunArgs) -> Result<u8, Failure> {
         .map_or_else(|| "inputs".to_string(), |p| p.display().to_string());
     let files =
         pack::PackFiles::read_dir(&dir, &shown, pack::PackLimits::default()).map_err(|d| Failure::Diags(d.into()))?;
-    let plan = stella_engine::plan_files(&files, given.as_ref(), &inputs_file, &PlanConfig::default())?;
+    let plan = stella_engine::plan::from_files(&files, given.as_ref(), &inputs_file, &PlanConfig::default())?;
     let file_secrets = a.secrets.map(Secrets::from_file).transpose()?.unwrap_or_default();
     let secrets = Secrets::for_plan(&plan, &file_secrets, |k| std::env::var(k).ok())?;
 

@@ -1,6 +1,9 @@
 //! Run events (DESIGN section 6): the record every reader folds into state. Owns sequence
 //! numbers, timestamps and redaction at the single point where events leave the executor;
-//! sinks only store or show what they are given.
+//! sinks only store or show what they are given. How much of a step's output becomes events
+//! is `output`'s to say.
+
+pub mod output;
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -9,7 +12,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use crate::exec::output::{LogLimits, RunLog, StepOutput};
+use output::{LogLimits, RunLog, StepOutput};
+
 use crate::redact::Redactor;
 
 /// One event, one NDJSON line.
@@ -122,32 +126,6 @@ pub fn cut_torn_line(path: &std::path::Path) -> std::io::Result<()> {
     }
     let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     std::fs::OpenOptions::new().write(true).open(path)?.set_len(keep as u64)
-}
-
-/// Keeps events in memory (tests, and readers that fold as they go).
-#[derive(Default)]
-pub struct MemorySink {
-    pub events: Mutex<Vec<Event>>,
-}
-
-impl MemorySink {
-    pub fn take(&self) -> Vec<Event> {
-        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    pub fn snapshot(&self) -> Vec<Event> {
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-impl EventSink for MemorySink {
-    fn accept(&self, event: &Event) -> std::io::Result<()> {
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(event.clone());
-        Ok(())
-    }
 }
 
 /// Stamps, redacts and fans out events to sinks; the executor's only way to emit. Also holds
