@@ -28,11 +28,17 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
 
 fn checked_dirs() -> Vec<PathBuf> {
     let root = workspace();
-    ["engine/src", "engine/tests", "watcher/src", "watcher/tests", "fuzz/fuzz_targets"]
-        .iter()
-        .map(|d| root.join(d))
-        .filter(|d| d.is_dir())
-        .collect()
+    [
+        "engine/src",
+        "engine/tests",
+        "watcher/src",
+        "watcher/tests",
+        "fuzz/fuzz_targets",
+    ]
+    .iter()
+    .map(|d| root.join(d))
+    .filter(|d| d.is_dir())
+    .collect()
 }
 
 fn shown(path: &Path) -> String {
@@ -52,7 +58,10 @@ fn every_file_says_what_it_owns() {
             }
         }
     }
-    assert!(missing.is_empty(), "files that do not open with a `//!` sentence: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "files that do not open with a `//!` sentence: {missing:#?}"
+    );
 }
 
 #[test]
@@ -94,7 +103,10 @@ fn no_source_file_passes_the_limit() {
             }
         }
     }
-    assert!(long.is_empty(), "files over {MAX_LINES} lines (split them by concept): {long:#?}");
+    assert!(
+        long.is_empty(),
+        "files over {MAX_LINES} lines (split them by concept): {long:#?}"
+    );
 }
 
 #[test]
@@ -239,8 +251,14 @@ struct Crate {
 fn imports_run_down_the_layers_and_siblings_do_not_loop() {
     let layers = layers();
     let crates = [
-        Crate { name: "engine", src: workspace().join("engine/src") },
-        Crate { name: "watcher", src: workspace().join("watcher/src") },
+        Crate {
+            name: "engine",
+            src: workspace().join("engine/src"),
+        },
+        Crate {
+            name: "watcher",
+            src: workspace().join("watcher/src"),
+        },
     ];
     let mut problems = Vec::new();
     for krate in &crates {
@@ -253,14 +271,21 @@ fn imports_run_down_the_layers_and_siblings_do_not_loop() {
                 rank.insert(m.clone(), order.len() - i);
             }
         }
-        let root_file = ["lib.rs", "main.rs"].iter().map(|f| krate.src.join(f)).find(|p| p.exists()).unwrap();
+        let root_file = ["lib.rs", "main.rs"]
+            .iter()
+            .map(|f| krate.src.join(f))
+            .find(|p| p.exists())
+            .unwrap();
         let reexports = root_reexports(&std::fs::read_to_string(&root_file).unwrap());
         let files = rust_files(&krate.src);
         let modules: BTreeSet<Vec<String>> = files.iter().map(|f| module_of(&krate.src, f)).collect();
         let tops: BTreeSet<&String> = modules.iter().filter_map(|m| m.first()).collect();
         for top in &tops {
             if !rank.contains_key(*top) && top.as_str() != "main" {
-                problems.push(format!("{}: module `{top}` is in no layer of ARCHITECTURE.md", krate.name));
+                problems.push(format!(
+                    "{}: module `{top}` is in no layer of ARCHITECTURE.md",
+                    krate.name
+                ));
             }
         }
         // Edges between sibling rooms, for the cycle check.

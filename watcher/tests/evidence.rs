@@ -176,7 +176,7 @@ const PREPARE_PYTHON: &str = "python3 -m venv target/ci-venv && target/ci-venv/b
 fn python() -> PathBuf {
     let Some(py) = std::env::var_os("STELLA_PYTHON") else {
         panic!(
-            "STELLA_PYTHON is not set: the attestation is checked with securesystemslib from a Python you prepare once, at the workspace root:\n  {PREPARE_PYTHON}\n(`.ci/run` does this itself)"
+            "STELLA_PYTHON is not set: the attestation is checked with securesystemslib from a Python you prepare once, at the workspace root:\n  {PREPARE_PYTHON}\n(`bash test.sh` does this itself)"
         );
     };
     let py = PathBuf::from(py);

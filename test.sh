@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs Stella's whole test suite: `bash test.sh` (extra arguments go to `cargo test`).
+# The evidence tests check attestations with securesystemslib, an independent DSSE
+# implementation, from the Python that STELLA_PYTHON names; `cargo test` itself installs
+# nothing. When STELLA_PYTHON is not set, this prepares that Python once, in a virtualenv
+# kept in target/ci-venv, and points STELLA_PYTHON at it.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ -z "${STELLA_PYTHON:-}" ]; then
+  venv="$PWD/target/ci-venv"
+  if ! "$venv/bin/python" -c 'import securesystemslib, cryptography' > /dev/null 2>&1; then
+    echo "preparing the DSSE verifier in $venv (once)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check securesystemslib cryptography
+  fi
+  export STELLA_PYTHON="$venv/bin/python"
+fi
+"$STELLA_PYTHON" -c 'import securesystemslib; print("DSSE verifier: securesystemslib", securesystemslib.__version__)'
+
+cargo test --workspace "$@"
