@@ -171,7 +171,7 @@ impl Outcome {
     pub fn exit_code(&self) -> i32 {
         match self {
             Outcome::Succeeded => 0,
-            Outcome::Failed { code, .. } => code.exit_code(),
+            Outcome::Failed { code, .. } => i32::from(code.exit_code()),
             Outcome::Cancelled => 1,
             Outcome::Waiting { .. } => 3,
         }
@@ -199,7 +199,7 @@ pub fn execute(
                 code: before
                     .code
                     .as_deref()
-                    .and_then(code_from_str)
+                    .and_then(|c| c.parse().ok())
                     .unwrap_or(Code::StepFailed),
                 message: before
                     .error
@@ -444,7 +444,7 @@ impl Runner<'_> {
                 StepStatus::Succeeded => return Res::Ok,
                 StepStatus::Skipped => return Res::Skipped,
                 StepStatus::Failed => {
-                    let code = prev.code.as_deref().and_then(code_from_str).unwrap_or(Code::StepFailed);
+                    let code = prev.code.as_deref().and_then(|c| c.parse().ok()).unwrap_or(Code::StepFailed);
                     return Res::Failed(StepError::new(code, prev.error.clone().unwrap_or_default()));
                 }
                 _ => {}
@@ -1020,8 +1020,4 @@ pub fn recorded_keys(events: &[Event]) -> std::collections::HashSet<String> {
         .iter()
         .filter_map(|e| e.get("key").and_then(|k| k.as_str()).map(str::to_string))
         .collect()
-}
-
-fn code_from_str(s: &str) -> Option<Code> {
-    Code::ALL.iter().copied().find(|c| c.as_str() == s)
 }
