@@ -444,7 +444,11 @@ impl Runner<'_> {
                 StepStatus::Succeeded => return Res::Ok,
                 StepStatus::Skipped => return Res::Skipped,
                 StepStatus::Failed => {
-                    let code = prev.code.as_deref().and_then(|c| c.parse().ok()).unwrap_or(Code::StepFailed);
+                    let code = prev
+                        .code
+                        .as_deref()
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(Code::StepFailed);
                     return Res::Failed(StepError::new(code, prev.error.clone().unwrap_or_default()));
                 }
                 _ => {}
