@@ -20,7 +20,7 @@ use super::exchange::{exchange, release_claims};
 use super::scan::{self, Fingerprint};
 use super::tasks::{Done, TaskEnd, report, report_invalid, work};
 use super::watch::watch;
-use crate::failure::{Failure, Outcome};
+use crate::failure::Failure;
 
 /// What the command line fixes for the whole life of the daemon.
 pub struct Settings {
@@ -30,6 +30,14 @@ pub struct Settings {
     pub kill_grace: Duration,
     pub lease: Duration,
     pub max_runs: usize,
+}
+
+/// Why the loop ended.
+pub enum End {
+    /// `--once` found nothing more that can progress.
+    Idle,
+    /// A signal stopped it.
+    Stopped,
 }
 
 /// The daemon between two cycles: what runs, what the last scan found, what was said.
@@ -103,7 +111,7 @@ impl Daemon {
     }
 
     /// Runs cycles until `--once` has nothing left to do or a signal stops the daemon.
-    pub async fn run(mut self, root: &Path) -> Result<Outcome, Failure> {
+    pub async fn run(mut self, root: &Path) -> Result<End, Failure> {
         let once = self.settings.once;
         let (tx, mut rx) = mpsc::channel::<()>(64);
         let _watcher = if once { None } else { Some(watch(root, tx.clone())?) };
@@ -129,7 +137,7 @@ impl Daemon {
             self.report_skipped();
             if once && started == 0 && self.tasks.is_empty() {
                 if fresh && self.backlog.is_empty() {
-                    return Ok(Outcome::Done);
+                    return Ok(End::Idle);
                 }
                 self.rescan = true;
                 continue;
@@ -391,7 +399,7 @@ impl Daemon {
     /// Stops the daemon on a signal: ends the running steps (SIGTERM to their process groups,
     /// SIGKILL after the grace), records nothing of their ends, and returns once no ledger
     /// commit is under way. Interrupted runs resume from their journals at the next start.
-    async fn stop(self, signal: &'static str) -> Result<Outcome, Failure> {
+    async fn stop(self, signal: &'static str) -> Result<End, Failure> {
         let (env, grace) = (self.env.clone(), self.settings.kill_grace);
         let ended = tokio::task::spawn_blocking(move || {
             let n = stella_engine::exec::shutdown(grace);
@@ -402,7 +410,7 @@ impl Daemon {
         .await
         .map_err(died)?;
         say!("stella daemon: stopped on {signal}; {ended} step(s) ended, their runs resume at the next start");
-        Ok(Outcome::Done)
+        Ok(End::Stopped)
     }
 }
 

@@ -165,11 +165,15 @@ pub fn run(a: Args) -> Result<Outcome, Failure> {
         lease: a.lease,
         max_runs: config.max_runs,
     };
-    let outcome = rt.block_on(cycle::Daemon::new(env, remote, settings).run(&root));
-    // Workers still busy after a stop are not waited for: their steps were ended, and the
-    // runs resume from their journals at the next start.
-    rt.shutdown_background();
-    outcome
+    match rt.block_on(cycle::Daemon::new(env, remote, settings).run(&root))? {
+        cycle::End::Idle => Ok(Outcome::Done),
+        cycle::End::Stopped => {
+            // Workers still busy after a stop are not waited for: their steps were ended, and
+            // the runs resume from their journals at the next start.
+            rt.shutdown_background();
+            Ok(Outcome::Done)
+        }
+    }
 }
 
 /// Before anything else: ref locks a killed process left removed (they would fail every
