@@ -1,7 +1,7 @@
 //! How a command ended: `Outcome` when it ran to its end (done, failed with a code and
 //! problems, waiting at a gate), `Failure` when it could not (located problems in user files,
-//! or one error with its code). Every engine error becomes a `Failure` through its own
-//! `code()` and message. Nothing here prints or exits: only `main` does.
+//! or one error with its code). Each engine error type the commands meet becomes a `Failure`
+//! through its own `code()` and message. Nothing here prints or exits: only `main` does.
 
 use std::path::Path;
 
