@@ -1,250 +1,159 @@
-//! The one table of Stella's stable error codes and the exit code each maps to.
-//! Every user-facing failure names exactly one `Code`; nothing else decides exit codes.
+//! The one table of Stella's stable error codes: each code's name, its `ERR_…` string, the
+//! exit code it maps to, and its description, written once in `codes!` below; every list and
+//! lookup is generated from it. Nothing else decides exit codes.
 
 use std::fmt;
 
-/// A stable, user-visible error code (`ERR_…`). The same code always means the same thing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Code {
-    /// A pack manifest (or a file it names) is malformed or inconsistent.
-    PackInvalid,
-    /// Inputs given to a pack do not satisfy its declared inputs or schema.
-    PackInputInvalid,
-    /// A step declares a network host that sealed mode does not allow.
-    PackNetworkBlocked,
-    /// The pack files no longer match the plan hash that was approved or pinned.
-    PackHashMismatch,
-    /// A required secret was not provided to the runner.
-    PackSecretMissing,
-    /// A step's process failed (non-zero exit, signal, or could not start).
-    StepFailed,
-    /// A step ran past its timeout and was terminated.
-    StepTimeout,
-    /// The run was cancelled (Ctrl-C, a cancel request).
-    RunCancelled,
-    /// A declared output path leaves the workspace (absolute, `..`, or a symlink out).
-    ArtifactPath,
-    /// A declared output is larger than the configured limit.
-    ArtifactTooLarge,
-    /// A declared output file was not left by the step.
-    ArtifactMissing,
-    /// A declared output holds a secret value; it is never stored.
-    ArtifactSecret,
-    /// A policy gate's expression was false (failAction halt).
-    PolicyFailed,
-    /// A run-time expression could not be evaluated.
-    ExprFailed,
-    /// `builtin:bundle.ingest`: the file's sha256 differs from the declared one.
-    BundleChecksumMismatch,
-    /// `builtin:bundle.ingest`: the file does not exist or cannot be read.
-    BundleNotFound,
-    /// Events could not be recorded; the run cannot be proven and is stopped.
-    EventsWrite,
-    /// `.stella/config.yaml` is malformed.
-    ConfigInvalid,
-    /// A run request (`runs/<id>/request.yaml`) is malformed.
-    RequestInvalid,
-    /// A request repeats the runToken of an earlier run; it is not executed.
-    RunDuplicate,
-    /// The ledger's history was rewritten, or a runner file changed outside a signed runner commit.
-    LedgerTampered,
-    /// `.stella/approvers.yaml` is malformed.
-    ApproversInvalid,
-    /// An approval's signature is missing, malformed, or not by a key allowed for its principal.
-    ApprovalSignatureInvalid,
-    /// The approval's principal holds none of the grants the gate asks for.
-    ApprovalUnauthorized,
-    /// The approval is bound to another run, gate or plan hash.
-    ApprovalPlanMismatch,
-    /// The approving key is expired (or not yet valid) in allowed_signers.
-    ApprovalExpired,
-    /// The approval file is not a valid approval.
-    ApprovalMalformed,
-    /// The approval comes from a principal or key that already counted.
-    ApprovalDuplicate,
-    /// A valid reject: the run fails.
-    PackApprovalRejected,
-    /// The gate's expiresAfter passed without enough approvals: the run fails.
-    PackApprovalTimeout,
-    /// An evidence archive or attestation does not verify.
-    EvidenceInvalid,
-    /// A git bundle is truncated, corrupted, not for this repository, or not a fast-forward.
-    BundleInvalid,
-    /// A file given on the command line could not be read.
-    Io,
-    /// The command line itself is wrong.
-    Usage,
-    /// An SSH key file is unreadable as an OpenSSH private key, encrypted, or not Ed25519.
-    KeyInvalid,
-    /// A key was to be written where a file already exists; keys are never overwritten.
-    KeyExists,
-    /// An allowed_signers file has malformed lines.
-    SignersInvalid,
-    /// An SSH signature is malformed, for another namespace, unsupported, or does not verify.
-    SignatureInvalid,
-    /// The signing key is not listed in allowed_signers for the claimed principal.
-    SignerUnknown,
-    /// The signer's allowed_signers line does not allow the signature's namespace.
-    SignerNamespace,
-    /// The signer's key is outside its valid-after/valid-before window (expired or not yet valid).
-    SignerExpired,
-    /// The local branch has commits the remote lacks that are not this runner's: never merged.
-    BranchDiverged,
-    /// A step could not be isolated from the runner (a kernel feature the sandbox needs is missing).
-    SandboxUnavailable,
-    /// A ledger commit would hold a private key (the runner's, or any PEM/OpenSSH key block).
-    LedgerSecret,
+/// Writes the `Code` enum (each row's doc comment is its description), `Code::ALL`,
+/// `Code::as_str`, `Code::exit_code` and `FromStr` from one table of
+/// `Name = "ERR_…", exit N;` rows.
+macro_rules! codes {
+    ($($(#[$doc:meta])* $name:ident = $text:literal, exit $exit:literal;)*) => {
+        /// A stable, user-visible error code (`ERR_…`). The same code always means the same thing.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Code {
+            $($(#[$doc])* $name,)*
+        }
+
+        impl Code {
+            /// Every code, in the table's order.
+            pub const ALL: &[Code] = &[$(Code::$name,)*];
+
+            /// The code as printed in messages, events and `--json` output.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$name => $text,)*
+                }
+            }
+
+            /// The process exit code for a command that stops with this error
+            /// (DESIGN section 10: 1 the operation ran and failed, 2 bad input or usage).
+            pub fn exit_code(self) -> u8 {
+                match self {
+                    $(Code::$name => $exit,)*
+                }
+            }
+        }
+
+        impl std::str::FromStr for Code {
+            type Err = UnknownCode;
+
+            /// Reads a code back from its `ERR_…` string (as events and `--json` output hold it).
+            fn from_str(s: &str) -> Result<Code, UnknownCode> {
+                match s {
+                    $($text => Ok(Code::$name),)*
+                    _ => Err(UnknownCode(s.to_string())),
+                }
+            }
+        }
+    };
 }
 
-impl Code {
-    /// Every code, for parsing codes back out of events.
-    pub const ALL: [Code; 44] = [
-        Code::PackInvalid,
-        Code::PackInputInvalid,
-        Code::PackNetworkBlocked,
-        Code::PackHashMismatch,
-        Code::PackSecretMissing,
-        Code::StepFailed,
-        Code::StepTimeout,
-        Code::RunCancelled,
-        Code::ArtifactPath,
-        Code::ArtifactTooLarge,
-        Code::ArtifactMissing,
-        Code::ArtifactSecret,
-        Code::PolicyFailed,
-        Code::ExprFailed,
-        Code::BundleChecksumMismatch,
-        Code::BundleNotFound,
-        Code::EventsWrite,
-        Code::ConfigInvalid,
-        Code::RequestInvalid,
-        Code::RunDuplicate,
-        Code::LedgerTampered,
-        Code::ApproversInvalid,
-        Code::ApprovalSignatureInvalid,
-        Code::ApprovalUnauthorized,
-        Code::ApprovalPlanMismatch,
-        Code::ApprovalExpired,
-        Code::ApprovalMalformed,
-        Code::ApprovalDuplicate,
-        Code::PackApprovalRejected,
-        Code::PackApprovalTimeout,
-        Code::EvidenceInvalid,
-        Code::BundleInvalid,
-        Code::Io,
-        Code::Usage,
-        Code::KeyInvalid,
-        Code::KeyExists,
-        Code::SignersInvalid,
-        Code::SignatureInvalid,
-        Code::SignerUnknown,
-        Code::SignerNamespace,
-        Code::SignerExpired,
-        Code::BranchDiverged,
-        Code::SandboxUnavailable,
-        Code::LedgerSecret,
-    ];
+codes! {
+    /// A pack manifest (or a file it names) is malformed or inconsistent.
+    PackInvalid = "ERR_PACK_INVALID", exit 2;
+    /// Inputs given to a pack do not satisfy its declared inputs or schema.
+    PackInputInvalid = "ERR_PACK_INPUT_INVALID", exit 2;
+    /// A step declares a network host that sealed mode does not allow.
+    PackNetworkBlocked = "ERR_PACK_NETWORK_BLOCKED", exit 2;
+    /// The pack files no longer match the plan hash that was approved or pinned.
+    PackHashMismatch = "ERR_PACK_HASH_MISMATCH", exit 1;
+    /// A required secret was not provided to the runner.
+    PackSecretMissing = "ERR_PACK_SECRET_MISSING", exit 2;
+    /// A step's process failed (non-zero exit, signal, or could not start).
+    StepFailed = "ERR_STEP_FAILED", exit 1;
+    /// A step ran past its timeout and was terminated.
+    StepTimeout = "ERR_STEP_TIMEOUT", exit 1;
+    /// The run was cancelled (Ctrl-C, a cancel request).
+    RunCancelled = "ERR_RUN_CANCELLED", exit 1;
+    /// A declared output path leaves the workspace (absolute, `..`, or a symlink out).
+    ArtifactPath = "ERR_ARTIFACT_PATH", exit 1;
+    /// A declared output is larger than the configured limit.
+    ArtifactTooLarge = "ERR_ARTIFACT_TOO_LARGE", exit 1;
+    /// A declared output file was not left by the step.
+    ArtifactMissing = "ERR_ARTIFACT_MISSING", exit 1;
+    /// A declared output holds a secret value; it is never stored.
+    ArtifactSecret = "ERR_ARTIFACT_SECRET", exit 1;
+    /// A policy gate's expression was false (failAction halt).
+    PolicyFailed = "ERR_POLICY_FAILED", exit 1;
+    /// A run-time expression could not be evaluated.
+    ExprFailed = "ERR_EXPR_FAILED", exit 1;
+    /// `builtin:bundle.ingest`: the file's sha256 differs from the declared one.
+    BundleChecksumMismatch = "ERR_BUNDLE_CHECKSUM_MISMATCH", exit 1;
+    /// `builtin:bundle.ingest`: the file does not exist or cannot be read.
+    BundleNotFound = "ERR_BUNDLE_NOT_FOUND", exit 1;
+    /// Events could not be recorded; the run cannot be proven and is stopped.
+    EventsWrite = "ERR_EVENTS_WRITE", exit 1;
+    /// `.stella/config.yaml` is malformed.
+    ConfigInvalid = "ERR_CONFIG_INVALID", exit 2;
+    /// A run request (`runs/<id>/request.yaml`) is malformed.
+    RequestInvalid = "ERR_REQUEST_INVALID", exit 2;
+    /// A request repeats the runToken of an earlier run; it is not executed.
+    RunDuplicate = "ERR_RUN_DUPLICATE", exit 1;
+    /// The ledger's history was rewritten, or a runner file changed outside a signed runner commit.
+    LedgerTampered = "ERR_LEDGER_TAMPERED", exit 1;
+    /// `.stella/approvers.yaml` is malformed.
+    ApproversInvalid = "ERR_APPROVERS_INVALID", exit 2;
+    /// An approval's signature is missing, malformed, or not by a key allowed for its principal.
+    ApprovalSignatureInvalid = "ERR_APPROVAL_SIGNATURE_INVALID", exit 1;
+    /// The approval's principal holds none of the grants the gate asks for.
+    ApprovalUnauthorized = "ERR_APPROVAL_UNAUTHORIZED", exit 1;
+    /// The approval is bound to another run, gate or plan hash.
+    ApprovalPlanMismatch = "ERR_APPROVAL_PLAN_MISMATCH", exit 1;
+    /// The approving key is expired (or not yet valid) in allowed_signers.
+    ApprovalExpired = "ERR_APPROVAL_EXPIRED", exit 1;
+    /// The approval file is not a valid approval.
+    ApprovalMalformed = "ERR_APPROVAL_MALFORMED", exit 1;
+    /// The approval comes from a principal or key that already counted.
+    ApprovalDuplicate = "ERR_APPROVAL_DUPLICATE", exit 1;
+    /// A valid reject: the run fails.
+    PackApprovalRejected = "ERR_PACK_APPROVAL_REJECTED", exit 1;
+    /// The gate's expiresAfter passed without enough approvals: the run fails.
+    PackApprovalTimeout = "ERR_PACK_APPROVAL_TIMEOUT", exit 1;
+    /// An evidence archive or attestation does not verify.
+    EvidenceInvalid = "ERR_EVIDENCE_INVALID", exit 1;
+    /// A git bundle is truncated, corrupted, not for this repository, or not a fast-forward.
+    BundleInvalid = "ERR_BUNDLE_INVALID", exit 2;
+    /// A file given on the command line could not be read.
+    Io = "ERR_IO", exit 2;
+    /// The command line itself is wrong.
+    Usage = "ERR_USAGE", exit 2;
+    /// An SSH key file is unreadable as an OpenSSH private key, encrypted, or not Ed25519.
+    KeyInvalid = "ERR_KEY_INVALID", exit 2;
+    /// A key was to be written where a file already exists; keys are never overwritten.
+    KeyExists = "ERR_KEY_EXISTS", exit 2;
+    /// An allowed_signers file has malformed lines.
+    SignersInvalid = "ERR_SIGNERS_INVALID", exit 2;
+    /// An SSH signature is malformed, for another namespace, unsupported, or does not verify.
+    SignatureInvalid = "ERR_SIGNATURE_INVALID", exit 1;
+    /// The signing key is not listed in allowed_signers for the claimed principal.
+    SignerUnknown = "ERR_SIGNER_UNKNOWN", exit 1;
+    /// The signer's allowed_signers line does not allow the signature's namespace.
+    SignerNamespace = "ERR_SIGNER_NAMESPACE", exit 1;
+    /// The signer's key is outside its valid-after/valid-before window (expired or not yet valid).
+    SignerExpired = "ERR_SIGNER_EXPIRED", exit 1;
+    /// The local branch has commits the remote lacks that are not this runner's: never merged.
+    BranchDiverged = "ERR_BRANCH_DIVERGED", exit 1;
+    /// A step could not be isolated from the runner (a kernel feature the sandbox needs is missing).
+    SandboxUnavailable = "ERR_SANDBOX_UNAVAILABLE", exit 1;
+    /// A ledger commit would hold a private key (the runner's, or any PEM/OpenSSH key block).
+    LedgerSecret = "ERR_LEDGER_SECRET", exit 1;
+}
 
-    /// The code as printed in messages, events and `--json` output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Code::PackInvalid => "ERR_PACK_INVALID",
-            Code::PackInputInvalid => "ERR_PACK_INPUT_INVALID",
-            Code::PackNetworkBlocked => "ERR_PACK_NETWORK_BLOCKED",
-            Code::PackHashMismatch => "ERR_PACK_HASH_MISMATCH",
-            Code::PackSecretMissing => "ERR_PACK_SECRET_MISSING",
-            Code::StepFailed => "ERR_STEP_FAILED",
-            Code::StepTimeout => "ERR_STEP_TIMEOUT",
-            Code::RunCancelled => "ERR_RUN_CANCELLED",
-            Code::ArtifactPath => "ERR_ARTIFACT_PATH",
-            Code::ArtifactTooLarge => "ERR_ARTIFACT_TOO_LARGE",
-            Code::ArtifactMissing => "ERR_ARTIFACT_MISSING",
-            Code::ArtifactSecret => "ERR_ARTIFACT_SECRET",
-            Code::PolicyFailed => "ERR_POLICY_FAILED",
-            Code::ExprFailed => "ERR_EXPR_FAILED",
-            Code::BundleChecksumMismatch => "ERR_BUNDLE_CHECKSUM_MISMATCH",
-            Code::BundleNotFound => "ERR_BUNDLE_NOT_FOUND",
-            Code::EventsWrite => "ERR_EVENTS_WRITE",
-            Code::ConfigInvalid => "ERR_CONFIG_INVALID",
-            Code::RequestInvalid => "ERR_REQUEST_INVALID",
-            Code::RunDuplicate => "ERR_RUN_DUPLICATE",
-            Code::LedgerTampered => "ERR_LEDGER_TAMPERED",
-            Code::ApproversInvalid => "ERR_APPROVERS_INVALID",
-            Code::ApprovalSignatureInvalid => "ERR_APPROVAL_SIGNATURE_INVALID",
-            Code::ApprovalUnauthorized => "ERR_APPROVAL_UNAUTHORIZED",
-            Code::ApprovalPlanMismatch => "ERR_APPROVAL_PLAN_MISMATCH",
-            Code::ApprovalExpired => "ERR_APPROVAL_EXPIRED",
-            Code::ApprovalMalformed => "ERR_APPROVAL_MALFORMED",
-            Code::ApprovalDuplicate => "ERR_APPROVAL_DUPLICATE",
-            Code::PackApprovalRejected => "ERR_PACK_APPROVAL_REJECTED",
-            Code::PackApprovalTimeout => "ERR_PACK_APPROVAL_TIMEOUT",
-            Code::EvidenceInvalid => "ERR_EVIDENCE_INVALID",
-            Code::BundleInvalid => "ERR_BUNDLE_INVALID",
-            Code::Io => "ERR_IO",
-            Code::Usage => "ERR_USAGE",
-            Code::KeyInvalid => "ERR_KEY_INVALID",
-            Code::KeyExists => "ERR_KEY_EXISTS",
-            Code::SignersInvalid => "ERR_SIGNERS_INVALID",
-            Code::SignatureInvalid => "ERR_SIGNATURE_INVALID",
-            Code::SignerUnknown => "ERR_SIGNER_UNKNOWN",
-            Code::SignerNamespace => "ERR_SIGNER_NAMESPACE",
-            Code::SignerExpired => "ERR_SIGNER_EXPIRED",
-            Code::BranchDiverged => "ERR_BRANCH_DIVERGED",
-            Code::SandboxUnavailable => "ERR_SANDBOX_UNAVAILABLE",
-            Code::LedgerSecret => "ERR_LEDGER_SECRET",
-        }
-    }
+/// A string that is no `ERR_…` code of the table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown error code `{0}`")]
+pub struct UnknownCode(pub String);
 
-    /// The process exit code for a command that stops with this error
-    /// (DESIGN section 10: 1 the operation ran and failed, 2 bad input or usage).
-    pub fn exit_code(self) -> i32 {
-        match self {
-            Code::PackHashMismatch
-            | Code::StepFailed
-            | Code::StepTimeout
-            | Code::RunCancelled
-            | Code::ArtifactPath
-            | Code::ArtifactTooLarge
-            | Code::ArtifactMissing
-            | Code::ArtifactSecret
-            | Code::PolicyFailed
-            | Code::ExprFailed
-            | Code::BundleChecksumMismatch
-            | Code::BundleNotFound
-            | Code::EventsWrite
-            | Code::SignatureInvalid
-            | Code::SignerUnknown
-            | Code::SignerNamespace
-            | Code::SignerExpired
-            | Code::RunDuplicate
-            | Code::LedgerTampered
-            | Code::ApprovalSignatureInvalid
-            | Code::ApprovalUnauthorized
-            | Code::ApprovalPlanMismatch
-            | Code::ApprovalExpired
-            | Code::ApprovalMalformed
-            | Code::ApprovalDuplicate
-            | Code::PackApprovalRejected
-            | Code::PackApprovalTimeout
-            | Code::EvidenceInvalid
-            | Code::BranchDiverged
-            | Code::SandboxUnavailable
-            | Code::LedgerSecret => 1,
-            Code::PackInvalid
-            | Code::PackInputInvalid
-            | Code::PackNetworkBlocked
-            | Code::PackSecretMissing
-            | Code::ConfigInvalid
-            | Code::BundleInvalid
-            | Code::ApproversInvalid
-            | Code::RequestInvalid
-            | Code::Io
-            | Code::Usage
-            | Code::KeyInvalid
-            | Code::KeyExists
-            | Code::SignersInvalid => 2,
-        }
-    }
+/// Exit codes of commands that end without an error (DESIGN section 10); a command that stops
+/// with an error exits with its code's `exit_code()`.
+pub mod exit {
+    /// The command did what was asked.
+    pub const OK: u8 = 0;
+    /// The command ran to its end and its verdict is a failure (a check or verification failed).
+    pub const FAILED: u8 = 1;
+    /// The run waits at an approval gate.
+    pub const WAITING: u8 = 3;
 }
 
 impl fmt::Display for Code {
@@ -256,5 +165,22 @@ impl fmt::Display for Code {
 impl serde::Serialize for Code {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_reads_back_from_its_string() {
+        for code in Code::ALL {
+            assert_eq!(code.as_str().parse::<Code>(), Ok(*code));
+            assert!(code.as_str().starts_with("ERR_"), "{code}");
+            assert!(matches!(code.exit_code(), 1 | 2), "{code}");
+        }
+        assert_eq!(Code::ALL.len(), 44);
+        assert_eq!("ERR_NOPE".parse::<Code>(), Err(UnknownCode("ERR_NOPE".into())));
+        assert_eq!((Code::StepFailed.exit_code(), Code::Usage.exit_code()), (1, 2));
     }
 }

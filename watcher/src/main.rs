@@ -4,12 +4,16 @@
 mod cli;
 mod daemon;
 mod display;
+mod failure;
+mod repo;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Failure};
+use cli::Cli;
+use failure::{Failure, Outcome};
+use stella_engine::code::exit;
 
 fn main() -> ExitCode {
     // Output piped into `head` should end the program quietly, as it does other CLI tools.
@@ -28,20 +32,43 @@ fn main() -> ExitCode {
             let text = e.render().to_string();
             let text = text.strip_prefix("error: ").unwrap_or(&text);
             eprint!("error[{}]: {text}", stella_engine::Code::Usage);
-            return ExitCode::from(2);
+            return ExitCode::from(stella_engine::Code::Usage.exit_code());
         }
     };
     init_tracing();
     let json = cli.wants_json();
-    match cli::run(cli) {
-        Ok(code) => ExitCode::from(code),
+    ExitCode::from(match cli::run(cli) {
+        Ok(outcome) => conclude(outcome),
         Err(failure) => {
             report(&failure);
             if json {
                 println!("{}", failure.to_json());
             }
-            ExitCode::from(failure.exit_code())
+            failure.code().exit_code()
         }
+    })
+}
+
+/// Prints what an outcome adds to the command's own report (its problems) and says which
+/// exit code it ends with.
+fn conclude(outcome: Outcome) -> u8 {
+    match outcome {
+        Outcome::Done => exit::OK,
+        Outcome::Failed {
+            code,
+            problems,
+            summary,
+        } => {
+            for p in &problems {
+                eprintln!("error[{code}]: {p}");
+            }
+            if let Some(s) = summary {
+                eprintln!("{s}");
+            }
+            code.exit_code()
+        }
+        Outcome::ChecksFailed => exit::FAILED,
+        Outcome::Waiting => exit::WAITING,
     }
 }
 

@@ -56,18 +56,6 @@ pub enum Outcome {
     },
 }
 
-impl Outcome {
-    /// DESIGN section 10: 0 ok, 1 failed or cancelled, 3 waiting at a gate.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            Outcome::Succeeded => 0,
-            Outcome::Failed { code, .. } => code.exit_code(),
-            Outcome::Cancelled => 1,
-            Outcome::Waiting { .. } => 3,
-        }
-    }
-}
-
 /// Runs (or resumes) `plan`. `prior` holds the events of an interrupted attempt: steps that
 /// finished there are not run again, their outputs are reused. Every event goes to `sinks`.
 pub fn execute(
@@ -89,7 +77,7 @@ pub fn execute(
                 code: before
                     .code
                     .as_deref()
-                    .and_then(code_from_str)
+                    .and_then(|c| c.parse().ok())
                     .unwrap_or(Code::StepFailed),
                 message: before
                     .error
@@ -297,8 +285,4 @@ type Finished = (Map<String, Json>, Vec<state::Artifact>, Option<i32>);
 enum Attempt {
     Failed(StepError),
     Stopped,
-}
-
-fn code_from_str(s: &str) -> Option<Code> {
-    Code::ALL.iter().copied().find(|c| c.as_str() == s)
 }

@@ -16,7 +16,7 @@ use crate::state::StepStatus;
 
 use super::artifacts::StepError;
 use super::control::{CancelToken, Stop};
-use super::{Res, Runner, code_from_str};
+use super::{Res, Runner};
 
 impl Runner<'_> {
     /// Runs `steps` one after another until one fails (unless it may), waits or is stopped.
@@ -41,7 +41,11 @@ impl Runner<'_> {
                 StepStatus::Succeeded => return Res::Ok,
                 StepStatus::Skipped => return Res::Skipped,
                 StepStatus::Failed => {
-                    let code = prev.code.as_deref().and_then(code_from_str).unwrap_or(Code::StepFailed);
+                    let code = prev
+                        .code
+                        .as_deref()
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(Code::StepFailed);
                     return Res::Failed(StepError::new(code, prev.error.clone().unwrap_or_default()));
                 }
                 _ => {}

@@ -10,7 +10,8 @@ use stella_engine::keys::SshKey;
 use stella_engine::plan::StepKind;
 use stella_engine::runs;
 
-use super::{Failure, repo};
+use crate::failure::{Failure, Outcome};
+use crate::repo;
 
 pub struct Args<'a> {
     pub repo: &'a Path,
@@ -22,7 +23,7 @@ pub struct Args<'a> {
     pub comment: Option<&'a str>,
 }
 
-pub fn approve(a: Args) -> Result<u8, Failure> {
+pub fn approve(a: Args) -> Result<Outcome, Failure> {
     if !stella_engine::run_id::is_valid(a.run) {
         return Err(Failure::one(Code::Usage, format!("`{}` is not a valid run id", a.run)));
     }
@@ -38,8 +39,7 @@ pub fn approve(a: Args) -> Result<u8, Failure> {
     let config = repo::config_at_head(&root)?;
     let ledger = repo::open_ledger(&root, &config)?;
     let tip = ledger
-        .tip()
-        .map_err(|e| Failure::one(e.code(), e.to_string()))?
+        .tip()?
         .ok_or_else(|| Failure::one(Code::Usage, "the branch has no commits"))?;
     let mut view = runs::view(&ledger, tip, a.run);
     let mut at = tip;
@@ -116,7 +116,7 @@ pub fn approve(a: Args) -> Result<u8, Failure> {
         "next: git add {rel} {rel}.sig && git commit -m \"{verb} of {} by {principal}\" && git push",
         a.run
     );
-    Ok(0)
+    Ok(Outcome::Done)
 }
 
 /// A plan hash and its approval gates: (approval id, gate step ids).
@@ -143,10 +143,7 @@ fn plan_of(
             .collect();
         Ok((hash, gates))
     };
-    if let Some(bytes) = ledger
-        .read(tip, &format!("runs/{run}/plan.json"))
-        .map_err(|e| Failure::one(e.code(), e.to_string()))?
-    {
+    if let Some(bytes) = ledger.read(tip, &format!("runs/{run}/plan.json"))? {
         return from_plan(&String::from_utf8_lossy(&bytes));
     }
     if !view.has_request {
@@ -157,16 +154,12 @@ fn plan_of(
     }
     // Not planned yet: plan the committed request the way the runner will.
     let text = ledger
-        .read(tip, &format!("runs/{run}/request.yaml"))
-        .map_err(|e| Failure::one(e.code(), e.to_string()))?
+        .read(tip, &format!("runs/{run}/request.yaml"))?
         .unwrap_or_default();
     let request_path = format!("runs/{run}/request.yaml");
     let request = stella_engine::request::Request::parse(&request_path, &String::from_utf8_lossy(&text))?;
-    let files = ledger
-        .files_under(tip, &request.pack)
-        .map_err(|e| Failure::one(e.code(), e.to_string()))?;
-    let files =
-        stella_engine::pack::PackFiles::from_entries(&request.pack, files).map_err(|d| Failure::Diags(d.into()))?;
+    let files = ledger.files_under(tip, &request.pack)?;
+    let files = stella_engine::pack::PackFiles::from_entries(&request.pack, files)?;
     // The policy that will judge the request is the branch's, not the checked-out commit's.
     let config = ledger
         .tip()

@@ -12,7 +12,8 @@ use stella_engine::approvals::{APPROVERS_PATH, Approvers, NAMESPACE};
 use stella_engine::config::{CONFIG_PATH, Config, SandboxPolicy};
 use stella_engine::exec::sandbox::{self, Feature};
 
-use super::{Failure, repo};
+use crate::failure::{Failure, Outcome};
+use crate::repo;
 
 #[derive(PartialEq, Clone, Copy)]
 enum Level {
@@ -49,8 +50,8 @@ fn tool(name: &str, args: &[&str]) -> Option<String> {
 }
 
 /// Runs every check group, or only `check`; prints the results (as JSON with `json`). The
-/// exit code is 1 when a check failed.
-pub fn doctor(repo_dir: &Path, key: Option<&Path>, check: Option<&str>, json: bool) -> Result<u8, Failure> {
+/// outcome is `ChecksFailed` when a check failed.
+pub fn doctor(repo_dir: &Path, key: Option<&Path>, check: Option<&str>, json: bool) -> Result<Outcome, Failure> {
     if let Some(id) = check
         && !CHECKS.contains(&id)
     {
@@ -135,7 +136,7 @@ fn repository(repo_dir: &Path, key: Option<&Path>) -> Result<Vec<(Level, String)
         Err(f) => {
             say(
                 Level::Fail,
-                format!("{CONFIG_PATH} at HEAD does not parse: {}", super::describe(&f)),
+                format!("{CONFIG_PATH} at HEAD does not parse: {}", f.describe()),
             );
             Config::default()
         }
@@ -211,7 +212,7 @@ fn repository(repo_dir: &Path, key: Option<&Path>) -> Result<Vec<(Level, String)
                 }
             }
         }
-        Err(f) => say(Level::Fail, super::describe(&f)),
+        Err(f) => say(Level::Fail, f.describe()),
     }
     match super::hook::problem(&repo::git_dir(&root)) {
         None => say(
@@ -427,7 +428,8 @@ fn sandbox_check(repo_dir: &Path) -> Vec<(Level, String)> {
     results
 }
 
-fn print(results: &[(&str, Level, String)], json: bool) -> u8 {
+/// Prints the results; a failed check makes the outcome `ChecksFailed`.
+fn print(results: &[(&str, Level, String)], json: bool) -> Outcome {
     let failed = results.iter().any(|(_, l, _)| *l == Level::Fail);
     if json {
         let checks: Vec<serde_json::Value> = results
@@ -445,5 +447,5 @@ fn print(results: &[(&str, Level, String)], json: bool) -> u8 {
             println!("{tag} {msg}");
         }
     }
-    u8::from(failed)
+    if failed { Outcome::ChecksFailed } else { Outcome::Done }
 }

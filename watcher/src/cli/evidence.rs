@@ -8,7 +8,8 @@ use std::path::Path;
 use stella_engine::Code;
 use stella_engine::evidence;
 
-use super::{Failure, repo};
+use crate::failure::{Failure, Outcome};
+use crate::repo;
 
 /// Every file an auditor needs for `run`, by repository path.
 fn gather(root: &Path, run: &str) -> Result<BTreeMap<String, Vec<u8>>, Failure> {
@@ -17,16 +18,14 @@ fn gather(root: &Path, run: &str) -> Result<BTreeMap<String, Vec<u8>>, Failure> 
     }
     let config = repo::config_at_head(root)?;
     let ledger = repo::open_ledger(root, &config)?;
-    let io = |e: stella_engine::ledger::Error| Failure::one(e.code(), e.to_string());
     let tip = ledger
-        .tip()
-        .map_err(io)?
+        .tip()?
         .ok_or_else(|| Failure::one(Code::Usage, "the branch has no commits"))?;
     // Everything is read as it stood when the evidence was written: approval files changed or
     // re-signed after the run ended are not what it covered.
-    let at = written_at(&ledger, tip, &format!("runs/{run}/{}", evidence::ATTESTATION)).map_err(io)?;
+    let at = written_at(&ledger, tip, &format!("runs/{run}/{}", evidence::ATTESTATION))?;
     let mut files = BTreeMap::new();
-    for (rel, bytes, _) in ledger.files_under(at, &format!("runs/{run}")).map_err(io)? {
+    for (rel, bytes, _) in ledger.files_under(at, &format!("runs/{run}"))? {
         files.insert(format!("runs/{run}/{rel}"), bytes);
     }
     if !files.contains_key(&format!("runs/{run}/{}", evidence::ATTESTATION)) {
@@ -61,7 +60,7 @@ fn gather(root: &Path, run: &str) -> Result<BTreeMap<String, Vec<u8>>, Failure> 
         .and_then(|v| v.as_str())
         .unwrap_or_default()
         .to_string();
-    for (rel, bytes, _) in ledger.files_under(request_commit, &pack).map_err(io)? {
+    for (rel, bytes, _) in ledger.files_under(request_commit, &pack)? {
         files.insert(format!("{pack}/{rel}"), bytes);
     }
     // The approval files the evidence covers (files committed after the run ended are not its).
@@ -75,13 +74,13 @@ fn gather(root: &Path, run: &str) -> Result<BTreeMap<String, Vec<u8>>, Failure> 
         .flatten()
         .filter_map(|f| f["path"].as_str().map(str::to_string))
         .collect();
-    for (rel, bytes, _) in ledger.files_under(at, &format!("approvals/{run}")).map_err(io)? {
+    for (rel, bytes, _) in ledger.files_under(at, &format!("approvals/{run}"))? {
         let path = format!("approvals/{run}/{rel}");
         if covered.contains(&path) {
             files.insert(path, bytes);
         }
     }
-    if let Some(signers) = ledger.read(trust_commit, ".stella/allowed_signers").map_err(io)? {
+    if let Some(signers) = ledger.read(trust_commit, ".stella/allowed_signers")? {
         files.insert(".stella/allowed_signers".into(), signers);
     }
     Ok(files)
@@ -105,13 +104,13 @@ fn written_at(
     Ok(at)
 }
 
-pub fn export(repo_dir: &Path, run: &str, out: &Path) -> Result<u8, Failure> {
+pub fn export(repo_dir: &Path, run: &str, out: &Path) -> Result<Outcome, Failure> {
     let root = repo::find_root(repo_dir)?;
     let files = gather(&root, run)?;
     let bytes = evidence::export_archive(&files)
         .map_err(|e| Failure::one(Code::Io, format!("cannot build the archive: {e}")))?;
     super::init::write_replace(out, "")?;
-    std::fs::write(out, &bytes).map_err(|e| Failure::one(Code::Io, format!("{}: {e}", out.display())))?;
+    std::fs::write(out, &bytes).map_err(|e| Failure::io(out, e))?;
     println!("{}", out.display());
     eprintln!(
         "exported run {run}: {} files, {} bytes, sha256 {}",
@@ -119,19 +118,19 @@ pub fn export(repo_dir: &Path, run: &str, out: &Path) -> Result<u8, Failure> {
         bytes.len(),
         stella_engine::pack::sha256_hex(&bytes)
     );
-    Ok(0)
+    Ok(Outcome::Done)
 }
 
-pub fn verify(target: &str, signers: Option<&Path>, repo_dir: &Path, as_json: bool) -> Result<u8, Failure> {
+pub fn verify(target: &str, signers: Option<&Path>, repo_dir: &Path, as_json: bool) -> Result<Outcome, Failure> {
     let path = Path::new(target);
     let bytes = if path.is_file() {
-        std::fs::read(path).map_err(|e| Failure::one(Code::Io, format!("{}: {e}", path.display())))?
+        std::fs::read(path).map_err(|e| Failure::io(path, e))?
     } else {
         let root = repo::find_root(repo_dir)?;
         evidence::export_archive(&gather(&root, target)?).map_err(|e| Failure::one(Code::Io, e.to_string()))?
     };
     let signers_text = signers
-        .map(|p| std::fs::read_to_string(p).map_err(|e| Failure::one(Code::Io, format!("{}: {e}", p.display()))))
+        .map(|p| std::fs::read_to_string(p).map_err(|e| Failure::io(p, e)))
         .transpose()?;
     let checks = evidence::verify_archive(&bytes, signers_text.as_deref())
         .map_err(|e| Failure::one(Code::EvidenceInvalid, format!("{target}: {e}")))?;
@@ -150,10 +149,11 @@ pub fn verify(target: &str, signers: Option<&Path>, repo_dir: &Path, as_json: bo
         if !as_json {
             println!("evidence verified: {} checks passed", checks.len());
         }
-        return Ok(0);
+        return Ok(Outcome::Done);
     }
-    for c in &failed {
-        eprintln!("error[{}]: {target}: {}", Code::EvidenceInvalid, c.what);
-    }
-    Ok(1)
+    Ok(Outcome::Failed {
+        code: Code::EvidenceInvalid,
+        problems: failed.iter().map(|c| format!("{target}: {}", c.what)).collect(),
+        summary: None,
+    })
 }

@@ -7,7 +7,9 @@ use std::path::Path;
 use stella_engine::Code;
 use stella_engine::keys::SshKey;
 
-use super::{Failure, hook, repo};
+use super::hook;
+use crate::failure::{Failure, Outcome};
+use crate::repo;
 
 const CONFIG: &str = "# Stella repository policy (see docs/). Everything here is optional.\nbranch: main                 # the branch whose commits are executed\nsealed: false                # true: steps get no network\nnetwork: { allow: [] }       # hosts a step may declare in sealed mode\nlimits: { maxRuns: 4, maxSteps: 0, artifactBytes: 10485760, logBytes: 8388608 }   # maxSteps 0 = number of cores; logBytes per step\ncommit: { batchMs: 2000 }    # how often the runner may commit progress of a running run\n";
 const APPROVERS: &str = "# Who may approve which gates: grant -> principals (names in .stella/allowed_signers).\ngrants:\n  Packs.Approve: []\n";
@@ -17,8 +19,8 @@ const RUNS_README: &str = "# runs/\n\nRun requests (`runs/<run-id>/request.yaml`
 const APPROVALS_README: &str =
     "# approvals/\n\nSigned approvals: `approvals/<run-id>/<gate-id>/<principal>.yaml` and its `.sig`.\n";
 
-pub fn init(dir: &Path, key: Option<&Path>) -> Result<u8, Failure> {
-    std::fs::create_dir_all(dir).map_err(|e| Failure::one(Code::Io, format!("{}: {e}", dir.display())))?;
+pub fn init(dir: &Path, key: Option<&Path>) -> Result<Outcome, Failure> {
+    std::fs::create_dir_all(dir).map_err(|e| Failure::io(dir, e))?;
     let mut created = Vec::new();
     if !dir.join(".git").exists() {
         gix::init(dir).map_err(|e| {
@@ -37,7 +39,7 @@ pub fn init(dir: &Path, key: Option<&Path>) -> Result<u8, Failure> {
         repo::load_key(dir, key)?
     } else {
         let k = SshKey::generate("stella-runner");
-        k.save(&key_path).map_err(|e| Failure::one(e.code(), e.to_string()))?;
+        k.save(&key_path)?;
         created.push(format!("{} (runner key)", key_path.display()));
         k
     };
@@ -110,28 +112,27 @@ pub fn init(dir: &Path, key: Option<&Path>) -> Result<u8, Failure> {
     }
     println!("runner key: {} ({})", runner.fingerprint(), key_path.display());
     println!("next: git add .stella packs runs approvals && git commit -m \"stella init\"");
-    Ok(0)
+    Ok(Outcome::Done)
 }
 
 fn write_new(path: &Path, content: &str) -> Result<(), Failure> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| Failure::one(Code::Io, format!("{}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent).map_err(|e| Failure::io(parent, e))?;
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
-        .map_err(|e| Failure::one(Code::Io, format!("{}: {e}", path.display())))?;
-    std::io::Write::write_all(&mut f, content.as_bytes())
-        .map_err(|e| Failure::one(Code::Io, format!("{}: {e}", path.display())))
+        .map_err(|e| Failure::io(path, e))?;
+    std::io::Write::write_all(&mut f, content.as_bytes()).map_err(|e| Failure::io(path, e))
 }
 
 /// Replaces a file atomically (temporary file, then rename).
 pub fn write_replace(path: &Path, content: &str) -> Result<(), Failure> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| Failure::one(Code::Io, format!("{}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent).map_err(|e| Failure::io(parent, e))?;
     }
     let tmp = path.with_extension("stella-tmp");
-    std::fs::write(&tmp, content).map_err(|e| Failure::one(Code::Io, format!("{}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| Failure::one(Code::Io, format!("{}: {e}", path.display())))
+    std::fs::write(&tmp, content).map_err(|e| Failure::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Failure::io(path, e))
 }

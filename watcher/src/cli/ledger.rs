@@ -8,13 +8,14 @@ use stella_engine::Code;
 use stella_engine::ledger::verify::{self, Report};
 use stella_engine::ledger::{Ledger, heal};
 
-use super::{Failure, repo};
+use crate::failure::{Failure, Outcome};
+use crate::repo;
 
-pub fn verify(repo_dir: &Path, as_json: bool) -> Result<u8, Failure> {
+pub fn verify(repo_dir: &Path, as_json: bool) -> Result<Outcome, Failure> {
     let root = repo::find_root(repo_dir)?;
     let config = repo::config_at_head(&root)?;
     let ledger = repo::open_ledger(&root, &config)?;
-    let report = verify::verify(&ledger).map_err(|e| Failure::one(e.code(), e.to_string()))?;
+    let report = verify::verify(&ledger)?;
     if as_json {
         let mut v = serde_json::to_value(&report).expect("JSON");
         v["ok"] = serde_json::json!(report.problems.is_empty());
@@ -33,19 +34,21 @@ pub fn verify(repo_dir: &Path, as_json: bool) -> Result<u8, Failure> {
                 healed(&report)
             );
         }
-        return Ok(0);
+        return Ok(Outcome::Done);
     }
-    for p in &report.problems {
-        eprintln!(
-            "error[{}]: commit {}: {}: {}",
-            Code::LedgerTampered,
-            p.commit,
-            p.path,
-            p.message
-        );
-    }
-    eprintln!("{} problems in {} commits", report.problems.len(), report.commits);
-    Ok(1)
+    Ok(Outcome::Failed {
+        code: Code::LedgerTampered,
+        problems: report
+            .problems
+            .iter()
+            .map(|p| format!("commit {}: {}: {}", p.commit, p.path, p.message))
+            .collect(),
+        summary: Some(format!(
+            "{} problems in {} commits",
+            report.problems.len(),
+            report.commits
+        )),
+    })
 }
 
 /// `; 1 damage healed: <damaging> (by a person) restored by <healing>`, one entry per
@@ -74,16 +77,15 @@ fn healed(report: &Report) -> String {
     )
 }
 
-pub fn heal(repo_dir: &Path, key: Option<&Path>) -> Result<u8, Failure> {
+pub fn heal(repo_dir: &Path, key: Option<&Path>) -> Result<Outcome, Failure> {
     let root = repo::find_root(repo_dir)?;
     let config = repo::config_at_head(&root)?;
     let key = repo::load_key(&root, key)?;
     let mut ledger = repo::open_ledger(&root, &config)?;
-    let fail = |e: stella_engine::ledger::Error| Failure::one(e.code(), e.to_string());
-    for r in ledger.repair_worktree().map_err(fail)? {
+    for r in ledger.repair_worktree()? {
         println!("repaired {}: {}", r.path, r.what);
     }
-    match heal::heal(&mut ledger, &key).map_err(fail)? {
+    match heal::heal(&mut ledger, &key)? {
         None => println!("nothing to heal: every runner file is as the runner wrote it"),
         Some(h) => print_healing(&h),
     }
@@ -102,16 +104,18 @@ pub fn print_healing(h: &heal::Healing) {
     );
 }
 
-/// Exit 1 when problems remain that healing cannot fix (forged files, rewritten history).
-fn remaining(ledger: &Ledger) -> Result<u8, Failure> {
-    let report = verify::verify(ledger).map_err(|e| Failure::one(e.code(), e.to_string()))?;
+/// Failed when problems remain that healing cannot fix (forged files, rewritten history).
+fn remaining(ledger: &Ledger) -> Result<Outcome, Failure> {
+    let report = verify::verify(ledger)?;
     if report.problems.is_empty() {
-        return Ok(0);
+        return Ok(Outcome::Done);
     }
-    eprintln!(
-        "error[{}]: {} problems remain that healing cannot fix; see `stella ledger verify`",
-        Code::LedgerTampered,
-        report.problems.len()
-    );
-    Ok(1)
+    Ok(Outcome::Failed {
+        code: Code::LedgerTampered,
+        problems: vec![format!(
+            "{} problems remain that healing cannot fix; see `stella ledger verify`",
+            report.problems.len()
+        )],
+        summary: None,
+    })
 }

@@ -1,14 +1,13 @@
-//! Command-line grammar (clap) and dispatch to the command modules. Owns the mapping from
-//! engine errors to the single printed report and exit code.
+//! Command-line grammar (clap) and dispatch to the command modules. Each command prints its
+//! own report and returns how it ended; `main` alone prints failures and decides exit codes.
 
 mod approve;
 mod doctor;
 mod evidence;
 mod hook;
-pub mod init;
+mod init;
 mod ledger;
 mod pack;
-pub mod repo;
 mod request;
 mod run;
 mod runs;
@@ -17,7 +16,8 @@ mod sync;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use stella_engine::{Code, Diagnostics};
+
+use crate::failure::{Failure, Outcome};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -329,60 +329,6 @@ struct PlanArgs {
     json: bool,
 }
 
-/// Why a command stopped: located problems in user files, or one error.
-#[derive(Debug)]
-pub enum Failure {
-    Diags(Diagnostics),
-    One { code: Code, message: String },
-}
-
-impl Failure {
-    pub fn one(code: Code, message: impl Into<String>) -> Failure {
-        Failure::One {
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn exit_code(&self) -> u8 {
-        let code = match self {
-            Failure::Diags(d) => d.code(),
-            Failure::One { code, .. } => *code,
-        };
-        u8::try_from(code.exit_code()).unwrap_or(1)
-    }
-}
-
-impl Failure {
-    /// The failure as `--json` output: `{"error": {"code", "message", "problems": [...]}}`.
-    pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            Failure::Diags(d) => serde_json::json!({ "error": {
-                "code": d.code().as_str(),
-                "message": format!("{} problem{} found", d.len(), if d.len() == 1 { "" } else { "s" }),
-                "problems": d,
-            }}),
-            Failure::One { code, message } => {
-                serde_json::json!({ "error": { "code": code.as_str(), "message": message } })
-            }
-        }
-    }
-}
-
-/// A failure as one line, for reports that go on after it.
-pub fn describe(f: &Failure) -> String {
-    match f {
-        Failure::Diags(d) => d.to_string(),
-        Failure::One { code, message } => format!("{message} [{code}]"),
-    }
-}
-
-impl From<Diagnostics> for Failure {
-    fn from(d: Diagnostics) -> Self {
-        Failure::Diags(d)
-    }
-}
-
 impl Cli {
     /// Whether the command asked for JSON output (failures are then also printed as JSON).
     pub fn wants_json(&self) -> bool {
@@ -400,7 +346,7 @@ impl Cli {
 }
 
 /// Runs a parsed command; the `Ok` value is the exit code.
-pub fn run(cli: Cli) -> Result<u8, Failure> {
+pub fn run(cli: Cli) -> Result<Outcome, Failure> {
     match cli.command {
         Command::Init { dir, key } => init::init(&dir, key.as_deref()),
         Command::Doctor { repo, key, check, json } => doctor::doctor(&repo, key.as_deref(), check.as_deref(), json),

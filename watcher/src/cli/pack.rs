@@ -7,7 +7,7 @@ use stella_engine::plan::PlanConfig;
 use stella_engine::plan::summary::Summary;
 use stella_engine::{Code, duration, inputs, manifest, pack};
 
-use super::Failure;
+use crate::failure::{Failure, Outcome};
 
 /// Finds the pack directory: the path as given, else `packs/<name>`.
 pub fn locate(arg: &Path) -> Result<(PathBuf, String), Failure> {
@@ -29,10 +29,9 @@ pub fn locate(arg: &Path) -> Result<(PathBuf, String), Failure> {
     ))
 }
 
-pub fn validate(arg: &Path, json: bool) -> Result<u8, Failure> {
+pub fn validate(arg: &Path, json: bool) -> Result<Outcome, Failure> {
     let (dir, shown) = locate(arg)?;
-    let files =
-        pack::PackFiles::read_dir(&dir, &shown, pack::PackLimits::default()).map_err(|d| Failure::Diags(d.into()))?;
+    let files = pack::PackFiles::read_dir(&dir, &shown, pack::PackLimits::default())?;
     let m = manifest::load(&files)?;
     let steps = m.all_steps().len();
     if json {
@@ -46,10 +45,10 @@ pub fn validate(arg: &Path, json: bool) -> Result<u8, Failure> {
             m.metadata.name, m.metadata.version
         );
     }
-    Ok(0)
+    Ok(Outcome::Done)
 }
 
-pub fn plan(arg: &Path, inputs_path: Option<&Path>, json: bool) -> Result<u8, Failure> {
+pub fn plan(arg: &Path, inputs_path: Option<&Path>, json: bool) -> Result<Outcome, Failure> {
     let (dir, shown) = locate(arg)?;
     let given = inputs_path.map(inputs::read_file).transpose()?;
     let inputs_file = inputs_path.map_or_else(|| "inputs".to_string(), |p| p.display().to_string());
@@ -57,10 +56,10 @@ pub fn plan(arg: &Path, inputs_path: Option<&Path>, json: bool) -> Result<u8, Fa
     let summary = Summary::of(plan);
     if json {
         println!("{}", serde_json::to_string_pretty(&summary).expect("summary is JSON"));
-        return Ok(0);
+        return Ok(Outcome::Done);
     }
     print_summary(&summary);
-    Ok(0)
+    Ok(Outcome::Done)
 }
 
 fn print_summary(s: &Summary) {

@@ -6,9 +6,11 @@ use std::path::Path;
 use stella_engine::request::Request;
 use stella_engine::{Code, inputs, run_id};
 
-use super::{Failure, pack, repo};
+use super::pack;
+use crate::failure::{Failure, Outcome};
+use crate::repo;
 
-pub fn request(pack_arg: &Path, inputs_path: Option<&Path>, id: Option<&str>) -> Result<u8, Failure> {
+pub fn request(pack_arg: &Path, inputs_path: Option<&Path>, id: Option<&str>) -> Result<Outcome, Failure> {
     let (dir, _) = pack::locate(pack_arg)?;
     let root = repo::find_root(&dir)?;
     let abs = std::path::absolute(&dir).unwrap_or(dir.clone());
@@ -70,5 +72,5 @@ pub fn request(pack_arg: &Path, inputs_path: Option<&Path>, id: Option<&str>) ->
         eprintln!("approvals needed: {}", gates.join(", "));
     }
     eprintln!("next: git add runs/{id} && git commit -m \"request {id}\" && git push");
-    Ok(0)
+    Ok(Outcome::Done)
 }

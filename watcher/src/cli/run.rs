@@ -4,13 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use stella_engine::event::{self, EventSink, NdjsonSink};
-use stella_engine::exec::{self, ExecConfig, LocalGates, Outcome};
+use stella_engine::exec::{self, ExecConfig, LocalGates};
 use stella_engine::plan::PlanConfig;
 use stella_engine::secrets::Secrets;
-use stella_engine::{Code, inputs, pack};
+use stella_engine::{Code, inputs, pack, run_id};
 
-use super::Failure;
 use crate::display::Display;
+use crate::failure::{Failure, Outcome};
 
 pub struct RunArgs<'a> {
     pub pack: &'a Path,
@@ -25,27 +25,22 @@ pub struct RunArgs<'a> {
     pub sandbox: stella_engine::config::SandboxPolicy,
 }
 
-pub fn run(a: RunArgs) -> Result<u8, Failure> {
+pub fn run(a: RunArgs) -> Result<Outcome, Failure> {
     let (dir, shown) = super::pack::locate(a.pack)?;
     let given = a.inputs.map(inputs::read_file).transpose()?;
     let inputs_file = a
         .inputs
         .map_or_else(|| "inputs".to_string(), |p| p.display().to_string());
-    let files =
-        pack::PackFiles::read_dir(&dir, &shown, pack::PackLimits::default()).map_err(|d| Failure::Diags(d.into()))?;
+    let files = pack::PackFiles::read_dir(&dir, &shown, pack::PackLimits::default())?;
     let plan = stella_engine::plan::from_files(&files, given.as_ref(), &inputs_file, &PlanConfig::default())?;
     let file_secrets = a.secrets.map(Secrets::from_file).transpose()?.unwrap_or_default();
     let secrets = Secrets::for_plan(&plan, &file_secrets, |k| std::env::var(k).ok())?;
 
     let prior = match (a.resume, a.events) {
         (true, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                Failure::one(
-                    Code::Io,
-                    format!("{}: cannot read events to resume: {e}", path.display()),
-                )
-            })?;
-            event::read_ndjson(&text).map_err(|e| Failure::one(Code::Io, format!("{}: {e}", path.display())))?
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Failure::io(path, format!("cannot read events to resume: {e}")))?;
+            event::read_ndjson(&text).map_err(|e| Failure::io(path, e))?
         }
         (true, None) => {
             return Err(Failure::one(
@@ -82,7 +77,7 @@ pub fn run(a: RunArgs) -> Result<u8, Failure> {
         .iter()
         .find(|e| e.kind == "run.started")
         .and_then(|e| e.get("runId").and_then(|v| v.as_str()).map(str::to_string))
-        .unwrap_or_else(|| new_run_id(&plan.pack.name));
+        .unwrap_or_else(|| run_id::generate(&plan.pack.name));
     let run_dir: PathBuf = match a.dir {
         Some(d) => d.to_path_buf(),
         None => std::env::temp_dir().join("stella-runs").join(&run_id),
@@ -129,27 +124,15 @@ pub fn run(a: RunArgs) -> Result<u8, Failure> {
     display.finish();
     println!("run directory: {}", run_dir.display());
     match outcome {
-        Outcome::Succeeded => Ok(0),
-        Outcome::Waiting { step, approval } => {
+        exec::Outcome::Succeeded => Ok(Outcome::Done),
+        exec::Outcome::Waiting { step, approval } => {
             println!("waiting: step `{step}` needs approval `{approval}`");
             println!(
                 "approvals are given in a repository (stella approve); for a local trial, rerun with --approve-local"
             );
-            Ok(3)
+            Ok(Outcome::Waiting)
         }
-        Outcome::Cancelled => Err(Failure::one(Code::RunCancelled, format!("run {run_id} was cancelled"))),
-        Outcome::Failed { code, message } => Err(Failure::one(code, format!("run {run_id} failed: {message}"))),
+        exec::Outcome::Cancelled => Err(Failure::one(Code::RunCancelled, format!("run {run_id} was cancelled"))),
+        exec::Outcome::Failed { code, message } => Err(Failure::one(code, format!("run {run_id} failed: {message}"))),
     }
-}
-
-/// `YYYYMMDD-<pack>-<6 hex>`, unique enough for local runs.
-pub fn new_run_id(pack: &str) -> String {
-    use sha2::Digest;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let seed = format!("{}-{}-{pack}", now.as_nanos(), std::process::id());
-    let tag = hex::encode(sha2::Sha256::digest(seed.as_bytes()));
-    let date = event::now_rfc3339().get(..10).unwrap_or("00000000").replace('-', "");
-    format!("{date}-{pack}-{}", &tag[..6])
 }

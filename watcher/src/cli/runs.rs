@@ -9,15 +9,16 @@ use stella_engine::Code;
 use stella_engine::runs::{self, RunView};
 use stella_engine::state::RunState;
 
-use super::{Failure, repo};
+use crate::failure::{Failure, Outcome};
+use crate::repo;
 
 fn views(root: &Path) -> Result<Vec<RunView>, Failure> {
     let config = repo::config_at_head(root)?;
     let ledger = repo::open_ledger(root, &config)?;
-    let Some(tip) = ledger.tip().map_err(|e| Failure::one(e.code(), e.to_string()))? else {
+    let Some(tip) = ledger.tip()? else {
         return Ok(Vec::new());
     };
-    let (views, ignored) = runs::scan(&ledger, tip).map_err(|e| Failure::one(e.code(), e.to_string()))?;
+    let (views, ignored) = runs::scan(&ledger, tip)?;
     for path in ignored {
         tracing::warn!(path = %path, "not a run directory or run file; ignored");
     }
@@ -31,8 +32,7 @@ fn one(root: &Path, id: &str) -> Result<RunView, Failure> {
     let config = repo::config_at_head(root)?;
     let ledger = repo::open_ledger(root, &config)?;
     let tip = ledger
-        .tip()
-        .map_err(|e| Failure::one(e.code(), e.to_string()))?
+        .tip()?
         .ok_or_else(|| Failure::one(Code::Usage, "the branch has no commits"))?;
     let view = runs::view(&ledger, tip, id);
     if view.invalid.is_none() && !view.has_request && view.events().is_empty() {
@@ -77,7 +77,7 @@ fn mark_invalid(v: &RunView, row: &mut serde_json::Value) {
     }
 }
 
-pub fn list(repo_dir: &Path, as_json: bool) -> Result<u8, Failure> {
+pub fn list(repo_dir: &Path, as_json: bool) -> Result<Outcome, Failure> {
     let root = repo::find_root(repo_dir)?;
     let views = views(&root)?;
     let rows: Vec<serde_json::Value> = views
@@ -95,11 +95,11 @@ pub fn list(repo_dir: &Path, as_json: bool) -> Result<u8, Failure> {
         .collect();
     if as_json {
         println!("{}", serde_json::to_string_pretty(&rows).expect("JSON"));
-        return Ok(0);
+        return Ok(Outcome::Done);
     }
     if rows.is_empty() {
         println!("no runs");
-        return Ok(0);
+        return Ok(Outcome::Done);
     }
     println!(
         "{:<44} {:<24} {:<10} {:<25} {:>9}  GATE",
@@ -120,7 +120,7 @@ pub fn list(repo_dir: &Path, as_json: bool) -> Result<u8, Failure> {
             duration(&st).map_or("-".to_string(), |d| format!("{d:.1}s")),
         );
     }
-    Ok(0)
+    Ok(Outcome::Done)
 }
 
 /// Each approval gate the run reached: its verdicts (latest per file) and time left.
@@ -168,7 +168,7 @@ fn gates(view: &RunView, st: &RunState) -> Vec<serde_json::Value> {
     out
 }
 
-pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<u8, Failure> {
+pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<Outcome, Failure> {
     let root = repo::find_root(repo_dir)?;
     let view = one(&root, id)?;
     let st = view.state();
@@ -181,7 +181,7 @@ pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<u8, Failure> {
         v["gates"] = json!(gates);
         mark_invalid(&view, &mut v);
         println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
-        return Ok(0);
+        return Ok(Outcome::Done);
     }
     println!("run:       {id}");
     println!("pack:      {}", view.pack().unwrap_or_else(|| "-".into()));
@@ -256,10 +256,10 @@ pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<u8, Failure> {
             }
         }
     }
-    Ok(0)
+    Ok(Outcome::Done)
 }
 
-pub fn logs(repo_dir: &Path, id: &str, follow: bool) -> Result<u8, Failure> {
+pub fn logs(repo_dir: &Path, id: &str, follow: bool) -> Result<Outcome, Failure> {
     let root = repo::find_root(repo_dir)?;
     let mut view = one(&root, id)?;
     if let Some(why) = &view.invalid {
@@ -284,12 +284,12 @@ pub fn logs(repo_dir: &Path, id: &str, follow: bool) -> Result<u8, Failure> {
     };
     shown = print(view.events(), shown);
     if !follow {
-        return Ok(0);
+        return Ok(Outcome::Done);
     }
     // Follow the journal where this machine runs the run, else the ledger as it is committed.
     loop {
         if view.state().state.is_terminal() && view.events().len() <= shown {
-            return Ok(0);
+            return Ok(Outcome::Done);
         }
         std::thread::sleep(Duration::from_millis(200));
         view = one(&root, id)?;
@@ -298,27 +298,27 @@ pub fn logs(repo_dir: &Path, id: &str, follow: bool) -> Result<u8, Failure> {
         }
         shown = print(view.events(), shown);
         if view.state().state.is_terminal() {
-            return Ok(0);
+            return Ok(Outcome::Done);
         }
     }
 }
 
-pub fn cancel(repo_dir: &Path, id: &str, reason: Option<&str>) -> Result<u8, Failure> {
+pub fn cancel(repo_dir: &Path, id: &str, reason: Option<&str>) -> Result<Outcome, Failure> {
     let root = repo::find_root(repo_dir)?;
     let view = one(&root, id)?;
     let path = root.join("runs").join(id).join("cancel.yaml");
     if view.has_cancel || path.exists() {
         println!("run {id} already has a cancel request; nothing to do");
-        return Ok(0);
+        return Ok(Outcome::Done);
     }
     if view.state().state.is_terminal() {
         println!("run {id} is already {}; nothing to cancel", view.state().state.as_str());
-        return Ok(0);
+        return Ok(Outcome::Done);
     }
     let reason = reason.unwrap_or("cancelled by request");
     let text = format!("reason: {}\n", serde_json::to_string(reason).expect("JSON"));
     super::init::write_replace(&path, &text)?;
     println!("wrote runs/{id}/cancel.yaml");
     eprintln!("next: git add runs/{id}/cancel.yaml && git commit -m \"cancel {id}\" && git push");
-    Ok(0)
+    Ok(Outcome::Done)
 }

@@ -4,16 +4,13 @@ use std::path::Path;
 
 use stella_engine::sync;
 
-use super::{Failure, repo};
+use crate::failure::{Failure, Outcome};
+use crate::repo;
 
-fn fail(e: sync::Error) -> Failure {
-    Failure::one(e.code(), e.to_string())
-}
-
-pub fn export(repo_dir: &Path, out: &Path, since: Option<&str>, target: &str) -> Result<u8, Failure> {
+pub fn export(repo_dir: &Path, out: &Path, since: Option<&str>, target: &str) -> Result<Outcome, Failure> {
     let root = repo::find_root(repo_dir)?;
     let config = repo::config_at_head(&root)?;
-    let e = sync::export(&root, &config.branch, target, since, out).map_err(fail)?;
+    let e = sync::export(&root, &config.branch, target, since, out)?;
     println!("{}", e.path.display());
     let from = e
         .since
@@ -38,13 +35,13 @@ pub fn export(repo_dir: &Path, out: &Path, since: Option<&str>, target: &str) ->
         );
     }
     eprintln!("recorded as the last export to `{target}` (refs/stella/sync/{target})");
-    Ok(0)
+    Ok(Outcome::Done)
 }
 
-pub fn import(repo_dir: &Path, bundle: &Path) -> Result<u8, Failure> {
+pub fn import(repo_dir: &Path, bundle: &Path) -> Result<Outcome, Failure> {
     let root = repo::find_root(repo_dir)?;
     let config = repo::config_at_head(&root)?;
-    let i = sync::import(&root, &config.branch, bundle).map_err(fail)?;
+    let i = sync::import(&root, &config.branch, bundle)?;
     if i.commits == 0 {
         println!("{}: already up to date ({})", config.branch, &i.to[..12]);
     } else {
@@ -62,5 +59,5 @@ pub fn import(repo_dir: &Path, bundle: &Path) -> Result<u8, Failure> {
     if i.notes {
         println!("refs/notes/stella: merged");
     }
-    Ok(0)
+    Ok(Outcome::Done)
 }

@@ -1,5 +1,5 @@
-//! Finding the repository a command works on, its runner key, and the ledger: shared by
-//! `init`, `run request`, `runs`, `ledger` and `daemon`.
+//! Finding the repository a command works on, its runner key, its policy and the ledger:
+//! shared by the commands and the daemon. Only finds and opens; never writes.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +8,7 @@ use stella_engine::config::{CONFIG_PATH, Config};
 use stella_engine::keys::SshKey;
 use stella_engine::ledger::Ledger;
 
-use super::Failure;
+use crate::failure::Failure;
 
 /// The working tree of the repository containing `start` (searching upwards).
 pub fn find_root(start: &Path) -> Result<PathBuf, Failure> {
@@ -95,5 +95,5 @@ pub fn open_ledger(root: &Path, config: &Config) -> Result<Ledger, Failure> {
             ),
         ));
     }
-    Ledger::open(root, config.ledger_branch()).map_err(|e| Failure::one(e.code(), e.to_string()))
+    Ok(Ledger::open(root, config.ledger_branch())?)
 }
