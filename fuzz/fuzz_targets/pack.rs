@@ -47,8 +47,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let hash = plan.hash();
-    let again =
-        stella_engine::plan::from_files(&files, node.as_ref(), "inputs.yaml", &config).expect("planned once, plans again");
+    let again = stella_engine::plan::from_files(&files, node.as_ref(), "inputs.yaml", &config)
+        .expect("planned once, plans again");
     assert_eq!(again.hash(), hash, "planning is deterministic");
     let (read, stated) = Plan::from_plan_json(&plan.to_plan_json()).expect("plan.json reads back");
     assert_eq!(stated, hash);
