@@ -1,5 +1,6 @@
 //! Finding the repository a command works on, its runner key, its policy and the ledger:
-//! shared by the commands and the daemon. Only finds and opens; never writes.
+//! shared by the commands and the daemon. Only finds and opens; never writes (the runs index
+//! it opens is written by `runs::scan`).
 
 use std::path::{Path, PathBuf};
 
@@ -55,6 +56,16 @@ pub fn load_key(root: &Path, key: Option<&Path>) -> Result<SshKey, Failure> {
         };
         Failure::one(e.code(), format!("{e}{hint}"))
     })
+}
+
+/// The local runs index of `ledger`'s repository, authenticated with the runner key (`--key`
+/// is the daemon's; readers use `STELLA_RUNNER_KEY` or the default path). Without a readable
+/// key there is none and every scan reads git.
+pub fn runs_index(root: &Path, ledger: &Ledger) -> stella_engine::runs::Index {
+    match SshKey::load(&key_path(root, None)) {
+        Ok(key) => stella_engine::runs::Index::open(ledger.git_dir(), &key),
+        Err(_) => stella_engine::runs::Index::none(),
+    }
 }
 
 /// The repository policy as committed on HEAD (defaults when absent); broken config is an error.

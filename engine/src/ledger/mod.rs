@@ -249,6 +249,15 @@ impl Ledger {
 
     /// Names of the entries of directory `path` in `commit` (empty when absent), with whether each is a tree.
     pub fn list(&self, commit: ObjectId, path: &str) -> Result<Vec<(String, bool)>, Error> {
+        Ok(self
+            .entries(commit, path)?
+            .into_iter()
+            .map(|(name, is_tree, _)| (name, is_tree))
+            .collect())
+    }
+
+    /// As `list`, with each entry's object id: what a cache keys a directory's content by.
+    pub fn entries(&self, commit: ObjectId, path: &str) -> Result<Vec<(String, bool, ObjectId)>, Error> {
         let root = self.repo.find_commit(commit).map_err(git)?.tree().map_err(git)?;
         let tree = if path.is_empty() {
             root
@@ -261,7 +270,11 @@ impl Ledger {
         let mut out = Vec::new();
         for entry in tree.iter() {
             let entry = entry.map_err(git)?;
-            out.push((entry.filename().to_str_lossy().into_owned(), entry.mode().is_tree()));
+            out.push((
+                entry.filename().to_str_lossy().into_owned(),
+                entry.mode().is_tree(),
+                entry.oid().to_owned(),
+            ));
         }
         Ok(out)
     }

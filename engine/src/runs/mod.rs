@@ -4,6 +4,7 @@
 
 mod env;
 mod gates;
+pub mod index;
 mod invalid;
 mod ledger_sink;
 mod lifecycle;
@@ -17,9 +18,10 @@ use gix::ObjectId;
 use crate::code::Code;
 use crate::event::Event;
 use crate::ledger::Ledger;
-use crate::state::{RunState, RunStatus, fold};
+use crate::state::{RunState, fold};
 
 pub use env::Environment;
+pub use index::{Facts, Index};
 pub use invalid::{Invalid, RUN_ENTRIES};
 pub use lifecycle::process;
 
@@ -144,50 +146,96 @@ pub enum Need {
 
 impl RunView {
     pub fn need(&self) -> Need {
-        if self.invalid.is_some() {
-            return Need::Nothing;
-        }
-        let st = self.state();
-        let journal_ahead = self.journal_events.len() > self.ledger_events.len();
-        if self.events().is_empty() {
-            return if self.has_request { Need::Start } else { Need::Nothing };
-        }
-        if st.state.is_terminal() {
-            return if journal_ahead { Need::Flush } else { Need::Nothing };
-        }
-        if self.has_cancel {
-            return Need::Cancel;
-        }
-        match st.state {
-            RunStatus::Waiting if !journal_ahead => Need::Waiting,
-            _ => Need::Recover,
-        }
+        Facts::of(self).need(self.invalid.is_some())
     }
 }
 
-/// Every run directory on the branch at `tip`, with its journal; and the entries under
-/// `runs/` that are not runs, or not run files (reported, then ignored). A run directory that
-/// cannot be read is a view with `invalid` set; only the `runs/` tree itself failing to read
-/// is an error.
-pub fn scan(ledger: &Ledger, tip: ObjectId) -> Result<(Vec<RunView>, Vec<String>), crate::ledger::Error> {
-    let mut views = Vec::new();
-    let mut ignored = Vec::new();
-    for (name, is_dir) in ledger.list(tip, "runs")? {
+/// One run as a scan sees it: its facts, without its events (read from the index when the
+/// run's tree and journal did not change, else from git).
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub id: String,
+    pub facts: Facts,
+    /// Why the run directory cannot be read as a run (then `facts` are those of no events).
+    pub invalid: Option<Invalid>,
+    /// The object id of `runs/<id>` at the scanned tip.
+    pub tree: ObjectId,
+    /// The object id of `approvals/<id>` at the scanned tip, if there is one.
+    pub approvals: Option<ObjectId>,
+}
+
+impl Summary {
+    pub fn need(&self) -> Need {
+        self.facts.need(self.invalid.is_some())
+    }
+}
+
+/// What `scan` found: every run, the entries under `runs/` that are not runs or not run files
+/// (reported, then ignored), and how many runs had to be read from git (the rest came from
+/// the index).
+#[derive(Debug, Clone)]
+pub struct Scanned {
+    pub runs: Vec<Summary>,
+    pub ignored: Vec<String>,
+    pub read: usize,
+}
+
+/// Every run directory on the branch at `tip`, with its journal, as summaries. A run whose
+/// `runs/<id>` tree and journal are those `index` recorded is not read; the others are read
+/// from git (and recorded). A run directory that cannot be read is a summary with `invalid`
+/// set; only the `runs/` tree itself failing to read is an error.
+pub fn scan(ledger: &Ledger, tip: ObjectId, index: &mut Index) -> Result<Scanned, crate::ledger::Error> {
+    let approvals: std::collections::HashMap<String, ObjectId> = ledger
+        .entries(tip, "approvals")?
+        .into_iter()
+        .filter(|(_, is_dir, _)| *is_dir)
+        .map(|(name, _, oid)| (name, oid))
+        .collect();
+    let mut found = Scanned {
+        runs: Vec::new(),
+        ignored: Vec::new(),
+        read: 0,
+    };
+    let mut ids = std::collections::BTreeSet::new();
+    for (name, is_dir, tree) in ledger.entries(tip, "runs")? {
         if !is_dir {
             if name != "README.md" {
-                ignored.push(format!("runs/{name}"));
+                found.ignored.push(format!("runs/{name}"));
             }
             continue;
         }
         if !crate::run_id::is_valid(&name) {
-            ignored.push(format!("runs/{name}"));
+            found.ignored.push(format!("runs/{name}"));
             continue;
         }
-        let v = view_with(ledger, tip, &name, true);
-        ignored.extend(v.ignored.iter().cloned());
-        views.push(v);
+        // Marked before the read: a journal that grows meanwhile is read again next time.
+        let mark = index::journal_mark(ledger.git_dir(), &name);
+        let (facts, invalid) = match index.get(&name, tree, mark) {
+            Some(facts) => (facts, None),
+            None => {
+                found.read += 1;
+                let v = view_with(ledger, tip, &name, true);
+                let facts = Facts::of(&v);
+                if v.invalid.is_none() {
+                    index.put(&name, tree, mark, facts.clone());
+                }
+                (facts, v.invalid)
+            }
+        };
+        found.ignored.extend(facts.ignored.iter().cloned());
+        found.runs.push(Summary {
+            approvals: approvals.get(&name).copied(),
+            id: name.clone(),
+            facts,
+            invalid,
+            tree,
+        });
+        ids.insert(name);
     }
-    Ok((views, ignored))
+    index.keep(&ids);
+    index.save();
+    tracing::debug!(runs = found.runs.len(), read = found.read, "runs scanned");
+    Ok(found)
 }
 
 /// One run as the branch at `tip` and the local journal describe it, every event whole.

@@ -260,8 +260,8 @@ fn run_checks(root: &Path, config: &Config) -> Vec<(Level, String)> {
     let Ok(Some(tip)) = ledger.tip() else {
         return Vec::new();
     };
-    match stella_engine::runs::scan(&ledger, tip) {
-        Ok((views, _)) => {
+    match stella_engine::runs::scan(&ledger, tip, &mut repo::runs_index(root, &ledger)) {
+        Ok(stella_engine::runs::Scanned { runs: views, .. }) => {
             let bad: Vec<(Level, String)> = views
                 .iter()
                 .filter_map(|v| {

@@ -6,23 +6,25 @@ use std::time::Duration;
 
 use serde_json::json;
 use stella_engine::Code;
-use stella_engine::runs::{self, RunView};
+use stella_engine::runs::{self, Facts, RunView, Summary};
 use stella_engine::state::RunState;
 
 use crate::failure::{Failure, Outcome};
 use crate::repo;
 
-fn views(root: &Path) -> Result<Vec<RunView>, Failure> {
+/// Every run on the branch as a summary (the index spares reading the runs that did not change).
+fn summaries(root: &Path) -> Result<Vec<Summary>, Failure> {
     let config = repo::config_at_head(root)?;
     let ledger = repo::open_ledger(root, &config)?;
     let Some(tip) = ledger.tip()? else {
         return Ok(Vec::new());
     };
-    let (views, ignored) = runs::scan(&ledger, tip)?;
-    for path in ignored {
+    let mut index = repo::runs_index(root, &ledger);
+    let scanned = runs::scan(&ledger, tip, &mut index)?;
+    for path in scanned.ignored {
         tracing::warn!(path = %path, "not a run directory or run file; ignored");
     }
-    Ok(views)
+    Ok(scanned.runs)
 }
 
 fn one(root: &Path, id: &str) -> Result<RunView, Failure> {
@@ -44,11 +46,10 @@ fn one(root: &Path, id: &str) -> Result<RunView, Failure> {
     Ok(view)
 }
 
-fn duration(st: &RunState) -> Option<f64> {
-    let start = humantime::parse_rfc3339(st.started.as_deref()?).ok()?;
-    let end = st
-        .finished
-        .as_deref()
+/// Seconds from `started` to `finished` (or now, while the run goes on).
+fn span(started: Option<&str>, finished: Option<&str>) -> Option<f64> {
+    let start = humantime::parse_rfc3339(started?).ok()?;
+    let end = finished
         .and_then(|f| humantime::parse_rfc3339(f).ok())
         .unwrap_or_else(std::time::SystemTime::now);
     end.duration_since(start).ok().map(|d| d.as_secs_f64())
@@ -56,20 +57,20 @@ fn duration(st: &RunState) -> Option<f64> {
 
 /// The state a reader shows: `invalid` for a run directory that cannot be read as a run,
 /// `requested` before the first event, else the folded state.
-fn state_name(v: &RunView, st: &RunState) -> &'static str {
-    if v.invalid.is_some() {
+fn state_name(invalid: bool, events: usize, status: stella_engine::state::RunStatus) -> &'static str {
+    if invalid {
         "invalid"
-    } else if v.events().is_empty() {
+    } else if events == 0 {
         "requested"
     } else {
-        st.state.as_str()
+        status.as_str()
     }
 }
 
 /// The `--json` fields of a run that cannot be read as a run, in the shape of a failed run's
 /// (`state`, `code`, `error` as a message), plus `invalid`: `{code, file, line?, message}`.
-fn mark_invalid(v: &RunView, row: &mut serde_json::Value) {
-    if let Some(why) = &v.invalid {
+fn mark_invalid(invalid: Option<&runs::Invalid>, row: &mut serde_json::Value) {
+    if let Some(why) = invalid {
         row["state"] = json!("invalid");
         row["code"] = json!(why.code);
         row["error"] = json!(why.to_string());
@@ -79,17 +80,18 @@ fn mark_invalid(v: &RunView, row: &mut serde_json::Value) {
 
 pub fn list(repo_dir: &Path, as_json: bool) -> Result<Outcome, Failure> {
     let root = repo::find_root(repo_dir)?;
-    let views = views(&root)?;
-    let rows: Vec<serde_json::Value> = views
+    let runs = summaries(&root)?;
+    let duration = |f: &Facts| span(f.started.as_deref(), f.finished.as_deref());
+    let rows: Vec<serde_json::Value> = runs
         .iter()
         .map(|v| {
-            let st = v.state();
+            let f = &v.facts;
             let mut row = json!({
-                "id": v.id, "pack": v.pack(), "state": st.state.as_str(), "started": st.started,
-                "durationSeconds": duration(&st), "waitingGate": st.waiting_gate, "code": st.code,
-                "error": st.error,
+                "id": v.id, "pack": f.pack, "state": f.status.as_str(), "started": f.started,
+                "durationSeconds": duration(f), "waitingGate": f.waiting_gate, "code": f.code,
+                "error": f.error,
             });
-            mark_invalid(v, &mut row);
+            mark_invalid(v.invalid.as_ref(), &mut row);
             row
         })
         .collect();
@@ -105,19 +107,19 @@ pub fn list(repo_dir: &Path, as_json: bool) -> Result<Outcome, Failure> {
         "{:<44} {:<24} {:<10} {:<25} {:>9}  GATE",
         "RUN", "PACK", "STATE", "STARTED", "DURATION"
     );
-    for (v, r) in views.iter().zip(&rows) {
-        let st = v.state();
+    for (v, r) in runs.iter().zip(&rows) {
+        let f = &v.facts;
         let last = match &v.invalid {
             Some(why) => format!("{why} [{}]", why.code),
-            None => st.waiting_gate.clone().unwrap_or_default(),
+            None => f.waiting_gate.clone().unwrap_or_default(),
         };
         println!(
             "{:<44} {:<24} {:<10} {:<25} {:>9}  {last}",
             v.id,
             r["pack"].as_str().unwrap_or("-"),
-            state_name(v, &st),
-            st.started.as_deref().unwrap_or("-"),
-            duration(&st).map_or("-".to_string(), |d| format!("{d:.1}s")),
+            state_name(v.invalid.is_some(), f.events, f.status),
+            f.started.as_deref().unwrap_or("-"),
+            duration(f).map_or("-".to_string(), |d| format!("{d:.1}s")),
         );
     }
     Ok(Outcome::Done)
@@ -179,7 +181,7 @@ pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<Outcome, Failure
         v["pack"] = json!(view.pack());
         v["events"] = json!(view.events().len());
         v["gates"] = json!(gates);
-        mark_invalid(&view, &mut v);
+        mark_invalid(view.invalid.as_ref(), &mut v);
         println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
         return Ok(Outcome::Done);
     }
@@ -187,7 +189,7 @@ pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<Outcome, Failure
     println!("pack:      {}", view.pack().unwrap_or_else(|| "-".into()));
     println!(
         "state:     {}",
-        match state_name(&view, &st) {
+        match state_name(view.invalid.is_some(), view.events().len(), st.state) {
             "requested" => "requested (not planned yet)",
             "invalid" => "invalid (skipped by the daemon until its files are fixed)",
             other => other,

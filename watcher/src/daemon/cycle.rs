@@ -47,14 +47,19 @@ pub struct Daemon {
     settings: Settings,
     running: HashMap<String, CancelToken>,
     tasks: JoinSet<Done>,
-    /// (run, need) pairs already started: once each with `--once`; a waiting run is
-    /// re-checked only after the branch or a deadline moves.
+    /// (run, need) pairs already started: once each with `--once`.
     tried: HashSet<(String, String)>,
+    /// What each run started was read at: its `runs/<id>` and `approvals/<id>` trees and its
+    /// next deadline. A waiting run is re-checked only when one of them changed or the
+    /// deadline passed (its trust files, those of its trust commit, never change).
+    waited: HashMap<String, Checked>,
+    /// The local runs index: the scans read only the runs that changed.
+    index: Arc<std::sync::Mutex<runs::Index>>,
     /// What was said once and is not said again.
     reported: HashSet<String>,
     said_ready: bool,
     /// Runs found by the last scan and not started yet, with what each needs.
-    backlog: VecDeque<(runs::RunView, Need)>,
+    backlog: VecDeque<(runs::Summary, Need)>,
     /// Entries under runs/ that are not runs.
     ignored: Vec<String>,
     /// Runs whose files cannot be read as a run, with the branch tip at which they were found
@@ -85,6 +90,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(env: Arc<Environment>, remote: Option<Arc<Remote>>, settings: Settings) -> Daemon {
+        let index = runs::Index::open(&env.git_dir, &env.key);
         Daemon {
             env,
             remote,
@@ -92,6 +98,8 @@ impl Daemon {
             running: HashMap::new(),
             tasks: JoinSet::new(),
             tried: HashSet::new(),
+            waited: HashMap::new(),
+            index: Arc::new(std::sync::Mutex::new(index)),
             reported: HashSet::new(),
             said_ready: false,
             backlog: VecDeque::new(),
@@ -166,7 +174,6 @@ impl Daemon {
                 }
                 // A gate's expiry needs no commit: wake up at the deadline and judge it.
                 _ = tokio::time::sleep(until_deadline), if deadline.is_some() && !once => {
-                    self.tried.retain(|(_, need)| need != "Waiting");
                     self.rescan = true;
                 }
                 else => {}
@@ -247,12 +254,9 @@ impl Daemon {
         if self.quiet && idle && seen == self.scanned {
             return Ok(());
         }
-        if self.quiet {
-            self.tried.retain(|(_, need)| need != "Waiting");
-        }
         self.scanned = seen;
-        let env = self.env.clone();
-        let (mut found, ignored) = tokio::task::spawn_blocking(move || scan::scan(&env))
+        let (env, index) = (self.env.clone(), self.index.clone());
+        let (mut found, ignored) = tokio::task::spawn_blocking(move || scan::scan(&env, &index))
             .await
             .map_err(died)??;
         self.deadline = scan::next_deadline(found.iter().map(|(v, _)| v));
@@ -297,7 +301,7 @@ impl Daemon {
                 continue;
             }
             if let Some(token) = self.running.get(&view.id) {
-                if need == Need::Cancel || view.has_cancel {
+                if need == Need::Cancel || view.facts.has_cancel {
                     token.cancel();
                 }
                 continue;
@@ -309,13 +313,19 @@ impl Daemon {
             if self.settings.once && !self.tried.insert(key) {
                 continue;
             }
-            let waiting = (view.id.clone(), "Waiting".to_string());
-            if need == Need::Waiting && !self.settings.once && self.tried.contains(&waiting) {
+            let checked = Checked {
+                tree: view.tree,
+                approvals: view.approvals,
+                // One already passed is judged now, and then no longer a reason to re-check.
+                deadline: view.facts.deadline(SystemTime::now()).filter(|d| *d > SystemTime::now()),
+            };
+            let unchanged = self.waited.get(&view.id).is_some_and(|was| was.same(&checked));
+            if need == Need::Waiting && !self.settings.once && unchanged {
                 continue;
             }
-            self.tried.insert(waiting);
+            self.waited.insert(view.id.clone(), checked);
             let token = CancelToken::new();
-            if view.has_cancel {
+            if view.facts.has_cancel {
                 token.cancel();
             }
             self.running.insert(view.id.clone(), token.clone());
@@ -374,7 +384,7 @@ impl Daemon {
             TaskEnd::ClaimedElsewhere { holder, age_secs } => {
                 let lapse = self.settings.lease.saturating_sub(Duration::from_secs(*age_secs)) + Duration::from_secs(1);
                 self.elsewhere.insert(id.clone(), Instant::now() + lapse);
-                self.tried.remove(&(id.clone(), "Waiting".to_string()));
+                self.waited.remove(&id);
                 if self.reported.insert(format!("{id} {holder}")) {
                     say!("run {id} is claimed by runner {holder}; left to it");
                 }
@@ -392,7 +402,11 @@ impl Daemon {
                     report(&id, end);
                 }
             }
-            _ => report(&id, end),
+            _ => {
+                // Whatever did not leave the run waiting is tried again at the next scan.
+                self.waited.remove(&id);
+                report(&id, end)
+            }
         }
     }
 
@@ -411,6 +425,23 @@ impl Daemon {
         .map_err(died)?;
         say!("stella daemon: stopped on {signal}; {ended} step(s) ended, their runs resume at the next start");
         Ok(End::Stopped)
+    }
+}
+
+/// What a run was started at (see `Daemon::waited`).
+struct Checked {
+    tree: gix::ObjectId,
+    approvals: Option<gix::ObjectId>,
+    deadline: Option<SystemTime>,
+}
+
+impl Checked {
+    /// Whether a re-check at `now` would see what the last one saw: the same run directory
+    /// (its cancel file included), the same approvals, and no deadline passed since.
+    fn same(&self, now: &Checked) -> bool {
+        self.tree == now.tree
+            && self.approvals == now.approvals
+            && self.deadline.is_none_or(|d| d > SystemTime::now())
     }
 }
 

@@ -1,9 +1,9 @@
 //! What the daemon sees on the branch: the runs and what each needs (after checking that
-//! history was not rewritten), a cheap fingerprint to skip scans that would find nothing new,
+//! history was not rewritten; runs the local index knows unchanged are not read), a cheap fingerprint to skip scans that would find nothing new,
 //! the order new runs are tried in, and the next gate deadline. Reads only; starts nothing.
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Mutex;
 
 use stella_engine::Code;
 use stella_engine::runs::{self, Environment, Need};
@@ -36,7 +36,7 @@ pub fn fingerprint(env: &Environment) -> Fingerprint {
 /// Orders new runs differently on each runner (by a hash of the runner key and the run id,
 /// as rendezvous hashing does), so runners sharing a remote do not all race for the same run
 /// first; runs already under way come first.
-pub fn spread(found: &mut [(runs::RunView, Need)], runner: &str) {
+pub fn spread(found: &mut [(runs::Summary, Need)], runner: &str) {
     use sha2::Digest;
     found.sort_by_cached_key(|(view, need)| {
         let fresh = *need == Need::Start;
@@ -46,47 +46,35 @@ pub fn spread(found: &mut [(runs::RunView, Need)], runner: &str) {
 }
 
 /// The earliest moment a waiting run's gate expires, or a chaos delay on its approvals ends.
-pub fn next_deadline<'a>(views: impl Iterator<Item = &'a runs::RunView>) -> Option<std::time::SystemTime> {
-    views
-        .filter_map(|v| {
-            let st = v.state();
-            let gate = st.waiting_gate.as_deref()?;
-            let ends = |kind: &str, key: &str| {
-                let e = v
-                    .events()
-                    .iter()
-                    .find(|e| e.kind == kind && e.step.as_deref() == Some(gate))?;
-                let ms = e.get(key)?.as_u64()?;
-                Some(humantime::parse_rfc3339(&e.ts).ok()? + Duration::from_millis(ms))
-            };
-            // Once a delay is over the gate is judged as usual: only one still to come counts.
-            let delay = ends(stella_engine::chaos::EVENT, "durationMs").filter(|t| *t > std::time::SystemTime::now());
-            ends("gate.waiting", "expiresAfterMs").into_iter().chain(delay).min()
-        })
-        .min()
+pub fn next_deadline<'a>(runs: impl Iterator<Item = &'a runs::Summary>) -> Option<std::time::SystemTime> {
+    let now = std::time::SystemTime::now();
+    runs.filter_map(|v| v.facts.deadline(now)).min()
 }
 
 /// The runs found by a scan with what each needs, and the entries under runs/ that are not runs.
-pub type Scan = (Vec<(runs::RunView, Need)>, Vec<String>);
+pub type Scan = (Vec<(runs::Summary, Need)>, Vec<String>);
 
 /// The runs on the branch and what each needs, after checking history was not rewritten.
-pub fn scan(env: &Environment) -> Result<Scan, Failure> {
+/// Runs `index` knows unchanged are not read; the views hold no events.
+pub fn scan(env: &Environment, index: &Mutex<runs::Index>) -> Result<Scan, Failure> {
     let mut ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
     ledger.refresh();
     let Some(tip) = ledger.tip()? else {
         return Ok((Vec::new(), Vec::new()));
     };
     check_history(&ledger, &env.git_dir, tip)?;
-    let (views, ignored) = runs::scan(&ledger, tip)?;
+    let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
+    let scanned = runs::scan(&ledger, tip, &mut index)?;
     Ok((
-        views
+        scanned
+            .runs
             .into_iter()
             .map(|v| {
                 let n = v.need();
                 (v, n)
             })
             .collect(),
-        ignored,
+        scanned.ignored,
     ))
 }
 

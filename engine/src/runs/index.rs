@@ -1,0 +1,274 @@
+//! The local index of runs, `.git/stella/index/runs.json`: for each run the object id of its
+//! `runs/<id>` tree, its journal's fingerprint and the `Facts` read from them, so that a scan
+//! reads only the runs that changed. A cache, never trusted over git: an entry counts only
+//! while both keys match, and a file that is missing, of another version, or not
+//! authenticated by this runner's key is ignored and rebuilt. Never decides a run's need.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use gix::ObjectId;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{Need, RunView};
+use crate::state::RunStatus;
+
+/// The format of the index file; a file of any other version is rebuilt.
+pub const VERSION: u32 = 1;
+const MAGIC: &str = "stella-runs-index";
+
+/// Where the index lives: `.git/stella/index/runs.json`.
+pub fn path(git_dir: &Path) -> PathBuf {
+    git_dir.join("stella").join("index").join("runs.json")
+}
+
+/// What every reader of many runs needs of one, without its events: the folded state's
+/// headline, the pack, how many events there are, and what decides its need and deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Facts {
+    pub status: RunStatus,
+    pub started: Option<String>,
+    pub finished: Option<String>,
+    pub waiting_gate: Option<String>,
+    pub code: Option<String>,
+    pub error: Option<String>,
+    /// The pack path recorded when the run was planned.
+    pub pack: Option<String>,
+    /// How many events the most complete record (ledger or journal) holds.
+    pub events: usize,
+    /// The local journal holds events the ledger lacks.
+    pub journal_ahead: bool,
+    pub has_request: bool,
+    pub has_cancel: bool,
+    /// Entries of the run directory that are no run file.
+    pub ignored: Vec<String>,
+    /// When the gate the run waits at expires, if it can.
+    pub gate_expires: Option<SystemTime>,
+    /// When a chaos delay on the waiting gate's approvals ends.
+    pub delay_ends: Option<SystemTime>,
+}
+
+impl Facts {
+    /// The facts of a view read whole (or for state).
+    pub fn of(v: &RunView) -> Facts {
+        let st = v.state();
+        let ends = |kind: &str, key: &str| {
+            let gate = st.waiting_gate.as_deref()?;
+            let e = v
+                .events()
+                .iter()
+                .find(|e| e.kind == kind && e.step.as_deref() == Some(gate))?;
+            let ms = e.get(key)?.as_u64()?;
+            Some(humantime::parse_rfc3339(&e.ts).ok()? + std::time::Duration::from_millis(ms))
+        };
+        Facts {
+            gate_expires: ends("gate.waiting", "expiresAfterMs"),
+            delay_ends: ends(crate::chaos::EVENT, "durationMs"),
+            status: st.state,
+            started: st.started,
+            finished: st.finished,
+            waiting_gate: st.waiting_gate,
+            code: st.code,
+            error: st.error,
+            pack: v.pack(),
+            events: v.events().len(),
+            journal_ahead: v.journal_events.len() > v.ledger_events.len(),
+            has_request: v.has_request,
+            has_cancel: v.has_cancel,
+            ignored: v.ignored.clone(),
+        }
+    }
+
+    /// What the run needs from the daemon (`RunView::need`'s one definition); an invalid run
+    /// needs nothing.
+    pub fn need(&self, invalid: bool) -> Need {
+        if invalid {
+            return Need::Nothing;
+        }
+        if self.events == 0 {
+            return if self.has_request { Need::Start } else { Need::Nothing };
+        }
+        if self.status.is_terminal() {
+            return if self.journal_ahead { Need::Flush } else { Need::Nothing };
+        }
+        if self.has_cancel {
+            return Need::Cancel;
+        }
+        match self.status {
+            RunStatus::Waiting if !self.journal_ahead => Need::Waiting,
+            _ => Need::Recover,
+        }
+    }
+
+    /// The earliest moment after `now` that changes what the waiting run's gate says: its
+    /// expiry, or the end of a chaos delay still to come (one that is over no longer counts).
+    pub fn deadline(&self, now: SystemTime) -> Option<SystemTime> {
+        self.waiting_gate.as_ref()?;
+        let delay = self.delay_ends.filter(|t| *t > now);
+        self.gate_expires.into_iter().chain(delay).min()
+    }
+}
+
+/// The local journal's fingerprint: length, modification time (ns) and inode. A journal only
+/// grows by appends, and is replaced only by being set aside (a new file).
+pub type JournalMark = Option<[u64; 3]>;
+
+/// The fingerprint of run `id`'s journal now (`None` when there is none).
+pub fn journal_mark(git_dir: &Path, id: &str) -> JournalMark {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(crate::journal::path(git_dir, id)).ok()?;
+    let ns = m.mtime() as u64 * 1_000_000_000 + m.mtime_nsec() as u64;
+    Some([m.len(), ns, m.ino()])
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    tree: String,
+    journal: JournalMark,
+    facts: Facts,
+}
+
+/// The index in memory: what a scan may take instead of reading a run. Without a runner key
+/// there is no index (`Index::none`): every scan reads git.
+pub struct Index {
+    file: Option<PathBuf>,
+    secret: [u8; 32],
+    entries: BTreeMap<String, Entry>,
+    dirty: bool,
+}
+
+impl Index {
+    /// No index: every run is read from git.
+    pub fn none() -> Index {
+        Index {
+            file: None,
+            secret: [0; 32],
+            entries: BTreeMap::new(),
+            dirty: false,
+        }
+    }
+
+    /// The index of the repository at `git_dir`, authenticated with a secret derived from the
+    /// runner key. A file that is missing, truncated, of another version or whose MAC does not
+    /// verify gives an empty index, rewritten at the next `save`.
+    pub fn open(git_dir: &Path, key: &crate::keys::SshKey) -> Index {
+        let mut h = Sha256::new();
+        h.update(b"stella runs index secret\0");
+        h.update(key.signing_key().to_bytes());
+        let mut index = Index {
+            file: Some(path(git_dir)),
+            secret: h.finalize().into(),
+            entries: BTreeMap::new(),
+            dirty: true,
+        };
+        if let Some(entries) = std::fs::read(path(git_dir)).ok().and_then(|b| index.decode(&b)) {
+            index.entries = entries;
+            index.dirty = false;
+        } else {
+            tracing::debug!(file = %path(git_dir).display(), "the runs index is missing or not this runner's; rebuilt from git");
+        }
+        index
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Option<BTreeMap<String, Entry>> {
+        let nl = bytes.iter().position(|&b| b == b'\n')?;
+        let header = std::str::from_utf8(&bytes[..nl]).ok()?;
+        let mac = header.strip_prefix(&format!("{MAGIC} {VERSION} "))?;
+        let body = &bytes[nl + 1..];
+        let expected = hex::encode(self.mac(body));
+        // Compared without an early exit; both are hex of 32 bytes.
+        let same = mac.len() == expected.len()
+            && mac.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if !same {
+            return None;
+        }
+        serde_json::from_slice(body).ok()
+    }
+
+    fn mac(&self, body: &[u8]) -> [u8; 32] {
+        hmac_sha256(&self.secret, &[format!("{MAGIC} {VERSION}\n").as_bytes(), body])
+    }
+
+    /// The facts recorded for run `id`, if its tree and journal are those they were read from.
+    pub fn get(&self, id: &str, tree: ObjectId, journal: JournalMark) -> Option<Facts> {
+        let e = self.entries.get(id)?;
+        (self.file.is_some() && e.tree == tree.to_string() && e.journal == journal).then(|| e.facts.clone())
+    }
+
+    /// Records the facts read from run `id`'s tree and journal.
+    pub fn put(&mut self, id: &str, tree: ObjectId, journal: JournalMark, facts: Facts) {
+        if self.file.is_none() {
+            return;
+        }
+        let entry = Entry {
+            tree: tree.to_string(),
+            journal,
+            facts,
+        };
+        self.entries.insert(id.to_string(), entry);
+        self.dirty = true;
+    }
+
+    /// Forgets the runs that are no longer on the branch.
+    pub fn keep(&mut self, ids: &BTreeSet<String>) {
+        let before = self.entries.len();
+        self.entries.retain(|id, _| ids.contains(id));
+        self.dirty |= self.entries.len() != before;
+    }
+
+    /// Writes the index if it changed: a temporary file, then a rename, so a reader sees the
+    /// old file or the new one. A failure is logged and costs only the next scan's reads.
+    pub fn save(&mut self) {
+        let Some(file) = self.file.clone().filter(|_| self.dirty) else {
+            return;
+        };
+        let body = serde_json::to_vec(&self.entries).expect("the index is JSON");
+        let mut bytes = format!("{MAGIC} {VERSION} {}\n", hex::encode(self.mac(&body))).into_bytes();
+        bytes.extend_from_slice(&body);
+        let tmp = file.with_extension(format!("tmp.{}", std::process::id()));
+        let written = file
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&tmp, &bytes))
+            .and_then(|()| std::fs::rename(&tmp, &file));
+        match written {
+            Ok(()) => self.dirty = false,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                tracing::warn!(file = %file.display(), error = %e, "cannot write the runs index; the next scan reads git again");
+            }
+        }
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104) of the concatenated `parts`, for a key of at most 64 bytes.
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    block[..key.len()].copy_from_slice(key);
+    let mut inner = Sha256::new();
+    inner.update(block.map(|b| b ^ 0x36));
+    for p in parts {
+        inner.update(p);
+    }
+    let mut outer = Sha256::new();
+    outer.update(block.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_is_rfc_4231_case_1() {
+        let mac = hmac_sha256(&[0x0b; 20], &[b"Hi ", b"There"]);
+        assert_eq!(
+            hex::encode(mac),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+        );
+    }
+}
