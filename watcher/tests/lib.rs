@@ -15,6 +15,7 @@ mod output;
 mod pack_cli;
 mod remote;
 mod run_local;
+mod runs_index;
 mod sandbox;
 mod sync;
 mod tampering;

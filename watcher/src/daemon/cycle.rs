@@ -317,7 +317,10 @@ impl Daemon {
                 tree: view.tree,
                 approvals: view.approvals,
                 // One already passed is judged now, and then no longer a reason to re-check.
-                deadline: view.facts.deadline(SystemTime::now()).filter(|d| *d > SystemTime::now()),
+                deadline: view
+                    .facts
+                    .deadline(SystemTime::now())
+                    .filter(|d| *d > SystemTime::now()),
             };
             let unchanged = self.waited.get(&view.id).is_some_and(|was| was.same(&checked));
             if need == Need::Waiting && !self.settings.once && unchanged {
@@ -439,9 +442,7 @@ impl Checked {
     /// Whether a re-check at `now` would see what the last one saw: the same run directory
     /// (its cancel file included), the same approvals, and no deadline passed since.
     fn same(&self, now: &Checked) -> bool {
-        self.tree == now.tree
-            && self.approvals == now.approvals
-            && self.deadline.is_none_or(|d| d > SystemTime::now())
+        self.tree == now.tree && self.approvals == now.approvals && self.deadline.is_none_or(|d| d > SystemTime::now())
     }
 }
 
