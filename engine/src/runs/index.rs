@@ -195,7 +195,8 @@ impl Index {
     /// The facts recorded for run `id`, if its tree and journal are those they were read from.
     pub fn get(&self, id: &str, tree: ObjectId, journal: JournalMark) -> Option<Facts> {
         let e = self.entries.get(id)?;
-        (self.file.is_some() && e.tree == tree.to_string() && e.journal == journal).then(|| e.facts.clone())
+        let same_tree = ObjectId::from_hex(e.tree.as_bytes()).is_ok_and(|t| t == tree);
+        (self.file.is_some() && same_tree && e.journal == journal).then(|| e.facts.clone())
     }
 
     /// Records the facts read from run `id`'s tree and journal.
