@@ -264,6 +264,54 @@ fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 mod tests {
     use super::*;
 
+    fn facts(status: RunStatus) -> Facts {
+        Facts {
+            status,
+            started: None,
+            finished: None,
+            waiting_gate: None,
+            code: None,
+            error: None,
+            pack: None,
+            events: 3,
+            journal_ahead: false,
+            has_request: true,
+            has_cancel: false,
+            ignored: Vec::new(),
+            gate_expires: None,
+            delay_ends: None,
+        }
+    }
+
+    #[test]
+    fn an_entry_counts_only_for_its_tree_and_journal_and_only_under_its_key() {
+        let git = tempfile::tempdir().unwrap();
+        let key = crate::keys::SshKey::generate("runner");
+        let tree = ObjectId::empty_tree(gix::hash::Kind::Sha1);
+        let other = ObjectId::null(gix::hash::Kind::Sha1);
+        let mut index = Index::open(git.path(), &key);
+        index.put("r1", tree, Some([1, 2, 3]), facts(RunStatus::Succeeded));
+        index.save();
+        let again = Index::open(git.path(), &key);
+        assert_eq!(
+            again.get("r1", tree, Some([1, 2, 3])),
+            Some(facts(RunStatus::Succeeded))
+        );
+        assert_eq!(again.get("r1", other, Some([1, 2, 3])), None, "another tree");
+        assert_eq!(again.get("r1", tree, Some([2, 2, 3])), None, "the journal grew");
+        assert_eq!(again.get("r1", tree, None), None, "the journal went");
+        let stranger = Index::open(git.path(), &crate::keys::SshKey::generate("other"));
+        assert_eq!(stranger.get("r1", tree, Some([1, 2, 3])), None, "another runner's key");
+        let text = std::fs::read_to_string(path(git.path())).unwrap();
+        std::fs::write(path(git.path()), text.replace("succeeded", "cancelled")).unwrap();
+        assert_eq!(
+            Index::open(git.path(), &key).get("r1", tree, Some([1, 2, 3])),
+            None,
+            "edited"
+        );
+        assert_eq!(Index::none().get("r1", tree, Some([1, 2, 3])), None);
+    }
+
     #[test]
     fn hmac_is_rfc_4231_case_1() {
         let mac = hmac_sha256(&[0x0b; 20], &[b"Hi ", b"There"]);
