@@ -30,12 +30,18 @@ pub fn path(git_dir: &Path) -> PathBuf {
 #[serde(rename_all = "camelCase")]
 pub struct Facts {
     pub status: RunStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_gate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// The pack path recorded when the run was planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pack: Option<String>,
     /// How many events the most complete record (ledger or journal) holds.
     pub events: usize,
@@ -44,10 +50,13 @@ pub struct Facts {
     pub has_request: bool,
     pub has_cancel: bool,
     /// Entries of the run directory that are no run file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignored: Vec<String>,
     /// When the gate the run waits at expires, if it can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate_expires: Option<SystemTime>,
     /// When a chaos delay on the waiting gate's approvals ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ends: Option<SystemTime>,
 }
 
