@@ -1,7 +1,8 @@
 //! `stella daemon`: watches a repository (notify on the working tree's git refs, plus a slow
 //! safety poll), finds run requests on the branch, and carries each forward on a bounded pool
 //! of blocking workers. This room sets the daemon up (key, ledger, environment, remote,
-//! repairs at start) and owns the tokio runtime; the loop is `cycle::Daemon`. The engine
+//! repairs at start, the housekeeping task) and owns the tokio runtime; the loop is
+//! `cycle::Daemon`. The engine
 //! underneath is synchronous.
 
 /// Prints a line on stdout, ignoring a closed stdout: the daemon ignores SIGPIPE (see `run`),
