@@ -279,3 +279,24 @@ fn a_finished_runs_journal_goes_once_the_ledger_holds_every_event_and_not_before
     assert!(!again.contains("run r1"), "nothing to do for r1: {again}");
     r.stella(&["ledger", "verify"]).ok();
 }
+
+#[test]
+fn a_journal_holding_events_the_ledger_lacks_is_committed_before_it_is_pruned() {
+    // A runner killed before the run's final commit: the journal alone holds the end.
+    let r = Repo::with_finished_run();
+    r.git(&["reset", "-q", "--hard", "HEAD~1"]);
+    std::fs::remove_file(r.path().join(".git/stella/last-seen")).unwrap();
+    std::fs::remove_file(r.path().join(".git/stella/checkpoint")).unwrap();
+    age(&r.journal("r1"));
+    let journal = std::fs::read(r.journal("r1")).unwrap();
+    let out = r.daemon_once().ok().stdout();
+    assert!(out.contains("ready (1 run(s) started)"), "r1 is flushed: {out}");
+    let ledger: Vec<u8> = r
+        .event_files("r1")
+        .iter()
+        .flat_map(|f| r.at_head(f).unwrap().into_bytes())
+        .collect();
+    assert_eq!(ledger, journal, "every event the journal held is in the ledger");
+    assert!(!r.journal("r1").exists(), "and only then is the journal gone");
+    r.stella(&["ledger", "verify"]).ok();
+}
