@@ -38,9 +38,27 @@ pub fn changes(
         id.map(|id| ledger.repo.find_tree(id).map_err(git)).transpose()
     };
     let (a, b) = (load(old)?, load(new)?);
+    between(
+        ledger,
+        prefix,
+        a.as_ref().map(|t| t.data.as_slice()),
+        b.as_ref().map(|t| t.data.as_slice()),
+        out,
+    )
+}
+
+/// As `changes`, for two trees' raw data (a caller that holds one already need not read it
+/// again).
+pub fn between(
+    ledger: &Ledger,
+    prefix: &str,
+    old: Option<&[u8]>,
+    new: Option<&[u8]>,
+    out: &mut Diff,
+) -> Result<(), Error> {
     let kind = ledger.repo.object_hash();
-    let mut xs = Entries::new(a.as_ref().map(|t| t.data.as_slice()), kind);
-    let mut ys = Entries::new(b.as_ref().map(|t| t.data.as_slice()), kind);
+    let mut xs = Entries::new(old, kind);
+    let mut ys = Entries::new(new, kind);
     let (mut x, mut y) = (xs.next()?, ys.next()?);
     loop {
         let order = match (&x, &y) {

@@ -64,6 +64,8 @@ struct Open {
 #[derive(Default)]
 struct Kept {
     runs_tree: Option<(ObjectId, Option<ObjectId>)>,
+    /// The raw data of the last `runs` tree diffed on its new side: the next commit's old side.
+    runs_data: Option<(ObjectId, Vec<u8>)>,
     signers: HashMap<ObjectId, Result<AllowedSigners, String>>,
     next_seq: HashMap<String, (ObjectId, u64)>,
 }
@@ -216,7 +218,20 @@ pub(super) fn check(ledger: &Ledger, history: &[ObjectId]) -> Result<Report, Err
             None => None,
         };
         let mut found = Diff::default();
-        diff::changes(ledger, "runs", before, kept.runs_tree(ledger, commit)?, &mut found)?;
+        let after = kept.runs_tree(ledger, commit)?;
+        if before != after {
+            let old = match (before, kept.runs_data.take()) {
+                (Some(id), Some((kept_id, data))) if id == kept_id => Some(data),
+                (Some(id), _) => Some(ledger.repo.find_tree(id).map_err(super::git)?.detach().data),
+                (None, _) => None,
+            };
+            let new = match after {
+                Some(id) => Some(ledger.repo.find_tree(id).map_err(super::git)?.detach().data),
+                None => None,
+            };
+            diff::between(ledger, "runs", old.as_deref(), new.as_deref(), &mut found)?;
+            kept.runs_data = after.zip(new);
+        }
         if let Some(tree) = &found.unsorted {
             report.problems.push(Problem {
                 commit: commit.to_hex_with_len(12).to_string(),
