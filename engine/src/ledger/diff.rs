@@ -144,3 +144,33 @@ impl<'a> Entries<'a> {
         Ok(Some(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(names: &[&str]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            out.extend_from_slice(format!("100644 {name}\0").as_bytes());
+            out.extend_from_slice(&[i as u8; 20]);
+        }
+        out
+    }
+
+    fn walk(data: &[u8]) -> (Vec<String>, bool) {
+        let mut e = Entries::new(Some(data), gix::hash::Kind::Sha1);
+        let mut names = Vec::new();
+        while let Some(x) = e.next().unwrap() {
+            names.push(x.filename.to_string());
+        }
+        (names, e.unsorted)
+    }
+
+    #[test]
+    fn entries_out_of_gits_order_are_noticed() {
+        assert_eq!(walk(&tree(&["a", "b"])), (vec!["a".into(), "b".into()], false));
+        assert!(walk(&tree(&["b", "a"])).1, "descending");
+        assert!(walk(&tree(&["a", "a"])).1, "a name twice");
+    }
+}
