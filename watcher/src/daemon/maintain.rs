@@ -20,9 +20,12 @@ pub struct Housekeeping {
     pub tracking: Option<String>,
 }
 
+/// What a pass looked at: the branch tip and, with a remote, the server's branch.
+type Seen = Option<(ObjectId, Option<ObjectId>)>;
+
 /// Runs a pass at every `poll`, for as long as the runtime lives.
 pub async fn background(h: Housekeeping, poll: Duration) {
-    let mut seen: Option<ObjectId> = None;
+    let mut seen: Seen = None;
     loop {
         tokio::time::sleep(poll).await;
         let h = h.clone();
@@ -33,22 +36,22 @@ pub async fn background(h: Housekeeping, poll: Duration) {
     }
 }
 
-/// One pass: nothing when the tip is `seen`; else journals pruned, and git maintenance when
-/// due. Returns the tip it looked at.
-pub fn pass(h: &Housekeeping, seen: Option<ObjectId>) -> Option<ObjectId> {
+/// One pass: nothing when neither the tip nor the server's branch moved since `seen`; else
+/// journals pruned, and git maintenance when due. Returns what it looked at.
+pub fn pass(h: &Housekeeping, seen: Seen) -> Seen {
     // Opened afresh: sees the refs and packs that runs and other processes wrote.
     let ledger = Ledger::open(&h.root, &h.branch).ok()?;
-    let tip = ledger.tip().ok().flatten();
-    if tip.is_none() || tip == seen {
-        return tip;
+    let tip = ledger.tip().ok().flatten()?;
+    let server = h.tracking.as_deref().and_then(|name| ledger.resolve(name));
+    let now = Some((tip, server));
+    if now == seen {
+        return now;
     }
-    let others: Vec<ObjectId> = match &h.tracking {
-        Some(name) => match ledger.resolve(name) {
-            Some(t) => vec![t],
-            // Nothing pushed yet: every journal may still be needed.
-            None => return tip,
-        },
-        None => Vec::new(),
+    let others: Vec<ObjectId> = match (&h.tracking, server) {
+        (Some(_), Some(t)) => vec![t],
+        // Nothing fetched or pushed yet: every journal may still be needed.
+        (Some(_), None) => return now,
+        (None, _) => Vec::new(),
     };
     if maintenance::due(ledger.git_dir()) {
         match maintenance::run(&ledger, &others) {
@@ -66,7 +69,7 @@ pub fn pass(h: &Housekeeping, seen: Option<ObjectId>) -> Option<ObjectId> {
             Err(e) => warn!(error = %e, "cannot prune journals"),
         }
     }
-    tip
+    now
 }
 
 /// `maintenance: 1300 loose objects packed in 0.4 s; objects 5.1 MB -> 1.2 MB; 40 journals pruned`.
