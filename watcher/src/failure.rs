@@ -106,6 +106,7 @@ from_engine_errors!(
     stella_engine::journal::Error,
     stella_engine::keys::Error,
     stella_engine::ledger::Error,
+    stella_engine::ledger::checkpoint::Error,
     stella_engine::remote::Error,
     stella_engine::runs::Error,
     stella_engine::sync::Error,

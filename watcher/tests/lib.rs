@@ -10,6 +10,7 @@ mod chaos;
 mod daemon;
 mod evidence;
 mod golden;
+mod housekeeping;
 mod invalid_runs;
 mod output;
 mod pack_cli;

@@ -593,3 +593,38 @@ fn a_waiting_run_is_released_not_taken_over_from_a_live_runner() {
         "the claim of a waiting run is released: {claims}"
     );
 }
+
+#[test]
+fn a_journal_is_pruned_only_once_the_servers_branch_holds_its_events() {
+    let (hub, admin, runners) = hub_with_runners(1);
+    let r = &runners[0];
+    admin.write(
+        "runs/r1/request.yaml",
+        "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
+    );
+    admin.commit_all("request");
+    admin.git(&["push", "-q", "origin", "main"]);
+    r.stella(&["daemon", "--once", "--repo", ".", "--remote", "origin"])
+        .ok();
+    wait_for_state(&admin, "r1", &["succeeded"], 60);
+    // As if nothing were known pushed: the server's branch unknown here, the server away.
+    r.git(&["update-ref", "-d", "refs/remotes/origin/main"]);
+    let away = hub.path().with_extension("away");
+    std::fs::rename(hub.path(), &away).unwrap();
+    let journal = r.journal("r1");
+    let f = std::fs::File::options().append(true).open(&journal).unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    let d = start_logged(r, &[]);
+    // Three failed exchanges (1 s, then 2 s apart): housekeeping, at each 1 s poll, looked.
+    d.wait_for("three failed exchanges", Duration::from_secs(30), || {
+        said(&d).matches("cannot exchange with the remote").count() >= 3
+    });
+    assert!(journal.exists(), "r1's events are not known to be on the server: kept");
+    std::fs::rename(&away, hub.path()).unwrap();
+    d.wait_for(
+        "r1's journal to go once the server's branch is fetched",
+        Duration::from_secs(60),
+        || !journal.exists(),
+    );
+}

@@ -3,8 +3,11 @@
 //! by compare-and-swap, with the index and working tree updated for the runner's paths only.
 //! Every repository the engine opens with gix is opened here (`open_repo`).
 
+pub mod checkpoint;
+mod diff;
 pub mod events;
 pub mod heal;
+pub mod maintenance;
 pub mod notes;
 mod repair;
 pub mod seen;

@@ -6,12 +6,13 @@
 //! A runner file a person changed or deleted is damage: healed once a later trusted runner
 //! commit restores its earlier content (see `heal` and docs/ledger.md), a problem until then.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use gix::ObjectId;
 use serde::Serialize;
 
-use super::{Error, Ledger, is_runner_path};
+use super::diff::{self, Diff};
+use super::{Error, Ledger};
 use crate::allowed_signers::AllowedSigners;
 
 /// One violation, naming the commit and the path.
@@ -57,9 +58,46 @@ struct Open {
     damages: Vec<usize>,
 }
 
-/// The `runs` tree of a commit, if any.
-fn runs_tree(ledger: &Ledger, commit: ObjectId) -> Result<Option<ObjectId>, Error> {
-    entry_at(ledger, commit, "runs", true)
+/// What one walk would otherwise read again and again: the `runs` tree of the commit checked
+/// last (the next one's parent, in a linear history), each `.stella/allowed_signers` parsed
+/// once by blob id, and per run its last segment checked with the seq its events go on at.
+#[derive(Default)]
+struct Kept {
+    runs_tree: Option<(ObjectId, Option<ObjectId>)>,
+    /// The raw data of the last `runs` tree diffed on its new side: the next commit's old side.
+    runs_data: Option<(ObjectId, Vec<u8>)>,
+    signers: HashMap<ObjectId, Result<AllowedSigners, String>>,
+    next_seq: HashMap<String, (ObjectId, u64)>,
+}
+
+impl Kept {
+    /// The `runs` tree of a commit, if any.
+    fn runs_tree(&mut self, ledger: &Ledger, commit: ObjectId) -> Result<Option<ObjectId>, Error> {
+        if let Some((c, tree)) = self.runs_tree
+            && c == commit
+        {
+            return Ok(tree);
+        }
+        let tree = entry_at(ledger, commit, "runs", true)?;
+        self.runs_tree = Some((commit, tree));
+        Ok(tree)
+    }
+
+    /// The trusted signers as of `commit`, or why there are none.
+    fn signers_at(&mut self, ledger: &Ledger, commit: ObjectId) -> Result<&AllowedSigners, String> {
+        let id = entry_at(ledger, commit, ".stella/allowed_signers", false)
+            .map_err(|e| e.to_string())?
+            .ok_or("there is no .stella/allowed_signers before it")?;
+        self.signers
+            .entry(id)
+            .or_insert_with(|| {
+                let text = ledger.repo.find_blob(id).map_err(|e| e.to_string())?.data.clone();
+                AllowedSigners::parse(".stella/allowed_signers", &String::from_utf8_lossy(&text))
+                    .map_err(|d| format!(".stella/allowed_signers before it does not parse: {d}"))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
 }
 
 /// The id of the entry at `path` in `commit`, if it is there and a tree (`tree`) or a blob.
@@ -75,56 +113,6 @@ fn entry_at(ledger: &Ledger, commit: ObjectId, path: &str, tree: bool) -> Result
         .map_err(super::git)?
         .filter(|e| if tree { e.mode().is_tree() } else { e.mode().is_blob() })
         .map(|e| e.oid().to_owned()))
-}
-
-/// Entries of a tree: name -> (id, is_tree).
-fn entries(ledger: &Ledger, tree: Option<ObjectId>) -> Result<BTreeMap<String, (ObjectId, bool)>, Error> {
-    let mut out = BTreeMap::new();
-    if let Some(id) = tree {
-        for e in ledger.repo.find_tree(id).map_err(super::git)?.iter() {
-            let e = e.map_err(super::git)?;
-            out.insert(e.filename().to_string(), (e.oid().to_owned(), e.mode().is_tree()));
-        }
-    }
-    Ok(out)
-}
-
-/// A runner file that differs between a commit and its parent: (path, before, after).
-type FileChange = (String, Option<ObjectId>, Option<ObjectId>);
-
-/// The runner files that differ between two `runs` trees, descending only into subtrees
-/// whose ids differ (so a commit costs what it changed, not the size of the ledger).
-fn changes(
-    ledger: &Ledger,
-    prefix: &str,
-    old: Option<ObjectId>,
-    new: Option<ObjectId>,
-    out: &mut Vec<FileChange>,
-) -> Result<(), Error> {
-    if old == new {
-        return Ok(());
-    }
-    let (a, b) = (entries(ledger, old)?, entries(ledger, new)?);
-    let names: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    for name in names {
-        let path = format!("{prefix}/{name}");
-        let (x, y) = (a.get(name), b.get(name));
-        if x.map(|e| e.0) == y.map(|e| e.0) {
-            continue;
-        }
-        let x_tree = x.filter(|e| e.1).map(|e| e.0);
-        let y_tree = y.filter(|e| e.1).map(|e| e.0);
-        if x_tree.is_some() || y_tree.is_some() {
-            changes(ledger, &path, x_tree, y_tree, out)?;
-        }
-        let x_blob = x.filter(|e| !e.1).map(|e| e.0);
-        let y_blob = y.filter(|e| !e.1).map(|e| e.0);
-        let request = path.ends_with("/request.yaml") && path.split('/').count() == 3;
-        if (x_blob.is_some() || y_blob.is_some()) && (is_runner_path(&path) || request) {
-            out.push((path, x_blob, y_blob));
-        }
-    }
-    Ok(())
 }
 
 /// The commit's bytes without its `gpgsig` header (what was signed), and the signature.
@@ -175,16 +163,6 @@ fn signer(ledger: &Ledger, commit: ObjectId, signers: &AllowedSigners) -> Result
         })
 }
 
-/// The trusted signers as of `commit`, or why there are none.
-fn signers_at(ledger: &Ledger, commit: ObjectId) -> Result<AllowedSigners, String> {
-    let text = ledger
-        .read(commit, ".stella/allowed_signers")
-        .map_err(|e| e.to_string())?
-        .ok_or("there is no .stella/allowed_signers before it")?;
-    AllowedSigners::parse(".stella/allowed_signers", &String::from_utf8_lossy(&text))
-        .map_err(|d| format!(".stella/allowed_signers before it does not parse: {d}"))
-}
-
 /// Whether `path` holds blob `id` in one of `others` (a merge's other parents).
 fn merged_from_other_parent(
     ledger: &Ledger,
@@ -221,19 +199,47 @@ pub fn verify(ledger: &Ledger) -> Result<Report, Error> {
 
 /// As `verify`, for the history that ends at `tip` (e.g. an incoming bundle before it is accepted).
 pub fn verify_at(ledger: &Ledger, tip: ObjectId) -> Result<Report, Error> {
+    check(ledger, &ledger.history_of(tip)?)
+}
+
+/// Checks `history` (oldest first; each commit against its first parent, whether or not that
+/// parent is in `history`), starting with nothing damaged: the whole history, or the commits
+/// after a clean checkpoint (`checkpoint`).
+pub(super) fn check(ledger: &Ledger, history: &[ObjectId]) -> Result<Report, Error> {
     let mut report = Report::default();
-    let history = ledger.history_of(tip)?;
+    let mut kept = Kept::default();
     let mut runs = std::collections::BTreeSet::new();
     let mut open: BTreeMap<String, Open> = BTreeMap::new();
-    for &commit in &history {
+    for &commit in history {
         report.commits += 1;
         let parents = ledger.parents(commit)?;
         let before = match parents.first() {
-            Some(&p) => runs_tree(ledger, p)?,
+            Some(&p) => kept.runs_tree(ledger, p)?,
             None => None,
         };
-        let mut diff = Vec::new();
-        changes(ledger, "runs", before, runs_tree(ledger, commit)?, &mut diff)?;
+        let mut found = Diff::default();
+        let after = kept.runs_tree(ledger, commit)?;
+        if before != after {
+            let old = match (before, kept.runs_data.take()) {
+                (Some(id), Some((kept_id, data))) if id == kept_id => Some(data),
+                (Some(id), _) => Some(ledger.repo.find_tree(id).map_err(super::git)?.detach().data),
+                (None, _) => None,
+            };
+            let new = match after {
+                Some(id) => Some(ledger.repo.find_tree(id).map_err(super::git)?.detach().data),
+                None => None,
+            };
+            diff::between(ledger, "runs", old.as_deref(), new.as_deref(), &mut found)?;
+            kept.runs_data = after.zip(new);
+        }
+        if let Some(tree) = &found.unsorted {
+            report.problems.push(Problem {
+                commit: commit.to_hex_with_len(12).to_string(),
+                path: tree.clone(),
+                message: "tree entries are not in git's order (a hand-made tree object; git never writes one)".into(),
+            });
+        }
+        let diff = found.files;
         let mut changed = Vec::new();
         // Events segments this commit adds, by run: (file name, blob).
         let mut added: BTreeMap<String, Vec<(String, ObjectId)>> = BTreeMap::new();
@@ -288,7 +294,9 @@ pub fn verify_at(ledger: &Ledger, tip: ObjectId) -> Result<Report, Error> {
         }
         // Trust comes from before the commit: a commit cannot vouch for itself.
         let trust_from = parents.first().copied().unwrap_or(commit);
-        let verdict = signers_at(ledger, trust_from).and_then(|signers| signer(ledger, commit, &signers).map(|_| ()));
+        let verdict = kept
+            .signers_at(ledger, trust_from)
+            .and_then(|signers| signer(ledger, commit, signers).map(|_| ()));
         let mut healed_here = Vec::new();
         if verdict.is_ok() {
             for (path, o) in &open {
@@ -384,7 +392,7 @@ pub fn verify_at(ledger: &Ledger, tip: ObjectId) -> Result<Report, Error> {
                 .filter(|(name, _)| !healed_here.contains(&format!("runs/{run}/events/{name}")))
                 .cloned()
                 .collect();
-            for (path, message) in check_segments(ledger, parents.first().copied(), run, &fresh)? {
+            for (path, message) in check_segments(ledger, &mut kept, parents.first().copied(), run, &fresh)? {
                 problem(&path, message);
             }
         }
@@ -416,6 +424,7 @@ fn segment_of(path: &str) -> Option<(&str, &str)> {
 /// them: the run's events only grow at their end. Returns (path, problem) for each breach.
 fn check_segments(
     ledger: &Ledger,
+    kept: &mut Kept,
     parent: Option<ObjectId>,
     run: &str,
     added: &[(String, ObjectId)],
@@ -426,12 +435,19 @@ fn check_segments(
         Some(p) => ledger.run_segments(p, run)?,
         None => Vec::new(),
     };
-    let last_before = match (before.last(), parent) {
-        (Some((_, id)), _) => Some(ledger.repo.find_blob(*id).map_err(super::git)?.data.clone()),
-        (None, Some(p)) => ledger.read(p, &format!("runs/{run}/{LEGACY}"))?,
-        (None, None) => None,
+    // The seq the run's events go on at: known without reading when the last segment is
+    // the one this walk checked last for the run.
+    let mut next = match (before.last(), kept.next_seq.get(run)) {
+        (Some((_, id)), Some((checked, next))) if id == checked => Some(*next),
+        _ => {
+            let last_before = match (before.last(), parent) {
+                (Some((_, id)), _) => Some(ledger.repo.find_blob(*id).map_err(super::git)?.data.clone()),
+                (None, Some(p)) => ledger.read(p, &format!("runs/{run}/{LEGACY}"))?,
+                (None, None) => None,
+            };
+            last_before.as_deref().and_then(super::events::last_seq).map(|s| s + 1)
+        }
     };
-    let mut next = last_before.as_deref().and_then(super::events::last_seq).map(|s| s + 1);
     let mut sorted: Vec<(Option<u64>, &String, ObjectId)> =
         added.iter().map(|(name, id)| (segment_seq(name), name, *id)).collect();
     sorted.sort();
@@ -484,6 +500,7 @@ fn check_segments(
         }
         next = Some(expect);
         before.push((seq, id));
+        kept.next_seq.insert(run.to_string(), (id, expect));
     }
     Ok(problems)
 }

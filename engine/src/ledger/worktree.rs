@@ -10,18 +10,22 @@ use gix::bstr::BStr;
 
 use super::{Error, FileWrite};
 
-/// Writes each file into the working tree and records it in the index with its blob id, all
+/// Writes each file into the working tree, then records each in the index with its blob id
 /// under the index lock (the same `index.lock` git takes, so neither side loses an update).
+/// The lock is held only to read, update and write the index: the files, however large, are
+/// written and their stat data taken before it is taken.
 pub fn sync(repo: &gix::Repository, workdir: &Path, writes: &[FileWrite], blobs: &[ObjectId]) -> Result<(), Error> {
     let index_path = repo.index_path();
-    let (lock, _mark) = lock_index(repo)?;
+    let mut stats = Vec::with_capacity(writes.len());
     for w in writes {
-        write_file(&workdir.join(&w.path), &w.bytes)?;
+        let file = workdir.join(&w.path);
+        write_file(&file, &w.bytes)?;
+        stats.push(stat_of(&file)?);
     }
+    let (lock, _mark) = lock_index(repo)?;
     let mut index = read_index(repo, &index_path)?;
     let mut pushed = false;
-    for (w, id) in writes.iter().zip(blobs) {
-        let stat = stat_of(&workdir.join(&w.path))?;
+    for ((w, id), stat) in writes.iter().zip(blobs).zip(stats) {
         let path: &BStr = w.path.as_str().into();
         match index.entry_mut_by_path_and_stage(path, gix::index::entry::Stage::Unconflicted) {
             Some(entry) => {

@@ -1,6 +1,6 @@
 //! `stella doctor`: checks that this machine and repository are ready for Stella, and says
 //! how to fix what is not (tools, configuration, signers, runner key, pre-commit hook, watch
-//! limits, the step sandbox). `--check ID` runs one group of checks; `--json` prints them as
+//! limits, the step sandbox), and how big the ledger's repository has grown. `--check ID` runs one group of checks; `--json` prints them as
 //! data. Only reads: never changes the repository or the machine.
 
 use std::path::Path;
@@ -61,15 +61,24 @@ pub fn doctor(repo_dir: &Path, key: Option<&Path>, check: Option<&str>, json: bo
         ));
     }
     let mut results: Vec<(&'static str, Level, String)> = Vec::new();
+    let mut ledger = None;
     for group in CHECKS.into_iter().filter(|g| check.is_none_or(|c| c == *g)) {
         let found = match group {
             "tools" => tools(),
             "sandbox" => sandbox_check(repo_dir),
-            _ => repository(repo_dir, key)?,
+            _ => {
+                let mut found = repository(repo_dir, key)?;
+                if let Some(size) = super::ledger::size(repo_dir) {
+                    let level = |warn: bool| if warn { Level::Warn } else { Level::Ok };
+                    found.extend(size.lines().into_iter().map(|(w, m)| (level(w), m)));
+                    ledger = Some(size);
+                }
+                found
+            }
         };
         results.extend(found.into_iter().map(|(l, m)| (group, l, m)));
     }
-    Ok(print(&results, json))
+    Ok(print(&results, ledger.as_ref(), json))
 }
 
 fn tools() -> Vec<(Level, String)> {
@@ -428,15 +437,20 @@ fn sandbox_check(repo_dir: &Path) -> Vec<(Level, String)> {
     results
 }
 
-/// Prints the results; a failed check makes the outcome `ChecksFailed`.
-fn print(results: &[(&str, Level, String)], json: bool) -> Outcome {
+/// Prints the results (with the ledger's sizes as data under `--json`); a failed check makes
+/// the outcome `ChecksFailed`.
+fn print(results: &[(&str, Level, String)], ledger: Option<&super::ledger::Size>, json: bool) -> Outcome {
     let failed = results.iter().any(|(_, l, _)| *l == Level::Fail);
     if json {
         let checks: Vec<serde_json::Value> = results
             .iter()
             .map(|(group, level, msg)| serde_json::json!({ "check": group, "level": level.as_str(), "message": msg }))
             .collect();
-        println!("{}", serde_json::json!({ "ok": !failed, "checks": checks }));
+        let mut out = serde_json::json!({ "ok": !failed, "checks": checks });
+        if let Some(l) = ledger {
+            out["ledger"] = l.json();
+        }
+        println!("{out}");
     } else {
         for (_, level, msg) in results {
             let tag = match level {

@@ -202,6 +202,9 @@ enum LedgerCommand {
         repo: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Verify only the commits after the runner's signed checkpoint (.git/stella/checkpoint)
+        #[arg(long)]
+        since_checkpoint: bool,
     },
     /// Restore runner files a person's commit changed or deleted, as one signed runner commit
     Heal {
@@ -388,7 +391,11 @@ pub fn run(cli: Cli) -> Result<Outcome, Failure> {
             json,
         }) => evidence::verify(&target, allowed_signers.as_deref(), &repo, json),
         Command::Runs(RunsCommand::Cancel { run, repo, reason }) => runs::cancel(&repo, &run, reason.as_deref()),
-        Command::Ledger(LedgerCommand::Verify { repo, json }) => ledger::verify(&repo, json),
+        Command::Ledger(LedgerCommand::Verify {
+            repo,
+            json,
+            since_checkpoint,
+        }) => ledger::verify(&repo, json, since_checkpoint),
         Command::Ledger(LedgerCommand::Heal { repo, key }) => ledger::heal(&repo, key.as_deref()),
         Command::Daemon(a) => crate::daemon::run(crate::daemon::Args {
             repo: a.repo,

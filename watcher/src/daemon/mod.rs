@@ -1,7 +1,8 @@
 //! `stella daemon`: watches a repository (notify on the working tree's git refs, plus a slow
 //! safety poll), finds run requests on the branch, and carries each forward on a bounded pool
 //! of blocking workers. This room sets the daemon up (key, ledger, environment, remote,
-//! repairs at start) and owns the tokio runtime; the loop is `cycle::Daemon`. The engine
+//! repairs at start, the housekeeping task) and owns the tokio runtime; the loop is
+//! `cycle::Daemon`. The engine
 //! underneath is synchronous.
 
 /// Prints a line on stdout, ignoring a closed stdout: the daemon ignores SIGPIPE (see `run`),
@@ -23,6 +24,7 @@ macro_rules! say_err {
 
 mod cycle;
 mod exchange;
+mod maintain;
 mod scan;
 mod tasks;
 mod watch;
@@ -165,8 +167,20 @@ pub fn run(a: Args) -> Result<Outcome, Failure> {
         lease: a.lease,
         max_runs: config.max_runs,
     };
+    let housekeeping = maintain::Housekeeping {
+        root: root.clone(),
+        branch: config.branch.clone(),
+        tracking: a.remote.as_ref().map(|r| format!("refs/remotes/{r}/{}", config.branch)),
+    };
+    if !a.once {
+        rt.spawn(maintain::background(housekeeping.clone(), a.poll));
+    }
     match rt.block_on(cycle::Daemon::new(env, remote, settings).run(&root))? {
-        cycle::End::Idle => Ok(Outcome::Done),
+        cycle::End::Idle => {
+            // Nothing left to run: the moment for housekeeping.
+            maintain::pass(&housekeeping, None);
+            Ok(Outcome::Done)
+        }
         cycle::End::Stopped => {
             // Workers still busy after a stop are not waited for: their steps were ended, and
             // the runs resume from their journals at the next start.
@@ -195,8 +209,9 @@ fn repair_at_start(ledger: &mut stella_engine::ledger::Ledger, key: &stella_engi
         }
         Err(e) => warn!(error = %e, "cannot repair the index and working tree at start"),
     }
-    // Finding damage walks the whole history; a tip already found whole (the file below) is not
-    // walked again, so a daemon restarted on an unchanged branch starts at once.
+    // Finding damage walks the history after the ledger checkpoint (the whole history without
+    // one); a tip already found whole (the file below) is not walked again, so a daemon
+    // restarted on an unchanged branch starts at once.
     let checked = ledger.git_dir().join("stella").join("healed-tip");
     let tip = ledger.tip().ok().flatten();
     if tip.is_some_and(|t| std::fs::read_to_string(&checked).is_ok_and(|s| t.to_hex() == s.trim())) {
@@ -207,19 +222,26 @@ fn repair_at_start(ledger: &mut stella_engine::ledger::Ledger, key: &stella_engi
             let _ = std::fs::write(&checked, format!("{t}\n"));
         }
     };
-    match stella_engine::ledger::heal::heal(ledger, key) {
-        Ok(Some(h)) => {
-            whole(ledger);
-            warn!(commit = %h.commit, damaged_by = ?h.damaged_by, paths = ?h.paths, "ledger healed at start");
-            say!(
-                "stella daemon: ledger healed: {} runner file{} restored by {} after {}",
-                h.paths.len(),
-                if h.paths.len() == 1 { "" } else { "s" },
-                h.commit.to_hex_with_len(12),
-                h.damaged_by.join(", ")
-            );
+    let checked = match stella_engine::ledger::heal::check_and_heal(ledger, key) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "cannot heal the ledger at start");
+            return;
         }
-        Ok(None) => whole(ledger),
-        Err(e) => warn!(error = %e, "cannot heal the ledger at start"),
+    };
+    if let Some(e) = &checked.refused {
+        warn!(error = %e, "the ledger checkpoint was not used; the whole history was verified");
+        say_err!("stella daemon: warning: {e}; verified the whole history instead");
+    }
+    whole(ledger);
+    if let Some(h) = checked.healing {
+        warn!(commit = %h.commit, damaged_by = ?h.damaged_by, paths = ?h.paths, "ledger healed at start");
+        say!(
+            "stella daemon: ledger healed: {} runner file{} restored by {} after {}",
+            h.paths.len(),
+            if h.paths.len() == 1 { "" } else { "s" },
+            h.commit.to_hex_with_len(12),
+            h.damaged_by.join(", ")
+        );
     }
 }
