@@ -57,19 +57,7 @@ impl Repo {
     }
 
     pub fn git(&self, args: &[&str]) -> Output {
-        let out = Command::new("git")
-            .current_dir(self.path())
-            .args([
-                "-c",
-                "user.name=Alice",
-                "-c",
-                "user.email=alice@example.com",
-                "-c",
-                "commit.gpgsign=false",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
+        let out = self.git_try(args);
         assert!(
             out.status.success(),
             "git {args:?}: {}",
