@@ -29,6 +29,7 @@ pub mod plan;
 pub mod redact;
 pub mod remote;
 pub mod request;
+pub mod layout;
 pub mod run_id;
 pub mod runs;
 pub mod schema;

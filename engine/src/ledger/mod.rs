@@ -24,6 +24,7 @@ use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
 use gix::refs::{FullName, Target};
 
 use crate::code::Code;
+use crate::layout::RunDir;
 
 /// A gix failure: gix has an error type per operation; the ledger keeps it whole as the source.
 pub type GitError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -257,6 +258,21 @@ impl Ledger {
             .into_iter()
             .map(|(name, is_tree, _)| (name, is_tree))
             .collect())
+    }
+
+    /// Where run `id` lives in `commit`: its flat directory `runs/<id>` when there is one (an
+    /// older run; it wins over a later sharded request of the same id), else its shard's
+    /// `runs/_<xx>/<id>`, else `None`.
+    pub fn locate(&self, commit: ObjectId, id: &str) -> Result<Option<RunDir>, Error> {
+        let root = self.repo.find_commit(commit).map_err(git)?.tree().map_err(git)?;
+        for dir in [RunDir::flat(id), RunDir::new(id)] {
+            if let Some(e) = root.lookup_entry_by_path(dir.dir()).map_err(git)? {
+                if e.mode().is_tree() {
+                    return Ok(Some(dir));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// As `list`, with each entry's object id: what a cache keys a directory's content by.
