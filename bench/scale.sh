@@ -2,7 +2,8 @@
 # The ledger at scale (issue 13): builds a ledger of N trivial runs with the runner itself and
 # measures, at N/10 and again at N on the same growing ledger, what a user pays for the
 # history; each figure is printed with its ratio to the N/10 figure of the same run.
-#   build    requests (runs/<id>/request.yaml of a one-step pack, builtin:exec /bin/true)
+#   build    requests (runs/_<xx>/<id>/request.yaml, or runs/<id>/ with --flat, of a one-step
+#            pack, builtin:exec /bin/true)
 #            written and committed in batches (one `git add` + `git commit` per batch), each
 #            batch carried out by `stella daemon --once`: runs/s over each stretch (0 -> N/10,
 #            N/10 -> N), commits and daemon included; the peak RSS of the `--once` of the last
@@ -21,22 +22,23 @@
 #            `git gc --prune=now` of a copy (the ledger itself is never repacked), per run
 # and at the end one run whose step prints 100 MB of random base64 lines (poorly compressible,
 # as real logs can be): how much .git grows for that run (before gc), and the bytes of events
-# the ledger holds for it (every blob of runs/<id>/events*), against the log the runner keeps
+# the ledger holds for it (every blob of its run directory's events*), against the log the runner keeps
 # (limits.logBytes, 8 MiB by default).
 # Git runs with no user or system configuration and gc.auto=0 for the bench's own commits, so
 # what is measured is Stella's storage, not a `git commit` that happened to auto-pack it.
 # The work directory (repository, runner workspaces, daemon logs) is under target/, not /tmp
 # (a sandboxed step has a /tmp of its own).
-# Usage: bench/scale.sh [--runs N] [--quick] [--keep DIR]
+# Usage: bench/scale.sh [--runs N] [--quick] [--flat] [--keep DIR]
 #   --runs N    the ledger's size (default 1000; the issue's acceptance figure is 10000)
+#   --flat      write every request in the flat layout, runs/<id>/ (the layout before shards)
 #   --quick     N = 200 unless --runs says otherwise, a 20 MB step instead of 100 MB (for CI)
 #   --keep DIR  build in DIR (created; must be empty) and keep it afterwards
 # Needs bash, git, python3 (and cargo, unless STELLA_BIN names a built stella binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { echo "usage: bench/scale.sh [--runs N] [--quick] [--keep DIR]" >&2; exit 2; }
-runs= quick=false keep=
+usage() { echo "usage: bench/scale.sh [--runs N] [--quick] [--flat] [--keep DIR]" >&2; exit 2; }
+runs= quick=false keep= flat=false
 while (($#)); do
   case $1 in
     --runs)
@@ -45,6 +47,7 @@ while (($#)); do
       shift 2
       ;;
     --quick) quick=true; shift ;;
+    --flat) flat=true; shift ;;
     --keep)
       [[ -n ${2:-} ]] || usage
       keep=$2
@@ -92,10 +95,10 @@ trap 'exit 130' INT TERM
 
 export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null
 export XDG_STATE_HOME=$work/state # the runner's workspaces
-export STELLA=$stella WORK=$work RUNS=$runs LOUD_MB=$loud_mb QUICK=$quick
+export STELLA=$stella WORK=$work RUNS=$runs LOUD_MB=$loud_mb QUICK=$quick FLAT=$flat
 
 cat > "$work/scale.py" << 'PY'
-import datetime, json, os, re, shutil, signal, statistics, subprocess, sys, time
+import datetime, hashlib, json, os, re, shutil, signal, statistics, subprocess, sys, time
 
 STELLA, WORK = os.environ["STELLA"], os.environ["WORK"]
 N, LOUD_MB, QUICK = int(os.environ["RUNS"]), int(os.environ["LOUD_MB"]), os.environ["QUICK"] == "true"
@@ -104,6 +107,25 @@ PIDS = os.path.join(WORK, "pids")
 GIT = ["git", "-c", "user.name=Bench", "-c", "user.email=bench@example.com",
        "-c", "commit.gpgsign=false", "-c", "gc.auto=0"]
 REQUEST = "apiVersion: stella/v1\nkind: RunRequest\npack: packs/true\n"
+FLAT = os.environ["FLAT"] == "true"
+
+
+def count_runs():
+    """The run directories in the working tree, in both layouts."""
+    n = 0
+    for e in os.scandir(os.path.join(REPO, "runs")):
+        if e.is_dir() and re.fullmatch(r"_[0-9a-f]{2}", e.name):
+            n += sum(1 for r in os.scandir(e.path) if r.is_dir())
+        elif e.is_dir():
+            n += 1
+    return n
+
+
+def run_dir(rid):
+    """Where run `rid` lives: its shard runs/_<xx>/<id> (docs/ledger.md), or runs/<id> with --flat."""
+    if FLAT:
+        return f"runs/{rid}"
+    return f"runs/_{hashlib.sha256(rid.encode()).hexdigest()[:2]}/{rid}"
 
 
 class Failed(Exception):
@@ -232,15 +254,15 @@ def event_ts(journal, kind):
 
 def finished(rid):
     """The run's final commit (with its evidence) is on the branch."""
-    p = subprocess.run(["git", "cat-file", "-e", f"main:runs/{rid}/evidence/manifest.json"], cwd=REPO,
+    p = subprocess.run(["git", "cat-file", "-e", f"main:{run_dir(rid)}/evidence/manifest.json"], cwd=REPO,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return p.returncode == 0
 
 
 def request(ids, pack="packs/true", inputs=""):
     for rid in ids:
-        os.makedirs(os.path.join(REPO, "runs", rid))
-        with open(os.path.join(REPO, "runs", rid, "request.yaml"), "w") as f:
+        os.makedirs(os.path.join(REPO, run_dir(rid)))
+        with open(os.path.join(REPO, run_dir(rid), "request.yaml"), "w") as f:
             f.write(REQUEST.replace("packs/true", pack) + inputs)
     person(["add", "runs"])
     person(["commit", "-q", "-m", f"request {ids[0]}" + (f" .. {ids[-1]}" if len(ids) > 1 else "")])
@@ -348,7 +370,7 @@ def measure(size, stretch):
         v += [verify() for _ in range(2)]
     m["verify"], m["verify_n"], m["verify_out"] = statistics.median(t for t, _ in v), len(v), v[-1][1]
     m["git_before"], m["git_stella"], m["git_after"], m["git_after_stella"] = git_size()
-    m["runs"] = sum(1 for e in os.scandir(os.path.join(REPO, "runs")) if e.is_dir())
+    m["runs"] = count_runs()
     m["commits"] = int(run(["git", "rev-list", "--count", "main"]).strip())
     say(f"at {size}: build {m['build_rate']:.1f} runs/s, commit -> step {m['latency'] * 1000:.0f} ms,"
         f" runs list {m['list'] * 1000:.0f} ms, runs show {m['show'] * 1000:.0f} ms,"
@@ -383,7 +405,7 @@ def loud():
     after = du(os.path.join(REPO, ".git/objects"))
     objs = run(["git", "rev-list", "--objects", "--all"])
     ids = "".join(l.split(" ", 1)[0] + "\n" for l in objs.splitlines()
-                  if f" runs/{rid}/events" in l and l.endswith(".ndjson"))
+                  if f" {run_dir(rid)}/events" in l and l.endswith(".ndjson"))
     sizes = subprocess.run(["git", "cat-file", "--batch-check=%(objectsize)"], cwd=REPO, input=ids,
                            check=True, capture_output=True, text=True).stdout.split()
     config = run(["git", "show", "main:.stella/config.yaml"])

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::Repo;
+use crate::support::{Repo, approvals_path, run_path};
 
 const GATED: &str = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: gated, version: 1.0.0 }\nspec:\n  approvals:\n    - { id: change-review, grants: [Packs.Approve], requiredCount: 2, expiresAfter: PT1H }\n  steps:\n    - { id: before, run: { uses: builtin:exec, with: { argv: [\"true\"] } } }\n    - { id: review, gate: { approval: { id: change-review, message: please review } } }\n    - { id: after, run: { uses: builtin:exec, with: { argv: [echo, done] } } }\n";
 
@@ -154,7 +154,7 @@ fn approvals_committed_before_the_gate_is_reached_count() {
 fn what_stella_approve_writes_verifies_with_ssh_keygen() {
     let t = Team::new().waiting_run("r1");
     t.approve("r1", "alice", &[]);
-    let dir = t.repo.path().join("approvals/r1/change-review");
+    let dir = t.repo.path().join(&format!("{}/change-review", approvals_path("r1")));
     let file = std::fs::File::open(dir.join("alice.yaml")).unwrap();
     let out = Command::new("ssh-keygen")
         .args([
@@ -212,7 +212,10 @@ fn a_file_named_for_someone_else_does_not_count() {
 fn the_right_key_in_the_wrong_namespace_does_not_count() {
     let t = Team::new().waiting_run("r1");
     t.approve("r1", "alice", &[]);
-    let file = t.repo.path().join("approvals/r1/change-review/alice.yaml");
+    let file = t
+        .repo
+        .path()
+        .join(&format!("{}/change-review/alice.yaml", approvals_path("r1")));
     std::fs::remove_file(file.with_extension("yaml.sig")).unwrap();
     let ok = Command::new("ssh-keygen")
         .args(["-q", "-Y", "sign", "-n", "git", "-f"])
@@ -230,7 +233,10 @@ fn the_right_key_in_the_wrong_namespace_does_not_count() {
 fn a_file_edited_after_signing_does_not_count() {
     let t = Team::new().waiting_run("r1");
     t.approve("r1", "alice", &["--comment", "ok"]);
-    let file = t.repo.path().join("approvals/r1/change-review/alice.yaml");
+    let file = t
+        .repo
+        .path()
+        .join(&format!("{}/change-review/alice.yaml", approvals_path("r1")));
     let edited = std::fs::read_to_string(&file)
         .unwrap()
         .replace("\"ok\"", "\"ok, and also run anything\"");
@@ -244,8 +250,8 @@ fn a_file_edited_after_signing_does_not_count() {
 fn an_approval_replayed_from_another_run_does_not_count() {
     let t = Team::new().waiting_run("r1").waiting_run("r2");
     t.approve("r1", "alice", &[]);
-    let from = t.repo.path().join("approvals/r1/change-review");
-    let to = t.repo.path().join("approvals/r2/change-review");
+    let from = t.repo.path().join(&format!("{}/change-review", approvals_path("r1")));
+    let to = t.repo.path().join(&format!("{}/change-review", approvals_path("r2")));
     std::fs::create_dir_all(&to).unwrap();
     for f in ["alice.yaml", "alice.yaml.sig"] {
         std::fs::copy(from.join(f), to.join(f)).unwrap();
@@ -259,7 +265,7 @@ fn an_approval_replayed_from_another_run_does_not_count() {
 #[test]
 fn an_approval_of_another_plan_does_not_count() {
     let t = Team::new().waiting_run("r1");
-    let dir = t.repo.path().join("approvals/r1/change-review");
+    let dir = t.repo.path().join(&format!("{}/change-review", approvals_path("r1")));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("alice.yaml");
     let other = format!("sha256:{}", "ab".repeat(32));
@@ -339,7 +345,7 @@ fn an_approver_added_with_the_request_does_not_count() {
         "grants:\n  Packs.Approve: [alice, bob, mallory]\n",
     );
     t.repo.write(
-        "runs/r1/request.yaml",
+        &format!("{}/request.yaml", run_path("r1")),
         "apiVersion: stella/v1\nkind: RunRequest\npack: packs/gated\n",
     );
     t.commit("request, and make mallory an approver in the same pull request");
@@ -388,7 +394,7 @@ fn a_fast_forwarded_pull_request_cannot_add_its_own_approver_in_an_earlier_commi
     );
     t.commit("first commit of the pull request: mallory becomes an approver");
     t.repo.write(
-        "runs/r1/request.yaml",
+        &format!("{}/request.yaml", run_path("r1")),
         "apiVersion: stella/v1\nkind: RunRequest\npack: packs/gated\n",
     );
     t.commit("second commit of the pull request: the request");
@@ -406,7 +412,12 @@ fn evidence_exports_the_approvals_as_they_were_when_the_run_ended() {
     // Afterwards bob's approval is re-signed with a comment and alice's is removed: neither
     // is what the evidence covered, and the export must still be the run's.
     t.approve("r1", "bob", &["--comment", "signed again later"]);
-    t.repo.git(&["rm", "-q", "-r", "approvals/r1/change-review/alice.yaml"]);
+    t.repo.git(&[
+        "rm",
+        "-q",
+        "-r",
+        &format!("{}/change-review/alice.yaml", approvals_path("r1")),
+    ]);
     t.repo.commit_all("later edits");
     let out = t.repo.outside("r1.tar.gz");
     t.repo
@@ -422,7 +433,7 @@ fn the_trust_files_are_those_before_the_request_however_far_back_it_is() {
     // a grant given to carol in commit 20 of 37 after it must not count for it.
     let t = Team::new();
     t.repo.write(
-        "runs/r1/request.yaml",
+        &format!("{}/request.yaml", run_path("r1")),
         "apiVersion: stella/v1\nkind: RunRequest\npack: packs/gated\n",
     );
     t.commit("the request");
@@ -491,7 +502,7 @@ fn mallory_and_alice_approve_and_only_alice_counts(t: &Team) {
 fn a_valid_signature_followed_by_junk_does_not_count() {
     let t = Team::new().waiting_run("r1");
     t.approve("r1", "alice", &[]).approve("r1", "bob", &[]);
-    let dir = t.repo.path().join("approvals/r1/change-review");
+    let dir = t.repo.path().join(&format!("{}/change-review", approvals_path("r1")));
     let alice = std::fs::read_to_string(dir.join("alice.yaml.sig")).unwrap();
     std::fs::write(dir.join("alice.yaml.sig"), format!("{alice}and then some\n")).unwrap();
     let bob = std::fs::read_to_string(dir.join("bob.yaml.sig")).unwrap();
@@ -514,7 +525,10 @@ fn a_valid_signature_followed_by_junk_does_not_count() {
 fn an_approval_file_past_its_limit_does_not_count() {
     let t = Team::new().waiting_run("r1");
     t.approve("r1", "alice", &[]);
-    let file = t.repo.path().join("approvals/r1/change-review/alice.yaml");
+    let file = t
+        .repo
+        .path()
+        .join(&format!("{}/change-review/alice.yaml", approvals_path("r1")));
     let padded = format!(
         "{}# {}\n",
         std::fs::read_to_string(&file).unwrap(),
@@ -548,4 +562,30 @@ fn an_allowed_signers_file_past_its_limit_fails_the_gate() {
         show["error"].as_str().unwrap().contains("at most 1048576 are read"),
         "{show:#}"
     );
+}
+
+#[test]
+fn a_run_requested_in_the_flat_layout_is_approved_in_its_flat_directory() {
+    let t = Team::new();
+    // An older `stella` (or a person) put the request straight under runs/.
+    t.repo.write(
+        "runs/f1/request.yaml",
+        "apiVersion: stella/v1\nkind: RunRequest\npack: packs/gated\n",
+    );
+    t.commit("request f1, flat");
+    t.repo.daemon_once().ok();
+    assert_eq!(t.repo.state("f1"), "waiting");
+    t.approve("f1", "alice", &[]).approve("f1", "bob", &[]);
+    assert!(t.repo.path().join("approvals/f1/change-review/alice.yaml").exists());
+    assert!(!t.repo.path().join(approvals_path("f1")).exists());
+    t.commit("f1 approved");
+    t.repo.daemon_once().ok();
+    assert_eq!(t.repo.state("f1"), "succeeded");
+    assert!(t.repo.at_head("runs/f1/evidence/manifest.json").is_some());
+    t.repo.stella(&["ledger", "verify"]).ok();
+    let export = t.repo.outside("f1.tar.gz");
+    t.repo
+        .stella(&["runs", "export", "f1", "--output", export.to_str().unwrap()])
+        .ok();
+    t.repo.stella(&["evidence", "verify", export.to_str().unwrap()]).ok();
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::{Daemon, HELLO, Repo, all_gone, marker, shared_dir, wait_for_process};
+use crate::support::{Daemon, HELLO, Repo, all_gone, marker, run_path, shared_dir, wait_for_process};
 
 #[test]
 fn a_request_runs_and_its_ledger_is_committed() {
@@ -13,9 +13,15 @@ fn a_request_runs_and_its_ledger_is_committed() {
     r.pack("hello", HELLO).request("r1", "hello", "who: ada\n");
     r.daemon_once().ok();
     assert_eq!(r.state("r1"), "succeeded");
-    let plan = r.at_head("runs/r1/plan.json").expect("plan.json committed");
+    let plan = r
+        .at_head(&format!("{}/plan.json", run_path("r1")))
+        .expect("plan.json committed");
     assert!(plan.contains("\"planHash\":\"sha256:"));
-    assert_eq!(r.at_head("runs/r1/artifacts/greet/greeting").unwrap(), "hello ada\n");
+    assert_eq!(
+        r.at_head(&format!("{}/artifacts/greet/greeting", run_path("r1")))
+            .unwrap(),
+        "hello ada\n"
+    );
     let kinds: Vec<String> = r
         .events("r1")
         .iter()
@@ -112,7 +118,7 @@ fn a_request_that_does_not_validate_is_recorded_as_failed() {
     let r = Repo::new();
     r.pack("hello", HELLO);
     r.write(
-        "runs/bad/request.yaml",
+        &format!("{}/request.yaml", run_path("bad")),
         "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\ninputs: { whom: x }\n",
     )
     .commit_all("bad request");

@@ -8,7 +8,7 @@ use std::process::Command;
 use base64::Engine as _;
 use stella_engine::evidence::{export_archive, read_archive};
 
-use crate::support::{HELLO, Repo};
+use crate::support::{HELLO, Repo, run_path};
 
 fn export(r: &Repo, run: &str) -> (PathBuf, Vec<u8>) {
     let out = r.outside(&format!("{run}-evidence.tar.gz"));
@@ -156,7 +156,9 @@ fn no_secret_value_reaches_the_ledger_or_an_export() {
     }
     let journal = std::fs::read_to_string(r.journal("r1")).unwrap();
     assert!(!journal.contains(secret));
-    let att = r.at_head("runs/r1/evidence/attestation.dsse.json").unwrap();
+    let att = r
+        .at_head(&format!("{}/evidence/attestation.dsse.json", run_path("r1")))
+        .unwrap();
     let env: serde_json::Value = serde_json::from_str(&att).unwrap();
     let statement = base64::engine::general_purpose::STANDARD
         .decode(env["payload"].as_str().unwrap())
@@ -195,7 +197,9 @@ fn python() -> PathBuf {
 #[test]
 fn securesystemslib_verifies_the_attestation() {
     let r = finished(HELLO, "{}\n");
-    let att = r.path().join("runs/r1/evidence/attestation.dsse.json");
+    let att = r
+        .path()
+        .join(&format!("{}/evidence/attestation.dsse.json", run_path("r1")));
     let signers = std::fs::read_to_string(r.path().join(".stella/allowed_signers")).unwrap();
     let line = signers.lines().find(|l| l.starts_with("runner@stella")).unwrap();
     let blob = line.split_whitespace().find(|w| w.starts_with("AAAA")).unwrap();
@@ -241,14 +245,16 @@ fn an_edited_log_with_a_recomputed_manifest_still_fails() {
     let mut files = read_archive(&bytes, 1 << 30).unwrap();
     let (segment, events) = files
         .iter()
-        .find(|(p, b)| p.starts_with("runs/r1/events/") && String::from_utf8_lossy(b).contains("hello world"))
+        .find(|(p, b)| {
+            p.starts_with(&format!("{}/events/", run_path("r1"))) && String::from_utf8_lossy(b).contains("hello world")
+        })
         .map(|(p, b)| (p.clone(), String::from_utf8(b.clone()).unwrap()))
         .expect("a segment holds the log line");
     files.insert(
         segment.clone(),
         events.replace("hello world", "hello forged").into_bytes(),
     );
-    let manifest_path = "runs/r1/evidence/manifest.json".to_string();
+    let manifest_path = format!("{}/evidence/manifest.json", run_path("r1"));
     let mut manifest: serde_json::Value = serde_json::from_slice(&files[&manifest_path]).unwrap();
     for f in manifest["files"].as_array_mut().unwrap() {
         let p = f["path"].as_str().unwrap().to_string();

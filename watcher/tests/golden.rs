@@ -171,6 +171,7 @@ fn an_example_run_matches_its_golden_events_approval_and_attestation() {
     let started = events.iter().find(|e| e.kind == "run.started").unwrap();
     let record = RunRecord {
         run_id: "r1",
+        dir: &stella_engine::layout::RunDir::flat("r1"),
         pack_path: "packs/sbom-remediation",
         plan: &plan,
         events: &events,

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::support::{HELLO, Repo};
+use crate::support::{HELLO, Repo, run_path};
 
 fn checkpoint(r: &Repo) -> serde_json::Value {
     let text = std::fs::read_to_string(r.path().join(".git/stella/checkpoint")).expect("a checkpoint");
@@ -77,14 +77,15 @@ fn a_full_verify_leaves_a_checkpoint_and_the_next_verify_starts_after_it() {
 fn tampering_after_the_checkpoint_is_found_from_it() {
     let r = Repo::with_finished_run();
     let before = checkpoint(&r);
-    r.git(&["rm", "-q", "runs/r1/artifacts/greet/greeting"]);
+    r.git(&["rm", "-q", &format!("{}/artifacts/greet/greeting", run_path("r1"))]);
     r.tamper("hide the evidence");
     let out = r.stella(&["ledger", "verify", "--since-checkpoint"]);
     assert_eq!(out.code(), Some(1), "{}", out.stderr());
     assert!(
-        out.stderr().contains(
-            "runs/r1/artifacts/greet/greeting: runner file deleted in a commit that is not a trusted runner commit"
-        ),
+        out.stderr().contains(&format!(
+            "{}/artifacts/greet/greeting: runner file deleted in a commit that is not a trusted runner commit",
+            run_path("r1")
+        )),
         "{}",
         out.stderr()
     );

@@ -2,7 +2,7 @@
 //! events, a plan.json that is not the run's, a runner file that is no file) is reported by
 //! the daemon, `runs list`, `runs show` and `doctor`, and skipped; every other run goes on.
 
-use crate::support::{HELLO, Repo, Stella};
+use crate::support::{HELLO, Repo, Stella, run_path};
 
 /// A repository with a good request `b` and a run `a` whose files someone broke.
 fn with_a_broken_run(break_it: impl FnOnce(&Repo)) -> Repo {
@@ -53,33 +53,33 @@ fn listed(r: &Repo, id: &str) -> serde_json::Value {
 fn garbage_events_in_one_run_do_not_stop_the_daemon() {
     let r = with_a_broken_run(|r| {
         r.write(
-            "runs/a/events.ndjson",
+            &format!("{}/events.ndjson", run_path("a")),
             "{\"seq\":0,\"ts\":\"2026-01-01T00:00:00.000Z\",\"type\":\"run.planned\"}\nnot an event at all\n",
         )
         .commit_all("garbage events for a");
     });
     let out = r.daemon_once();
-    b_ran_and_a_was_skipped(&out, "runs/a/events.ndjson");
+    b_ran_and_a_was_skipped(&out, &format!("{}/events.ndjson", run_path("a")));
     assert!(plain(&out.stderr()).contains("line=2"), "{}", out.stderr());
     assert_eq!(r.state("b"), "succeeded");
 
     let a = listed(&r, "a");
     assert_eq!(a["state"], "invalid");
     assert_eq!(a["code"], "ERR_LEDGER_TAMPERED");
-    assert_eq!(a["invalid"]["file"], "runs/a/events.ndjson");
+    assert_eq!(a["invalid"]["file"], format!("{}/events.ndjson", run_path("a")));
     assert_eq!(a["invalid"]["line"], 2);
     assert!(
         a["error"]
             .as_str()
             .unwrap()
-            .starts_with("runs/a/events.ndjson line 2: "),
+            .starts_with(&format!("{}/events.ndjson line 2: ", run_path("a"))),
         "{a}"
     );
     assert_eq!(listed(&r, "b")["invalid"], serde_json::Value::Null);
     let table = r.stella(&["runs", "list"]).ok().stdout();
     let row = table.lines().find(|l| l.starts_with("a ")).unwrap();
     assert!(
-        row.contains("invalid") && row.contains("runs/a/events.ndjson line 2"),
+        row.contains("invalid") && row.contains(&format!("{}/events.ndjson line 2", run_path("a"))),
         "{row}"
     );
 
@@ -90,7 +90,10 @@ fn garbage_events_in_one_run_do_not_stop_the_daemon() {
     );
     let doctor = r.stella(&["doctor"]).stdout();
     assert!(
-        doctor.contains("warn run a is invalid and the daemon skips it: runs/a/events.ndjson line 2"),
+        doctor.contains(&format!(
+            "warn run a is invalid and the daemon skips it: {}/events.ndjson line 2",
+            run_path("a")
+        )),
         "{doctor}"
     );
     assert!(
@@ -104,15 +107,18 @@ fn a_plan_json_that_is_not_the_runs_does_not_stop_the_daemon() {
     // Written by hand beside the request, before any runner planned it (a runner's own
     // plan.json, changed later, is damage the daemon heals at start instead).
     let r = with_a_broken_run(|r| {
-        r.write("runs/a/plan.json", "{\"planHash\": \"sha256:00\"}\n")
-            .tamper("a plan.json by hand");
+        r.write(
+            &format!("{}/plan.json", run_path("a")),
+            "{\"planHash\": \"sha256:00\"}\n",
+        )
+        .tamper("a plan.json by hand");
     });
     let out = r.daemon_once();
-    b_ran_and_a_was_skipped(&out, "runs/a/plan.json");
+    b_ran_and_a_was_skipped(&out, &format!("{}/plan.json", run_path("a")));
     let a = listed(&r, "a");
     assert_eq!(
         (a["state"].as_str(), a["invalid"]["file"].as_str()),
-        (Some("invalid"), Some("runs/a/plan.json"))
+        (Some("invalid"), Some(format!("{}/plan.json", run_path("a")).as_str()))
     );
     assert!(
         r.stella(&["runs", "logs", "a"])
@@ -125,13 +131,16 @@ fn a_plan_json_that_is_not_the_runs_does_not_stop_the_daemon() {
 #[test]
 fn a_runner_file_that_is_a_directory_does_not_stop_the_daemon() {
     let r = with_a_broken_run(|r| {
-        r.write("runs/a/events.ndjson/x", "a directory where a file belongs\n")
-            .commit_all("a directory for events");
+        r.write(
+            &format!("{}/events.ndjson/x", run_path("a")),
+            "a directory where a file belongs\n",
+        )
+        .commit_all("a directory for events");
     });
-    b_ran_and_a_was_skipped(&r.daemon_once(), "runs/a/events.ndjson");
+    b_ran_and_a_was_skipped(&r.daemon_once(), &format!("{}/events.ndjson", run_path("a")));
     assert_eq!(listed(&r, "a")["invalid"]["message"], "not a regular file");
     assert!(
-        r.at_head("runs/a/events.ndjson/x").is_some(),
+        r.at_head(&format!("{}/events.ndjson/x", run_path("a"))).is_some(),
         "the runner never wrote over the directory"
     );
 }
@@ -140,14 +149,17 @@ fn a_runner_file_that_is_a_directory_does_not_stop_the_daemon() {
 fn junk_in_a_run_directory_is_reported_and_the_run_goes_on() {
     let r = Repo::new();
     r.pack("hello", HELLO).request("a", "hello", "{}\n");
-    r.write("runs/a/notes.txt", "a person's notes\n")
+    r.write(&format!("{}/notes.txt", run_path("a")), "a person's notes\n")
         .commit_all("notes in a run dir");
     let out = r.daemon_once().ok();
     assert!(out.stdout().contains("run a succeeded"), "{}", out.stdout());
     assert!(
-        out.stderr().contains("not a run file") && out.stderr().contains("runs/a/notes.txt"),
+        out.stderr().contains("not a run file") && out.stderr().contains(&format!("{}/notes.txt", run_path("a"))),
         "{}",
         out.stderr()
     );
-    assert_eq!(r.at_head("runs/a/notes.txt").as_deref(), Some("a person's notes\n"));
+    assert_eq!(
+        r.at_head(&format!("{}/notes.txt", run_path("a"))).as_deref(),
+        Some("a person's notes\n")
+    );
 }

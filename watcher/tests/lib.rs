@@ -12,6 +12,7 @@ mod evidence;
 mod golden;
 mod housekeeping;
 mod invalid_runs;
+mod layout;
 mod output;
 mod pack_cli;
 mod remote;

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use sha2::Digest;
 
-use crate::support::{HELLO, Repo, stella};
+use crate::support::{HELLO, Repo, run_path, stella};
 
 /// A pack whose one step prints `mb` MiB of 99-byte lines (and says so on stderr).
 const LOUD: &str = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: loud, version: 1.0.0 }\nspec:\n  inputs: [{ name: mb, type: string, default: \"1\" }]\n  steps:\n    - id: shout\n      run: { uses: builtin:shell, with: { script: \"head -c $((STELLA_INPUT_MB * 1048576)) /dev/zero | tr '\\\\0' x | fold -w 99; echo done >&2\" } }\n";
@@ -184,7 +184,7 @@ fn ledger_storage_grows_linearly_with_a_long_runs_events() {
     let mut ids = String::new();
     for line in String::from_utf8_lossy(&objects.stdout).lines() {
         if let Some((id, path)) = line.split_once(' ')
-            && path.starts_with("runs/r1/events")
+            && path.starts_with(&format!("{}/events", run_path("r1")))
             && path.ends_with(".ndjson")
         {
             ids.push_str(id);
@@ -222,7 +222,7 @@ fn a_run_recorded_in_one_events_file_by_an_older_runner_still_reads_verifies_and
         .to_string();
     r.daemon_once().ok();
     let events = r.events("r1");
-    let plan = r.at_head("runs/r1/plan.json").unwrap();
+    let plan = r.at_head(&format!("{}/plan.json", run_path("r1"))).unwrap();
     // The older runner stopped after the first step: its ledger is one events.ndjson.
     let upto = events.iter().position(|e| e["type"] == "step.succeeded").unwrap() + 1;
     let legacy: String = events[..upto].iter().map(|e| format!("{e}\n")).collect();
@@ -230,8 +230,8 @@ fn a_run_recorded_in_one_events_file_by_an_older_runner_still_reads_verifies_and
     std::fs::remove_file(r.path().join(".git/stella/last-seen")).ok();
     std::fs::remove_dir_all(r.path().join(".git/stella/journal")).unwrap();
     std::fs::remove_dir_all(r.path().join(".git/stella/work")).ok();
-    r.write("runs/r1/events.ndjson", &legacy)
-        .write("runs/r1/plan.json", &plan);
+    r.write(&format!("{}/events.ndjson", run_path("r1")), &legacy)
+        .write(&format!("{}/plan.json", run_path("r1")), &plan);
     r.git(&["add", "-A"]);
     r.git(&[
         "-c",
@@ -251,12 +251,15 @@ fn a_run_recorded_in_one_events_file_by_an_older_runner_still_reads_verifies_and
     r.daemon_once().ok();
     assert_eq!(r.state("r1"), "succeeded");
     assert_eq!(
-        r.at_head("runs/r1/events.ndjson").unwrap(),
+        r.at_head(&format!("{}/events.ndjson", run_path("r1"))).unwrap(),
         legacy,
         "the old file is never rewritten"
     );
     let files = r.event_files("r1");
-    assert!(files.len() >= 2 && files[1].starts_with("runs/r1/events/"), "{files:?}");
+    assert!(
+        files.len() >= 2 && files[1].starts_with(&format!("{}/events/", run_path("r1"))),
+        "{files:?}"
+    );
     let seqs: Vec<u64> = r.events("r1").iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (seqs[0]..seqs[0] + seqs.len() as u64).collect::<Vec<_>>());
     r.stella(&["ledger", "verify"]).ok();
@@ -269,7 +272,7 @@ fn ledger_verify_finds_a_segment_that_skips_events() {
     r.pack("hello", HELLO).request("r1", "hello", "who: ada\n");
     r.daemon_once().ok();
     let next = r.events("r1").len() as u64 + 5;
-    let segment = format!("runs/r1/events/{next:012}.ndjson");
+    let segment = format!("{}/events/{next:012}.ndjson", run_path("r1"));
     r.write(
         &segment,
         &format!("{{\"seq\":{next},\"ts\":\"2026-01-01T00:00:00.000Z\",\"type\":\"run.note\"}}\n"),

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{Daemon, HELLO, Repo};
+use crate::support::{Daemon, HELLO, Repo, run_path};
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -91,7 +91,7 @@ fn push_slow_request(admin: &Repo, secs: u32) {
     );
     admin.write("packs/hello/pack.yaml", &slow);
     admin.write(
-        "runs/r1/request.yaml",
+        &format!("{}/request.yaml", run_path("r1")),
         "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
     );
     admin.commit_all("slow request");
@@ -174,7 +174,7 @@ fn a_pull_request_is_planned_and_noted_but_runs_only_after_the_merge() {
     admin.git(&["checkout", "-q", "-b", "pr-1"]);
     admin
         .write(
-            "runs/p1/request.yaml",
+            &format!("{}/request.yaml", run_path("p1")),
             "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\ninputs: { who: reviewer }\n",
         )
         .commit_all("request p1");
@@ -337,7 +337,7 @@ fn an_unreachable_remote_is_waited_out_not_fatal() {
     assert!(said(&d).contains("cannot exchange with the remote"));
     std::fs::rename(&away, hub.path()).unwrap();
     admin.write(
-        "runs/r1/request.yaml",
+        &format!("{}/request.yaml", run_path("r1")),
         "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
     );
     admin.commit_all("request");
@@ -372,7 +372,7 @@ fn a_request_that_plans_differently_after_the_merge_than_its_note_fails() {
     admin.git(&["checkout", "-q", "-b", "pr-2"]);
     admin
         .write(
-            "runs/p2/request.yaml",
+            &format!("{}/request.yaml", run_path("p2")),
             "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
         )
         .commit_all("request p2");
@@ -418,7 +418,7 @@ fn pull_request_notes_judge_by_the_branch_policy_and_closed_pull_requests_are_dr
         )
         .write("packs/net/pack.yaml", &net.replace("name: hello", "name: net"))
         .write(
-            "runs/p3/request.yaml",
+            &format!("{}/request.yaml", run_path("p3")),
             "apiVersion: stella/v1\nkind: RunRequest\npack: packs/net\n",
         )
         .commit_all("request p3");
@@ -456,7 +456,7 @@ fn a_runner_machine_without_a_git_identity_notes_and_pushes() {
     admin.git(&["checkout", "-q", "-b", "pr-4"]);
     admin
         .write(
-            "runs/p4/request.yaml",
+            &format!("{}/request.yaml", run_path("p4")),
             "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
         )
         .commit_all("request p4");
@@ -599,7 +599,7 @@ fn a_journal_is_pruned_only_once_the_servers_branch_holds_its_events() {
     let (hub, admin, runners) = hub_with_runners(1);
     let r = &runners[0];
     admin.write(
-        "runs/r1/request.yaml",
+        &format!("{}/request.yaml", run_path("r1")),
         "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
     );
     admin.commit_all("request");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sha2::Digest;
 
-use crate::support::{HELLO, Repo, stella};
+use crate::support::{HELLO, Repo, run_path, stella};
 
 const INDEX: &str = ".git/stella/index/runs.json";
 
@@ -148,7 +148,8 @@ fn a_commit_costs_reads_of_the_runs_it_touched_only() {
     assert_eq!(list_reads(&r), 0, "the daemon's last scan left every run in the index");
     r.write("notes.md", "unrelated\n").commit_all("an unrelated commit");
     assert_eq!(list_reads(&r), 0, "a commit touching no run reads none");
-    r.write("runs/r2/notes.md", "a stray file\n").commit_all("touch r2");
+    r.write(&format!("{}/notes.md", run_path("r2")), "a stray file\n")
+        .commit_all("touch r2");
     assert_eq!(list_reads(&r), 1, "a commit touching r2 reads r2 only");
     assert_eq!(list_reads(&r), 0);
     let out = stella()
@@ -200,8 +201,11 @@ fn unrelated_commits_do_not_re_check_a_waiting_run() {
             reads(&log()).len() > scans
         });
     }
-    r.write("runs/w1/cancel.yaml", "reason: \"no longer needed\"\n")
-        .commit_all("cancel w1");
+    r.write(
+        &format!("{}/cancel.yaml", run_path("w1")),
+        "reason: \"no longer needed\"\n",
+    )
+    .commit_all("cancel w1");
     d.wait_for("w1 to be cancelled", Duration::from_secs(30), || {
         r.state("w1") == "cancelled"
     });

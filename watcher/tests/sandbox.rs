@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::{Daemon, Repo, Scratch, Stella, all_gone, marker, pids_with, shared_dir, wait_for};
+use crate::support::{Daemon, Repo, Scratch, Stella, all_gone, marker, pids_with, run_path, shared_dir, wait_for};
 
 /// A pack `name` with one step `probe` that runs `script` in bash.
 fn probe_pack(name: &str, script: &str) -> String {
@@ -474,7 +474,9 @@ fn sandbox_off_still_runs_and_says_so_in_events_evidence_and_doctor() {
         !step_output(&r, "r1").contains("pid=2\n"),
         "unisolated steps see the host's pids"
     );
-    let att = r.at_head("runs/r1/evidence/attestation.dsse.json").unwrap();
+    let att = r
+        .at_head(&format!("{}/evidence/attestation.dsse.json", run_path("r1")))
+        .unwrap();
     let env: serde_json::Value = serde_json::from_str(&att).unwrap();
     let statement = base64::Engine::decode(
         &base64::engine::general_purpose::STANDARD,

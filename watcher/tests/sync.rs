@@ -1,7 +1,7 @@
 //! Air-gap round trips with git bundles, and bundles that must be refused with the
 //! repository left exactly as it was.
 
-use crate::support::{HELLO, Repo};
+use crate::support::{HELLO, Repo, run_path};
 
 fn refs(r: &Repo) -> String {
     String::from_utf8_lossy(&r.git(&["for-each-ref", "--format=%(refname) %(objectname)"]).stdout).into_owned()
@@ -222,14 +222,14 @@ fn notes_alone_travel_and_merge_with_the_other_side() {
 fn an_older_bundle_is_nothing_new_and_an_untracked_file_in_the_way_is_refused() {
     let (online, offline, bundle) = pair();
     // Untracked on the offline side, and added by the bundle: refused before anything moves.
-    offline.write("runs/r1/request.yaml", "not committed\n");
+    offline.write(&format!("{}/request.yaml", run_path("r1")), "not committed\n");
     refused(&offline, &bundle, "ERR_USAGE");
-    std::fs::remove_file(offline.path().join("runs/r1/request.yaml")).unwrap();
-    std::fs::remove_dir(offline.path().join("runs/r1")).unwrap();
+    std::fs::remove_file(offline.path().join(&format!("{}/request.yaml", run_path("r1")))).unwrap();
+    std::fs::remove_dir(offline.path().join(run_path("r1"))).unwrap();
     // A file where the bundle needs a directory is in the way just the same.
-    offline.write("runs/r1", "not a directory\n");
+    offline.write(&run_path("r1"), "not a directory\n");
     refused(&offline, &bundle, "ERR_USAGE");
-    std::fs::remove_file(offline.path().join("runs/r1")).unwrap();
+    std::fs::remove_file(offline.path().join(run_path("r1"))).unwrap();
     offline.stella(&["sync", "import", bundle.to_str().unwrap()]).ok();
     // The online side moves on; the first bundle, imported again, is simply behind.
     online.request("r2", "hello", "{}\n");

@@ -3,7 +3,7 @@
 //! commit it signs), a merge is not tampering, and the daemon refuses rewritten history and
 //! forged events instead of carrying on from them.
 
-use crate::support::{HELLO, Repo};
+use crate::support::{HELLO, Repo, run_path};
 
 fn verify_fails_naming(r: &Repo, path_part: &str, message_part: &str) {
     let out = r.stella(&["ledger", "verify"]);
@@ -26,9 +26,9 @@ fn verify_fails_naming(r: &Repo, path_part: &str, message_part: &str) {
 #[test]
 fn ledger_verify_finds_a_deleted_runner_file() {
     let r = Repo::with_finished_run();
-    r.git(&["rm", "-q", "runs/r1/artifacts/greet/greeting"]);
+    r.git(&["rm", "-q", &format!("{}/artifacts/greet/greeting", run_path("r1"))]);
     r.tamper("hide the evidence");
-    verify_fails_naming(&r, "runs/r1/artifacts/greet/greeting", "deleted");
+    verify_fails_naming(&r, &format!("{}/artifacts/greet/greeting", run_path("r1")), "deleted");
 }
 
 #[test]
@@ -44,7 +44,7 @@ fn ledger_verify_finds_rewritten_events() {
 fn ledger_verify_finds_an_append_by_someone_else() {
     let r = Repo::with_finished_run();
     let next = r.events("r1").len();
-    let segment = format!("runs/r1/events/{next:012}.ndjson");
+    let segment = format!("{}/events/{next:012}.ndjson", run_path("r1"));
     let event = format!("{{\"seq\":{next},\"ts\":\"2026-01-01T00:00:00.000Z\",\"type\":\"run.succeeded\"}}\n");
     r.write(&segment, &event).tamper("append, unsigned");
     verify_fails_naming(&r, &segment, "not a trusted runner commit");
@@ -53,10 +53,21 @@ fn ledger_verify_finds_an_append_by_someone_else() {
 #[test]
 fn ledger_verify_finds_a_forged_run_and_an_edited_plan() {
     let r = Repo::with_finished_run();
-    r.write("runs/forged/plan.json", "{\"planHash\":\"sha256:00\"}")
-        .commit_all("forge a run");
-    verify_fails_naming(&r, "runs/forged/plan.json", "not a trusted runner commit");
-    verify_fails_naming(&r, "runs/forged/plan.json", "does not match its hash");
+    r.write(
+        &format!("{}/plan.json", run_path("forged")),
+        "{\"planHash\":\"sha256:00\"}",
+    )
+    .commit_all("forge a run");
+    verify_fails_naming(
+        &r,
+        &format!("{}/plan.json", run_path("forged")),
+        "not a trusted runner commit",
+    );
+    verify_fails_naming(
+        &r,
+        &format!("{}/plan.json", run_path("forged")),
+        "does not match its hash",
+    );
 }
 
 #[test]
@@ -78,7 +89,7 @@ fn ledger_verify_refuses_a_key_added_in_the_same_commit() {
         ".stella/allowed_signers",
         &format!("{signers}mallory namespaces=\"git\" {public}"),
     );
-    r.write("runs/r1/extra.txt", "forged\n");
+    r.write(&format!("{}/extra.txt", run_path("r1")), "forged\n");
     r.git(&["add", "-A"]);
     let out = r.git_try(&[
         "-c",
@@ -92,7 +103,7 @@ fn ledger_verify_refuses_a_key_added_in_the_same_commit() {
         "signed by a key added right here",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    verify_fails_naming(&r, "runs/r1/extra.txt", "does not trust");
+    verify_fails_naming(&r, &format!("{}/extra.txt", run_path("r1")), "does not trust");
 }
 
 #[test]
@@ -115,11 +126,11 @@ fn the_daemon_refuses_to_go_on_after_history_was_rewritten() {
 fn ledger_verify_finds_a_request_edited_after_planning() {
     let r = Repo::with_finished_run();
     r.write(
-        "runs/r1/request.yaml",
+        &format!("{}/request.yaml", run_path("r1")),
         "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\ninputs: { who: mallory }\n",
     )
     .commit_all("edit the request afterwards");
-    verify_fails_naming(&r, "runs/r1/request.yaml", "immutable");
+    verify_fails_naming(&r, &format!("{}/request.yaml", run_path("r1")), "immutable");
 }
 
 #[test]
@@ -138,11 +149,11 @@ fn forged_events_in_a_merged_request_are_never_continued() {
     let r = Repo::new();
     r.pack("hello", HELLO);
     r.write(
-        "runs/f1/request.yaml",
+        &format!("{}/request.yaml", run_path("f1")),
         "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
     );
     r.write(
-        "runs/f1/events.ndjson",
+        &format!("{}/events.ndjson", run_path("f1")),
         "{\"seq\":0,\"ts\":\"2026-01-01T00:00:00.000Z\",\"type\":\"run.planned\",\"data\":{\"planHash\":\"sha256:00\",\"requestCommit\":\"0000000000000000000000000000000000000000\"}}\n{\"seq\":1,\"ts\":\"2026-01-01T00:00:00.000Z\",\"type\":\"step.succeeded\",\"step\":\"greet\"}\n",
     );
     r.commit_all("a request with a head start");

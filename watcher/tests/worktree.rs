@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::support::{HELLO, Repo};
+use crate::support::{HELLO, Repo, approvals_path, run_path};
 
-/// `path -> blob` of every file under `runs/<id>/` at HEAD.
+/// `path -> blob` of every file under the run directory of `id` at HEAD.
 fn run_files_at_head(r: &Repo, id: &str) -> BTreeMap<String, String> {
-    let out = r.git(&["ls-tree", "-r", "HEAD", &format!("runs/{id}/")]);
+    let out = r.git(&["ls-tree", "-r", "HEAD", &format!("{}/", run_path(id))]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
@@ -46,7 +46,7 @@ fn request_r2_by_hand(r: &Repo) {
         "r2",
     ])
     .ok();
-    r.git(&["add", "runs/r2/request.yaml"]);
+    r.git(&["add", &format!("{}/request.yaml", run_path("r2"))]);
     r.git(&["commit", "-q", "-m", "request r2"]);
 }
 
@@ -61,17 +61,19 @@ fn a_stale_index_left_by_a_kill_between_branch_move_and_index_update_is_repaired
     r.daemon_once().ok();
     let committed = run_files_at_head(&r, "r1");
     assert!(
-        committed.contains_key("runs/r1/evidence/manifest.json"),
+        committed.contains_key(&format!("{}/evidence/manifest.json", run_path("r1"))),
         "{committed:?}"
     );
     std::fs::write(&index, before).unwrap();
     // Killed mid-way through writing the working tree, too.
-    std::fs::remove_file(r.path().join("runs/r1/evidence/manifest.json")).unwrap();
+    std::fs::remove_file(r.path().join(&format!("{}/evidence/manifest.json", run_path("r1")))).unwrap();
     assert!(!r.status_porcelain().is_empty(), "the index is stale");
 
     let restart = r.daemon_once().ok();
     assert!(
-        restart.stdout().contains("repaired runs/r1/evidence/manifest.json"),
+        restart
+            .stdout()
+            .contains(&format!("repaired {}/evidence/manifest.json", run_path("r1"))),
         "{}",
         restart.stdout()
     );
@@ -95,11 +97,14 @@ fn the_pre_commit_hook_refuses_deleting_or_changing_runner_files() {
             .contains("ok   pre-commit hook installed")
     );
 
-    r.git(&["rm", "-q", "runs/r1/evidence/manifest.json"]);
+    r.git(&["rm", "-q", &format!("{}/evidence/manifest.json", run_path("r1"))]);
     let deleted = r.git_try(&["commit", "-q", "-m", "tidy up"]);
     let err = String::from_utf8_lossy(&deleted.stderr);
     assert!(!deleted.status.success(), "{err}");
-    assert!(err.contains("deleted:  runs/r1/evidence/manifest.json"), "{err}");
+    assert!(
+        err.contains(&format!("deleted:  {}/evidence/manifest.json", run_path("r1"))),
+        "{err}"
+    );
     assert!(
         err.contains("git commit --no-verify") && err.contains("stella ledger verify"),
         "{err}"
@@ -119,10 +124,13 @@ fn the_pre_commit_hook_refuses_deleting_or_changing_runner_files() {
     // What people write goes through: requests, cancels, approvals.
     request_r2_by_hand(&r);
     r.write(
-        "runs/r1/cancel.yaml",
+        &format!("{}/cancel.yaml", run_path("r1")),
         "apiVersion: stella/v1\nkind: RunCancel\nrun: r1\n",
     )
-    .write("approvals/r1/review/alice.yaml", "decision: approve\n")
+    .write(
+        &format!("{}/review/alice.yaml", approvals_path("r1")),
+        "decision: approve\n",
+    )
     .commit_all("a cancel and an approval");
     r.stella(&["ledger", "verify"]).ok();
 }
@@ -157,7 +165,7 @@ fn init_leaves_a_different_pre_commit_hook_alone_and_doctor_warns() {
 
 /// A person's `--no-verify` commit that deletes the evidence and truncates the events.
 fn damage(r: &Repo) -> String {
-    std::fs::remove_file(r.path().join("runs/r1/evidence/manifest.json")).unwrap();
+    std::fs::remove_file(r.path().join(&format!("{}/evidence/manifest.json", run_path("r1")))).unwrap();
     let segment = r.event_file_with("r1", "run.succeeded");
     let events = r.at_head(&segment).unwrap();
     r.write(&segment, &format!("{}\n", events.lines().next().unwrap()));
@@ -175,9 +183,10 @@ fn damage_by_a_persons_no_verify_commit_fails_verify_until_healed() {
     assert_eq!(out.code(), Some(1), "{}", out.stdout());
     assert!(
         out.stderr().contains("error[ERR_LEDGER_TAMPERED]: commit ")
-            && out
-                .stderr()
-                .contains("runs/r1/evidence/manifest.json: runner file deleted")
+            && out.stderr().contains(&format!(
+                "{}/evidence/manifest.json: runner file deleted",
+                run_path("r1")
+            ))
             && out.stderr().contains("run `stella ledger heal`"),
         "{}",
         out.stderr()

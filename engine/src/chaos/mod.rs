@@ -226,18 +226,21 @@ pub fn install(chaos: Arc<Chaos>) {
 /// `paths` belong to.
 pub fn at_commit<'a>(at: Point, paths: impl IntoIterator<Item = &'a str>) {
     let Some(chaos) = INSTALLED.get() else { return };
-    fire_outside_a_run(chaos, at, one_run(paths));
+    fire_outside_a_run(chaos, at, one_run(paths).as_deref());
 }
 
-/// The run every path is under (`runs/<run>/…`), when they are all under the same one.
-fn one_run<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let mut run = None;
+/// The run every path is under (`runs/_<xx>/<run>/…` or `runs/<run>/…`), when they are all
+/// under the same one.
+fn one_run<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let mut run: Option<String> = None;
     for path in paths {
-        let this = path.strip_prefix("runs/").and_then(|r| r.split('/').next())?;
-        if run.is_some_and(|r| r != this) {
+        let (crate::layout::Area::Runs, dir, _) = crate::layout::classify(path)? else {
+            return None;
+        };
+        if run.as_ref().is_some_and(|r| *r != dir.id) {
             return None;
         }
-        run = Some(this);
+        run = Some(dir.id);
     }
     run
 }

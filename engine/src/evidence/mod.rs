@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::code::Code;
 use crate::event::Event;
+use crate::layout::RunDir;
 use crate::plan::Plan;
 use crate::state::fold;
 
@@ -86,6 +87,8 @@ pub const MANIFEST: &str = "evidence/manifest.json";
 /// What the evidence of one run is made from.
 pub struct RunRecord<'a> {
     pub run_id: &'a str,
+    /// Where the run's files are: the paths the manifest and the attestation name.
+    pub dir: &'a RunDir,
     pub pack_path: &'a str,
     pub plan: &'a Plan,
     pub events: &'a [Event],
@@ -114,12 +117,12 @@ fn covered_files(r: &RunRecord) -> BTreeMap<String, String> {
     let mut files: BTreeMap<String, String> = BTreeMap::new();
     for (p, b) in r.run_files {
         if !p.starts_with("evidence/") {
-            files.insert(format!("runs/{}/{p}", r.run_id), sha256(b));
+            files.insert(r.dir.file(p), sha256(b));
         }
     }
-    files.insert(format!("runs/{}/request.yaml", r.run_id), sha256(r.request));
+    files.insert(r.dir.file("request.yaml"), sha256(r.request));
     if let Some(c) = r.cancel {
-        files.insert(format!("runs/{}/cancel.yaml", r.run_id), sha256(c));
+        files.insert(r.dir.file("cancel.yaml"), sha256(c));
     }
     for (p, b) in r.approvals {
         files.insert(p.clone(), sha256(b));
@@ -176,7 +179,7 @@ pub fn statement(r: &RunRecord) -> Json {
             "runId": r.run_id,
             "pack": { "name": r.plan.pack.name, "version": r.plan.pack.version, "path": r.pack_path },
             "planHash": r.plan.hash(),
-            "request": { "path": format!("runs/{}/request.yaml", r.run_id), "sha256": sha256(r.request) },
+            "request": { "path": r.dir.file("request.yaml"), "sha256": sha256(r.request) },
             "inputs": inputs,
             "secrets": secrets,
             "sealed": r.sealed,
@@ -200,7 +203,7 @@ pub fn build(r: &RunRecord, key: &crate::keys::SshKey) -> (Vec<u8>, Vec<u8>) {
     let env = dsse::sign(PAYLOAD_TYPE, &body, &key.signing_key(), &key.fingerprint());
     let attestation = serde_json::to_vec_pretty(&env).expect("JSON");
     let mut files = covered_files(r);
-    files.insert(format!("runs/{}/{ATTESTATION}", r.run_id), sha256(&attestation));
+    files.insert(r.dir.file(ATTESTATION), sha256(&attestation));
     let manifest = json!({ "run": r.run_id, "files": files.iter().map(|(p, d)| json!({ "path": p, "sha256": d })).collect::<Vec<_>>() });
     (attestation, serde_json::to_vec_pretty(&manifest).expect("JSON"))
 }

@@ -33,8 +33,16 @@ pub fn verify_archive(bytes: &[u8], signers: Option<&str>) -> Result<Vec<Check>,
     let [att_path] = runs.as_slice() else {
         return Err(Error::Attestations(runs.len()));
     };
-    let run_dir = att_path.trim_end_matches(ATTESTATION).trim_end_matches('/').to_string();
-    let run_id = run_dir.trim_start_matches("runs/").to_string();
+    // The run's place follows from the attestation's path, in either layout.
+    let (run_dir, run_id, approvals_dir) = match crate::layout::classify(att_path) {
+        Some((crate::layout::Area::Runs, dir, _)) => (dir.dir(), dir.id.clone(), dir.approvals()),
+        _ => {
+            let run_dir = att_path.trim_end_matches(ATTESTATION).trim_end_matches('/').to_string();
+            let run_id = run_dir.trim_start_matches("runs/").to_string();
+            let approvals_dir = format!("approvals/{run_id}");
+            (run_dir, run_id, approvals_dir)
+        }
+    };
     let signers_text = match signers {
         Some(t) => t.to_string(),
         None => String::from_utf8_lossy(files.get(".stella/allowed_signers").ok_or(Error::NoSigners)?).into_owned(),
@@ -110,7 +118,7 @@ pub fn verify_archive(bytes: &[u8], signers: Option<&str>) -> Result<Vec<Check>,
         );
     }
     for path in files.keys() {
-        let covered = path.starts_with(&format!("{run_dir}/")) || path.starts_with(&format!("approvals/{run_id}/"));
+        let covered = path.starts_with(&format!("{run_dir}/")) || path.starts_with(&format!("{approvals_dir}/"));
         let evidence = path.starts_with(&format!("{run_dir}/evidence/"));
         if covered && !evidence && !signed_files.contains_key(path) {
             check(
@@ -144,7 +152,7 @@ pub fn verify_archive(bytes: &[u8], signers: Option<&str>) -> Result<Vec<Check>,
     }
     let manifest_path = format!("{run_dir}/{MANIFEST}");
     for path in files.keys() {
-        let covered = path.starts_with(&format!("{run_dir}/")) || path.starts_with(&format!("approvals/{run_id}/"));
+        let covered = path.starts_with(&format!("{run_dir}/")) || path.starts_with(&format!("{approvals_dir}/"));
         if covered && *path != manifest_path && !listed.contains_key(path) {
             check(false, format!("{path} is in the archive but not in the manifest"));
         }

@@ -110,7 +110,10 @@ fn differ(
         return changes(ledger, &path, x_tree, y_tree, out);
     }
     let (x_blob, y_blob) = (blob(x), blob(y));
-    let request = path.ends_with("/request.yaml") && path.split('/').count() == 3;
+    let request = matches!(
+        crate::layout::classify(&path),
+        Some((crate::layout::Area::Runs, _, "request.yaml"))
+    );
     if is_runner_path(&path) || request {
         out.files.push((path, x_blob, y_blob));
     }

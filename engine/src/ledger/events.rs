@@ -1,7 +1,8 @@
 //! Where a run's events live in the ledger. The format: append-only segments,
-//! `runs/<id>/events/<seq of the first event, zero-padded to 12 digits>.ndjson`, each written
+//! `<run dir>/events/<seq of the first event, zero-padded to 12 digits>.ndjson`, each written
 //! once by one runner commit and never changed; a commit adds one segment holding the events
-//! since the last. Runs recorded before segments have a single `runs/<id>/events.ndjson`
+//! since the last (`<run dir>` is `runs/_<xx>/<id>` or a flat `runs/<id>`, `crate::layout`).
+//! Runs recorded before segments have a single `<run dir>/events.ndjson`
 //! (rewritten whole by every commit); it is still read, and comes before any segment. The
 //! events of a run are that file followed by the segments in seq order, byte for byte the
 //! journal's prefix. Owns the names and the reading; never writes.
@@ -9,6 +10,7 @@
 use gix::ObjectId;
 
 use super::{Error, Ledger, git};
+use crate::layout::RunDir;
 
 /// The single events file of runs recorded before segments, relative to the run directory.
 pub const LEGACY: &str = "events.ndjson";
@@ -21,8 +23,8 @@ pub fn segment_name(first_seq: u64) -> String {
 }
 
 /// The repository path of the segment of `run` starting at `first_seq`.
-pub fn segment_path(run: &str, first_seq: u64) -> String {
-    format!("runs/{run}/{SEGMENTS}/{}", segment_name(first_seq))
+pub fn segment_path(run: &RunDir, first_seq: u64) -> String {
+    run.file(&format!("{SEGMENTS}/{}", segment_name(first_seq)))
 }
 
 /// The first seq a segment file name stands for, if it is one written as `segment_name` writes it.
@@ -70,10 +72,10 @@ pub fn last_seq(bytes: &[u8]) -> Option<u64> {
 impl Ledger {
     /// The segments of `run` at `commit`: (first seq, blob), in seq order. Files under
     /// `events/` that are not segments are left out (`ledger verify` reports them).
-    pub fn run_segments(&self, commit: ObjectId, run: &str) -> Result<Vec<(u64, ObjectId)>, Error> {
+    pub fn run_segments(&self, commit: ObjectId, run: &RunDir) -> Result<Vec<(u64, ObjectId)>, Error> {
         let root = self.repo.find_commit(commit).map_err(git)?.tree().map_err(git)?;
         let Some(dir) = root
-            .lookup_entry_by_path(format!("runs/{run}/{SEGMENTS}"))
+            .lookup_entry_by_path(run.file(SEGMENTS))
             .map_err(git)?
             .filter(|e| e.mode().is_tree())
         else {
@@ -92,8 +94,8 @@ impl Ledger {
     }
 
     /// The events of `run` at `commit`, as one NDJSON text; `None` when it has none.
-    pub fn run_events(&self, commit: ObjectId, run: &str) -> Result<Option<Vec<u8>>, Error> {
-        let legacy = self.read(commit, &format!("runs/{run}/{LEGACY}"))?;
+    pub fn run_events(&self, commit: ObjectId, run: &RunDir) -> Result<Option<Vec<u8>>, Error> {
+        let legacy = self.read(commit, &run.file(LEGACY))?;
         let segments = self.run_segments(commit, run)?;
         if legacy.is_none() && segments.is_empty() {
             return Ok(None);
@@ -106,11 +108,11 @@ impl Ledger {
     }
 
     /// How many bytes of events `run` has at `commit` (object headers only, no content read).
-    pub fn run_events_len(&self, commit: ObjectId, run: &str) -> Result<u64, Error> {
+    pub fn run_events_len(&self, commit: ObjectId, run: &RunDir) -> Result<u64, Error> {
         let root = self.repo.find_commit(commit).map_err(git)?.tree().map_err(git)?;
         let mut ids: Vec<ObjectId> = self.run_segments(commit, run)?.into_iter().map(|(_, id)| id).collect();
         if let Some(e) = root
-            .lookup_entry_by_path(format!("runs/{run}/{LEGACY}"))
+            .lookup_entry_by_path(run.file(LEGACY))
             .map_err(git)?
             .filter(|e| e.mode().is_blob())
         {
@@ -122,11 +124,8 @@ impl Ledger {
     }
 
     /// Whether `run` has any events at `commit` (it was planned there).
-    pub fn has_run_events(&self, commit: ObjectId, run: &str) -> Result<bool, Error> {
-        Ok(
-            self.read(commit, &format!("runs/{run}/{LEGACY}"))?.is_some()
-                || !self.run_segments(commit, run)?.is_empty(),
-        )
+    pub fn has_run_events(&self, commit: ObjectId, run: &RunDir) -> Result<bool, Error> {
+        Ok(self.read(commit, &run.file(LEGACY))?.is_some() || !self.run_segments(commit, run)?.is_empty())
     }
 }
 

@@ -284,7 +284,10 @@ pub fn prune_journals(ledger: &Ledger, tips: &[ObjectId]) -> Result<usize, Error
 /// events of `run`, and they say the run is finished.
 fn ledger_holds(ledger: &Ledger, tip: ObjectId, others: &[ObjectId], run: &str, journal: &[u8]) -> Result<bool, Error> {
     for &at in std::iter::once(&tip).chain(others) {
-        if ledger.run_events(at, run)?.as_deref() != Some(journal) {
+        let Some(dir) = ledger.locate(at, run)? else {
+            return Ok(false);
+        };
+        if ledger.run_events(at, &dir)?.as_deref() != Some(journal) {
             return Ok(false);
         }
     }

@@ -10,6 +10,7 @@ pub mod heal;
 pub mod maintenance;
 pub mod notes;
 mod repair;
+pub mod run_dirs;
 pub mod seen;
 pub mod verify;
 mod worktree;
@@ -24,7 +25,7 @@ use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
 use gix::refs::{FullName, Target};
 
 use crate::code::Code;
-use crate::layout::RunDir;
+use crate::layout::{Area, RunDir};
 
 /// A gix failure: gix has an error type per operation; the ledger keeps it whole as the source.
 pub type GitError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -157,15 +158,19 @@ pub struct Ledger {
     identity: Identity,
 }
 
-/// Paths the runner may write: `runs/<run-id>/<file>`, nothing else.
+/// Paths the runner may write: files in a run directory (`runs/_<xx>/<id>/<file>` or a flat
+/// `runs/<id>/<file>`) but the request and the cancel file, nothing else.
 pub fn is_runner_path(path: &str) -> bool {
-    let mut parts = path.split('/');
-    matches!(parts.next(), Some("runs"))
-        && parts.next().is_some_and(crate::run_id::is_valid)
-        && path.split('/').count() >= 3
-        && !path.split('/').any(|p| p.is_empty() || p == "." || p == "..")
-        && path.split('/').nth(2) != Some("request.yaml")
-        && path.split('/').nth(2) != Some("cancel.yaml")
+    if path.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+        return false;
+    }
+    match crate::layout::classify(path) {
+        Some((Area::Runs, _, rest)) => {
+            let first = rest.split('/').next().unwrap_or_default();
+            !first.is_empty() && first != "request.yaml" && first != "cancel.yaml"
+        }
+        _ => false,
+    }
 }
 
 impl Ledger {
@@ -266,13 +271,18 @@ impl Ledger {
     pub fn locate(&self, commit: ObjectId, id: &str) -> Result<Option<RunDir>, Error> {
         let root = self.repo.find_commit(commit).map_err(git)?.tree().map_err(git)?;
         for dir in [RunDir::flat(id), RunDir::new(id)] {
-            if let Some(e) = root.lookup_entry_by_path(dir.dir()).map_err(git)? {
-                if e.mode().is_tree() {
-                    return Ok(Some(dir));
-                }
+            if let Some(e) = root.lookup_entry_by_path(dir.dir()).map_err(git)?
+                && e.mode().is_tree()
+            {
+                return Ok(Some(dir));
             }
         }
         Ok(None)
+    }
+
+    /// Where run `id` lives in `commit` (`locate`), or where a new run of that id goes (its shard).
+    pub fn run_dir(&self, commit: ObjectId, id: &str) -> Result<RunDir, Error> {
+        Ok(self.locate(commit, id)?.unwrap_or_else(|| RunDir::new(id)))
     }
 
     /// As `list`, with each entry's object id: what a cache keys a directory's content by.

@@ -8,6 +8,7 @@ use std::collections::{HashSet, VecDeque};
 use gix::ObjectId;
 
 use super::Ledger;
+use crate::layout::RunDir;
 
 /// The notes runners write plan summaries in.
 pub const NOTES_REF: &str = "refs/notes/stella";
@@ -33,7 +34,8 @@ fn note_at(ledger: &Ledger, notes: ObjectId, commit: ObjectId) -> Option<String>
 /// The plan hash noted for run `id` on the pull request that brought it: the newest commit
 /// holding the request, walking back from `commit`, whose note (local or fetched) has a plan
 /// for the run. `(noted commit, planHash)`.
-pub fn noted_plan_hash(ledger: &Ledger, commit: ObjectId, id: &str) -> Option<(ObjectId, String)> {
+pub fn noted_plan_hash(ledger: &Ledger, commit: ObjectId, dir: &RunDir) -> Option<(ObjectId, String)> {
+    let id = dir.id.as_str();
     let stores: Vec<ObjectId> = [NOTES_REF, REMOTE_NOTES_REF]
         .iter()
         .filter_map(|r| ledger.resolve(r))
@@ -41,7 +43,7 @@ pub fn noted_plan_hash(ledger: &Ledger, commit: ObjectId, id: &str) -> Option<(O
     if stores.is_empty() {
         return None;
     }
-    let request_path = format!("runs/{id}/request.yaml");
+    let request_path = dir.file("request.yaml");
     let header = format!("stella plan for runs/{id}\n");
     let mut queue = VecDeque::from([commit]);
     let mut seen = HashSet::new();

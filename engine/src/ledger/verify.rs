@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::diff::{self, Diff};
 use super::{Error, Ledger};
 use crate::allowed_signers::AllowedSigners;
+use crate::layout::{self, RunDir};
 
 /// One violation, naming the commit and the path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -67,7 +68,7 @@ struct Kept {
     /// The raw data of the last `runs` tree diffed on its new side: the next commit's old side.
     runs_data: Option<(ObjectId, Vec<u8>)>,
     signers: HashMap<ObjectId, Result<AllowedSigners, String>>,
-    next_seq: HashMap<String, (ObjectId, u64)>,
+    next_seq: HashMap<RunDir, (ObjectId, u64)>,
 }
 
 impl Kept {
@@ -242,12 +243,11 @@ pub(super) fn check(ledger: &Ledger, history: &[ObjectId]) -> Result<Report, Err
         let diff = found.files;
         let mut changed = Vec::new();
         // Events segments this commit adds, by run: (file name, blob).
-        let mut added: BTreeMap<String, Vec<(String, ObjectId)>> = BTreeMap::new();
+        let mut added: BTreeMap<RunDir, Vec<(String, ObjectId)>> = BTreeMap::new();
         let has_segments = |parent: Option<ObjectId>, path: &str| -> Result<bool, Error> {
-            let run = path.split('/').nth(1).unwrap_or_default();
-            Ok(match parent {
-                Some(p) => !ledger.run_segments(p, run)?.is_empty(),
-                None => false,
+            Ok(match (parent, layout::classify(path)) {
+                (Some(p), Some((_, run, _))) => !ledger.run_segments(p, &run)?.is_empty(),
+                _ => false,
             })
         };
         let short = commit.to_hex_with_len(12).to_string();
@@ -263,11 +263,12 @@ pub(super) fn check(ledger: &Ledger, history: &[ObjectId]) -> Result<Report, Err
             if parents.len() > 1 && new.is_some() && merged_from_other_parent(ledger, &parents[1..], &path, new)? {
                 continue;
             }
-            if path.ends_with("/request.yaml") {
-                let run_dir = path.trim_end_matches("request.yaml");
-                let run = run_dir.trim_start_matches("runs/").trim_end_matches('/');
+            let Some((_, run, rest)) = layout::classify(&path) else {
+                continue;
+            };
+            if rest == "request.yaml" {
                 let planned = match parents.first() {
-                    Some(&p) => ledger.has_run_events(p, run)?,
+                    Some(&p) => ledger.has_run_events(p, &run)?,
                     None => false,
                 };
                 if planned && old.is_some() {
@@ -278,12 +279,10 @@ pub(super) fn check(ledger: &Ledger, history: &[ObjectId]) -> Result<Report, Err
                 }
                 continue;
             }
-            if let Some(run) = path.split('/').nth(1) {
-                runs.insert(run.to_string());
+            if let (Some(name), None, Some(id)) = (rest.strip_prefix("events/"), old, new) {
+                added.entry(run.clone()).or_default().push((name.to_string(), id));
             }
-            if let (Some((run, name)), None, Some(id)) = (segment_of(&path), old, new) {
-                added.entry(run.to_string()).or_default().push((name.to_string(), id));
-            }
+            runs.insert(run);
             changed.push((path, old, new));
         }
         if changed.is_empty() && open.is_empty() {
@@ -389,7 +388,7 @@ pub(super) fn check(ledger: &Ledger, history: &[ObjectId]) -> Result<Report, Err
             // A segment put back by a heal is checked by `restores`, not as a new one.
             let fresh: Vec<(String, ObjectId)> = segments
                 .iter()
-                .filter(|(name, _)| !healed_here.contains(&format!("runs/{run}/events/{name}")))
+                .filter(|(name, _)| !healed_here.contains(&run.file(&format!("events/{name}"))))
                 .cloned()
                 .collect();
             for (path, message) in check_segments(ledger, &mut kept, parents.first().copied(), run, &fresh)? {
@@ -411,14 +410,6 @@ pub(super) fn check(ledger: &Ledger, history: &[ObjectId]) -> Result<Report, Err
     Ok(report)
 }
 
-/// `(run, file name)` when `path` is under a run's events segment directory.
-fn segment_of(path: &str) -> Option<(&str, &str)> {
-    let rest = path.strip_prefix("runs/")?;
-    let (run, rest) = rest.split_once('/')?;
-    let name = rest.strip_prefix("events/")?;
-    Some((run, name))
-}
-
 /// The events segments a commit adds to `run` must be named for their first event, hold whole
 /// lines of events numbered on from the run's last one, and come after every segment before
 /// them: the run's events only grow at their end. Returns (path, problem) for each breach.
@@ -426,7 +417,7 @@ fn check_segments(
     ledger: &Ledger,
     kept: &mut Kept,
     parent: Option<ObjectId>,
-    run: &str,
+    run: &RunDir,
     added: &[(String, ObjectId)],
 ) -> Result<Vec<(String, String)>, Error> {
     use super::events::{LEGACY, segment_seq};
@@ -442,7 +433,7 @@ fn check_segments(
         _ => {
             let last_before = match (before.last(), parent) {
                 (Some((_, id)), _) => Some(ledger.repo.find_blob(*id).map_err(super::git)?.data.clone()),
-                (None, Some(p)) => ledger.read(p, &format!("runs/{run}/{LEGACY}"))?,
+                (None, Some(p)) => ledger.read(p, &run.file(LEGACY))?,
                 (None, None) => None,
             };
             last_before.as_deref().and_then(super::events::last_seq).map(|s| s + 1)
@@ -452,7 +443,7 @@ fn check_segments(
         added.iter().map(|(name, id)| (segment_seq(name), name, *id)).collect();
     sorted.sort();
     for (seq, name, id) in sorted {
-        let path = format!("runs/{run}/events/{name}");
+        let path = run.file(&format!("events/{name}"));
         let Some(seq) = seq else {
             problems.push((
                 path,
@@ -500,7 +491,7 @@ fn check_segments(
         }
         next = Some(expect);
         before.push((seq, id));
-        kept.next_seq.insert(run.to_string(), (id, expect));
+        kept.next_seq.insert(run.clone(), (id, expect));
     }
     Ok(problems)
 }

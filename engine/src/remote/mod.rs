@@ -16,6 +16,7 @@ use gix::ObjectId;
 use crate::code::Code;
 use crate::git_cli;
 use crate::keys::SshKey;
+use crate::layout::RunDir;
 use crate::ledger::notes::{NOTES_REF, REMOTE_NOTES_REF};
 use crate::ledger::{FileWrite, GitError, Ledger, is_runner_path};
 
@@ -253,19 +254,19 @@ impl Remote {
         let local_id = oid(&local)?;
         let remote_id = oid(&remote)?;
         // Group the runner's paths by run and keep only the runs this runner may still write.
-        let mut by_run: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        let mut by_run: BTreeMap<RunDir, Vec<&str>> = BTreeMap::new();
         for p in &paths {
-            if let Some(run) = p.split('/').nth(1) {
+            if let Some((_, run, _)) = crate::layout::classify(p) {
                 by_run.entry(run).or_default().push(p);
             }
         }
         let mut dropped = Vec::new();
         for run in by_run.keys() {
-            let foreign = self.claim_holder(run).is_some_and(|h| h != me);
+            let foreign = self.claim_holder(&run.id).is_some_and(|h| h != me);
             let theirs = ledger.run_events(remote_id, run)?.unwrap_or_default();
             let ours = ledger.run_events(local_id, run)?.unwrap_or_default();
             if foreign || !ours.starts_with(&theirs) {
-                dropped.push((*run).to_string());
+                dropped.push(run.id.clone());
             }
         }
         if ahead && dropped.is_empty() {
@@ -273,7 +274,7 @@ impl Remote {
         }
         let mut writes = Vec::new();
         for (run, run_paths) in &by_run {
-            if dropped.iter().any(|d| d == run) {
+            if dropped.contains(&run.id) {
                 continue;
             }
             for p in run_paths {

@@ -8,6 +8,7 @@ use gix::ObjectId;
 use super::{Error, Remote};
 use crate::code::Code;
 use crate::config::{CONFIG_PATH, Config};
+use crate::layout::RunDir;
 use crate::ledger::Ledger;
 use crate::ledger::notes::{NOTES_REF as NOTES, REMOTE_NOTES_REF};
 /// Who writes notes: the runner (a runner machine often has no git identity of its own).
@@ -46,18 +47,16 @@ impl Remote {
                 continue;
             };
             let mut sections = Vec::new();
-            for (name, is_dir) in ledger.list(head_id, "runs").unwrap_or_default() {
-                if !is_dir || !crate::run_id::is_valid(&name) {
-                    continue;
-                }
-                let request_path = format!("runs/{name}/request.yaml");
+            let dirs = ledger.run_dirs(head_id).map(|d| d.runs).unwrap_or_default();
+            for (dir, _) in dirs {
+                let request_path = dir.file("request.yaml");
                 let Some(text) = ledger.read(head_id, &request_path).ok().flatten() else {
                     continue;
                 };
                 if tip.is_some_and(|t| ledger.read(t, &request_path).ok().flatten().is_some()) {
                     continue;
                 }
-                sections.push(summary(ledger, head_id, tip, &name, &String::from_utf8_lossy(&text)));
+                sections.push(summary(ledger, head_id, tip, &dir, &String::from_utf8_lossy(&text)));
             }
             if !sections.is_empty() {
                 let note = sections.join("\n");
@@ -115,8 +114,9 @@ impl Remote {
 /// The note for one request of a pull request: its plan, or why it does not plan. The pack and
 /// request are the pull request's; the repository policy and the approvers are the branch's,
 /// as they will judge the request after the merge.
-fn summary(ledger: &Ledger, head: ObjectId, tip: Option<ObjectId>, run: &str, text: &str) -> String {
-    let request_path = format!("runs/{run}/request.yaml");
+fn summary(ledger: &Ledger, head: ObjectId, tip: Option<ObjectId>, dir: &RunDir, text: &str) -> String {
+    let run = dir.id.as_str();
+    let request_path = dir.file("request.yaml");
     let config = tip
         .and_then(|t| ledger.read(t, CONFIG_PATH).ok().flatten())
         .and_then(|t| Config::parse(CONFIG_PATH, &String::from_utf8_lossy(&t)).ok())

@@ -11,6 +11,7 @@ use gix::ObjectId;
 
 use super::Error;
 use crate::config::{CONFIG_PATH, Config};
+use crate::layout::RunDir;
 use crate::ledger::Ledger;
 
 /// What every run of one daemon shares.
@@ -64,6 +65,12 @@ impl Environment {
         let mut ledger = self.ledger();
         ledger.refresh();
         ledger.tip()?.ok_or(Error::NoCommits)
+    }
+
+    /// Where run `id` lives at the branch tip now (or goes, when it has no directory yet).
+    pub fn run_dir(&self, id: &str) -> Result<RunDir, Error> {
+        let tip = self.tip()?;
+        Ok(self.ledger().run_dir(tip, id)?)
     }
 
     /// The text of `path` at `commit`, if it is a file there and can be read.

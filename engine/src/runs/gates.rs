@@ -19,10 +19,11 @@ use crate::ledger::Within;
 use crate::plan::{Plan, PlanApprovalGate, PlanStep};
 
 use super::Environment;
+use crate::layout::RunDir;
 
 pub struct RepoGates<'a> {
     pub env: &'a Environment,
-    pub run: &'a str,
+    pub run: &'a RunDir,
     pub plan: &'a Plan,
     pub plan_hash: String,
     /// Whose trust files judge the approvals.
@@ -68,7 +69,7 @@ impl RepoGates<'_> {
         let mut ledger = self.env.ledger();
         ledger.refresh();
         let Ok(Some(tip)) = ledger.tip() else { return Vec::new() };
-        let dir = format!("approvals/{}/{gate}", self.run);
+        let dir = format!("{}/{gate}", self.run.approvals());
         let mut out = Vec::new();
         for (name, is_dir) in ledger.list(tip, &dir).unwrap_or_default() {
             let Some(principal) = name.strip_suffix(".yaml") else {
@@ -157,7 +158,7 @@ impl Gatekeeper for RepoGates<'_> {
         };
         let files = self.files(&gate.id);
         let input = GateInput {
-            run: self.run,
+            run: &self.run.id,
             gate: &gate.id,
             plan_hash: &self.plan_hash,
             rule,

@@ -16,6 +16,7 @@ use gix::ObjectId;
 use super::{Environment, Error};
 use crate::event::{Event, EventSink};
 use crate::journal::{self, Journal};
+use crate::layout::RunDir;
 use crate::ledger::FileWrite;
 use crate::plan::Plan;
 
@@ -23,6 +24,7 @@ use crate::plan::Plan;
 pub struct LedgerSink<'a> {
     env: &'a Environment,
     id: &'a str,
+    dir: &'a RunDir,
     journal: &'a Journal,
     run_dir: PathBuf,
     batch: Duration,
@@ -39,7 +41,7 @@ impl<'a> LedgerSink<'a> {
     /// The sink of run `id`, whose journal holds `prior` so far; `run_dir` is its work directory.
     pub fn new(
         env: &'a Environment,
-        id: &'a str,
+        dir: &'a RunDir,
         journal: &'a Journal,
         run_dir: PathBuf,
         batch: Duration,
@@ -47,7 +49,8 @@ impl<'a> LedgerSink<'a> {
     ) -> LedgerSink<'a> {
         LedgerSink {
             env,
-            id,
+            id: &dir.id,
+            dir,
             journal,
             run_dir,
             batch,
@@ -62,7 +65,7 @@ impl<'a> LedgerSink<'a> {
     /// the final one.
     pub fn set_plan(&self, plan: &Plan) -> Result<(), Error> {
         *self.plan_json.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan.to_plan_json().into_bytes());
-        let context = EvidenceContext::for_run(self.env, self.id, plan)?;
+        let context = EvidenceContext::for_run(self.env, self.dir, plan)?;
         *self.evidence.lock().unwrap_or_else(|p| p.into_inner()) = Some(context);
         Ok(())
     }
@@ -83,8 +86,8 @@ pub struct EvidenceContext {
 impl EvidenceContext {
     /// What the evidence of run `id` needs beyond the events: the request as committed, the
     /// pack path and the repository policy of the request's trust commit.
-    fn for_run(env: &Environment, id: &str, plan: &Plan) -> Result<EvidenceContext, Error> {
-        let prior = journal::read_for_state(&env.git_dir, id)?;
+    fn for_run(env: &Environment, dir: &RunDir, plan: &Plan) -> Result<EvidenceContext, Error> {
+        let prior = journal::read_for_state(&env.git_dir, &dir.id)?;
         let planned = prior.iter().find(|e| e.kind == "run.planned");
         let field = |k: &str| {
             planned
@@ -95,7 +98,7 @@ impl EvidenceContext {
         };
         let commit = ObjectId::from_hex(field("requestCommit").as_bytes()).map_err(Error::RequestCommit)?;
         let request = env
-            .read_text(commit, &format!("runs/{id}/request.yaml"))
+            .read_text(commit, &dir.file("request.yaml"))
             .unwrap_or_default()
             .into_bytes();
         let trust = ObjectId::from_hex(field("trustCommit").as_bytes()).unwrap_or(commit);
@@ -122,7 +125,7 @@ impl LedgerSink<'_> {
         let committed = {
             let ledger = self.env.ledger();
             match ledger.tip()? {
-                Some(tip) => ledger.run_events_len(tip, self.id)?,
+                Some(tip) => ledger.run_events_len(tip, self.dir)?,
                 None => 0,
             }
         };
@@ -134,17 +137,17 @@ impl LedgerSink<'_> {
                 at: committed,
             })?;
             writes.push(FileWrite {
-                path: crate::ledger::events::segment_path(self.id, seq),
+                path: crate::ledger::events::segment_path(self.dir, seq),
                 bytes: fresh,
             });
         }
         if let Some(plan) = self.plan_json.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             writes.push(FileWrite {
-                path: format!("runs/{}/plan.json", self.id),
+                path: self.dir.file("plan.json"),
                 bytes: plan,
             });
         }
-        writes.extend(artifact_writes(&self.run_dir, self.id)?);
+        writes.extend(artifact_writes(&self.run_dir, self.dir)?);
         if let Some(evidence) = self.evidence_writes(&writes)? {
             writes.extend(evidence);
         }
@@ -164,16 +167,13 @@ impl LedgerSink<'_> {
     fn evidence_writes(&self, writes: &[FileWrite]) -> Result<Option<Vec<FileWrite>>, Error> {
         let guard = self.evidence.lock().unwrap_or_else(|p| p.into_inner());
         let Some(ctx) = guard.as_ref() else { return Ok(None) };
-        let prefix = format!("runs/{}/", self.id);
+        let prefix = format!("{}/", self.dir.dir());
         // Every runner file of the run: what the ledger holds, with this commit's writes over it.
         let mut run_files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         {
             let ledger = self.env.ledger();
             if let Some(tip) = ledger.tip()? {
-                for (rel, bytes, _) in ledger
-                    .files_under(tip, &format!("runs/{}", self.id))
-                    .unwrap_or_default()
-                {
+                for (rel, bytes, _) in ledger.files_under(tip, &self.dir.dir()).unwrap_or_default() {
                     if crate::ledger::is_runner_path(&format!("{prefix}{rel}")) {
                         run_files.insert(rel, bytes);
                     }
@@ -200,7 +200,7 @@ impl LedgerSink<'_> {
             cancel = tip.and_then(|t| ledger.read(t, &format!("{prefix}cancel.yaml")).ok().flatten());
             // Every approval file of the run's gates, counted or not: the evidence covers them all.
             if let Some(t) = tip {
-                let dir = format!("approvals/{}", self.id);
+                let dir = self.dir.approvals();
                 for (rel, bytes, _) in ledger.files_under(t, &dir).unwrap_or_default() {
                     approvals.insert(format!("{dir}/{rel}"), bytes);
                 }
@@ -208,6 +208,7 @@ impl LedgerSink<'_> {
         }
         let record = crate::evidence::RunRecord {
             run_id: self.id,
+            dir: self.dir,
             pack_path: &ctx.pack_path,
             plan: &ctx.plan,
             events: &events,
@@ -238,8 +239,8 @@ impl LedgerSink<'_> {
     }
 }
 
-/// The run's artifacts as ledger files: `runs/<id>/artifacts/<step>/<name>`.
-fn artifact_writes(run_dir: &Path, id: &str) -> Result<Vec<FileWrite>, Error> {
+/// The run's artifacts as ledger files: `<run dir>/artifacts/<step>/<name>`.
+fn artifact_writes(run_dir: &Path, dir: &RunDir) -> Result<Vec<FileWrite>, Error> {
     let root = run_dir.join("artifacts");
     let mut out = Vec::new();
     if !root.exists() {
@@ -261,7 +262,7 @@ fn artifact_writes(run_dir: &Path, id: &str) -> Result<Vec<FileWrite>, Error> {
             source,
         })?;
         out.push(FileWrite {
-            path: format!("runs/{id}/{rel}"),
+            path: dir.file(&rel),
             bytes,
         });
     }

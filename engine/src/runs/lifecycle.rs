@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::event::{Event, EventSink, now_rfc3339};
 use crate::exec::{self, CancelToken, ExecConfig, Gatekeeper, Outcome};
 use crate::journal::{self, Journal};
+use crate::layout::RunDir;
 use crate::plan::Plan;
 use crate::secrets::Secrets;
 use crate::state::{RunStatus, fold};
@@ -27,18 +28,19 @@ use crate::state::{RunStatus, fold};
 /// kept with `keep_work`).
 pub fn process(
     env: &Environment,
-    id: &str,
+    dir: &RunDir,
     need: Need,
     cancel: CancelToken,
     took_over_from: Option<&str>,
 ) -> Result<Option<Outcome>, Error> {
-    let result = carry(env, id, need, cancel, took_over_from);
+    let id = dir.id.as_str();
+    let result = carry(env, dir, need, cancel, took_over_from);
     let done = result.is_ok() && !env.is_fenced(id) && {
         let state = fold(&journal::read_for_state(&env.git_dir, id).unwrap_or_default()).state;
         let journaled = std::fs::metadata(journal::path(&env.git_dir, id)).map_or(0, |m| m.len());
         let committed = env
             .tip()
-            .is_ok_and(|t| env.ledger().run_events_len(t, id).unwrap_or(0) >= journaled);
+            .is_ok_and(|t| env.ledger().run_events_len(t, dir).unwrap_or(0) >= journaled);
         committed && state.is_terminal() && !(env.keep_work && state != RunStatus::Succeeded)
     };
     if done {
@@ -49,25 +51,27 @@ pub fn process(
 
 fn carry(
     env: &Environment,
-    id: &str,
+    dir: &RunDir,
     need: Need,
     cancel: CancelToken,
     took_over_from: Option<&str>,
 ) -> Result<Option<Outcome>, Error> {
+    let id = dir.id.as_str();
     let tip = env.tip()?;
-    set_aside_stale_journal(env, id, tip)?;
+    set_aside_stale_journal(env, dir, tip)?;
     let journal = Journal::open(&env.git_dir, id).map_err(Error::JournalWrite)?;
     // A run another runner started (this one took it over): its journal starts as the ledger.
     if journal::read_for_state(&env.git_dir, id)?.is_empty() {
-        continue_from_ledger(env, id, tip, &journal)?;
+        continue_from_ledger(env, dir, tip, &journal)?;
     }
     let prior = journal::read_for_state(&env.git_dir, id)?;
     let config = env.config_at(tip);
     let batch = Duration::from_millis(config.batch_ms);
-    let sink = LedgerSink::new(env, id, &journal, super::work_dir(&env.work_root, id), batch, &prior);
+    let sink = LedgerSink::new(env, dir, &journal, super::work_dir(&env.work_root, id), batch, &prior);
     let run = Run {
         env,
         id,
+        dir,
         tip,
         config,
         journal: &journal,
@@ -82,9 +86,10 @@ fn carry(
 }
 
 /// Moves a journal the ledger does not continue aside: another runner carried the run on.
-fn set_aside_stale_journal(env: &Environment, id: &str, tip: ObjectId) -> Result<(), Error> {
+fn set_aside_stale_journal(env: &Environment, dir: &RunDir, tip: ObjectId) -> Result<(), Error> {
+    let id = dir.id.as_str();
     let ledger = env.ledger();
-    let committed = ledger.run_events(tip, id)?.unwrap_or_default();
+    let committed = ledger.run_events(tip, dir)?.unwrap_or_default();
     if journal::continues(&env.git_dir, id, &committed) {
         return Ok(());
     }
@@ -103,9 +108,10 @@ fn set_aside_stale_journal(env: &Environment, id: &str, tip: ObjectId) -> Result
 
 /// Starts an empty journal as the ledger's events of the run, once `ledger verify` finds that
 /// trusted runners wrote them.
-fn continue_from_ledger(env: &Environment, id: &str, tip: ObjectId, journal: &Journal) -> Result<(), Error> {
+fn continue_from_ledger(env: &Environment, dir: &RunDir, tip: ObjectId, journal: &Journal) -> Result<(), Error> {
+    let id = dir.id.as_str();
     let ledger = env.ledger();
-    let view = super::view(&ledger, tip, id);
+    let view = super::view(&ledger, tip, dir);
     if let Some(why) = view.invalid {
         return Err(Error::Invalid(why));
     }
@@ -114,7 +120,7 @@ fn continue_from_ledger(env: &Environment, id: &str, tip: ObjectId, journal: &Jo
         // Only what trusted runners committed may be continued: a pull request could
         // have written "events" of its own.
         let report = crate::ledger::verify::verify_at(&ledger, tip)?;
-        let prefix = format!("runs/{id}/");
+        let prefix = format!("{}/", dir.dir());
         if let Some(p) = report.problems.iter().find(|p| p.path.starts_with(&prefix)) {
             return Err(Error::Invalid(Invalid::new(
                 Code::LedgerTampered,
@@ -137,6 +143,7 @@ fn continue_from_ledger(env: &Environment, id: &str, tip: ObjectId, journal: &Jo
 struct Run<'a> {
     env: &'a Environment,
     id: &'a str,
+    dir: &'a RunDir,
     tip: ObjectId,
     /// The repository policy at `tip` (limits and batching; not the trust commit's policy).
     config: Config,
@@ -159,7 +166,7 @@ impl Run<'_> {
 
     /// Finished here, but the ledger lacks the tail of the events: commit them.
     fn flush(&self, prior: &[Event]) -> Result<Option<Outcome>, Error> {
-        if let Ok((plan, _)) = planning::replan(self.env, self.id, prior) {
+        if let Ok((plan, _)) = planning::replan(self.env, self.dir, prior) {
             self.sink.set_plan(&plan)?;
         }
         let last = prior.last().cloned().unwrap_or_else(|| Event::new("run.progress"));
@@ -170,13 +177,13 @@ impl Run<'_> {
     /// A cancel request for a run that is not finished: record `run.cancelled` and commit.
     fn cancel(&self, prior: &[Event]) -> Result<Option<Outcome>, Error> {
         if !prior.is_empty()
-            && let Ok((plan, _)) = planning::replan(self.env, self.id, prior)
+            && let Ok((plan, _)) = planning::replan(self.env, self.dir, prior)
         {
             self.sink.set_plan(&plan)?;
         }
         let reason = self
             .env
-            .read_text(self.tip, &format!("runs/{}/cancel.yaml", self.id))
+            .read_text(self.tip, &self.dir.file("cancel.yaml"))
             .and_then(|t| crate::yaml::parse("cancel.yaml", &t, Default::default()).ok())
             .and_then(|n| n.get("reason").and_then(|r| r.as_str().map(str::to_string)))
             .unwrap_or_else(|| "cancelled by request".into());
@@ -202,12 +209,12 @@ impl Run<'_> {
     ) -> Result<Option<Outcome>, Error> {
         let (env, id, tip) = (self.env, self.id, self.tip);
         let prepared = if prior.is_empty() {
-            planning::plan_new(env, id, tip).map(|planned| {
+            planning::plan_new(env, self.dir, tip).map(|planned| {
                 append(self.journal, &[], planned.event);
                 (planned.plan, planned.files)
             })
         } else {
-            planning::replan(env, id, &prior)
+            planning::replan(env, self.dir, &prior)
         };
         let (plan, files) = match prepared {
             Ok(p) => p,
@@ -236,7 +243,7 @@ impl Run<'_> {
             .unwrap_or(tip);
         let repo_gates = RepoGates {
             env,
-            run: id,
+            run: self.dir,
             plan: &plan,
             plan_hash: plan.hash(),
             trust_commit,
@@ -297,7 +304,7 @@ impl Run<'_> {
         // (compared by size: the ledger's events are a byte prefix of the journal).
         let journaled = std::fs::metadata(self.journal.path()).map_or(0, |m| m.len());
         let now = env.tip()?;
-        let committed = env.ledger().run_events_len(now, id).unwrap_or(0);
+        let committed = env.ledger().run_events_len(now, self.dir).unwrap_or(0);
         if journaled > committed {
             self.commit_last()?;
         }
@@ -366,7 +373,7 @@ impl Run<'_> {
         // Events are whole lines, one each: counting lines is counting events.
         self.env
             .ledger()
-            .run_events(self.tip, self.id)
+            .run_events(self.tip, self.dir)
             .ok()
             .flatten()
             .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())

@@ -17,6 +17,7 @@ use gix::ObjectId;
 
 use crate::code::Code;
 use crate::event::Event;
+use crate::layout::RunDir;
 use crate::ledger::Ledger;
 use crate::state::{RunState, fold};
 
@@ -92,6 +93,8 @@ impl Error {
 #[derive(Debug, Clone)]
 pub struct RunView {
     pub id: String,
+    /// Where the run's files are (`runs/_<xx>/<id>` or a flat `runs/<id>`).
+    pub dir: RunDir,
     /// Events as committed in the ledger.
     pub ledger_events: Vec<Event>,
     /// Events in the local journal (a superset of the ledger's, when this machine ran it).
@@ -155,6 +158,8 @@ impl RunView {
 #[derive(Debug, Clone)]
 pub struct Summary {
     pub id: String,
+    /// Where the run's files are.
+    pub dir: RunDir,
     pub facts: Facts,
     /// Why the run directory cannot be read as a run (then `facts` are those of no events).
     pub invalid: Option<Invalid>,
@@ -185,36 +190,36 @@ pub struct Scanned {
 /// from git (and recorded). A run directory that cannot be read is a summary with `invalid`
 /// set; only the `runs/` tree itself failing to read is an error.
 pub fn scan(ledger: &Ledger, tip: ObjectId, index: &mut Index) -> Result<Scanned, crate::ledger::Error> {
-    let approvals: std::collections::HashMap<String, ObjectId> = ledger
-        .entries(tip, "approvals")?
-        .into_iter()
-        .filter(|(_, is_dir, _)| *is_dir)
-        .map(|(name, _, oid)| (name, oid))
-        .collect();
+    // The approvals directories by path: `approvals/<id>` and, in each shard, `approvals/_<xx>/<id>`.
+    let mut approvals = std::collections::HashMap::new();
+    for (name, is_dir, oid) in ledger.entries(tip, "approvals")? {
+        if is_dir && crate::layout::is_shard(&name) {
+            for (id, is_dir, oid) in ledger.entries(tip, &format!("approvals/{name}"))? {
+                if is_dir {
+                    approvals.insert(format!("approvals/{name}/{id}"), oid);
+                }
+            }
+        } else if is_dir {
+            approvals.insert(format!("approvals/{name}"), oid);
+        }
+    }
     let mut found = Scanned {
         runs: Vec::new(),
         ignored: Vec::new(),
         read: 0,
     };
     let mut ids = std::collections::BTreeSet::new();
-    for (name, is_dir, tree) in ledger.entries(tip, "runs")? {
-        if !is_dir {
-            if name != "README.md" {
-                found.ignored.push(format!("runs/{name}"));
-            }
-            continue;
-        }
-        if !crate::run_id::is_valid(&name) {
-            found.ignored.push(format!("runs/{name}"));
-            continue;
-        }
+    let dirs = ledger.run_dirs(tip)?;
+    found.ignored = dirs.ignored;
+    for (dir, tree) in dirs.runs {
+        let name = dir.id.clone();
         // Marked before the read: a journal that grows meanwhile is read again next time.
         let mark = index::journal_mark(ledger.git_dir(), &name);
         let (facts, invalid) = match index.get(&name, tree, mark) {
             Some(facts) => (facts, None),
             None => {
                 found.read += 1;
-                let v = view_with(ledger, tip, &name, true);
+                let v = view_with(ledger, tip, &dir, true);
                 let facts = Facts::of(&v);
                 if v.invalid.is_none() {
                     index.put(&name, tree, mark, facts.clone());
@@ -224,8 +229,9 @@ pub fn scan(ledger: &Ledger, tip: ObjectId, index: &mut Index) -> Result<Scanned
         };
         found.ignored.extend(facts.ignored.iter().cloned());
         found.runs.push(Summary {
-            approvals: approvals.get(&name).copied(),
+            approvals: approvals.get(&dir.approvals()).copied(),
             id: name.clone(),
+            dir,
             facts,
             invalid,
             tree,
@@ -240,15 +246,16 @@ pub fn scan(ledger: &Ledger, tip: ObjectId, index: &mut Index) -> Result<Scanned
 
 /// One run as the branch at `tip` and the local journal describe it, every event whole.
 /// Whatever is wrong with the run's files is in `invalid`, with the file, line and code.
-pub fn view(ledger: &Ledger, tip: ObjectId, id: &str) -> RunView {
-    view_with(ledger, tip, id, false)
+pub fn view(ledger: &Ledger, tip: ObjectId, dir: &RunDir) -> RunView {
+    view_with(ledger, tip, dir, false)
 }
 
 /// As `view`; with `for_state`, `step.log` events keep only their seq, type and step
 /// (`event::read_ndjson_for_state`), so scanning many runs never holds their output.
-fn view_with(ledger: &Ledger, tip: ObjectId, id: &str, for_state: bool) -> RunView {
+fn view_with(ledger: &Ledger, tip: ObjectId, dir: &RunDir, for_state: bool) -> RunView {
     let mut v = RunView {
-        id: id.to_string(),
+        id: dir.id.clone(),
+        dir: dir.clone(),
         ledger_events: Vec::new(),
         journal_events: Vec::new(),
         has_request: false,
@@ -267,7 +274,8 @@ fn view_with(ledger: &Ledger, tip: ObjectId, id: &str, for_state: bool) -> RunVi
 /// Fills `v` from the run's files at `tip` and its journal.
 fn read_run(ledger: &Ledger, tip: ObjectId, v: &mut RunView, for_state: bool) -> Result<(), Invalid> {
     let id = v.id.clone();
-    let dir = format!("runs/{id}");
+    let run_dir = v.dir.clone();
+    let dir = run_dir.dir();
     let unreadable = |file: &str, e: crate::ledger::Error| Invalid::new(Code::Io, file, format!("cannot be read: {e}"));
     let entries = ledger.list(tip, &dir).map_err(|e| unreadable(&dir, e))?;
     let present = |name: &str| entries.iter().any(|(n, _)| n == name);
@@ -305,7 +313,7 @@ fn read_run(ledger: &Ledger, tip: ObjectId, v: &mut RunView, for_state: bool) ->
         format!("{dir}/events.ndjson")
     };
     let ledger_bytes = ledger
-        .run_events(tip, &id)
+        .run_events(tip, &run_dir)
         .map_err(|e| unreadable(&events_file, e))?
         .unwrap_or_default();
     v.ledger_events = invalid::ledger_events(&events_file, &ledger_bytes)?;

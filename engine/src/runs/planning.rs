@@ -11,6 +11,7 @@ use super::trust::trust_commit;
 use crate::code::Code;
 use crate::diag::Diagnostics;
 use crate::event::Event;
+use crate::layout::RunDir;
 use crate::pack::{PackFiles, sha256_hex};
 use crate::plan::Plan;
 use crate::request::Request;
@@ -50,8 +51,9 @@ pub struct Planned {
 }
 
 /// Plans a new request from the objects of `commit`.
-pub fn plan_new(env: &Environment, id: &str, commit: ObjectId) -> Result<Planned, Refusal> {
-    let request_path = format!("runs/{id}/request.yaml");
+pub fn plan_new(env: &Environment, dir: &RunDir, commit: ObjectId) -> Result<Planned, Refusal> {
+    let id = dir.id.as_str();
+    let request_path = dir.file("request.yaml");
     let text = env
         .read_text(commit, &request_path)
         .ok_or_else(|| refuse(Code::RequestInvalid, format!("{request_path} is missing")))?;
@@ -79,7 +81,7 @@ pub fn plan_new(env: &Environment, id: &str, commit: ObjectId) -> Result<Planned
         ));
     }
     // A request reviewed on a pull request must run the plan its note showed.
-    let noted = crate::ledger::notes::noted_plan_hash(&env.ledger(), commit, id);
+    let noted = crate::ledger::notes::noted_plan_hash(&env.ledger(), commit, dir);
     if let Some((at, noted)) = noted
         && noted != hash
     {
@@ -105,7 +107,7 @@ pub fn plan_new(env: &Environment, id: &str, commit: ObjectId) -> Result<Planned
 }
 
 /// Re-plans an interrupted run from the commit it was planned at, and checks it is the same plan.
-pub fn replan(env: &Environment, id: &str, prior: &[Event]) -> Result<(Plan, PackFiles), Refusal> {
+pub fn replan(env: &Environment, dir: &RunDir, prior: &[Event]) -> Result<(Plan, PackFiles), Refusal> {
     let planned = prior
         .iter()
         .find(|e| e.kind == "run.planned")
@@ -121,7 +123,7 @@ pub fn replan(env: &Environment, id: &str, prior: &[Event]) -> Result<(Plan, Pac
         .map_err(|e| refuse(Code::LedgerTampered, format!("bad requestCommit: {e}")))?;
     let trust = ObjectId::from_hex(field("trustCommit").as_bytes()).unwrap_or(commit);
     let config = env.config_at(trust);
-    let request_path = format!("runs/{id}/request.yaml");
+    let request_path = dir.file("request.yaml");
     let text = env
         .read_text(commit, &request_path)
         .ok_or_else(|| refuse(Code::RequestInvalid, format!("{request_path} is missing")))?;
@@ -165,15 +167,8 @@ fn pack_at(env: &Environment, commit: ObjectId, pack: &str) -> Result<PackFiles,
 fn first_with_token(env: &Environment, commit: ObjectId, token: &str, id: &str) -> Option<String> {
     let ledger = env.ledger();
     let mut holders = Vec::new();
-    for (other, is_dir) in ledger.list(commit, "runs").ok()? {
-        if !is_dir || !crate::run_id::is_valid(&other) {
-            continue;
-        }
-        let Some(text) = ledger
-            .read(commit, &format!("runs/{other}/request.yaml"))
-            .ok()
-            .flatten()
-        else {
+    for (other, _) in ledger.run_dirs(commit).ok()?.runs {
+        let Some(text) = ledger.read(commit, &other.file("request.yaml")).ok().flatten() else {
             continue;
         };
         let Ok(req) = Request::parse("request.yaml", &String::from_utf8_lossy(&text)) else {
@@ -181,7 +176,7 @@ fn first_with_token(env: &Environment, commit: ObjectId, token: &str, id: &str) 
         };
         if req.run_token.as_deref() == Some(token) {
             let planned = ledger.has_run_events(commit, &other).unwrap_or(false);
-            holders.push((!planned, other));
+            holders.push((!planned, other.id));
         }
     }
     holders.sort();

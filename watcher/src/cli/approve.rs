@@ -41,14 +41,14 @@ pub fn approve(a: Args) -> Result<Outcome, Failure> {
     let tip = ledger
         .tip()?
         .ok_or_else(|| Failure::one(Code::Usage, "the branch has no commits"))?;
-    let mut view = runs::view(&ledger, tip, a.run);
+    let mut view = runs::view(&ledger, tip, &ledger.run_dir(tip, a.run)?);
     let mut at = tip;
     // A request still on a pull request: approve the plan of the checked-out commit, which
     // the runner will execute after the merge (and which the pull request's note shows).
     if !view.has_request
         && let Some(head) = ledger.resolve("HEAD").filter(|h| *h != tip)
     {
-        let there = runs::view(&ledger, head, a.run);
+        let there = runs::view(&ledger, head, &ledger.run_dir(head, a.run)?);
         if there.has_request {
             eprintln!(
                 "run {} is not on {} yet: approving the plan of the checked-out commit {}",
@@ -101,11 +101,11 @@ pub fn approve(a: Args) -> Result<Outcome, Failure> {
     };
     let text = approval.render();
     let sig = key.sign(NAMESPACE, text.as_bytes());
-    let dir = root.join("approvals").join(a.run).join(&gate);
-    let yaml_path = dir.join(format!("{principal}.yaml"));
+    // Beside the run's other approvals: its shard's `approvals/_<xx>/<id>/`, or a flat run's.
+    let rel = format!("{}/{gate}/{principal}.yaml", view.dir.approvals());
+    let yaml_path = root.join(&rel);
     super::init::write_replace(&yaml_path, &text)?;
-    super::init::write_replace(&dir.join(format!("{principal}.yaml.sig")), &sig)?;
-    let rel = format!("approvals/{}/{gate}/{principal}.yaml", a.run);
+    super::init::write_replace(&root.join(format!("{rel}.sig")), &sig)?;
     println!("{rel}");
     let verb = if a.reject { "rejection" } else { "approval" };
     eprintln!(
@@ -143,7 +143,7 @@ fn plan_of(
             .collect();
         Ok((hash, gates))
     };
-    if let Some(bytes) = ledger.read(tip, &format!("runs/{run}/plan.json"))? {
+    if let Some(bytes) = ledger.read(tip, &view.dir.file("plan.json"))? {
         return from_plan(&String::from_utf8_lossy(&bytes));
     }
     if !view.has_request {
@@ -153,10 +153,8 @@ fn plan_of(
         ));
     }
     // Not planned yet: plan the committed request the way the runner will.
-    let text = ledger
-        .read(tip, &format!("runs/{run}/request.yaml"))?
-        .unwrap_or_default();
-    let request_path = format!("runs/{run}/request.yaml");
+    let request_path = view.dir.file("request.yaml");
+    let text = ledger.read(tip, &request_path)?.unwrap_or_default();
     let request = stella_engine::request::Request::parse(&request_path, &String::from_utf8_lossy(&text))?;
     let files = ledger.files_under(tip, &request.pack)?;
     let files = stella_engine::pack::PackFiles::from_entries(&request.pack, files)?;

@@ -23,18 +23,19 @@ fn gather(root: &Path, run: &str) -> Result<BTreeMap<String, Vec<u8>>, Failure> 
         .ok_or_else(|| Failure::one(Code::Usage, "the branch has no commits"))?;
     // Everything is read as it stood when the evidence was written: approval files changed or
     // re-signed after the run ended are not what it covered.
-    let at = written_at(&ledger, tip, &format!("runs/{run}/{}", evidence::ATTESTATION))?;
+    let dir = ledger.run_dir(tip, run)?;
+    let at = written_at(&ledger, tip, &dir.file(evidence::ATTESTATION))?;
     let mut files = BTreeMap::new();
-    for (rel, bytes, _) in ledger.files_under(at, &format!("runs/{run}"))? {
-        files.insert(format!("runs/{run}/{rel}"), bytes);
+    for (rel, bytes, _) in ledger.files_under(at, &dir.dir())? {
+        files.insert(dir.file(&rel), bytes);
     }
-    if !files.contains_key(&format!("runs/{run}/{}", evidence::ATTESTATION)) {
+    if !files.contains_key(&dir.file(evidence::ATTESTATION)) {
         return Err(Failure::one(
             Code::Usage,
             format!("run {run} has no evidence yet (evidence is written when a run finishes)"),
         ));
     }
-    let prefix = format!("runs/{run}/");
+    let prefix = format!("{}/", dir.dir());
     let events_bytes = stella_engine::ledger::events::concat(
         files
             .iter()
@@ -65,7 +66,7 @@ fn gather(root: &Path, run: &str) -> Result<BTreeMap<String, Vec<u8>>, Failure> 
     }
     // The approval files the evidence covers (files committed after the run ended are not its).
     let manifest: serde_json::Value = files
-        .get(&format!("runs/{run}/{}", evidence::MANIFEST))
+        .get(&dir.file(evidence::MANIFEST))
         .and_then(|m| serde_json::from_slice(m).ok())
         .unwrap_or_default();
     let covered: Vec<String> = manifest["files"]
@@ -74,8 +75,8 @@ fn gather(root: &Path, run: &str) -> Result<BTreeMap<String, Vec<u8>>, Failure> 
         .flatten()
         .filter_map(|f| f["path"].as_str().map(str::to_string))
         .collect();
-    for (rel, bytes, _) in ledger.files_under(at, &format!("approvals/{run}"))? {
-        let path = format!("approvals/{run}/{rel}");
+    for (rel, bytes, _) in ledger.files_under(at, &dir.approvals())? {
+        let path = format!("{}/{rel}", dir.approvals());
         if covered.contains(&path) {
             files.insert(path, bytes);
         }

@@ -5,16 +5,18 @@
 use std::path::{Path, PathBuf};
 
 /// Marks a hook as Stella's (and which version of it).
-const MARK: &str = "# stella pre-commit hook v1";
+const MARK: &str = "# stella pre-commit hook v2";
 
-/// The hook itself. A runner file is anything under `runs/<id>/` but `request.yaml` and
+/// The hook itself. A runner file is anything under a run directory (`runs/_<xx>/<id>/` or a
+/// flat `runs/<id>/`) but `request.yaml` and
 /// `cancel.yaml` (`ledger::is_runner_path`); adding one is let through (a merge brings the
 /// runner's new files), changing or deleting one is refused unless a merge in progress
 /// brings exactly that content.
 pub const SCRIPT: &str = r#"#!/bin/sh
-# stella pre-commit hook v1
+# stella pre-commit hook v2
 # Installed by `stella init`. Refuses a commit that changes or deletes runner files
-# (runs/<run-id>/..., other than request.yaml and cancel.yaml): only the runner writes them,
+# (runs/_<xx>/<run-id>/... or runs/<run-id>/..., other than request.yaml and cancel.yaml):
+# only the runner writes them,
 # and `stella ledger verify` fails on any change it did not sign. Bypass knowingly with
 # `git commit --no-verify`; verify then reports the damage until `stella ledger heal`.
 git rev-parse -q --verify HEAD >/dev/null 2>&1 || exit 0
@@ -23,6 +25,9 @@ tab=$(printf '\t')
 bad=$(git -c core.quotePath=false diff --cached --no-color --no-renames --name-status HEAD -- runs/ |
 while IFS="$tab" read -r status path; do
     rest=${path#runs/}
+    case "${rest%%/*}" in
+        _[0-9a-f][0-9a-f]) rest=${rest#*/} ;;
+    esac
     run=${rest%%/*}
     file=${rest#*/}
     [ "$rest" = "$run" ] && continue
@@ -48,7 +53,7 @@ done)
 [ -z "$bad" ] && exit 0
 echo "stella: this commit changes runner files, which only the runner writes:" >&2
 echo "$bad" >&2
-echo "stella: \`git restore --staged <file>\` them (\`git reset -- runs/<id>/\` for a whole run)." >&2
+echo "stella: \`git restore --staged <file>\` them (\`git reset -- runs/_<xx>/<id>/\` for a whole run)." >&2
 echo "stella: to commit it anyway, knowingly: git commit --no-verify" >&2
 echo "stella: (\`stella ledger verify\` will then report it until \`stella ledger heal\` restores the files)" >&2
 exit 1

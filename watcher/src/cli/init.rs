@@ -15,9 +15,8 @@ const CONFIG: &str = "# Stella repository policy (see docs/). Everything here is
 const APPROVERS: &str = "# Who may approve which gates: grant -> principals (names in .stella/allowed_signers).\ngrants:\n  Packs.Approve: []\n";
 const PACKS_README: &str =
     "# packs/\n\nTask packs: one directory per pack, holding `pack.yaml` and the files it uses.\n";
-const RUNS_README: &str = "# runs/\n\nRun requests (`runs/<run-id>/request.yaml`, written by people, usually with\n`stella run request`) and each run's ledger (written only by the runner).\n";
-const APPROVALS_README: &str =
-    "# approvals/\n\nSigned approvals: `approvals/<run-id>/<gate-id>/<principal>.yaml` and its `.sig`.\n";
+const RUNS_README: &str = "# runs/\n\nRun requests (`runs/_<xx>/<run-id>/request.yaml`, written by people, usually with\n`stella run request`) and each run's ledger (written only by the runner). `<xx>` is the\nfirst two hex digits of the SHA-256 of the run id (`printf %s ID | sha256sum | cut -c1-2`);\na request at `runs/<run-id>/request.yaml` (the older flat layout) still runs there.\n";
+const APPROVALS_README: &str = "# approvals/\n\nSigned approvals: `approvals/_<xx>/<run-id>/<gate-id>/<principal>.yaml` and its `.sig`\n(`stella approve` writes them; a run in the flat layout has `approvals/<run-id>/...`).\n";
 
 pub fn init(dir: &Path, key: Option<&Path>) -> Result<Outcome, Failure> {
     std::fs::create_dir_all(dir).map_err(|e| Failure::io(dir, e))?;

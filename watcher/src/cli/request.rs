@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use stella_engine::layout::RunDir;
 use stella_engine::request::Request;
 use stella_engine::{Code, inputs, run_id};
 
@@ -44,8 +45,11 @@ pub fn request(pack_arg: &Path, inputs_path: Option<&Path>, id: Option<&str>) ->
         }
         None => run_id::generate(&plan.pack.name),
     };
-    let path = root.join("runs").join(&id).join("request.yaml");
-    if path.exists() {
+    // A new run goes to its shard (`runs/_<xx>/<id>/`); an id a flat run already has is taken.
+    let request_rel = RunDir::new(&id).file("request.yaml");
+    let path = root.join(&request_rel);
+    let flat = root.join(RunDir::flat(&id).file("request.yaml"));
+    if let Some(path) = [&path, &flat].into_iter().find(|p| p.exists()) {
         return Err(Failure::one(
             Code::Usage,
             format!(
@@ -59,7 +63,7 @@ pub fn request(pack_arg: &Path, inputs_path: Option<&Path>, id: Option<&str>) ->
     super::init::write_replace(&path, &text)?;
     println!("{id}");
     eprintln!(
-        "wrote runs/{id}/request.yaml (plan {}, {} steps)",
+        "wrote {request_rel} (plan {}, {} steps)",
         plan.hash(),
         plan.all_steps().len()
     );
@@ -71,6 +75,6 @@ pub fn request(pack_arg: &Path, inputs_path: Option<&Path>, id: Option<&str>) ->
             .collect();
         eprintln!("approvals needed: {}", gates.join(", "));
     }
-    eprintln!("next: git add runs/{id} && git commit -m \"request {id}\" && git push");
+    eprintln!("next: git add {request_rel} && git commit -m \"request {id}\" && git push");
     Ok(Outcome::Done)
 }

@@ -36,7 +36,7 @@ fn one(root: &Path, id: &str) -> Result<RunView, Failure> {
     let tip = ledger
         .tip()?
         .ok_or_else(|| Failure::one(Code::Usage, "the branch has no commits"))?;
-    let view = runs::view(&ledger, tip, id);
+    let view = runs::view(&ledger, tip, &ledger.run_dir(tip, id)?);
     if view.invalid.is_none() && !view.has_request && view.events().is_empty() {
         return Err(Failure::one(
             Code::Usage,
@@ -308,7 +308,7 @@ pub fn logs(repo_dir: &Path, id: &str, follow: bool) -> Result<Outcome, Failure>
 pub fn cancel(repo_dir: &Path, id: &str, reason: Option<&str>) -> Result<Outcome, Failure> {
     let root = repo::find_root(repo_dir)?;
     let view = one(&root, id)?;
-    let path = root.join("runs").join(id).join("cancel.yaml");
+    let path = root.join(view.dir.file("cancel.yaml"));
     if view.has_cancel || path.exists() {
         println!("run {id} already has a cancel request; nothing to do");
         return Ok(Outcome::Done);
@@ -320,7 +320,8 @@ pub fn cancel(repo_dir: &Path, id: &str, reason: Option<&str>) -> Result<Outcome
     let reason = reason.unwrap_or("cancelled by request");
     let text = format!("reason: {}\n", serde_json::to_string(reason).expect("JSON"));
     super::init::write_replace(&path, &text)?;
-    println!("wrote runs/{id}/cancel.yaml");
-    eprintln!("next: git add runs/{id}/cancel.yaml && git commit -m \"cancel {id}\" && git push");
+    let rel = view.dir.file("cancel.yaml");
+    println!("wrote {rel}");
+    eprintln!("next: git add {rel} && git commit -m \"cancel {id}\" && git push");
     Ok(Outcome::Done)
 }

@@ -345,10 +345,10 @@ impl Daemon {
     fn report_skipped(&mut self) {
         for path in &self.ignored {
             if self.reported.insert(path.clone()) {
-                if path.matches('/').count() > 1 {
+                if stella_engine::layout::classify(path).is_some_and(|(_, _, rest)| !rest.is_empty()) {
                     warn!(path = %path, "not a run file (a run directory holds request.yaml, cancel.yaml and the runner's files); ignored");
                 } else {
-                    warn!(path = %path, "not a run directory (run ids match ^[a-z0-9][a-z0-9._-]{{0,99}}$); ignored");
+                    warn!(path = %path, "not a run directory (runs/_<xx>/<id>/ with <xx> the first two hex digits of the id's SHA-256, or runs/<id>/; run ids match ^[a-z0-9][a-z0-9._-]{{0,99}}$); ignored");
                 }
             }
         }

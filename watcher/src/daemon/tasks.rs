@@ -81,7 +81,18 @@ pub fn work(env: Arc<Environment>, remote: Option<Arc<Remote>>, id: String, need
             None,
         );
     }
-    let result = runs::process(&env, &id, need, token, took_over.as_deref());
+    // The run's place at the tip now (a catch-up may have brought its directory).
+    let dir = match env.run_dir(&id) {
+        Ok(dir) => dir,
+        Err(e) => {
+            renewing.store(false, Ordering::SeqCst);
+            if let Some(h) = renewer {
+                let _ = h.join();
+            }
+            return (id, TaskEnd::Failed(e.code(), format!("cannot read the run: {e}")), None);
+        }
+    };
+    let result = runs::process(&env, &dir, need, token, took_over.as_deref());
     renewing.store(false, Ordering::SeqCst);
     let lease = renewer.and_then(|h| h.join().ok().flatten());
     // A run waiting at a gate is not being executed: its claim is released once its events

@@ -19,6 +19,16 @@ use std::time::{Duration, Instant};
 /// How often a wait looks again.
 const POLL: Duration = Duration::from_millis(20);
 
+/// Where `stella run request` puts run `id`: its shard's directory, `runs/_<xx>/<id>`.
+pub fn run_path(id: &str) -> String {
+    stella_engine::layout::RunDir::new(id).dir()
+}
+
+/// Where `stella approve` puts the approvals of a run in its shard: `approvals/_<xx>/<id>`.
+pub fn approvals_path(id: &str) -> String {
+    stella_engine::layout::RunDir::new(id).approvals()
+}
+
 /// The binary under test.
 pub fn stella() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_stella"));

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use stella_engine::layout::RunDir;
+
 use super::{Daemon, stella};
 
 #[must_use]
@@ -164,10 +166,28 @@ impl Repo {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The directory of run `id` at HEAD (`runs/_<xx>/<id>`, where `stella run request` puts
+    /// it), or its flat `runs/<id>` when a test committed the request there.
+    pub fn run_dir(&self, id: &str) -> String {
+        let flat = RunDir::flat(id).dir();
+        let there = self.git_try(&["cat-file", "-e", &format!("HEAD:{flat}")]);
+        if there.status.success() {
+            flat
+        } else {
+            RunDir::new(id).dir()
+        }
+    }
+
     /// The event files of a run at HEAD, in order: the legacy `events.ndjson`, then the
     /// segments `events/<first seq>.ndjson`.
     pub fn event_files(&self, id: &str) -> Vec<String> {
-        let out = self.git(&["ls-tree", "-r", "--name-only", "HEAD", &format!("runs/{id}/")]);
+        let out = self.git(&[
+            "ls-tree",
+            "-r",
+            "--name-only",
+            "HEAD",
+            &format!("{}/", self.run_dir(id)),
+        ]);
         let mut files: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|p| p.ends_with("/events.ndjson") || p.contains("/events/"))

@@ -1,0 +1,47 @@
+//! Every run directory of a commit, in both layouts (`crate::layout`): the shards'
+//! `runs/_<xx>/<id>` and the flat `runs/<id>` of older runs. A walk of the whole `runs/` tree,
+//! for what must see every run at one commit (a pull request's notes, a token's owner, a
+//! scan without its index); what follows a branch commit by commit diffs instead.
+
+use gix::ObjectId;
+
+use super::{Error, Ledger};
+use crate::layout::{self, RunDir};
+
+/// What `run_dirs` found: each run directory with its tree id (flat ones first, then by
+/// shard), and the paths under `runs/` that are neither a run nor a shard, or a run in a
+/// shard it does not hash to, or a sharded run whose id a flat run already has.
+#[derive(Debug, Default)]
+pub struct RunDirs {
+    pub runs: Vec<(RunDir, ObjectId)>,
+    pub ignored: Vec<String>,
+}
+
+impl Ledger {
+    /// Every run directory under `runs/` at `commit`. A `README.md` is neither reported nor a run.
+    pub fn run_dirs(&self, commit: ObjectId) -> Result<RunDirs, Error> {
+        let mut found = RunDirs::default();
+        let mut shards = Vec::new();
+        for (name, is_dir, oid) in self.entries(commit, "runs")? {
+            if is_dir && layout::is_shard(&name) {
+                shards.push(name);
+            } else if is_dir && crate::run_id::is_valid(&name) {
+                found.runs.push((RunDir::flat(&name), oid));
+            } else if name != "README.md" {
+                found.ignored.push(format!("runs/{name}"));
+            }
+        }
+        let flat: std::collections::HashSet<String> = found.runs.iter().map(|(d, _)| d.id.clone()).collect();
+        for shard in shards {
+            for (name, is_dir, oid) in self.entries(commit, &format!("runs/{shard}"))? {
+                let dir = RunDir::new(&name);
+                if !is_dir || !crate::run_id::is_valid(&name) || layout::shard(&name) != shard || flat.contains(&name) {
+                    found.ignored.push(format!("runs/{shard}/{name}"));
+                    continue;
+                }
+                found.runs.push((dir, oid));
+            }
+        }
+        Ok(found)
+    }
+}
