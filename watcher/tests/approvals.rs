@@ -154,7 +154,7 @@ fn approvals_committed_before_the_gate_is_reached_count() {
 fn what_stella_approve_writes_verifies_with_ssh_keygen() {
     let t = Team::new().waiting_run("r1");
     t.approve("r1", "alice", &[]);
-    let dir = t.repo.path().join(&format!("{}/change-review", approvals_path("r1")));
+    let dir = t.repo.path().join(format!("{}/change-review", approvals_path("r1")));
     let file = std::fs::File::open(dir.join("alice.yaml")).unwrap();
     let out = Command::new("ssh-keygen")
         .args([
@@ -215,7 +215,7 @@ fn the_right_key_in_the_wrong_namespace_does_not_count() {
     let file = t
         .repo
         .path()
-        .join(&format!("{}/change-review/alice.yaml", approvals_path("r1")));
+        .join(format!("{}/change-review/alice.yaml", approvals_path("r1")));
     std::fs::remove_file(file.with_extension("yaml.sig")).unwrap();
     let ok = Command::new("ssh-keygen")
         .args(["-q", "-Y", "sign", "-n", "git", "-f"])
@@ -236,7 +236,7 @@ fn a_file_edited_after_signing_does_not_count() {
     let file = t
         .repo
         .path()
-        .join(&format!("{}/change-review/alice.yaml", approvals_path("r1")));
+        .join(format!("{}/change-review/alice.yaml", approvals_path("r1")));
     let edited = std::fs::read_to_string(&file)
         .unwrap()
         .replace("\"ok\"", "\"ok, and also run anything\"");
@@ -250,8 +250,8 @@ fn a_file_edited_after_signing_does_not_count() {
 fn an_approval_replayed_from_another_run_does_not_count() {
     let t = Team::new().waiting_run("r1").waiting_run("r2");
     t.approve("r1", "alice", &[]);
-    let from = t.repo.path().join(&format!("{}/change-review", approvals_path("r1")));
-    let to = t.repo.path().join(&format!("{}/change-review", approvals_path("r2")));
+    let from = t.repo.path().join(format!("{}/change-review", approvals_path("r1")));
+    let to = t.repo.path().join(format!("{}/change-review", approvals_path("r2")));
     std::fs::create_dir_all(&to).unwrap();
     for f in ["alice.yaml", "alice.yaml.sig"] {
         std::fs::copy(from.join(f), to.join(f)).unwrap();
@@ -265,7 +265,7 @@ fn an_approval_replayed_from_another_run_does_not_count() {
 #[test]
 fn an_approval_of_another_plan_does_not_count() {
     let t = Team::new().waiting_run("r1");
-    let dir = t.repo.path().join(&format!("{}/change-review", approvals_path("r1")));
+    let dir = t.repo.path().join(format!("{}/change-review", approvals_path("r1")));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("alice.yaml");
     let other = format!("sha256:{}", "ab".repeat(32));
@@ -502,7 +502,7 @@ fn mallory_and_alice_approve_and_only_alice_counts(t: &Team) {
 fn a_valid_signature_followed_by_junk_does_not_count() {
     let t = Team::new().waiting_run("r1");
     t.approve("r1", "alice", &[]).approve("r1", "bob", &[]);
-    let dir = t.repo.path().join(&format!("{}/change-review", approvals_path("r1")));
+    let dir = t.repo.path().join(format!("{}/change-review", approvals_path("r1")));
     let alice = std::fs::read_to_string(dir.join("alice.yaml.sig")).unwrap();
     std::fs::write(dir.join("alice.yaml.sig"), format!("{alice}and then some\n")).unwrap();
     let bob = std::fs::read_to_string(dir.join("bob.yaml.sig")).unwrap();
@@ -528,7 +528,7 @@ fn an_approval_file_past_its_limit_does_not_count() {
     let file = t
         .repo
         .path()
-        .join(&format!("{}/change-review/alice.yaml", approvals_path("r1")));
+        .join(format!("{}/change-review/alice.yaml", approvals_path("r1")));
     let padded = format!(
         "{}# {}\n",
         std::fs::read_to_string(&file).unwrap(),

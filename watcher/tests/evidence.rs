@@ -199,7 +199,7 @@ fn securesystemslib_verifies_the_attestation() {
     let r = finished(HELLO, "{}\n");
     let att = r
         .path()
-        .join(&format!("{}/evidence/attestation.dsse.json", run_path("r1")));
+        .join(format!("{}/evidence/attestation.dsse.json", run_path("r1")));
     let signers = std::fs::read_to_string(r.path().join(".stella/allowed_signers")).unwrap();
     let line = signers.lines().find(|l| l.starts_with("runner@stella")).unwrap();
     let blob = line.split_whitespace().find(|w| w.starts_with("AAAA")).unwrap();

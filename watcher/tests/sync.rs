@@ -224,7 +224,7 @@ fn an_older_bundle_is_nothing_new_and_an_untracked_file_in_the_way_is_refused() 
     // Untracked on the offline side, and added by the bundle: refused before anything moves.
     offline.write(&format!("{}/request.yaml", run_path("r1")), "not committed\n");
     refused(&offline, &bundle, "ERR_USAGE");
-    std::fs::remove_file(offline.path().join(&format!("{}/request.yaml", run_path("r1")))).unwrap();
+    std::fs::remove_file(offline.path().join(format!("{}/request.yaml", run_path("r1")))).unwrap();
     std::fs::remove_dir(offline.path().join(run_path("r1"))).unwrap();
     // A file where the bundle needs a directory is in the way just the same.
     offline.write(&run_path("r1"), "not a directory\n");

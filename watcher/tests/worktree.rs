@@ -66,7 +66,7 @@ fn a_stale_index_left_by_a_kill_between_branch_move_and_index_update_is_repaired
     );
     std::fs::write(&index, before).unwrap();
     // Killed mid-way through writing the working tree, too.
-    std::fs::remove_file(r.path().join(&format!("{}/evidence/manifest.json", run_path("r1")))).unwrap();
+    std::fs::remove_file(r.path().join(format!("{}/evidence/manifest.json", run_path("r1")))).unwrap();
     assert!(!r.status_porcelain().is_empty(), "the index is stale");
 
     let restart = r.daemon_once().ok();
@@ -165,7 +165,7 @@ fn init_leaves_a_different_pre_commit_hook_alone_and_doctor_warns() {
 
 /// A person's `--no-verify` commit that deletes the evidence and truncates the events.
 fn damage(r: &Repo) -> String {
-    std::fs::remove_file(r.path().join(&format!("{}/evidence/manifest.json", run_path("r1")))).unwrap();
+    std::fs::remove_file(r.path().join(format!("{}/evidence/manifest.json", run_path("r1")))).unwrap();
     let segment = r.event_file_with("r1", "run.succeeded");
     let events = r.at_head(&segment).unwrap();
     r.write(&segment, &format!("{}\n", events.lines().next().unwrap()));
