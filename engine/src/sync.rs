@@ -10,7 +10,7 @@ use gix::ObjectId;
 use crate::code::Code;
 use crate::git_cli::{self, is_ancestor as is_ancestor_in};
 use crate::ledger::notes::NOTES_REF as NOTES;
-use crate::ledger::{Ledger, verify};
+use crate::ledger::{Ledger, checkpoint, verify};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -345,10 +345,24 @@ pub fn import(root: &Path, branch: &str, bundle: &Path) -> Result<Imported, Erro
                 &cur[..12]
             )));
         }
-        // Prove the incoming history before it becomes the branch.
+        // Prove the incoming history before it becomes the branch: the commits after this
+        // repository's checkpoint when it has a good one the bundle contains, else all.
         let ledger = Ledger::open(&q.dir, branch)?;
         let tip = ObjectId::from_hex(incoming.as_bytes())?;
-        let report = verify::verify_at(&ledger, tip)?;
+        let home = Ledger::open(root, branch)?;
+        let proven = match checkpoint::read(&home) {
+            Ok(Some(cp)) => ObjectId::from_hex(cp.tip.as_bytes())
+                .ok()
+                .filter(|from| is_ancestor_in(&q.dir, &from.to_string(), &incoming)),
+            Ok(None) | Err(_) => None,
+        };
+        let report = match proven.map(|from| (from, checkpoint::verify_after(&ledger, from, tip))) {
+            Some((from, Ok(report))) => {
+                tracing::debug!(from = %from, commits = report.commits, "incoming history verified after the checkpoint");
+                report
+            }
+            Some((_, Err(_))) | None => verify::verify_at(&ledger, tip)?,
+        };
         if let Some(p) = report.problems.first() {
             return Err(Error::Tampered(format!(
                 "{bundle_name}: the incoming ledger does not verify ({} problems; first: commit {} {}: {})",

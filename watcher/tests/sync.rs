@@ -1,7 +1,7 @@
 //! Air-gap round trips with git bundles, and bundles that must be refused with the
 //! repository left exactly as it was.
 
-use crate::support::{HELLO, Repo, run_path};
+use crate::support::{HELLO, Repo, run_path, stella};
 
 fn refs(r: &Repo) -> String {
     String::from_utf8_lossy(&r.git(&["for-each-ref", "--format=%(refname) %(objectname)"]).stdout).into_owned()
@@ -294,4 +294,52 @@ fn a_killed_import_leaves_nothing_after_the_next_import_or_daemon_start() {
     live.kill();
     sleeper.kill().unwrap();
     sleeper.wait().unwrap();
+}
+
+#[test]
+fn an_import_checks_the_commits_after_the_importers_checkpoint_and_still_refuses_tampering() {
+    let online = Repo::with_finished_run();
+    // A second copy of the same site (same runner key), whose verify leaves a checkpoint.
+    let offline = Repo {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let st = std::process::Command::new("git")
+        .args(["clone", "-q", "--no-local"])
+        .arg(online.path())
+        .arg(offline.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::create_dir_all(offline.path().join(".git/stella")).unwrap();
+    std::fs::copy(
+        online.path().join(".git/stella/runner_ed25519"),
+        offline.path().join(".git/stella/runner_ed25519"),
+    )
+    .unwrap();
+    offline.stella(&["ledger", "verify"]).ok();
+    assert!(offline.path().join(".git/stella/checkpoint").exists());
+
+    online.request("r2", "hello", "{}\n");
+    online.daemon_once().ok();
+    let good = online.outside("good.bundle");
+    online.stella(&["sync", "export", "-o", good.to_str().unwrap()]).ok();
+    let segment = online.event_file_with("r2", "run.succeeded");
+    let events = online.at_head(&segment).unwrap().replace("succeeded", "failed");
+    online.write(&segment, &events).tamper("rewrite the ledger");
+    let tampered = online.outside("tampered.bundle");
+    online
+        .stella(&["sync", "export", "-o", tampered.to_str().unwrap(), "--to", "x"])
+        .ok();
+
+    refused(&offline, &tampered, "ERR_LEDGER_TAMPERED");
+    let out = stella()
+        .current_dir(offline.path())
+        .env("STELLA_LOG", "stella_engine::sync=debug")
+        .args(["sync", "import", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("incoming history verified after the checkpoint"), "{log}");
+    assert_eq!(offline.state("r2"), "succeeded");
 }

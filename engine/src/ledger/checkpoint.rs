@@ -196,12 +196,30 @@ pub fn verify_since(ledger: &Ledger, tip: ObjectId) -> Result<Option<(Checkpoint
             branch: ledger.branch().to_string(),
         });
     }
+    let report = verify_after(ledger, from, tip)?;
+    Ok(Some((cp, report)))
+}
+
+/// Checks the commits of `tip`'s history that `from` (a proven checkpoint's tip, in that
+/// history) does not contain, with every check of a full verify. `ledger` may be another
+/// repository than the checkpoint's, sharing its objects (a bundle's quarantine).
+pub fn verify_after(ledger: &Ledger, from: ObjectId, tip: ObjectId) -> Result<Report, Error> {
     let mut after = Vec::new();
     for info in ledger.repo.rev_walk([tip]).with_hidden([from]).all().map_err(git)? {
         after.push(info.map_err(git)?.id);
     }
     after.reverse();
-    Ok(Some((cp, verify::check(ledger, &after)?)))
+    Ok(verify::check(ledger, &after)?)
+}
+
+/// What `tip`'s history verifies to: from this repository's checkpoint when there is a good
+/// one that `tip` contains, else from the start. A checkpoint that is missing, forged or
+/// unreachable only costs the full walk here (`stella ledger verify` reports it).
+pub fn verify_quickly(ledger: &Ledger, tip: ObjectId) -> Result<Report, super::Error> {
+    match verify_since(ledger, tip) {
+        Ok(Some((_, report))) => Ok(report),
+        Ok(None) | Err(_) => verify::verify_at(ledger, tip),
+    }
 }
 
 /// After a clean verification of `tip` (from `since`, or the whole history): records a

@@ -24,8 +24,9 @@ pub const LOOSE_THRESHOLD: u64 = 1024;
 pub const TASKS: [&str; 3] = ["loose-objects", "incremental-repack", "commit-graph"];
 
 /// How long a finished run's journal is kept after its last write, whatever the ledger holds:
-/// what a person (or a test) reads right after a run is still there.
-pub const JOURNAL_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+/// a live reader (`runs logs -f`, the workspace's streams) that follows the journal reaches
+/// the end of the run before it goes. After that the ledger is the same record.
+pub const JOURNAL_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Maintenance that could not run.
 #[derive(Debug, thiserror::Error)]
