@@ -1,10 +1,12 @@
 //! Every run directory of a commit, in both layouts (`crate::layout`): the shards'
 //! `runs/_<xx>/<id>` and the flat `runs/<id>` of older runs. A walk of the whole `runs/` tree,
 //! for what must see every run at one commit (a pull request's notes, a token's owner, a
-//! scan without its index); what follows a branch commit by commit diffs instead.
+//! scan without its index); what follows a branch commit by commit diffs instead
+//! (`requests_added`).
 
 use gix::ObjectId;
 
+use super::diff::{Diff, changes};
 use super::{Error, Ledger};
 use crate::layout::{self, RunDir};
 
@@ -43,5 +45,35 @@ impl Ledger {
             }
         }
         Ok(found)
+    }
+
+    /// The runs whose request `head` has and `base` has not (a pull request's new requests),
+    /// found by diffing the two `runs/` trees: only the shards that differ are read.
+    pub fn requests_added(&self, base: Option<ObjectId>, head: ObjectId) -> Result<Vec<RunDir>, Error> {
+        let runs_tree = |commit: ObjectId| -> Result<Option<ObjectId>, Error> {
+            let root = self
+                .repo
+                .find_commit(commit)
+                .map_err(super::git)?
+                .tree()
+                .map_err(super::git)?;
+            Ok(root
+                .lookup_entry_by_path("runs")
+                .map_err(super::git)?
+                .filter(|e| e.mode().is_tree())
+                .map(|e| e.oid().to_owned()))
+        };
+        let old = base.map(runs_tree).transpose()?.flatten();
+        let mut diff = Diff::default();
+        changes(self, "runs", old, runs_tree(head)?, &mut diff)?;
+        Ok(diff
+            .files
+            .into_iter()
+            .filter(|(_, before, after)| before.is_none() && after.is_some())
+            .filter_map(|(path, _, _)| match layout::classify(&path) {
+                Some((layout::Area::Runs, dir, "request.yaml")) => Some(dir),
+                _ => None,
+            })
+            .collect())
     }
 }

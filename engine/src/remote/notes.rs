@@ -47,15 +47,11 @@ impl Remote {
                 continue;
             };
             let mut sections = Vec::new();
-            let dirs = ledger.run_dirs(head_id).map(|d| d.runs).unwrap_or_default();
-            for (dir, _) in dirs {
-                let request_path = dir.file("request.yaml");
-                let Some(text) = ledger.read(head_id, &request_path).ok().flatten() else {
+            // The requests the head adds to the branch: a diff of the two `runs/` trees.
+            for dir in ledger.requests_added(tip, head_id).unwrap_or_default() {
+                let Some(text) = ledger.read(head_id, &dir.file("request.yaml")).ok().flatten() else {
                     continue;
                 };
-                if tip.is_some_and(|t| ledger.read(t, &request_path).ok().flatten().is_some()) {
-                    continue;
-                }
                 sections.push(summary(ledger, head_id, tip, &dir, &String::from_utf8_lossy(&text)));
             }
             if !sections.is_empty() {
