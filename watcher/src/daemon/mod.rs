@@ -255,3 +255,6 @@ fn repair_at_start(ledger: &mut stella_engine::ledger::Ledger, key: &stella_engi
         );
     }
 }
+
+#[cfg(test)]
+mod tests;
