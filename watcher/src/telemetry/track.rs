@@ -197,7 +197,7 @@ impl Track {
             }
             "step.retrying" => vec![Happening::Retried { pack: pack() }],
             kind => {
-                let Some(outcome) = Outcome::of(kind) else {
+                let Some(outcome) = Outcome::of(kind).filter(|_| kind.starts_with("step.")) else {
                     return Vec::new();
                 };
                 let started = self.started.remove(&step);
