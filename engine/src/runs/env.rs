@@ -1,6 +1,6 @@
 //! What every run of one daemon shares (`Environment`): the ledger, the runner key, secrets,
-//! paths the steps must not see, the fenced runs, the observer, and the reads every room of `runs` makes
-//! through the shared ledger. Decides nothing about a run.
+//! paths the steps must not see, the fenced runs, the observer, and the reads every room of
+//! `runs` makes through the shared ledger. Decides nothing about a run.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
