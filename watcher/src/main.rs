@@ -6,6 +6,7 @@ mod daemon;
 mod display;
 mod failure;
 mod repo;
+mod telemetry;
 
 use std::process::ExitCode;
 

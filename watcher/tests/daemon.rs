@@ -302,6 +302,75 @@ fn doctor_finds_a_broken_setup() {
 }
 
 #[test]
+fn doctor_checks_have_ids_one_runs_alone_and_json_lists_them() {
+    let r = Repo::new();
+    let doctor = |args: &[&str]| {
+        let out = crate::support::stella()
+            .current_dir(r.path())
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env_remove("EMAIL")
+            .args(["doctor", "--check"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = doctor(&["check.runner.key"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out.lines().count(), 1, "one check, one line:\n{out}");
+    assert!(out.starts_with("ok   runner key SHA256:"), "{out}");
+    let (_, out, _) = doctor(&["check.git.identity"]);
+    assert!(
+        out.starts_with("warn git has no user.name and user.email here"),
+        "{out}"
+    );
+    r.git(&["config", "user.name", "Ada"]);
+    r.git(&["config", "user.email", "ada@example.com"]);
+    let (_, out, _) = doctor(&["check.git.identity", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"checks": [{"id": "check.git.identity", "level": "ok", "message": "git identity Ada <ada@example.com>"}], "ok": true})
+    );
+    let (code, _, err) = doctor(&["check.nope"]);
+    assert_eq!(code, Some(2));
+    assert!(err.starts_with("error[ERR_USAGE]: unknown check `check.nope`"), "{err}");
+    // Every line of a whole run has an id; a failing check fails the whole (exit 1).
+    r.write(".stella/allowed_signers", "alice not-a-key\n");
+    let all = r.stella(&["doctor", "--json"]);
+    assert_eq!(all.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_str(&all.stdout()).unwrap();
+    assert_eq!(json["ok"], false);
+    let checks = json["checks"].as_array().unwrap();
+    assert!(
+        checks
+            .iter()
+            .all(|c| c["id"].as_str().is_some_and(|id| id.starts_with("check."))),
+        "{json}"
+    );
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["id"] == "check.signers" && c["level"] == "fail"),
+        "{json}"
+    );
+    for id in [
+        "check.git.installed",
+        "check.sandbox.policy",
+        "check.config",
+        "check.runs",
+        "check.ledger.maintenance",
+    ] {
+        assert!(checks.iter().any(|c| c["id"] == id), "{id} in {json}");
+    }
+}
+
+#[test]
 fn kill_9_at_many_points_then_restart_always_finishes_with_a_verifiable_ledger() {
     let m = marker();
     let three = format!(

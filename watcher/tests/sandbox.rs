@@ -543,14 +543,21 @@ fn doctor_check_sandbox_passes_here_and_fails_naming_a_missing_feature() {
     // Plain doctor runs the sandbox check too, and --json says the same as data.
     let all = r.stella(&["doctor", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&all.0.stdout).unwrap();
-    let groups: Vec<&str> = report["checks"]
+    let ids: Vec<&str> = report["checks"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| c["check"].as_str().unwrap())
+        .map(|c| c["id"].as_str().unwrap())
         .collect();
     assert!(
-        ["tools", "sandbox", "repository"].iter().all(|g| groups.contains(g)),
+        [
+            "check.git.installed",
+            "check.sandbox.user",
+            "check.sandbox.policy",
+            "check.repository"
+        ]
+        .iter()
+        .all(|id| ids.contains(id)),
         "{report}"
     );
 

@@ -1,6 +1,6 @@
 //! What every run of one daemon shares (`Environment`): the ledger, the runner key, secrets,
-//! paths the steps must not see, the fenced runs, and the reads every room of `runs` makes
-//! through the shared ledger. Decides nothing about a run.
+//! paths the steps must not see, the fenced runs, the observer, and the reads every room of
+//! `runs` makes through the shared ledger. Decides nothing about a run.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -34,6 +34,8 @@ pub struct Environment {
     pub keep_work: bool,
     /// Chaos hooks (`--chaos FILE`), handed to the executor and the gates.
     pub chaos: Option<Arc<crate::chaos::Chaos>>,
+    /// Told of every event this runner records (the watcher's metrics).
+    pub observer: Option<Arc<dyn super::Observer>>,
 }
 
 impl Environment {

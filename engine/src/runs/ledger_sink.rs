@@ -3,7 +3,8 @@
 //! wait and at the end of the run, otherwise at most every `commit.batchMs`. Each commit adds
 //! one events segment holding what the ledger lacks (`ledger::events`), so neither a commit nor
 //! the runner's memory grows with the length of the run. The journal is forced to disk before
-//! every commit; a fenced run is never committed.
+//! every commit; a fenced run is never committed. The environment's observer is told of every
+//! event recorded here, after the journal holds it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,9 @@ impl<'a> LedgerSink<'a> {
         batch: Duration,
         prior: &[Event],
     ) -> LedgerSink<'a> {
+        if let Some(o) = &env.observer {
+            o.begin(&dir.id, prior);
+        }
         LedgerSink {
             env,
             id: &dir.id,
@@ -65,6 +69,9 @@ impl<'a> LedgerSink<'a> {
     /// the final one.
     pub fn set_plan(&self, plan: &Plan) -> Result<(), Error> {
         *self.plan_json.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan.to_plan_json().into_bytes());
+        if let Some(o) = &self.env.observer {
+            o.planned(self.id, plan);
+        }
         let context = EvidenceContext::for_run(self.env, self.dir, plan)?;
         *self.evidence.lock().unwrap_or_else(|p| p.into_inner()) = Some(context);
         Ok(())
@@ -302,6 +309,25 @@ fn message(id: &str, e: &Event, steps: usize) -> String {
     }
 }
 
+impl LedgerSink<'_> {
+    /// Appends `event` to the journal, then tells the observer; commits nothing.
+    pub(super) fn record(&self, event: &Event) -> std::io::Result<()> {
+        self.journal.accept(event)?;
+        if let Some(o) = &self.env.observer {
+            o.recorded(self.id, event);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LedgerSink<'_> {
+    fn drop(&mut self) {
+        if let Some(o) = &self.env.observer {
+            o.end(self.id);
+        }
+    }
+}
+
 impl EventSink for LedgerSink<'_> {
     fn accept(&self, event: &Event) -> std::io::Result<()> {
         // A stopping daemon killed the steps: what follows is not the run's doing. The journal
@@ -309,7 +335,7 @@ impl EventSink for LedgerSink<'_> {
         if crate::exec::shutting_down() {
             return Ok(());
         }
-        self.journal.accept(event)?;
+        self.record(event)?;
         if is_step_done(event) {
             self.steps_done.fetch_add(1, Ordering::SeqCst);
         }

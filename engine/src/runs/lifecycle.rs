@@ -188,7 +188,7 @@ impl Run<'_> {
             .and_then(|n| n.get("reason").and_then(|r| r.as_str().map(str::to_string)))
             .unwrap_or_else(|| "cancelled by request".into());
         append(
-            self.journal,
+            self.sink,
             prior,
             Event::new("run.cancelled")
                 .level("warn")
@@ -210,7 +210,7 @@ impl Run<'_> {
         let (env, id, tip) = (self.env, self.id, self.tip);
         let prepared = if prior.is_empty() {
             planning::plan_new(env, self.dir, tip).map(|planned| {
-                append(self.journal, &[], planned.event);
+                append(self.sink, &[], planned.event);
                 (planned.plan, planned.files)
             })
         } else {
@@ -226,7 +226,7 @@ impl Run<'_> {
         if let Some(from) = took_over_from {
             let msg = format!("took the run over from runner {from}, silent past its claim's lease");
             append(
-                self.journal,
+                self.sink,
                 &self.events()?,
                 Event::new("run.claimed")
                     .level("warn")
@@ -260,7 +260,7 @@ impl Run<'_> {
         } else if need == Need::Recover {
             let ahead = prior.len().saturating_sub(self.ledger_len());
             append(
-                self.journal,
+                self.sink,
                 &prior,
                 Event::new("run.recovered")
                     .level("warn")
@@ -332,7 +332,7 @@ impl Run<'_> {
                 .collect();
             if !fresh.is_empty() && matches!(v.decision, exec::GateDecision::Waiting) {
                 for n in fresh {
-                    append(self.journal, &self.events()?, n.step(&gate));
+                    append(self.sink, &self.events()?, n.step(&gate));
                 }
                 let msg = format!("stella: run {} approvals recorded at gate {gate}", self.id);
                 self.sink.commit(&msg)?;
@@ -354,7 +354,7 @@ impl Run<'_> {
             data["problems"] = serde_json::to_value(p).unwrap_or_default();
         }
         append(
-            self.journal,
+            self.sink,
             prior,
             Event::new("run.failed")
                 .level("error")
@@ -380,11 +380,12 @@ impl Run<'_> {
     }
 }
 
-/// Appends an event with the next sequence number straight to the journal.
-fn append(journal: &Journal, prior: &[Event], mut e: Event) {
+/// Appends an event with the next sequence number straight to the journal (its observer told),
+/// without the sink's batching.
+fn append(sink: &LedgerSink, prior: &[Event], mut e: Event) {
     e.seq = fold(prior).next_seq;
     e.ts = now_rfc3339();
-    if let Err(err) = journal.accept(&e) {
+    if let Err(err) = sink.record(&e) {
         tracing::error!(error = %err, "cannot append to the journal");
     }
 }

@@ -8,6 +8,7 @@ pub mod index;
 mod invalid;
 mod ledger_sink;
 mod lifecycle;
+mod observer;
 mod planning;
 mod trust;
 
@@ -25,6 +26,7 @@ pub use env::Environment;
 pub use index::{Facts, Index};
 pub use invalid::{Invalid, RUN_ENTRIES};
 pub use lifecycle::process;
+pub use observer::Observer;
 
 /// Why a run could not be carried on. Whatever is wrong with the run's own files is `Invalid`
 /// (the run is left alone, the other runs go on); the rest is this runner's trouble with its

@@ -67,7 +67,7 @@ enum Command {
         repo: PathBuf,
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
-        /// Run one group of checks: tools, sandbox or repository
+        /// Run one check (its id, e.g. check.runner.key; `--json` lists them) or one group: tools, sandbox, repository
         #[arg(long, value_name = "ID")]
         check: Option<String>,
         /// Print the results as JSON

@@ -1,7 +1,8 @@
 //! The daemon's loop as a `Daemon` value: each cycle exchanges with the remote when due,
 //! scans the branch when something may have changed, starts what the scan found on blocking
 //! workers (at most `maxRuns` at once), and sleeps until a worker ends, a ref changes, the
-//! poll or a gate deadline comes, or a signal stops it. Executes nothing itself.
+//! poll or a gate deadline comes, or a signal stops it. Tells its `Telemetry` of each scan
+//! and exchange. Executes nothing itself.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
@@ -21,6 +22,7 @@ use super::scan::{self, Fingerprint};
 use super::tasks::{Done, TaskEnd, report, report_invalid, work};
 use super::watch::watch;
 use crate::failure::Failure;
+use crate::telemetry::Telemetry;
 
 /// What the command line fixes for the whole life of the daemon.
 pub struct Settings {
@@ -86,10 +88,17 @@ pub struct Daemon {
     exchange_due: bool,
     /// Claims of runs waiting at a gate, released after the next successful exchange.
     to_release: Vec<(String, String)>,
+    /// Told of each scan and exchange (the runs' events reach it through the environment).
+    telemetry: Arc<Telemetry>,
 }
 
 impl Daemon {
-    pub fn new(env: Arc<Environment>, remote: Option<Arc<Remote>>, settings: Settings) -> Daemon {
+    pub fn new(
+        env: Arc<Environment>,
+        remote: Option<Arc<Remote>>,
+        settings: Settings,
+        telemetry: Arc<Telemetry>,
+    ) -> Daemon {
         let index = runs::Index::open(&env.git_dir, &env.key);
         Daemon {
             env,
@@ -115,6 +124,7 @@ impl Daemon {
             had_work: true,
             exchange_due: false,
             to_release: Vec::new(),
+            telemetry,
         }
     }
 
@@ -185,9 +195,11 @@ impl Daemon {
     /// runs left waiting. The outer error is a worker that died.
     async fn exchange(&mut self, remote: &Arc<Remote>) -> Result<Result<(), remote::Error>, Failure> {
         let (env, r, release) = (self.env.clone(), remote.clone(), std::mem::take(&mut self.to_release));
-        tokio::task::spawn_blocking(move || exchange(&env, &r).map(|()| release_claims(&r, release)))
+        let done = tokio::task::spawn_blocking(move || exchange(&env, &r).map(|()| release_claims(&r, release)))
             .await
-            .map_err(died)
+            .map_err(died)?;
+        self.telemetry.exchanged(done.is_ok());
+        Ok(done)
     }
 
     /// Pushes what finished while the backlog is still being worked through.
@@ -252,6 +264,7 @@ impl Daemon {
         let seen = Some(scan::fingerprint(&self.env));
         let idle = !self.had_work && self.elsewhere.is_empty() && self.tasks.is_empty() && self.backlog.is_empty();
         if self.quiet && idle && seen == self.scanned {
+            self.telemetry.unchanged();
             return Ok(());
         }
         self.scanned = seen;
@@ -259,6 +272,7 @@ impl Daemon {
         let (mut found, ignored) = tokio::task::spawn_blocking(move || scan::scan(&env, &index))
             .await
             .map_err(died)??;
+        self.telemetry.scanned(found.iter().map(|(v, _)| v));
         self.deadline = scan::next_deadline(found.iter().map(|(v, _)| v));
         self.had_work = found.iter().any(|(_, n)| !matches!(n, Need::Nothing | Need::Waiting));
         if self.remote.is_some() {

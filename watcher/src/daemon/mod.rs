@@ -1,8 +1,8 @@
 //! `stella daemon`: watches a repository (notify on the working tree's git refs, plus a slow
 //! safety poll), finds run requests on the branch, and carries each forward on a bounded pool
 //! of blocking workers. This room sets the daemon up (key, ledger, environment, remote,
-//! repairs at start, the housekeeping task) and owns the tokio runtime; the loop is
-//! `cycle::Daemon`. The engine
+//! repairs at start, the housekeeping task, the `Telemetry` it feeds) and owns the tokio
+//! runtime; the loop is `cycle::Daemon`. The engine
 //! underneath is synchronous.
 
 /// Prints a line on stdout, ignoring a closed stdout: the daemon ignores SIGPIPE (see `run`),
@@ -42,6 +42,7 @@ use tracing::warn;
 
 use crate::failure::{Failure, Outcome};
 use crate::repo;
+use crate::telemetry::Telemetry;
 
 pub struct Args {
     pub repo: PathBuf,
@@ -63,6 +64,14 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<Outcome, Failure> {
+    let telemetry = Arc::new(Telemetry::new(a.remote.is_some()));
+    run_with(a, telemetry)
+}
+
+/// As `run`, feeding `telemetry` (the metrics and health the HTTP edge serves): each scan sets
+/// its gauges and readiness, each exchange its remote state, and the runs' events reach it as
+/// the engine's `runs::Observer`.
+pub fn run_with(a: Args, telemetry: Arc<Telemetry>) -> Result<Outcome, Failure> {
     // The daemon talks to git over pipes (gix's transport writes to `git upload-pack`): a
     // server that hangs up early must be an error to handle, not a signal that kills us.
     // SAFETY: setting a signal disposition before any thread of ours is started.
@@ -145,6 +154,7 @@ pub fn run(a: Args) -> Result<Outcome, Failure> {
         hidden,
         keep_work: a.keep_work,
         chaos,
+        observer: Some(telemetry.clone()),
     });
     let remote = a.remote.as_ref().map(|name| {
         Arc::new(Remote::new(
@@ -175,7 +185,7 @@ pub fn run(a: Args) -> Result<Outcome, Failure> {
     if !a.once {
         rt.spawn(maintain::background(housekeeping.clone(), a.poll));
     }
-    match rt.block_on(cycle::Daemon::new(env, remote, settings).run(&root))? {
+    match rt.block_on(cycle::Daemon::new(env, remote, settings, telemetry).run(&root))? {
         cycle::End::Idle => {
             // Nothing left to run: the moment for housekeeping.
             maintain::pass(&housekeeping, None);
@@ -245,3 +255,6 @@ fn repair_at_start(ledger: &mut stella_engine::ledger::Ledger, key: &stella_engi
         );
     }
 }
+
+#[cfg(test)]
+mod tests;
