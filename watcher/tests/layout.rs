@@ -27,6 +27,12 @@ fn flat_and_sharded_runs_live_side_by_side() {
     for id in ["f1", "s1", "s2", "s3"] {
         assert_eq!(r.state(id), "succeeded", "{id}");
     }
+    // The index (and its cached trees, which the runner invalidates only where it wrote)
+    // describes exactly the tip: a person's next commit keeps every runner file.
+    let written = r.git(&["write-tree"]);
+    let tip = r.git(&["rev-parse", "HEAD^{tree}"]);
+    assert_eq!(written.stdout, tip.stdout);
+    assert!(r.status_porcelain().is_empty(), "{}", r.status_porcelain());
     assert!(r.at_head("runs/f1/evidence/manifest.json").is_some());
     assert!(
         r.at_head(&format!("{}/evidence/manifest.json", run_path("s1")))

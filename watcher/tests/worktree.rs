@@ -303,3 +303,21 @@ fn ref_locks_left_by_a_killed_runner_are_removed_at_start() {
     assert!(!git.join("refs/remotes/origin/main.lock").exists());
     assert_eq!(r.state("r1"), "succeeded");
 }
+
+#[test]
+fn with_feature_many_files_the_runner_writes_the_index_without_its_checksum_and_git_reads_it() {
+    let r = Repo::new();
+    r.git(&["config", "feature.manyFiles", "true"]);
+    r.pack("hello", HELLO).request("r1", "hello", "{}\n");
+    r.daemon_once().ok();
+    let index = std::fs::read(r.path().join(".git/index")).unwrap();
+    assert_eq!(&index[index.len() - 20..], &[0u8; 20], "index.skipHash: a zero trailer");
+    assert!(r.status_porcelain().is_empty(), "{}", r.status_porcelain());
+    assert_eq!(
+        r.git(&["write-tree"]).stdout,
+        r.git(&["rev-parse", "HEAD^{tree}"]).stdout
+    );
+    r.request("r2", "hello", "{}\n");
+    r.daemon_once().ok();
+    r.stella(&["ledger", "verify"]).ok();
+}

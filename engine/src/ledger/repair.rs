@@ -134,7 +134,9 @@ pub fn repair(repo: &gix::Repository, workdir: &Path, tip: ObjectId) -> Result<V
     if done.is_empty() {
         return Ok(done);
     }
-    write_index(index, lock)?;
+    // A repair may touch any runner directory: the cached trees are dropped (git rebuilds them).
+    index.remove_tree();
+    write_index(repo, index, lock)?;
     Ok(done)
 }
 

@@ -48,7 +48,26 @@ pub fn sync(repo: &gix::Repository, workdir: &Path, writes: &[FileWrite], blobs:
     if pushed {
         index.sort_entries();
     }
-    write_index(index, lock)
+    // The directories the runner wrote into are no longer what the cached tree says; the
+    // rest of the cache stays valid, so git's next `commit` or `status` rebuilds only those.
+    if let Some(tree) = index.tree_mut() {
+        for w in writes {
+            let dirs: Vec<&[u8]> = w.path.split('/').map(str::as_bytes).collect();
+            invalidate(tree, &dirs[..dirs.len().saturating_sub(1)]);
+        }
+    }
+    write_index(repo, index, lock)
+}
+
+/// Marks the cached tree of `dirs` (a directory path, as components) and of every directory
+/// above it as out of date.
+fn invalidate(tree: &mut gix::index::extension::Tree, dirs: &[&[u8]]) {
+    tree.num_entries = None;
+    if let Some((first, rest)) = dirs.split_first()
+        && let Some(child) = tree.children.iter_mut().find(|c| c.name.as_slice() == *first)
+    {
+        invalidate(child, rest);
+    }
 }
 
 /// Takes the index lock and marks it as this process's (see `acquire`). Keep the mark no
@@ -64,10 +83,12 @@ pub(super) type IndexLock = std::io::BufWriter<gix::lock::File>;
 /// The index as it is on disk (an empty one when there is none yet).
 pub(super) fn read_index(repo: &gix::Repository, index_path: &Path) -> Result<gix::index::File, Error> {
     if index_path.exists() {
+        // The checksum is not verified: the file is only ever replaced whole (under the lock,
+        // by rename), and hashing megabytes of index at every runner commit is most of its cost.
         gix::index::File::at(
             index_path,
             repo.object_hash(),
-            false,
+            true,
             gix::index::decode::Options::default(),
         )
         .map_err(|e| Error::ReadIndex(e.into()))
@@ -79,12 +100,20 @@ pub(super) fn read_index(repo: &gix::Repository, index_path: &Path) -> Result<gi
     }
 }
 
-/// Writes `index` through the lock and puts it in place.
-pub(super) fn write_index(mut index: gix::index::File, mut lock: IndexLock) -> Result<(), Error> {
-    // The cached tree extension would describe directories as they were; drop it (git rebuilds it).
-    index.remove_tree();
+/// Writes `index` through the lock and puts it in place, with no trailing checksum when the
+/// repository asks for none (`index.skipHash`, set by git's `feature.manyFiles`).
+pub(super) fn write_index(repo: &gix::Repository, index: gix::index::File, mut lock: IndexLock) -> Result<(), Error> {
+    let config = repo.config_snapshot();
+    let skip_hash = config
+        .boolean("index.skipHash")
+        .or_else(|| config.boolean("feature.manyFiles"))
+        .unwrap_or(false);
+    let options = gix::index::write::Options {
+        skip_hash,
+        ..Default::default()
+    };
     index
-        .write_to(&mut lock, gix::index::write::Options::default())
+        .write_to(&mut lock, options)
         .map_err(|e| Error::WriteIndex(e.into()))?;
     lock.flush().map_err(|e| Error::WriteIndex(e.into()))?;
     lock.into_inner()
