@@ -28,17 +28,19 @@
 # what is measured is Stella's storage, not a `git commit` that happened to auto-pack it.
 # The work directory (repository, runner workspaces, daemon logs) is under target/, not /tmp
 # (a sandboxed step has a /tmp of its own).
-# Usage: bench/scale.sh [--runs N] [--quick] [--flat] [--keep DIR]
+# Usage: bench/scale.sh [--runs N] [--quick] [--flat] [--git-defaults] [--keep DIR]
 #   --runs N    the ledger's size (default 1000; the issue's acceptance figure is 10000)
 #   --flat      write every request in the flat layout, runs/<id>/ (the layout before shards)
+#   --git-defaults  leave out `git config feature.manyFiles true` (docs/ledger.md recommends it
+#               for a runner's clone of a large ledger)
 #   --quick     N = 200 unless --runs says otherwise, a 20 MB step instead of 100 MB (for CI)
 #   --keep DIR  build in DIR (created; must be empty) and keep it afterwards
 # Needs bash, git, python3 (and cargo, unless STELLA_BIN names a built stella binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { echo "usage: bench/scale.sh [--runs N] [--quick] [--flat] [--keep DIR]" >&2; exit 2; }
-runs= quick=false keep= flat=false
+usage() { echo "usage: bench/scale.sh [--runs N] [--quick] [--flat] [--git-defaults] [--keep DIR]" >&2; exit 2; }
+runs= quick=false keep= flat=false many_files=true
 while (($#)); do
   case $1 in
     --runs)
@@ -48,6 +50,7 @@ while (($#)); do
       ;;
     --quick) quick=true; shift ;;
     --flat) flat=true; shift ;;
+    --git-defaults) many_files=false; shift ;;
     --keep)
       [[ -n ${2:-} ]] || usage
       keep=$2
@@ -95,7 +98,7 @@ trap 'exit 130' INT TERM
 
 export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null
 export XDG_STATE_HOME=$work/state # the runner's workspaces
-export STELLA=$stella WORK=$work RUNS=$runs LOUD_MB=$loud_mb QUICK=$quick FLAT=$flat
+export STELLA=$stella WORK=$work RUNS=$runs LOUD_MB=$loud_mb QUICK=$quick FLAT=$flat MANY_FILES=$many_files
 
 cat > "$work/scale.py" << 'PY'
 import datetime, hashlib, json, os, re, shutil, signal, statistics, subprocess, sys, time
@@ -108,6 +111,7 @@ GIT = ["git", "-c", "user.name=Bench", "-c", "user.email=bench@example.com",
        "-c", "commit.gpgsign=false", "-c", "gc.auto=0"]
 REQUEST = "apiVersion: stella/v1\nkind: RunRequest\npack: packs/true\n"
 FLAT = os.environ["FLAT"] == "true"
+MANY_FILES = os.environ["MANY_FILES"] == "true"
 
 
 def count_runs():
@@ -301,6 +305,10 @@ def setup():
     os.makedirs(os.path.join(REPO, "packs/true"))
     os.makedirs(os.path.join(REPO, "packs/loud"))
     run(GIT + ["init", "-q", "-b", "main"])
+    # What docs/ledger.md recommends for a runner's clone of a large ledger (index.skipHash:
+    # no checksum over the whole index at each runner commit); --git-defaults leaves it out.
+    if MANY_FILES:
+        run(GIT + ["config", "feature.manyFiles", "true"])
     run([STELLA, "init", "."])
     with open(os.path.join(REPO, "packs/true/pack.yaml"), "w") as f:
         f.write('apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: "true", version: "1.0.0" }\n'
@@ -431,7 +439,8 @@ def report(small, big, lo, batch):
     w = 44
     print()
     print(f"stella bench: scale, {N} runs ({os.cpu_count()} cpus, release build{', --quick' if QUICK else ''};"
-          f" requests in batches of {batch})")
+          f" requests in batches of {batch}; {'flat' if FLAT else 'sharded'} layout;"
+          f" {'feature.manyFiles' if MANY_FILES else 'git defaults'})")
     print()
     print(f"{'figure':<{w}} {'N/10=' + str(small['size']):>12} {'N=' + str(big['size']):>12} {'ratio':>7}  target (issue 13, at 10,000 runs)")
 
