@@ -105,7 +105,7 @@ fn set_aside_stale_journal(env: &Environment, id: &str, tip: ObjectId) -> Result
 /// trusted runners wrote them.
 fn continue_from_ledger(env: &Environment, id: &str, tip: ObjectId, journal: &Journal) -> Result<(), Error> {
     let ledger = env.ledger();
-    let view = super::view(&ledger, tip, id);
+    let view = super::find(&ledger, tip, id)?;
     if let Some(why) = view.invalid {
         return Err(Error::Invalid(why));
     }

@@ -41,14 +41,14 @@ pub fn approve(a: Args) -> Result<Outcome, Failure> {
     let tip = ledger
         .tip()?
         .ok_or_else(|| Failure::one(Code::Usage, "the branch has no commits"))?;
-    let mut view = runs::view(&ledger, tip, a.run);
+    let mut view = runs::find(&ledger, tip, a.run)?;
     let mut at = tip;
     // A request still on a pull request: approve the plan of the checked-out commit, which
     // the runner will execute after the merge (and which the pull request's note shows).
     if !view.has_request
         && let Some(head) = ledger.resolve("HEAD").filter(|h| *h != tip)
     {
-        let there = runs::view(&ledger, head, a.run);
+        let there = runs::find(&ledger, head, a.run)?;
         if there.has_request {
             eprintln!(
                 "run {} is not on {} yet: approving the plan of the checked-out commit {}",

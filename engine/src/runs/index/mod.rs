@@ -1,28 +1,38 @@
-//! The local index of runs, `.git/stella/index/runs.json`: for each run the object id of its
-//! `runs/<id>` tree, its journal's fingerprint and the `Facts` read from them, so that a scan
-//! reads only the runs that changed. A cache, never trusted over git: an entry counts only
-//! while both keys match, and a file that is missing, of another version, or not
-//! authenticated by this runner's key is ignored and rebuilt. Never decides a run's need.
+//! The local index of runs, under `.git/stella/index/`: what a scan learned about the runs at
+//! a tip, so that the next scan reads only what changed since. A small head (the tip, the
+//! runs not settled there with their trees, journal fingerprints and `Facts`, the entries that
+//! are no run) and an append-only log of settled runs (`log`). A cache, never trusted over
+//! git: every part is authenticated with a key derived from the runner key, and a part that is
+//! missing, of another version or not authentic is rebuilt from git. Never decides a run's
+//! need, and never reads git itself.
+
+pub mod log;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use gix::ObjectId;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{Need, RunView};
+use crate::layout::Layout;
 use crate::state::RunStatus;
 
-/// The format of the index file; a file of any other version is rebuilt.
-pub const VERSION: u32 = 1;
+/// The format of the head (and with it the log); a head of any other version is rebuilt.
+pub const VERSION: u32 = 2;
 const MAGIC: &str = "stella-runs-index";
+const HEAD: &str = "head";
 
-/// Where the index lives: `.git/stella/index/runs.json`.
+/// Where the index lives: `.git/stella/index/`.
+pub fn dir(git_dir: &Path) -> PathBuf {
+    git_dir.join("stella").join("index")
+}
+
+/// The index's head: `.git/stella/index/head`.
 pub fn path(git_dir: &Path) -> PathBuf {
-    git_dir.join("stella").join("index").join("runs.json")
+    dir(git_dir).join(HEAD)
 }
 
 /// What every reader of many runs needs of one, without its events: the folded state's
@@ -92,6 +102,26 @@ impl Facts {
         }
     }
 
+    /// Where the run stands in "newest first": when it started (`run.started`), else when it
+    /// finished, in ms since the epoch; a run with neither (not started yet) is newer than any
+    /// run that has one (`u64::MAX`). A time that does not parse counts as 0.
+    pub fn order(&self) -> u64 {
+        match self.started.as_deref().or(self.finished.as_deref()) {
+            None => u64::MAX,
+            Some(t) => humantime::parse_rfc3339(t)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as u64),
+        }
+    }
+
+    /// Whether nothing more happens to the run until a commit touches it: finished, every
+    /// event in the ledger, nothing stray in its directory. (A runner never appends to the
+    /// journal of a finished run, so its facts depend on its tree alone.)
+    pub fn settled(&self) -> bool {
+        self.events > 0 && self.status.is_terminal() && !self.journal_ahead && self.ignored.is_empty()
+    }
+
     /// What the run needs from the daemon (`RunView::need`'s one definition); an invalid run
     /// needs nothing.
     pub fn need(&self, invalid: bool) -> Need {
@@ -134,56 +164,82 @@ pub fn journal_mark(git_dir: &Path, id: &str) -> JournalMark {
     Some([m.len(), ns, m.ino()])
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Entry {
-    tree: String,
-    journal: JournalMark,
-    facts: Facts,
+/// A run the head holds: one not settled (requested, under way, waiting, finished with events
+/// the ledger lacks, or with stray entries in its directory), or one that cannot be read as a
+/// run (then without facts: it is read again at every scan).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Live {
+    pub layout: Layout,
+    pub tree: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<String>,
+    pub journal: JournalMark,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<Facts>,
 }
 
-/// The index in memory: what a scan may take instead of reading a run. Without a runner key
-/// there is no index (`Index::none`): every scan reads git.
+/// The small part of the index, read by every scan and rewritten whole (atomically) when it
+/// changes: the tip it describes, the runs not settled there, the entries under `runs/` that
+/// are no run, and where the log of settled runs ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub tip: String,
+    pub live: BTreeMap<String, Live>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub ignored: BTreeSet<String>,
+    pub log: log::End,
+}
+
+/// The index in memory: the head as read (when it is this runner's and of this version),
+/// and the directory the log lives in. Without a runner key there is no index
+/// (`Index::none`): every scan reads git.
 pub struct Index {
-    file: Option<PathBuf>,
+    dir: Option<PathBuf>,
     secret: [u8; 32],
-    entries: BTreeMap<String, Entry>,
-    dirty: bool,
+    head: Option<Head>,
+    /// The head's body as read or last written: a head that did not change is not written.
+    saved: Option<Vec<u8>>,
 }
 
 impl Index {
     /// No index: every run is read from git.
     pub fn none() -> Index {
         Index {
-            file: None,
+            dir: None,
             secret: [0; 32],
-            entries: BTreeMap::new(),
-            dirty: false,
+            head: None,
+            saved: None,
         }
     }
 
     /// The index of the repository at `git_dir`, authenticated with a secret derived from the
-    /// runner key. A file that is missing, truncated, of another version or whose MAC does not
-    /// verify gives an empty index, rewritten at the next `save`.
+    /// runner key. A head that is missing, truncated, of another version or whose MAC does not
+    /// verify is no head: the next scan rebuilds the index from git.
     pub fn open(git_dir: &Path, key: &crate::keys::SshKey) -> Index {
         let mut h = Sha256::new();
         h.update(b"stella runs index secret\0");
         h.update(key.signing_key().to_bytes());
         let mut index = Index {
-            file: Some(path(git_dir)),
+            dir: Some(dir(git_dir)),
             secret: h.finalize().into(),
-            entries: BTreeMap::new(),
-            dirty: true,
+            head: None,
+            saved: None,
         };
-        if let Some(entries) = std::fs::read(path(git_dir)).ok().and_then(|b| index.decode(&b)) {
-            index.entries = entries;
-            index.dirty = false;
+        if let Some((head, body)) = std::fs::read(path(git_dir)).ok().and_then(|b| index.decode(&b)) {
+            index.head = Some(head);
+            index.saved = Some(body);
         } else {
             tracing::debug!(file = %path(git_dir).display(), "the runs index is missing or not this runner's; rebuilt from git");
         }
         index
     }
 
-    fn decode(&self, bytes: &[u8]) -> Option<BTreeMap<String, Entry>> {
+    /// Whether there is an index at all (a runner key).
+    pub fn is_on(&self) -> bool {
+        self.dir.is_some()
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Option<(Head, Vec<u8>)> {
         let nl = bytes.iter().position(|&b| b == b'\n')?;
         let header = std::str::from_utf8(&bytes[..nl]).ok()?;
         let mac = header.strip_prefix(&format!("{MAGIC} {VERSION} "))?;
@@ -191,7 +247,7 @@ impl Index {
         let mac = hex::decode(mac).ok()?;
         // `verify_slice` compares in constant time.
         self.mac(body).verify_slice(&mac).ok()?;
-        serde_json::from_slice(body).ok()
+        Some((serde_json::from_slice(body).ok()?, body.to_vec()))
     }
 
     /// HMAC-SHA256 of the header's magic and version, then the body.
@@ -202,63 +258,70 @@ impl Index {
         mac
     }
 
-    /// The facts recorded for run `id`, if its tree and journal are those they were read from.
-    pub fn get(&self, id: &str, tree: ObjectId, journal: JournalMark) -> Option<Facts> {
-        let e = self.entries.get(id)?;
-        let same_tree = ObjectId::from_hex(e.tree.as_bytes()).is_ok_and(|t| t == tree);
-        (self.file.is_some() && same_tree && e.journal == journal).then(|| e.facts.clone())
+    /// The head as read, taken out (the scan brings it up to date and saves it back).
+    pub fn take_head(&mut self) -> Option<Head> {
+        self.head.take()
     }
 
-    /// Records the facts read from run `id`'s tree and journal.
-    pub fn put(&mut self, id: &str, tree: ObjectId, journal: JournalMark, facts: Facts) {
-        if self.file.is_none() {
+    /// The log of settled runs, when there is an index.
+    pub fn log(&self) -> Option<log::Log<'_>> {
+        Some(log::Log {
+            dir: self.dir.as_deref()?,
+            secret: &self.secret,
+        })
+    }
+
+    /// Writes `head` if it changed: a temporary file, then a rename, so a reader sees the old
+    /// head or the new one. When its log is of a new generation, the other generations' logs
+    /// (and the index of version 1) are removed after. A failure is logged and costs only the
+    /// next scan's reads.
+    pub fn save(&mut self, head: Head) {
+        let Some(dir) = self.dir.clone() else {
+            return;
+        };
+        let body = serde_json::to_vec(&head).expect("the head is JSON");
+        let generation = head.log.generation;
+        self.head = Some(head);
+        if self.saved.as_ref() == Some(&body) {
             return;
         }
-        let entry = Entry {
-            tree: tree.to_string(),
-            journal,
-            facts,
-        };
-        self.entries.insert(id.to_string(), entry);
-        self.dirty = true;
-    }
-
-    /// Forgets the runs that are no longer on the branch.
-    pub fn keep(&mut self, ids: &BTreeSet<String>) {
-        let before = self.entries.len();
-        self.entries.retain(|id, _| ids.contains(id));
-        self.dirty |= self.entries.len() != before;
-    }
-
-    /// Writes the index if it changed: a temporary file, then a rename, so a reader sees the
-    /// old file or the new one. A failure is logged and costs only the next scan's reads.
-    pub fn save(&mut self) {
-        let Some(file) = self.file.clone().filter(|_| self.dirty) else {
-            return;
-        };
-        let body = serde_json::to_vec(&self.entries).expect("the index is JSON");
+        let old_generation = self
+            .saved
+            .as_ref()
+            .and_then(|b| serde_json::from_slice::<Head>(b).ok())
+            .map(|h| h.log.generation);
         let mut bytes = format!(
             "{MAGIC} {VERSION} {}\n",
             hex::encode(self.mac(&body).finalize().into_bytes())
         )
         .into_bytes();
         bytes.extend_from_slice(&body);
+        let file = dir.join(HEAD);
         let tmp = file.with_extension(format!("tmp.{}", std::process::id()));
-        let written = file
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
+        let written = std::fs::create_dir_all(&dir)
             .and_then(|()| std::fs::write(&tmp, &bytes))
             .and_then(|()| std::fs::rename(&tmp, &file));
         match written {
-            Ok(()) => self.dirty = false,
+            Ok(()) => self.saved = Some(body),
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 tracing::warn!(file = %file.display(), error = %e, "cannot write the runs index; the next scan reads git again");
+                return;
+            }
+        }
+        if old_generation != Some(generation) {
+            let keep = log::path(&dir, generation);
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let p = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let stale_log = name.starts_with("settled.") && name.ends_with(".log") && p != keep;
+                if stale_log || name == "runs.json" {
+                    let _ = std::fs::remove_file(&p);
+                }
             }
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,7 +329,7 @@ mod tests {
     fn facts(status: RunStatus) -> Facts {
         Facts {
             status,
-            started: None,
+            started: Some("2026-12-01T10:00:00.000Z".into()),
             finished: None,
             waiting_gate: None,
             code: None,
@@ -283,31 +346,45 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_counts_only_for_its_tree_and_journal_and_only_under_its_key() {
+    fn a_head_is_read_back_only_under_its_key_and_as_written() {
         let git = tempfile::tempdir().unwrap();
         let key = crate::keys::SshKey::generate("runner");
-        let tree = ObjectId::empty_tree(gix::hash::Kind::Sha1);
-        let other = ObjectId::null(gix::hash::Kind::Sha1);
+        let mut head = Head {
+            tip: "ab".repeat(20),
+            ..Head::default()
+        };
+        let live = Live {
+            layout: Layout::Sharded,
+            tree: "cd".repeat(20),
+            approvals: None,
+            journal: Some([1, 2, 3]),
+            facts: Some(facts(RunStatus::Waiting)),
+        };
+        head.live.insert("r1".into(), live);
         let mut index = Index::open(git.path(), &key);
-        index.put("r1", tree, Some([1, 2, 3]), facts(RunStatus::Succeeded));
-        index.save();
-        let again = Index::open(git.path(), &key);
-        assert_eq!(
-            again.get("r1", tree, Some([1, 2, 3])),
-            Some(facts(RunStatus::Succeeded))
-        );
-        assert_eq!(again.get("r1", other, Some([1, 2, 3])), None, "another tree");
-        assert_eq!(again.get("r1", tree, Some([2, 2, 3])), None, "the journal grew");
-        assert_eq!(again.get("r1", tree, None), None, "the journal went");
+        assert_eq!(index.take_head(), None, "no index yet");
+        index.save(head.clone());
+        assert_eq!(Index::open(git.path(), &key).take_head(), Some(head.clone()));
         let stranger = Index::open(git.path(), &crate::keys::SshKey::generate("other"));
-        assert_eq!(stranger.get("r1", tree, Some([1, 2, 3])), None, "another runner's key");
+        assert!(!stranger.is_on() || stranger.head.is_none(), "another runner's key");
         let text = std::fs::read_to_string(path(git.path())).unwrap();
-        std::fs::write(path(git.path()), text.replace("succeeded", "cancelled")).unwrap();
-        assert_eq!(
-            Index::open(git.path(), &key).get("r1", tree, Some([1, 2, 3])),
-            None,
-            "edited"
-        );
-        assert_eq!(Index::none().get("r1", tree, Some([1, 2, 3])), None);
+        std::fs::write(path(git.path()), text.replace("waiting", "succeeded")).unwrap();
+        assert_eq!(Index::open(git.path(), &key).take_head(), None, "edited");
+        std::fs::write(path(git.path()), &text[..text.len() / 2]).unwrap();
+        assert_eq!(Index::open(git.path(), &key).take_head(), None, "truncated");
+        assert!(!Index::none().is_on());
+    }
+
+    #[test]
+    fn newest_is_by_start_then_finish_and_not_started_is_newest() {
+        let mut f = facts(RunStatus::Succeeded);
+        let started = f.order();
+        f.started = None;
+        assert_eq!(f.order(), u64::MAX);
+        f.finished = Some("2026-12-01T10:00:01.000Z".into());
+        assert_eq!(f.order(), started + 1000);
+        assert!(f.settled());
+        f.journal_ahead = true;
+        assert!(!f.settled());
     }
 }
