@@ -5,15 +5,17 @@
 //! touched. Without a usable index it reads every run from git and writes a new one. Reads
 //! git and the journals' metadata; writes only the index.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use gix::ObjectId;
+
+mod select;
 
 use super::index::log::{Record, Settled};
 use super::index::{self, Facts, Head, Index, JournalMark, Live};
 use super::{Invalid, Summary};
-use crate::layout::{self, Area, Layout, RunDir};
+use select::{everything, latest, live, newest, newest_first};
+use crate::layout::{self, Area, RunDir};
 use crate::ledger::{Error, Ledger};
 
 /// Which runs a scan returns. Every scan brings the index up to date whatever it returns.
@@ -145,10 +147,10 @@ pub fn scan(ledger: &Ledger, tip: ObjectId, index: &mut Index, select: Select) -
         }
     }
     let runs = match select {
-        Select::Active => s.live(&head),
-        Select::All => s.everything(&head, settled),
+        Select::Active => live(&head, &s.invalid),
+        Select::All => everything(&head, &s.invalid, settled),
         Select::Newest(n) => {
-            let mut runs = s.everything(&head, settled);
+            let mut runs = everything(&head, &s.invalid, settled);
             newest_first(&mut runs);
             runs.truncate(n);
             runs
@@ -163,25 +165,6 @@ fn generation() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     ns ^ (u64::from(std::process::id()) << 48)
-}
-
-fn newest_first(runs: &mut [Summary]) {
-    runs.sort_by(|a, b| (b.facts.order(), &b.id).cmp(&(a.facts.order(), &a.id)));
-}
-
-fn summary(id: &str, layout: Layout, tree: &str, approvals: Option<&str>, facts: Facts) -> Option<Summary> {
-    let oid = |s: &str| ObjectId::from_hex(s.as_bytes()).ok();
-    Some(Summary {
-        id: id.to_string(),
-        dir: RunDir {
-            id: id.to_string(),
-            layout,
-        },
-        facts,
-        invalid: None,
-        tree: oid(tree)?,
-        approvals: approvals.and_then(oid),
-    })
 }
 
 impl Scan<'_> {
@@ -316,12 +299,12 @@ impl Scan<'_> {
             tracing::debug!(records = head.log.records, settled = head.log.settled, "the settled runs log compacted");
         }
         Ok(match select {
-            Select::Active => self.live(head),
+            Select::Active => live(head, &self.invalid),
             Select::All => {
                 let all = log.all(&head.log).map_err(|e| e.to_string())?;
-                self.everything(head, latest(all, head))
+                everything(head, &self.invalid, latest(all, head))
             }
-            Select::Newest(n) => self.newest(&log, head, n).map_err(|e| e.to_string())?,
+            Select::Newest(n) => newest(&log, head, &self.invalid, n).map_err(|e| e.to_string())?,
         })
     }
 
@@ -528,69 +511,6 @@ impl Scan<'_> {
         head.live.insert(id, live);
     }
 
-    /// The runs the head holds, by id.
-    fn live(&self, head: &Head) -> Vec<Summary> {
-        head.live
-            .iter()
-            .filter_map(|(id, l)| {
-                let (facts, invalid) = match (&l.facts, self.invalid.get(id)) {
-                    (Some(f), _) => (f.clone(), None),
-                    (None, Some((f, why))) => (f.clone(), Some(why.clone())),
-                    (None, None) => return None,
-                };
-                let mut s = summary(id, l.layout, &l.tree, l.approvals.as_deref(), facts)?;
-                s.invalid = invalid;
-                Some(s)
-            })
-            .collect()
-    }
-
-    /// The head's runs and the settled ones, by id.
-    fn everything(&self, head: &Head, settled: Vec<(String, Settled)>) -> Vec<Summary> {
-        let mut runs = self.live(head);
-        runs.extend(settled.into_iter().filter_map(|(id, r)| {
-            summary(&id, r.layout, &r.tree, r.approvals.as_deref(), r.facts)
-        }));
-        runs.sort_by(|a, b| a.id.cmp(&b.id));
-        runs
-    }
-
-    /// The `n` newest runs: the head's, and the log's read from its end until nothing earlier
-    /// can be newer than the `n`th found.
-    fn newest(&self, log: &index::log::Log<'_>, head: &Head, n: usize) -> std::io::Result<Vec<Summary>> {
-        let mut best: BinaryHeap<Reverse<(u64, String)>> = BinaryHeap::new();
-        let mut chosen: HashMap<String, Summary> = HashMap::new();
-        let mut keep = |s: Summary, best: &mut BinaryHeap<Reverse<(u64, String)>>| {
-            best.push(Reverse((s.facts.order(), s.id.clone())));
-            chosen.insert(s.id.clone(), s);
-            if best.len() > n
-                && let Some(Reverse((_, id))) = best.pop()
-            {
-                chosen.remove(&id);
-            }
-        };
-        for s in self.live(head) {
-            keep(s, &mut best);
-        }
-        let mut seen: HashSet<String> = head.live.keys().cloned().collect();
-        log.tail(&head.log, |r| {
-            if n == 0 || (best.len() >= n && best.peek().is_some_and(|Reverse((order, _))| *order > r.upto)) {
-                return false;
-            }
-            if seen.insert(r.id.clone())
-                && let Some(run) = &r.run
-                && let Some(s) = summary(&r.id, run.layout, &run.tree, run.approvals.as_deref(), run.facts.clone())
-            {
-                keep(s, &mut best);
-            }
-            true
-        })?;
-        let mut runs: Vec<Summary> = chosen.into_values().collect();
-        newest_first(&mut runs);
-        runs.truncate(n);
-        Ok(runs)
-    }
-
     fn finish(&self, head: &Head, runs: Vec<Summary>) -> Scanned {
         let mut ignored: BTreeSet<String> = head.ignored.clone();
         for l in head.live.values() {
@@ -606,16 +526,4 @@ impl Scan<'_> {
             read: self.read,
         }
     }
-}
-
-/// The settled runs of a log's records: the latest record of each id, but those the head holds.
-fn latest(records: Vec<Record>, head: &Head) -> Vec<(String, Settled)> {
-    let mut last: BTreeMap<String, Option<Settled>> = BTreeMap::new();
-    for r in records {
-        last.insert(r.id, r.run);
-    }
-    last.into_iter()
-        .filter(|(id, _)| !head.live.contains_key(id))
-        .filter_map(|(id, r)| Some((id, r?)))
-        .collect()
 }
