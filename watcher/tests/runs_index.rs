@@ -87,7 +87,7 @@ fn log_file(r: &Repo) -> PathBuf {
 }
 
 /// The index's files, to put back between corruptions.
-fn snapshot(r: &Repo) -> Vec<(PathBuf, Vec<u8>)> {
+fn snapshot(r: &Repo) -> Files {
     std::fs::read_dir(r.path().join(INDEX))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -95,7 +95,7 @@ fn snapshot(r: &Repo) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
-fn restore(r: &Repo, files: &[(PathBuf, Vec<u8>)]) {
+fn restore(r: &Repo, files: &Files) {
     std::fs::remove_dir_all(r.path().join(INDEX)).unwrap();
     std::fs::create_dir_all(r.path().join(INDEX)).unwrap();
     for (p, bytes) in files {
@@ -203,9 +203,18 @@ fn deleting_corrupting_or_truncating_the_log_changes_no_answer() {
         ("cut short by a byte", Some(good[..good.len() - 1].to_vec())),
         ("cut to its first line", Some(lines[0].as_bytes().to_vec())),
         ("cut in half", Some(good[..good.len() / 2].to_vec())),
-        ("with a record edited", Some(text.replace("\"failed\"", "\"succeeded\"").into_bytes())),
-        ("with its lines reordered", Some([lines[1], lines[0], lines[2]].concat().into_bytes())),
-        ("with its last line repeated", Some([text.as_str(), lines[2]].concat().into_bytes())),
+        (
+            "with a record edited",
+            Some(text.replace("\"failed\"", "\"succeeded\"").into_bytes()),
+        ),
+        (
+            "with its lines reordered",
+            Some([lines[1], lines[0], lines[2]].concat().into_bytes()),
+        ),
+        (
+            "with its last line repeated",
+            Some([text.as_str(), lines[2]].concat().into_bytes()),
+        ),
     ];
     for (what, bytes) in corruptions {
         for (args, truth) in READERS.iter().zip(&truth) {
@@ -230,7 +239,13 @@ fn deleting_corrupting_or_truncating_the_log_changes_no_answer() {
 
 /// r1 finished (settled in the log), r2 requested (in the head), the index written; and the
 /// index forged: r2 given r1's facts in the head, and in the log.
-fn forged() -> (Repo, Vec<(PathBuf, Vec<u8>)>, [(&'static str, PathBuf, String); 3]) {
+/// The index's files, as `snapshot` takes them.
+type Files = Vec<(PathBuf, Vec<u8>)>;
+
+/// A forgery: what it is, the file, its bytes.
+type Forgery = (&'static str, PathBuf, String);
+
+fn forged() -> (Repo, Files, [Forgery; 3]) {
     let r = Repo::with_finished_run();
     r.request("r2", "hello", "{}\n");
     r.stella(&["runs", "list"]).ok();
@@ -321,7 +336,10 @@ fn an_idle_daemon_reads_nothing_of_the_settled_runs() {
     std::fs::remove_file(log_file(&r)).unwrap();
     let (out, read) = with_reads(&r, &["daemon", "--once", "--repo", "."]);
     assert!(out.contains("0 run(s) started"), "{out}");
-    assert_eq!(read, 0, "an idle --once and an unrelated commit read no run, and not the log");
+    assert_eq!(
+        read, 0,
+        "an idle --once and an unrelated commit read no run, and not the log"
+    );
     // The next reader that needs the settled runs finds the log missing and rebuilds it.
     let (_, read) = with_reads(&r, &["runs", "list", "--limit", "3"]);
     assert_eq!(read, 3);
@@ -378,17 +396,27 @@ fn sharded_and_flat_runs_are_found_and_a_flat_duplicate_wins() {
     assert_eq!(list_reads(&r), 1);
     assert_eq!(
         listed(&["runs", "list", "--limit", "5", "--json"]),
-        ["f1 planned", "s1 planned", "s2 planned"].map(str::to_string).into_iter().rev().collect::<Vec<_>>(),
+        ["f1 planned", "s1 planned", "s2 planned"]
+            .map(str::to_string)
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>(),
         "not started: newest of all, by id descending"
     );
     // A flat run of the same id as a sharded one: the flat one is the run, the sharded one is
     // reported and ignored.
-    r.write("runs/s1/request.yaml", &std::fs::read_to_string(r.path().join(&sharded).join("request.yaml")).unwrap());
+    r.write(
+        "runs/s1/request.yaml",
+        &std::fs::read_to_string(r.path().join(&sharded).join("request.yaml")).unwrap(),
+    );
     r.write("runs/s1/notes.md", "the flat one\n").commit_all("a flat s1");
     let out = stella().current_dir(r.path()).args(["runs", "list"]).output().unwrap();
     let warned = plain(&String::from_utf8_lossy(&out.stderr));
     assert!(warned.contains(&sharded), "{warned}");
-    assert_eq!(listed(&["runs", "list", "--json"]), ["f1 planned", "s1 planned", "s2 planned"]);
+    assert_eq!(
+        listed(&["runs", "list", "--json"]),
+        ["f1 planned", "s1 planned", "s2 planned"]
+    );
     let ignored = |args: &[&str]| {
         let out = stella()
             .current_dir(r.path())
@@ -408,7 +436,10 @@ fn sharded_and_flat_runs_are_found_and_a_flat_duplicate_wins() {
     assert!(!said.contains(&sharded), "{said}");
     // From scratch, the same.
     std::fs::remove_dir_all(r.path().join(INDEX)).unwrap();
-    assert_eq!(listed(&["runs", "list", "--json"]), ["f1 planned", "s1 planned", "s2 planned"]);
+    assert_eq!(
+        listed(&["runs", "list", "--json"]),
+        ["f1 planned", "s1 planned", "s2 planned"]
+    );
 }
 
 #[test]

@@ -345,8 +345,9 @@ impl Daemon {
     fn report_skipped(&mut self) {
         for path in &self.ignored {
             if self.reported.insert(path.clone()) {
-                let duplicate = stella_engine::layout::classify(path)
-                    .is_some_and(|(_, dir, rest)| rest.is_empty() && dir.layout == stella_engine::layout::Layout::Sharded);
+                let duplicate = stella_engine::layout::classify(path).is_some_and(|(_, dir, rest)| {
+                    rest.is_empty() && dir.layout == stella_engine::layout::Layout::Sharded
+                });
                 if duplicate {
                     warn!(path = %path, "a run also in the flat layout (runs/<id>/, which wins); ignored");
                 } else if path.matches('/').count() > 1 {

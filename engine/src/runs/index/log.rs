@@ -133,9 +133,11 @@ impl Log<'_> {
         let file = path(self.dir, generation);
         let tmp = file.with_extension(format!("tmp.{}", std::process::id()));
         std::fs::create_dir_all(self.dir)?;
-        std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &file)).inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })?;
+        std::fs::write(&tmp, &bytes)
+            .and_then(|()| std::fs::rename(&tmp, &file))
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })?;
         Ok(end)
     }
 
@@ -147,7 +149,11 @@ impl Log<'_> {
             return Ok(());
         }
         let file = path(self.dir, end.generation);
-        let mut f = std::fs::OpenOptions::new().read(true).write(true).create(end.len == 0).open(&file)?;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(end.len == 0)
+            .open(&file)?;
         let len = f.metadata()?.len();
         if len < end.len {
             return Err(broken("is shorter than the index says"));
@@ -181,14 +187,17 @@ impl Log<'_> {
         }
         let f = std::fs::File::open(path(self.dir, end.generation)).map_err(|_| broken("is missing"))?;
         let mut bytes = vec![0; usize::try_from(end.len).map_err(|_| broken("is too long"))?];
-        f.read_exact_at(&mut bytes, 0).map_err(|_| broken("is shorter than the index says"))?;
+        f.read_exact_at(&mut bytes, 0)
+            .map_err(|_| broken("is shorter than the index says"))?;
         let mut out = Vec::new();
         let mut prev = String::new();
         let Some(body) = bytes.strip_suffix(b"\n") else {
             return Err(broken("does not end with a whole line"));
         };
         for line in body.split(|&b| b == b'\n') {
-            let mac = std::str::from_utf8(line.get(..64).unwrap_or_default()).unwrap_or_default().to_string();
+            let mac = std::str::from_utf8(line.get(..64).unwrap_or_default())
+                .unwrap_or_default()
+                .to_string();
             let (record, before) = self.check(line, &mac)?;
             if before != prev {
                 return Err(broken("holds records out of their order"));

@@ -14,9 +14,9 @@ mod select;
 use super::index::log::{Record, Settled};
 use super::index::{self, Facts, Head, Index, JournalMark, Live};
 use super::{Invalid, Summary};
-use select::{everything, latest, live, newest, newest_first};
 use crate::layout::{self, Area, RunDir};
 use crate::ledger::{Error, Ledger};
+use select::{everything, latest, live, newest, newest_first};
 
 /// Which runs a scan returns. Every scan brings the index up to date whatever it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,7 +216,7 @@ impl Scan<'_> {
                 }
             } else if *is_tree && crate::run_id::is_valid(name) {
                 flat.insert(name.clone(), *id);
-            } else if !(name == "README.md" && !is_tree) {
+            } else if name != "README.md" || *is_tree {
                 head.ignored.insert(path);
             }
         }
@@ -296,7 +296,11 @@ impl Scan<'_> {
             head.log = log
                 .create(generation(), &records, records.len() as u64)
                 .map_err(|e| e.to_string())?;
-            tracing::debug!(records = head.log.records, settled = head.log.settled, "the settled runs log compacted");
+            tracing::debug!(
+                records = head.log.records,
+                settled = head.log.settled,
+                "the settled runs log compacted"
+            );
         }
         Ok(match select {
             Select::Active => live(head, &self.invalid),
@@ -376,7 +380,11 @@ impl Scan<'_> {
             let approvals = self.approvals(&dir)?;
             let journal = index::journal_mark(self.ledger.git_dir(), &id);
             let same = prior
-                .filter(|l| l.layout == dir.layout && l.tree == tree.to_string() && l.journal == journal)
+                .filter(|l| {
+                    l.layout == dir.layout
+                        && ObjectId::from_hex(l.tree.as_bytes()).ok() == Some(tree)
+                        && l.journal == journal
+                })
                 .and_then(|l| l.facts);
             let read = match same {
                 // Only its approvals changed.
@@ -519,7 +527,12 @@ impl Scan<'_> {
         for (facts, _) in self.invalid.values() {
             ignored.extend(facts.ignored.iter().cloned());
         }
-        tracing::debug!(runs = runs.len(), live = head.live.len(), read = self.read, "runs scanned");
+        tracing::debug!(
+            runs = runs.len(),
+            live = head.live.len(),
+            read = self.read,
+            "runs scanned"
+        );
         Scanned {
             runs,
             ignored: ignored.into_iter().collect(),

@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 use gix::ObjectId;
 
+use super::super::Summary;
 use super::super::index::log::{Log, Record, Settled};
 use super::super::index::{Facts, Head};
-use super::super::Summary;
 use crate::layout::{Layout, RunDir};
 
 /// What a scan read of runs that cannot be read as runs (the head keeps no facts of them).
@@ -54,9 +54,11 @@ pub fn live(head: &Head, invalid: &Invalid) -> Vec<Summary> {
 /// The head's runs and the settled ones, by id.
 pub fn everything(head: &Head, invalid: &Invalid, settled: Vec<(String, Settled)>) -> Vec<Summary> {
     let mut runs = live(head, invalid);
-    runs.extend(settled.into_iter().filter_map(|(id, r)| {
-        summary(&id, r.layout, &r.tree, r.approvals.as_deref(), r.facts)
-    }));
+    runs.extend(
+        settled
+            .into_iter()
+            .filter_map(|(id, r)| summary(&id, r.layout, &r.tree, r.approvals.as_deref(), r.facts)),
+    );
     runs.sort_by(|a, b| a.id.cmp(&b.id));
     runs
 }
@@ -85,7 +87,13 @@ pub fn newest(log: &Log<'_>, head: &Head, invalid: &Invalid, n: usize) -> std::i
         }
         if seen.insert(r.id.clone())
             && let Some(run) = &r.run
-            && let Some(s) = summary(&r.id, run.layout, &run.tree, run.approvals.as_deref(), run.facts.clone())
+            && let Some(s) = summary(
+                &r.id,
+                run.layout,
+                &run.tree,
+                run.approvals.as_deref(),
+                run.facts.clone(),
+            )
         {
             keep(s, &mut best);
         }
