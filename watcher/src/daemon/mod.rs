@@ -262,5 +262,11 @@ fn worktree_mark(ledger: &stella_engine::ledger::Ledger) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let tip = ledger.tip().ok().flatten()?;
     let m = std::fs::metadata(ledger.git_dir().join("index")).ok()?;
-    Some(format!("{tip} {} {} {} {}\n", m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
+    Some(format!(
+        "{tip} {} {} {} {}\n",
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ino()
+    ))
 }

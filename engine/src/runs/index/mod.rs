@@ -225,13 +225,48 @@ impl Index {
             head: None,
             saved: None,
         };
-        if let Some((head, body)) = std::fs::read(path(git_dir)).ok().and_then(|b| index.decode(&b)) {
-            index.head = Some(head);
-            index.saved = Some(body);
-        } else {
-            tracing::debug!(file = %path(git_dir).display(), "the runs index is missing or not this runner's; rebuilt from git");
-        }
+        index.reload();
         index
+    }
+
+    /// Reads the head from disk again (another process may have moved it on).
+    fn reload(&mut self) {
+        let Some(file) = self.dir.as_ref().map(|d| d.join(HEAD)) else {
+            return;
+        };
+        match std::fs::read(&file).ok().and_then(|b| self.decode(&b)) {
+            Some((head, body)) => {
+                self.head = Some(head);
+                self.saved = Some(body);
+            }
+            None => {
+                tracing::debug!(file = %file.display(), "the runs index is missing or not this runner's; rebuilt from git");
+                self.head = None;
+                self.saved = None;
+            }
+        }
+    }
+
+    /// Holds the index for one scan: an exclusive lock on `.git/stella/index/lock` (released
+    /// when the value is dropped), so that two processes never append to the log at once, and
+    /// the head as the last writer left it. Without a lock (it cannot be taken) the scan goes
+    /// on: a log two writers raced on fails its check and is rebuilt.
+    pub fn hold(&mut self) -> Option<std::fs::File> {
+        use std::os::fd::AsRawFd;
+        let dir = self.dir.clone()?;
+        let lock = std::fs::create_dir_all(&dir)
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(dir.join("lock"))
+            })
+            .ok();
+        // SAFETY: flock on a descriptor this function owns; it blocks until the lock is free.
+        let lock = lock.filter(|f| unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0);
+        self.reload();
+        lock
     }
 
     /// Whether there is an index at all (a runner key).

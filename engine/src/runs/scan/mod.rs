@@ -113,6 +113,7 @@ pub fn scan(ledger: &Ledger, tip: ObjectId, index: &mut Index, select: Select) -
         invalid: HashMap::new(),
         upto: 0,
     };
+    let _held = index.hold();
     if let Some(mut head) = index.take_head() {
         match s.incremental(index, &mut head, select) {
             Ok(runs) => {
