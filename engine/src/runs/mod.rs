@@ -10,6 +10,7 @@ mod ledger_sink;
 mod lifecycle;
 mod observer;
 mod planning;
+mod scan;
 mod trust;
 
 use std::path::Path;
@@ -27,6 +28,7 @@ pub use index::{Facts, Index};
 pub use invalid::{Invalid, RUN_ENTRIES};
 pub use lifecycle::process;
 pub use observer::Observer;
+pub use scan::{Scanned, Select, scan};
 
 /// Why a run could not be carried on. Whatever is wrong with the run's own files is `Invalid`
 /// (the run is left alone, the other runs go on); the rest is this runner's trouble with its
@@ -95,7 +97,7 @@ impl Error {
 #[derive(Debug, Clone)]
 pub struct RunView {
     pub id: String,
-    /// Where the run's files are (`runs/_<xx>/<id>` or a flat `runs/<id>`).
+    /// Where the run's files are in the tree.
     pub dir: RunDir,
     /// Events as committed in the ledger.
     pub ledger_events: Vec<Event>,
@@ -106,7 +108,7 @@ pub struct RunView {
     /// Why the run directory cannot be read as a run: then it has no events here, and the
     /// daemon leaves it alone (reported, never fatal to the other runs).
     pub invalid: Option<Invalid>,
-    /// Entries of the run directory that are no run file (`runs/<id>/<name>`): reported, ignored.
+    /// Entries of the run directory that are no run file (`runs/…/<id>/<name>`): reported, ignored.
     pub ignored: Vec<String>,
 }
 
@@ -160,14 +162,14 @@ impl RunView {
 #[derive(Debug, Clone)]
 pub struct Summary {
     pub id: String,
-    /// Where the run's files are.
+    /// Where the run's files are in the tree.
     pub dir: RunDir,
     pub facts: Facts,
     /// Why the run directory cannot be read as a run (then `facts` are those of no events).
     pub invalid: Option<Invalid>,
-    /// The object id of `runs/<id>` at the scanned tip.
+    /// The object id of the run's directory at the scanned tip.
     pub tree: ObjectId,
-    /// The object id of `approvals/<id>` at the scanned tip, if there is one.
+    /// The object id of the run's approvals directory at the scanned tip, if there is one.
     pub approvals: Option<ObjectId>,
 }
 
@@ -177,79 +179,17 @@ impl Summary {
     }
 }
 
-/// What `scan` found: every run, the entries under `runs/` that are not runs or not run files
-/// (reported, then ignored), and how many runs had to be read from git (the rest came from
-/// the index).
-#[derive(Debug, Clone)]
-pub struct Scanned {
-    pub runs: Vec<Summary>,
-    pub ignored: Vec<String>,
-    pub read: usize,
-}
-
-/// Every run directory on the branch at `tip`, with its journal, as summaries. A run whose
-/// `runs/<id>` tree and journal are those `index` recorded is not read; the others are read
-/// from git (and recorded). A run directory that cannot be read is a summary with `invalid`
-/// set; only the `runs/` tree itself failing to read is an error.
-pub fn scan(ledger: &Ledger, tip: ObjectId, index: &mut Index) -> Result<Scanned, crate::ledger::Error> {
-    // The approvals directories by path: `approvals/<id>` and, in each shard, `approvals/_<xx>/<id>`.
-    let mut approvals = std::collections::HashMap::new();
-    for (name, is_dir, oid) in ledger.entries(tip, "approvals")? {
-        if is_dir && crate::layout::is_shard(&name) {
-            for (id, is_dir, oid) in ledger.entries(tip, &format!("approvals/{name}"))? {
-                if is_dir {
-                    approvals.insert(format!("approvals/{name}/{id}"), oid);
-                }
-            }
-        } else if is_dir {
-            approvals.insert(format!("approvals/{name}"), oid);
-        }
-    }
-    let mut found = Scanned {
-        runs: Vec::new(),
-        ignored: Vec::new(),
-        read: 0,
-    };
-    let mut ids = std::collections::BTreeSet::new();
-    let dirs = ledger.run_dirs(tip)?;
-    found.ignored = dirs.ignored;
-    for (dir, tree) in dirs.runs {
-        let name = dir.id.clone();
-        // Marked before the read: a journal that grows meanwhile is read again next time.
-        let mark = index::journal_mark(ledger.git_dir(), &name);
-        let (facts, invalid) = match index.get(&name, tree, mark) {
-            Some(facts) => (facts, None),
-            None => {
-                found.read += 1;
-                let v = view_with(ledger, tip, &dir, true);
-                let facts = Facts::of(&v);
-                if v.invalid.is_none() {
-                    index.put(&name, tree, mark, facts.clone());
-                }
-                (facts, v.invalid)
-            }
-        };
-        found.ignored.extend(facts.ignored.iter().cloned());
-        found.runs.push(Summary {
-            approvals: approvals.get(&dir.approvals()).copied(),
-            id: name.clone(),
-            dir,
-            facts,
-            invalid,
-            tree,
-        });
-        ids.insert(name);
-    }
-    index.keep(&ids);
-    index.save();
-    tracing::debug!(runs = found.runs.len(), read = found.read, "runs scanned");
-    Ok(found)
-}
-
 /// One run as the branch at `tip` and the local journal describe it, every event whole.
 /// Whatever is wrong with the run's files is in `invalid`, with the file, line and code.
 pub fn view(ledger: &Ledger, tip: ObjectId, dir: &RunDir) -> RunView {
     view_with(ledger, tip, dir, false)
+}
+
+/// As `view`, for run `id` wherever it is at `tip` (`Ledger::locate`; where a new run would
+/// go when it is nowhere, which views as no run).
+pub fn find(ledger: &Ledger, tip: ObjectId, id: &str) -> Result<RunView, crate::ledger::Error> {
+    let dir = ledger.locate(tip, id)?.unwrap_or_else(|| RunDir::new(id));
+    Ok(view(ledger, tip, &dir))
 }
 
 /// As `view`; with `for_state`, `step.log` events keep only their seq, type and step
@@ -276,14 +216,14 @@ fn view_with(ledger: &Ledger, tip: ObjectId, dir: &RunDir, for_state: bool) -> R
 /// Fills `v` from the run's files at `tip` and its journal.
 fn read_run(ledger: &Ledger, tip: ObjectId, v: &mut RunView, for_state: bool) -> Result<(), Invalid> {
     let id = v.id.clone();
-    let run_dir = v.dir.clone();
-    let dir = run_dir.dir();
+    let run = v.dir.clone();
+    let dir = run.dir();
     let unreadable = |file: &str, e: crate::ledger::Error| Invalid::new(Code::Io, file, format!("cannot be read: {e}"));
     let entries = ledger.list(tip, &dir).map_err(|e| unreadable(&dir, e))?;
     let present = |name: &str| entries.iter().any(|(n, _)| n == name);
     // A run file that is present must be a regular file (not a directory, link or submodule).
     let read = |name: &str| -> Result<Option<Vec<u8>>, Invalid> {
-        let file = format!("{dir}/{name}");
+        let file = run.file(name);
         match ledger.read(tip, &file).map_err(|e| unreadable(&file, e))? {
             None if present(name) => {
                 let code = if matches!(name, "request.yaml" | "cancel.yaml") {
@@ -299,7 +239,7 @@ fn read_run(ledger: &Ledger, tip: ObjectId, v: &mut RunView, for_state: bool) ->
     v.ignored = entries
         .iter()
         .filter(|(name, _)| !RUN_ENTRIES.contains(&name.as_str()))
-        .map(|(name, _)| format!("{dir}/{name}"))
+        .map(|(name, _)| run.file(name))
         .collect();
     v.has_request = read("request.yaml")?.is_some();
     v.has_cancel = read("cancel.yaml")?.is_some();
@@ -310,12 +250,11 @@ fn read_run(ledger: &Ledger, tip: ObjectId, v: &mut RunView, for_state: bool) ->
     // Problems are named by the file that holds the events: the legacy single file, or the
     // segments' directory.
     let events_file = if present("events") {
-        format!("{dir}/events/")
+        run.file("events/")
     } else {
-        format!("{dir}/events.ndjson")
+        run.file("events.ndjson")
     };
-    let ledger_bytes = ledger
-        .run_events(tip, &run_dir)
+    let ledger_bytes = run_events(ledger, tip, &run)
         .map_err(|e| unreadable(&events_file, e))?
         .unwrap_or_default();
     v.ledger_events = invalid::ledger_events(&events_file, &ledger_bytes)?;
@@ -323,7 +262,7 @@ fn read_run(ledger: &Ledger, tip: ObjectId, v: &mut RunView, for_state: bool) ->
         v.ledger_events = v.ledger_events.drain(..).map(crate::event::for_state).collect();
     }
     if let Some(plan) = read("plan.json")? {
-        invalid::plan_json(&format!("{dir}/plan.json"), &plan, &v.ledger_events)?;
+        invalid::plan_json(&run.file("plan.json"), &plan, &v.ledger_events)?;
     }
     // A journal that does not continue the ledger is stale: another runner took the run over.
     if crate::journal::continues(ledger.git_dir(), &id, &ledger_bytes) {
@@ -341,6 +280,28 @@ fn read_run(ledger: &Ledger, tip: ObjectId, v: &mut RunView, for_state: bool) ->
         })?;
     }
     Ok(())
+}
+
+/// The run's events at `tip`, as one NDJSON text (`ledger::events`: the legacy file, then the
+/// segments in seq order); `None` when it has none.
+fn run_events(ledger: &Ledger, tip: ObjectId, run: &RunDir) -> Result<Option<Vec<u8>>, crate::ledger::Error> {
+    use crate::ledger::events::{LEGACY, SEGMENTS, segment_seq};
+    let mut files = Vec::new();
+    if let Some(bytes) = ledger.read(tip, &run.file(LEGACY))? {
+        files.push((LEGACY.to_string(), bytes));
+    }
+    for (name, is_tree, _) in ledger.entries(tip, &run.file(SEGMENTS))? {
+        if is_tree || segment_seq(&name).is_none() {
+            continue;
+        }
+        let rel = format!("{SEGMENTS}/{name}");
+        if let Some(bytes) = ledger.read(tip, &run.file(&rel))? {
+            files.push((rel, bytes));
+        }
+    }
+    Ok(crate::ledger::events::concat(
+        files.iter().map(|(rel, bytes)| (rel.as_str(), bytes.as_slice())),
+    ))
 }
 
 /// Where a run's workspace and artifacts live while it runs: `<work root>/<run-id>`.

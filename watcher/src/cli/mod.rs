@@ -119,6 +119,9 @@ enum RunsCommand {
         repo: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Only the N newest runs, newest first (by start time, a run not started yet first)
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
     },
     /// One run: state, steps with status and attempts, gates, artifacts
     Show {
@@ -380,7 +383,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Failure> {
         Command::Run(RunCommand::Request { pack, inputs, id }) => {
             request::request(&pack, inputs.as_deref(), id.as_deref())
         }
-        Command::Runs(RunsCommand::List { repo, json }) => runs::list(&repo, json),
+        Command::Runs(RunsCommand::List { repo, json, limit }) => runs::list(&repo, json, limit),
         Command::Runs(RunsCommand::Show { run, repo, json }) => runs::show(&repo, &run, json),
         Command::Runs(RunsCommand::Logs { run, repo, follow }) => runs::logs(&repo, &run, follow),
         Command::Runs(RunsCommand::Export { run, output, repo }) => evidence::export(&repo, &run, &output),

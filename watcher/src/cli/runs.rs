@@ -12,15 +12,20 @@ use stella_engine::state::RunState;
 use crate::failure::{Failure, Outcome};
 use crate::repo;
 
-/// Every run on the branch as a summary (the index spares reading the runs that did not change).
-fn summaries(root: &Path) -> Result<Vec<Summary>, Failure> {
+/// The runs on the branch as summaries: every run by id, or the `limit` newest, newest first
+/// (the index spares reading the runs that did not change).
+fn summaries(root: &Path, limit: Option<u32>) -> Result<Vec<Summary>, Failure> {
     let config = repo::config_at_head(root)?;
     let ledger = repo::open_ledger(root, &config)?;
     let Some(tip) = ledger.tip()? else {
         return Ok(Vec::new());
     };
     let mut index = repo::runs_index(root, &ledger);
-    let scanned = runs::scan(&ledger, tip, &mut index)?;
+    let select = match limit {
+        Some(n) => runs::Select::Newest(n as usize),
+        None => runs::Select::All,
+    };
+    let scanned = runs::scan(&ledger, tip, &mut index, select)?;
     for path in scanned.ignored {
         tracing::warn!(path = %path, "not a run directory or run file; ignored");
     }
@@ -36,7 +41,7 @@ fn one(root: &Path, id: &str) -> Result<RunView, Failure> {
     let tip = ledger
         .tip()?
         .ok_or_else(|| Failure::one(Code::Usage, "the branch has no commits"))?;
-    let view = runs::view(&ledger, tip, &ledger.run_dir(tip, id)?);
+    let view = runs::find(&ledger, tip, id)?;
     if view.invalid.is_none() && !view.has_request && view.events().is_empty() {
         return Err(Failure::one(
             Code::Usage,
@@ -78,9 +83,9 @@ fn mark_invalid(invalid: Option<&runs::Invalid>, row: &mut serde_json::Value) {
     }
 }
 
-pub fn list(repo_dir: &Path, as_json: bool) -> Result<Outcome, Failure> {
+pub fn list(repo_dir: &Path, as_json: bool, limit: Option<u32>) -> Result<Outcome, Failure> {
     let root = repo::find_root(repo_dir)?;
-    let runs = summaries(&root)?;
+    let runs = summaries(&root, limit)?;
     let duration = |f: &Facts| span(f.started.as_deref(), f.finished.as_deref());
     let rows: Vec<serde_json::Value> = runs
         .iter()
@@ -308,7 +313,8 @@ pub fn logs(repo_dir: &Path, id: &str, follow: bool) -> Result<Outcome, Failure>
 pub fn cancel(repo_dir: &Path, id: &str, reason: Option<&str>) -> Result<Outcome, Failure> {
     let root = repo::find_root(repo_dir)?;
     let view = one(&root, id)?;
-    let path = root.join(view.dir.file("cancel.yaml"));
+    let file = view.dir.file("cancel.yaml");
+    let path = root.join(&file);
     if view.has_cancel || path.exists() {
         println!("run {id} already has a cancel request; nothing to do");
         return Ok(Outcome::Done);
@@ -320,8 +326,7 @@ pub fn cancel(repo_dir: &Path, id: &str, reason: Option<&str>) -> Result<Outcome
     let reason = reason.unwrap_or("cancelled by request");
     let text = format!("reason: {}\n", serde_json::to_string(reason).expect("JSON"));
     super::init::write_replace(&path, &text)?;
-    let rel = view.dir.file("cancel.yaml");
-    println!("wrote {rel}");
-    eprintln!("next: git add {rel} && git commit -m \"cancel {id}\" && git push");
+    println!("wrote {file}");
+    eprintln!("next: git add {file} && git commit -m \"cancel {id}\" && git push");
     Ok(Outcome::Done)
 }

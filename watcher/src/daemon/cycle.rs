@@ -60,9 +60,9 @@ pub struct Daemon {
     /// What was said once and is not said again.
     reported: HashSet<String>,
     said_ready: bool,
-    /// Runs found by the last scan and not started yet, with what each needs.
+    /// Runs found by the last scan (those not settled) and not started yet, with what each needs.
     backlog: VecDeque<(runs::Summary, Need)>,
-    /// Entries under runs/ that are not runs.
+    /// Entries under runs/ that are not runs or not run files, and sharded duplicates of flat runs.
     ignored: Vec<String>,
     /// Runs whose files cannot be read as a run, with the branch tip at which they were found
     /// so: skipped (every other run goes on) until the branch moves.
@@ -359,7 +359,12 @@ impl Daemon {
     fn report_skipped(&mut self) {
         for path in &self.ignored {
             if self.reported.insert(path.clone()) {
-                if stella_engine::layout::classify(path).is_some_and(|(_, _, rest)| !rest.is_empty()) {
+                let duplicate = stella_engine::layout::classify(path).is_some_and(|(_, dir, rest)| {
+                    rest.is_empty() && dir.layout == stella_engine::layout::Layout::Sharded
+                });
+                if duplicate {
+                    warn!(path = %path, "a run also in the flat layout (runs/<id>/, which wins); ignored");
+                } else if stella_engine::layout::classify(path).is_some_and(|(_, _, rest)| !rest.is_empty()) {
                     warn!(path = %path, "not a run file (a run directory holds request.yaml, cancel.yaml and the runner's files); ignored");
                 } else {
                     warn!(path = %path, "not a run directory (runs/_<xx>/<id>/ with <xx> the first two hex digits of the id's SHA-256, or runs/<id>/; run ids match ^[a-z0-9][a-z0-9._-]{{0,99}}$); ignored");

@@ -210,14 +210,24 @@ fn repair_at_start(ledger: &mut stella_engine::ledger::Ledger, key: &stella_engi
         warn!(lock = %lock.display(), "a ref lock left by a killed git process was removed at start");
         say!("stella daemon: removed a stale ref lock: {}", lock.display());
     }
-    match ledger.repair_worktree() {
-        Ok(fixed) => {
-            for r in fixed {
-                warn!(path = %r.path, what = %r.what, "index and working tree repaired at start");
-                say!("stella daemon: repaired {}: {}", r.path, r.what);
+    // Comparing every runner file with the tip costs a stat per file of the history: skipped
+    // when neither the tip nor git's index changed since a check left them agreeing (what a
+    // runner killed between moving the branch and updating the index leaves changes both).
+    let agreed = ledger.git_dir().join("stella").join("worktree-checked");
+    let mark = worktree_mark(ledger);
+    if mark.is_none() || std::fs::read_to_string(&agreed).ok() != mark {
+        match ledger.repair_worktree() {
+            Ok(fixed) => {
+                for r in fixed {
+                    warn!(path = %r.path, what = %r.what, "index and working tree repaired at start");
+                    say!("stella daemon: repaired {}: {}", r.path, r.what);
+                }
+                if let Some(mark) = worktree_mark(ledger) {
+                    let _ = std::fs::write(&agreed, mark);
+                }
             }
+            Err(e) => warn!(error = %e, "cannot repair the index and working tree at start"),
         }
-        Err(e) => warn!(error = %e, "cannot repair the index and working tree at start"),
     }
     // Finding damage walks the history after the ledger checkpoint (the whole history without
     // one); a tip already found whole (the file below) is not walked again, so a daemon
@@ -258,3 +268,18 @@ fn repair_at_start(ledger: &mut stella_engine::ledger::Ledger, key: &stella_engi
 
 #[cfg(test)]
 mod tests;
+
+/// The branch tip and the fingerprint of git's index file (length, modification time in ns,
+/// inode): what the index and working tree were last found agreeing at.
+fn worktree_mark(ledger: &stella_engine::ledger::Ledger) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let tip = ledger.tip().ok().flatten()?;
+    let m = std::fs::metadata(ledger.git_dir().join("index")).ok()?;
+    Some(format!(
+        "{tip} {} {} {} {}\n",
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ino()
+    ))
+}

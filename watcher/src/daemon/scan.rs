@@ -1,5 +1,6 @@
-//! What the daemon sees on the branch: the runs and what each needs (after checking that
-//! history was not rewritten; runs the local index knows unchanged are not read), a cheap fingerprint to skip scans that would find nothing new,
+//! What the daemon sees on the branch: the runs not settled and what each needs (after
+//! checking that history was not rewritten; the local index makes a scan cost what changed
+//! since the last one), a cheap fingerprint to skip scans that would find nothing new,
 //! the order new runs are tried in, and the next gate deadline. Reads only; starts nothing.
 
 use std::path::Path;
@@ -54,8 +55,9 @@ pub fn next_deadline<'a>(runs: impl Iterator<Item = &'a runs::Summary>) -> Optio
 /// The runs found by a scan with what each needs, and the entries under runs/ that are not runs.
 pub type Scan = (Vec<(runs::Summary, Need)>, Vec<String>);
 
-/// The runs on the branch and what each needs, after checking history was not rewritten.
-/// Runs `index` knows unchanged are not read; the views hold no events.
+/// The runs on the branch that are not settled (`runs::Select::Active`: finished runs whose
+/// files did not change are never read) and what each needs, after checking history was not
+/// rewritten. Runs `index` knows unchanged are not read; the views hold no events.
 pub fn scan(env: &Environment, index: &Mutex<runs::Index>) -> Result<Scan, Failure> {
     let mut ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
     ledger.refresh();
@@ -64,7 +66,7 @@ pub fn scan(env: &Environment, index: &Mutex<runs::Index>) -> Result<Scan, Failu
     };
     check_history(&ledger, &env.git_dir, tip)?;
     let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
-    let scanned = runs::scan(&ledger, tip, &mut index)?;
+    let scanned = runs::scan(&ledger, tip, &mut index, runs::Select::Active)?;
     Ok((
         scanned
             .runs

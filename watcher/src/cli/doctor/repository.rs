@@ -241,7 +241,12 @@ fn run_checks(root: &Path, config: &Config) -> Vec<(Level, String)> {
     let Ok(Some(tip)) = ledger.tip() else {
         return Vec::new();
     };
-    match stella_engine::runs::scan(&ledger, tip, &mut repo::runs_index(root, &ledger)) {
+    match stella_engine::runs::scan(
+        &ledger,
+        tip,
+        &mut repo::runs_index(root, &ledger),
+        stella_engine::runs::Select::All,
+    ) {
         Ok(stella_engine::runs::Scanned { runs: views, .. }) => {
             let bad: Vec<(Level, String)> = views
                 .iter()
