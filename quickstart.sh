@@ -95,12 +95,18 @@ demo_repository() {
   show cat "$demo/.stella/allowed_signers"
 }
 
+# Where run $1 lives, and its approvals: its shard (docs/ledger.md#the-sharded-layout).
+shard() { printf '_%s' "$(printf %s "$1" | sha256sum | cut -c1-2)"; }
+run_dir() { printf 'runs/%s/%s' "$(shard "$1")" "$1"; }
+approvals_dir() { printf 'approvals/%s/%s' "$(shard "$1")" "$1"; }
+
 demo_run() {
   section "6. Request a run, commit it, let the daemon run it"
   printf '$ %s\n' "stella run request $demo/packs/parallel-checks --inputs examples/parallel-checks.inputs.yaml"
   run_id=$(stella run request "$demo/packs/parallel-checks" --inputs examples/parallel-checks.inputs.yaml)
-  show cat "$demo/runs/$run_id/request.yaml"
-  git -C "$demo" add "runs/$run_id"
+  # A run lives in its shard: runs/_<first two hex digits of sha256(id)>/<id> (docs/ledger.md).
+  show cat "$demo/$(run_dir "$run_id")/request.yaml"
+  git -C "$demo" add "$(run_dir "$run_id")"
   show git -C "$demo" commit -q -m "request $run_id"
   show stella daemon --once --repo "$demo"
   show stella runs list --repo "$demo"
@@ -137,7 +143,7 @@ demo_gate() {
   printf 'registryToken: quickstart-dummy-token\n' > "$scratch/secrets.yaml"
   printf '$ %s\n' "stella run request $demo/packs/sbom-remediation --inputs examples/sbom-remediation.inputs.yaml"
   gate_id=$(stella run request "$demo/packs/sbom-remediation" --inputs examples/sbom-remediation.inputs.yaml)
-  git -C "$demo" add "runs/$gate_id"
+  git -C "$demo" add "$(run_dir "$gate_id")"
   show git -C "$demo" commit -q -m "request $gate_id"
   show stella daemon --once --repo "$demo" --secrets "$scratch/secrets.yaml"
   show stella runs list --repo "$demo"
@@ -148,7 +154,7 @@ demo_gate() {
   git -C "$demo" add approvals
   show git -C "$demo" commit -q -m "alice approves $gate_id"
   show ssh-keygen -Y verify -f "$demo/.stella/allowed_signers" -I alice -n stella-approval \
-    -s "$demo/approvals/$gate_id/security-review/alice.yaml.sig" < "$demo/approvals/$gate_id/security-review/alice.yaml"
+    -s "$demo/$(approvals_dir "$gate_id")/security-review/alice.yaml.sig" < "$demo/$(approvals_dir "$gate_id")/security-review/alice.yaml"
   show stella daemon --once --repo "$demo" --secrets "$scratch/secrets.yaml"
   show stella runs show "$gate_id" --repo "$demo"
   expect_state "$gate_id" succeeded
