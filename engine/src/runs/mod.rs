@@ -254,7 +254,8 @@ fn read_run(ledger: &Ledger, tip: ObjectId, v: &mut RunView, for_state: bool) ->
     } else {
         run.file("events.ndjson")
     };
-    let ledger_bytes = run_events(ledger, tip, &run)
+    let ledger_bytes = ledger
+        .run_events(tip, &run)
         .map_err(|e| unreadable(&events_file, e))?
         .unwrap_or_default();
     v.ledger_events = invalid::ledger_events(&events_file, &ledger_bytes)?;
@@ -280,28 +281,6 @@ fn read_run(ledger: &Ledger, tip: ObjectId, v: &mut RunView, for_state: bool) ->
         })?;
     }
     Ok(())
-}
-
-/// The run's events at `tip`, as one NDJSON text (`ledger::events`: the legacy file, then the
-/// segments in seq order); `None` when it has none.
-fn run_events(ledger: &Ledger, tip: ObjectId, run: &RunDir) -> Result<Option<Vec<u8>>, crate::ledger::Error> {
-    use crate::ledger::events::{LEGACY, SEGMENTS, segment_seq};
-    let mut files = Vec::new();
-    if let Some(bytes) = ledger.read(tip, &run.file(LEGACY))? {
-        files.push((LEGACY.to_string(), bytes));
-    }
-    for (name, is_tree, _) in ledger.entries(tip, &run.file(SEGMENTS))? {
-        if is_tree || segment_seq(&name).is_none() {
-            continue;
-        }
-        let rel = format!("{SEGMENTS}/{name}");
-        if let Some(bytes) = ledger.read(tip, &run.file(&rel))? {
-            files.push((rel, bytes));
-        }
-    }
-    Ok(crate::ledger::events::concat(
-        files.iter().map(|(rel, bytes)| (rel.as_str(), bytes.as_slice())),
-    ))
 }
 
 /// Where a run's workspace and artifacts live while it runs: `<work root>/<run-id>`.
