@@ -137,7 +137,10 @@ mod tests {
 
     #[test]
     fn shards_are_stable_and_never_run_ids() {
-        assert_eq!(shard("run-000000"), format!("_{}", &hex::encode(Sha256::digest(b"run-000000"))[..2]));
+        assert_eq!(
+            shard("run-000000"),
+            format!("_{}", &hex::encode(Sha256::digest(b"run-000000"))[..2])
+        );
         assert!(is_shard(&shard("x")));
         assert!(!crate::run_id::is_valid(&shard("x")));
         assert!(!is_shard("_3F") && !is_shard("3f") && !is_shard("_3f0"));
@@ -150,7 +153,10 @@ mod tests {
             let (area, found, rest) = classify(&file).unwrap();
             assert_eq!((area, &found, rest), (Area::Runs, &dir, "events/0000000001.ndjson"));
             let gate = format!("{}/deploy/alice.yaml", dir.approvals());
-            assert_eq!(classify(&gate).unwrap(), (Area::Approvals, dir.clone(), "deploy/alice.yaml"));
+            assert_eq!(
+                classify(&gate).unwrap(),
+                (Area::Approvals, dir.clone(), "deploy/alice.yaml")
+            );
             assert_eq!(classify(&dir.dir()).unwrap().2, "");
         }
     }

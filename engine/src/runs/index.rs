@@ -148,6 +148,8 @@ pub struct Index {
     secret: [u8; 32],
     entries: BTreeMap<String, Entry>,
     dirty: bool,
+    /// Read, never written: what a reader that must write nothing (the HTTP edge) uses.
+    read_only: bool,
 }
 
 impl Index {
@@ -158,6 +160,7 @@ impl Index {
             secret: [0; 32],
             entries: BTreeMap::new(),
             dirty: false,
+            read_only: false,
         }
     }
 
@@ -173,6 +176,7 @@ impl Index {
             secret: h.finalize().into(),
             entries: BTreeMap::new(),
             dirty: true,
+            read_only: false,
         };
         if let Some(entries) = std::fs::read(path(git_dir)).ok().and_then(|b| index.decode(&b)) {
             index.entries = entries;
@@ -181,6 +185,13 @@ impl Index {
             tracing::debug!(file = %path(git_dir).display(), "the runs index is missing or not this runner's; rebuilt from git");
         }
         index
+    }
+
+    /// This index, never saved: scans use what it holds and write nothing.
+    #[must_use]
+    pub fn read_only(mut self) -> Index {
+        self.read_only = true;
+        self
     }
 
     fn decode(&self, bytes: &[u8]) -> Option<BTreeMap<String, Entry>> {
@@ -233,7 +244,7 @@ impl Index {
     /// Writes the index if it changed: a temporary file, then a rename, so a reader sees the
     /// old file or the new one. A failure is logged and costs only the next scan's reads.
     pub fn save(&mut self) {
-        let Some(file) = self.file.clone().filter(|_| self.dirty) else {
+        let Some(file) = self.file.clone().filter(|_| self.dirty && !self.read_only) else {
             return;
         };
         let body = serde_json::to_vec(&self.entries).expect("the index is JSON");
