@@ -382,14 +382,12 @@ fn a_stream_resumes_after_last_event_id_across_a_daemon_restart_without_gap_or_d
         after.iter().rev().find(|f| !f.event.starts_with(':')).unwrap().event,
         "run.succeeded"
     );
-    d.wait_for("the ledger to hold the run", Duration::from_secs(30), || {
-        r.state("s1") == "succeeded"
+    // The ledger, once it holds the whole run, holds exactly the events streamed.
+    d.wait_for("the ledger to hold the whole run", Duration::from_secs(30), || {
+        r.events("s1").last().is_some_and(|e| e["type"] == "run.succeeded")
     });
-    assert_eq!(
-        r.events("s1").len(),
-        all.len(),
-        "the stream held every event of the ledger"
-    );
+    let ledger: Vec<u64> = r.events("s1").iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(ledger, all, "the stream held every event of the ledger");
     // `?after=` is the same as the header; a finished run's stream ends.
     let tail =
         stream(&base, &format!("/api/v1/runs/s1/events?after={}", all.len() - 3), &[]).to_end(Duration::from_secs(10));
@@ -403,26 +401,39 @@ fn a_line_reaches_the_stream_from_the_journal_before_the_ledger_commits_it() {
     r.commit_all("slow commits");
     let pack = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: slow, version: 1.0.0 }\nspec:\n  steps:\n    - { id: talk, run: { uses: builtin:shell, with: { script: \"echo early-line; sleep 4\" } } }\n";
     r.pack("slow", pack).request("j1", "slow", "{}\n");
+    // `stella serve --watch` beside the daemon follows the same journal.
+    let viewer = serve(&r, &["--watch"]);
+    let viewer = base_of(&viewer);
+    let mut beside = stream(&viewer, "/api/v1/events", &[]);
     let d = r.daemon(&["--repo", ".", "--http", "127.0.0.1:0"]);
     let base = base_of(&d);
     let mut all = stream(&base, "/api/v1/events", &[]);
-    let mut line = None;
-    while line.is_none() {
-        let f = all.next(Duration::from_secs(30)).expect("the stream goes on");
-        if f.event == "step.log" {
-            line = Some(f);
+    for stream in [&mut all, &mut beside] {
+        let mut line = None;
+        while line.is_none() {
+            let f = stream.next(Duration::from_secs(30)).expect("the stream goes on");
+            if f.event == "step.log" {
+                line = Some(f);
+            }
         }
+        let line = line.unwrap();
+        let data: serde_json::Value = serde_json::from_str(&line.data).unwrap();
+        assert_eq!(
+            (data["run"].as_str(), data["msg"].as_str()),
+            (Some("j1"), Some("early-line"))
+        );
+        assert_eq!(line.id.as_deref(), Some(format!("j1:{}", data["seq"]).as_str()));
     }
-    let line = line.unwrap();
-    let data: serde_json::Value = serde_json::from_str(&line.data).unwrap();
-    assert_eq!(
-        (data["run"].as_str(), data["msg"].as_str()),
-        (Some("j1"), Some("early-line"))
-    );
     assert!(
         !r.events("j1").iter().any(|e| e["type"] == "step.log"),
         "the ledger does not hold the line yet"
     );
+    // The run's own stream replays it from the journal too.
+    let mut one = stream(&base, "/api/v1/runs/j1/events", &[]);
+    let mut replayed = Vec::new();
+    while !replayed.iter().any(|f: &Frame| f.event == "step.log") {
+        replayed.push(one.next(Duration::from_secs(10)).expect("the replay"));
+    }
 }
 
 #[test]
@@ -464,6 +475,20 @@ fn a_non_loopback_address_needs_a_token_and_the_token_is_checked() {
     let right = get_with(&base, "/api/v1/runs", &[("Authorization", "Bearer s3cret-token-value")]);
     assert_eq!(right.status, 200);
     assert_eq!(ids(&right.json()), ["r1"]);
+    // Limits hold before anything is read.
+    let big = "x".repeat(20 << 10);
+    let got = get_with(
+        &base,
+        "/api/v1/runs",
+        &[("Authorization", "Bearer s3cret-token-value"), ("X-Big", &big)],
+    );
+    assert_eq!(got.status, 431);
+    let got = get_with(
+        &base,
+        &format!("/api/v1/runs?pack={big}"),
+        &[("Authorization", "Bearer s3cret-token-value")],
+    );
+    assert_eq!(got.status, 414);
     drop(s);
     let open = serve(&r, &["--http", "0.0.0.0:0", "--http-insecure"]);
     let base = base_of(&open).replace("0.0.0.0", "127.0.0.1");
@@ -503,8 +528,8 @@ fn no_secret_a_step_prints_appears_in_any_http_answer() {
             break;
         }
     }
-    d.wait_for("the ledger to hold the run", Duration::from_secs(30), || {
-        r.state("x1") != "running"
+    d.wait_for("the ledger to hold the run's evidence", Duration::from_secs(30), || {
+        get(&base, "/api/v1/runs/x1/export").status == 200
     });
     let run = get(&base, "/api/v1/runs/x1").json();
     for path in [

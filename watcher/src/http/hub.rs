@@ -24,6 +24,8 @@ use super::source::Source;
 pub const CAPACITY: usize = 4096;
 /// The most journal bytes read in one pass (the rest waits for the next pass).
 const READ_BYTES: u64 = 4 << 20;
+/// How much of a journal's end is read at the start to find its last whole line.
+const END_BYTES: u64 = 1 << 20;
 
 /// How the follower learns that something changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,14 +187,27 @@ impl Follower {
             if meta.len() == tail.offset {
                 continue;
             }
+            if start {
+                // History: begin after its last whole line, and remember that line's seq.
+                let from = meta.len().saturating_sub(END_BYTES);
+                let Ok(end) = read_from(&entry.path(), from) else {
+                    continue;
+                };
+                let Some(cut) = end.iter().rposition(|&b| b == b'\n') else {
+                    continue;
+                };
+                tail.offset = from + cut as u64 + 1;
+                let line_start = end[..cut].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                if let Ok(e) = serde_json::from_slice::<Event>(&end[line_start..cut]) {
+                    self.last.insert(run.to_string(), e.seq);
+                }
+                continue;
+            }
             let Ok(bytes) = read_from(&entry.path(), tail.offset) else {
                 continue;
             };
             let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
             tail.offset += whole as u64;
-            if start {
-                continue;
-            }
             let events =
                 stella_engine::event::read_ndjson(&String::from_utf8_lossy(&bytes[..whole])).unwrap_or_default();
             for e in events {

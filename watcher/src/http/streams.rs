@@ -35,11 +35,34 @@ fn is_final(e: &Event) -> bool {
     matches!(e.kind.as_str(), "run.succeeded" | "run.failed" | "run.cancelled")
 }
 
-fn frame(e: &Event) -> Frame {
-    Frame::default()
-        .id(e.seq.to_string())
-        .event(e.kind.clone())
-        .data(e.to_line())
+/// What a client's task hands to the client's response body.
+#[derive(Debug)]
+enum Out {
+    /// An event of the run the stream follows: `id: <seq>`.
+    Run(Event),
+    /// An event of any run: `id: <run>:<seq>`, `data` carrying `run`.
+    All(std::sync::Arc<Item>),
+    Heartbeat,
+}
+
+impl Out {
+    fn frame(self) -> Frame {
+        match self {
+            Out::Run(e) => Frame::default()
+                .id(e.seq.to_string())
+                .event(e.kind.clone())
+                .data(e.to_line()),
+            Out::All(item) => {
+                let mut data = serde_json::to_value(&item.event).expect("events are JSON");
+                data["run"] = serde_json::Value::String(item.run.clone());
+                Frame::default()
+                    .id(format!("{}:{}", item.run, item.event.seq))
+                    .event(item.event.kind.clone())
+                    .data(data.to_string())
+            }
+            Out::Heartbeat => Frame::default().comment(" heartbeat"),
+        }
+    }
 }
 
 /// The seq a client resumes after: `Last-Event-ID` (what a browser sends when it reconnects)
@@ -63,8 +86,8 @@ fn after(headers: &HeaderMap, q: &HashMap<String, String>) -> Result<Option<u64>
 }
 
 /// The response body: what the client's task hands over, as it drains.
-fn body(rx: mpsc::Receiver<Frame>) -> Response {
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+fn body(rx: mpsc::Receiver<Out>) -> Response {
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|o| (o.frame(), rx)) });
     sse(stream)
 }
 
@@ -116,7 +139,7 @@ async fn follow_run(
     mut next: u64,
     (replay, ended): (Vec<Event>, bool),
     mut live: broadcast::Receiver<std::sync::Arc<Item>>,
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::Sender<Out>,
 ) {
     for e in replay {
         if e.seq < next {
@@ -124,7 +147,8 @@ async fn follow_run(
         }
         next = e.seq + 1;
         // The replay is already in memory; a slow reader only delays it.
-        if tx.send(frame(&e)).await.is_err() || is_final(&e) {
+        let last = is_final(&e);
+        if tx.send(Out::Run(e)).await.is_err() || last {
             return;
         }
     }
@@ -141,7 +165,8 @@ async fn follow_run(
                         continue;
                     }
                     next = item.event.seq + 1;
-                    if tx.try_send(frame(&item.event)).is_err() || is_final(&item.event) {
+                    let last = is_final(&item.event);
+                    if tx.try_send(Out::Run(item.event.clone())).is_err() || last {
                         return;
                     }
                 }
@@ -150,7 +175,7 @@ async fn follow_run(
                 Err(_) => return,
             },
             _ = beat.tick() => {
-                if tx.try_send(Frame::default().comment(" heartbeat")).is_err() {
+                if tx.try_send(Out::Heartbeat).is_err() {
                     return;
                 }
             }
@@ -175,30 +200,116 @@ pub async fn all(State(s): State<Shared>, Query(q): Query<HashMap<String, String
     Ok(body(rx))
 }
 
-async fn follow_all(mut live: broadcast::Receiver<std::sync::Arc<Item>>, tx: mpsc::Sender<Frame>) {
+async fn follow_all(mut live: broadcast::Receiver<std::sync::Arc<Item>>, tx: mpsc::Sender<Out>) {
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     loop {
         tokio::select! {
             item = live.recv() => match item {
                 Ok(item) => {
-                    let mut data = serde_json::to_value(&item.event).expect("events are JSON");
-                    data["run"] = serde_json::Value::String(item.run.clone());
-                    let f = Frame::default()
-                        .id(format!("{}:{}", item.run, item.event.seq))
-                        .event(item.event.kind.clone())
-                        .data(data.to_string());
-                    if tx.try_send(f).is_err() {
+                    if tx.try_send(Out::All(item)).is_err() {
                         return;
                     }
                 }
                 Err(_) => return,
             },
             _ = beat.tick() => {
-                if tx.try_send(Frame::default().comment(" heartbeat")).is_err() {
+                if tx.try_send(Out::Heartbeat).is_err() {
                     return;
                 }
             }
             () = tx.closed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn item(run: &str, seq: u64, kind: &str) -> Arc<Item> {
+        let mut event = Event::new(kind);
+        event.seq = seq;
+        Arc::new(Item { run: run.into(), event })
+    }
+
+    fn ids(out: &[Out]) -> Vec<u64> {
+        out.iter()
+            .map(|o| match o {
+                Out::Run(e) => e.seq,
+                other => panic!("not an event of the run: {other:?}"),
+            })
+            .collect()
+    }
+
+    async fn drain(rx: &mut mpsc::Receiver<Out>) -> Vec<Out> {
+        let mut out = Vec::new();
+        while let Some(f) = rx.recv().await {
+            out.push(f);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn the_replay_and_live_events_overlap_without_a_duplicate_and_end_at_the_final_event() {
+        let (live_tx, live) = broadcast::channel(16);
+        let (tx, mut rx) = mpsc::channel(16);
+        // Events 3 and 4 were already read by the replay when the follower handed them out.
+        let replay: Vec<Event> = (2..5).map(|seq| item("r1", seq, "step.log").event.clone()).collect();
+        for (run, seq, kind) in [
+            ("r1", 3, "step.log"),
+            ("r1", 4, "step.log"),
+            ("r2", 5, "step.log"),
+            ("r1", 5, "run.succeeded"),
+            ("r1", 6, "step.log"),
+        ] {
+            live_tx.send(item(run, seq, kind)).unwrap();
+        }
+        follow_run("r1".into(), 2, (replay, false), live, tx).await;
+        let got = ids(&drain(&mut rx).await);
+        assert_eq!(got, [2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_is_dropped() {
+        let (live_tx, live) = broadcast::channel(64);
+        let (tx, rx) = mpsc::channel(4);
+        for seq in 0..10 {
+            live_tx.send(item("r1", seq, "step.log")).unwrap();
+        }
+        // The client never reads: its buffer of 4 fills and the stream ends, however much follows.
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            follow_run("r1".into(), 0, (Vec::new(), false), live, tx),
+        )
+        .await
+        .expect("the slow client is dropped, not waited for");
+        assert_eq!(rx.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_client_further_behind_than_the_follower_keeps_is_dropped() {
+        let (live_tx, live) = broadcast::channel(2);
+        let (tx, mut rx) = mpsc::channel(64);
+        for seq in 0..5 {
+            live_tx.send(item("r1", seq, "step.log")).unwrap();
+        }
+        follow_run("r1".into(), 0, (Vec::new(), false), live, tx).await;
+        assert!(drain(&mut rx).await.is_empty(), "it resumes with Last-Event-ID instead");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_stream_sends_a_heartbeat_every_15_seconds() {
+        let (_live_tx, live) = broadcast::channel::<Arc<Item>>(4);
+        let (tx, mut rx) = mpsc::channel(4);
+        let task = tokio::spawn(follow_run("r1".into(), 0, (Vec::new(), false), live, tx));
+        tokio::time::sleep(HEARTBEAT * 2 + Duration::from_secs(1)).await;
+        for _ in 0..2 {
+            assert!(matches!(rx.try_recv(), Ok(Out::Heartbeat)));
+        }
+        assert!(rx.try_recv().is_err(), "no more than one a 15 s");
+        drop(rx);
+        tokio::time::timeout(HEARTBEAT * 2, task).await.unwrap().unwrap();
     }
 }
