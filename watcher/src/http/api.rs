@@ -190,7 +190,8 @@ fn evidence(at: &At, id: &str) -> Value {
         return json!({ "present": false, "verified": null });
     };
     match stella_engine::evidence::export_run(&at.ledger, tip, id) {
-        Ok(bytes) => {
+        Ok(exported) => {
+            let bytes = exported.bytes;
             let verified = stella_engine::evidence::verify_archive(&bytes, None).is_ok_and(|c| c.iter().all(|c| c.ok));
             json!({ "present": true, "verified": verified, "sha256": stella_engine::pack::sha256_hex(&bytes) })
         }
