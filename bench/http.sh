@@ -12,7 +12,12 @@
 #   2. 200 SSE clients of the same kind on one run of N lines: each must receive every line;
 #      the daemon's resident memory (VmRSS) before the clients connect and at the run's end.
 #                                        target: growth < 20 MB, no client misses a line
-# Usage: bench/http.sh [--quick]   (--quick: 100 lines, 20 clients; for CI)
+#   3. a ledger of R runs (default 1,000; one-step requests run by `stella daemon --once`),
+#      served by `stella serve`: GET /api/v1/runs?limit=50, median of 20 (target < 50 ms at
+#      10,000 runs; this bench stops at 1,000 to stay within minutes)
+#      baseline: `stella runs list --json` on the same ledger, median of 5 (the same scan,
+#      every run printed, and a process start).
+# Usage: bench/http.sh [--quick]   (--quick: 100 lines, 20 clients, 100 runs; for CI)
 # Needs bash, git and python3 (and cargo, unless STELLA_BIN names a built stella binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,8 +28,8 @@ case "${1:-}" in
   "") ;;
   *) echo "usage: bench/http.sh [--quick]" >&2; exit 2 ;;
 esac
-lines=500; clients=200
-if $quick; then lines=100; clients=20; fi
+lines=500; clients=200; runs=1000
+if $quick; then lines=100; clients=20; runs=100; fi
 
 source bench/lib.sh
 bench_needs git python3
@@ -66,6 +71,15 @@ spec:
     - id: talk
       run: { uses: builtin:exec, with: { argv: [bash, -c, 'for i in \$(seq 1 $lines); do echo "L\$i \$EPOCHREALTIME"; sleep 0.01; done'] } }
 EOF
+mkdir -p "$repo/packs/true"
+cat > "$repo/packs/true/pack.yaml" <<'EOF'
+apiVersion: stella/v1
+kind: TaskPack
+metadata: { name: "true", version: "1.0.0" }
+spec:
+  steps:
+    - { id: t, run: { uses: builtin:exec, with: { argv: [/bin/true] } } }
+EOF
 g -C "$repo" add -A
 g -C "$repo" commit -q -m "stella init"
 echo '{}' > "$work/inputs.yaml"
@@ -74,7 +88,7 @@ cat > "$work/bench.py" <<'PY'
 import http.client, os, re, signal, statistics, subprocess, sys, threading, time
 
 STELLA, WORK, REPO = os.environ["STELLA"], os.environ["WORK"], os.environ["REPO"]
-LINES, CLIENTS = int(os.environ["LINES"]), int(os.environ["CLIENTS"])
+LINES, CLIENTS, RUNS = int(os.environ["LINES"]), int(os.environ["CLIENTS"]), int(os.environ["RUNS"])
 GIT = ["git", "-c", "user.name=Bench", "-c", "user.email=bench@example.com", "-c", "commit.gpgsign=false"]
 LINE = re.compile(r'L(\d+) (\d+\.\d+)')
 
@@ -212,8 +226,50 @@ print(f"   daemon VmRSS before {before / 1024:.1f} MB, peak {peak / 1024:.1f} MB
 print(f"   latency over all clients: median {statistics.median(lat):.2f} ms, p99 {pct(lat, 99):.2f} ms")
 daemon.send_signal(signal.SIGTERM)
 daemon.wait(30)
+
+# 3. a list page on a ledger of RUNS runs.
+print(f"bench: building a ledger of {RUNS} runs", file=sys.stderr)
+for i in range(RUNS):
+    run([STELLA, "run", "request", "packs/true", "--inputs", os.path.join(WORK, "inputs.yaml"), "--id", f"run-{i:05d}"])
+run(GIT + ["add", "-A"])
+run(GIT + ["commit", "-q", "-m", f"{RUNS} requests"])
+subprocess.run([STELLA, "daemon", "--once", "--repo", "."], cwd=REPO, check=True, capture_output=True, timeout=120 + 5 * RUNS)
+serve = subprocess.Popen([STELLA, "serve", "--repo", ".", "--http", "127.0.0.1:0"], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+with open(os.path.join(WORK, "pids"), "a") as f:
+    f.write(f"{serve.pid}\n")
+port = int(re.search(r"http on http://127\.0\.0\.1:(\d+)", serve.stdout.readline()).group(1))
+
+
+def get_page():
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    t = time.perf_counter()
+    c.request("GET", "/api/v1/runs?limit=50")
+    r = c.getresponse()
+    body = r.read()
+    dt = time.perf_counter() - t
+    assert r.status == 200 and body.count(b'"planHash"') == 50, (r.status, body[:200])
+    c.close()
+    return dt
+
+
+def cli_list():
+    t = time.perf_counter()
+    subprocess.run([STELLA, "runs", "list", "--json"], cwd=REPO, check=True, capture_output=True)
+    return time.perf_counter() - t
+
+
+get_page()
+page = statistics.median(get_page() for _ in range(20)) * 1000
+cli = statistics.median(cli_list() for _ in range(5)) * 1000
+print(f"3. a ledger of {RUNS} runs")
+print(f"   GET /api/v1/runs?limit=50   median {page:7.1f} ms   (target < 50 ms at 10,000 runs)")
+print(f"   stella runs list --json     median {cli:7.1f} ms   (baseline)")
+print(f"   ratio API / CLI                    {page / cli:6.2f}x")
+serve.send_signal(signal.SIGTERM)
+serve.wait(30)
 PY
 
-STELLA=$stella WORK=$work REPO=$repo LINES=$lines CLIENTS=$clients python3 "$work/bench.py" &
+STELLA=$stella WORK=$work REPO=$repo LINES=$lines CLIENTS=$clients RUNS=$runs python3 "$work/bench.py" &
 pypid=$!
 wait "$pypid"
