@@ -174,8 +174,16 @@ fn one_run_with_its_steps_artifacts_and_evidence_and_bytes_equal_to_the_cli() {
 #[test]
 fn a_missing_run_is_err_run_not_found_in_the_api_and_the_cli() {
     let r = Repo::with_finished_run();
+    // A directory under runs/ holding no run file is listed, but is no run.
+    r.write("runs/odd/notes.txt", "not a run\n").tamper("a stray directory");
     let s = serve(&r, &[]);
     let base = base_of(&s);
+    let list = get(&base, "/api/v1/runs");
+    assert_eq!(
+        (list.status, ids(&list.json())),
+        (200, vec!["r1".to_string(), "odd".to_string()])
+    );
+    assert_eq!(get(&base, "/api/v1/runs/odd").status, 404);
     for path in [
         "/api/v1/runs/nope",
         "/api/v1/runs/nope/logs",

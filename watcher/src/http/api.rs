@@ -162,7 +162,7 @@ pub async fn list(State(s): State<Shared>, Query(q): Query<HashMap<String, Strin
 
 /// One run's headline, read whole but for its log lines.
 fn row(at: &At, id: &str) -> Result<Value, ApiError> {
-    let view = at.run(id, false)?;
+    let view = at.listed(id)?;
     let st = view.state();
     Ok(shape::headline(&view, &st, &Files::read(at, id)?))
 }
