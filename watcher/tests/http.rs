@@ -18,6 +18,19 @@ fn chatty(lines: u32, pause: &str) -> String {
     )
 }
 
+/// Commits everything as a person would while a daemon may be committing too: git refuses a
+/// commit whose HEAD moved meanwhile (or whose index is locked), and the person tries again.
+fn commit_beside_daemon(r: &Repo, msg: &str) {
+    for _ in 0..50 {
+        let added = r.git_try(&["add", "-A"]).status.success();
+        if added && r.git_try(&["commit", "-q", "-m", msg]).status.success() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("could not commit {msg} beside the daemon");
+}
+
 /// `stella serve` on the repository, in the background.
 fn serve(r: &Repo, extra: &[&str]) -> Daemon {
     let mut cmd = stella();
@@ -278,7 +291,7 @@ fn a_waiting_gate_shows_who_counted_and_why_others_did_not() {
         ])
         .ok();
     }
-    r.commit_all("alice and carol approve");
+    commit_beside_daemon(&r, "alice and carol approve");
     let mut run = serde_json::Value::Null;
     d.wait_for("both verdicts", Duration::from_secs(30), || {
         run = get(&base, "/api/v1/runs/g1").json();
@@ -330,7 +343,7 @@ fn a_cancelled_run_ends_its_stream_with_run_cancelled() {
         seen.push(events.next(Duration::from_secs(30)).expect("the stream goes on"));
     }
     r.stella(&["runs", "cancel", "c1"]).ok();
-    r.commit_all("cancel c1");
+    commit_beside_daemon(&r, "cancel c1");
     seen.extend(events.until_end(Duration::from_secs(60)));
     let last = seen.iter().rev().find(|f| !f.event.starts_with(':')).unwrap();
     assert_eq!(last.event, "run.cancelled", "the stream ends after the final event");

@@ -69,7 +69,9 @@ impl Hub {
         self.tx.subscribe()
     }
 
-    /// Starts the follower on a thread of its own (it lives as long as the process).
+    /// Starts the follower: what the journals and the branch hold now is history (streams
+    /// replay it), read here, before the caller starts anything that writes; what comes after
+    /// is news, followed on a thread of its own (it lives as long as the process).
     pub fn start(&self, source: Arc<Source>, follow: Follow) {
         let mut f = Follower {
             tx: self.tx.clone(),
@@ -80,6 +82,8 @@ impl Hub {
             tip: None,
             counts: HashMap::new(),
         };
+        f.tail_journals(true);
+        f.branch(true);
         let spawned = std::thread::Builder::new()
             .name("stella-http-follow".into())
             .spawn(move || f.run(follow));
@@ -119,9 +123,6 @@ impl Follower {
             Follow::Notify => NOTIFY_TICK,
             Follow::Poll(every) => every,
         };
-        // What is there at the start is history: streams replay it; only what comes after is news.
-        self.tail_journals(true);
-        self.branch(true);
         let mut looked = Instant::now();
         loop {
             match woken.recv_timeout(tick) {

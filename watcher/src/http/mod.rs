@@ -82,12 +82,12 @@ impl From<Error> for Failure {
 pub struct Server {
     listener: std::net::TcpListener,
     shared: shared::Shared,
-    follow: Follow,
 }
 
 impl Server {
-    /// Checks the address and the token rule, reads the token, binds. `root` is the
-    /// repository served; `key` the runner key that authenticates its runs index, if any.
+    /// Checks the address and the token rule, reads the token, binds, and starts the stream
+    /// follower. `root` is the repository served; `key` the runner key that authenticates its
+    /// runs index, if any.
     pub fn bind(settings: &Settings, root: PathBuf, key: Option<PathBuf>, follow: Follow) -> Result<Server, Failure> {
         let addr: SocketAddr = settings
             .addr
@@ -101,16 +101,17 @@ impl Server {
         listener
             .set_nonblocking(true)
             .map_err(|source| Error::Bind { addr, source })?;
-        let source = source::Source::open(root, key)?;
+        let source = Arc::new(source::Source::open(root, key)?);
         let hub = hub::Hub::new(source.git_dir.clone());
+        // Started now, before the daemon runs anything: every event written from here on is news.
+        hub.start(source.clone(), follow);
         Ok(Server {
             listener,
             shared: shared::Shared {
-                source: Arc::new(source),
+                source,
                 token: token.map(Arc::new),
                 hub,
             },
-            follow,
         })
     }
 
@@ -119,11 +120,9 @@ impl Server {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    /// Serves until the runtime ends: the stream follower on a thread of its own, the
-    /// server on the runtime. Must be called inside the runtime.
+    /// Serves until the runtime ends. Must be called inside the runtime.
     pub async fn run(self) -> Result<(), Failure> {
         let addr = self.local_addr();
-        self.shared.hub.start(self.shared.source.clone(), self.follow);
         let listener =
             tokio::net::TcpListener::from_std(self.listener).map_err(|source| Error::Bind { addr, source })?;
         tracing::info!(%addr, "http: serving");
