@@ -118,6 +118,8 @@ codes! {
     Io = "ERR_IO", exit 2;
     /// The command line itself is wrong.
     Usage = "ERR_USAGE", exit 2;
+    /// No run of that id on the branch (HTTP 404).
+    RunNotFound = "ERR_RUN_NOT_FOUND", exit 2;
     /// An SSH key file is unreadable as an OpenSSH private key, encrypted, or not Ed25519.
     KeyInvalid = "ERR_KEY_INVALID", exit 2;
     /// A key was to be written where a file already exists; keys are never overwritten.
@@ -179,7 +181,7 @@ mod tests {
             assert!(code.as_str().starts_with("ERR_"), "{code}");
             assert!(matches!(code.exit_code(), 1 | 2), "{code}");
         }
-        assert_eq!(Code::ALL.len(), 44);
+        assert_eq!(Code::ALL.len(), 45);
         assert_eq!("ERR_NOPE".parse::<Code>(), Err(UnknownCode("ERR_NOPE".into())));
         assert_eq!((Code::StepFailed.exit_code(), Code::Usage.exit_code()), (1, 2));
     }

@@ -117,3 +117,20 @@ impl EventSink for Display {
         Ok(())
     }
 }
+
+/// A recorded event as `stella runs logs` shows it (and the HTTP logs route serves it): a
+/// step's line as `[step] line`, a run's milestones as `-- run.x: message`; `None` for the rest.
+pub fn log_line(e: &Event) -> Option<String> {
+    match e.kind.as_str() {
+        "step.log" => Some(format!(
+            "[{}] {}",
+            e.step.as_deref().unwrap_or(""),
+            e.msg.as_deref().unwrap_or("")
+        )),
+        k if k.starts_with("run.") || k == "gate.waiting" || k == "step.failed" => Some(format!(
+            "-- {k}{}",
+            e.msg.as_deref().map_or(String::new(), |m| format!(": {m}"))
+        )),
+        _ => None,
+    }
+}

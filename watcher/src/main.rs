@@ -5,6 +5,7 @@ mod cli;
 mod daemon;
 mod display;
 mod failure;
+mod http;
 mod repo;
 mod telemetry;
 

@@ -11,6 +11,7 @@ mod daemon;
 mod evidence;
 mod golden;
 mod housekeeping;
+mod http;
 mod invalid_runs;
 mod layout;
 mod output;

@@ -5,9 +5,11 @@
 pub mod dsse;
 
 mod export;
+mod gather;
 mod verify;
 
 pub use export::{export_archive, read_archive};
+pub use gather::{Exported, export_run, gather};
 pub use verify::{Check, verify_archive};
 
 use std::collections::BTreeMap;
@@ -68,13 +70,32 @@ pub enum Error {
     NotEd25519(#[source] ed25519_dalek::SignatureError),
     #[error("the signature does not verify")]
     DoesNotVerify,
+    /// Gathering a run for export: no run of that id on the branch.
+    #[error("no run {0} on the branch")]
+    RunNotFound(String),
+    #[error("run {0} has no evidence yet (evidence is written when a run finishes)")]
+    NoEvidence(String),
+    #[error("the run's events: {0}")]
+    Events(String),
+    #[error("{0}")]
+    Ledger(#[from] crate::ledger::Error),
+    #[error("cannot build the archive: {0}")]
+    Archive(#[source] std::io::Error),
 }
 
 impl Error {
     /// Every failure to read or verify an archive is `ERR_EVIDENCE_INVALID` (a broken
-    /// allowed_signers included: the archive cannot be verified with it).
+    /// allowed_signers included: the archive cannot be verified with it); gathering a run
+    /// has the codes of what went wrong.
     pub fn code(&self) -> Code {
-        Code::EvidenceInvalid
+        match self {
+            Error::RunNotFound(_) => Code::RunNotFound,
+            Error::NoEvidence(_) => Code::Usage,
+            Error::Events(_) => Code::LedgerTampered,
+            Error::Ledger(e) => e.code(),
+            Error::Archive(_) => Code::Io,
+            _ => Code::EvidenceInvalid,
+        }
     }
 }
 

@@ -192,6 +192,12 @@ pub fn find(ledger: &Ledger, tip: ObjectId, id: &str) -> Result<RunView, crate::
     Ok(view(ledger, tip, &dir))
 }
 
+/// As `view`, with `step.log` events stripped to their seq, type and step
+/// (`event::read_ndjson_for_state`): a run's state and headline without holding its output.
+pub fn view_for_state(ledger: &Ledger, tip: ObjectId, dir: &RunDir) -> RunView {
+    view_with(ledger, tip, dir, true)
+}
+
 /// As `view`; with `for_state`, `step.log` events keep only their seq, type and step
 /// (`event::read_ndjson_for_state`), so scanning many runs never holds their output.
 fn view_with(ledger: &Ledger, tip: ObjectId, dir: &RunDir, for_state: bool) -> RunView {

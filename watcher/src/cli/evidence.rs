@@ -2,7 +2,6 @@
 //! evidence packed deterministically, and checked offline with nothing but the archive (and,
 //! optionally, an allowed_signers file the auditor trusts).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use stella_engine::Code;
@@ -11,8 +10,9 @@ use stella_engine::evidence;
 use crate::failure::{Failure, Outcome};
 use crate::repo;
 
-/// Every file an auditor needs for `run`, by repository path.
-fn gather(root: &Path, run: &str) -> Result<BTreeMap<String, Vec<u8>>, Failure> {
+/// The archive `stella runs export` writes for `run` (`evidence::export_run`, the function
+/// the HTTP export serves too).
+fn archive(root: &Path, run: &str) -> Result<evidence::Exported, Failure> {
     if !stella_engine::run_id::is_valid(run) {
         return Err(Failure::one(Code::Usage, format!("`{run}` is not a valid run id")));
     }
@@ -20,102 +20,20 @@ fn gather(root: &Path, run: &str) -> Result<BTreeMap<String, Vec<u8>>, Failure> 
     let ledger = repo::open_ledger(root, &config)?;
     let tip = ledger
         .tip()?
-        .ok_or_else(|| Failure::one(Code::Usage, "the branch has no commits"))?;
-    // Everything is read as it stood when the evidence was written: approval files changed or
-    // re-signed after the run ended are not what it covered.
-    let dir = ledger.run_dir(tip, run)?;
-    let at = written_at(&ledger, tip, &dir.file(evidence::ATTESTATION))?;
-    let mut files = BTreeMap::new();
-    for (rel, bytes, _) in ledger.files_under(at, &dir.dir())? {
-        files.insert(dir.file(&rel), bytes);
-    }
-    if !files.contains_key(&dir.file(evidence::ATTESTATION)) {
-        return Err(Failure::one(
-            Code::Usage,
-            format!("run {run} has no evidence yet (evidence is written when a run finishes)"),
-        ));
-    }
-    let prefix = format!("{}/", dir.dir());
-    let events_bytes = stella_engine::ledger::events::concat(
-        files
-            .iter()
-            .filter_map(|(p, b)| p.strip_prefix(&prefix).map(|rel| (rel, b.as_slice()))),
-    )
-    .unwrap_or_default();
-    let events = stella_engine::event::read_ndjson_for_state(&String::from_utf8_lossy(&events_bytes))
-        .map_err(|e| Failure::one(Code::LedgerTampered, e))?;
-    let planned = events
-        .iter()
-        .find(|e| e.kind == "run.planned")
-        .ok_or_else(|| Failure::one(Code::LedgerTampered, "the run has no run.planned event"))?;
-    let commit_of = |k: &str| {
-        planned
-            .get(k)
-            .and_then(|v| v.as_str())
-            .and_then(|h| gix::ObjectId::from_hex(h.as_bytes()).ok())
-    };
-    let request_commit = commit_of("requestCommit").unwrap_or(tip);
-    let trust_commit = commit_of("trustCommit").unwrap_or(tip);
-    let pack = planned
-        .get("pack")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_string();
-    for (rel, bytes, _) in ledger.files_under(request_commit, &pack)? {
-        files.insert(format!("{pack}/{rel}"), bytes);
-    }
-    // The approval files the evidence covers (files committed after the run ended are not its).
-    let manifest: serde_json::Value = files
-        .get(&dir.file(evidence::MANIFEST))
-        .and_then(|m| serde_json::from_slice(m).ok())
-        .unwrap_or_default();
-    let covered: Vec<String> = manifest["files"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|f| f["path"].as_str().map(str::to_string))
-        .collect();
-    for (rel, bytes, _) in ledger.files_under(at, &dir.approvals())? {
-        let path = format!("{}/{rel}", dir.approvals());
-        if covered.contains(&path) {
-            files.insert(path, bytes);
-        }
-    }
-    if let Some(signers) = ledger.read(trust_commit, ".stella/allowed_signers")? {
-        files.insert(".stella/allowed_signers".into(), signers);
-    }
-    Ok(files)
-}
-
-/// The oldest commit on the first-parent line from `tip` whose `path` is what it is at `tip`:
-/// where the file got its present content.
-fn written_at(
-    ledger: &stella_engine::ledger::Ledger,
-    tip: gix::ObjectId,
-    path: &str,
-) -> Result<gix::ObjectId, stella_engine::ledger::Error> {
-    let now = ledger.read(tip, path)?;
-    let mut at = tip;
-    while let Some(&parent) = ledger.parents(at)?.first() {
-        if ledger.read(parent, path)? != now {
-            break;
-        }
-        at = parent;
-    }
-    Ok(at)
+        .ok_or_else(|| Failure::one(Code::RunNotFound, format!("no run {run}: the branch has no commits")))?;
+    Ok(evidence::export_run(&ledger, tip, run)?)
 }
 
 pub fn export(repo_dir: &Path, run: &str, out: &Path) -> Result<Outcome, Failure> {
     let root = repo::find_root(repo_dir)?;
-    let files = gather(&root, run)?;
-    let bytes = evidence::export_archive(&files)
-        .map_err(|e| Failure::one(Code::Io, format!("cannot build the archive: {e}")))?;
+    let archive = archive(&root, run)?;
+    let bytes = archive.bytes;
     super::init::write_replace(out, "")?;
     std::fs::write(out, &bytes).map_err(|e| Failure::io(out, e))?;
     println!("{}", out.display());
     eprintln!(
         "exported run {run}: {} files, {} bytes, sha256 {}",
-        files.len(),
+        archive.files,
         bytes.len(),
         stella_engine::pack::sha256_hex(&bytes)
     );
@@ -128,7 +46,7 @@ pub fn verify(target: &str, signers: Option<&Path>, repo_dir: &Path, as_json: bo
         std::fs::read(path).map_err(|e| Failure::io(path, e))?
     } else {
         let root = repo::find_root(repo_dir)?;
-        evidence::export_archive(&gather(&root, target)?).map_err(|e| Failure::one(Code::Io, e.to_string()))?
+        archive(&root, target)?.bytes
     };
     let signers_text = signers
         .map(|p| std::fs::read_to_string(p).map_err(|e| Failure::io(p, e)))

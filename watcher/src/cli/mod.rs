@@ -11,6 +11,7 @@ mod pack;
 mod request;
 mod run;
 mod runs;
+mod serve;
 mod sync;
 
 use std::path::PathBuf;
@@ -55,6 +56,18 @@ enum Command {
     Ledger(LedgerCommand),
     /// Watch a repository and execute the run requests committed to its branch
     Daemon(DaemonArgs),
+    /// Serve the read-only runs API and streams of a clone, without a runner (executes nothing)
+    Serve {
+        /// The repository (any clone)
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        #[command(flatten)]
+        http: HttpArgs,
+        /// Follow the branch and the journals with file notifications (streams within
+        /// milliseconds); without it streams look every 2 s
+        #[arg(long)]
+        watch: bool,
+    },
     /// Check evidence offline
     #[command(subcommand)]
     Evidence(EvidenceCommand),
@@ -254,6 +267,41 @@ struct DaemonArgs {
     /// Inject faults from this runner-local YAML file (kills, pauses, network drops, approval delays)
     #[arg(long, value_name = "FILE")]
     chaos: Option<PathBuf>,
+    /// Also serve the read-only runs API and streams on ADDR (e.g. 127.0.0.1:7878)
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    #[command(flatten)]
+    http_access: HttpAccess,
+}
+
+/// Who may read what the HTTP edge serves.
+#[derive(Debug, Args)]
+struct HttpAccess {
+    /// Require `Authorization: Bearer <token>` (the file's content) on every route but /healthz
+    #[arg(long, value_name = "FILE")]
+    http_token_file: Option<PathBuf>,
+    /// Serve a non-loopback address without a token
+    #[arg(long)]
+    http_insecure: bool,
+}
+
+#[derive(Debug, Args)]
+struct HttpArgs {
+    /// The address to serve on (loopback unless a token or --http-insecure is given)
+    #[arg(long, value_name = "ADDR")]
+    http: String,
+    #[command(flatten)]
+    access: HttpAccess,
+}
+
+impl HttpAccess {
+    fn settings(self, addr: String) -> crate::http::Settings {
+        crate::http::Settings {
+            addr,
+            token_file: self.http_token_file,
+            insecure: self.http_insecure,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -412,7 +460,9 @@ pub fn run(cli: Cli) -> Result<Outcome, Failure> {
             work_dir: a.work_dir,
             keep_work: a.keep_work,
             chaos: a.chaos,
+            http: a.http.map(|addr| a.http_access.settings(addr)),
         }),
+        Command::Serve { repo, http, watch } => serve::serve(&repo, http.access.settings(http.http), watch),
         Command::Pack(PackCommand::Validate { pack, json }) => pack::validate(&pack, json),
         Command::Pack(PackCommand::Plan(a)) => pack::plan(&a.pack, a.inputs.as_deref(), a.json),
         Command::Pack(PackCommand::Run(a)) => run::run(run::RunArgs {

@@ -40,11 +40,11 @@ fn one(root: &Path, id: &str) -> Result<RunView, Failure> {
     let ledger = repo::open_ledger(root, &config)?;
     let tip = ledger
         .tip()?
-        .ok_or_else(|| Failure::one(Code::Usage, "the branch has no commits"))?;
+        .ok_or_else(|| Failure::one(Code::RunNotFound, format!("no run {id}: the branch has no commits")))?;
     let view = runs::find(&ledger, tip, id)?;
     if view.invalid.is_none() && !view.has_request && view.events().is_empty() {
         return Err(Failure::one(
-            Code::Usage,
+            Code::RunNotFound,
             format!("no run {id} on branch {}", config.branch),
         ));
     }
@@ -274,18 +274,11 @@ pub fn logs(repo_dir: &Path, id: &str, follow: bool) -> Result<Outcome, Failure>
     }
     let mut shown = 0;
     let print = |events: &[stella_engine::event::Event], from: usize| {
-        for e in &events[from.min(events.len())..] {
-            match e.kind.as_str() {
-                "step.log" => println!(
-                    "[{}] {}",
-                    e.step.as_deref().unwrap_or(""),
-                    e.msg.as_deref().unwrap_or("")
-                ),
-                k if k.starts_with("run.") || k == "gate.waiting" || k == "step.failed" => {
-                    println!("-- {k}{}", e.msg.as_deref().map_or(String::new(), |m| format!(": {m}")))
-                }
-                _ => {}
-            }
+        for line in events[from.min(events.len())..]
+            .iter()
+            .filter_map(crate::display::log_line)
+        {
+            println!("{line}");
         }
         events.len()
     };

@@ -61,6 +61,8 @@ pub struct Args {
     pub keep_work: bool,
     /// The chaos file (runner-local, never read from the repository).
     pub chaos: Option<PathBuf>,
+    /// Serve the read-only HTTP edge beside the runner.
+    pub http: Option<crate::http::Settings>,
 }
 
 pub fn run(a: Args) -> Result<Outcome, Failure> {
@@ -86,6 +88,20 @@ pub fn run_with(a: Args, telemetry: Arc<Telemetry>) -> Result<Outcome, Failure> 
     }
     let chaos = a.chaos.as_deref().map(Chaos::load).transpose()?;
     let root = repo::find_root(&a.repo)?;
+    // Checked and bound before anything else happens: a refused address is exit 2 at once.
+    let http = a
+        .http
+        .as_ref()
+        .map(|h| {
+            crate::http::Server::bind(
+                h,
+                root.clone(),
+                a.key.clone(),
+                crate::http::Follow::Notify,
+                Some(telemetry.clone()),
+            )
+        })
+        .transpose()?;
     let config = repo::config_at_head(&root)?;
     let key = repo::load_key(&root, a.key.as_deref())?;
     let mut ledger = repo::open_ledger(&root, &config)?;
@@ -184,6 +200,14 @@ pub fn run_with(a: Args, telemetry: Arc<Telemetry>) -> Result<Outcome, Failure> 
     };
     if !a.once {
         rt.spawn(maintain::background(housekeeping.clone(), a.poll));
+    }
+    if let Some(server) = http {
+        say!("stella daemon: http on http://{}", server.local_addr());
+        rt.spawn(async move {
+            if let Err(e) = server.run().await {
+                warn!(error = ?e, "http: the server stopped");
+            }
+        });
     }
     match rt.block_on(cycle::Daemon::new(env, remote, settings, telemetry).run(&root))? {
         cycle::End::Idle => {

@@ -101,6 +101,7 @@ fn daemon_once(dir: &Path, work: &Path, telemetry: &Arc<Telemetry>) {
         work_dir: Some(work.to_path_buf()),
         keep_work: false,
         chaos: None,
+        http: None,
     };
     run_with(args, telemetry.clone()).unwrap_or_else(|f| panic!("the daemon failed: {f:?}"));
 }

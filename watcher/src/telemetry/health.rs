@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 use super::census::Counts;
 
 /// The HTTP status and JSON body of a probe.
-#[allow(dead_code, reason = "served by the HTTP edge, built beside this module")]
 pub type Answer = (u16, Value);
 
 /// What the probes report.
@@ -36,10 +35,6 @@ struct Remote {
     fetched: Option<Instant>,
 }
 
-#[allow(
-    dead_code,
-    reason = "healthz and readyz are served by the HTTP edge, built beside this module"
-)]
 impl Health {
     /// Nothing scanned yet; `remote`: the daemon works with a remote (then `/readyz` says how
     /// it answers).

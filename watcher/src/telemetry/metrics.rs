@@ -19,7 +19,6 @@ use super::labels::Bounded;
 use super::track::{Happening, Outcome};
 
 /// The content type of `Metrics::encode`'s text: the Prometheus text format 0.0.4.
-#[allow(dead_code, reason = "served by the HTTP edge, built beside this module")]
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// How many distinct pack names and gate ids the labels take per process;
@@ -223,7 +222,6 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition (format 0.0.4, `CONTENT_TYPE`).
-    #[allow(dead_code, reason = "served by the HTTP edge, built beside this module")]
     pub fn encode(&self) -> String {
         let mut open = String::new();
         prometheus_client::encoding::text::encode_registry(&mut open, &self.registry)
@@ -237,7 +235,6 @@ impl Metrics {
 /// `promtool check metrics` and every Prometheus read) names the family as its samples. Only
 /// the `# HELP` and `# TYPE` lines of counters change; label values cannot hold a newline (the
 /// client escapes it), so the text is safe to take line by line.
-#[allow(dead_code, reason = "served by the HTTP edge, built beside this module")]
 fn classic(open: &str) -> String {
     let counters: Vec<&str> = open
         .lines()

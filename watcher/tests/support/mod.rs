@@ -4,6 +4,7 @@
 //! outside a step (`procs`). Nothing here asserts a product behaviour; the stories do.
 
 mod daemon;
+pub mod http;
 mod procs;
 mod repo;
 mod scratch;
