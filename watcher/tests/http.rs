@@ -672,9 +672,18 @@ fn the_probes_and_metrics_beside_the_daemon_and_under_serve() {
     });
     let got = get(&base, "/metrics");
     assert_eq!(got.status, 200);
-    assert!(got.content_type.starts_with("text/plain; version=0.0.4"), "{}", got.content_type);
+    assert!(
+        got.content_type.starts_with("text/plain; version=0.0.4"),
+        "{}",
+        got.content_type
+    );
     let text = got.text();
-    for name in ["pack_run_active 0", "pack_runs_waiting 0", "pack_queue_depth 0", "pack_run_success_ratio 0.5"] {
+    for name in [
+        "pack_run_active 0",
+        "pack_runs_waiting 0",
+        "pack_queue_depth 0",
+        "pack_run_success_ratio 0.5",
+    ] {
         assert!(text.lines().any(|l| l == name), "{name} missing:\n{text}");
     }
     promtool_accepts(&text);

@@ -29,7 +29,11 @@ pub async fn metrics(State(s): State<Shared>) -> Response {
     if let Err(e) = rescan(&s).await {
         return e.into_response();
     }
-    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], s.telemetry.metrics.encode()).into_response()
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        s.telemetry.metrics.encode(),
+    )
+        .into_response()
 }
 
 /// Under `serve`: the gauges and readiness from the branch as it is now.

@@ -68,7 +68,10 @@ pub fn router(shared: Shared) -> Router {
         .route(ROUTES[8], get(probes::healthz))
         .route(ROUTES[9], get(probes::readyz))
         .route(ROUTES[10], get(probes::metrics))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, JSON_TIMEOUT));
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            JSON_TIMEOUT,
+        ));
     timed
         .merge(streams)
         .merge(probes)
