@@ -20,7 +20,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use super::errors::ApiError;
 use super::shared::Shared;
-use super::{api, files, openapi, streams};
+use super::{api, files, openapi, pages, streams};
 
 /// How long a JSON route may take before it answers 408.
 pub const JSON_TIMEOUT: Duration = Duration::from_secs(30);
@@ -63,6 +63,8 @@ pub fn router(shared: Shared) -> Router {
         .route(ROUTES[6], get(streams::all));
     timed
         .merge(streams)
+        // The web workspace: `/`, `/runs/{id}` and their compiled-in assets (pages/).
+        .merge(pages::routes())
         .fallback(|| async { ApiError::no_route() })
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
