@@ -211,11 +211,21 @@ fn the_pages_read_without_javascript_and_escape_every_value() {
     }
 }
 
+/// Whether the browser tests can run: skipped without chromium, but never in CI.
+fn browser_here() -> bool {
+    match webdriver::available() {
+        Ok(()) => true,
+        Err(missing) => {
+            assert!(std::env::var_os("CI").is_none(), "CI needs the browser: {missing}");
+            eprintln!("skipped: {missing}");
+            false
+        }
+    }
+}
+
 #[test]
 fn a_browser_follows_a_run_to_its_end_reads_its_logs_and_downloads_evidence_that_verifies() {
-    if let Err(missing) = webdriver::available() {
-        assert!(std::env::var_os("CI").is_none(), "CI needs the browser: {missing}");
-        eprintln!("skipped: {missing}");
+    if !browser_here() {
         return;
     }
     let r = Repo::new();
@@ -317,7 +327,80 @@ fn a_browser_follows_a_run_to_its_end_reads_its_logs_and_downloads_evidence_that
         "byte-identical to the CLI's"
     );
     r.stella(&["evidence", "verify", file.to_str().unwrap()]).ok();
-    if let Some(dir) = std::env::var_os("STELLA_SCREENSHOTS") {
-        std::fs::write(std::path::Path::new(&dir).join("workspace-run.png"), b.screenshot()).unwrap();
+
+    // 90 s without an event or a heartbeat: the banner says so and the stream is opened again.
+    b.open(&format!("{base}/"));
+    b.wait(
+        "the stream",
+        Duration::from_secs(20),
+        "return document.getElementById('live').textContent === 'live'",
+    );
+    b.eval(
+        "window.stellaSeen = []; var banner = document.getElementById('banner');
+         new MutationObserver(function () { if (!banner.hidden) window.stellaSeen.push(banner.textContent); })
+           .observe(banner, { attributes: true, childList: true, characterData: true, subtree: true });
+         var now = Date.now; Date.now = function () { return now() + 100000; }; return true",
+    );
+    b.wait(
+        "the stale banner",
+        Duration::from_secs(20),
+        "return window.stellaSeen.some(function (t) { return /No event or heartbeat for \\d+ s/.test(t); })",
+    );
+    b.wait(
+        "the stream again",
+        Duration::from_secs(20),
+        "return document.getElementById('live').textContent === 'live' && document.getElementById('banner').hidden",
+    );
+}
+
+#[test]
+fn without_streams_the_browser_polls_the_api_and_still_follows_a_run() {
+    if !browser_here() {
+        return;
     }
+    let r = Repo::new();
+    r.pack("slow", &slow(6));
+    let d = r.daemon(&["--repo", ".", "--http", "127.0.0.1:0"]);
+    let base = base_of(&d);
+    let downloads = tempfile::tempdir().unwrap();
+    let b = Browser::start(downloads.path());
+    // A browser whose fetch cannot read a body as it comes.
+    b.cdp(
+        "Page.addScriptToEvaluateOnNewDocument",
+        serde_json::json!({ "source": "delete window.ReadableStream;" }),
+    );
+    r.request("p1", "slow", "{}\n");
+    b.open(&format!("{base}/runs/p1"));
+    b.eval("window.stellaMark = 'no reload'; return true");
+    assert_eq!(
+        b.eval("return document.getElementById('live').textContent"),
+        "polling every 5 s"
+    );
+    b.wait(
+        "p1 succeeded, polled",
+        Duration::from_secs(40),
+        "return document.querySelector('#summary .badge').textContent === 'succeeded'",
+    );
+    b.wait(
+        "its whole log, polled",
+        Duration::from_secs(10),
+        "return /\\[talk\\] line 6/.test(document.getElementById('log').textContent)",
+    );
+    assert_eq!(b.eval("return window.stellaMark"), "no reload");
+    assert_eq!(b.eval("return document.getElementById('live').textContent"), "finished");
+    // The table polls too.
+    b.open(&format!("{base}/"));
+    b.eval("window.stellaMark = 'no reload'; return true");
+    r.request("p2", "slow", "{}\n");
+    let row = "var b = document.querySelector('tr[data-id=\"p2\"] .badge'); return b && b.textContent";
+    b.wait(
+        "p2 in the table, polled",
+        Duration::from_secs(40),
+        &format!("{row} === 'succeeded'"),
+    );
+    assert_eq!(b.eval("return window.stellaMark"), "no reload");
+    assert_eq!(
+        b.eval("return document.querySelector('.card.c-running .num').textContent"),
+        "0"
+    );
 }

@@ -181,15 +181,6 @@ impl Browser {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-
-    /// A PNG of the page as it is now.
-    pub fn screenshot(&self) -> Vec<u8> {
-        use base64::Engine as _;
-        let b64 = send("GET", &self.url("/screenshot"), None);
-        base64::engine::general_purpose::STANDARD
-            .decode(b64.as_str().unwrap_or_default())
-            .unwrap()
-    }
 }
 
 impl Drop for Browser {
