@@ -174,8 +174,16 @@ fn one_run_with_its_steps_artifacts_and_evidence_and_bytes_equal_to_the_cli() {
 #[test]
 fn a_missing_run_is_err_run_not_found_in_the_api_and_the_cli() {
     let r = Repo::with_finished_run();
+    // A directory under runs/ holding no run file is listed, but is no run.
+    r.write("runs/odd/notes.txt", "not a run\n").tamper("a stray directory");
     let s = serve(&r, &[]);
     let base = base_of(&s);
+    let list = get(&base, "/api/v1/runs");
+    assert_eq!(
+        (list.status, ids(&list.json())),
+        (200, vec!["r1".to_string(), "odd".to_string()])
+    );
+    assert_eq!(get(&base, "/api/v1/runs/odd").status, 404);
     for path in [
         "/api/v1/runs/nope",
         "/api/v1/runs/nope/logs",
@@ -200,6 +208,8 @@ fn a_missing_run_is_err_run_not_found_in_the_api_and_the_cli() {
             "{path}"
         );
     }
+    let post = ureq::post(format!("{base}/api/v1/runs/r1/export")).send("x");
+    assert!(matches!(post, Err(ureq::Error::StatusCode(405))), "{post:?}");
     let other = get(&base, "/nothing/here");
     assert_eq!((other.status, other.json()["code"].as_str()), (404, Some("ERR_USAGE")));
     let out = r.outside("x.tar.gz");
@@ -321,7 +331,7 @@ fn a_cancelled_run_ends_its_stream_with_run_cancelled() {
     }
     r.stella(&["runs", "cancel", "c1"]).ok();
     r.commit_all("cancel c1");
-    seen.extend(events.to_end(Duration::from_secs(60)));
+    seen.extend(events.until_end(Duration::from_secs(60)));
     let last = seen.iter().rev().find(|f| !f.event.starts_with(':')).unwrap();
     assert_eq!(last.event, "run.cancelled", "the stream ends after the final event");
     let run = get(&base, "/api/v1/runs/c1").json();
@@ -370,7 +380,7 @@ fn a_stream_resumes_after_last_event_id_across_a_daemon_restart_without_gap_or_d
     let d = r.daemon(&["--repo", ".", "--http", "127.0.0.1:0"]);
     let base = base_of(&d);
     let mut again = stream(&base, "/api/v1/runs/s1/events", &[("Last-Event-ID", &last)]);
-    let after = again.to_end(Duration::from_secs(120));
+    let after = again.until_end(Duration::from_secs(120));
     let resumed = seqs(&after);
     let all: Vec<u64> = before.iter().chain(&resumed).copied().collect();
     assert_eq!(
@@ -389,8 +399,8 @@ fn a_stream_resumes_after_last_event_id_across_a_daemon_restart_without_gap_or_d
     let ledger: Vec<u64> = r.events("s1").iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(ledger, all, "the stream held every event of the ledger");
     // `?after=` is the same as the header; a finished run's stream ends.
-    let tail =
-        stream(&base, &format!("/api/v1/runs/s1/events?after={}", all.len() - 3), &[]).to_end(Duration::from_secs(10));
+    let tail = stream(&base, &format!("/api/v1/runs/s1/events?after={}", all.len() - 3), &[])
+        .until_end(Duration::from_secs(10));
     assert_eq!(seqs(&tail), [all.len() as u64 - 2, all.len() as u64 - 1]);
 }
 
@@ -516,7 +526,7 @@ fn no_secret_a_step_prints_appears_in_any_http_answer() {
     // Live, from the journal: both streams while the step prints.
     let mut live = stream(&base, "/api/v1/events", &[]);
     let mut one = stream(&base, "/api/v1/runs/x1/events", &[]);
-    let frames = one.to_end(Duration::from_secs(60));
+    let frames = one.until_end(Duration::from_secs(60));
     assert!(
         frames.iter().any(|f| f.data.contains("using ***")),
         "the line is there, redacted"
@@ -558,7 +568,7 @@ fn no_secret_a_step_prints_appears_in_any_http_answer() {
     }
     answers.push(
         stream(&base, "/api/v1/runs/x1/events", &[])
-            .to_end(Duration::from_secs(10))
+            .until_end(Duration::from_secs(10))
             .into_iter()
             .map(|f| f.data)
             .collect(),

@@ -11,10 +11,21 @@ use gix::ObjectId;
 use super::{ATTESTATION, Error, MANIFEST, export_archive};
 use crate::ledger::Ledger;
 
+/// A run's evidence archive.
+pub struct Exported {
+    pub bytes: Vec<u8>,
+    /// How many files it holds.
+    pub files: usize,
+}
+
 /// The archive `stella runs export RUN` writes, for run `run` on the branch at `tip`.
-pub fn export_run(ledger: &Ledger, tip: ObjectId, run: &str) -> Result<Vec<u8>, Error> {
+pub fn export_run(ledger: &Ledger, tip: ObjectId, run: &str) -> Result<Exported, Error> {
     let files = gather(ledger, tip, run)?;
-    export_archive(&files).map_err(Error::Archive)
+    let bytes = export_archive(&files).map_err(Error::Archive)?;
+    Ok(Exported {
+        bytes,
+        files: files.len(),
+    })
 }
 
 /// Every file an auditor needs for `run`, by repository path.

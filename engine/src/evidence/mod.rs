@@ -9,7 +9,7 @@ mod gather;
 mod verify;
 
 pub use export::{export_archive, read_archive};
-pub use gather::{export_run, gather};
+pub use gather::{Exported, export_run, gather};
 pub use verify::{Check, verify_archive};
 
 use std::collections::BTreeMap;

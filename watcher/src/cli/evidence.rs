@@ -12,7 +12,7 @@ use crate::repo;
 
 /// The archive `stella runs export` writes for `run` (`evidence::export_run`, the function
 /// the HTTP export serves too).
-fn archive(root: &Path, run: &str) -> Result<Vec<u8>, Failure> {
+fn archive(root: &Path, run: &str) -> Result<evidence::Exported, Failure> {
     if !stella_engine::run_id::is_valid(run) {
         return Err(Failure::one(Code::Usage, format!("`{run}` is not a valid run id")));
     }
@@ -26,12 +26,14 @@ fn archive(root: &Path, run: &str) -> Result<Vec<u8>, Failure> {
 
 pub fn export(repo_dir: &Path, run: &str, out: &Path) -> Result<Outcome, Failure> {
     let root = repo::find_root(repo_dir)?;
-    let bytes = archive(&root, run)?;
+    let archive = archive(&root, run)?;
+    let bytes = archive.bytes;
     super::init::write_replace(out, "")?;
     std::fs::write(out, &bytes).map_err(|e| Failure::io(out, e))?;
     println!("{}", out.display());
     eprintln!(
-        "exported run {run}: {} bytes, sha256 {}",
+        "exported run {run}: {} files, {} bytes, sha256 {}",
+        archive.files,
         bytes.len(),
         stella_engine::pack::sha256_hex(&bytes)
     );
@@ -44,7 +46,7 @@ pub fn verify(target: &str, signers: Option<&Path>, repo_dir: &Path, as_json: bo
         std::fs::read(path).map_err(|e| Failure::io(path, e))?
     } else {
         let root = repo::find_root(repo_dir)?;
-        archive(&root, target)?
+        archive(&root, target)?.bytes
     };
     let signers_text = signers
         .map(|p| std::fs::read_to_string(p).map_err(|e| Failure::io(p, e)))

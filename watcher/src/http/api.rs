@@ -162,7 +162,7 @@ pub async fn list(State(s): State<Shared>, Query(q): Query<HashMap<String, Strin
 
 /// One run's headline, read whole but for its log lines.
 fn row(at: &At, id: &str) -> Result<Value, ApiError> {
-    let view = at.run(id, false)?;
+    let view = at.listed(id)?;
     let st = view.state();
     Ok(shape::headline(&view, &st, &Files::read(at, id)?))
 }
@@ -190,7 +190,8 @@ fn evidence(at: &At, id: &str) -> Value {
         return json!({ "present": false, "verified": null });
     };
     match stella_engine::evidence::export_run(&at.ledger, tip, id) {
-        Ok(bytes) => {
+        Ok(exported) => {
+            let bytes = exported.bytes;
             let verified = stella_engine::evidence::verify_archive(&bytes, None).is_ok_and(|c| c.iter().all(|c| c.ok));
             json!({ "present": true, "verified": verified, "sha256": stella_engine::pack::sha256_hex(&bytes) })
         }

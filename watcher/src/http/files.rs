@@ -127,13 +127,15 @@ pub async fn export(State(s): State<Shared>, Path(id): Path<String>) -> Result<R
     let bytes = blocking(move || {
         let at = source.at()?;
         let tip = at.tip.ok_or_else(|| ApiError::no_run(&id))?;
-        stella_engine::evidence::export_run(&at.ledger, tip, &id).map_err(|e| match e {
-            stella_engine::evidence::Error::RunNotFound(_) => ApiError::no_run(&id),
-            stella_engine::evidence::Error::NoEvidence(_) => {
-                ApiError::new(StatusCode::CONFLICT, Code::Usage, e.to_string())
-            }
-            other => ApiError::from(crate::failure::Failure::from(other)),
-        })
+        stella_engine::evidence::export_run(&at.ledger, tip, &id)
+            .map(|e| e.bytes)
+            .map_err(|e| match e {
+                stella_engine::evidence::Error::RunNotFound(_) => ApiError::no_run(&id),
+                stella_engine::evidence::Error::NoEvidence(_) => {
+                    ApiError::new(StatusCode::CONFLICT, Code::Usage, e.to_string())
+                }
+                other => ApiError::from(crate::failure::Failure::from(other)),
+            })
     })
     .await?;
     let mut r = bytes.into_response();

@@ -224,10 +224,11 @@ impl Follower {
         if at.tip == self.tip {
             return;
         }
-        self.tip = at.tip;
+        // A tip that cannot be scanned is tried again at the next pass.
         let Ok(summaries) = self.source.summaries(&at) else {
             return;
         };
+        self.tip = at.tip;
         let Some(tip) = at.tip else { return };
         let mut counts = HashMap::new();
         for s in summaries {

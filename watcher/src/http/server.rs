@@ -66,6 +66,13 @@ pub fn router(shared: Shared) -> Router {
         // The web workspace: `/`, `/runs/{id}` and their compiled-in assets (pages/).
         .merge(pages::routes())
         .fallback(|| async { ApiError::no_route() })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                stella_engine::Code::Usage,
+                "only GET is served: every change goes through git",
+            )
+        })
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .with_state(shared)

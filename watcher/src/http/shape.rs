@@ -6,7 +6,6 @@
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value as Json, json};
-use stella_engine::plan::Plan;
 use stella_engine::runs::RunView;
 use stella_engine::state::{RunState, StepStatus};
 
@@ -34,9 +33,12 @@ fn span_ms(started: Option<&str>, finished: Option<&str>) -> Option<u64> {
     end.duration_since(start).ok().map(|d| d.as_millis() as u64)
 }
 
-/// What the headline and the detail read besides the events: the plan and the request.
+/// What the headline and the detail read besides the events: each step's kind from the
+/// plan (`plan.json`, already checked against its hash by the run's reader), and the request's
+/// `retryOf`.
 pub struct Files {
-    pub plan: Option<Plan>,
+    /// (step id, kind), nested steps and map children included, depth first.
+    kinds: Option<Vec<(String, String)>>,
     retry_of: Option<String>,
 }
 
@@ -44,20 +46,47 @@ impl Files {
     pub fn read(at: &At, id: &str) -> Result<Files, ApiError> {
         let Some(dir) = at.locate(id)? else {
             return Ok(Files {
-                plan: None,
+                kinds: None,
                 retry_of: None,
             });
         };
-        let plan = at
+        let kinds = at
             .read(&dir.file("plan.json"))?
-            .and_then(|b| Plan::from_plan_json(&String::from_utf8_lossy(&b)).ok())
-            .map(|(plan, _)| plan);
+            .and_then(|b| serde_json::from_slice::<Json>(&b).ok())
+            .map(|plan| {
+                let mut out = Vec::new();
+                walk(&plan["steps"], &mut out);
+                out
+            });
         let request_path = dir.file("request.yaml");
+        // Only a request that names `retryOf` is parsed for it.
         let retry_of = at
             .read(&request_path)?
+            .filter(|b| b.windows(7).any(|w| w == b"retryOf"))
             .and_then(|b| stella_engine::request::Request::parse(&request_path, &String::from_utf8_lossy(&b)).ok())
             .and_then(|r| r.retry_of);
-        Ok(Files { plan, retry_of })
+        Ok(Files { kinds, retry_of })
+    }
+
+    fn total(&self) -> Option<usize> {
+        self.kinds.as_ref().map(Vec::len)
+    }
+
+    fn kind(&self, step: &str) -> Option<&str> {
+        self.kinds
+            .as_ref()?
+            .iter()
+            .find(|(id, _)| id == step)
+            .map(|(_, k)| k.as_str())
+    }
+}
+
+/// The plan's steps as `plan.json` holds them: a parallel group's and a map's under their body.
+fn walk(steps: &Json, out: &mut Vec<(String, String)>) {
+    for s in steps.as_array().into_iter().flatten() {
+        let kind = s["kind"].as_str().unwrap_or_default().to_string();
+        out.push((s["id"].as_str().unwrap_or_default().to_string(), kind.clone()));
+        walk(&s[kind.as_str()]["steps"], out);
     }
 }
 
@@ -66,7 +95,7 @@ impl Files {
 pub fn headline(view: &RunView, st: &RunState, files: &Files) -> Json {
     let planned = view.events().iter().find(|e| e.kind == "run.planned");
     let pack = view.pack();
-    let total = files.plan.as_ref().map(|p| p.all_steps().len());
+    let total = files.total();
     let done = st
         .steps
         .iter()
@@ -100,12 +129,7 @@ pub fn headline(view: &RunView, st: &RunState, files: &Files) -> Json {
 /// The headline plus `steps`, `gates`, `artifacts` and `evidence`.
 pub fn detail(view: &RunView, st: &RunState, files: &Files, evidence: Json) -> Json {
     let mut out = headline(view, st, files);
-    let kind = |id: &str| {
-        files
-            .plan
-            .as_ref()
-            .and_then(|p| p.all_steps().into_iter().find(|s| s.id == id).map(|s| s.kind.name()))
-    };
+    let kind = |id: &str| files.kind(id);
     let exit_code = |id: &str| {
         view.events()
             .iter()

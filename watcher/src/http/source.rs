@@ -70,15 +70,17 @@ impl At {
     /// no such run.
     pub fn run(&self, id: &str, full: bool) -> Result<RunView, ApiError> {
         let tip = self.tip.ok_or_else(|| ApiError::no_run(id))?;
-        let view = if full {
-            runs::view(&self.ledger, tip, id)
-        } else {
-            runs::view_for_state(&self.ledger, tip, id)
-        };
+        let view = view(&self.ledger, tip, id, full);
         if view.invalid.is_none() && !view.has_request && view.events().is_empty() {
             return Err(ApiError::no_run(id));
         }
         Ok(view)
+    }
+
+    /// As `run`, for a run the scan listed: whatever its directory holds, it is shown.
+    pub fn listed(&self, id: &str) -> Result<RunView, ApiError> {
+        let tip = self.tip.ok_or_else(|| ApiError::no_run(id))?;
+        Ok(view(&self.ledger, tip, id, false))
     }
 
     /// Where run `id`'s files are, if it has a directory on the branch.
@@ -91,6 +93,14 @@ impl At {
     pub fn read(&self, path: &str) -> Result<Option<Vec<u8>>, ApiError> {
         let Some(tip) = self.tip else { return Ok(None) };
         Ok(self.ledger.read(tip, path).map_err(Failure::from)?)
+    }
+}
+
+fn view(ledger: &Ledger, tip: ObjectId, id: &str, full: bool) -> RunView {
+    if full {
+        runs::view(ledger, tip, id)
+    } else {
+        runs::view_for_state(ledger, tip, id)
     }
 }
 

@@ -150,7 +150,7 @@ impl Stream {
     }
 
     /// Every frame until the stream ends.
-    pub fn to_end(&mut self, within: Duration) -> Vec<Frame> {
+    pub fn until_end(&mut self, within: Duration) -> Vec<Frame> {
         let deadline = Instant::now() + within;
         let mut out = Vec::new();
         while let Some(f) = self.next(deadline.saturating_duration_since(Instant::now())) {
