@@ -1,7 +1,8 @@
 //! The web workspace (DESIGN section 11): `GET /` (the runs table with its filters, pages and
 //! cards) and `GET /runs/{id}` (one run: summary, step graph, gates with the commands that
 //! decide them, logs, artifacts, evidence), rendered on the server from the JSON API's own
-//! answers (`api::list`, `api::show`, `files::logs`: the same shapes as `/api/v1`), so the
+//! answers (`api::list`, `api::show`, `files::logs`: the same shapes as `/api/v1`; the plan's
+//! shape from `plan.json` for the graph), so the
 //! pages read with JavaScript off; `/assets/workspace.{css,js}` are compiled in and make them
 //! live (streams, reconnect, polling). Every value is escaped by the templates (minijinja's
 //! HTML auto-escaping), every page carries a strict Content-Security-Policy (no inline script
@@ -22,7 +23,6 @@ use minijinja::Environment;
 use serde_json::{Value, json};
 
 use super::errors::{ApiError, blocking};
-use super::shape::Files;
 use super::shared::Shared;
 use super::source::run_id;
 use super::{api, files};
@@ -119,8 +119,14 @@ async fn run(State(s): State<Shared>, Path(id): Path<String>, Query(q): Query<Ha
     let run = id.clone();
     let found = blocking(move || {
         let at = source.at()?;
-        let files = Files::read(&at, &run)?;
-        Ok((files.plan, at.locate(&run)?.map(|d| d.approvals())))
+        let Some(dir) = at.locate(&run)? else {
+            return Ok((None, None));
+        };
+        // The plan as `plan.json` holds it (checked against its hash by the run's reader).
+        let plan = at
+            .read(&dir.file("plan.json"))?
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+        Ok((plan, Some(dir.approvals())))
     })
     .await;
     let (plan, approvals) = match found {

@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use serde_json::{Value, json};
 use stella_engine::approvals::{Approval, Decision};
-use stella_engine::plan::{Plan, PlanStep, StepKind};
 
 use super::super::errors::ApiError;
 
@@ -233,28 +232,28 @@ const ORDER: &[&str] = &[
 ];
 
 impl RunPage {
-    /// `detail` is `GET /api/v1/runs/{id}`'s answer; `plan` the run's plan, when it has one;
-    /// `approvals` its approvals directory (`approvals/_<xx>/<id>`).
-    pub fn build(detail: &Value, plan: Option<&Plan>, approvals: Option<&str>, step: Option<&str>) -> RunPage {
+    /// `detail` is `GET /api/v1/runs/{id}`'s answer; `plan` the run's `plan.json`, when it has
+    /// one; `approvals` its approvals directory (`approvals/_<xx>/<id>`).
+    pub fn build(detail: &Value, plan: Option<&Value>, approvals: Option<&str>, step: Option<&str>) -> RunPage {
         let id = detail["id"].as_str().unwrap_or_default();
         let state = detail["state"].as_str().unwrap_or_default();
         let steps = detail["steps"].as_array().cloned().unwrap_or_default();
         let finished = matches!(state, "succeeded" | "failed" | "cancelled" | "invalid");
         let graph = match plan {
-            Some(p) => p.steps.iter().map(|s| node(s, &steps)).collect(),
+            Some(p) => nodes(&p["steps"], &steps),
             None => steps.iter().map(|s| leaf(s, None)).collect(),
         };
         let approvals = approvals.map_or_else(|| stella_engine::layout::RunDir::new(id).approvals(), str::to_string);
         let mut gates: Vec<Value> = detail["gates"].as_array().cloned().unwrap_or_default();
         // Gates of the plan not reached yet: approvals may be committed before.
+        let mut planned = Vec::new();
         if let Some(p) = plan {
-            for s in p.all_steps() {
-                if let StepKind::Approval(a) = &s.kind
-                    && !gates.iter().any(|g| g["step"] == s.id.as_str())
-                {
-                    gates.push(json!({ "id": a.id, "step": s.id, "state": "pending", "counted": [],
-                        "rejected": [], "ignored": [], "requiredCount": null, "deadline": null }));
-                }
+            approval_steps(&p["steps"], &mut planned);
+        }
+        for (step, gate) in planned {
+            if !gates.iter().any(|g| g["step"] == step.as_str()) {
+                gates.push(json!({ "id": gate, "step": step, "state": "pending", "counted": [],
+                    "rejected": [], "ignored": [], "requiredCount": null, "deadline": null }));
             }
         }
         let plan_hash = detail["planHash"].as_str().unwrap_or_default();
@@ -340,14 +339,43 @@ fn gate(run: &str, plan_hash: &str, approvals: &str, g: Value, finished: bool) -
     }
 }
 
-fn node(p: &PlanStep, steps: &[Value]) -> Node {
-    let found = steps.iter().find(|s| s["id"] == p.id.as_str());
-    let mut n = match found {
-        Some(s) => leaf(s, Some(p.kind.name())),
+/// The key of a step's body in `plan.json`: `run`, `parallel`, `map`, `approval`, `policy`.
+fn body_key(kind: &str) -> &str {
+    kind.strip_prefix("gate.").unwrap_or(kind)
+}
+
+/// The approval gates of the plan: (step id, approval id), nested ones included.
+fn approval_steps(plan_steps: &Value, out: &mut Vec<(String, String)>) {
+    for s in plan_steps.as_array().into_iter().flatten() {
+        let kind = s["kind"].as_str().unwrap_or_default();
+        if kind == "gate.approval"
+            && let (Some(step), Some(gate)) = (s["id"].as_str(), s["approval"]["id"].as_str())
+        {
+            out.push((step.to_string(), gate.to_string()));
+        }
+        approval_steps(&s[body_key(kind)]["steps"], out);
+    }
+}
+
+/// The graph's nodes for the steps of `plan.json` at one level, with what the run did of them.
+fn nodes(plan_steps: &Value, steps: &[Value]) -> Vec<Node> {
+    plan_steps
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| node(p, steps))
+        .collect()
+}
+
+fn node(p: &Value, steps: &[Value]) -> Node {
+    let id = p["id"].as_str().unwrap_or_default();
+    let kind = p["kind"].as_str().unwrap_or_default();
+    let mut n = match steps.iter().find(|s| s["id"] == id) {
+        Some(s) => leaf(s, Some(kind)),
         None => Node {
-            id: p.id.clone(),
+            id: id.to_string(),
             name: None,
-            kind: p.kind.name().into(),
+            kind: kind.to_string(),
             state: "pending".into(),
             attempts: 0,
             duration_ms: None,
@@ -357,8 +385,20 @@ fn node(p: &PlanStep, steps: &[Value]) -> Node {
             counts: Vec::new(),
         },
     };
-    n.name = p.name.clone();
-    n.children = p.children().iter().map(|c| node(c, steps)).collect();
+    n.name = p["name"].as_str().map(str::to_string);
+    let body = &p[body_key(kind)];
+    n.children = nodes(&body["steps"], steps);
+    // A map's children are labelled with their item.
+    if kind == "map" {
+        for (c, item) in n
+            .children
+            .iter_mut()
+            .zip(body["items"].as_array().into_iter().flatten())
+        {
+            let label = item.as_str().map_or_else(|| item.to_string(), str::to_string);
+            c.name = Some(label.chars().take(80).collect());
+        }
+    }
     n.counts = ORDER
         .iter()
         .map(|s| (s.to_string(), n.children.iter().filter(|c| c.state == *s).count()))
@@ -447,6 +487,44 @@ mod tests {
         );
         let bad = Form::read(&HashMap::from([("window".to_string(), "forever".to_string())]));
         assert_eq!(bad.api_query(now).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn the_graph_has_the_plans_shape_with_counts_and_gates_not_reached_get_commands() {
+        let plan = json!({ "steps": [
+            { "id": "prep", "kind": "run", "run": {} },
+            { "id": "fan", "kind": "map", "map": { "items": ["eu", {"r": 2}], "steps": [
+                { "id": "fan[0]::go", "kind": "run", "run": {} },
+                { "id": "fan[1]::go", "kind": "run", "run": {} } ] } },
+            { "id": "both", "kind": "parallel", "parallel": { "steps": [
+                { "id": "ok", "kind": "gate.approval", "approval": { "id": "change-review" } } ] } },
+        ] });
+        let detail = json!({ "id": "r1", "state": "running", "planHash": "sha256:ab", "steps": [
+            { "id": "prep", "state": "succeeded", "attempts": 2, "startedAt": "2026-12-02T10:00:00Z",
+              "finishedAt": "2026-12-02T10:00:04.2Z" },
+            { "id": "fan", "state": "running", "attempts": 1 },
+            { "id": "fan[0]::go", "state": "succeeded", "attempts": 1 },
+        ], "gates": [], "artifacts": [{ "step": "prep", "name": "a b/c", "sha256": "00", "size": 1 }] });
+        let page = RunPage::build(&detail, Some(&plan), Some("approvals/_3f/r1"), Some("prep"));
+        let ids: Vec<&str> = page.graph.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["prep", "fan", "both"]);
+        assert_eq!((page.graph[0].attempts, page.graph[0].duration_ms), (2, Some(4200)));
+        let fan = &page.graph[1];
+        assert_eq!(fan.counts, [("succeeded".to_string(), 1), ("pending".to_string(), 1)]);
+        assert_eq!(fan.children[0].name.as_deref(), Some("eu"));
+        assert_eq!(fan.children[1].name.as_deref(), Some("{\"r\":2}"));
+        assert_eq!(page.gates.len(), 1);
+        let gate = &page.gates[0];
+        assert!(gate.open);
+        assert_eq!(gate.file, "approvals/_3f/r1/change-review/PRINCIPAL.yaml");
+        assert_eq!(
+            gate.sign,
+            "ssh-keygen -Y sign -f ~/.ssh/id_ed25519 -n stella-approval approvals/_3f/r1/change-review/PRINCIPAL.yaml"
+        );
+        assert!(gate.yaml.contains("planHash: \"sha256:ab\""));
+        assert_eq!(page.commands[0].1, "stella runs cancel r1");
+        assert_eq!(page.artifacts[0]["href"], "/api/v1/runs/r1/artifacts/prep/a%20b%2Fc");
+        assert_eq!(page.logs_href, "/api/v1/runs/r1/logs?step=prep");
     }
 
     #[test]
