@@ -304,11 +304,12 @@
       return Promise.all([list, active]);
     }
 
-    var soon = debounce(function () { refresh().catch(function () {}); }, 800);
+    var soon = debounce(function () { refresh().catch(function () {}); }, 1000);
     follow({
       url: function () { return '/api/v1/events'; },
       onOpen: soon,
-      onEvent: function () { soon(); },
+      // A log line changes no row; a step or a run that starts or ends does.
+      onEvent: function (type) { if (type !== 'step.log') soon(); },
       poll: refresh,
     });
   }
