@@ -184,6 +184,34 @@ fn the_pages_read_without_javascript_and_escape_every_value() {
     assert!(gated.contains("planHash: &quot;sha256:"));
     assert!(gated.contains("stella runs cancel g1"));
     assert!(gated.contains("data-final=\"0\""));
+    // An approval that does not count is listed with its file, code and reason.
+    let plan_hash = get(&base, "/api/v1/runs/g1").json()["planHash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let forged = stella_engine::approvals::Approval {
+        run: "g1".into(),
+        gate: "change-review".into(),
+        plan_hash,
+        decision: stella_engine::approvals::Decision::Approve,
+        comment: Some("</td><script>alert(4)</script>".into()),
+    };
+    let at = format!("{}/change-review/mallory.yaml", approvals_dir(&r, "g1"));
+    r.write(&at, &forged.render())
+        .write(
+            &format!("{at}.sig"),
+            "-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----\n",
+        )
+        .commit_all("mallory approves");
+    let _ = r.daemon_once();
+    let ignored = get(&base, "/runs/g1").text();
+    assert_no_inline_code(&ignored);
+    let ignored = ignored.replace("&#x2f;", "/");
+    assert!(
+        ignored.contains(&format!("<td class=\"mono\">{at}</td><td class=\"code\">ERR_APPROVAL_")),
+        "{ignored}"
+    );
+    assert!(ignored.contains("Counted 0 of 2 required"));
 
     // Headers, errors, assets, and nothing that writes.
     let missing = get(&base, "/runs/nope");
@@ -403,4 +431,33 @@ fn without_streams_the_browser_polls_the_api_and_still_follows_a_run() {
         b.eval("return document.querySelector('.card.c-running .num').textContent"),
         "0"
     );
+}
+
+#[test]
+fn no_secret_a_step_prints_appears_on_any_page() {
+    let secret = "s3cr3t-T0ken/value";
+    let pack = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: s, version: 1.0.0 }\nspec:\n  secrets: [{ name: token, scope: registry }]\n  steps:\n    - id: use\n      outputs: { out: out.txt }\n      run: { uses: builtin:shell, with: { script: \"echo using $STELLA_SECRET_TOKEN; echo $STELLA_SECRET_TOKEN > out.txt; exit 2\" } }\n";
+    let r = Repo::new();
+    r.pack("s", pack).request("x1", "s", "{}\n");
+    let secrets = r.outside("secrets.yaml");
+    std::fs::write(&secrets, format!("token: \"{secret}\"\n")).unwrap();
+    let _ = r.stella(&[
+        "daemon",
+        "--once",
+        "--repo",
+        ".",
+        "--secrets",
+        secrets.to_str().unwrap(),
+    ]);
+    let s = serve(&r);
+    let base = base_of(&s);
+    let run = get(&base, "/runs/x1").text();
+    assert!(run.contains("using ***"), "the line is there, redacted: {run}");
+    for path in ["/", "/?state=failed", "/runs/x1", "/runs/x1?step=use"] {
+        let page = get(&base, path).text();
+        // As written, and as the templates escape it.
+        for form in [secret.to_string(), secret.replace('/', "&#x2f;")] {
+            assert!(!page.contains(&form), "{path} shows the secret");
+        }
+    }
 }
