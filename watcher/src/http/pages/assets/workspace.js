@@ -333,8 +333,10 @@
     }
     scroll();
 
+    var logEmpty = log.textContent.length === 0;
     function append(text) {
-      log.appendChild(document.createTextNode((log.textContent.length ? '\n' : '') + text));
+      log.appendChild(document.createTextNode((logEmpty ? '' : '\n') + text));
+      logEmpty = false;
       while (log.childNodes.length > MAX_LOG_NODES) log.removeChild(log.firstChild);
       scroll();
     }
@@ -395,6 +397,9 @@
         if (fresh) {
           // The stream replays the run from its start: the log is rebuilt from it.
           log.textContent = '';
+          logEmpty = true;
+          var note = document.getElementById('log-note');
+          if (note) note.hidden = true;
           fresh = false;
         }
         if (seq !== null && /^\d+$/.test(seq)) lastSeq = seq;
@@ -418,6 +423,7 @@
             .then(function (text) {
               if (text === null) return;
               log.textContent = text.replace(/\n$/, '');
+              logEmpty = log.textContent.length === 0;
               scroll();
             });
           return Promise.all([regions(), logs]).then(function () { return !done; });
