@@ -34,6 +34,8 @@ pub const ROUTES: &[&str] = &["/", "/runs/{id}", "/assets/workspace.css", "/asse
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
      connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
+/// How long a page may take before it answers 408 (as the JSON routes).
+const PAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// The most log lines a run page shows (the whole text is one link away).
 const LOG_LINES: usize = 1000;
 /// The most log bytes a run page reads.
@@ -66,6 +68,10 @@ pub fn routes() -> Router<Shared> {
         .route(ROUTES[2], get(|| async { asset("text/css; charset=utf-8", CSS) }))
         .route(ROUTES[3], get(|| async { asset("text/javascript; charset=utf-8", JS) }))
         .layer(tower_http::compression::CompressionLayer::new())
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            PAGE_TIMEOUT,
+        ))
 }
 
 /// `GET /`: the runs table as filtered, one page of it, and the cards.

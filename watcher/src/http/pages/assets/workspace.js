@@ -263,7 +263,7 @@
       return r.progress.done + '/' + (r.progress.total === null ? '?' : r.progress.total);
     });
     fill('c-waiting', waiting, waiting.length, function (r) { return r.gate || ''; });
-    fill('c-queued', null, of(['requested', 'planned']).length);
+    fill('c-queued', null, of(['requested', 'planned']).length + (active.next ? '+' : ''));
   }
 
   function runsPage() {
