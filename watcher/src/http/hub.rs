@@ -12,7 +12,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use gix::ObjectId;
 use stella_engine::event::Event;
@@ -30,15 +31,16 @@ const END_BYTES: u64 = 1 << 20;
 /// How the follower learns that something changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Follow {
-    /// File notifications on the journals, and a tick of `NOTIFY_TICK` for the branch tip
-    /// (the daemon, `stella serve --watch`).
+    /// File notifications on the journals and the branch refs, and a safety look every
+    /// `NOTIFY_TICK` (the daemon, `stella serve --watch`).
     Notify,
     /// Look every so often (`stella serve` without `--watch`).
     Poll(Duration),
 }
 
-/// How often a notified follower still looks at the branch tip and the journals.
-pub const NOTIFY_TICK: Duration = Duration::from_millis(250);
+/// How often a notified follower still looks at the journals and the branch tip, for what
+/// notifications miss.
+pub const NOTIFY_TICK: Duration = Duration::from_secs(1);
 
 /// One event of one run, as the follower saw it.
 #[derive(Debug)]
@@ -108,8 +110,9 @@ struct Follower {
 impl Follower {
     fn run(&mut self, follow: Follow) {
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let refs = Arc::new(AtomicBool::new(false));
         let _watcher = match follow {
-            Follow::Notify => self.watch(wake),
+            Follow::Notify => self.watch(wake, refs.clone()),
             Follow::Poll(_) => None,
         };
         let tick = match follow {
@@ -119,28 +122,61 @@ impl Follower {
         // What is there at the start is history: streams replay it; only what comes after is news.
         self.tail_journals(true);
         self.branch(true);
+        let mut looked = Instant::now();
         loop {
             match woken.recv_timeout(tick) {
                 Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(tick),
             }
             self.tail_journals(false);
-            self.branch(false);
+            // The tip is read when a ref changed, or when a tick passed: a journal's lines wake
+            // the follower often, and opening the repository for each would cost.
+            if refs.swap(false, Ordering::SeqCst) || looked.elapsed() >= tick {
+                looked = Instant::now();
+                self.branch(false);
+            }
         }
     }
 
-    /// Notifications on the journal directory (and, before it exists, its parent), forwarded
-    /// without blocking: one pending wake-up is enough.
-    fn watch(&self, wake: std::sync::mpsc::SyncSender<()>) -> Option<notify::RecommendedWatcher> {
+    /// Notifications on the journal directory (before it exists, its parent), the git
+    /// directory and its branch refs, forwarded without blocking (one pending wake-up is
+    /// enough); a change that can move the branch also sets `refs`.
+    fn watch(
+        &self,
+        wake: std::sync::mpsc::SyncSender<()>,
+        refs: Arc<AtomicBool>,
+    ) -> Option<notify::RecommendedWatcher> {
         use notify::Watcher as _;
-        let mut w = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+        let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            let moves_branch = ev.is_ok_and(|ev| {
+                ev.paths.iter().any(|p| {
+                    let s = p.to_string_lossy();
+                    !s.ends_with(".lock")
+                        && (s.ends_with("/HEAD") || s.ends_with("/packed-refs") || s.contains("/refs/heads/"))
+                })
+            });
+            if moves_branch {
+                refs.store(true, Ordering::SeqCst);
+            }
             let _ = wake.try_send(());
         })
         .ok()?;
-        let parent = self.dir.parent().map(PathBuf::from).unwrap_or_default();
-        let target = if self.dir.is_dir() { &self.dir } else { &parent };
-        if let Err(e) = w.watch(target, notify::RecursiveMode::Recursive) {
-            tracing::warn!(error = %e, dir = %target.display(), "http: cannot watch the journals; streams follow them every {NOTIFY_TICK:?}");
+        let git_dir = self
+            .dir
+            .parent()
+            .and_then(|p| p.parent())
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let stella = git_dir.join("stella");
+        let journals = if self.dir.is_dir() { &self.dir } else { &stella };
+        for (target, mode) in [
+            (journals, notify::RecursiveMode::Recursive),
+            (&git_dir, notify::RecursiveMode::NonRecursive),
+            (&git_dir.join("refs").join("heads"), notify::RecursiveMode::Recursive),
+        ] {
+            if let Err(e) = w.watch(target, mode) {
+                tracing::warn!(error = %e, dir = %target.display(), "http: cannot watch; streams look every {NOTIFY_TICK:?}");
+            }
         }
         Some(w)
     }
