@@ -14,7 +14,7 @@ use crate::support::{Daemon, Repo, stella};
 /// Prints hostile text, leaves an artifact, then fails or not as told.
 const HOSTILE: &str = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: hostile, version: 1.0.0 }\nspec:\n  steps:\n    - id: build\n      outputs: { report: report.txt }\n      run: { uses: builtin:shell, with: { script: \"echo '<script>alert(1)</script> & \\\"q\\\" <img src=x onerror=alert(2)>' | tee report.txt\" } }\n    - { id: deploy, run: { uses: builtin:shell, with: { script: \"echo '</pre><b>bold</b>' >&2; exit 4\" } } }\n";
 
-const GATED: &str = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: gated, version: 1.0.0 }\nspec:\n  approvals:\n    - { id: change-review, grants: [Packs.Approve], requiredCount: 2, expiresAfter: PT1H }\n  steps:\n    - { id: before, run: { uses: builtin:exec, with: { argv: [\"true\"] } } }\n    - id: fan\n      parallel:\n        steps:\n          - { id: left, run: { uses: builtin:exec, with: { argv: [echo, left] } } }\n          - { id: right, run: { uses: builtin:exec, with: { argv: [echo, right] } } }\n    - { id: review, gate: { approval: { id: change-review, message: please review } } }\n    - { id: after, run: { uses: builtin:exec, with: { argv: [echo, done] } } }\n";
+const GATED: &str = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: gated, version: 1.0.0 }\nspec:\n  approvals:\n    - { id: change-review, grants: [Packs.Approve], requiredCount: 2, expiresAfter: PT1H }\n  steps:\n    - { id: before, run: { uses: builtin:exec, with: { argv: [\"true\"] } } }\n    - id: fan\n      parallel:\n        steps:\n          - { id: left, run: { uses: builtin:exec, with: { argv: [echo, left] } } }\n          - { id: right, run: { uses: builtin:exec, with: { argv: [echo, right] } } }\n    - { id: review, gate: { approval: { id: change-review, message: \"<b>please</b> review & sign\" } } }\n    - { id: after, run: { uses: builtin:exec, with: { argv: [echo, done] } } }\n";
 
 /// Prints `lines` lines half a second apart, then leaves an artifact.
 fn slow(lines: u32) -> String {
@@ -183,6 +183,11 @@ fn the_pages_read_without_javascript_and_escape_every_value() {
     );
     assert!(gated.contains("planHash: &quot;sha256:"));
     assert!(gated.contains("stella runs cancel g1"));
+    // The gate's message, hostile, in the log.
+    assert!(
+        gated.contains("-- gate.waiting: &lt;b&gt;please&lt;/b&gt; review &amp; sign"),
+        "{gated}"
+    );
     assert!(gated.contains("data-final=\"0\""));
     // An approval that does not count is listed with its file, code and reason.
     let plan_hash = get(&base, "/api/v1/runs/g1").json()["planHash"]
