@@ -22,4 +22,5 @@ mod runs_index;
 mod sandbox;
 mod sync;
 mod tampering;
+mod workspace;
 mod worktree;

@@ -10,6 +10,7 @@ mod errors;
 mod files;
 mod hub;
 mod openapi;
+mod pages;
 mod probes;
 mod server;
 mod shape;

@@ -20,7 +20,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use super::errors::ApiError;
 use super::shared::Shared;
-use super::{api, files, openapi, probes, streams};
+use super::{api, files, openapi, pages, probes, streams};
 
 /// How long a JSON route may take before it answers 408.
 pub const JSON_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,6 +75,8 @@ pub fn router(shared: Shared) -> Router {
     timed
         .merge(streams)
         .merge(probes)
+        // The web workspace: `/`, `/runs/{id}` and their compiled-in assets (pages/).
+        .merge(pages::routes())
         .fallback(|| async { ApiError::no_route() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -8,6 +8,7 @@ pub mod http;
 mod procs;
 mod repo;
 mod scratch;
+pub mod webdriver;
 
 pub use daemon::Daemon;
 pub use procs::{all_gone, marker, pids_with, shared_dir, wait_for_process};
