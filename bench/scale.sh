@@ -350,8 +350,12 @@ def git_size():
     subprocess.run(["cp", "-a", git, copy], check=True)
     run(GIT + ["--git-dir", copy, "gc", "--quiet", "--prune=now"], cwd=WORK, timeout=3600)
     after, after_stella = du(copy), du(os.path.join(copy, "stella"))
+    # The ledger itself: its objects in one pack whose deltas are found afresh (gc reuses the
+    # deltas of the runner's incremental packs), the pack's index included.
+    run(GIT + ["--git-dir", copy, "repack", "-q", "-a", "-d", "-f"], cwd=WORK, timeout=3600)
+    objects = du(os.path.join(copy, "objects"))
     shutil.rmtree(copy)
-    return before, stella, after, after_stella
+    return before, stella, after, after_stella, objects
 
 
 def verify():
@@ -377,7 +381,7 @@ def measure(size, stretch):
     if v[0][0] < 5:
         v += [verify() for _ in range(2)]
     m["verify"], m["verify_n"], m["verify_out"] = statistics.median(t for t, _ in v), len(v), v[-1][1]
-    m["git_before"], m["git_stella"], m["git_after"], m["git_after_stella"] = git_size()
+    m["git_before"], m["git_stella"], m["git_after"], m["git_after_stella"], m["objects"] = git_size()
     m["runs"] = count_runs()
     m["commits"] = int(run(["git", "rev-list", "--count", "main"]).strip())
     say(f"at {size}: build {m['build_rate']:.1f} runs/s, commit -> step {m['latency'] * 1000:.0f} ms,"
@@ -484,6 +488,8 @@ def report(small, big, lo, batch):
           f" {'':>7}  (of it .git/stella {marginal('git_stella') / 1024:.2f} KiB)")
     print(f"{'  per run added from N/10 to N, after gc':<{w}} {'':>12} {margin_after / 1024:>8.2f} KiB"
           f" {'':>7}  < 2 KB per run (without .git/stella)  {ok(margin_after < 2000)}")
+    print(f"{'  of it the objects, repack -adf':<{w}} {'':>12} {marginal('objects') / 1024:>8.2f} KiB"
+          f" {'':>7}  (the rest: git's index, reflogs, hooks)")
     print()
     grew_ok = lo["grew"] <= 1.25 * lo["bound"] and lo["stored"] <= 1.25 * lo["bound"]
     print(f"a step printing {LOUD_MB} MB (random base64 lines), on the {big['size']}-run ledger: run {lo['state']} in {lo['secs']:.1f} s, "
