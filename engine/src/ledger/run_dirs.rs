@@ -50,19 +50,7 @@ impl Ledger {
     /// The runs whose request `head` has and `base` has not (a pull request's new requests),
     /// found by diffing the two `runs/` trees: only the shards that differ are read.
     pub fn requests_added(&self, base: Option<ObjectId>, head: ObjectId) -> Result<Vec<RunDir>, Error> {
-        let runs_tree = |commit: ObjectId| -> Result<Option<ObjectId>, Error> {
-            let root = self
-                .repo
-                .find_commit(commit)
-                .map_err(super::git)?
-                .tree()
-                .map_err(super::git)?;
-            Ok(root
-                .lookup_entry_by_path("runs")
-                .map_err(super::git)?
-                .filter(|e| e.mode().is_tree())
-                .map(|e| e.oid().to_owned()))
-        };
+        let runs_tree = |commit: ObjectId| super::verify::entry_at(self, commit, "runs", true);
         let old = base.map(runs_tree).transpose()?.flatten();
         let mut diff = Diff::default();
         changes(self, "runs", old, runs_tree(head)?, &mut diff)?;

@@ -102,7 +102,7 @@ impl Kept {
 }
 
 /// The id of the entry at `path` in `commit`, if it is there and a tree (`tree`) or a blob.
-fn entry_at(ledger: &Ledger, commit: ObjectId, path: &str, tree: bool) -> Result<Option<ObjectId>, Error> {
+pub(super) fn entry_at(ledger: &Ledger, commit: ObjectId, path: &str, tree: bool) -> Result<Option<ObjectId>, Error> {
     let root = ledger
         .repo
         .find_commit(commit)

@@ -21,8 +21,8 @@ use super::source::{At, run_id};
 pub const MAX_LIMIT: usize = 500;
 pub const DEFAULT_LIMIT: usize = 50;
 
-/// The states a `state` filter may name.
-const STATES: &[&str] = &[
+/// The states a `state` filter may name (the workspace's form offers the same).
+pub const STATES: &[&str] = &[
     "requested",
     "planned",
     "waiting",

@@ -247,19 +247,7 @@ impl Scan<'_> {
                         facts,
                     },
                 )),
-                invalid => {
-                    let live = Live {
-                        layout: dir.layout,
-                        tree: tree.to_string(),
-                        approvals: approvals.map(|a| a.to_string()),
-                        journal,
-                        facts: invalid.is_none().then(|| facts.clone()),
-                    };
-                    if let Some(why) = invalid {
-                        self.invalid.insert(id.clone(), (facts, why));
-                    }
-                    head.live.insert(id, live);
-                }
+                invalid => self.keep_live(&mut head, &dir, tree, approvals, (facts, invalid, journal)),
             }
         }
         Ok((head, settled))
@@ -507,6 +495,18 @@ impl Scan<'_> {
         if in_log {
             self.leave_log(head, appends, &id);
         }
+        self.keep_live(head, &dir, tree, approvals, (facts, invalid, journal));
+    }
+
+    /// Keeps a run that is not settled in the head (and notes why it is invalid, if it is).
+    fn keep_live(
+        &mut self,
+        head: &mut Head,
+        dir: &RunDir,
+        tree: ObjectId,
+        approvals: Option<ObjectId>,
+        (facts, invalid, journal): (Facts, Option<Invalid>, JournalMark),
+    ) {
         let live = Live {
             layout: dir.layout,
             tree: tree.to_string(),
@@ -515,9 +515,9 @@ impl Scan<'_> {
             facts: invalid.is_none().then(|| facts.clone()),
         };
         if let Some(why) = invalid {
-            self.invalid.insert(id.clone(), (facts, why));
+            self.invalid.insert(dir.id.clone(), (facts, why));
         }
-        head.live.insert(id, live);
+        head.live.insert(dir.id.clone(), live);
     }
 
     fn finish(&self, head: &Head, runs: Vec<Summary>) -> Scanned {

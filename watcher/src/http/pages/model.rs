@@ -13,17 +13,8 @@ use stella_engine::approvals::{Approval, Decision};
 
 use super::super::errors::ApiError;
 
-/// The states the form offers (the API's `state` values).
-pub const STATE_CHOICES: &[&str] = &[
-    "requested",
-    "planned",
-    "waiting",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "invalid",
-];
+/// The states the form offers: the API's `state` values.
+pub const STATE_CHOICES: &[&str] = super::super::api::STATES;
 
 /// The time windows the form offers: (value, label, seconds).
 pub const WINDOWS: &[(&str, &str, u64)] = &[
