@@ -341,6 +341,35 @@ def latency(size):
     return statistics.median(lat), lat, hwm
 
 
+def api_list():
+    """`GET /api/v1/runs?limit=50` from `stella serve` on the ledger: median of 3 after one
+    warm-up (the first scan brings the server's view of the index up to date)."""
+    import urllib.request
+    log = os.path.join(WORK, "serve.log")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([STELLA, "serve", "--repo", ".", "--http", "127.0.0.1:0"], cwd=REPO,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(PIDS, "a") as f:
+        f.write(f"{proc.pid}\n")
+    try:
+        base = wait_for(lambda: (re.search(r"http on (http://[0-9.:]+)", read(log)) or [None, None])[1],
+                        60, "stella serve's address", None, 0.01)
+        url = base + "/api/v1/runs?limit=50"
+
+        def get():
+            t = time.perf_counter()
+            with urllib.request.urlopen(url, timeout=600) as r:
+                body = json.loads(r.read())
+            if not 0 < len(body.get("runs", [])) <= 50:
+                raise Failed(f"GET {url}: {len(body.get('runs', []))} runs")
+            return time.perf_counter() - t
+        get()
+        return statistics.median(get() for _ in range(3))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 def git_size():
     """.git before gc; its journals; .git after `git gc --prune=now` of a copy."""
     git = os.path.join(REPO, ".git")
@@ -376,6 +405,7 @@ def measure(size, stretch):
     m["list"] = med([STELLA, "runs", "list"])
     m["list_limit"] = med([STELLA, "runs", "list", "--limit", "50"]) if HAS_LIMIT else None
     m["show"] = med([STELLA, "runs", "show", "run-000000"])
+    m["api_list"] = api_list()
     m["idle"] = med([STELLA, "daemon", "--once", "--repo", "."])
     v = [verify()]
     if v[0][0] < 5:
@@ -468,6 +498,8 @@ def report(small, big, lo, batch):
         print(f"{'stella runs list --limit 50':<{w}} {'-':>12} {'-':>12} {'':>7}  < 100 ms, <= 1.5x  (no --limit flag yet)")
     row("stella runs show run-000000, median of 3", small["show"], big["show"], ms,
         "<= 1.5x (walks no other run)", ok(r_ok("show", 1.5)))
+    row("GET /api/v1/runs?limit=50 (stella serve), median", small["api_list"], big["api_list"], ms,
+        "< 50 ms (issue 14)", ok(big["api_list"] < 0.05))
     row("daemon --once, nothing to do, median of 3", small["idle"], big["idle"], ms,
         "< 100 ms, <= 1.5x", ok(big["idle"] < 0.1 and r_ok("idle", 1.5)))
     row(f"stella ledger verify, median of {small['verify_n']}/{big['verify_n']}", small["verify"], big["verify"],
