@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::support::http::{Frame, base_of, get, get_with, stream};
-use crate::support::{Daemon, HELLO, Repo, stella};
+use crate::support::{Daemon, HELLO, Repo, keygen, stella};
 
 const FAILING: &str = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: failing, version: 1.0.0 }\nspec:\n  steps:\n    - { id: boom, run: { uses: builtin:shell, with: { script: \"echo about to fail; exit 3\" } } }\n";
 
@@ -239,20 +239,6 @@ fn a_missing_run_is_err_run_not_found_in_the_api_and_the_cli() {
             got.stderr()
         );
     }
-}
-
-fn keygen(dir: &std::path::Path, name: &str) -> String {
-    let path = dir.join(name);
-    let ok = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    std::fs::read_to_string(path.with_extension("pub"))
-        .unwrap()
-        .trim()
-        .to_string()
 }
 
 #[test]

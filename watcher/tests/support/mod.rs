@@ -31,6 +31,21 @@ pub fn approvals_path(id: &str) -> String {
     stella_engine::layout::RunDir::new(id).approvals()
 }
 
+/// A new passphrase-less Ed25519 key `dir/name` made by ssh-keygen; its public line.
+pub fn keygen(dir: &std::path::Path, name: &str) -> String {
+    let path = dir.join(name);
+    let ok = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::read_to_string(path.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 /// The binary under test.
 pub fn stella() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_stella"));
