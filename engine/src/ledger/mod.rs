@@ -156,6 +156,8 @@ pub struct Ledger {
     workdir: PathBuf,
     branch: FullName,
     identity: Identity,
+    /// Index entries of this runner's commits not yet in git's index (see `worktree`).
+    index: worktree::Pending,
 }
 
 /// Paths the runner may write: files in a run directory (`runs/_<xx>/<id>/<file>` or a flat
@@ -189,6 +191,7 @@ impl Ledger {
             workdir,
             branch,
             identity: Identity::default(),
+            index: worktree::Pending::default(),
         })
     }
 
@@ -452,9 +455,13 @@ impl Ledger {
                         crate::chaos::Point::BetweenBranchMoveAndIndexUpdate,
                         writes.iter().map(|w| w.path.as_str()),
                     );
-                    let head_is_branch = self.head_is_branch();
-                    if head_is_branch {
-                        worktree::sync(&self.repo, &self.workdir, writes, &blobs)?;
+                    if self.head_is_branch() {
+                        worktree::write(&self.workdir, writes, &blobs, &mut self.index)?;
+                        if !self.index.recent()
+                            && let Err(e) = self.flush_index()
+                        {
+                            tracing::warn!(error = %e, "git's index not updated yet; tried again at the next commit");
+                        }
                     }
                     return Ok(commit);
                 }
@@ -474,6 +481,20 @@ impl Ledger {
             branch: self.branch().to_string(),
             attempts: ATTEMPTS,
         })
+    }
+
+    /// Records in git's index the files of this runner's commits it does not hold yet (commits
+    /// coming faster than `worktree::COALESCE` leave them pending). Call when the commits stop;
+    /// dropping the ledger does it too. Nothing to do when HEAD is another branch.
+    pub fn flush_index(&mut self) -> Result<(), Error> {
+        if self.index.is_empty() {
+            return Ok(());
+        }
+        if !self.head_is_branch() {
+            self.index.clear();
+            return Ok(());
+        }
+        worktree::flush(&self.repo, &mut self.index)
     }
 
     /// Makes the index and working tree agree with the branch tip for every runner path (what
@@ -524,6 +545,14 @@ impl Ledger {
         let armored = signer.sign_commit(&payload);
         commit.extra_headers.push(("gpgsig".into(), armored.trim_end().into()));
         Ok(self.repo.write_object(&commit).map_err(git)?.detach())
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush_index() {
+            tracing::warn!(error = %e, "git's index not updated for the runner's last commits; `stella daemon` repairs it at start");
+        }
     }
 }
 

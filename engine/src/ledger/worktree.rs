@@ -1,45 +1,84 @@
 //! Bringing the working tree and the index up to date for the files the runner committed, and
 //! nothing else: a person's edits and staged work stay exactly as they were, so `git status`
-//! reads the same before and after a runner commit.
+//! reads the same before and after a runner commit. The working tree is written at every
+//! commit; git's index (one file listing every file of the checkout, so it grows with the
+//! ledger) is rewritten at most every `COALESCE` while commits come faster than that, and at
+//! once when they stop (`Ledger::flush_index`): its cost per run then no longer grows with the
+//! history. A runner killed with entries pending leaves what `repair` puts right at start.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use gix::ObjectId;
 use gix::bstr::BStr;
 
 use super::{Error, FileWrite};
 
-/// Writes each file into the working tree, then records each in the index with its blob id
-/// under the index lock (the same `index.lock` git takes, so neither side loses an update).
-/// The lock is held only to read, update and write the index: the files, however large, are
-/// written and their stat data taken before it is taken.
-pub fn sync(repo: &gix::Repository, workdir: &Path, writes: &[FileWrite], blobs: &[ObjectId]) -> Result<(), Error> {
-    let index_path = repo.index_path();
-    let mut stats = Vec::with_capacity(writes.len());
-    for w in writes {
+/// The shortest time between two rewrites of git's index while runner commits keep coming.
+pub const COALESCE: Duration = Duration::from_millis(250);
+
+/// Index entries of runner commits that git's index does not hold yet.
+#[derive(Default)]
+pub struct Pending {
+    entries: BTreeMap<String, (ObjectId, gix::index::entry::Stat)>,
+    last: Option<Instant>,
+}
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether the index was rewritten too recently to rewrite it again now.
+    pub fn recent(&self) -> bool {
+        self.last.is_some_and(|t| t.elapsed() < COALESCE)
+    }
+
+    /// Forgets the entries (the index is not the branch's any more: HEAD moved elsewhere).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+/// Writes each file into the working tree and takes its stat data; the index entries wait in
+/// `pending` for the next `flush`.
+pub fn write(workdir: &Path, writes: &[FileWrite], blobs: &[ObjectId], pending: &mut Pending) -> Result<(), Error> {
+    for (w, id) in writes.iter().zip(blobs) {
         let file = workdir.join(&w.path);
         write_file(&file, &w.bytes)?;
-        stats.push(stat_of(&file)?);
+        pending.entries.insert(w.path.clone(), (*id, stat_of(&file)?));
     }
+    Ok(())
+}
+
+/// Records every pending entry in the index with its blob id, under the index lock (the same
+/// `index.lock` git takes, so neither side loses an update), held only to read, update and
+/// write the index. On failure the entries stay pending.
+pub fn flush(repo: &gix::Repository, pending: &mut Pending) -> Result<(), Error> {
+    if pending.entries.is_empty() {
+        return Ok(());
+    }
+    let index_path = repo.index_path();
     let (lock, _mark) = lock_index(repo)?;
     let mut index = read_index(repo, &index_path)?;
     let mut pushed = false;
-    for ((w, id), stat) in writes.iter().zip(blobs).zip(stats) {
-        let path: &BStr = w.path.as_str().into();
-        match index.entry_mut_by_path_and_stage(path, gix::index::entry::Stage::Unconflicted) {
+    for (path, (id, stat)) in &pending.entries {
+        let key: &BStr = path.as_str().into();
+        match index.entry_mut_by_path_and_stage(key, gix::index::entry::Stage::Unconflicted) {
             Some(entry) => {
                 entry.id = *id;
-                entry.stat = stat;
+                entry.stat = *stat;
                 entry.mode = gix::index::entry::Mode::FILE;
             }
             None => {
                 index.dangerously_push_entry(
-                    stat,
+                    *stat,
                     *id,
                     gix::index::entry::Flags::empty(),
                     gix::index::entry::Mode::FILE,
-                    path,
+                    key,
                 );
                 pushed = true;
             }
@@ -51,12 +90,15 @@ pub fn sync(repo: &gix::Repository, workdir: &Path, writes: &[FileWrite], blobs:
     // The directories the runner wrote into are no longer what the cached tree says; the
     // rest of the cache stays valid, so git's next `commit` or `status` rebuilds only those.
     if let Some(tree) = index.tree_mut() {
-        for w in writes {
-            let dirs: Vec<&[u8]> = w.path.split('/').map(str::as_bytes).collect();
+        for path in pending.entries.keys() {
+            let dirs: Vec<&[u8]> = path.split('/').map(str::as_bytes).collect();
             invalidate(tree, &dirs[..dirs.len().saturating_sub(1)]);
         }
     }
-    write_index(repo, index, lock)
+    write_index(repo, index, lock)?;
+    pending.entries.clear();
+    pending.last = Some(Instant::now());
+    Ok(())
 }
 
 /// Marks the cached tree of `dirs` (a directory path, as components) and of every directory

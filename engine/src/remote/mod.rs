@@ -216,6 +216,8 @@ impl Remote {
     /// holds (re-committed on the remote tip when it moved). Anything else that diverged is an
     /// error, never merged.
     pub fn integrate(&self, ledger: &mut Ledger, key: &SshKey) -> Result<Integrated, Error> {
+        // git moves the checked-out branch below: its index must already hold the runner's files.
+        ledger.flush_index()?;
         let branch_ref = format!("refs/heads/{}", self.branch);
         let Some(remote) = self.rev(&self.tracking()) else {
             return Ok(Integrated::default());

@@ -36,6 +36,9 @@ pub struct Environment {
     pub chaos: Option<Arc<crate::chaos::Chaos>>,
     /// Told of every event this runner records (the watcher's metrics).
     pub observer: Option<Arc<dyn super::Observer>>,
+    /// Commits' first parents, as read once (a commit never changes): finding where each of
+    /// a batch of requests arrived walks the same stretch of history (`trust`).
+    pub first_parents: super::trust::FirstParents,
 }
 
 impl Environment {

@@ -387,6 +387,14 @@ impl Daemon {
             }
             next = self.tasks.try_join_next();
         }
+        // Runner commits in quick succession leave git's index behind (see the engine's
+        // `ledger::worktree`); once no run is under way it catches up.
+        if self.tasks.is_empty() {
+            let mut ledger = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = ledger.flush_index() {
+                warn!(error = %e, "cannot update git's index for the runner's last commits; tried again at the next commit");
+            }
+        }
         // With a remote, results are exchanged each cycle; locally the backlog goes on.
         if self.remote.is_some() {
             self.exchange_due = true;

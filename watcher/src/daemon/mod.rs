@@ -171,6 +171,7 @@ pub fn run_with(a: Args, telemetry: Arc<Telemetry>) -> Result<Outcome, Failure> 
         keep_work: a.keep_work,
         chaos,
         observer: Some(telemetry.clone()),
+        first_parents: Default::default(),
     });
     let remote = a.remote.as_ref().map(|name| {
         Arc::new(Remote::new(
