@@ -321,3 +321,53 @@ fn with_feature_many_files_the_runner_writes_the_index_without_its_checksum_and_
     r.daemon_once().ok();
     r.stella(&["ledger", "verify"]).ok();
 }
+
+/// Requests `ids` of the hello pack in one person's commit.
+fn request_together(r: &Repo, ids: &[String]) {
+    let inputs = r.outside("inputs-burst.yaml");
+    std::fs::write(&inputs, "{}\n").unwrap();
+    for id in ids {
+        r.stella(&[
+            "run",
+            "request",
+            "packs/hello",
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--id",
+            id,
+        ])
+        .ok();
+    }
+    r.commit_all("a burst of requests");
+}
+
+fn index_matches_head(r: &Repo) -> bool {
+    r.status_porcelain().is_empty()
+        && r.git(&["write-tree"]).stdout == r.git(&["rev-parse", "HEAD^{tree}"]).stdout
+}
+
+#[test]
+fn after_a_burst_of_runner_commits_gits_index_catches_up_while_the_daemon_keeps_running() {
+    let r = Repo::new();
+    r.pack("hello", HELLO);
+    let ids: Vec<String> = (0..8).map(|i| format!("b{i}")).collect();
+    request_together(&r, &ids);
+    let d = r.daemon(&["--repo", ".", "--poll", "30s"]);
+    d.wait_for("every run of the burst to finish", std::time::Duration::from_secs(120), || {
+        ids.iter().all(|id| r.state(id) == "succeeded")
+    });
+    // The runner's commits came faster than it rewrites the index; once no run is under way
+    // the index holds every file of them, with the daemon still running.
+    d.wait_for("git's index to match HEAD", std::time::Duration::from_secs(10), || {
+        index_matches_head(&r)
+    });
+    assert!(d.exited().is_none(), "the daemon is still running");
+    d.kill();
+    // `--once` leaves it matching too, and the next person's commit keeps every runner file.
+    let more: Vec<String> = (0..6).map(|i| format!("c{i}")).collect();
+    request_together(&r, &more);
+    r.daemon_once().ok();
+    assert!(index_matches_head(&r), "{}", r.status_porcelain());
+    r.write("notes.txt", "a person's file\n").commit_all("a person's commit");
+    r.stella(&["ledger", "verify"]).ok();
+}

@@ -23,6 +23,9 @@ pub const LOOSE_THRESHOLD: u64 = 1024;
 /// (so the loose objects just packed go at once, not at the next pass).
 pub const TASKS: [&str; 3] = ["loose-objects", "incremental-repack", "commit-graph"];
 
+/// Packed objects past which the first full repack is made (see `full_repack_due`).
+pub const FULL_REPACK_FROM: u64 = 10_000;
+
 /// How long a finished run's journal is kept after its last write, whatever the ledger holds:
 /// a live reader (`runs logs -f`, the workspace's streams) that follows the journal reaches
 /// the end of the run before it goes. After that the ledger is the same record.
@@ -90,6 +93,10 @@ pub struct Record {
     pub after: Sizes,
     /// Journals removed because the ledger holds all their events.
     pub journals_pruned: usize,
+    /// The packed objects right after the last full repack (fresh deltas over every object),
+    /// carried from record to record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_repack_objects: Option<u64>,
     /// What failed, if git did (the sizes are still recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -140,6 +147,12 @@ pub fn loose_objects(git_dir: &Path) -> u64 {
 /// Whether maintenance is due: more than `LOOSE_THRESHOLD` loose objects.
 pub fn due(git_dir: &Path) -> bool {
     loose_objects(git_dir) > LOOSE_THRESHOLD
+}
+
+/// Whether a full repack is due with `packed` objects in packs, the last full repack having
+/// left `last` (none yet): from `FULL_REPACK_FROM` objects on, each time they double.
+pub fn full_repack_due(packed: u64, last: Option<u64>) -> bool {
+    packed >= FULL_REPACK_FROM && last.is_none_or(|l| packed >= l.saturating_mul(2))
 }
 
 /// Held while maintenance runs (`.git/stella/maintenance.lock`, naming the process): a
@@ -205,20 +218,39 @@ pub fn run(ledger: &Ledger, tips: &[ObjectId]) -> Result<Option<Record>, Error> 
             &format!("--task={t}"),
         ])
     };
-    let error = task(TASKS[0])
+    let mut tasks: Vec<String> = TASKS.iter().map(|t| t.to_string()).collect();
+    let mut full_repack_objects = last(&git_dir).and_then(|r| r.full_repack_objects);
+    let mut error = task(TASKS[0])
         .and_then(|()| git(&["prune-packed", "--quiet"]))
         .and_then(|()| task(TASKS[1]))
-        .and_then(|()| task(TASKS[2]))
         .err()
         .map(|e| e.to_string());
+    // Incremental packs keep the deltas they were made with, and packs made batch by batch
+    // delta poorly (one shard's trees land in many packs); `git gc` reuses them. Each time
+    // the packed objects double, one repack finds every delta afresh: its cost, amortised,
+    // is a constant per object, and the stored ledger stays as small as git can make it.
+    if error.is_none() {
+        let packed = sizes(ledger.workdir())?.packed_objects;
+        if full_repack_due(packed, full_repack_objects) {
+            tasks.insert(2, "full-repack".into());
+            match git(&["-c", "pack.writeBitmaps=false", "repack", "-a", "-d", "-f", "-q", "--write-midx"]) {
+                Ok(()) => full_repack_objects = Some(sizes(ledger.workdir())?.packed_objects),
+                Err(e) => error = Some(e.to_string()),
+            }
+        }
+    }
+    if error.is_none() {
+        error = task(TASKS[2]).err().map(|e| e.to_string());
+    }
     let after = sizes(ledger.workdir())?;
     let record = Record {
         time: humantime::format_rfc3339_seconds(started).to_string(),
         duration_ms: clock.elapsed().as_millis() as u64,
-        tasks: TASKS.iter().map(|t| t.to_string()).collect(),
+        tasks,
         before,
         after,
         journals_pruned,
+        full_repack_objects,
         error,
     };
     let path = record_path(&git_dir);
@@ -304,5 +336,19 @@ fn sync_fs(git_dir: &Path) {
         unsafe {
             libc::syncfs(dir.as_raw_fd());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_repack_comes_each_time_the_packed_objects_double() {
+        assert!(!full_repack_due(FULL_REPACK_FROM - 1, None));
+        assert!(full_repack_due(FULL_REPACK_FROM, None));
+        assert!(!full_repack_due(39_999, Some(20_000)));
+        assert!(full_repack_due(40_000, Some(20_000)));
+        assert!(!full_repack_due(FULL_REPACK_FROM + 5, Some(FULL_REPACK_FROM)));
     }
 }
