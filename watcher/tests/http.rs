@@ -687,3 +687,83 @@ fn the_probes_and_metrics_beside_the_daemon_and_under_serve() {
     assert!(!text.contains("outcome=\"succeeded\"} 1"), "{text}");
     promtool_accepts(&text);
 }
+
+/// The types of run `id`'s event frames, read until its event `last` came.
+fn events_of(s: &mut crate::support::http::Stream, id: &str, last: &str) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        let f = s.next(Duration::from_secs(60)).expect("the stream goes on");
+        if f.event.starts_with(':') {
+            continue;
+        }
+        let data: serde_json::Value = serde_json::from_str(&f.data).unwrap();
+        if data["run"] == id {
+            got.push(f.event.clone());
+            if f.event == last {
+                return got;
+            }
+        }
+    }
+}
+
+#[test]
+fn serve_on_another_clone_streams_the_runs_each_pull_brings_and_nothing_twice() {
+    let a = Repo::new();
+    a.pack("hello", HELLO).request("x1", "hello", "{}\n");
+    a.daemon_once().ok();
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("b");
+    let cloned = std::process::Command::new("git")
+        .args(["clone", "-q", a.path().to_str().unwrap(), b.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(cloned.success());
+    let mut cmd = stella();
+    cmd.current_dir(&b)
+        .args(["serve", "--repo", ".", "--http", "127.0.0.1:0"]);
+    let d = Daemon::start(cmd);
+    let base = base_of(&d);
+    let mut all = stream(&base, "/api/v1/events", &[]);
+    assert_eq!(all.status, 200);
+    // x1 is history to this clone: a pull brings x2, whose events are news, read from the
+    // branch (this clone has no journal of it), and x1's are not sent again.
+    a.request("x2", "hello", "{}\n");
+    a.daemon_once().ok();
+    let pull = |b: &std::path::Path| {
+        let ok = std::process::Command::new("git")
+            .current_dir(b)
+            .args(["pull", "-q", "--ff-only"])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    pull(&b);
+    let x2 = events_of(&mut all, "x2", "run.succeeded");
+    let ledger: Vec<String> = a
+        .events("x2")
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(x2, ledger, "every event of x2, once, in order");
+    a.request("x3", "hello", "{}\n");
+    a.daemon_once().ok();
+    pull(&b);
+    let mut seen = Vec::new();
+    loop {
+        let f = all.next(Duration::from_secs(60)).expect("the stream goes on");
+        if f.event.starts_with(':') {
+            continue;
+        }
+        let data: serde_json::Value = serde_json::from_str(&f.data).unwrap();
+        let run = data["run"].as_str().unwrap().to_string();
+        seen.push((run.clone(), f.event.clone()));
+        if run == "x3" && f.event == "run.succeeded" {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().all(|(run, _)| run == "x3"),
+        "only the pulled run's events: {seen:?}"
+    );
+    d.kill();
+}

@@ -342,8 +342,7 @@ fn request_together(r: &Repo, ids: &[String]) {
 }
 
 fn index_matches_head(r: &Repo) -> bool {
-    r.status_porcelain().is_empty()
-        && r.git(&["write-tree"]).stdout == r.git(&["rev-parse", "HEAD^{tree}"]).stdout
+    r.status_porcelain().is_empty() && r.git(&["write-tree"]).stdout == r.git(&["rev-parse", "HEAD^{tree}"]).stdout
 }
 
 #[test]
@@ -353,9 +352,11 @@ fn after_a_burst_of_runner_commits_gits_index_catches_up_while_the_daemon_keeps_
     let ids: Vec<String> = (0..8).map(|i| format!("b{i}")).collect();
     request_together(&r, &ids);
     let d = r.daemon(&["--repo", ".", "--poll", "30s"]);
-    d.wait_for("every run of the burst to finish", std::time::Duration::from_secs(120), || {
-        ids.iter().all(|id| r.state(id) == "succeeded")
-    });
+    d.wait_for(
+        "every run of the burst to finish",
+        std::time::Duration::from_secs(120),
+        || ids.iter().all(|id| r.state(id) == "succeeded"),
+    );
     // The runner's commits came faster than it rewrites the index; once no run is under way
     // the index holds every file of them, with the daemon still running.
     d.wait_for("git's index to match HEAD", std::time::Duration::from_secs(10), || {
@@ -368,6 +369,7 @@ fn after_a_burst_of_runner_commits_gits_index_catches_up_while_the_daemon_keeps_
     request_together(&r, &more);
     r.daemon_once().ok();
     assert!(index_matches_head(&r), "{}", r.status_porcelain());
-    r.write("notes.txt", "a person's file\n").commit_all("a person's commit");
+    r.write("notes.txt", "a person's file\n")
+        .commit_all("a person's commit");
     r.stella(&["ledger", "verify"]).ok();
 }

@@ -233,7 +233,16 @@ pub fn run(ledger: &Ledger, tips: &[ObjectId]) -> Result<Option<Record>, Error> 
         let packed = sizes(ledger.workdir())?.packed_objects;
         if full_repack_due(packed, full_repack_objects) {
             tasks.insert(2, "full-repack".into());
-            match git(&["-c", "pack.writeBitmaps=false", "repack", "-a", "-d", "-f", "-q", "--write-midx"]) {
+            match git(&[
+                "-c",
+                "pack.writeBitmaps=false",
+                "repack",
+                "-a",
+                "-d",
+                "-f",
+                "-q",
+                "--write-midx",
+            ]) {
                 Ok(()) => full_repack_objects = Some(sizes(ledger.workdir())?.packed_objects),
                 Err(e) => error = Some(e.to_string()),
             }

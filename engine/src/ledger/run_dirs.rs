@@ -47,6 +47,25 @@ impl Ledger {
         Ok(found)
     }
 
+    /// The runs with any file that differs between `base` and `head` (added, changed or
+    /// removed), each once: only the shards that differ are read.
+    pub fn runs_changed(&self, base: ObjectId, head: ObjectId) -> Result<Vec<RunDir>, Error> {
+        let runs_tree = |commit: ObjectId| super::verify::entry_at(self, commit, "runs", true);
+        let mut diff = Diff::default();
+        changes(self, "runs", runs_tree(base)?, runs_tree(head)?, &mut diff)?;
+        let mut dirs: Vec<RunDir> = diff
+            .files
+            .into_iter()
+            .filter_map(|(path, _, _)| match layout::classify(&path) {
+                Some((layout::Area::Runs, dir, rest)) if !rest.is_empty() => Some(dir),
+                _ => None,
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        Ok(dirs)
+    }
+
     /// The runs whose request `head` has and `base` has not (a pull request's new requests),
     /// found by diffing the two `runs/` trees: only the shards that differ are read.
     pub fn requests_added(&self, base: Option<ObjectId>, head: ObjectId) -> Result<Vec<RunDir>, Error> {

@@ -80,7 +80,6 @@ impl Hub {
             tails: HashMap::new(),
             last: HashMap::new(),
             tip: None,
-            counts: HashMap::new(),
         };
         f.tail_journals(true);
         f.branch(true);
@@ -106,9 +105,8 @@ struct Follower {
     tails: HashMap<String, Tail>,
     /// The last seq handed out per run (so the journal and the ledger never repeat one).
     last: HashMap<String, u64>,
+    /// The branch tip the follower last took in.
     tip: Option<ObjectId>,
-    /// Per run: its tree at the last tip seen, and how many events it held then.
-    counts: HashMap<String, (ObjectId, usize)>,
 }
 
 impl Follower {
@@ -254,33 +252,38 @@ impl Follower {
         self.tails.retain(|run, _| seen.contains(run));
     }
 
-    /// When the branch tip moved: the events of each run whose tree changed, past what the run
-    /// held at the tip before (seqs count from 0, one an event).
+    /// When the branch tip moved: the events of each run whose files changed, past what the
+    /// run held at the tip before (seqs count from 0, one an event). The two tips' `runs/`
+    /// trees are diffed, so a new tip costs what it changed, not a read of every run.
     fn branch(&mut self, start: bool) {
         let Ok(at) = self.source.at() else { return };
         if at.tip == self.tip {
             return;
         }
-        // A tip that cannot be scanned is tried again at the next pass.
-        let Ok(summaries) = self.source.summaries(&at) else {
+        let (Some(tip), false) = (at.tip, start) else {
+            self.tip = at.tip;
             return;
         };
+        let before = self.tip;
+        // A tip that cannot be diffed is tried again at the next pass.
+        let changed = match before {
+            Some(before) => at.ledger.runs_changed(before, tip),
+            None => at
+                .ledger
+                .run_dirs(tip)
+                .map(|d| d.runs.into_iter().map(|(dir, _)| dir).collect()),
+        };
+        let Ok(changed) = changed else { return };
         self.tip = at.tip;
-        let Some(tip) = at.tip else { return };
-        let mut counts = HashMap::new();
-        for s in summaries {
-            let before = self.counts.get(&s.id).copied();
-            counts.insert(s.id.clone(), (s.tree, s.facts.events));
-            if start || before.is_some_and(|(tree, _)| tree == s.tree) {
-                continue;
-            }
-            let from = before.map_or(0, |(_, n)| n as u64);
-            let view = stella_engine::runs::view(&at.ledger, tip, &s.dir);
+        for dir in changed {
+            let from = before.map_or(0, |b| {
+                stella_engine::runs::view(&at.ledger, b, &dir).events().len() as u64
+            });
+            let view = stella_engine::runs::view(&at.ledger, tip, &dir);
             for e in view.events().iter().filter(|e| e.seq >= from) {
-                self.send(&s.id, e.clone());
+                self.send(&dir.id, e.clone());
             }
         }
-        self.counts = counts;
     }
 }
 
