@@ -158,6 +158,8 @@ pub struct Ledger {
     identity: Identity,
     /// Index entries of this runner's commits not yet in git's index (see `worktree`).
     index: worktree::Pending,
+    /// When the pack directory last changed, as of the last (re)open (see `refresh`).
+    packs_changed: Option<std::time::SystemTime>,
 }
 
 /// Paths the runner may write: files in a run directory (`runs/_<xx>/<id>/<file>` or a flat
@@ -192,6 +194,7 @@ impl Ledger {
             branch,
             identity: Identity::default(),
             index: worktree::Pending::default(),
+            packs_changed: None,
         })
     }
 
@@ -207,10 +210,21 @@ impl Ledger {
         self.branch.as_bstr().to_str().unwrap_or("refs/heads/?")
     }
 
-    /// Re-opens the repository, so references and packs written by others are seen.
+    /// Makes sure references and objects written by others are seen. References and loose
+    /// objects are read from disk at every lookup anyway; the object store's list of packs is
+    /// what an open repository holds on to, so the repository is re-opened when the pack
+    /// directory changed since (a repack, a fetch), and kept otherwise, with its cache of
+    /// decoded objects (re-opening at every call cost a runner more than its commits).
     pub fn refresh(&mut self) {
+        let changed = std::fs::metadata(self.repo.common_dir().join("objects").join("pack"))
+            .and_then(|m| m.modified())
+            .ok();
+        if changed.is_some() && changed == self.packs_changed {
+            return;
+        }
         if let Ok(repo) = open_repo(&self.workdir) {
             self.repo = repo;
+            self.packs_changed = changed;
         }
     }
 
