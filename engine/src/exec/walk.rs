@@ -1,5 +1,5 @@
-//! The walk of the step graph: sequences, `when`, steps already finished in an earlier attempt,
-//! skips, failures, stops, and parallel groups and maps run on scoped threads under the global
+//! The walk of the step graph: sequences, `when`, steps already finished in an earlier attempt
+//! (or reused from a resumed run), skips, failures, stops, and parallel groups and maps run on scoped threads under the global
 //! limit. Dispatches each step by its kind; never builds or runs a command itself.
 
 use std::sync::Mutex;
@@ -53,6 +53,9 @@ impl Runner<'_> {
         }
         if token.stop().is_some() {
             return self.stopped(s, token);
+        }
+        if let Some(res) = self.reuse(s) {
+            return res;
         }
         let run = match &s.when {
             None | Some(Cond::Known(true)) => true,
