@@ -164,7 +164,9 @@ impl Request {
         };
         let inputs = yaml::json_text(inputs);
         let of = of.map_or(String::new(), |(field, run)| format!("{field}: {run}\n"));
-        format!("apiVersion: stella/v1\nkind: RunRequest\npack: {pack}\ninputs: {inputs}\nplanHash: \"{plan_hash}\"\n{of}")
+        format!(
+            "apiVersion: stella/v1\nkind: RunRequest\npack: {pack}\ninputs: {inputs}\nplanHash: \"{plan_hash}\"\n{of}"
+        )
     }
 }
 

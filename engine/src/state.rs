@@ -329,7 +329,10 @@ mod tests {
         ];
         let st = fold(&events);
         let a = st.step("a").unwrap();
-        assert_eq!((a.status, a.attempts, a.reused_from.as_deref()), (StepStatus::Succeeded, 0, Some("r0")));
+        assert_eq!(
+            (a.status, a.attempts, a.reused_from.as_deref()),
+            (StepStatus::Succeeded, 0, Some("r0"))
+        );
         assert_eq!(st.outputs()["a"]["k"], "v");
         assert_eq!(a.artifacts[0].path, "artifacts/a/n");
     }

@@ -15,7 +15,9 @@ fn time(ts: &str) -> std::time::SystemTime {
 fn the_ndjson_export_of_a_window_holds_exactly_the_events_in_it() {
     let r = Repo::new();
     r.pack("hello", HELLO);
-    let failing = HELLO.replace("name: hello", "name: broken").replace("echo said=yes >> $STELLA_OUTPUT", "exit 3");
+    let failing = HELLO
+        .replace("name: hello", "name: broken")
+        .replace("echo said=yes >> $STELLA_OUTPUT", "exit 3");
     r.pack("broken", &failing);
     for (id, pack) in [("r1", "hello"), ("r2", "broken"), ("r3", "hello"), ("r4", "hello")] {
         r.request(id, pack, "{}\n");
@@ -46,8 +48,11 @@ fn the_ndjson_export_of_a_window_holds_exactly_the_events_in_it() {
         .cloned()
         .collect();
     want.sort_by(|(ra, a), (rb, b)| {
-        (time(a["ts"].as_str().unwrap()), ra, a["seq"].as_u64())
-            .cmp(&(time(b["ts"].as_str().unwrap()), rb, b["seq"].as_u64()))
+        (time(a["ts"].as_str().unwrap()), ra, a["seq"].as_u64()).cmp(&(
+            time(b["ts"].as_str().unwrap()),
+            rb,
+            b["seq"].as_u64(),
+        ))
     });
     assert!(want.iter().any(|(id, _)| id == "r2") && want.iter().any(|(id, _)| id == "r3"));
     assert!(!want.iter().any(|(id, _)| id == "r1" || id == "r4"));
@@ -68,16 +73,36 @@ fn the_ndjson_export_of_a_window_holds_exactly_the_events_in_it() {
     assert_eq!(manifest["runs"], 2);
     assert_eq!(manifest["sha256"].as_str(), Some(sha256_hex(body.as_bytes()).as_str()));
     let head = r.git(&["rev-parse", "HEAD"]);
-    assert_eq!(manifest["commit"].as_str(), Some(String::from_utf8_lossy(&head.stdout).trim()));
+    assert_eq!(
+        manifest["commit"].as_str(),
+        Some(String::from_utf8_lossy(&head.stdout).trim())
+    );
     // r1 ended before the window and r4 began at its end: the scan skips them unread.
-    assert!(out.stderr().contains(&format!("exported {} events of 2 runs (2 read)", got.len())), "{}", out.stderr());
+    assert!(
+        out.stderr()
+            .contains(&format!("exported {} events of 2 runs (2 read)", got.len())),
+        "{}",
+        out.stderr()
+    );
 
     // A date window takes the whole day; -o writes the same export to a file.
     let day = &since[..10];
-    let next = humantime::format_rfc3339_seconds(time(&format!("{day}T00:00:00Z")) + std::time::Duration::from_secs(86_400)).to_string();
+    let next =
+        humantime::format_rfc3339_seconds(time(&format!("{day}T00:00:00Z")) + std::time::Duration::from_secs(86_400))
+            .to_string();
     let file = r.outside("audit.ndjson");
     let out = r
-        .stella(&["runs", "export", "--since", day, "--until", &next[..10], "--ndjson", "-o", file.to_str().unwrap()])
+        .stella(&[
+            "runs",
+            "export",
+            "--since",
+            day,
+            "--until",
+            &next[..10],
+            "--ndjson",
+            "-o",
+            file.to_str().unwrap(),
+        ])
         .ok();
     assert_eq!(out.stdout(), "");
     let whole = std::fs::read_to_string(&file).unwrap();
@@ -85,8 +110,12 @@ fn the_ndjson_export_of_a_window_holds_exactly_the_events_in_it() {
 
     // The archive of one run is unchanged; a half-given window is a usage error.
     let archive = r.outside("r1.tar.gz");
-    r.stella(&["runs", "export", "r1", "-o", archive.to_str().unwrap()]).ok();
-    for args in [&["runs", "export", "--since", day, "--ndjson"][..], &["runs", "export", "--since", "soon", "--until", day, "--ndjson"]] {
+    r.stella(&["runs", "export", "r1", "-o", archive.to_str().unwrap()])
+        .ok();
+    for args in [
+        &["runs", "export", "--since", day, "--ndjson"][..],
+        &["runs", "export", "--since", "soon", "--until", day, "--ndjson"],
+    ] {
         let out = r.stella(args);
         assert_eq!(out.code(), Some(2), "{args:?}: {}", out.stderr());
     }

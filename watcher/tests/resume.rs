@@ -47,8 +47,11 @@ fn of_type<'a>(events: &'a [Json], kind: &str) -> Vec<&'a Json> {
 
 /// The in-toto statement of a run's attestation at HEAD.
 fn statement(r: &Repo, id: &str) -> Json {
-    let envelope: Json =
-        serde_json::from_str(&r.at_head(&format!("{}/evidence/attestation.dsse.json", run_path(id))).unwrap()).unwrap();
+    let envelope: Json = serde_json::from_str(
+        &r.at_head(&format!("{}/evidence/attestation.dsse.json", run_path(id)))
+            .unwrap(),
+    )
+    .unwrap();
     let payload = base64::engine::general_purpose::STANDARD
         .decode(envelope["payload"].as_str().unwrap())
         .unwrap();
@@ -91,7 +94,10 @@ fn resume_after_a_failure_runs_only_what_had_not_succeeded() {
     let token = made["data"]["outputs"]["token"].as_str().unwrap();
     let old = r.at_head(&format!("{}/artifacts/make/made", run_path("r1"))).unwrap();
     let new = r.at_head(&format!("{}/artifacts/make/made", run_path("r2"))).unwrap();
-    assert_eq!((sha256_hex(new.as_bytes()), new.as_str()), (sha256_hex(old.as_bytes()), token));
+    assert_eq!(
+        (sha256_hex(new.as_bytes()), new.as_str()),
+        (sha256_hex(old.as_bytes()), token)
+    );
     assert_eq!(
         reused[0]["data"]["artifacts"][0]["sha256"].as_str(),
         Some(sha256_hex(old.as_bytes()).as_str())
@@ -103,8 +109,16 @@ fn resume_after_a_failure_runs_only_what_had_not_succeeded() {
     // The run names its origin, and its evidence names the attestation of r1 by digest.
     let show = r.show("r2");
     assert_eq!(show["resumeOf"]["runId"], "r1");
-    let make = show["steps"].as_array().unwrap().iter().find(|s| s["id"] == "make").unwrap();
-    assert_eq!((make["status"].as_str(), make["reusedFrom"].as_str()), (Some("succeeded"), Some("r1")));
+    let make = show["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "make")
+        .unwrap();
+    assert_eq!(
+        (make["status"].as_str(), make["reusedFrom"].as_str()),
+        (Some("succeeded"), Some("r1"))
+    );
     let predicate = &statement(&r, "r2")["predicate"];
     let attestation = r
         .at_head(&format!("{}/evidence/attestation.dsse.json", run_path("r1")))
@@ -114,7 +128,11 @@ fn resume_after_a_failure_runs_only_what_had_not_succeeded() {
         predicate["resumeOf"]["attestation"]["sha256"].as_str(),
         Some(sha256_hex(attestation.as_bytes()).as_str())
     );
-    assert!(statement(&r, "r2")["subject"].to_string().contains("artifacts/make/made"));
+    assert!(
+        statement(&r, "r2")["subject"]
+            .to_string()
+            .contains("artifacts/make/made")
+    );
     r.stella(&["evidence", "verify", "r2"]).ok();
     r.stella(&["ledger", "verify"]).ok();
 }
@@ -134,7 +152,11 @@ fn a_retry_runs_everything_again_and_says_what_it_retries() {
     // A succeeded run may be retried, not resumed.
     let out = r.stella(&["runs", "resume", "r2"]);
     assert_eq!(out.code(), Some(2), "{}", out.stderr());
-    assert!(out.stderr().contains("error[ERR_RUN_NOT_RESUMABLE]"), "{}", out.stderr());
+    assert!(
+        out.stderr().contains("error[ERR_RUN_NOT_RESUMABLE]"),
+        "{}",
+        out.stderr()
+    );
     assert!(out.stderr().contains("run r2 succeeded"), "{}", out.stderr());
     r.stella(&["runs", "retry", "r2", "--id", "r3"]).ok();
 }
@@ -165,14 +187,21 @@ fn a_changed_plan_is_refused_at_the_cli_and_by_the_runner() {
     r.pack("fixit", &pack().replace("version: 1.0.0", "version: 1.0.1"));
     let out = r.stella(&["runs", "resume", "r1"]);
     assert_eq!(out.code(), Some(1), "{}", out.stderr());
-    assert!(out.stderr().contains("error[ERR_PACK_HASH_MISMATCH]"), "{}", out.stderr());
+    assert!(
+        out.stderr().contains("error[ERR_PACK_HASH_MISMATCH]"),
+        "{}",
+        out.stderr()
+    );
 
     by_hand(&r, "r2", &dir, "resumeOf: r1\n");
     r.daemon_once().ok();
     assert_eq!(r.state("r2"), "failed");
     let show = r.show("r2");
     assert_eq!(show["code"], "ERR_PACK_HASH_MISMATCH");
-    assert!(show["error"].as_str().unwrap().contains("run r1 was planned as"), "{show:#}");
+    assert!(
+        show["error"].as_str().unwrap().contains("run r1 was planned as"),
+        "{show:#}"
+    );
     assert!(of_type(&r.events("r2"), "step.started").is_empty());
     assert_eq!(count(&dir, "make.count"), 1);
     r.stella(&["ledger", "verify"]).ok();
@@ -191,7 +220,11 @@ fn the_runner_refuses_to_resume_a_succeeded_or_unknown_run_before_any_step() {
     r.daemon_once().ok();
     for (id, code) in [("r2", "ERR_RUN_NOT_RESUMABLE"), ("r3", "ERR_RUN_NOT_FOUND")] {
         let show = r.show(id);
-        assert_eq!((show["state"].as_str(), show["code"].as_str()), (Some("failed"), Some(code)), "{show:#}");
+        assert_eq!(
+            (show["state"].as_str(), show["code"].as_str()),
+            (Some("failed"), Some(code)),
+            "{show:#}"
+        );
         assert!(of_type(&r.events(id), "step.started").is_empty());
     }
     assert_eq!(count(&dir, "make.count"), 1);
@@ -213,6 +246,14 @@ fn approvals_are_never_carried_over() {
     r.pack("fixit", GATED).request("r1", "fixit", &inputs(&dir));
     r.daemon_once();
     assert_eq!(r.state("r1"), "waiting");
+    let out = r.stella(&["runs", "resume", "r1"]);
+    assert_eq!(out.code(), Some(2), "{}", out.stderr());
+    assert!(
+        out.stderr()
+            .contains("error[ERR_RUN_NOT_RESUMABLE]: run r1 is still waiting"),
+        "{}",
+        out.stderr()
+    );
     let key = keys.path().join("alice");
     r.stella(&["approve", "r1", "--gate", "go", "--key", key.to_str().unwrap()])
         .ok();
@@ -252,7 +293,10 @@ fn maps_and_parallel_groups_resume_per_child() {
     let show = r.show("r1");
     assert_eq!(show["state"], "failed", "{show:#}");
     let ran = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
-    assert_eq!((ran("par.count").lines().count(), ran("map.count")), (2, "a\nb\n".to_string()));
+    assert_eq!(
+        (ran("par.count").lines().count(), ran("map.count")),
+        (2, "a\nb\n".to_string())
+    );
 
     std::fs::write(dir.join("fixed"), "").unwrap();
     again(&r, "resume", "r1", "r2");
@@ -265,7 +309,11 @@ fn maps_and_parallel_groups_resume_per_child() {
         .map(|e| e["step"].as_str().unwrap())
         .collect();
     reused.sort();
-    assert_eq!(reused, ["each[0]::t", "p"], "exactly the children that succeeded in r1 are reused");
+    assert_eq!(
+        reused,
+        ["each[0]::t", "p"],
+        "exactly the children that succeeded in r1 are reused"
+    );
     // The second time, only what had not succeeded ran: q, and items b and c.
     assert_eq!(ran("par.count").lines().filter(|l| *l == "q").count(), 2);
     assert_eq!(ran("par.count").lines().filter(|l| *l == "p").count(), 1);
@@ -275,4 +323,49 @@ fn maps_and_parallel_groups_resume_per_child() {
     assert_eq!(r.at_head(&path("r2")), r.at_head(&path("r1")));
     r.stella(&["evidence", "verify", "r2"]).ok();
     r.stella(&["ledger", "verify"]).ok();
+}
+
+#[test]
+fn a_run_whose_ledger_does_not_verify_is_not_resumed() {
+    let dir = shared_dir();
+    let r = failed_once(&pack(), &dir);
+    std::fs::write(dir.join("fixed"), "").unwrap();
+    // A daemon heals the ledger when it starts; this one is running when someone rewrites
+    // r1's artifact outside a runner commit and asks to resume r1.
+    let daemon = r.daemon(&["--repo", ".", "--poll", "200ms"]);
+    let inputs_file = r.outside("inputs.yaml");
+    std::fs::write(&inputs_file, inputs(&dir)).unwrap();
+    let args = [
+        "run",
+        "request",
+        "packs/fixit",
+        "--inputs",
+        inputs_file.to_str().unwrap(),
+        "--id",
+        "r2",
+    ];
+    r.stella(&args).ok();
+    let request = format!("{}/request.yaml", run_path("r2"));
+    let text = std::fs::read_to_string(r.path().join(&request)).unwrap();
+    r.write(&request, &format!("{text}resumeOf: r1\n"));
+    r.write(&format!("{}/artifacts/make/made", run_path("r1")), "forged");
+    r.tamper("forge r1's artifact and ask to resume r1");
+    crate::support::wait_for("r2 to end", std::time::Duration::from_secs(30), || {
+        r.stella(&["runs", "show", "r2", "--json"])
+            .stdout()
+            .contains("\"finished\"")
+    });
+    drop(daemon);
+    let show = r.show("r2");
+    assert_eq!(
+        (show["state"].as_str(), show["code"].as_str()),
+        (Some("failed"), Some("ERR_LEDGER_TAMPERED")),
+        "{show:#}"
+    );
+    assert!(
+        show["error"].as_str().unwrap().contains("refusing to resume run r1"),
+        "{show:#}"
+    );
+    assert!(of_type(&r.events("r2"), "step.started").is_empty());
+    assert_eq!(count(&dir, "make.count"), 1);
 }

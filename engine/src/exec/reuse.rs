@@ -75,8 +75,8 @@ impl Runner<'_> {
     /// the size and sha256 the earlier run recorded.
     fn carry(&self, reuse: &Reuse, prev: &StepState) -> Result<(), StepError> {
         for a in &prev.artifacts {
-            let inside = a.path.starts_with("artifacts/")
-                && crate::pack::normalise(&a.path).as_deref() == Some(a.path.as_str());
+            let inside =
+                a.path.starts_with("artifacts/") && crate::pack::normalise(&a.path).as_deref() == Some(a.path.as_str());
             if !inside {
                 return Err(StepError::new(
                     Code::ArtifactPath,
@@ -97,9 +97,7 @@ impl Runner<'_> {
                 return Err(tampered("its bytes differ from the sha256 the run recorded".into()));
             }
             let dest = self.cfg.run_dir.join(&a.path);
-            let io = |e: std::io::Error| {
-                StepError::new(Code::StepFailed, format!("cannot carry {} over: {e}", a.path))
-            };
+            let io = |e: std::io::Error| StepError::new(Code::StepFailed, format!("cannot carry {} over: {e}", a.path));
             std::fs::create_dir_all(dest.parent().expect("under artifacts/")).map_err(io)?;
             std::fs::write(&dest, &bytes).map_err(io)?;
         }

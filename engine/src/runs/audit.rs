@@ -63,7 +63,11 @@ pub fn parse_time(text: &str) -> Option<SystemTime> {
     let at = humantime::parse_rfc3339(&format!("{local}Z")).ok()?;
     let shift = Duration::from_secs(h * 3600 + m * 60);
     // Local time minus its offset is UTC.
-    if sign > 0 { at.checked_sub(shift) } else { at.checked_add(shift) }
+    if sign > 0 {
+        at.checked_sub(shift)
+    } else {
+        at.checked_add(shift)
+    }
 }
 
 /// Writes the events of `window` from the ledger's tip to `out`, then the manifest line.
@@ -97,7 +101,9 @@ pub fn export(ledger: &Ledger, index: &mut Index, window: Window, out: &mut dyn 
             }
             let before = lines.len();
             for e in view.ledger_events {
-                let Some(at) = humantime::parse_rfc3339(&e.ts).ok() else { continue };
+                let Some(at) = humantime::parse_rfc3339(&e.ts).ok() else {
+                    continue;
+                };
                 if at < window.since || at >= window.until {
                     continue;
                 }
@@ -141,9 +147,18 @@ mod tests {
     fn window_bounds_read_as_rfc3339_with_offsets_or_dates() {
         let at = |t: &str| humantime::parse_rfc3339(t).unwrap();
         assert_eq!(parse_time("2026-12-01"), Some(at("2026-12-01T00:00:00Z")));
-        assert_eq!(parse_time("2026-12-01T10:00:00.250Z"), Some(at("2026-12-01T10:00:00.250Z")));
-        assert_eq!(parse_time("2026-12-01T12:00:00+02:00"), Some(at("2026-12-01T10:00:00Z")));
-        assert_eq!(parse_time("2026-12-01T08:30:00-01:30"), Some(at("2026-12-01T10:00:00Z")));
+        assert_eq!(
+            parse_time("2026-12-01T10:00:00.250Z"),
+            Some(at("2026-12-01T10:00:00.250Z"))
+        );
+        assert_eq!(
+            parse_time("2026-12-01T12:00:00+02:00"),
+            Some(at("2026-12-01T10:00:00Z"))
+        );
+        assert_eq!(
+            parse_time("2026-12-01T08:30:00-01:30"),
+            Some(at("2026-12-01T10:00:00Z"))
+        );
         for bad in ["yesterday", "2026-13-01", "2026-12-01T10:00:00+25:00", ""] {
             assert_eq!(parse_time(bad), None, "{bad}");
         }

@@ -24,7 +24,12 @@ use crate::state::{RunStatus, StepStatus, fold};
 /// What `run.planned` records of the run retried or resumed: `{"retryOf": {runId}}` or
 /// `{"resumeOf": {runId, attestation: {path, sha256}}}`. Refuses a run that is not on the
 /// branch at `tip`, and a resume the run cannot give.
-pub fn origin(env: &Environment, tip: ObjectId, request: &Request, plan_hash: &str) -> Result<Option<(&'static str, Json)>, Refusal> {
+pub fn origin(
+    env: &Environment,
+    tip: ObjectId,
+    request: &Request,
+    plan_hash: &str,
+) -> Result<Option<(&'static str, Json)>, Refusal> {
     let (field, run) = match (&request.retry_of, &request.resume_of) {
         (Some(r), _) => ("retryOf", r),
         (None, Some(r)) => ("resumeOf", r),
@@ -46,7 +51,9 @@ pub fn origin(env: &Environment, tip: ObjectId, request: &Request, plan_hash: &s
         RunStatus::Succeeded => {
             return Err(refuse(
                 Code::RunNotResumable,
-                format!("run {run} succeeded; only a failed or cancelled run can be resumed (`retryOf: {run}` asks for a new run)"),
+                format!(
+                    "run {run} succeeded; only a failed or cancelled run can be resumed (`retryOf: {run}` asks for a new run)"
+                ),
             ));
         }
         other => {
@@ -54,7 +61,11 @@ pub fn origin(env: &Environment, tip: ObjectId, request: &Request, plan_hash: &s
                 Code::RunNotResumable,
                 format!(
                     "run {run} is {} (not finished in the ledger); only a failed or cancelled run can be resumed: wait for it to end or cancel it",
-                    if view.ledger_events.is_empty() { "not started" } else { other.as_str() }
+                    if view.ledger_events.is_empty() {
+                        "not started"
+                    } else {
+                        other.as_str()
+                    }
                 ),
             ));
         }
@@ -84,7 +95,12 @@ pub fn origin(env: &Environment, tip: ObjectId, request: &Request, plan_hash: &s
     let attestation = ledger
         .read(tip, &path)
         .map_err(|e| refuse(e.code(), format!("{path}: {e}")))?
-        .ok_or_else(|| refuse(Code::RunNotResumable, format!("run {run} has no evidence ({path}); it cannot be resumed")))?;
+        .ok_or_else(|| {
+            refuse(
+                Code::RunNotResumable,
+                format!("run {run} has no evidence ({path}); it cannot be resumed"),
+            )
+        })?;
     Ok(Some((
         field,
         json!({ "runId": run, "attestation": { "path": path, "sha256": sha256_hex(&attestation) } }),
@@ -108,7 +124,12 @@ fn located(ledger: &Ledger, tip: ObjectId, run: &str, field: &str) -> Result<Run
 /// The run a planned run resumes (`resumeOf` in its `run.planned`), read again from the ledger
 /// at `tip`, with the artifacts of its succeeded steps staged under `run_dir/resumed/`.
 /// `None` for a run that resumes nothing.
-pub fn stage(env: &Environment, tip: ObjectId, planned: Option<&Event>, run_dir: &Path) -> Result<Option<Arc<Reuse>>, Refusal> {
+pub fn stage(
+    env: &Environment,
+    tip: ObjectId,
+    planned: Option<&Event>,
+    run_dir: &Path,
+) -> Result<Option<Arc<Reuse>>, Refusal> {
     let Some(run) = planned
         .and_then(|e| e.get("resumeOf"))
         .and_then(|o| o.get("runId"))

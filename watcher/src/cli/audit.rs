@@ -10,7 +10,12 @@ use stella_engine::runs::audit::{self, Window};
 use crate::failure::{Failure, Outcome};
 use crate::repo;
 
-pub fn export(repo_dir: &Path, since: Option<&str>, until: Option<&str>, out: Option<&Path>) -> Result<Outcome, Failure> {
+pub fn export(
+    repo_dir: &Path,
+    since: Option<&str>,
+    until: Option<&str>,
+    out: Option<&Path>,
+) -> Result<Outcome, Failure> {
     let bound = |flag: &str, t: Option<&str>| {
         let t = t.unwrap_or_default();
         audit::parse_time(t).ok_or_else(|| {
@@ -25,7 +30,10 @@ pub fn export(repo_dir: &Path, since: Option<&str>, until: Option<&str>, out: Op
         until: bound("until", until)?,
     };
     if window.until <= window.since {
-        return Err(Failure::one(Code::Usage, "--until must be later than --since (the window is [since, until))"));
+        return Err(Failure::one(
+            Code::Usage,
+            "--until must be later than --since (the window is [since, until))",
+        ));
     }
     let root = repo::find_root(repo_dir)?;
     let config = repo::config_at_head(&root)?;
@@ -52,7 +60,9 @@ pub fn export(repo_dir: &Path, since: Option<&str>, until: Option<&str>, out: Op
         }
     };
     for id in &exported.invalid {
-        eprintln!("warning: run {id} cannot be read as a run; its events are not in the export (see `stella runs show {id}`)");
+        eprintln!(
+            "warning: run {id} cannot be read as a run; its events are not in the export (see `stella runs show {id}`)"
+        );
     }
     eprintln!(
         "exported {} events of {} runs ({} read) at {}, sha256 {}",

@@ -482,7 +482,9 @@ pub fn run(cli: Cli) -> Result<Outcome, Failure> {
             repo,
             ..
         }) => audit::export(&repo, since.as_deref(), until.as_deref(), output.as_deref()),
-        Command::Runs(RunsCommand::Retry { run, id, repo }) => resume::request(&repo, &run, id.as_deref(), resume::Of::Retry),
+        Command::Runs(RunsCommand::Retry { run, id, repo }) => {
+            resume::request(&repo, &run, id.as_deref(), resume::Of::Retry)
+        }
         Command::Runs(RunsCommand::Resume { run, id, repo }) => {
             resume::request(&repo, &run, id.as_deref(), resume::Of::Resume)
         }

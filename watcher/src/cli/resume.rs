@@ -37,9 +37,12 @@ pub fn request(repo_dir: &Path, run: &str, id: Option<&str>, of: Of) -> Result<O
         .tip()?
         .ok_or_else(|| Failure::one(Code::RunNotFound, format!("no run {run}: the branch has no commits")))?;
     let request_path = view.dir.file("request.yaml");
-    let text = ledger
-        .read(tip, &request_path)?
-        .ok_or_else(|| Failure::one(Code::RunNotFound, format!("run {run} has no {request_path} on the branch")))?;
+    let text = ledger.read(tip, &request_path)?.ok_or_else(|| {
+        Failure::one(
+            Code::RunNotFound,
+            format!("run {run} has no {request_path} on the branch"),
+        )
+    })?;
     let original = Request::parse(&request_path, &String::from_utf8_lossy(&text))?;
     let pack_dir = root.join(&original.pack);
     let plan_config = repo::config_in_worktree(&root)?.plan_config();

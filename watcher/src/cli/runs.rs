@@ -263,7 +263,11 @@ pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<Outcome, Failure
                 .reused_from
                 .as_ref()
                 .map_or(String::new(), |r| format!(" (reused from run {r})"));
-            println!("  {:<40} {}{attempts}{reused}{err}", s.id, status.as_str().unwrap_or(""));
+            println!(
+                "  {:<40} {}{attempts}{reused}{err}",
+                s.id,
+                status.as_str().unwrap_or("")
+            );
             for a in &s.artifacts {
                 println!(
                     "      artifact {} {} ({} bytes, sha256 {})",
