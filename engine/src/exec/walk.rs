@@ -1,6 +1,7 @@
 //! The walk of the step graph: sequences, `when`, steps already finished in an earlier attempt
-//! (or reused from a resumed run), skips, failures, stops, and parallel groups and maps run on scoped threads under the global
-//! limit. Dispatches each step by its kind; never builds or runs a command itself.
+//! (or reused from a resumed run), skips, failures, stops, and parallel groups and maps run on
+//! scoped threads under the global limit. Dispatches each step by its kind; never builds or
+//! runs a command itself.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

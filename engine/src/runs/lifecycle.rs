@@ -302,7 +302,7 @@ impl Run<'_> {
         let planned = prior.iter().find(|e| e.kind == "run.planned");
         cfg.reuse = match super::resume::stage(env, tip, planned, &run_dir) {
             Ok(reuse) => reuse,
-            Err(r) => return self.refuse(&prior, r),
+            Err((code, message)) => return self.refuse(&prior, planning::refuse(code, message)),
         };
         let outcome = exec::execute(&plan, &files, &prior, &cfg, &gates, vec![self.sink as &dyn EventSink]);
         // The terminal event was committed by the sink; make sure nothing is left behind

@@ -94,7 +94,7 @@ pub fn plan_new(env: &Environment, dir: &RunDir, commit: ObjectId) -> Result<Pla
         ));
     }
     // A retry or a resume names a run of the branch; a resume reuses only what it can prove.
-    let origin = super::resume::origin(env, commit, &request, &hash)?;
+    let origin = super::resume::origin(env, commit, &request, &hash).map_err(|(code, m)| refuse(code, m))?;
     let mut data = json!({
         "planHash": hash, "pack": request.pack, "version": plan.pack.version, "requestCommit": commit.to_string(),
         "requestSha256": sha256_hex(text.as_bytes()), "trustCommit": trust.to_string(),

@@ -11,7 +11,6 @@ use gix::ObjectId;
 use serde_json::{Value as Json, json};
 
 use super::Environment;
-use super::planning::{Refusal, refuse};
 use crate::code::Code;
 use crate::event::Event;
 use crate::exec::Reuse;
@@ -21,6 +20,13 @@ use crate::pack::sha256_hex;
 use crate::request::Request;
 use crate::state::{RunStatus, StepStatus, fold};
 
+/// Why a retry or resume is refused: the code and message its `run.failed` records.
+pub type Refused = (Code, String);
+
+fn refuse(code: Code, message: impl Into<String>) -> Refused {
+    (code, message.into())
+}
+
 /// What `run.planned` records of the run retried or resumed: `{"retryOf": {runId}}` or
 /// `{"resumeOf": {runId, attestation: {path, sha256}}}`. Refuses a run that is not on the
 /// branch at `tip`, and a resume the run cannot give.
@@ -29,7 +35,7 @@ pub fn origin(
     tip: ObjectId,
     request: &Request,
     plan_hash: &str,
-) -> Result<Option<(&'static str, Json)>, Refusal> {
+) -> Result<Option<(&'static str, Json)>, Refused> {
     let (field, run) = match (&request.retry_of, &request.resume_of) {
         (Some(r), _) => ("retryOf", r),
         (None, Some(r)) => ("resumeOf", r),
@@ -108,7 +114,7 @@ pub fn origin(
 }
 
 /// Where `run` is at `tip`, or the refusal `ERR_RUN_NOT_FOUND`.
-fn located(ledger: &Ledger, tip: ObjectId, run: &str, field: &str) -> Result<RunDir, Refusal> {
+fn located(ledger: &Ledger, tip: ObjectId, run: &str, field: &str) -> Result<RunDir, Refused> {
     let missing = || refuse(Code::RunNotFound, format!("{field}: no run {run} on the branch"));
     let dir = ledger
         .locate(tip, run)
@@ -129,7 +135,7 @@ pub fn stage(
     tip: ObjectId,
     planned: Option<&Event>,
     run_dir: &Path,
-) -> Result<Option<Arc<Reuse>>, Refusal> {
+) -> Result<Option<Arc<Reuse>>, Refused> {
     let Some(run) = planned
         .and_then(|e| e.get("resumeOf"))
         .and_then(|o| o.get("runId"))

@@ -77,7 +77,8 @@ pub struct Facts {
 
 /// The earliest and latest non-empty event times of `events`; none when one does not parse.
 fn times(events: &[crate::event::Event]) -> Option<(String, String)> {
-    let mut bounds: Option<((SystemTime, &str), (SystemTime, &str))> = None;
+    type Stamp<'a> = (SystemTime, &'a str);
+    let mut bounds: Option<(Stamp, Stamp)> = None;
     for t in events.iter().map(|e| e.ts.as_str()).filter(|t| !t.is_empty()) {
         let at = (humantime::parse_rfc3339(t).ok()?, t);
         bounds = Some(match bounds {
