@@ -214,6 +214,15 @@ pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<Outcome, Failure
     if let Some(h) = &st.plan_hash {
         println!("planHash:  {h}");
     }
+    if let Some(planned) = view.events().iter().find(|e| e.kind == "run.planned") {
+        let of = |field: &str| planned.get(field).and_then(|o| o.get("runId")).and_then(|r| r.as_str());
+        if let Some(run) = of("retryOf") {
+            println!("retryOf:   {run}");
+        }
+        if let Some(run) = of("resumeOf") {
+            println!("resumeOf:  {run} (its succeeded steps reused)");
+        }
+    }
     if let Some(g) = &st.waiting_gate {
         println!("waiting:   gate {g}");
     }
