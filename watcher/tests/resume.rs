@@ -162,6 +162,24 @@ fn a_retry_runs_everything_again_and_says_what_it_retries() {
 }
 
 #[test]
+fn the_api_names_what_a_run_retries_or_resumes() {
+    let dir = shared_dir();
+    let r = failed_once(&pack(), &dir);
+    again(&r, "retry", "r1", "r2");
+    again(&r, "resume", "r1", "r3");
+    r.daemon_once();
+    let mut cmd = crate::support::stella();
+    cmd.current_dir(r.path())
+        .args(["serve", "--repo", ".", "--http", "127.0.0.1:0"]);
+    let serve = crate::support::Daemon::start(cmd);
+    let base = crate::support::http::base_of(&serve);
+    let trigger = |id: &str| crate::support::http::get(&base, &format!("/api/v1/runs/{id}")).json()["trigger"].clone();
+    assert_eq!(trigger("r1"), serde_json::json!({ "manual": "commit" }));
+    assert_eq!(trigger("r2"), serde_json::json!({ "retryOf": "r1" }));
+    assert_eq!(trigger("r3"), serde_json::json!({ "resumeOf": "r1" }));
+}
+
+#[test]
 fn resuming_a_run_that_does_not_exist_is_refused() {
     let r = Repo::new();
     for how in ["resume", "retry"] {
