@@ -351,6 +351,9 @@ fn a_run_whose_ledger_does_not_verify_is_not_resumed() {
     // A daemon heals the ledger when it starts; this one is running when someone rewrites
     // r1's artifact outside a runner commit and asks to resume r1.
     let daemon = r.daemon(&["--repo", ".", "--poll", "200ms"]);
+    daemon.wait_for("the daemon to be ready", std::time::Duration::from_secs(30), || {
+        daemon.stdout().contains("stella daemon: ready")
+    });
     let inputs_file = r.outside("inputs.yaml");
     std::fs::write(&inputs_file, inputs(&dir)).unwrap();
     let args = [
@@ -367,11 +370,23 @@ fn a_run_whose_ledger_does_not_verify_is_not_resumed() {
     let text = std::fs::read_to_string(r.path().join(&request)).unwrap();
     r.write(&request, &format!("{text}resumeOf: r1\n"));
     r.write(&format!("{}/artifacts/make/made", run_path("r1")), "forged");
-    r.tamper("forge r1's artifact and ask to resume r1");
+    // Committed past the hook, beside the daemon: a commit that loses a race is tried again.
+    let committed = crate::support::poll(std::time::Duration::from_secs(10), || {
+        r.git_try(&["add", "-A"]).status.success()
+            && r.git_try(&[
+                "commit",
+                "-q",
+                "--no-verify",
+                "-m",
+                "forge r1's artifact and ask to resume r1",
+            ])
+            .status
+            .success()
+    });
+    assert!(committed);
     crate::support::wait_for("r2 to end", std::time::Duration::from_secs(30), || {
-        r.stella(&["runs", "show", "r2", "--json"])
-            .stdout()
-            .contains("\"finished\"")
+        let out = r.stella(&["runs", "show", "r2", "--json"]).stdout();
+        serde_json::from_str::<Json>(&out).is_ok_and(|v| matches!(v["state"].as_str(), Some("failed" | "succeeded")))
     });
     drop(daemon);
     let show = r.show("r2");

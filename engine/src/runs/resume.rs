@@ -113,18 +113,12 @@ pub fn origin(
     )))
 }
 
-/// Where `run` is at `tip`, or the refusal `ERR_RUN_NOT_FOUND`.
+/// Where `run` is at `tip` (a request or events of its own), or the refusal `ERR_RUN_NOT_FOUND`.
 fn located(ledger: &Ledger, tip: ObjectId, run: &str, field: &str) -> Result<RunDir, Refused> {
-    let missing = || refuse(Code::RunNotFound, format!("{field}: no run {run} on the branch"));
-    let dir = ledger
+    ledger
         .locate(tip, run)
         .map_err(|e| refuse(e.code(), format!("{field}: {e}")))?
-        .ok_or_else(missing)?;
-    if ledger.has_run_events(tip, &dir).unwrap_or(false) {
-        Ok(dir)
-    } else {
-        Err(missing())
-    }
+        .ok_or_else(|| refuse(Code::RunNotFound, format!("{field}: no run {run} on the branch")))
 }
 
 /// The run a planned run resumes (`resumeOf` in its `run.planned`), read again from the ledger
