@@ -402,3 +402,31 @@ fn a_run_whose_ledger_does_not_verify_is_not_resumed() {
     assert!(of_type(&r.events("r2"), "step.started").is_empty());
     assert_eq!(count(&dir, "make.count"), 1);
 }
+
+#[test]
+fn a_runner_killed_during_a_resume_finishes_it_without_running_a_reused_step() {
+    let dir = shared_dir();
+    let r = failed_once(&pack(), &dir);
+    std::fs::write(dir.join("fixed"), "").unwrap();
+    again(&r, "resume", "r1", "r2");
+    // Killed (SIGKILL) as `check`, the first step that runs, is about to start.
+    let chaos = r.outside("chaos.yaml");
+    std::fs::write(
+        &chaos,
+        "rules:\n  - { action: kill-runner, point: before-step-start, run: r2, times: 1 }\n",
+    )
+    .unwrap();
+    let out = r.stella(&["daemon", "--once", "--repo", ".", "--chaos", chaos.to_str().unwrap()]);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.0.status.signal(), Some(libc::SIGKILL), "{}", out.stderr());
+    r.daemon_once().ok();
+    assert_eq!(r.state("r2"), "succeeded");
+    let events = r.events("r2");
+    assert_eq!(of_type(&events, "step.reused").len(), 1);
+    assert_eq!(of_type(&events, "run.recovered").len(), 1);
+    assert_eq!((count(&dir, "make.count"), count(&dir, "check.count")), (1, 2));
+    let path = |id: &str| format!("{}/artifacts/make/made", run_path(id));
+    assert_eq!(r.at_head(&path("r2")), r.at_head(&path("r1")));
+    r.stella(&["evidence", "verify", "r2"]).ok();
+    r.stella(&["ledger", "verify"]).ok();
+}
