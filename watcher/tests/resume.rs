@@ -177,6 +177,10 @@ fn the_api_names_what_a_run_retries_or_resumes() {
     assert_eq!(trigger("r1"), serde_json::json!({ "manual": "commit" }));
     assert_eq!(trigger("r2"), serde_json::json!({ "retryOf": "r1" }));
     assert_eq!(trigger("r3"), serde_json::json!({ "resumeOf": "r1" }));
+    let page = crate::support::http::get(&base, "/runs/r3").text();
+    assert!(page.contains(r#"resume of <a href="/runs/r1">r1</a>"#), "{page}");
+    let failed = crate::support::http::get(&base, "/runs/r1").text();
+    assert!(failed.contains("stella runs resume r1"), "{failed}");
 }
 
 #[test]
