@@ -5,6 +5,8 @@
 #   `stella runs export --since T --until T --ndjson` over the whole history (every run read)
 #   the same over the window of the last batch only (runs before it skipped unread, from what
 #            the scan and the runs index know of each run's first and last event times)
+#   the same again without the runs index (STELLA_RUNNER_KEY=/nonexistent: every run read
+#            from git to learn its times)
 #   and checks each export's manifest digest against its lines.
 # Then one run of a 20-step pack that fails at its last step, resumed: the resumed run's time
 # from commit to final event against the failed run's (19 steps reused, one run).
@@ -72,11 +74,11 @@ def request(rid, pack, extra=""):
     write(f"runs/_{shard(rid)}/{rid}/request.yaml", f"apiVersion: stella/v1\nkind: RunRequest\npack: packs/{pack}\n{extra}")
 
 
-def median_time(args):
+def median_time(args, env=None):
     times, out = [], None
     for _ in range(3):
         t0 = time.monotonic()
-        out = sh(*args)
+        out = sh(*args, env=env)
         times.append(time.monotonic() - t0)
     return statistics.median(times), out
 
@@ -105,8 +107,8 @@ for start in range(0, N, 50):
 print(f"ledger: {N} runs; git {sh('git', 'rev-list', '--count', 'HEAD').stdout.strip()} commits")
 
 
-def export(since, until, label):
-    secs, out = median_time([STELLA, "runs", "export", "--since", since, "--until", until, "--ndjson"])
+def export(since, until, label, env=None):
+    secs, out = median_time([STELLA, "runs", "export", "--since", since, "--until", until, "--ndjson"], env)
     lines = out.stdout.splitlines()
     manifest = json.loads(lines[-1])
     body = "".join(l + "\n" for l in lines[:-1])
@@ -116,6 +118,8 @@ def export(since, until, label):
 
 export("2000-01-01", "2100-01-01", "whole history")
 export(last_batch_start, "2100-01-01", "last batch only")
+# Without the runs index (no runner key to open it with): every run's events are read from git.
+export(last_batch_start, "2100-01-01", "last batch only, no runs index", dict(os.environ, STELLA_RUNNER_KEY="/nonexistent"))
 
 # Resume: a 20-step run failing at its last step, then resumed.
 def run_and_time(rid, extra=""):
