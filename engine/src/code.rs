@@ -140,6 +140,9 @@ codes! {
     SandboxUnavailable = "ERR_SANDBOX_UNAVAILABLE", exit 1;
     /// A ledger commit would hold a private key (the runner's, or any PEM/OpenSSH key block).
     LedgerSecret = "ERR_LEDGER_SECRET", exit 1;
+    /// `resumeOf` names a run that succeeded or has not finished: only a failed or cancelled
+    /// run can be resumed.
+    RunNotResumable = "ERR_RUN_NOT_RESUMABLE", exit 2;
 }
 
 /// A string that is no `ERR_…` code of the table.
@@ -181,7 +184,7 @@ mod tests {
             assert!(code.as_str().starts_with("ERR_"), "{code}");
             assert!(matches!(code.exit_code(), 1 | 2), "{code}");
         }
-        assert_eq!(Code::ALL.len(), 45);
+        assert_eq!(Code::ALL.len(), 46);
         assert_eq!("ERR_NOPE".parse::<Code>(), Err(UnknownCode("ERR_NOPE".into())));
         assert_eq!((Code::StepFailed.exit_code(), Code::Usage.exit_code()), (1, 2));
     }

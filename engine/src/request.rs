@@ -19,6 +19,8 @@ pub struct Request {
     pub plan_hash: Option<String>,
     pub run_token: Option<String>,
     pub retry_of: Option<String>,
+    /// `resumeOf`: as `retryOf`, reusing that run's succeeded steps (DESIGN section 12).
+    pub resume_of: Option<String>,
 }
 
 const FIELDS: &[&str] = &[
@@ -29,6 +31,7 @@ const FIELDS: &[&str] = &[
     "planHash",
     "runToken",
     "retryOf",
+    "resumeOf",
 ];
 
 impl Request {
@@ -107,14 +110,27 @@ impl Request {
             }
             None => None,
         };
-        let retry_of = match text_field("retryOf") {
+        let mut run_field = |name: &str| match text_field(name) {
             Some((Some(r), pos)) if !crate::run_id::is_valid(&r) => {
-                d.error(pos, "retryOf", format!("`{r}` is not a run id"));
+                d.error(pos, name, format!("`{r}` is not a run id"));
+                None
+            }
+            Some((None, pos)) => {
+                d.error(pos, name, "expected a run id");
                 None
             }
             Some((r, _)) => r,
             None => None,
         };
+        let retry_of = run_field("retryOf");
+        let resume_of = run_field("resumeOf");
+        if let (Some(_), Some(n)) = (&retry_of, root.get("resumeOf")) {
+            d.error(
+                n.pos,
+                "resumeOf",
+                "a request is a retry or a resume, not both: keep `retryOf` or `resumeOf`",
+            );
+        }
 
         match pack {
             Some(pack) if d.diags.is_empty() => Ok(Request {
@@ -123,6 +139,7 @@ impl Request {
                 plan_hash,
                 run_token,
                 retry_of,
+                resume_of,
             }),
             _ => Err(d.diags.sorted()),
         }
@@ -131,6 +148,12 @@ impl Request {
     /// The request file as `stella run request` writes it. The pack path is written plain when
     /// it reads back as itself (`packs/hello`), else quoted; the inputs as JSON.
     pub fn render(pack: &str, inputs: &serde_json::Value, plan_hash: &str) -> String {
+        Request::render_of(pack, inputs, plan_hash, None)
+    }
+
+    /// As `render`, with `retryOf: RUN` or `resumeOf: RUN` (`stella runs retry|resume`);
+    /// `of` is (field, run id), the run id already checked by `run_id::is_valid`.
+    pub fn render_of(pack: &str, inputs: &serde_json::Value, plan_hash: &str, of: Option<(&str, &str)>) -> String {
         let plain = pack.starts_with(|c: char| c.is_ascii_alphabetic())
             && pack.contains('/')
             && pack.bytes().all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
@@ -140,7 +163,10 @@ impl Request {
             yaml::json_text(&pack)
         };
         let inputs = yaml::json_text(inputs);
-        format!("apiVersion: stella/v1\nkind: RunRequest\npack: {pack}\ninputs: {inputs}\nplanHash: \"{plan_hash}\"\n")
+        let of = of.map_or(String::new(), |(field, run)| format!("{field}: {run}\n"));
+        format!(
+            "apiVersion: stella/v1\nkind: RunRequest\npack: {pack}\ninputs: {inputs}\nplanHash: \"{plan_hash}\"\n{of}"
+        )
     }
 }
 
@@ -158,6 +184,18 @@ mod tests {
         let r = Request::parse("request.yaml", &text).unwrap();
         assert_eq!(r.pack, "packs/hello");
         assert_eq!(r.inputs.unwrap().to_json(), serde_json::json!({"who": "a'b"}));
+    }
+
+    #[test]
+    fn a_resume_request_reads_back_and_is_not_also_a_retry() {
+        let hash = format!("sha256:{}", "0".repeat(64));
+        let text = Request::render_of("packs/hello", &serde_json::json!({}), &hash, Some(("resumeOf", "r1")));
+        let r = Request::parse("request.yaml", &text).unwrap();
+        assert_eq!((r.resume_of.as_deref(), r.retry_of), (Some("r1"), None));
+        let d = Request::parse("r.yaml", &format!("{text}retryOf: r1\n")).unwrap_err();
+        assert_eq!(d.iter().next().unwrap().field, "resumeOf");
+        let d = Request::parse("r.yaml", &text.replace("resumeOf: r1", "resumeOf: ../x")).unwrap_err();
+        assert_eq!(d.iter().next().unwrap().field, "resumeOf");
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub struct StepState {
     pub code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The run whose result this step reused (`step.reused`, `resumeOf`) instead of running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -159,6 +162,7 @@ pub fn fold(events: &[Event]) -> RunState {
                     artifacts: Vec::new(),
                     code: None,
                     error: None,
+                    reused_from: None,
                 });
                 st.steps.len() - 1
             });
@@ -175,6 +179,19 @@ pub fn fold(events: &[Event]) -> RunState {
                 "step.succeeded" => {
                     s.status = StepStatus::Succeeded;
                     s.finished = Some(e.ts.clone());
+                    if let Some(Json::Object(o)) = e.get("outputs") {
+                        s.outputs = o.clone();
+                    }
+                    if let Some(a) = e.get("artifacts") {
+                        s.artifacts = serde_json::from_value(a.clone()).unwrap_or_default();
+                    }
+                }
+                // Succeeded in the run resumed (`resumeOf`): its outputs and artifacts, carried over.
+                "step.reused" => {
+                    s.status = StepStatus::Succeeded;
+                    s.started.get_or_insert_with(|| e.ts.clone());
+                    s.finished = Some(e.ts.clone());
+                    s.reused_from = text("from");
                     if let Some(Json::Object(o)) = e.get("outputs") {
                         s.outputs = o.clone();
                     }
@@ -215,7 +232,13 @@ pub fn fold(events: &[Event]) -> RunState {
             // Only progress leaves a wait; notes such as approval.verdict do not.
             let progress = matches!(
                 e.kind.as_str(),
-                "gate.approved" | "step.started" | "step.succeeded" | "step.failed" | "step.skipped" | "step.cancelled"
+                "gate.approved"
+                    | "step.started"
+                    | "step.succeeded"
+                    | "step.reused"
+                    | "step.failed"
+                    | "step.skipped"
+                    | "step.cancelled"
             );
             if e.kind == "gate.approved" || (st.waiting_gate.as_deref() == Some(id) && progress) {
                 if st.state == RunStatus::Waiting {
@@ -291,6 +314,27 @@ mod tests {
         assert_eq!(st.state, RunStatus::Succeeded);
         assert_eq!(st.next_seq, 7);
         assert!(st.waiting_gate.is_none());
+    }
+
+    #[test]
+    fn a_reused_step_succeeded_with_the_outputs_it_carries() {
+        let events = vec![
+            ev(0, "run.started", None, json!({})),
+            ev(
+                1,
+                "step.reused",
+                Some("a"),
+                json!({"from": "r0", "outputs": {"k": "v"}, "artifacts": [{"name": "n", "path": "artifacts/a/n", "sha256": "00", "size": 1}]}),
+            ),
+        ];
+        let st = fold(&events);
+        let a = st.step("a").unwrap();
+        assert_eq!(
+            (a.status, a.attempts, a.reused_from.as_deref()),
+            (StepStatus::Succeeded, 0, Some("r0"))
+        );
+        assert_eq!(st.outputs()["a"]["k"], "v");
+        assert_eq!(a.artifacts[0].path, "artifacts/a/n");
     }
 
     #[test]

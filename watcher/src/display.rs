@@ -91,6 +91,10 @@ impl EventSink for Display {
                 done = true;
                 Some(format!("[{step}] skipped: {msg}"))
             }
+            "step.reused" => {
+                done = true;
+                Some(format!("[{step}] {msg}"))
+            }
             "step.cancelled" => {
                 running.remove(step);
                 done = true;

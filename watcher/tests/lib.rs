@@ -6,6 +6,7 @@ mod golden_file;
 mod support;
 
 mod approvals;
+mod audit;
 mod chaos;
 mod daemon;
 mod evidence;
@@ -17,6 +18,7 @@ mod layout;
 mod output;
 mod pack_cli;
 mod remote;
+mod resume;
 mod run_local;
 mod runs_index;
 mod sandbox;

@@ -175,7 +175,13 @@ pub fn statement(r: &RunRecord) -> Json {
     let steps: Vec<Json> = st
         .steps
         .iter()
-        .map(|s| json!({ "id": s.id, "status": s.status, "attempts": s.attempts, "started": s.started, "finished": s.finished, "code": s.code }))
+        .map(|s| {
+            let mut step = json!({ "id": s.id, "status": s.status, "attempts": s.attempts, "started": s.started, "finished": s.finished, "code": s.code });
+            if let Some(from) = &s.reused_from {
+                step["reusedFrom"] = json!(from);
+            }
+            step
+        })
         .collect();
     let approvals: Vec<Json> = r
         .events
@@ -192,7 +198,7 @@ pub fn statement(r: &RunRecord) -> Json {
                 .chain(local.map(|_| json!({ "gate": e.get("gate").cloned().unwrap_or(json!(e.step)), "principal": "local", "note": "approved with --approve-local" })))
         })
         .collect();
-    json!({
+    let mut statement = json!({
         "_type": STATEMENT_TYPE,
         "subject": subject,
         "predicateType": PREDICATE_TYPE,
@@ -215,7 +221,15 @@ pub fn statement(r: &RunRecord) -> Json {
             // Signed digests of every covered file, so nothing of the run can change unnoticed.
             "files": covered_files(r),
         },
-    })
+    });
+    // A retry names the run it retries; a resume also the digest of that run's attestation.
+    let planned = r.events.iter().find(|e| e.kind == "run.planned");
+    for field in ["retryOf", "resumeOf"] {
+        if let Some(of) = planned.and_then(|e| e.get(field)) {
+            statement["predicate"][field] = of.clone();
+        }
+    }
+    statement
 }
 
 /// The signed attestation (DSSE envelope as pretty JSON) and the manifest, as ledger files.

@@ -38,6 +38,8 @@ pub struct ExecConfig {
     pub sandbox: Sandbox,
     /// Chaos hooks (`stella daemon --chaos`): faults injected at the step points.
     pub chaos: Option<Arc<crate::chaos::Chaos>>,
+    /// `resumeOf`: the succeeded run steps of an earlier run, reused instead of run again.
+    pub reuse: Option<Arc<super::Reuse>>,
 }
 
 impl ExecConfig {
@@ -59,6 +61,7 @@ impl ExecConfig {
             sealed: false,
             sandbox: Sandbox::default(),
             chaos: None,
+            reuse: None,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod control;
 mod gates;
 mod namespaces;
 mod process;
+mod reuse;
 pub mod sandbox;
 mod walk;
 mod workspace;
@@ -39,6 +40,7 @@ pub use config::ExecConfig;
 pub use control::{CancelToken, Limiter, Stop};
 pub use gates::{GateDecision, GateVerdict, Gatekeeper, LocalGates, recorded_keys};
 pub use process::{shutdown, shutting_down};
+pub use reuse::Reuse;
 
 /// How a run (or this attempt at it) ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,7 @@
-//! The walk of the step graph: sequences, `when`, steps already finished in an earlier attempt,
-//! skips, failures, stops, and parallel groups and maps run on scoped threads under the global
-//! limit. Dispatches each step by its kind; never builds or runs a command itself.
+//! The walk of the step graph: sequences, `when`, steps already finished in an earlier attempt
+//! (or reused from a resumed run), skips, failures, stops, and parallel groups and maps run on
+//! scoped threads under the global limit. Dispatches each step by its kind; never builds or
+//! runs a command itself.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -53,6 +54,9 @@ impl Runner<'_> {
         }
         if token.stop().is_some() {
             return self.stopped(s, token);
+        }
+        if let Some(res) = self.reuse(s) {
+            return res;
         }
         let run = match &s.when {
             None | Some(Cond::Known(true)) => true,

@@ -299,6 +299,11 @@ impl Run<'_> {
         cfg.kill_grace = env.kill_grace;
         cfg.cancel = cancel;
         cfg.chaos = env.chaos.clone();
+        let planned = prior.iter().find(|e| e.kind == "run.planned");
+        cfg.reuse = match super::resume::stage(env, tip, planned, &run_dir) {
+            Ok(reuse) => reuse,
+            Err((code, message)) => return self.refuse(&prior, planning::refuse(code, message)),
+        };
         let outcome = exec::execute(&plan, &files, &prior, &cfg, &gates, vec![self.sink as &dyn EventSink]);
         // The terminal event was committed by the sink; make sure nothing is left behind
         // (compared by size: the ledger's events are a byte prefix of the journal).

@@ -2,6 +2,7 @@
 //! recover, flush, cancel, nothing), and carrying one run from request to finished ledger.
 //! Synchronous; the watcher decides when to call it and on which thread.
 
+pub mod audit;
 mod env;
 mod gates;
 pub mod index;
@@ -10,6 +11,7 @@ mod ledger_sink;
 mod lifecycle;
 mod observer;
 mod planning;
+mod resume;
 mod scan;
 mod trust;
 
@@ -72,6 +74,9 @@ pub enum Error {
     /// The run's files cannot be continued: it is left alone, the other runs go on.
     #[error("run is invalid: {0}")]
     Invalid(Invalid),
+    /// An export could not be written where it was asked to go.
+    #[error("cannot write the export: {0}")]
+    Output(#[source] std::io::Error),
 }
 
 impl Error {
@@ -88,7 +93,8 @@ impl Error {
             | Error::Artifact { .. }
             | Error::JournalWrite(_)
             | Error::JournalSync { .. }
-            | Error::RequestCommit(_) => Code::Io,
+            | Error::RequestCommit(_)
+            | Error::Output(_) => Code::Io,
         }
     }
 }

@@ -34,7 +34,7 @@ impl From<Diagnostics> for Refusal {
     }
 }
 
-fn refuse(code: Code, message: impl Into<String>) -> Refusal {
+pub(super) fn refuse(code: Code, message: impl Into<String>) -> Refusal {
     Refusal {
         code,
         message: message.into(),
@@ -93,12 +93,17 @@ pub fn plan_new(env: &Environment, dir: &RunDir, commit: ObjectId) -> Result<Pla
             ),
         ));
     }
+    // A retry or a resume names a run of the branch; a resume reuses only what it can prove.
+    let origin = super::resume::origin(env, commit, &request, &hash).map_err(|(code, m)| refuse(code, m))?;
     let mut data = json!({
         "planHash": hash, "pack": request.pack, "version": plan.pack.version, "requestCommit": commit.to_string(),
         "requestSha256": sha256_hex(text.as_bytes()), "trustCommit": trust.to_string(),
     });
     if let Some(t) = &request.run_token {
         data["runToken"] = json!(t);
+    }
+    if let Some((field, of)) = origin {
+        data[field] = of;
     }
     let event = Event::new("run.planned")
         .msg(format!("planned {} {}", plan.pack.name, plan.pack.version))

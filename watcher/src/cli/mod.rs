@@ -2,6 +2,7 @@
 //! own report and returns how it ended; `main` alone prints failures and decides exit codes.
 
 mod approve;
+mod audit;
 mod doctor;
 mod evidence;
 mod hook;
@@ -9,6 +10,7 @@ mod init;
 mod ledger;
 mod pack;
 mod request;
+mod resume;
 mod run;
 mod runs;
 mod serve;
@@ -152,11 +154,44 @@ enum RunsCommand {
         #[arg(short, long)]
         follow: bool,
     },
-    /// Pack a finished run's ledger, request, pack, approvals and signers into a deterministic archive
+    /// Pack a finished run's ledger, request, pack, approvals and signers into a deterministic
+    /// archive (RUN -o FILE.tar.gz); or, with --since/--until --ndjson, every event of every run
+    /// in a time window, one JSON object a line, then a manifest line (an audit)
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["run", "ndjson"])))]
     Export {
+        #[arg(conflicts_with_all = ["since", "until", "ndjson"], requires = "output")]
+        run: Option<String>,
+        /// FILE.tar.gz for a run's archive; with --ndjson, a file instead of stdout
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Events at or after T (RFC 3339, e.g. 2026-12-01T00:00:00Z, or a date 2026-12-01)
+        #[arg(long, value_name = "T", requires_all = ["until", "ndjson"])]
+        since: Option<String>,
+        /// Events before T (RFC 3339 or a date)
+        #[arg(long, value_name = "T", requires_all = ["since", "ndjson"])]
+        until: Option<String>,
+        /// Write the window's events as NDJSON (the only format of an audit export)
+        #[arg(long, requires_all = ["since", "until"])]
+        ndjson: bool,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
+    /// Write a new request for RUN's pack and inputs with `retryOf: RUN` (commit it to run)
+    Retry {
         run: String,
-        #[arg(short, long, value_name = "FILE.tar.gz")]
-        output: PathBuf,
+        /// The new run id (default: <date>-<pack>-<random>)
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
+    /// Write a request that resumes a failed or cancelled RUN (`resumeOf: RUN`): its succeeded
+    /// steps are reused, the rest run
+    Resume {
+        run: String,
+        /// The new run id (default: <date>-<pack>-<random>)
+        #[arg(long)]
+        id: Option<String>,
         #[arg(long, default_value = ".")]
         repo: PathBuf,
     },
@@ -434,7 +469,25 @@ pub fn run(cli: Cli) -> Result<Outcome, Failure> {
         Command::Runs(RunsCommand::List { repo, json, limit }) => runs::list(&repo, json, limit),
         Command::Runs(RunsCommand::Show { run, repo, json }) => runs::show(&repo, &run, json),
         Command::Runs(RunsCommand::Logs { run, repo, follow }) => runs::logs(&repo, &run, follow),
-        Command::Runs(RunsCommand::Export { run, output, repo }) => evidence::export(&repo, &run, &output),
+        Command::Runs(RunsCommand::Export {
+            run: Some(run),
+            output: Some(output),
+            repo,
+            ..
+        }) => evidence::export(&repo, &run, &output),
+        Command::Runs(RunsCommand::Export {
+            output,
+            since,
+            until,
+            repo,
+            ..
+        }) => audit::export(&repo, since.as_deref(), until.as_deref(), output.as_deref()),
+        Command::Runs(RunsCommand::Retry { run, id, repo }) => {
+            resume::request(&repo, &run, id.as_deref(), resume::Of::Retry)
+        }
+        Command::Runs(RunsCommand::Resume { run, id, repo }) => {
+            resume::request(&repo, &run, id.as_deref(), resume::Of::Resume)
+        }
         Command::Evidence(EvidenceCommand::Verify {
             target,
             allowed_signers,

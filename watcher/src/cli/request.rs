@@ -33,6 +33,20 @@ pub fn request(pack_arg: &Path, inputs_path: Option<&Path>, id: Option<&str>) ->
     let given = inputs_path.map(inputs::read_file).transpose()?;
     let inputs_file = inputs_path.map_or_else(|| "inputs".to_string(), |p| p.display().to_string());
     let plan = stella_engine::plan::from_dir(&dir, &rel, given.as_ref(), &inputs_file, &config.plan_config())?;
+    let (id, request_rel, path) = new_request_path(&root, id, &plan.pack.name)?;
+    let inputs_json = given.as_ref().map_or(serde_json::json!({}), |n| n.to_json());
+    let text = Request::render(&rel, &inputs_json, &plan.hash());
+    written(&path, &text, &id, &request_rel, &plan)
+}
+
+/// Where the request of a new run goes: `id` checked (or made from the pack's name), in its
+/// shard (`runs/_<xx>/<id>/request.yaml`); an id an existing run (sharded or flat) has is taken.
+/// Returns the id, the request's repository path and its path on disk.
+pub(super) fn new_request_path(
+    root: &Path,
+    id: Option<&str>,
+    pack_name: &str,
+) -> Result<(String, String, std::path::PathBuf), Failure> {
     let id = match id {
         Some(id) if run_id::is_valid(id) => id.to_string(),
         Some(id) => {
@@ -43,7 +57,7 @@ pub fn request(pack_arg: &Path, inputs_path: Option<&Path>, id: Option<&str>) ->
                 ),
             ));
         }
-        None => run_id::generate(&plan.pack.name),
+        None => run_id::generate(pack_name),
     };
     // A new run goes to its shard (`runs/_<xx>/<id>/`); an id a flat run already has is taken.
     let request_rel = RunDir::new(&id).file("request.yaml");
@@ -58,9 +72,18 @@ pub fn request(pack_arg: &Path, inputs_path: Option<&Path>, id: Option<&str>) ->
             ),
         ));
     }
-    let inputs_json = given.as_ref().map_or(serde_json::json!({}), |n| n.to_json());
-    let text = Request::render(&rel, &inputs_json, &plan.hash());
-    super::init::write_replace(&path, &text)?;
+    Ok((id, request_rel, path))
+}
+
+/// Writes the request `text` to `path` and tells what to do next.
+pub(super) fn written(
+    path: &Path,
+    text: &str,
+    id: &str,
+    request_rel: &str,
+    plan: &stella_engine::plan::Plan,
+) -> Result<Outcome, Failure> {
+    super::init::write_replace(path, text)?;
     println!("{id}");
     eprintln!(
         "wrote {request_rel} (plan {}, {} steps)",

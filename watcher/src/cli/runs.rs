@@ -32,7 +32,7 @@ fn summaries(root: &Path, limit: Option<u32>) -> Result<Vec<Summary>, Failure> {
     Ok(scanned.runs)
 }
 
-fn one(root: &Path, id: &str) -> Result<RunView, Failure> {
+pub(super) fn one(root: &Path, id: &str) -> Result<RunView, Failure> {
     if !stella_engine::run_id::is_valid(id) {
         return Err(Failure::one(Code::Usage, format!("`{id}` is not a valid run id")));
     }
@@ -184,6 +184,14 @@ pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<Outcome, Failure
         let mut v = serde_json::to_value(&st).expect("JSON");
         v["id"] = json!(id);
         v["pack"] = json!(view.pack());
+        // A retry or a resume names the run it comes from (as recorded in `run.planned`).
+        if let Some(planned) = view.events().iter().find(|e| e.kind == "run.planned") {
+            for field in ["retryOf", "resumeOf"] {
+                if let Some(of) = planned.get(field) {
+                    v[field] = of.clone();
+                }
+            }
+        }
         v["events"] = json!(view.events().len());
         v["gates"] = json!(gates);
         mark_invalid(view.invalid.as_ref(), &mut v);
@@ -205,6 +213,15 @@ pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<Outcome, Failure
     }
     if let Some(h) = &st.plan_hash {
         println!("planHash:  {h}");
+    }
+    if let Some(planned) = view.events().iter().find(|e| e.kind == "run.planned") {
+        let of = |field: &str| planned.get(field).and_then(|o| o.get("runId")).and_then(|r| r.as_str());
+        if let Some(run) = of("retryOf") {
+            println!("retryOf:   {run}");
+        }
+        if let Some(run) = of("resumeOf") {
+            println!("resumeOf:  {run} (its succeeded steps reused)");
+        }
     }
     if let Some(g) = &st.waiting_gate {
         println!("waiting:   gate {g}");
@@ -251,7 +268,15 @@ pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<Outcome, Failure
             let err = s.code.as_ref().map_or(String::new(), |c| {
                 format!(" [{c}] {}", s.error.as_deref().unwrap_or(""))
             });
-            println!("  {:<40} {}{attempts}{err}", s.id, status.as_str().unwrap_or(""));
+            let reused = s
+                .reused_from
+                .as_ref()
+                .map_or(String::new(), |r| format!(" (reused from run {r})"));
+            println!(
+                "  {:<40} {}{attempts}{reused}{err}",
+                s.id,
+                status.as_str().unwrap_or("")
+            );
             for a in &s.artifacts {
                 println!(
                     "      artifact {} {} ({} bytes, sha256 {})",

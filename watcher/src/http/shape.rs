@@ -35,11 +35,12 @@ fn span_ms(started: Option<&str>, finished: Option<&str>) -> Option<u64> {
 
 /// What the headline and the detail read besides the events: each step's kind from the
 /// plan (`plan.json`, already checked against its hash by the run's reader), and the request's
-/// `retryOf`.
+/// `retryOf` or `resumeOf`.
 pub struct Files {
     /// (step id, kind), nested steps and map children included, depth first.
     kinds: Option<Vec<(String, String)>>,
     retry_of: Option<String>,
+    resume_of: Option<String>,
 }
 
 impl Files {
@@ -48,6 +49,7 @@ impl Files {
             return Ok(Files {
                 kinds: None,
                 retry_of: None,
+                resume_of: None,
             });
         };
         let kinds = at
@@ -59,13 +61,17 @@ impl Files {
                 out
             });
         let request_path = dir.file("request.yaml");
-        // Only a request that names `retryOf` is parsed for it.
-        let retry_of = at
+        // Only a request that names `retryOf` or `resumeOf` is parsed for it.
+        let request = at
             .read(&request_path)?
-            .filter(|b| b.windows(7).any(|w| w == b"retryOf"))
-            .and_then(|b| stella_engine::request::Request::parse(&request_path, &String::from_utf8_lossy(&b)).ok())
-            .and_then(|r| r.retry_of);
-        Ok(Files { kinds, retry_of })
+            .filter(|b| b.windows(7).any(|w| w == b"retryOf" || w == b"esumeOf"))
+            .and_then(|b| stella_engine::request::Request::parse(&request_path, &String::from_utf8_lossy(&b)).ok());
+        let (retry_of, resume_of) = request.map_or((None, None), |r| (r.retry_of, r.resume_of));
+        Ok(Files {
+            kinds,
+            retry_of,
+            resume_of,
+        })
     }
 
     fn total(&self) -> Option<usize> {
@@ -106,9 +112,10 @@ pub fn headline(view: &RunView, st: &RunState, files: &Files) -> Json {
         (None, Some(code)) => json!({ "code": code, "message": st.error }),
         (None, None) => Json::Null,
     };
-    let trigger = match &files.retry_of {
-        Some(r) => json!({ "retryOf": r }),
-        None => json!({ "manual": "commit" }),
+    let trigger = match (&files.retry_of, &files.resume_of) {
+        (Some(r), _) => json!({ "retryOf": r }),
+        (None, Some(r)) => json!({ "resumeOf": r }),
+        (None, None) => json!({ "manual": "commit" }),
     };
     json!({
         "id": view.id,

@@ -30,6 +30,7 @@ fn summary(id: &str, status: RunStatus, events: usize, invalid: bool) -> Summary
             ignored: Vec::new(),
             gate_expires: None,
             delay_ends: None,
+            times: None,
         },
         invalid: invalid
             .then(|| stella_engine::runs::Invalid::new(stella_engine::Code::LedgerTampered, "runs/x/plan.json", "bad")),

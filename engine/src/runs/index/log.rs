@@ -293,6 +293,7 @@ mod tests {
             ignored: Vec::new(),
             gate_expires: None,
             delay_ends: None,
+            times: None,
         };
         Record {
             id: id.into(),

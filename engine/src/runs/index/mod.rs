@@ -69,6 +69,24 @@ pub struct Facts {
     /// When a chaos delay on the waiting gate's approvals ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ends: Option<SystemTime>,
+    /// The earliest and latest event times the run's record holds (`step.log` lines, read for
+    /// state without theirs, left out): which runs a time window can skip (`runs export --since`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<(String, String)>,
+}
+
+/// The earliest and latest non-empty event times of `events`; none when one does not parse.
+fn times(events: &[crate::event::Event]) -> Option<(String, String)> {
+    type Stamp<'a> = (SystemTime, &'a str);
+    let mut bounds: Option<(Stamp, Stamp)> = None;
+    for t in events.iter().map(|e| e.ts.as_str()).filter(|t| !t.is_empty()) {
+        let at = (humantime::parse_rfc3339(t).ok()?, t);
+        bounds = Some(match bounds {
+            None => (at, at),
+            Some((lo, hi)) => (if at.0 < lo.0 { at } else { lo }, if at.0 > hi.0 { at } else { hi }),
+        });
+    }
+    bounds.map(|(lo, hi)| (lo.1.to_string(), hi.1.to_string()))
 }
 
 impl Facts {
@@ -99,6 +117,19 @@ impl Facts {
             has_request: v.has_request,
             has_cancel: v.has_cancel,
             ignored: v.ignored.clone(),
+            times: times(v.events()),
+        }
+    }
+
+    /// Whether the run may hold an event whose time is in [`since`, `until`): not when all its
+    /// events are known to be outside. A run not finished may still add events; unknown times
+    /// (an index written before `times`) never skip.
+    pub fn may_overlap(&self, since: SystemTime, until: SystemTime) -> bool {
+        let Some((first, last)) = &self.times else { return true };
+        let at = |t: &str| humantime::parse_rfc3339(t).ok();
+        match (at(first), at(last)) {
+            (Some(first), Some(last)) => first < until && (last >= since || !self.status.is_terminal()),
+            _ => true,
         }
     }
 
@@ -377,6 +408,7 @@ mod tests {
             ignored: Vec::new(),
             gate_expires: None,
             delay_ends: None,
+            times: None,
         }
     }
 

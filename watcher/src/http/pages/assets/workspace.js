@@ -211,7 +211,8 @@
     a.textContent = r.id;
     cell(tr, 'id').appendChild(a);
     cell(tr, 'pack', r.pack || '');
-    cell(tr, 'trigger', r.trigger && r.trigger.retryOf ? 'retry of ' + r.trigger.retryOf : 'commit');
+    var t = r.trigger || {};
+    cell(tr, 'trigger', t.retryOf ? 'retry of ' + t.retryOf : t.resumeOf ? 'resume of ' + t.resumeOf : 'commit');
     var st = cell(tr, 'state');
     var badge = document.createElement('span');
     badge.className = 'badge ' + stateClass(r.state);
