@@ -31,6 +31,23 @@ fn commit_beside_daemon(r: &Repo, msg: &str) {
     panic!("could not commit {msg} beside the daemon");
 }
 
+/// `stella run request` of `pack` with no inputs, committed beside a running daemon.
+fn request_beside_daemon(r: &Repo, id: &str, pack: &str) {
+    let inputs = r.outside(&format!("inputs-{id}.yaml"));
+    std::fs::write(&inputs, "{}\n").unwrap();
+    r.stella(&[
+        "run",
+        "request",
+        &format!("packs/{pack}"),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--id",
+        id,
+    ])
+    .ok();
+    commit_beside_daemon(r, &format!("request {id}"));
+}
+
 /// `stella serve` on the repository, in the background.
 fn serve(r: &Repo, extra: &[&str]) -> Daemon {
     let mut cmd = stella();
@@ -649,8 +666,8 @@ fn the_probes_and_metrics_beside_the_daemon_and_under_serve() {
     let base = base_of(&d);
     assert_eq!(get(&base, "/healthz").json(), serde_json::json!({"status": "ok"}));
     d.wait_for("ready", Duration::from_secs(30), || get(&base, "/readyz").status == 200);
-    r.request("m1", "hello", "{}\n");
-    r.request("m2", "failing", "{}\n");
+    request_beside_daemon(&r, "m1", "hello");
+    request_beside_daemon(&r, "m2", "failing");
     d.wait_for("both runs finished", Duration::from_secs(60), || {
         let m = get(&base, "/metrics").text();
         m.contains("pack_runs_total{pack=\"hello\",outcome=\"succeeded\"} 1")
