@@ -162,6 +162,55 @@ fn a_repeated_run_token_is_not_executed() {
 }
 
 #[test]
+fn run_tokens_that_arrive_after_the_runner_learnt_the_branch_still_count() {
+    let r = Repo::new();
+    r.pack("hello", HELLO);
+    let request = |id: &str, token: &str| {
+        r.write(
+            &format!("{}/request.yaml", run_path(id)),
+            &format!("apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\nrunToken: {token}\n"),
+        );
+    };
+    let d = r.daemon(&["--repo", ".", "--poll", "200ms"]);
+    request("t0", "warm-up");
+    commit_beside(&r, "t0");
+    d.wait_for("t0 to succeed", Duration::from_secs(60), || {
+        r.state("t0") == "succeeded"
+    });
+    // The runner learnt the branch's tokens at t0's commit; these arrive a commit later.
+    request("t1", "deploy-7");
+    request("t2", "deploy-7");
+    request("t3", "deploy-8");
+    commit_beside(&r, "t1, t2 and t3");
+    d.wait_for("t1, t2 and t3 to finish", Duration::from_secs(60), || {
+        ["t1", "t2", "t3"]
+            .iter()
+            .all(|id| matches!(r.state(id).as_str(), "succeeded" | "failed"))
+    });
+    request("t4", "deploy-7");
+    commit_beside(&r, "t4");
+    d.wait_for("t4 to finish", Duration::from_secs(60), || r.state("t4") == "failed");
+    d.kill();
+    assert_eq!(r.state("t1"), "succeeded", "the smallest id owns a new token");
+    for dup in ["t2", "t4"] {
+        assert_eq!(r.show(dup)["code"], "ERR_RUN_DUPLICATE", "{dup}: the token of t1");
+        assert!(r.events(dup).iter().all(|e| e["type"] != "step.started"));
+    }
+    assert_eq!(r.state("t3"), "succeeded", "its own token");
+}
+
+/// Commits everything beside a running daemon, trying again while the runner's commit wins.
+fn commit_beside(r: &Repo, msg: &str) {
+    for _ in 0..50 {
+        if r.git_try(&["add", "-A"]).status.success() && r.git_try(&["commit", "-q", "-m", msg]).status.success() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("could not commit {msg} beside the daemon");
+}
+
+#[test]
 fn kill_9_in_a_step_then_restart_recovers_the_run() {
     let r = Repo::new();
     let (m, shared) = (marker(), shared_dir());

@@ -39,6 +39,8 @@ pub struct Environment {
     /// Commits' first parents, as read once (a commit never changes): finding where each of
     /// a batch of requests arrived walks the same stretch of history (`trust`).
     pub first_parents: super::trust::FirstParents,
+    /// Which requests carry which run token, brought up to date commit by commit (`planning`).
+    pub tokens: super::tokens::Tokens,
 }
 
 impl Environment {

@@ -13,6 +13,7 @@ mod observer;
 mod planning;
 mod resume;
 mod scan;
+mod tokens;
 mod trust;
 
 use std::path::Path;

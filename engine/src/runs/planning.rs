@@ -172,14 +172,11 @@ fn pack_at(env: &Environment, commit: ObjectId, pack: &str) -> Result<PackFiles,
 fn first_with_token(env: &Environment, commit: ObjectId, token: &str, id: &str) -> Option<String> {
     let ledger = env.ledger();
     let mut holders = Vec::new();
-    for (other, _) in ledger.run_dirs(commit).ok()?.runs {
-        let Some(text) = ledger.read(commit, &other.file("request.yaml")).ok().flatten() else {
-            continue;
-        };
-        let Ok(req) = Request::parse("request.yaml", &String::from_utf8_lossy(&text)) else {
-            continue;
-        };
-        if req.run_token.as_deref() == Some(token) {
+    for other in env.tokens.candidates(&ledger, commit, token)? {
+        // A candidate is only a hint: the run at this commit (flat wins, a run in the wrong
+        // shard is none) and its request there are what count.
+        let is_run = ledger.locate(commit, &other.id).ok().flatten().as_ref() == Some(&other);
+        if is_run && super::tokens::token_of(&ledger, commit, &other).as_deref() == Some(token) {
             let planned = ledger.has_run_events(commit, &other).unwrap_or(false);
             holders.push((!planned, other.id));
         }

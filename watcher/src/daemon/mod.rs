@@ -172,6 +172,7 @@ pub fn run_with(a: Args, telemetry: Arc<Telemetry>) -> Result<Outcome, Failure> 
         chaos,
         observer: Some(telemetry.clone()),
         first_parents: Default::default(),
+        tokens: Default::default(),
     });
     let remote = a.remote.as_ref().map(|name| {
         Arc::new(Remote::new(
