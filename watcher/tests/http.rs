@@ -33,18 +33,7 @@ fn commit_beside_daemon(r: &Repo, msg: &str) {
 
 /// `stella run request` of `pack` with no inputs, committed beside a running daemon.
 fn request_beside_daemon(r: &Repo, id: &str, pack: &str) {
-    let inputs = r.outside(&format!("inputs-{id}.yaml"));
-    std::fs::write(&inputs, "{}\n").unwrap();
-    r.stella(&[
-        "run",
-        "request",
-        &format!("packs/{pack}"),
-        "--inputs",
-        inputs.to_str().unwrap(),
-        "--id",
-        id,
-    ])
-    .ok();
+    r.request_uncommitted(id, pack, "{}\n").ok();
     commit_beside_daemon(r, &format!("request {id}"));
 }
 

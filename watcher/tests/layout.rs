@@ -99,17 +99,7 @@ fn a_run_in_the_wrong_shard_or_a_second_directory_for_one_id_never_runs() {
     assert!(r.at_head(&format!("runs/{wrong}/w1/plan.json")).is_none());
     r.stella(&["ledger", "verify"]).ok();
     // A new request may not take an id a flat run has.
-    let inputs = r.outside("inputs.yaml");
-    std::fs::write(&inputs, "{}\n").unwrap();
-    let again = r.stella(&[
-        "run",
-        "request",
-        "packs/hello",
-        "--inputs",
-        inputs.to_str().unwrap(),
-        "--id",
-        "f2",
-    ]);
+    let again = r.request_uncommitted("f2", "hello", "{}\n");
     assert_eq!(again.code(), Some(2), "{}", again.stderr());
     assert!(
         again.stderr().contains("runs/f2/request.yaml already exists"),

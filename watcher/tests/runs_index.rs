@@ -123,19 +123,8 @@ fn shard(id: &str) -> String {
 
 /// A request for `id` committed at `dir` (`runs/<id>` or `runs/_<xx>/<id>`), by hand.
 fn request_at(r: &Repo, id: &str, dir: &str) {
-    let inputs = r.outside(&format!("inputs-{id}.yaml"));
-    std::fs::write(&inputs, "{}\n").unwrap();
     let staging = r.outside(&format!("staging-{id}"));
-    r.stella(&[
-        "run",
-        "request",
-        "packs/hello",
-        "--inputs",
-        inputs.to_str().unwrap(),
-        "--id",
-        id,
-    ])
-    .ok();
+    r.request_uncommitted(id, "hello", "{}\n").ok();
     // Wherever `run request` put it, it goes where the test says.
     let written = [format!("runs/{id}"), format!("runs/{}/{id}", shard(id))]
         .into_iter()

@@ -34,18 +34,7 @@ fn finished_run() -> Repo {
 
 /// A person's ordinary commit of a new request, with the hook in place.
 fn request_r2_by_hand(r: &Repo) {
-    let inputs = r.outside("inputs-r2.yaml");
-    std::fs::write(&inputs, "{}\n").unwrap();
-    r.stella(&[
-        "run",
-        "request",
-        "packs/hello",
-        "--inputs",
-        inputs.to_str().unwrap(),
-        "--id",
-        "r2",
-    ])
-    .ok();
+    r.request_uncommitted("r2", "hello", "{}\n").ok();
     r.git(&["add", &format!("{}/request.yaml", run_path("r2"))]);
     r.git(&["commit", "-q", "-m", "request r2"]);
 }
@@ -324,19 +313,8 @@ fn with_feature_many_files_the_runner_writes_the_index_without_its_checksum_and_
 
 /// Requests `ids` of the hello pack in one person's commit.
 fn request_together(r: &Repo, ids: &[String]) {
-    let inputs = r.outside("inputs-burst.yaml");
-    std::fs::write(&inputs, "{}\n").unwrap();
     for id in ids {
-        r.stella(&[
-            "run",
-            "request",
-            "packs/hello",
-            "--inputs",
-            inputs.to_str().unwrap(),
-            "--id",
-            id,
-        ])
-        .ok();
+        r.request_uncommitted(id, "hello", "{}\n").ok();
     }
     r.commit_all("a burst of requests");
 }

@@ -113,6 +113,12 @@ impl Repo {
 
     /// `stella run request` then commit, like a person would.
     pub fn request(&self, id: &str, pack: &str, inputs: &str) -> &Repo {
+        self.request_uncommitted(id, pack, inputs).ok();
+        self.commit_all(&format!("request {id}"))
+    }
+
+    /// `stella run request` of `packs/<pack>` with `inputs` as id `id`, left uncommitted.
+    pub fn request_uncommitted(&self, id: &str, pack: &str, inputs: &str) -> Stella {
         let inputs_path = self.outside(&format!("inputs-{id}.yaml"));
         std::fs::write(&inputs_path, inputs).unwrap();
         self.stella(&[
@@ -124,8 +130,6 @@ impl Repo {
             "--id",
             id,
         ])
-        .ok();
-        self.commit_all(&format!("request {id}"))
     }
 
     pub fn stella(&self, args: &[&str]) -> Stella {
