@@ -140,6 +140,8 @@ codes! {
     SandboxUnavailable = "ERR_SANDBOX_UNAVAILABLE", exit 1;
     /// A ledger commit would hold a private key (the runner's, or any PEM/OpenSSH key block).
     LedgerSecret = "ERR_LEDGER_SECRET", exit 1;
+    /// `.stella/schedules.yaml` is malformed (a bad schedule is skipped; the others run).
+    ScheduleInvalid = "ERR_SCHEDULE_INVALID", exit 2;
 }
 
 /// A string that is no `ERR_…` code of the table.
@@ -181,7 +183,7 @@ mod tests {
             assert!(code.as_str().starts_with("ERR_"), "{code}");
             assert!(matches!(code.exit_code(), 1 | 2), "{code}");
         }
-        assert_eq!(Code::ALL.len(), 45);
+        assert_eq!(Code::ALL.len(), 46);
         assert_eq!("ERR_NOPE".parse::<Code>(), Err(UnknownCode("ERR_NOPE".into())));
         assert_eq!((Code::StepFailed.exit_code(), Code::Usage.exit_code()), (1, 2));
     }

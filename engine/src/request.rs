@@ -19,6 +19,15 @@ pub struct Request {
     pub plan_hash: Option<String>,
     pub run_token: Option<String>,
     pub retry_of: Option<String>,
+    /// Written by the runner alone, for a schedule's slot (`ledger verify` holds it to that).
+    pub trigger: Option<Trigger>,
+}
+
+/// `trigger: {schedule: ID, slot: RFC3339}`: the schedule and slot a runner-written request is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Trigger {
+    pub schedule: String,
+    pub slot: String,
 }
 
 const FIELDS: &[&str] = &[
@@ -29,6 +38,7 @@ const FIELDS: &[&str] = &[
     "planHash",
     "runToken",
     "retryOf",
+    "trigger",
 ];
 
 impl Request {
@@ -116,6 +126,8 @@ impl Request {
             None => None,
         };
 
+        let trigger = root.get("trigger").and_then(|n| trigger(&mut d, n));
+
         match pack {
             Some(pack) if d.diags.is_empty() => Ok(Request {
                 pack,
@@ -123,6 +135,7 @@ impl Request {
                 plan_hash,
                 run_token,
                 retry_of,
+                trigger,
             }),
             _ => Err(d.diags.sorted()),
         }
@@ -142,6 +155,29 @@ impl Request {
         let inputs = yaml::json_text(inputs);
         format!("apiVersion: stella/v1\nkind: RunRequest\npack: {pack}\ninputs: {inputs}\nplanHash: \"{plan_hash}\"\n")
     }
+}
+
+/// `trigger: {schedule: ID, slot: RFC3339}`.
+fn trigger(d: &mut Decoder, n: &Node) -> Option<Trigger> {
+    let obj = d.obj(n, "trigger", &["schedule", "slot"])?;
+    let schedule = d.req_string(&obj, "schedule");
+    let slot = d.req_string(&obj, "slot");
+    if let Some(s) = &schedule
+        && !crate::run_id::is_valid(s)
+    {
+        d.error(n.pos, "trigger.schedule", format!("`{s}` is not a schedule id"));
+        return None;
+    }
+    if let Some(s) = &slot
+        && s.parse::<jiff::Timestamp>().is_err()
+    {
+        d.error(n.pos, "trigger.slot", format!("`{s}` is not an RFC 3339 time"));
+        return None;
+    }
+    Some(Trigger {
+        schedule: schedule?,
+        slot: slot?,
+    })
 }
 
 #[cfg(test)]

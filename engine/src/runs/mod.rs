@@ -3,6 +3,7 @@
 //! Synchronous; the watcher decides when to call it and on which thread.
 
 mod env;
+pub mod fire;
 mod gates;
 pub mod index;
 mod invalid;
