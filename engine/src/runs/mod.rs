@@ -12,6 +12,7 @@ mod lifecycle;
 mod observer;
 mod planning;
 mod scan;
+pub mod timetable;
 mod trust;
 
 use std::path::Path;
