@@ -20,6 +20,7 @@ mod remote;
 mod run_local;
 mod runs_index;
 mod sandbox;
+mod schedules;
 mod sync;
 mod tampering;
 mod workspace;
