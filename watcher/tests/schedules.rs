@@ -396,3 +396,32 @@ fn ledger_verify_catches_forged_schedule_requests() {
     commit_as_runner(&r, "the runner's request");
     r.stella(&["ledger", "verify"]).ok();
 }
+
+#[test]
+fn a_kill_between_branch_move_and_index_update_of_a_scheduled_request_loses_nothing() {
+    let r = Repo::new();
+    r.write(".stella/config.yaml", "branch: main\nsandbox: off\n");
+    r.pack("hello", HELLO);
+    r.write(
+        ".stella/schedules.yaml",
+        "schedules:\n  - id: sec\n    cron: \"* * * * * *\"\n    pack: packs/hello\n",
+    );
+    r.commit_all("schedule sec");
+    let chaos = r.outside("chaos.yaml");
+    std::fs::write(
+        &chaos,
+        "rules:\n  - { action: kill-runner, point: between-branch-move-and-index-update, run: \"sec-*\", times: 1 }\n",
+    )
+    .unwrap();
+    let killed = r.stella(&["daemon", "--once", "--repo", ".", "--chaos", chaos.to_str().unwrap()]);
+    assert!(!killed.0.status.success(), "{}", killed.stderr());
+    let fired = of("sec", states(&r).keys());
+    assert_eq!(fired.len(), 1, "the request commit moved the branch before the kill");
+    // The restart brings the index and working tree level with the runner's request: a
+    // person's next `git commit -a` cannot delete it.
+    r.daemon_once().ok();
+    assert_eq!(r.status_porcelain(), "", "the scheduled request is as committed");
+    let runs = states(&r);
+    assert_eq!(runs[&fired[0]], "succeeded", "{runs:?}");
+    r.stella(&["ledger", "verify"]).ok();
+}
