@@ -198,10 +198,14 @@ fn concurrency_forbid_skips_slots_while_the_last_run_is_unfinished() {
         ".stella/schedules.yaml",
         "schedules:\n  - id: naps\n    cron: \"*/2 * * * * *\"\n    pack: packs/nap\n    concurrency: forbid\n",
     );
-    r.commit_all("schedule naps");
     let mut cmd = r.daemon_command(&["--repo", ".", "--poll", "5s"]);
     cmd.env("STELLA_LOG", "info");
     let d = Daemon::start(cmd);
+    // Committed to a branch the daemon has already seen: its runs are judged by the
+    // schedules of the commit the runner built on.
+    d.wait_for("ready", Duration::from_secs(30), || d.stdout().contains("ready"));
+    std::thread::sleep(Duration::from_secs(1));
+    r.commit_all("schedule naps");
     d.wait_for("two naps finished", Duration::from_secs(90), || {
         let s = states(&r);
         of("naps", s.keys()).iter().filter(|id| s[*id] == "succeeded").count() >= 2
@@ -424,4 +428,26 @@ fn a_kill_between_branch_move_and_index_update_of_a_scheduled_request_loses_noth
     let runs = states(&r);
     assert_eq!(runs[&fired[0]], "succeeded", "{runs:?}");
     r.stella(&["ledger", "verify"]).ok();
+}
+
+#[test]
+fn the_runner_refuses_a_request_that_claims_a_schedule_it_does_not_match() {
+    let r = Repo::new();
+    r.write(".stella/config.yaml", "branch: main\nsandbox: off\n");
+    r.pack("hello", HELLO);
+    r.write(
+        ".stella/schedules.yaml",
+        "schedules:\n  - id: nightly\n    cron: \"0 2 * * *\"\n    pack: packs/hello\n    inputs: { who: night }\n    enabled: false\n",
+    );
+    r.commit_all("schedule nightly, disabled");
+    let id = "nightly-20260101t020000z";
+    r.write(
+        &format!("{}/request.yaml", crate::support::run_path(id)),
+        "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\ninputs: { who: \"someone else\" }\nrunToken: \"schedule:nightly:2026-01-01T02:00:00Z\"\ntrigger: { schedule: nightly, slot: \"2026-01-01T02:00:00Z\" }\n",
+    );
+    r.commit_all("a request dressed as the schedule's");
+    r.daemon_once();
+    let run = r.show(id);
+    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(run["code"], "ERR_REQUEST_INVALID", "{run}");
 }
