@@ -31,6 +31,9 @@ pub struct Fired {
 #[derive(Debug, Default)]
 pub struct Memo {
     existed: HashMap<(String, i64), bool>,
+    /// The tip the last firing read, and the next slot it found: until the branch moves or
+    /// that slot comes, a firing would find what it found then.
+    last: Option<(ObjectId, Option<Timestamp>)>,
 }
 
 /// Commits the request of every slot due at `now` that has no run yet. `live` are the runs
@@ -41,11 +44,22 @@ pub fn fire(env: &Environment, live: &[String], now: Timestamp, memo: &mut Memo)
     let Some(tip) = ledger.tip()? else {
         return Ok(Fired::default());
     };
+    if let Some((seen, next)) = memo.last
+        && seen == tip
+        && next.is_some_and(|n| now < n)
+    {
+        return Ok(Fired {
+            next,
+            ..Fired::default()
+        });
+    }
     let schedules = ledger.schedules_at(tip)?;
     let mut fired = Fired {
         problems: schedules.problems.clone(),
         ..Fired::default()
     };
+    // Whether a slot waits for a run to end (then the next firing must look again).
+    let mut held = false;
     for s in schedules.schedules.iter().filter(|s| s.enabled) {
         if let Some(next) = s.next_after(now) {
             fired.next = Some(fired.next.map_or(next, |n: Timestamp| n.min(next)));
@@ -57,7 +71,8 @@ pub fn fire(env: &Environment, live: &[String], now: Timestamp, memo: &mut Memo)
         if ledger.locate(tip, &id)?.is_some() {
             continue;
         }
-        if let Some(why) = hold_back(&ledger, tip, s, slot, now, live, memo)? {
+        if let Some((why, for_now)) = hold_back(&ledger, tip, s, slot, now, live, memo)? {
+            held |= for_now;
             fired.skipped.push((id, why));
             continue;
         }
@@ -66,10 +81,12 @@ pub fn fire(env: &Environment, live: &[String], now: Timestamp, memo: &mut Memo)
             fired.requested.push(id);
         }
     }
+    memo.last = (fired.requested.is_empty() && !held).then_some((tip, fired.next));
     Ok(fired)
 }
 
-/// Why the slot, due and without a run, is not fired now, if it is not.
+/// Why the slot, due and without a run, is not fired now, if it is not; and whether only for
+/// now (a run it waits for may end), not for good.
 fn hold_back(
     ledger: &Ledger,
     tip: ObjectId,
@@ -78,11 +95,11 @@ fn hold_back(
     now: Timestamp,
     live: &[String],
     memo: &mut Memo,
-) -> Result<Option<String>, Error> {
+) -> Result<Option<(String, bool)>, Error> {
     let late = now.as_second() - slot.as_second() > schedule::GRACE_SECS;
     if late {
         match s.catch_up {
-            CatchUp::None => return Ok(Some("missed (more than 60 s late; catchUp: none)".into())),
+            CatchUp::None => return Ok(Some(("missed (more than 60 s late; catchUp: none)".into(), false))),
             CatchUp::Last => {
                 let key = (s.id.clone(), slot.as_second());
                 let existed = match memo.existed.get(&key) {
@@ -94,9 +111,8 @@ fn hold_back(
                     }
                 };
                 if !existed {
-                    return Ok(Some(
-                        "missed before the schedule was on the branch (not caught up)".into(),
-                    ));
+                    let why = "missed before the schedule was on the branch (not caught up)";
+                    return Ok(Some((why.into(), false)));
                 }
             }
         }
@@ -106,9 +122,8 @@ fn hold_back(
             if let Some(dir) = ledger.locate(tip, other)?
                 && !super::view_for_state(ledger, tip, &dir).state().state.is_terminal()
             {
-                return Ok(Some(format!(
-                    "run {other} of this schedule is unfinished (concurrency: forbid)"
-                )));
+                let why = format!("run {other} of this schedule is unfinished (concurrency: forbid)");
+                return Ok(Some((why, true)));
             }
         }
     }
