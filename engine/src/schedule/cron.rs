@@ -304,7 +304,8 @@ fn field(text: &str, what: &str, min: u32, max: u32, names: &[&str]) -> Result<u
         let mut v = lo;
         while v <= hi {
             mask |= 1 << v;
-            v += step;
+            let Some(next) = v.checked_add(step) else { break };
+            v = next;
         }
     }
     Ok(mask)
@@ -370,10 +371,19 @@ mod tests {
             ("*/0 * * * *", "step"),
             ("5-1 * * * *", "backwards"),
             ("* * * * * * *", "found 7"),
+            ("*/99999999999 * * * *", "step"),
         ] {
             let e = Cron::parse(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_huge_step_is_one_value() {
+        assert_eq!(
+            slots("7/4294967295 * * * *", "UTC", "2026-12-02T00:00:00Z", 2),
+            ["2026-12-02T00:07:00Z", "2026-12-02T01:07:00Z"]
+        );
     }
 
     #[test]

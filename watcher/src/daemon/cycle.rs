@@ -103,6 +103,7 @@ impl Daemon {
         telemetry: Arc<Telemetry>,
     ) -> Daemon {
         let index = runs::Index::open(&env.git_dir, &env.key);
+        let once = settings.once;
         Daemon {
             env,
             remote,
@@ -128,7 +129,7 @@ impl Daemon {
             exchange_due: false,
             to_release: Vec::new(),
             telemetry,
-            clock: super::fire::Clock::default(),
+            clock: super::fire::Clock::new(once.then(jiff::Timestamp::now)),
             live: Vec::new(),
         }
     }

@@ -19,15 +19,24 @@ pub struct Clock {
     /// When the next slot of any enabled schedule comes.
     pub next: Option<SystemTime>,
     said: HashSet<String>,
+    /// `--once`: the moment slots are judged at, fixed at start, so the slots due then fire
+    /// and the daemon ends however long their runs take.
+    at: Option<jiff::Timestamp>,
 }
 
 impl Clock {
+    /// A clock judging slots at `at` for good (`--once`), or at each firing's now.
+    pub fn new(at: Option<jiff::Timestamp>) -> Clock {
+        Clock { at, ..Clock::default() }
+    }
+
     /// Fires what is due; `live` are the runs not settled. Returns how many requests were
     /// committed. A ledger that cannot be written is logged and tried at the next cycle.
     pub async fn fire(&mut self, env: &Arc<Environment>, live: Vec<String>) -> Result<usize, Failure> {
         let (env, mut memo) = (env.clone(), self.memo.take().unwrap_or_default());
+        let at = self.at.unwrap_or_else(jiff::Timestamp::now);
         let (done, memo) = tokio::task::spawn_blocking(move || {
-            let done = fire(&env, &live, jiff::Timestamp::now(), &mut memo);
+            let done = fire(&env, &live, at, &mut memo);
             (done, memo)
         })
         .await
