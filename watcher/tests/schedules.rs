@@ -351,6 +351,17 @@ fn ledger_verify_catches_forged_schedule_requests() {
         },
         "not written by a trusted runner",
     );
+    // The same, with the key spelled by a YAML escape.
+    forge(
+        &|r| {
+            let id = "nightly-20260101t020000z";
+            let text = request("nightly", "2026-01-01T02:00:00Z").replace("trigger:", "\"\\x74rigger\":");
+            assert!(!text.contains("trigger"));
+            r.write(&path(id), &text);
+            r.commit_all("a request that says it was scheduled, quietly");
+        },
+        "not written by a trusted runner",
+    );
     // Signed with the runner's key, for a slot still to come.
     forge(
         &|r| {
