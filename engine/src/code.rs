@@ -143,6 +143,8 @@ codes! {
     /// `resumeOf` names a run that succeeded or has not finished: only a failed or cancelled
     /// run can be resumed.
     RunNotResumable = "ERR_RUN_NOT_RESUMABLE", exit 2;
+    /// `.stella/schedules.yaml` is malformed (a bad schedule is skipped; the others run).
+    ScheduleInvalid = "ERR_SCHEDULE_INVALID", exit 2;
 }
 
 /// A string that is no `ERR_…` code of the table.
@@ -184,7 +186,7 @@ mod tests {
             assert!(code.as_str().starts_with("ERR_"), "{code}");
             assert!(matches!(code.exit_code(), 1 | 2), "{code}");
         }
-        assert_eq!(Code::ALL.len(), 46);
+        assert_eq!(Code::ALL.len(), 47);
         assert_eq!("ERR_NOPE".parse::<Code>(), Err(UnknownCode("ERR_NOPE".into())));
         assert_eq!((Code::StepFailed.exit_code(), Code::Usage.exit_code()), (1, 2));
     }

@@ -32,6 +32,7 @@ pub mod remote;
 pub mod request;
 pub mod run_id;
 pub mod runs;
+pub mod schedule;
 pub mod schema;
 pub mod secrets;
 pub mod sshsig;

@@ -21,6 +21,15 @@ pub struct Request {
     pub retry_of: Option<String>,
     /// `resumeOf`: as `retryOf`, reusing that run's succeeded steps (DESIGN section 12).
     pub resume_of: Option<String>,
+    /// Written by the runner alone, for a schedule's slot (`ledger verify` holds it to that).
+    pub trigger: Option<Trigger>,
+}
+
+/// `trigger: {schedule: ID, slot: RFC3339}`: the schedule and slot a runner-written request is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Trigger {
+    pub schedule: String,
+    pub slot: String,
 }
 
 const FIELDS: &[&str] = &[
@@ -32,6 +41,7 @@ const FIELDS: &[&str] = &[
     "runToken",
     "retryOf",
     "resumeOf",
+    "trigger",
 ];
 
 impl Request {
@@ -132,6 +142,8 @@ impl Request {
             );
         }
 
+        let trigger = root.get("trigger").and_then(|n| trigger(&mut d, n));
+
         match pack {
             Some(pack) if d.diags.is_empty() => Ok(Request {
                 pack,
@@ -140,6 +152,7 @@ impl Request {
                 run_token,
                 retry_of,
                 resume_of,
+                trigger,
             }),
             _ => Err(d.diags.sorted()),
         }
@@ -168,6 +181,29 @@ impl Request {
             "apiVersion: stella/v1\nkind: RunRequest\npack: {pack}\ninputs: {inputs}\nplanHash: \"{plan_hash}\"\n{of}"
         )
     }
+}
+
+/// `trigger: {schedule: ID, slot: RFC3339}`.
+fn trigger(d: &mut Decoder, n: &Node) -> Option<Trigger> {
+    let obj = d.obj(n, "trigger", &["schedule", "slot"])?;
+    let schedule = d.req_string(&obj, "schedule");
+    let slot = d.req_string(&obj, "slot");
+    if let Some(s) = &schedule
+        && !crate::run_id::is_valid(s)
+    {
+        d.error(n.pos, "trigger.schedule", format!("`{s}` is not a schedule id"));
+        return None;
+    }
+    if let Some(s) = &slot
+        && s.parse::<jiff::Timestamp>().is_err()
+    {
+        d.error(n.pos, "trigger.slot", format!("`{s}` is not an RFC 3339 time"));
+        return None;
+    }
+    Some(Trigger {
+        schedule: schedule?,
+        slot: slot?,
+    })
 }
 
 #[cfg(test)]

@@ -603,6 +603,7 @@ fn the_openapi_document_names_every_route_and_each_answers() {
             "/api/v1/runs/{id}/events",
             "/api/v1/runs/{id}/export",
             "/api/v1/runs/{id}/logs",
+            "/api/v1/schedules",
             "/healthz",
             "/metrics",
             "/readyz",

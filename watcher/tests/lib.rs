@@ -22,6 +22,7 @@ mod resume;
 mod run_local;
 mod runs_index;
 mod sandbox;
+mod schedules;
 mod sync;
 mod tampering;
 mod workspace;

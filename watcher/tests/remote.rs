@@ -30,7 +30,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 /// A bare hub, an admin clone with the pack, and `n` runner clones whose keys are trusted.
-fn hub_with_runners(n: usize) -> (tempfile::TempDir, Repo, Vec<Repo>) {
+pub(crate) fn hub_with_runners(n: usize) -> (tempfile::TempDir, Repo, Vec<Repo>) {
     let hub = tempfile::tempdir().unwrap();
     git(hub.path(), &["init", "-q", "--bare", "-b", "main"]);
     let admin = Repo::new();
@@ -67,7 +67,7 @@ fn start(r: &Repo, extra: &[&str]) -> Daemon {
 }
 
 /// Runs on the hub's branch, by state, as the admin sees them after pulling.
-fn hub_states(admin: &Repo) -> std::collections::BTreeMap<String, String> {
+pub(crate) fn hub_states(admin: &Repo) -> std::collections::BTreeMap<String, String> {
     admin.git(&["pull", "-q", "--ff-only", "origin", "main"]);
     let out = admin.stella(&["runs", "list", "--json"]).ok();
     let rows: serde_json::Value = serde_json::from_str(&out.stdout()).unwrap();

@@ -11,6 +11,7 @@ pub mod maintenance;
 pub mod notes;
 mod repair;
 pub mod run_dirs;
+pub mod scheduled;
 pub mod seen;
 pub mod verify;
 mod worktree;
@@ -409,6 +410,16 @@ impl Ledger {
                 return Err(Error::NotRunnerPath(w.path.clone()));
             }
         }
+        self.commit_paths(writes, message, signer)
+    }
+
+    /// As `commit`, for paths the caller has checked (`commit` or `commit_scheduled`).
+    fn commit_paths(
+        &mut self,
+        writes: &[FileWrite],
+        message: &str,
+        signer: &dyn CommitSigner,
+    ) -> Result<ObjectId, Error> {
         let key = signer.secret_forms();
         for w in writes {
             // A plan is made of the pack's files, which the repository already holds: a key

@@ -1,5 +1,5 @@
-//! Making the index and the working tree agree with the branch tip for every runner path, at
-//! start. A runner killed between moving the branch and updating the index (see `worktree`)
+//! Making the index and the working tree agree with the branch tip for every runner path (and
+//! the requests the runner writes for schedules), at start. A runner killed between moving the branch and updating the index (see `worktree`)
 //! leaves an index that still describes the old tip; a person's next ordinary commit would
 //! then revert the runner's files. Touches runner paths only, never a person's other work,
 //! and never loses a person's bytes: an edited runner file is set aside before it is rewritten.
@@ -186,11 +186,23 @@ fn collect(repo: &gix::Repository, tree: ObjectId, prefix: &str, out: &mut Wante
             if !prefix.is_empty() || path == "runs" {
                 collect(repo, entry.oid().to_owned(), &path, out)?;
             }
-        } else if mode.is_blob() && is_runner_path(&path) {
+        } else if mode.is_blob() && (is_runner_path(&path) || scheduled_request(&path)) {
             out.insert(path, (entry.oid().to_owned(), mode.is_executable()));
         }
     }
     Ok(())
+}
+
+/// Whether `path` is the request of a schedule's slot (`runs/…/<id>-<yyyymmddthhmmssz>/request.yaml`),
+/// which the runner commits itself (`Ledger::commit_scheduled`) and so repairs like its own files.
+fn scheduled_request(path: &str) -> bool {
+    match crate::layout::classify(path) {
+        Some((crate::layout::Area::Runs, dir, "request.yaml")) => dir
+            .id
+            .rsplit_once('-')
+            .is_some_and(|(_, stamp)| crate::schedule::parse_stamp(stamp).is_some()),
+        _ => false,
+    }
 }
 
 /// The blob id of the file's content, or `None` when there is no regular file.

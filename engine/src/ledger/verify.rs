@@ -277,6 +277,19 @@ pub(super) fn check(ledger: &Ledger, history: &[ObjectId]) -> Result<Report, Err
                         "request changed after its run was planned (requests are immutable)".into(),
                     );
                 }
+                if let (None, Some(id)) = (old, new) {
+                    let mut signed = || {
+                        let trust = parents.first().copied().unwrap_or(commit);
+                        kept.signers_at(ledger, trust)
+                            .and_then(|s| signer(ledger, commit, s).map(|_| ()))
+                    };
+                    let parent = parents.first().copied();
+                    if let Some(why) =
+                        super::scheduled::check(ledger, commit, parent, &run, &blob(ledger, id), &mut signed)?
+                    {
+                        problem(&path, why);
+                    }
+                }
                 continue;
             }
             if let (Some(name), None, Some(id)) = (rest.strip_prefix("events/"), old, new) {

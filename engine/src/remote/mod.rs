@@ -235,7 +235,18 @@ impl Remote {
         let base = self.git(&["merge-base", &local, &remote])?;
         let ahead = base == remote;
         let changed = self.git(&["diff", "--name-only", &base, &local])?;
-        let paths: Vec<&str> = changed.lines().filter(|l| !l.is_empty()).collect();
+        let mut paths: Vec<&str> = changed.lines().filter(|l| !l.is_empty()).collect();
+        let local_id = oid(&local)?;
+        let remote_id = oid(&remote)?;
+        // Requests this runner wrote for a schedule's slot: re-committed on the remote tip,
+        // or dropped when another runner's request for the slot got there first.
+        let (scheduled, lost) = scheduled_requests(ledger, local_id, remote_id, &paths)?;
+        paths.retain(|p| {
+            !scheduled
+                .iter()
+                .chain(&lost)
+                .any(|(dir, _)| dir.file("request.yaml") == *p)
+        });
         let hand_made = paths.iter().find(|p| !is_runner_path(p));
         if ahead && hand_made.is_some() {
             // Commits made by hand in the runner's clone, on top of what the remote has: a
@@ -253,8 +264,6 @@ impl Remote {
             )));
         }
         let me = key.fingerprint();
-        let local_id = oid(&local)?;
-        let remote_id = oid(&remote)?;
         // Group the runner's paths by run and keep only the runs this runner may still write.
         let mut by_run: BTreeMap<RunDir, Vec<&str>> = BTreeMap::new();
         for p in &paths {
@@ -271,7 +280,13 @@ impl Remote {
                 dropped.push(run.id.clone());
             }
         }
-        if ahead && dropped.is_empty() {
+        for (dir, _) in &lost {
+            tracing::info!(run = %dir.id, "another runner requested this schedule slot first; this runner's request is dropped");
+            if by_run.contains_key(dir) && !dropped.contains(&dir.id) {
+                dropped.push(dir.id.clone());
+            }
+        }
+        if ahead && dropped.is_empty() && lost.is_empty() {
             return Ok(Integrated::default());
         }
         let mut writes = Vec::new();
@@ -296,6 +311,9 @@ impl Remote {
             let _ = std::fs::write(&seen, &remote);
         }
         ledger.refresh();
+        for (_, (schedule, slot)) in &scheduled {
+            ledger.commit_scheduled(schedule, *slot, key)?;
+        }
         if !writes.is_empty() {
             ledger.commit(
                 &writes,
@@ -353,6 +371,49 @@ impl Remote {
         }
         Err(Error::PushContended(self.branch.clone()))
     }
+}
+
+/// A schedule's slot, as a runner-written request names it.
+type Slot = (crate::schedule::Schedule, jiff::Timestamp);
+
+/// Of the requests among `paths` that the local branch holds with a schedule trigger: those
+/// the remote lacks (to re-commit: their schedule and slot, from the local branch's schedules
+/// file), and those the remote has already (this runner lost the race for the slot).
+#[allow(clippy::type_complexity)]
+fn scheduled_requests(
+    ledger: &Ledger,
+    local: ObjectId,
+    remote: ObjectId,
+    paths: &[&str],
+) -> Result<(Vec<(RunDir, Slot)>, Vec<(RunDir, Slot)>), Error> {
+    let (mut keep, mut lost) = (Vec::new(), Vec::new());
+    let mut schedules = None;
+    for p in paths {
+        let Some((crate::layout::Area::Runs, dir, "request.yaml")) = crate::layout::classify(p) else {
+            continue;
+        };
+        let Some(bytes) = ledger.read(local, p)? else { continue };
+        let Ok(request) = crate::request::Request::parse(p, &String::from_utf8_lossy(&bytes)) else {
+            continue;
+        };
+        let Some(trigger) = request.trigger else { continue };
+        if schedules.is_none() {
+            schedules = Some(ledger.schedules_at(local)?);
+        }
+        let found = schedules.as_ref().and_then(|s| s.get(&trigger.schedule)).cloned();
+        let (Some(schedule), Ok(slot)) = (found, trigger.slot.parse::<jiff::Timestamp>()) else {
+            continue;
+        };
+        if schedule.run_id(slot) != dir.id || schedule.request(slot).as_bytes() != bytes.as_slice() {
+            continue;
+        }
+        if ledger.locate(remote, &dir.id)?.is_some() {
+            lost.push((dir, (schedule, slot)));
+        } else {
+            keep.push((dir, (schedule, slot)));
+        }
+    }
+    Ok((keep, lost))
 }
 
 fn oid(hex: &str) -> Result<ObjectId, Error> {

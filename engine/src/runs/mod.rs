@@ -4,6 +4,7 @@
 
 pub mod audit;
 mod env;
+pub mod fire;
 mod gates;
 pub mod index;
 mod invalid;
@@ -14,6 +15,7 @@ mod planning;
 mod resume;
 mod scan;
 mod tokens;
+pub mod timetable;
 mod trust;
 
 use std::path::Path;

@@ -69,6 +69,11 @@ pub fn plan_new(env: &Environment, dir: &RunDir, commit: ObjectId) -> Result<Pla
     // Repository policy (sealed, network.allow) is trusted only from before the request.
     let trust = trust_commit(env, commit, &request_path);
     let config = &env.config_at(trust);
+    if let Some(t) = &request.trigger {
+        // Judged as `ledger verify` does: by the schedules of the tip the runner built on.
+        let parent = super::trust::before_request(env, commit, &request_path);
+        scheduled(env, parent, id, &request, t)?;
+    }
     let files = pack_at(env, commit, &request.pack)?;
     let plan = crate::plan::from_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
     let hash = plan.hash();
@@ -105,10 +110,49 @@ pub fn plan_new(env: &Environment, dir: &RunDir, commit: ObjectId) -> Result<Pla
     if let Some((field, of)) = origin {
         data[field] = of;
     }
+    if let Some(t) = &request.trigger {
+        data["trigger"] = json!({ "schedule": t.schedule, "slot": t.slot });
+    }
     let event = Event::new("run.planned")
         .msg(format!("planned {} {}", plan.pack.name, plan.pack.version))
         .data(data);
     Ok(Planned { plan, files, event })
+}
+
+/// A request with a `trigger` runs only as its schedule in the commit before it would have
+/// written it: the same pack and inputs, a slot of the schedule that is due, the slot's run id and token.
+fn scheduled(
+    env: &Environment,
+    before: ObjectId,
+    id: &str,
+    request: &Request,
+    t: &crate::request::Trigger,
+) -> Result<(), Refusal> {
+    let schedules = env
+        .ledger()
+        .schedules_at(before)
+        .map_err(|e| refuse(Code::Io, e.to_string()))?;
+    let slot = t.slot.parse::<jiff::Timestamp>().ok();
+    let inputs = request.inputs.as_ref().map_or(json!({}), |n| n.to_json());
+    let fits = schedules.get(&t.schedule).zip(slot).is_some_and(|(s, slot)| {
+        s.enabled
+            && s.pack == request.pack
+            && s.inputs == inputs
+            && s.cron.is_slot(&s.tz, slot)
+            && slot.as_second() <= jiff::Timestamp::now().as_second() + crate::schedule::CLOCK_SKEW_SECS
+            && s.run_id(slot) == id
+            && request.run_token.as_deref() == Some(s.run_token(slot).as_str())
+    });
+    if fits {
+        return Ok(());
+    }
+    Err(refuse(
+        Code::RequestInvalid,
+        format!(
+            "the request says schedule `{}` wrote it for slot {}, but no schedule in .stella/schedules.yaml before it has that slot due with this pack, inputs, id and runToken; a request with `trigger` is the runner's to write",
+            t.schedule, t.slot
+        ),
+    ))
 }
 
 /// Re-plans an interrupted run from the commit it was planned at, and checks it is the same plan.

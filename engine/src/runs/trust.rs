@@ -49,6 +49,12 @@ pub fn trust_commit(env: &Environment, tip: ObjectId, request_path: &str) -> Obj
     before_request
 }
 
+/// The first parent of the commit that brought `request_path` onto the branch: the tip a
+/// runner built on when it wrote the request itself (a schedule's slot).
+pub fn before_request(env: &Environment, tip: ObjectId, request_path: &str) -> ObjectId {
+    before_arrival(&env.ledger(), &env.first_parents, tip, request_path)
+}
+
 /// The newest commit on the first-parent line from `tip` that lacks `path` (or the root, when
 /// every commit has it). A request, once on the branch, stays there unchanged (`ledger verify`
 /// holds it to that), so along the line "has it" turns into "lacks it" exactly once: found by

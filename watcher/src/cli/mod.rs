@@ -13,6 +13,7 @@ mod request;
 mod resume;
 mod run;
 mod runs;
+mod schedules;
 mod serve;
 mod sync;
 
@@ -56,6 +57,9 @@ enum Command {
     /// Check the ledger
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Show the schedules of .stella/schedules.yaml
+    #[command(subcommand)]
+    Schedules(SchedulesCommand),
     /// Watch a repository and execute the run requests committed to its branch
     Daemon(DaemonArgs),
     /// Serve the read-only runs API and streams of a clone, without a runner (executes nothing)
@@ -109,6 +113,17 @@ enum Command {
         comment: Option<String>,
         #[arg(long, default_value = ".")]
         repo: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchedulesCommand {
+    /// Each schedule, whether it is enabled, its next slots and its last run
+    List {
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -429,6 +444,7 @@ impl Cli {
             Command::Ledger(LedgerCommand::Verify { json, .. }) => *json,
             Command::Evidence(EvidenceCommand::Verify { json, .. }) => *json,
             Command::Doctor { json, .. } => *json,
+            Command::Schedules(SchedulesCommand::List { json, .. }) => *json,
             _ => false,
         }
     }
@@ -501,6 +517,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Failure> {
             since_checkpoint,
         }) => ledger::verify(&repo, json, since_checkpoint),
         Command::Ledger(LedgerCommand::Heal { repo, key }) => ledger::heal(&repo, key.as_deref()),
+        Command::Schedules(SchedulesCommand::List { repo, json }) => schedules::list(&repo, json),
         Command::Daemon(a) => crate::daemon::run(crate::daemon::Args {
             repo: a.repo,
             once: a.once,

@@ -90,6 +90,9 @@ pub struct Daemon {
     to_release: Vec<(String, String)>,
     /// Told of each scan and exchange (the runs' events reach it through the environment).
     telemetry: Arc<Telemetry>,
+    /// The schedules' clock, and the runs the last scan found not settled.
+    clock: super::fire::Clock,
+    live: Vec<String>,
 }
 
 impl Daemon {
@@ -100,6 +103,7 @@ impl Daemon {
         telemetry: Arc<Telemetry>,
     ) -> Daemon {
         let index = runs::Index::open(&env.git_dir, &env.key);
+        let once = settings.once;
         Daemon {
             env,
             remote,
@@ -125,6 +129,8 @@ impl Daemon {
             exchange_due: false,
             to_release: Vec::new(),
             telemetry,
+            clock: super::fire::Clock::new(once.then(jiff::Timestamp::now)),
+            live: Vec::new(),
         }
     }
 
@@ -163,6 +169,7 @@ impl Daemon {
             let poll = self.retry_at.map_or(self.settings.poll, |t| {
                 t.saturating_duration_since(Instant::now()).min(self.settings.poll)
             });
+            let until_slot = self.clock.until_next();
             let deadline = self.deadline;
             let until_deadline = deadline.map_or(Duration::MAX, |d| {
                 d.duration_since(SystemTime::now()).unwrap_or_default() + Duration::from_millis(5)
@@ -181,6 +188,10 @@ impl Daemon {
                 _ = tokio::time::sleep(poll), if !once => {
                     self.rescan = true;
                     self.quiet = true;
+                }
+                // A schedule's slot needs no commit either: wake up for it and fire it.
+                _ = tokio::time::sleep(until_slot.unwrap_or_default()), if until_slot.is_some() && !once => {
+                    self.rescan = true;
                 }
                 // A gate's expiry needs no commit: wake up at the deadline and judge it.
                 _ = tokio::time::sleep(until_deadline), if deadline.is_some() && !once => {
@@ -249,6 +260,12 @@ impl Daemon {
     /// run can be claimed, so nothing starts until it answers.
     async fn refresh(&mut self) -> Result<(), Failure> {
         if self.reach_remote().await? {
+            let live = self.live.iter().chain(self.running.keys()).cloned().collect();
+            // A fired slot's request goes to the remote before anything claims its run: a
+            // runner that loses the race for the slot drops its request there.
+            if self.clock.fire(&self.env, live).await? > 0 && self.remote.is_some() {
+                self.reach_remote().await?;
+            }
             self.scan().await?;
         } else {
             self.backlog.clear();
@@ -285,6 +302,7 @@ impl Daemon {
                 self.invalid.insert(view.id.clone(), (why.clone(), tip));
             }
         }
+        self.live = found.iter().map(|(v, _)| v.id.clone()).collect();
         self.backlog = found.into_iter().collect();
         self.ignored = ignored;
         Ok(())

@@ -24,6 +24,7 @@ macro_rules! say_err {
 
 mod cycle;
 mod exchange;
+mod fire;
 mod maintain;
 mod scan;
 mod tasks;

@@ -12,6 +12,7 @@ mod hub;
 mod openapi;
 mod pages;
 mod probes;
+mod schedules;
 mod server;
 mod shape;
 mod shared;

@@ -181,6 +181,31 @@ pub fn operations() -> Vec<(&'static str, Value)> {
                 "responses": { "200": { "description": "pack_run_active, pack_runs_waiting, pack_queue_depth, pack_runs_total, …", "content": { "text/plain": { "schema": { "type": "string" } } } } }
             }),
         ),
+        (
+            "/api/v1/schedules",
+            json!({
+                "summary": "The schedules of .stella/schedules.yaml on the branch: next slots, last run, problems",
+                "operationId": "listSchedules",
+                "responses": { "200": { "description": "The timetable (docs/schedules.md)", "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["file", "schedules", "problems"],
+                    "properties": {
+                        "file": { "type": "string" },
+                        "schedules": { "type": "array", "items": { "type": "object",
+                            "required": ["id", "cron", "timezone", "pack", "enabled", "concurrency", "catchUp", "next", "lastRun"],
+                            "properties": {
+                                "id": { "type": "string" }, "cron": { "type": "string" }, "timezone": { "type": "string" },
+                                "pack": { "type": "string" }, "enabled": { "type": "boolean" },
+                                "concurrency": { "type": "string", "enum": ["forbid", "allow"] },
+                                "catchUp": { "type": "string", "enum": ["none", "last"] },
+                                "next": { "type": "array", "items": { "type": "object", "properties": {
+                                    "utc": { "type": "string", "format": "date-time" }, "local": { "type": "string", "format": "date-time" }, "run": { "type": "string" } } } },
+                                "lastRun": { "type": ["object", "null"], "properties": { "id": { "type": "string" }, "state": { "type": "string" } } }
+                            } } },
+                        "problems": { "type": "array", "description": "ERR_SCHEDULE_INVALID, with file, line and field", "items": { "type": "object" } }
+                    }
+                } } } } }
+            }),
+        ),
     ]
 }
 

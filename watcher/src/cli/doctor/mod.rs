@@ -36,7 +36,7 @@ pub const GROUPS: [&str; 3] = ["tools", "sandbox", "repository"];
 
 /// Every check: its id (stable: scripts and runbooks name it) and its group, in the order
 /// they run. One check may say several lines (one per invalid run, per approver, …).
-pub const CHECKS: [(&str, &str); 22] = [
+pub const CHECKS: [(&str, &str); 23] = [
     ("check.git.installed", "tools"),
     ("check.ssh-keygen", "tools"),
     ("check.inotify", "tools"),
@@ -57,6 +57,7 @@ pub const CHECKS: [(&str, &str); 22] = [
     ("check.hook", "repository"),
     ("check.approvers", "repository"),
     ("check.approvers.keys", "repository"),
+    ("check.schedules", "repository"),
     ("check.runs", "repository"),
     ("check.ledger.maintenance", "repository"),
 ];

@@ -177,6 +177,9 @@ pub(super) fn check(r: &mut Report, repo_dir: &Path, key: Option<&Path>) -> Resu
     if r.wants("check.git.identity") {
         git_identity(r, &root);
     }
+    if r.wants("check.schedules") {
+        schedules(r, &root, &config);
+    }
     if r.wants("check.runs") {
         for (level, msg) in run_checks(&root, &config) {
             r.say("check.runs", level, msg);
@@ -194,6 +197,28 @@ pub(super) fn check(r: &mut Report, repo_dir: &Path, key: Option<&Path>) -> Resu
         );
     }
     Ok(size)
+}
+
+/// The schedules file committed on the branch: each malformed schedule is a failure (it
+/// does not fire; the others do).
+fn schedules(r: &mut Report, root: &Path, config: &Config) {
+    use stella_engine::schedule::SCHEDULES_PATH;
+    let Ok(ledger) = repo::open_ledger(root, config) else {
+        return;
+    };
+    let Some(tip) = ledger.tip().ok().flatten() else { return };
+    let Ok(s) = ledger.schedules_at(tip) else { return };
+    for d in s.problems.iter() {
+        r.say("check.schedules", Level::Fail, format!("{}: {d}", d.code));
+    }
+    if s.problems.is_empty() {
+        let enabled = s.schedules.iter().filter(|s| s.enabled).count();
+        r.say(
+            "check.schedules",
+            Level::Ok,
+            format!("{SCHEDULES_PATH} on `{}`: {enabled} schedule(s) enabled", config.branch),
+        );
+    }
 }
 
 /// Whether git knows who commits here: people's commits of requests and approvals need a

@@ -81,6 +81,10 @@ async fn runs(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>)
         Ok(query) => query,
         Err(e) => return error_page(&e),
     };
+    let source = s.source.clone();
+    let schedules = blocking(move || super::schedules::table(&source))
+        .await
+        .unwrap_or(Value::Null);
     let listed = api::list(State(s.clone()), Query(query.clone())).await;
     let active = api::list(State(s), Query(model::active_query())).await;
     let (page, problem) = match listed {
@@ -99,6 +103,7 @@ async fn runs(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>)
             "title": "Runs",
             "runs": page["runs"],
             "cards": cards,
+            "schedules": schedules,
             "f": form,
             "states": model::STATE_CHOICES,
             "windows": model::WINDOWS,
