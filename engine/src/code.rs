@@ -140,6 +140,9 @@ codes! {
     SandboxUnavailable = "ERR_SANDBOX_UNAVAILABLE", exit 1;
     /// A ledger commit would hold a private key (the runner's, or any PEM/OpenSSH key block).
     LedgerSecret = "ERR_LEDGER_SECRET", exit 1;
+    /// A notification was not delivered: the receiver refused it or could not be reached
+    /// (`stella notify test`; `notify.failed` after the retry horizon).
+    NotifyFailed = "ERR_NOTIFY_FAILED", exit 1;
 }
 
 /// A string that is no `ERR_…` code of the table.

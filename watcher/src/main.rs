@@ -8,6 +8,7 @@ mod failure;
 mod http;
 mod repo;
 mod telemetry;
+mod webhooks;
 
 use std::process::ExitCode;
 
