@@ -14,6 +14,7 @@ mod housekeeping;
 mod http;
 mod invalid_runs;
 mod layout;
+mod notify;
 mod output;
 mod pack_cli;
 mod remote;

@@ -2,7 +2,8 @@
 //! with the key a `whsec_<base64>` secret. Computes; never logs or returns the key.
 
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::DecodePaddingMode;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -11,10 +12,16 @@ use sha2::Sha256;
 #[error("the signing key is not `whsec_` followed by base64 (as Standard Webhooks keys are)")]
 pub struct BadKey;
 
+/// Keys are read with or without base64 padding, as the reference libraries read them.
+const LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
 /// The decoded key of a `whsec_<base64>` secret (a bare base64 key is taken too).
 fn key_bytes(secret: &str) -> Result<Vec<u8>, BadKey> {
     let b64 = secret.trim().strip_prefix("whsec_").unwrap_or(secret.trim());
-    match STANDARD.decode(b64) {
+    match LENIENT.decode(b64) {
         Ok(k) if !k.is_empty() => Ok(k),
         _ => Err(BadKey),
     }
@@ -55,5 +62,6 @@ mod tests {
         assert_eq!(check_key("whsec_!!!"), Err(BadKey));
         assert_eq!(check_key("whsec_"), Err(BadKey));
         assert!(check_key("whsec_c2VjcmV0").is_ok());
+        assert!(check_key("whsec_c2VjcmV0MQ").is_ok() && check_key("whsec_c2VjcmV0MQ==").is_ok());
     }
 }

@@ -20,7 +20,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use super::errors::ApiError;
 use super::shared::Shared;
-use super::{api, files, openapi, pages, probes, streams};
+use super::{api, files, notifications, openapi, pages, probes, streams};
 
 /// How long a JSON route may take before it answers 408.
 pub const JSON_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,6 +44,7 @@ pub const ROUTES: &[&str] = &[
     "/healthz",
     "/readyz",
     "/metrics",
+    "/api/v1/notifications",
 ];
 
 /// The whole router, state given.
@@ -53,6 +54,7 @@ pub fn router(shared: Shared) -> Router {
         .route(ROUTES[1], get(api::show))
         .route(ROUTES[2], get(files::logs))
         .route(ROUTES[7], get(openapi::document))
+        .route(ROUTES[11], get(notifications::state))
         .layer(CompressionLayer::new());
     let bytes = Router::new()
         .route(ROUTES[3], get(files::artifact))
