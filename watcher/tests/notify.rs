@@ -32,7 +32,11 @@ fn python() -> PathBuf {
 
 /// A loopback port nothing listens on now.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The receiver, killed on drop.
@@ -45,16 +49,27 @@ impl Receiver {
     fn start(port: u16, log: &Path, status: u16) -> Receiver {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhook_receiver.py");
         let mut child = Command::new(python())
-            .args([script.to_str().unwrap(), &port.to_string(), KEY, log.to_str().unwrap(), &status.to_string()])
+            .args([
+                script.to_str().unwrap(),
+                &port.to_string(),
+                KEY,
+                log.to_str().unwrap(),
+                &status.to_string(),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
         let mut line = String::new();
         use std::io::BufRead;
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         assert_eq!(line.trim(), "listening", "the receiver did not start");
-        Receiver { child, log: log.to_path_buf() }
+        Receiver {
+            child,
+            log: log.to_path_buf(),
+        }
     }
 
     /// Every delivery so far.
@@ -105,7 +120,13 @@ fn expected_ids(r: &Repo, id: &str, target: &str, keep: impl Fn(&str) -> bool) -
 
 fn pending(r: &Repo, target: &str) -> usize {
     std::fs::read_dir(r.path().join(".git/stella/outbox/pending").join(target))
-        .map(|d| d.filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))).count())
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            })
+            .count()
+        })
         .unwrap_or(0)
 }
 
@@ -129,29 +150,46 @@ fn deliveries_are_signed_filtered_and_never_carry_a_secret() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!((r.state("r1"), r.state("f1")), ("succeeded".to_string(), "failed".to_string()));
+    assert_eq!(
+        (r.state("r1"), r.state("f1")),
+        ("succeeded".to_string(), "failed".to_string())
+    );
 
     let all = ops.got();
     for d in all.iter().chain(chat.got().iter()) {
         assert_eq!(d["verified"], true, "a Standard Webhooks verifier refused {d:#}");
         let body = d["body"].as_str().unwrap();
-        assert!(!body.contains(TOKEN) && !body.contains("T0K3N-IN-URL"), "a secret in {body}");
+        assert!(
+            !body.contains(TOKEN) && !body.contains("T0K3N-IN-URL"),
+            "a secret in {body}"
+        );
     }
     let ids: BTreeSet<String> = all.iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
     let mut want = expected_ids(&r, "r1", "ops", |t| t.starts_with("run.") || t == "step.failed");
-    want.extend(expected_ids(&r, "f1", "ops", |t| t.starts_with("run.") || t == "step.failed"));
+    want.extend(expected_ids(&r, "f1", "ops", |t| {
+        t.starts_with("run.") || t == "step.failed"
+    }));
     assert_eq!(ids, want, "each wanted event once, nothing else");
     assert!(ids.iter().any(|i| i.starts_with("f1.")) && want.len() >= 4);
     let ce: Value = serde_json::from_str(all[0]["body"].as_str().unwrap()).unwrap();
     assert_eq!(all[0]["contentType"], "application/cloudevents+json");
-    assert_eq!((ce["specversion"].as_str(), ce["id"].as_str()), (Some("1.0"), all[0]["id"].as_str()));
-    assert!(ce["type"].as_str().unwrap().starts_with("dev.stella.run.") && ce["time"].is_string(), "{ce:#}");
+    assert_eq!(
+        (ce["specversion"].as_str(), ce["id"].as_str()),
+        (Some("1.0"), all[0]["id"].as_str())
+    );
+    assert!(
+        ce["type"].as_str().unwrap().starts_with("dev.stella.run.") && ce["time"].is_string(),
+        "{ce:#}"
+    );
 
     let chat = chat.got();
     assert_eq!(chat.len(), 1, "only f1's run.failed: {chat:#?}");
     assert_eq!(chat[0]["path"], "/chat/T0K3N-IN-URL");
     let text: Value = serde_json::from_str(chat[0]["body"].as_str().unwrap()).unwrap();
-    assert!(text["text"].as_str().unwrap().starts_with("Stella run f1 failed"), "{text:#}");
+    assert!(
+        text["text"].as_str().unwrap().starts_with("Stella run f1 failed"),
+        "{text:#}"
+    );
     assert_eq!(pending(&r, "ops") + pending(&r, "chat"), 0);
     r.stella(&["ledger", "verify"]).ok();
 }
@@ -160,10 +198,7 @@ fn deliveries_are_signed_filtered_and_never_carry_a_secret() {
 fn a_waiting_gate_says_what_it_needs_and_how_to_approve() {
     let port = free_port();
     let r = repo_with(&ops_target(port, "[gate.waiting]"));
-    r.write(
-        ".stella/approvers.yaml",
-        "grants:\n  release: [alice]\n",
-    );
+    r.write(".stella/approvers.yaml", "grants:\n  release: [alice]\n");
     r.commit_all("approvers");
     let gated = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: gated, version: 1.0.0 }\nspec:\n  approvals:\n    - { id: ship, grants: [release], requiredCount: 1 }\n  steps:\n    - { id: ok, gate: { approval: { id: ship } } }\n";
     r.pack("gated", gated).request("g1", "gated", "{}\n");
@@ -173,13 +208,20 @@ fn a_waiting_gate_says_what_it_needs_and_how_to_approve() {
         .env("STELLA_SECRET_OPS_KEY", KEY)
         .output()
         .unwrap();
-    assert!(out.status.success() || out.status.code() == Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() || out.status.code() == Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = rx.got();
     assert_eq!(got.len(), 1, "{got:#?} {:#?}", r.events("g1"));
     let body: Value = serde_json::from_str(got[0]["body"].as_str().unwrap()).unwrap();
     let gate = &body["data"]["gate"];
     assert_eq!(gate["gate"], "ship", "{body:#}");
-    assert_eq!(gate["approvals"], serde_json::json!({ "count": 1, "roles": ["release"] }));
+    assert_eq!(
+        gate["approvals"],
+        serde_json::json!({ "count": 1, "roles": ["release"] })
+    );
     assert_eq!(gate["approve"], "stella approve g1 --gate ship --key KEY");
 }
 
@@ -196,17 +238,25 @@ fn a_receiver_down_then_up_across_a_kill_9_gets_every_notification() {
     });
     // Every event but the log lines is waiting, some tried already (nothing listens).
     let want = expected_ids(&r, "r1", "ops", |t| t != "step.log");
-    wait_for("every notification queued", Duration::from_secs(20), || pending(&r, "ops") == want.len());
+    wait_for("every notification queued", Duration::from_secs(20), || {
+        pending(&r, "ops") == want.len()
+    });
     d.kill();
     let rx = Receiver::start(port, &r.outside("ops.ndjson"), 204);
     let mut cmd = r.daemon_command(&["--repo", ".", "--poll", "1s"]);
     cmd.env("STELLA_SECRET_OPS_KEY", KEY);
     let _d = crate::support::Daemon::start(cmd);
     wait_for("every notification delivered", Duration::from_secs(30), || {
-        rx.got().iter().map(|g| g["id"].as_str().unwrap().to_string()).collect::<BTreeSet<_>>() == want
+        rx.got()
+            .iter()
+            .map(|g| g["id"].as_str().unwrap().to_string())
+            .collect::<BTreeSet<_>>()
+            == want
     });
     assert!(rx.got().iter().all(|g| g["verified"] == true));
-    wait_for("the outbox emptied", Duration::from_secs(10), || pending(&r, "ops") == 0);
+    wait_for("the outbox emptied", Duration::from_secs(10), || {
+        pending(&r, "ops") == 0
+    });
 }
 
 #[test]
@@ -215,7 +265,8 @@ fn a_notification_never_delivered_is_recorded_as_notify_failed_and_the_ledger_ve
     let r = repo_with(&ops_target(port, "[run.succeeded]"));
     r.pack("hello", HELLO).request("r1", "hello", "{}\n");
     let mut cmd = r.daemon_command(&["--repo", ".", "--poll", "1s", "--http", "127.0.0.1:0"]);
-    cmd.env("STELLA_SECRET_OPS_KEY", KEY).env("STELLA_NOTIFY_HORIZON_MS", "2500");
+    cmd.env("STELLA_SECRET_OPS_KEY", KEY)
+        .env("STELLA_NOTIFY_HORIZON_MS", "2500");
     let d = crate::support::Daemon::start(cmd);
     wait_for("notify.failed in r1's events", Duration::from_secs(60), || {
         r.at_head(&format!("{}/plan.json", r.run_dir("r1"))).is_some()
@@ -236,7 +287,11 @@ fn a_notification_never_delivered_is_recorded_as_notify_failed_and_the_ledger_ve
     );
     let state = get(&base, "/api/v1/notifications").json();
     let ops = &state["targets"][0];
-    assert_eq!((ops["id"].as_str(), ops["failed"].as_u64(), ops["pending"].as_u64()), (Some("ops"), Some(1), Some(0)), "{state:#}");
+    assert_eq!(
+        (ops["id"].as_str(), ops["failed"].as_u64(), ops["pending"].as_u64()),
+        (Some("ops"), Some(1), Some(0)),
+        "{state:#}"
+    );
     assert!(ops["lastError"].as_str().unwrap().contains("could not be reached"));
     r.stella(&["ledger", "verify"]).ok();
     assert_eq!(r.state("r1"), "succeeded");

@@ -29,7 +29,11 @@ pub fn build(format: Format, about: &About, redactor: &Redactor) -> String {
         Format::CloudEvents => cloudevent(about).to_string(),
         Format::Slack => json!({ "text": slack_text(about) }).to_string(),
     };
-    if redactor.is_empty() { text } else { redactor.redact(&text) }
+    if redactor.is_empty() {
+        text
+    } else {
+        redactor.redact(&text)
+    }
 }
 
 /// A test delivery's body (`stella notify test`): an event of type `notify.test`.
@@ -150,22 +154,39 @@ mod tests {
 
     #[test]
     fn a_waiting_gate_says_what_it_needs() {
-        let about = About { run: "r1", id: "r1.4.ops", event: &waiting() };
+        let about = About {
+            run: "r1",
+            id: "r1.4.ops",
+            event: &waiting(),
+        };
         let body: Json = serde_json::from_str(&build(Format::CloudEvents, &about, &Redactor::new([]))).unwrap();
         assert_eq!(body["specversion"], "1.0");
         assert_eq!(body["type"], "dev.stella.gate.waiting");
         assert_eq!(body["id"], "r1.4.ops");
-        assert_eq!(body["data"]["gate"]["approvals"], json!({ "count": 2, "roles": ["sre"] }));
-        assert_eq!(body["data"]["gate"]["approve"], "stella approve r1 --gate release --key KEY");
+        assert_eq!(
+            body["data"]["gate"]["approvals"],
+            json!({ "count": 2, "roles": ["sre"] })
+        );
+        assert_eq!(
+            body["data"]["gate"]["approve"],
+            "stella approve r1 --gate release --key KEY"
+        );
         let slack: Json = serde_json::from_str(&build(Format::Slack, &about, &Redactor::new([]))).unwrap();
         let text = slack["text"].as_str().unwrap();
-        assert!(text.contains("2 approval(s) (sre)") && text.contains("stella approve r1 --gate release"), "{text}");
+        assert!(
+            text.contains("2 approval(s) (sre)") && text.contains("stella approve r1 --gate release"),
+            "{text}"
+        );
     }
 
     #[test]
     fn the_last_redaction_masks_the_runners_secrets() {
         let e = Event::new("run.failed").msg("curl https://hooks.example/abc123secret failed");
-        let about = About { run: "r1", id: "r1.9.ops", event: &e };
+        let about = About {
+            run: "r1",
+            id: "r1.9.ops",
+            event: &e,
+        };
         let body = build(Format::Slack, &about, &Redactor::new(["abc123secret"]));
         assert!(!body.contains("abc123secret") && body.contains("***"), "{body}");
     }

@@ -108,9 +108,7 @@ fn valid_pattern(p: &str) -> bool {
 
 /// Why a URL written in the config is refused, if it is.
 fn url_problem(url: &str) -> Option<&'static str> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"));
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
     let Some(rest) = rest else {
         return Some("expected an http:// or https:// URL");
     };
@@ -142,11 +140,17 @@ pub fn parse(file: &str, node: &Node) -> Result<Vec<Target>, Diagnostics> {
     };
     for (i, item) in items.iter().enumerate() {
         let path = format!("notify[{i}]");
-        let Some(obj) = d.obj(item, &path, FIELDS) else { continue };
+        let Some(obj) = d.obj(item, &path, FIELDS) else {
+            continue;
+        };
         let id = d.req_string(&obj, "id");
         if let (Some(id), Some(n)) = (&id, obj.get("id")) {
             if !valid_id(id) {
-                d.error(n.pos, &obj.path("id"), "expected 1 to 64 letters, digits, `_` or `-`, starting with a letter or digit");
+                d.error(
+                    n.pos,
+                    &obj.path("id"),
+                    "expected 1 to 64 letters, digits, `_` or `-`, starting with a letter or digit",
+                );
             } else if out.iter().any(|t| &t.id == id) {
                 d.error(n.pos, &obj.path("id"), format!("target `{id}` is defined twice"));
             }
@@ -164,16 +168,28 @@ pub fn parse(file: &str, node: &Node) -> Result<Vec<Target>, Diagnostics> {
             (None, Some(s)) if valid_secret_name(&s) => Some(Endpoint::UrlSecret(s)),
             (None, Some(_)) => {
                 let pos = obj.get("urlSecret").map_or(obj.pos(), |n| n.pos);
-                d.error(pos, &obj.path("urlSecret"), "expected a secret name (letters, digits, `_`)");
+                d.error(
+                    pos,
+                    &obj.path("urlSecret"),
+                    "expected a secret name (letters, digits, `_`)",
+                );
                 None
             }
             (Some(_), Some(_)) => {
                 let pos = obj.get("urlSecret").map_or(obj.pos(), |n| n.pos);
-                d.error(pos, &obj.path("urlSecret"), "give either `url` or `urlSecret`, not both");
+                d.error(
+                    pos,
+                    &obj.path("urlSecret"),
+                    "give either `url` or `urlSecret`, not both",
+                );
                 None
             }
             (None, None) => {
-                d.error(obj.pos(), &obj.path("url"), "missing required field `url` (or `urlSecret`)");
+                d.error(
+                    obj.pos(),
+                    &obj.path("url"),
+                    "missing required field `url` (or `urlSecret`)",
+                );
                 None
             }
         };
@@ -184,7 +200,11 @@ pub fn parse(file: &str, node: &Node) -> Result<Vec<Target>, Diagnostics> {
                 if let Some(items) = n.as_seq() {
                     for (j, (p, pn)) in list.iter().zip(items).enumerate() {
                         if !valid_pattern(p) {
-                            d.error(pn.pos, &format!("{field}[{j}]"), "expected an event type such as run.failed, or a prefix ending in `*` such as run.*");
+                            d.error(
+                                pn.pos,
+                                &format!("{field}[{j}]"),
+                                "expected an event type such as run.failed, or a prefix ending in `*` such as run.*",
+                            );
                         }
                     }
                     if items.is_empty() {
@@ -210,7 +230,11 @@ pub fn parse(file: &str, node: &Node) -> Result<Vec<Target>, Diagnostics> {
         if let (Some(s), Some(n)) = (&secret, obj.get("secret"))
             && !valid_secret_name(s)
         {
-            d.error(n.pos, &obj.path("secret"), "expected a secret name (letters, digits, `_`)");
+            d.error(
+                n.pos,
+                &obj.path("secret"),
+                "expected a secret name (letters, digits, `_`)",
+            );
         }
         if let (Some(id), Some(endpoint), Some(secret)) = (id, endpoint, secret) {
             out.push(Target {
@@ -263,18 +287,54 @@ mod tests {
     #[test]
     fn mistakes_are_located() {
         for (text, line, field) in [
-            ("notify:\n  - id: a\n    url: ftp://x\n    events: [run.*]\n    secret: K\n", 3, "notify[0].url"),
-            ("notify:\n  - id: a\n    url: https://u:p@x/\n    events: [run.*]\n    secret: K\n", 3, "notify[0].url"),
-            ("notify:\n  - id: a\n    url: https://x/\n    urlSecret: U\n    events: [run.*]\n    secret: K\n", 4, "notify[0].urlSecret"),
-            ("notify:\n  - id: a\n    url: https://x/\n    events: [\"*.failed\"]\n    secret: K\n", 4, "notify[0].events[0]"),
-            ("notify:\n  - id: a\n    url: https://x/\n    events: [run.*]\n    format: xml\n    secret: K\n", 5, "notify[0].format"),
-            ("notify:\n  - id: a\n    url: https://x/\n    events: [run.*]\n    secret: K\n    secrets: K\n", 6, "notify[0].secrets"),
-            ("notify:\n  - id: a/b\n    url: https://x/\n    events: [run.*]\n    secret: K\n", 2, "notify[0].id"),
-            ("notify:\n  - id: a\n    urlSecret: U\n    events: [run.*]\n    secret: K\n  - id: a\n    urlSecret: U\n    events: [run.*]\n    secret: K\n", 6, "notify[1].id"),
+            (
+                "notify:\n  - id: a\n    url: ftp://x\n    events: [run.*]\n    secret: K\n",
+                3,
+                "notify[0].url",
+            ),
+            (
+                "notify:\n  - id: a\n    url: https://u:p@x/\n    events: [run.*]\n    secret: K\n",
+                3,
+                "notify[0].url",
+            ),
+            (
+                "notify:\n  - id: a\n    url: https://x/\n    urlSecret: U\n    events: [run.*]\n    secret: K\n",
+                4,
+                "notify[0].urlSecret",
+            ),
+            (
+                "notify:\n  - id: a\n    url: https://x/\n    events: [\"*.failed\"]\n    secret: K\n",
+                4,
+                "notify[0].events[0]",
+            ),
+            (
+                "notify:\n  - id: a\n    url: https://x/\n    events: [run.*]\n    format: xml\n    secret: K\n",
+                5,
+                "notify[0].format",
+            ),
+            (
+                "notify:\n  - id: a\n    url: https://x/\n    events: [run.*]\n    secret: K\n    secrets: K\n",
+                6,
+                "notify[0].secrets",
+            ),
+            (
+                "notify:\n  - id: a/b\n    url: https://x/\n    events: [run.*]\n    secret: K\n",
+                2,
+                "notify[0].id",
+            ),
+            (
+                "notify:\n  - id: a\n    urlSecret: U\n    events: [run.*]\n    secret: K\n  - id: a\n    urlSecret: U\n    events: [run.*]\n    secret: K\n",
+                6,
+                "notify[1].id",
+            ),
         ] {
             let d = parse_text(text).unwrap_err();
             let d = d.iter().next().unwrap();
-            assert_eq!((d.line, d.field.as_str(), d.code), (line, field, Code::ConfigInvalid), "{text}");
+            assert_eq!(
+                (d.line, d.field.as_str(), d.code),
+                (line, field, Code::ConfigInvalid),
+                "{text}"
+            );
         }
         let d = parse_text("notify:\n  - id: a\n    url: https://x/\n    events: [run.*]\n").unwrap_err();
         assert_eq!(d.iter().next().unwrap().field, "notify[0].secret");

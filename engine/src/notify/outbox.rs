@@ -86,11 +86,16 @@ fn safe(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 fn bad_name(name: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("not an outbox name: {name:?}"))
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("not an outbox name: {name:?}"),
+    )
 }
 
 /// Writes `bytes` to `path` whole: a temporary file, fsynced, renamed over, the directory fsynced.
@@ -115,7 +120,9 @@ fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()>
 }
 
 fn names(dir: &Path) -> Vec<String> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut out: Vec<String> = rd
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| !n.starts_with('.'))
@@ -176,12 +183,17 @@ impl Outbox {
 
     /// The targets that have a pending directory.
     pub fn targets(&self) -> Vec<String> {
-        names(&self.dir.join("pending")).into_iter().filter(|n| safe(n)).collect()
+        names(&self.dir.join("pending"))
+            .into_iter()
+            .filter(|n| safe(n))
+            .collect()
     }
 
     /// The ids of the entries waiting for `target`.
     pub fn pending(&self, target: &str) -> Vec<String> {
-        let Ok(dir) = self.pending_dir(target) else { return Vec::new() };
+        let Ok(dir) = self.pending_dir(target) else {
+            return Vec::new();
+        };
         names(&dir)
             .into_iter()
             .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
@@ -342,7 +354,13 @@ mod tests {
         o.set_mark("r1", Some(9)).unwrap();
         assert_eq!((o.mark("r1"), o.marked_runs()), (Some(Some(9)), vec!["r1".to_string()]));
         assert!(o.set_mark("../x", Some(1)).is_err());
-        assert!(o.put(&Entry { target: "../t".into(), ..entry("a") }).is_err());
+        assert!(
+            o.put(&Entry {
+                target: "../t".into(),
+                ..entry("a")
+            })
+            .is_err()
+        );
         assert!(o.put(&entry("../../a")).is_err());
     }
 }

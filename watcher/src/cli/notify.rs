@@ -43,7 +43,10 @@ pub fn test(repo_dir: &Path, id: &str, secrets: Option<&Path>) -> Result<Outcome
     };
     let (url, from_secret) = match &target.endpoint {
         Endpoint::Url(u) => (u.clone(), false),
-        Endpoint::UrlSecret(name) => (secret_value(&file_secrets, name).ok_or_else(|| missing(name, "URL"))?, true),
+        Endpoint::UrlSecret(name) => (
+            secret_value(&file_secrets, name).ok_or_else(|| missing(name, "URL"))?,
+            true,
+        ),
     };
     let key = secret_value(&file_secrets, &target.secret).ok_or_else(|| missing(&target.secret, "signing key"))?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());

@@ -134,7 +134,9 @@ fn describe(e: &ureq::Error) -> String {
         E::ConnectionFailed => "connection failed".into(),
         E::Io(io) => format!("connection failed ({})", io.kind()),
         E::BadUri(_) | E::Http(_) => "the URL is not usable".into(),
-        E::Tls(_) | E::Rustls(_) | E::Pem(_) => "TLS failed (is the receiver's certificate trusted? see SSL_CERT_FILE)".into(),
+        E::Tls(_) | E::Rustls(_) | E::Pem(_) => {
+            "TLS failed (is the receiver's certificate trusted? see SSL_CERT_FILE)".into()
+        }
         E::LargeResponseHeader(..) => "the response headers are too large".into(),
         E::Protocol(_) => "the receiver did not speak HTTP/1.1".into(),
         _ => "the request failed".into(),

@@ -20,8 +20,7 @@ use stella_engine::runs::{self, Environment};
 use tracing::{debug, info, warn};
 
 use super::client::{Client, Delivery, Refused};
-use super::enqueue::now_ms;
-use super::{Settings, secret_value};
+use super::{Settings, now_ms, secret_value};
 use crate::telemetry::Telemetry;
 
 /// The longest wait between two attempts of one notification.
@@ -123,9 +122,9 @@ impl Shared {
                 Ok(dir) => {
                     let id = e.id.clone();
                     let note = runs::note(&self.env, &dir, failed_event(&e, self.settings), |prior| {
-                        prior
-                            .iter()
-                            .any(|x| x.kind == "notify.failed" && x.get("webhookId").and_then(|v| v.as_str()) == Some(&id))
+                        prior.iter().any(|x| {
+                            x.kind == "notify.failed" && x.get("webhookId").and_then(|v| v.as_str()) == Some(&id)
+                        })
                     });
                     match note {
                         Ok(()) | Err(runs::Error::Fenced(_)) => true,
@@ -201,7 +200,9 @@ impl Worker {
                     let due = if first { now_ms() } else { e.due_ms };
                     self.waiting.insert(id, (due, e.created_ms));
                 }
-                Err(err) => warn!(target = %self.target, id = %id, error = %err, "notify: unreadable outbox entry skipped"),
+                Err(err) => {
+                    warn!(target = %self.target, id = %id, error = %err, "notify: unreadable outbox entry skipped")
+                }
             }
         }
     }
@@ -253,7 +254,9 @@ impl Worker {
             .collect();
         for id in old {
             self.waiting.remove(&id);
-            let Ok(e) = self.shared.outbox.read(&self.target, &id) else { continue };
+            let Ok(e) = self.shared.outbox.read(&self.target, &id) else {
+                continue;
+            };
             self.give_up(e);
         }
     }

@@ -20,7 +20,7 @@ use stella_engine::runs::{self, Environment};
 use tracing::{debug, warn};
 
 use super::deliver::Pool;
-use super::{Msg, secret_value};
+use super::{Msg, now_ms, secret_value};
 
 /// The notify targets of one run, and the redaction its bodies pass.
 struct RunTargets {
@@ -41,12 +41,6 @@ pub(super) struct Enqueuer {
 
 fn is_terminal(kind: &str) -> bool {
     matches!(kind, "run.succeeded" | "run.failed" | "run.cancelled")
-}
-
-pub(super) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Enqueuer {
@@ -203,7 +197,14 @@ impl Enqueuer {
             .and_then(|e| e.get("trustCommit").and_then(|v| v.as_str()))
             .and_then(|h| ObjectId::from_hex(h.as_bytes()).ok());
         let trust = planned.or_else(|| {
-            let tip = self.env.ledger.lock().unwrap_or_else(|p| p.into_inner()).tip().ok().flatten()?;
+            let tip = self
+                .env
+                .ledger
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .tip()
+                .ok()
+                .flatten()?;
             let dir = self.env.run_dir(run).ok()?;
             Some(runs::trust_commit(&self.env, tip, &dir.file("request.yaml")))
         });

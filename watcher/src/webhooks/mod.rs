@@ -61,6 +61,13 @@ pub fn secret_value(file_secrets: &std::collections::BTreeMap<String, String>, n
         .filter(|v| !v.is_empty())
 }
 
+/// Now, in unix milliseconds.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 enum Msg {
     /// Events of the run may be missing from the outbox: look at its events past its mark.
     CatchUp(String),
