@@ -41,6 +41,8 @@ struct Shared {
     settings: Settings,
     client: Client,
     workers: Mutex<HashMap<String, Sender<()>>>,
+    /// Wakes the thread that records `notify.failed` (it may wait for a run's work to end).
+    notes: Mutex<Option<Sender<()>>>,
 }
 
 /// `base` doubled `n - 1` times, at most `max`, then cut by a random part of up to half.
@@ -60,6 +62,7 @@ impl Pool {
                 settings,
                 client: Client::new(settings.timeout),
                 workers: Mutex::new(HashMap::new()),
+                notes: Mutex::new(None),
             }),
         }
     }
@@ -67,7 +70,19 @@ impl Pool {
     /// Starts a thread for every target with notifications waiting, and records the
     /// `notify.failed` a crash left unrecorded.
     pub(super) fn start_waiting(&self) {
-        self.shared.record_failures();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let shared = self.shared.clone();
+        let started = std::thread::Builder::new().name("notify-failed".into()).spawn(move || {
+            while rx.recv().is_ok() {
+                while rx.try_recv().is_ok() {}
+                shared.record_failures();
+            }
+        });
+        match started {
+            Ok(_) => *self.shared.notes.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx),
+            Err(e) => warn!(error = %e, "notify: cannot start the thread that records notify.failed"),
+        }
+        self.shared.note_failures();
         for target in self.shared.outbox.targets() {
             if !self.shared.outbox.pending(&target).is_empty() {
                 self.wake(&target);
@@ -107,6 +122,14 @@ impl Pool {
 }
 
 impl Shared {
+    /// Has `notify.failed` recorded for what was given up, off the delivery threads (a run's
+    /// work in progress makes the recording wait for it).
+    fn note_failures(&self) {
+        if let Some(tx) = self.notes.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(());
+        }
+    }
+
     fn count(&self, target: &str, change: impl FnOnce(&mut Stats)) {
         let mut s = self.outbox.stats(target);
         change(&mut s);
@@ -270,7 +293,7 @@ impl Worker {
         }
         s.telemetry.metrics.notified(&self.target, "failed");
         s.count(&self.target, |st| st.failed += 1);
-        s.record_failures();
+        s.note_failures();
     }
 
     fn attempt(&mut self, id: &str) {

@@ -112,6 +112,13 @@ impl Enqueuer {
     }
 
     fn event(&mut self, run: &str, e: &Event) {
+        if is_terminal(&e.kind) {
+            self.finished.insert(run.to_string());
+        }
+        // A run without targets needs no mark moved: nothing of it can be lost.
+        if self.targets(run, None).targets.is_empty() {
+            return;
+        }
         let mark = self.outbox.mark(run).flatten();
         if mark.is_some_and(|m| e.seq <= m) {
             return;
@@ -119,9 +126,6 @@ impl Enqueuer {
         self.queue(run, e, None);
         if let Err(err) = self.outbox.set_mark(run, Some(e.seq)) {
             warn!(run = %run, error = %err, "notify: cannot move the run's mark");
-        }
-        if is_terminal(&e.kind) {
-            self.finished.insert(run.to_string());
         }
     }
 
