@@ -294,6 +294,8 @@ fn a_notification_never_delivered_is_recorded_as_notify_failed_and_the_ledger_ve
     );
     assert!(ops["lastError"].as_str().unwrap().contains("could not be reached"));
     r.stella(&["ledger", "verify"]).ok();
+    let evidence = r.stella(&["evidence", "verify", "r1"]);
+    assert_eq!(evidence.code(), Some(0), "{}{}", evidence.stdout(), evidence.stderr());
     assert_eq!(r.state("r1"), "succeeded");
 }
 
