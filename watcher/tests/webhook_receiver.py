@@ -1,13 +1,14 @@
 """A webhook receiver for the notification tests: listens on 127.0.0.1:PORT, checks every
 POST with the `standardwebhooks` package (the Standard Webhooks reference verifier) and the
 signing key SECRET, appends one JSON line per delivery to LOG (webhook-id, whether the
-signature verified, the path, the content type, the body) and answers STATUS (default 204).
+signature verified, the path, the content type, the body, the arrival time) and answers STATUS (default 204).
 
     python webhook_receiver.py PORT SECRET LOG [STATUS]
 """
 
 import json
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from standardwebhooks.webhooks import Webhook
@@ -20,6 +21,7 @@ HOOK = Webhook(SECRET)
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        at = time.time()
         headers = {k.lower(): v for k, v in self.headers.items()}
         try:
             HOOK.verify(body, headers)
@@ -32,6 +34,7 @@ class Handler(BaseHTTPRequestHandler):
             "path": self.path,
             "contentType": headers.get("content-type"),
             "body": body.decode("utf-8", "replace"),
+            "at": at,
         }
         with open(LOG, "a") as f:
             f.write(json.dumps(line) + "\n")

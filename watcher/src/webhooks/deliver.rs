@@ -1,7 +1,7 @@
 //! Delivery: one thread per target sends its outbox entries, oldest due first. A failed
 //! attempt waits an exponential backoff with jitter (1 s doubling to 1 h per notification);
 //! a target that is down (unreachable, 5xx, 429) is probed with one notification at a time
-//! on its own backoff (to 5 min), and once it answers again everything waiting goes at once.
+//! on its own backoff (to 30 s), and once it answers again everything waiting goes at once.
 //! A notification older than the horizon is given up: `notify.failed` goes into its run's
 //! events (`runs::note`). Counts go to the metrics and `stats/`; errors never name the URL.
 
@@ -26,7 +26,7 @@ use crate::telemetry::Telemetry;
 /// The longest wait between two attempts of one notification.
 const MAX_BACKOFF_MS: u64 = 3_600_000;
 /// The longest wait between two probes of a target that is down.
-const MAX_PROBE_MS: u64 = 300_000;
+const MAX_PROBE_MS: u64 = 30_000;
 
 /// The delivery threads, one per target, started when the first entry for it is queued.
 #[derive(Clone)]
