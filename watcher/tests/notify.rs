@@ -242,6 +242,21 @@ fn a_receiver_down_then_up_across_a_kill_9_gets_every_notification() {
         pending(&r, "ops") == want.len()
     });
     d.kill();
+    // As if the runner had died between journaling the later events and queueing them: their
+    // entries gone, the run's mark left behind them. The next start finds them again.
+    let outbox = r.path().join(".git/stella/outbox");
+    let seqs: Vec<u64> = want
+        .iter()
+        .map(|id| id.split('.').nth(1).unwrap().parse().unwrap())
+        .collect();
+    let keep_up_to = seqs.iter().copied().min().unwrap() + 1;
+    for id in &want {
+        let seq: u64 = id.split('.').nth(1).unwrap().parse().unwrap();
+        if seq > keep_up_to {
+            std::fs::remove_file(outbox.join(format!("pending/ops/{id}.json"))).unwrap();
+        }
+    }
+    std::fs::write(outbox.join("marks/r1"), format!("{keep_up_to}\n")).unwrap();
     let rx = Receiver::start(port, &r.outside("ops.ndjson"), 204);
     let mut cmd = r.daemon_command(&["--repo", ".", "--poll", "1s"]);
     cmd.env("STELLA_SECRET_OPS_KEY", KEY);
@@ -347,4 +362,31 @@ fn a_malformed_target_is_located() {
         "{}",
         out.stderr()
     );
+}
+
+#[test]
+fn a_url_from_a_secret_is_never_printed_or_logged() {
+    let port = free_port();
+    let r = repo_with("  - id: hook\n    urlSecret: HOOK_URL\n    events: [\"run.*\"]\n    secret: OPS_KEY\n");
+    let rx = Receiver::start(port, &r.outside("hook.ndjson"), 200);
+    let out = crate::support::stella()
+        .current_dir(r.path())
+        .args(["notify", "test", "hook"])
+        .env("STELLA_SECRET_OPS_KEY", KEY)
+        .env("STELLA_SECRET_HOOK_URL", format!("http://127.0.0.1:{port}/S3CR3T-PATH"))
+        .env("STELLA_LOG", "trace")
+        .output()
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{printed}");
+    assert_eq!(rx.got()[0]["path"], "/S3CR3T-PATH");
+    assert!(
+        !printed.contains("S3CR3T-PATH") && !printed.contains(&format!("127.0.0.1:{port}")) && !printed.contains(KEY),
+        "{printed}"
+    );
+    assert!(printed.contains("answered HTTP 200"), "{printed}");
 }
