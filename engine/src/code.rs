@@ -184,7 +184,7 @@ mod tests {
             assert!(code.as_str().starts_with("ERR_"), "{code}");
             assert!(matches!(code.exit_code(), 1 | 2), "{code}");
         }
-        assert_eq!(Code::ALL.len(), 45);
+        assert_eq!(Code::ALL.len(), 46);
         assert_eq!("ERR_NOPE".parse::<Code>(), Err(UnknownCode("ERR_NOPE".into())));
         assert_eq!((Code::StepFailed.exit_code(), Code::Usage.exit_code()), (1, 2));
     }
