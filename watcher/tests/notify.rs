@@ -308,7 +308,10 @@ fn a_notification_never_delivered_is_recorded_as_notify_failed_and_the_ledger_ve
         "{state:#}"
     );
     assert!(ops["lastError"].as_str().unwrap().contains("could not be reached"));
-    assert!(get(&base, "/").text().contains("card c-notify"), "the workspace has the notification card");
+    assert!(
+        get(&base, "/").text().contains("card c-notify"),
+        "the workspace has the notification card"
+    );
     r.stella(&["ledger", "verify"]).ok();
     let evidence = r.stella(&["evidence", "verify", "r1"]);
     assert_eq!(evidence.code(), Some(0), "{}{}", evidence.stdout(), evidence.stderr());
