@@ -47,6 +47,11 @@ struct Receiver {
 
 impl Receiver {
     fn start(port: u16, log: &Path, status: u16) -> Receiver {
+        Receiver::start_with(port, log, status, "http")
+    }
+
+    /// `scheme` "tls": HTTPS with a self-signed certificate, written to `<log>.cert.pem`.
+    fn start_with(port: u16, log: &Path, status: u16, scheme: &str) -> Receiver {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhook_receiver.py");
         let mut child = Command::new(python())
             .args([
@@ -55,6 +60,7 @@ impl Receiver {
                 KEY,
                 log.to_str().unwrap(),
                 &status.to_string(),
+                scheme,
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -393,4 +399,38 @@ fn a_url_from_a_secret_is_never_printed_or_logged() {
         "{printed}"
     );
     assert!(printed.contains("answered HTTP 200"), "{printed}");
+}
+
+#[test]
+fn https_receivers_are_trusted_through_ssl_cert_file() {
+    let port = free_port();
+    let r = repo_with(&format!(
+        "  - id: tls\n    url: https://127.0.0.1:{port}/hook\n    events: [\"run.*\"]\n    secret: OPS_KEY\n"
+    ));
+    let log = r.outside("tls.ndjson");
+    let rx = Receiver::start_with(port, &log, 200, "tls");
+    let cert = format!("{}.cert.pem", log.display());
+    let test = |ssl_cert_file: Option<&str>| {
+        let mut c = crate::support::stella();
+        c.current_dir(r.path())
+            .args(["notify", "test", "tls"])
+            .env("STELLA_SECRET_OPS_KEY", KEY);
+        match ssl_cert_file {
+            Some(f) => c.env("SSL_CERT_FILE", f),
+            None => c.env_remove("SSL_CERT_FILE"),
+        };
+        c.output().unwrap()
+    };
+    let trusted = test(Some(&cert));
+    assert!(trusted.status.success(), "{}", String::from_utf8_lossy(&trusted.stderr));
+    assert_eq!(rx.got()[0]["verified"], true);
+    // Not signed by any root the system knows: refused, and said so.
+    let untrusted = test(None);
+    assert_eq!(untrusted.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&untrusted.stderr).contains("TLS failed"),
+        "{}",
+        String::from_utf8_lossy(&untrusted.stderr)
+    );
+    assert_eq!(rx.got().len(), 1);
 }

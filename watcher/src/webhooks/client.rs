@@ -132,6 +132,10 @@ fn describe(e: &ureq::Error) -> String {
         E::Timeout(_) => "timed out".into(),
         E::HostNotFound => "host not found".into(),
         E::ConnectionFailed => "connection failed".into(),
+        // rustls reports a refused certificate as invalid data; its words may name the host.
+        E::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            "TLS failed (is the receiver's certificate trusted? see SSL_CERT_FILE)".into()
+        }
         E::Io(io) => format!("connection failed ({})", io.kind()),
         E::BadUri(_) | E::Http(_) => "the URL is not usable".into(),
         E::Tls(_) | E::Rustls(_) | E::Pem(_) => {
