@@ -434,3 +434,16 @@ fn https_receivers_are_trusted_through_ssl_cert_file() {
     );
     assert_eq!(rx.got().len(), 1);
 }
+
+#[test]
+fn a_daemon_lacking_a_targets_secret_says_so_at_start() {
+    let r = repo_with(&ops_target(free_port(), "[\"run.*\"]"));
+    let out = r.daemon_once();
+    assert_eq!(out.code(), Some(0), "{}", out.stderr());
+    assert!(
+        out.stderr()
+            .contains("notify target `ops`: the runner secret `OPS_KEY` holding its signing key is not set"),
+        "{}",
+        out.stderr()
+    );
+}

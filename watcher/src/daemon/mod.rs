@@ -110,6 +110,10 @@ pub fn run_with(a: Args, telemetry: Arc<Telemetry>) -> Result<Outcome, Failure> 
         Some(p) => stella_engine::secrets::Secrets::from_file(p)?,
         None => Default::default(),
     };
+    for warning in crate::webhooks::missing_secrets(&config, &file_secrets) {
+        warn!("{warning}");
+        say_err!("stella daemon: warning: {warning}");
+    }
     say!(
         "stella daemon: repository {}, branch {}, runner key {}, limits maxRuns {} maxSteps {}, commit batch {} ms{}{}",
         root.display(),

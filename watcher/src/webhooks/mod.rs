@@ -68,6 +68,36 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What the notify targets of `config` need and the runner lacks: a runner secret (the
+/// signing key, a URL) that is not set, or a signing key that is not `whsec_<base64>`. Their
+/// notifications wait in the outbox until a runner that has them delivers them.
+pub fn missing_secrets(
+    config: &stella_engine::config::Config,
+    file_secrets: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in &config.notify {
+        let mut needs = vec![(t.secret.as_str(), "signing key")];
+        if let stella_engine::notify::Endpoint::UrlSecret(name) = &t.endpoint {
+            needs.push((name.as_str(), "URL"));
+        }
+        for (name, what) in needs {
+            match secret_value(file_secrets, name) {
+                None => out.push(format!(
+                    "notify target `{}`: the runner secret `{name}` holding its {what} is not set (--secrets FILE or {}); its notifications wait in the outbox",
+                    t.id,
+                    stella_engine::secrets::env_name(name)
+                )),
+                Some(v) if what == "signing key" && stella_engine::notify::sign::check_key(&v).is_err() => {
+                    out.push(format!("notify target `{}`: the runner secret `{name}` is not a signing key (`whsec_` followed by base64)", t.id))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    out
+}
+
 enum Msg {
     /// Events of the run may be missing from the outbox: look at its events past its mark.
     CatchUp(String),
