@@ -3,16 +3,17 @@
 # The evidence tests check attestations with securesystemslib, an independent DSSE
 # implementation, from the Python that STELLA_PYTHON names; `cargo test` itself installs
 # nothing. When STELLA_PYTHON is not set, this prepares that Python once, in a virtualenv
-# kept in target/ci-venv, and points STELLA_PYTHON at it.
+# kept in target/ci-venv, and points STELLA_PYTHON at it. The notification tests verify
+# webhook signatures with the PyPI `standardwebhooks` package from the same Python.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 if [ -z "${STELLA_PYTHON:-}" ]; then
   venv="$PWD/target/ci-venv"
-  if ! "$venv/bin/python" -c 'import securesystemslib, cryptography' > /dev/null 2>&1; then
-    echo "preparing the DSSE verifier in $venv (once)"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check securesystemslib cryptography
+  if ! "$venv/bin/python" -c 'import securesystemslib, cryptography, standardwebhooks' > /dev/null 2>&1; then
+    echo "preparing the DSSE and webhook verifiers in $venv (once)"
+    [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check securesystemslib cryptography standardwebhooks
   fi
   export STELLA_PYTHON="$venv/bin/python"
 fi

@@ -145,6 +145,9 @@ codes! {
     RunNotResumable = "ERR_RUN_NOT_RESUMABLE", exit 2;
     /// `.stella/schedules.yaml` is malformed (a bad schedule is skipped; the others run).
     ScheduleInvalid = "ERR_SCHEDULE_INVALID", exit 2;
+    /// A notification was not delivered: the receiver refused it or could not be reached
+    /// (`stella notify test`; `notify.failed` after the retry horizon).
+    NotifyFailed = "ERR_NOTIFY_FAILED", exit 1;
 }
 
 /// A string that is no `ERR_…` code of the table.
@@ -186,7 +189,7 @@ mod tests {
             assert!(code.as_str().starts_with("ERR_"), "{code}");
             assert!(matches!(code.exit_code(), 1 | 2), "{code}");
         }
-        assert_eq!(Code::ALL.len(), 47);
+        assert_eq!(Code::ALL.len(), 48);
         assert_eq!("ERR_NOPE".parse::<Code>(), Err(UnknownCode("ERR_NOPE".into())));
         assert_eq!((Code::StepFailed.exit_code(), Code::Usage.exit_code()), (1, 2));
     }

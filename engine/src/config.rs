@@ -29,6 +29,8 @@ pub struct Config {
     pub pull_patterns: Vec<String>,
     /// How steps are kept away from the runner (DESIGN section 9).
     pub sandbox: SandboxPolicy,
+    /// Where run events are sent (DESIGN section 12; `crate::notify`).
+    pub notify: Vec<crate::notify::Target>,
 }
 
 /// `sandbox:` in the config: how far a step is kept from the runner.
@@ -70,6 +72,7 @@ impl Default for Config {
             ledger_branch: None,
             pull_patterns: vec!["refs/pull/*/head".into(), "refs/merge-requests/*/head".into()],
             sandbox: SandboxPolicy::Required,
+            notify: Vec::new(),
         }
     }
 }
@@ -117,6 +120,7 @@ impl Config {
             "ledger",
             "pullRequests",
             "sandbox",
+            "notify",
         ];
         let top = Obj::new(&root, "");
         for (k, v) in entries {
@@ -180,6 +184,10 @@ impl Config {
                 },
                 "sandbox" => match sandbox(file, v) {
                     Ok(p) => c.sandbox = p,
+                    Err(found) => found.0.into_iter().for_each(|f| d.diags.push(f)),
+                },
+                "notify" => match crate::notify::parse(file, v) {
+                    Ok(t) => c.notify = t,
                     Err(found) => found.0.into_iter().for_each(|f| d.diags.push(f)),
                 },
                 "ledger" => match v.get("branch").and_then(Node::as_str) {

@@ -25,6 +25,7 @@ pub mod keys;
 pub mod layout;
 pub mod ledger;
 pub mod manifest;
+pub mod notify;
 pub mod pack;
 pub mod plan;
 pub mod redact;

@@ -8,6 +8,7 @@ mod failure;
 mod http;
 mod repo;
 mod telemetry;
+mod webhooks;
 
 use std::process::ExitCode;
 
@@ -77,6 +78,11 @@ fn conclude(outcome: Outcome) -> u8 {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STELLA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // The HTTP client of notifications logs hosts and headers: a URL can be a secret
+    // (`urlSecret`), so its records never pass, whatever STELLA_LOG says.
+    let filter = ["ureq=off", "ureq_proto=off", "rustls=off"]
+        .into_iter()
+        .fold(filter, |f, d| f.add_directive(d.parse().expect("a valid directive")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

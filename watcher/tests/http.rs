@@ -596,6 +596,7 @@ fn the_openapi_document_names_every_route_and_each_answers() {
         paths,
         [
             "/api/v1/events",
+            "/api/v1/notifications",
             "/api/v1/openapi.json",
             "/api/v1/runs",
             "/api/v1/runs/{id}",

@@ -1,6 +1,6 @@
 //! One run from request to finished ledger, as its need says: start (plan it, record the plan,
 //! execute it with the executor and commit), recover an interrupted run from its journal, flush
-//! what the ledger lacks, cancel, or re-check a waiting gate. Planning is `planning`'s, trust
+//! what the ledger lacks, cancel, re-check a waiting gate, or record a runner's note (`note`). Planning is `planning`'s, trust
 //! `trust`'s, commits the `LedgerSink`'s; this room only sequences them.
 
 use std::time::Duration;
@@ -34,6 +34,7 @@ pub fn process(
     took_over_from: Option<&str>,
 ) -> Result<Option<Outcome>, Error> {
     let id = dir.id.as_str();
+    let _busy = Busy::hold(id);
     let result = carry(env, dir, need, cancel, took_over_from);
     let done = result.is_ok() && !env.is_fenced(id) && {
         let state = fold(&journal::read_for_state(&env.git_dir, id).unwrap_or_default()).state;
@@ -393,4 +394,57 @@ fn append(sink: &LedgerSink, prior: &[Event], mut e: Event) {
     if let Err(err) = sink.record(&e) {
         tracing::error!(error = %err, "cannot append to the journal");
     }
+}
+
+/// Runs being carried on or noted in this process: `process` and `note` never work on one
+/// run at once (the daemon already never starts two `process` of a run).
+static BUSY: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// Holds run `id` until dropped, waiting while another holds it.
+struct Busy(String);
+
+impl Busy {
+    fn hold(id: &str) -> Busy {
+        let mut busy = BUSY.lock().unwrap_or_else(|p| p.into_inner());
+        while busy.iter().any(|b| b == id) {
+            busy = FREED.wait(busy).unwrap_or_else(|p| p.into_inner());
+        }
+        busy.push(id.to_string());
+        Busy(id.to_string())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        BUSY.lock().unwrap_or_else(|p| p.into_inner()).retain(|b| b != &self.0);
+        FREED.notify_all();
+    }
+}
+
+/// Records `event`, a runner's note on run `dir` that is no step's doing (`notify.failed`),
+/// at the end of the run's events, finished or not, and commits it as a new events segment
+/// (nothing else of the run is written: its plan and evidence stay as they are). Skipped when
+/// `already` says the events hold it, and for a run another runner holds.
+pub fn note(env: &Environment, dir: &RunDir, event: Event, already: impl Fn(&[Event]) -> bool) -> Result<(), Error> {
+    let id = dir.id.as_str();
+    let _busy = Busy::hold(id);
+    if env.is_fenced(id) {
+        return Err(Error::Fenced(id.to_string()));
+    }
+    let tip = env.tip()?;
+    set_aside_stale_journal(env, dir, tip)?;
+    let journal = Journal::open(&env.git_dir, id).map_err(Error::JournalWrite)?;
+    if journal::read_for_state(&env.git_dir, id)?.is_empty() {
+        continue_from_ledger(env, dir, tip, &journal)?;
+    }
+    let prior = journal::read_for_state(&env.git_dir, id)?;
+    if prior.is_empty() || already(&prior) {
+        return Ok(());
+    }
+    let batch = Duration::from_millis(env.config_at(tip).batch_ms);
+    let sink = LedgerSink::new(env, dir, &journal, super::work_dir(&env.work_root, id), batch, &prior);
+    let message = format!("stella: run {id} {}", event.kind);
+    append(&sink, &prior, event);
+    sink.commit(&message)
 }

@@ -31,9 +31,10 @@ use crate::state::{RunState, fold};
 pub use env::Environment;
 pub use index::{Facts, Index};
 pub use invalid::{Invalid, RUN_ENTRIES};
-pub use lifecycle::process;
+pub use lifecycle::{note, process};
 pub use observer::Observer;
 pub use scan::{Scanned, Select, scan};
+pub use trust::trust_commit;
 
 /// Why a run could not be carried on. Whatever is wrong with the run's own files is `Invalid`
 /// (the run is left alone, the other runs go on); the rest is this runner's trouble with its

@@ -8,6 +8,7 @@ mod evidence;
 mod hook;
 mod init;
 mod ledger;
+mod notify;
 mod pack;
 mod request;
 mod resume;
@@ -93,6 +94,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Notification targets (`notify:` in .stella/config.yaml)
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// Sign an approval (or --reject) of a run's gate, bound to its plan hash
     Approve {
         /// The run id
@@ -257,6 +261,20 @@ enum EvidenceCommand {
         repo: PathBuf,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NotifyCommand {
+    /// Send one signed test delivery to target ID (config at the branch tip); prints the HTTP status
+    Test {
+        /// The target id
+        id: String,
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// Runner secrets (the signing key, a URL secret); otherwise STELLA_SECRET_<NAME>
+        #[arg(long, value_name = "FILE")]
+        secrets: Option<PathBuf>,
     },
 }
 
@@ -516,6 +534,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Failure> {
             json,
             since_checkpoint,
         }) => ledger::verify(&repo, json, since_checkpoint),
+        Command::Notify(NotifyCommand::Test { id, repo, secrets }) => notify::test(&repo, &id, secrets.as_deref()),
         Command::Ledger(LedgerCommand::Heal { repo, key }) => ledger::heal(&repo, key.as_deref()),
         Command::Schedules(SchedulesCommand::List { repo, json }) => schedules::list(&repo, json),
         Command::Daemon(a) => crate::daemon::run(crate::daemon::Args {

@@ -111,6 +111,10 @@ pub fn run_with(a: Args, telemetry: Arc<Telemetry>) -> Result<Outcome, Failure> 
         Some(p) => stella_engine::secrets::Secrets::from_file(p)?,
         None => Default::default(),
     };
+    for warning in crate::webhooks::missing_secrets(&config, &file_secrets) {
+        warn!("{warning}");
+        say_err!("stella daemon: warning: {warning}");
+    }
     say!(
         "stella daemon: repository {}, branch {}, runner key {}, limits maxRuns {} maxSteps {}, commit batch {} ms{}{}",
         root.display(),
@@ -160,6 +164,8 @@ pub fn run_with(a: Args, telemetry: Arc<Telemetry>) -> Result<Outcome, Failure> 
         );
         stella_engine::chaos::install(c.clone());
     }
+    let (notifier, notify_threads) = crate::webhooks::Notifier::new(&git_dir)
+        .map_err(|e| Failure::one(Code::Io, format!("cannot open the notification outbox: {e}")))?;
     let env = Arc::new(Environment {
         ledger: Mutex::new(ledger),
         git_dir: git_dir.clone(),
@@ -171,10 +177,13 @@ pub fn run_with(a: Args, telemetry: Arc<Telemetry>) -> Result<Outcome, Failure> 
         hidden,
         keep_work: a.keep_work,
         chaos,
-        observer: Some(telemetry.clone()),
+        observer: Some(Arc::new(crate::webhooks::Both(telemetry.clone(), notifier.clone()))),
         first_parents: Default::default(),
         tokens: Default::default(),
     });
+    notify_threads
+        .start(env.clone(), telemetry.clone(), crate::webhooks::Settings::from_env())
+        .map_err(|e| Failure::one(Code::Io, format!("cannot start the notifier: {e}")))?;
     let remote = a.remote.as_ref().map(|name| {
         Arc::new(Remote::new(
             root.clone(),
@@ -214,6 +223,8 @@ pub fn run_with(a: Args, telemetry: Arc<Telemetry>) -> Result<Outcome, Failure> 
     }
     match rt.block_on(cycle::Daemon::new(env, remote, settings, telemetry).run(&root))? {
         cycle::End::Idle => {
+            // Notifications of what ran get a moment to go out (they stay queued otherwise).
+            notifier.drain(std::time::Duration::from_secs(10));
             // Nothing left to run: the moment for housekeeping.
             maintain::pass(&housekeeping, None);
             Ok(Outcome::Done)

@@ -9,6 +9,7 @@ mod api;
 mod errors;
 mod files;
 mod hub;
+mod notifications;
 mod openapi;
 mod pages;
 mod probes;

@@ -206,6 +206,16 @@ pub fn operations() -> Vec<(&'static str, Value)> {
                 } } } } }
             }),
         ),
+        (
+            "/api/v1/notifications",
+            json!({
+                "summary": "Notify targets (config at the tip) and this runner's outbox: waiting, delivered, retried, failed, last error",
+                "operationId": "getNotifications",
+                "responses": {
+                    "200": { "description": "{targets: [{id, configured, format, events, endpoint: {kind, secret?}, pending, delivered, retried, failed, failedUnrecorded, lastError, lastErrorAt, lastDeliveredAt}]}; never a URL or secret value", "content": { "application/json": { "schema": { "type": "object", "properties": { "targets": { "type": "array", "items": { "type": "object" } } } } } } }
+                }
+            }),
+        ),
     ]
 }
 

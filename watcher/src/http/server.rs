@@ -20,7 +20,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use super::errors::ApiError;
 use super::shared::Shared;
-use super::{api, files, openapi, pages, probes, schedules, streams};
+use super::{api, files, notifications, openapi, pages, probes, schedules, streams};
 
 /// How long a JSON route may take before it answers 408.
 pub const JSON_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,6 +45,7 @@ pub const ROUTES: &[&str] = &[
     "/readyz",
     "/metrics",
     "/api/v1/schedules",
+    "/api/v1/notifications",
 ];
 
 /// The whole router, state given.
@@ -55,6 +56,7 @@ pub fn router(shared: Shared) -> Router {
         .route(ROUTES[2], get(files::logs))
         .route(ROUTES[7], get(openapi::document))
         .route(ROUTES[11], get(schedules::list))
+        .route(ROUTES[12], get(notifications::state))
         .layer(CompressionLayer::new());
     let bytes = Router::new()
         .route(ROUTES[3], get(files::artifact))

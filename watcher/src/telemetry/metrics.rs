@@ -74,6 +74,7 @@ type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 struct Seen {
     packs: Bounded,
     gates: Bounded,
+    targets: Bounded,
     succeeded: u64,
     finished: u64,
 }
@@ -90,6 +91,7 @@ pub struct Metrics {
     step_seconds: Histograms<StepLabels>,
     retries: Family<PackLabels, Counter>,
     gate_seconds: Histograms<GateLabels>,
+    notify: Family<NotifyLabels, Counter>,
     seen: Mutex<Seen>,
 }
 
@@ -112,9 +114,11 @@ impl Metrics {
             step_seconds: Family::new_with_constructor(|| Histogram::new(STEP_BUCKETS)),
             retries: Family::default(),
             gate_seconds: Family::new_with_constructor(|| Histogram::new(GATE_BUCKETS)),
+            notify: Family::default(),
             seen: Mutex::new(Seen {
                 packs: Bounded::new(MAX_PACKS),
                 gates: Bounded::new(MAX_GATES),
+                targets: Bounded::new(MAX_GATES),
                 succeeded: 0,
                 finished: 0,
             }),
@@ -161,13 +165,23 @@ impl Metrics {
             "How long an approval gate waited before it was approved, rejected or expired",
             self.gate_seconds.clone(),
         );
-        // Registered and empty until Stella sends notifications.
         r.register(
             "pack_notify_deliveries",
-            "Notification deliveries by target and outcome",
-            Family::<NotifyLabels, Counter>::default(),
+            "Notification delivery attempts by target and outcome (delivered, retried, failed)",
+            self.notify.clone(),
         );
         self
+    }
+
+    /// A notification to `target` was delivered, will be retried, or was given up on.
+    pub fn notified(&self, target: &str, outcome: &'static str) {
+        let target = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .targets
+            .value(Some(target));
+        self.notify.get_or_create(&NotifyLabels { target, outcome }).inc();
     }
 
     /// The gauges, as a census counts the runs.

@@ -237,7 +237,19 @@ fn the_exposition_passes_promtool() {
     ] {
         t.recorded("a", &e);
     }
+    for outcome in ["delivered", "retried", "failed"] {
+        t.metrics.notified("ops", outcome);
+    }
+    t.metrics.notified("bad target!", "failed");
     let text = t.metrics.encode();
+    assert!(
+        text.contains("pack_notify_deliveries_total{target=\"ops\",outcome=\"retried\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pack_notify_deliveries_total{target=\"_invalid\",outcome=\"failed\"} 1"),
+        "{text}"
+    );
     let Some(promtool) = promtool() else { return };
     let mut child = std::process::Command::new(promtool)
         .args(["check", "metrics"])

@@ -267,6 +267,27 @@
     fill('c-queued', null, of(['requested', 'planned']).length + (active.next ? '+' : ''));
   }
 
+  // The notification card: per target, what waits, what went, what failed (no URL, no secret).
+  function notifyCard(state) {
+    var card = document.querySelector('.card.c-notify');
+    var targets = (state && state.targets) || [];
+    if (!card) return;
+    card.hidden = targets.length === 0;
+    card.querySelector('.num').textContent = targets.reduce(function (n, t) { return n + t.pending; }, 0);
+    var ul = card.querySelector('ul');
+    ul.textContent = '';
+    targets.slice(0, 5).forEach(function (t) {
+      var li = document.createElement('li');
+      li.textContent = t.id + ' ';
+      var span = document.createElement('span');
+      span.className = 'count';
+      span.textContent = t.pending + ' waiting · ' + t.delivered + ' sent · ' + t.failed + ' failed';
+      if (t.lastError) li.title = 'last error: ' + t.lastError + (t.lastErrorAt ? ' (' + t.lastErrorAt + ')' : '');
+      li.appendChild(span);
+      ul.appendChild(li);
+    });
+  }
+
   function runsPage() {
     var table = document.getElementById('runs');
     if (!table) return;
@@ -302,6 +323,7 @@
         if (empty) empty.hidden = tbody.rows.length > 0;
       });
       var active = json('/api/v1/runs?state=requested,planned,running,waiting&limit=500').then(cards);
+      json('/api/v1/notifications').then(notifyCard).catch(function () {});
       return Promise.all([list, active]);
     }
 
