@@ -491,7 +491,11 @@ def report(small, big, lo, batch):
     rate = lambda x: f"{x:.1f}/s"
     r_ok = lambda k, lim: big[k] / small[k] <= lim if small[k] else False
     row(f"build rate, runs/s (0-{small['size']}, -{big['size']})", small["build_rate"], big["build_rate"], rate,
-        ">= 50 runs/s", ok(big["build_rate"] >= 50))
+        "(each stretch)")
+    # The target is the whole build: N runs, every batch's commit and `daemon --once` included.
+    whole = (small["build_runs"] + big["build_runs"]) / (small["build_s"] + big["build_s"])
+    print(f"{'  the whole build, runs/s (0-' + str(big['size']) + ')':<{w}} {'':>12} {rate(whole):>12} {'':>7}  "
+          f">= 50 runs/s  {ok(whole >= 50)}")
     row("commit -> step.started, median of 3", small["latency"], big["latency"], ms,
         "< 50 ms, <= 1.5x", ok(big["latency"] < 0.05 and r_ok("latency", 1.5)))
     row("stella runs list, median of 3", small["list"], big["list"], ms,

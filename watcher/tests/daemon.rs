@@ -104,8 +104,9 @@ fn a_person_committing_during_a_run_loses_nothing() {
             .unwrap_or_default()
             .contains("\"step.started\",\"step\":\"greet\"")
     });
-    r.write("docs.md", "a person's commit\n")
-        .commit_all("docs while the run goes");
+    r.write("docs.md", "a person's commit\n");
+    // git refuses a commit while the runner holds the branch's lock; a person tries again.
+    commit_beside(&r, "docs while the run goes");
     let out = daemon.wait(Duration::from_secs(60));
     assert!(out.0.status.success());
     assert_eq!(r.state("r1"), "succeeded");

@@ -14,8 +14,8 @@ mod observer;
 mod planning;
 mod resume;
 mod scan;
-mod tokens;
 pub mod timetable;
+mod tokens;
 mod trust;
 
 use std::path::Path;
