@@ -296,6 +296,12 @@ fn a_malformed_schedule_is_reported_everywhere_and_the_others_run() {
         page.contains("id=\"schedules\"") && page.contains("every-second"),
         "{page}"
     );
+    // The fired run says which schedule and slot it came from, in the API and on its page.
+    let run = get(&base, &format!("/api/v1/runs/{}", fired[0])).json();
+    assert_eq!(run["trigger"]["schedule"], "every-second", "{run}");
+    assert!(run["trigger"]["slot"].as_str().unwrap().ends_with('Z'), "{run}");
+    let page = get(&base, &format!("/runs/{}", fired[0])).text();
+    assert!(page.contains("schedule every-second, slot"), "{page}");
     r.stella(&["ledger", "verify"]).ok();
 }
 

@@ -233,8 +233,8 @@ pub fn run(ledger: &Ledger, tips: &[ObjectId]) -> Result<Option<Record>, Error> 
         let packed = sizes(ledger.workdir())?.packed_objects;
         if full_repack_due(packed, full_repack_objects) {
             tasks.insert(2, "full-repack".into());
-            // Delta chains of at most 10 (git's default is 50): a few per cent more bytes, and
-            // reading the history (`ledger verify` inflates every commit's trees) a third faster.
+            // git's delta chains (up to 50): reading them back is cheap with the delta-base
+            // cache every repository is opened with (`ledger::open_repo`).
             let args = [
                 "-c",
                 "pack.writeBitmaps=false",
@@ -243,7 +243,6 @@ pub fn run(ledger: &Ledger, tips: &[ObjectId]) -> Result<Option<Record>, Error> 
                 "-d",
                 "-f",
                 "-q",
-                "--depth=10",
                 "--write-midx",
             ];
             match git(&args) {

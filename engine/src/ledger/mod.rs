@@ -14,8 +14,10 @@ pub mod run_dirs;
 pub mod scheduled;
 pub mod seen;
 pub mod verify;
+mod open;
 mod worktree;
 
+pub use open::open_repo;
 pub use repair::{Repaired, remove_stale_ref_locks};
 
 use std::path::{Path, PathBuf};
@@ -581,31 +583,6 @@ impl Drop for Ledger {
     }
 }
 
-/// Opens a repository so that reflog entries never fail for want of a git identity: a runner
-/// machine often has no `user.name`, and the commits carry the runner's own identity anyway.
-pub fn open_repo(dir: &Path) -> gix::Result<gix::Repository> {
-    let opts = gix::open::Options::default().config_overrides([
-        "gitoxide.committer.nameFallback=stella runner",
-        "gitoxide.committer.emailFallback=runner@stella.invalid",
-    ]);
-    let mut repo = gix::open_opts(dir, opts)?;
-    // Readers fetch many files from one commit: every path lookup walks the same trees
-    // (`runs/` alone is a tree of every run), so keep decoded objects instead of inflating
-    // them again for each file.
-    repo.object_cache_size_if_unset(32 << 20);
-    Ok(repo)
-}
-
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
-}
-
-impl CommitSigner for crate::keys::SshKey {
-    fn sign_commit(&self, payload: &[u8]) -> String {
-        self.sign("git", payload)
-    }
-
-    fn secret_forms(&self) -> Vec<String> {
-        crate::keys::SshKey::secret_forms(self)
-    }
 }

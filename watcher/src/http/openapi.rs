@@ -230,7 +230,7 @@ fn schemas() -> Value {
             "pack": { "type": ["string", "null"] },
             "state": { "type": "string", "enum": ["requested", "planned", "waiting", "running", "succeeded", "failed", "cancelled", "invalid"] },
             "planHash": { "type": ["string", "null"] },
-            "trigger": { "type": "object", "description": "{manual: \"commit\"}, {retryOf: RUN} or {resumeOf: RUN}" },
+            "trigger": { "type": "object", "description": "{manual: \"commit\"}, {retryOf: RUN}, {resumeOf: RUN} or {schedule: ID, slot: RFC3339}" },
             "requestedAt": time(), "startedAt": time(), "finishedAt": time(),
             "durationMs": { "type": ["integer", "null"] },
             "progress": { "type": "object", "properties": { "done": { "type": "integer" }, "total": { "type": ["integer", "null"] } } },

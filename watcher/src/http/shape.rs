@@ -35,12 +35,13 @@ fn span_ms(started: Option<&str>, finished: Option<&str>) -> Option<u64> {
 
 /// What the headline and the detail read besides the events: each step's kind from the
 /// plan (`plan.json`, already checked against its hash by the run's reader), and the request's
-/// `retryOf` or `resumeOf`.
+/// `retryOf`, `resumeOf` or schedule `trigger`.
 pub struct Files {
     /// (step id, kind), nested steps and map children included, depth first.
     kinds: Option<Vec<(String, String)>>,
     retry_of: Option<String>,
     resume_of: Option<String>,
+    schedule: Option<stella_engine::request::Trigger>,
 }
 
 impl Files {
@@ -50,6 +51,7 @@ impl Files {
                 kinds: None,
                 retry_of: None,
                 resume_of: None,
+                schedule: None,
             });
         };
         let kinds = at
@@ -61,16 +63,18 @@ impl Files {
                 out
             });
         let request_path = dir.file("request.yaml");
-        // Only a request that names `retryOf` or `resumeOf` is parsed for it.
+        // Only a request that names `retryOf`, `resumeOf` or a `trigger` is parsed for it.
         let request = at
             .read(&request_path)?
-            .filter(|b| b.windows(7).any(|w| w == b"retryOf" || w == b"esumeOf"))
+            .filter(|b| b.windows(7).any(|w| w == b"retryOf" || w == b"esumeOf" || w == b"trigger"))
             .and_then(|b| stella_engine::request::Request::parse(&request_path, &String::from_utf8_lossy(&b)).ok());
-        let (retry_of, resume_of) = request.map_or((None, None), |r| (r.retry_of, r.resume_of));
+        let (retry_of, resume_of, schedule) =
+            request.map_or((None, None, None), |r| (r.retry_of, r.resume_of, r.trigger));
         Ok(Files {
             kinds,
             retry_of,
             resume_of,
+            schedule,
         })
     }
 
@@ -112,10 +116,11 @@ pub fn headline(view: &RunView, st: &RunState, files: &Files) -> Json {
         (None, Some(code)) => json!({ "code": code, "message": st.error }),
         (None, None) => Json::Null,
     };
-    let trigger = match (&files.retry_of, &files.resume_of) {
-        (Some(r), _) => json!({ "retryOf": r }),
-        (None, Some(r)) => json!({ "resumeOf": r }),
-        (None, None) => json!({ "manual": "commit" }),
+    let trigger = match (&files.retry_of, &files.resume_of, &files.schedule) {
+        (Some(r), _, _) => json!({ "retryOf": r }),
+        (None, Some(r), _) => json!({ "resumeOf": r }),
+        (None, None, Some(t)) => json!({ "schedule": t.schedule, "slot": t.slot }),
+        (None, None, None) => json!({ "manual": "commit" }),
     };
     json!({
         "id": view.id,

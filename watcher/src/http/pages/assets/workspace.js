@@ -212,7 +212,7 @@
     cell(tr, 'id').appendChild(a);
     cell(tr, 'pack', r.pack || '');
     var t = r.trigger || {};
-    cell(tr, 'trigger', t.retryOf ? 'retry of ' + t.retryOf : t.resumeOf ? 'resume of ' + t.resumeOf : 'commit');
+    cell(tr, 'trigger', t.retryOf ? 'retry of ' + t.retryOf : t.resumeOf ? 'resume of ' + t.resumeOf : t.schedule ? 'schedule ' + t.schedule : 'commit');
     var st = cell(tr, 'state');
     var badge = document.createElement('span');
     badge.className = 'badge ' + stateClass(r.state);
