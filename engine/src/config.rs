@@ -29,6 +29,9 @@ pub struct Config {
     pub pull_patterns: Vec<String>,
     /// How steps are kept away from the runner (DESIGN section 9).
     pub sandbox: SandboxPolicy,
+    /// `requests: { signed: true }`: the commit that added a request must be signed by a key
+    /// the trust commit's allowed_signers trusts for namespace `git`.
+    pub requests_signed: bool,
 }
 
 /// `sandbox:` in the config: how far a step is kept from the runner.
@@ -70,6 +73,7 @@ impl Default for Config {
             ledger_branch: None,
             pull_patterns: vec!["refs/pull/*/head".into(), "refs/merge-requests/*/head".into()],
             sandbox: SandboxPolicy::Required,
+            requests_signed: false,
         }
     }
 }
@@ -117,6 +121,7 @@ impl Config {
             "ledger",
             "pullRequests",
             "sandbox",
+            "requests",
         ];
         let top = Obj::new(&root, "");
         for (k, v) in entries {
@@ -186,6 +191,11 @@ impl Config {
                     Some(b) if valid_branch(b) => c.ledger_branch = Some(b.into()),
                     _ => _ = d.error(v.pos, "ledger.branch", "expected a branch name"),
                 },
+                "requests" => {
+                    if let Some(o) = d.obj(v, "requests", &["signed"]) {
+                        c.requests_signed = d.boolean(&o, "signed", false);
+                    }
+                }
                 _ => d.unknown_field(k, "", TOP, Unknown::Suggest),
             }
         }
@@ -341,6 +351,21 @@ mod tests {
                 (1, field, Code::ConfigInvalid),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn signed_requests() {
+        assert!(!Config::default().requests_signed);
+        assert!(Config::parse("c", "requests: { signed: true }\n").unwrap().requests_signed);
+        for (bad, field) in [
+            ("requests: { signed: yes please }\n", "requests.signed"),
+            ("requests: { sigend: true }\n", "requests.sigend"),
+            ("requests: true\n", "requests"),
+        ] {
+            let d = Config::parse("config.yaml", bad).unwrap_err();
+            let d = d.iter().next().unwrap();
+            assert_eq!((d.line, d.field.as_str(), d.code), (1, field, Code::ConfigInvalid), "{bad}");
         }
     }
 

@@ -11,6 +11,7 @@ mod ledger_sink;
 mod lifecycle;
 mod observer;
 mod planning;
+mod requester;
 mod resume;
 mod scan;
 mod trust;
