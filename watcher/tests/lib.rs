@@ -18,6 +18,7 @@ mod layout;
 mod output;
 mod pack_cli;
 mod remote;
+mod requested;
 mod resume;
 mod run_local;
 mod runs_index;
