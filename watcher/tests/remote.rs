@@ -206,6 +206,34 @@ fn a_pull_request_is_planned_and_noted_but_runs_only_after_the_merge() {
 }
 
 #[test]
+fn a_gitlab_merge_request_ref_gets_its_plan_note() {
+    let (_hub, admin, runners) = hub_with_runners(1);
+    admin.git(&["checkout", "-q", "-b", "mr-7"]);
+    admin
+        .write(
+            &format!("{}/request.yaml", run_path("m7")),
+            "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\ninputs: { who: gitlab }\n",
+        )
+        .commit_all("request m7");
+    // GitLab publishes merge request 7's head here; the default patterns cover it.
+    admin.git(&["push", "-q", "origin", "HEAD:refs/merge-requests/7/head"]);
+    let head = admin.git(&["rev-parse", "HEAD"]);
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    runners[0]
+        .stella(&["daemon", "--once", "--repo", ".", "--remote", "origin"])
+        .ok();
+    admin.git(&["fetch", "-q", "origin", "refs/notes/stella:refs/notes/stella"]);
+    let log = admin.git(&["log", "--notes=stella", "-1", &head]);
+    let log = String::from_utf8_lossy(&log.stdout).into_owned();
+    assert!(
+        log.contains("stella plan for runs/m7") && log.contains("planHash: sha256:"),
+        "{log}"
+    );
+    admin.git(&["checkout", "-q", "main"]);
+    assert!(!hub_states(&admin).contains_key("m7"), "a merge request's head is never executed");
+}
+
+#[test]
 fn a_live_runner_keeps_its_claim_past_the_lease() {
     let (_hub, admin, runners) = hub_with_runners(2);
     push_slow_request(&admin, 4);
