@@ -357,7 +357,11 @@ mod tests {
     #[test]
     fn signed_requests() {
         assert!(!Config::default().requests_signed);
-        assert!(Config::parse("c", "requests: { signed: true }\n").unwrap().requests_signed);
+        assert!(
+            Config::parse("c", "requests: { signed: true }\n")
+                .unwrap()
+                .requests_signed
+        );
         for (bad, field) in [
             ("requests: { signed: yes please }\n", "requests.signed"),
             ("requests: { sigend: true }\n", "requests.sigend"),
@@ -365,7 +369,11 @@ mod tests {
         ] {
             let d = Config::parse("config.yaml", bad).unwrap_err();
             let d = d.iter().next().unwrap();
-            assert_eq!((d.line, d.field.as_str(), d.code), (1, field, Code::ConfigInvalid), "{bad}");
+            assert_eq!(
+                (d.line, d.field.as_str(), d.code),
+                (1, field, Code::ConfigInvalid),
+                "{bad}"
+            );
         }
     }
 

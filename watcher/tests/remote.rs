@@ -230,7 +230,10 @@ fn a_gitlab_merge_request_ref_gets_its_plan_note() {
         "{log}"
     );
     admin.git(&["checkout", "-q", "main"]);
-    assert!(!hub_states(&admin).contains_key("m7"), "a merge request's head is never executed");
+    assert!(
+        !hub_states(&admin).contains_key("m7"),
+        "a merge request's head is never executed"
+    );
 }
 
 #[test]

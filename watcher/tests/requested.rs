@@ -38,7 +38,10 @@ impl Team {
         }
         repo.write(".stella/allowed_signers", &signers);
         repo.write(".stella/approvers.yaml", "grants:\n  Packs.Approve: [alice, bob]\n");
-        repo.write(".stella/config.yaml", &format!("branch: main\ncommit: {{ batchMs: 200 }}\n{config}"));
+        repo.write(
+            ".stella/config.yaml",
+            &format!("branch: main\ncommit: {{ batchMs: 200 }}\n{config}"),
+        );
         repo.commit_all("trust alice and bob");
         repo.pack("gated", &gated(allow_self));
         Team { repo, keys }
@@ -50,9 +53,7 @@ impl Team {
 
     /// `stella run request`, the files staged, not committed.
     fn stage_request(&self, id: &str) {
-        self.repo
-            .stella(&["run", "request", "packs/gated", "--id", id])
-            .ok();
+        self.repo.stella(&["run", "request", "packs/gated", "--id", id]).ok();
         self.repo.git(&["add", "-A"]);
     }
 
@@ -82,7 +83,14 @@ impl Team {
     fn approve(&self, run: &str, who: &str) -> &Team {
         let key = self.key(who);
         self.repo
-            .stella(&["approve", run, "--gate", "change-review", "--key", key.to_str().unwrap()])
+            .stella(&[
+                "approve",
+                run,
+                "--gate",
+                "change-review",
+                "--key",
+                key.to_str().unwrap(),
+            ])
             .ok();
         self.repo.commit_all(&format!("{who} approves {run}"));
         self
@@ -117,14 +125,28 @@ fn a_signed_request_approved_by_its_requester_waits_until_a_second_approver_pass
     t.approve("r1", "alice").once();
     assert_eq!(t.repo.state("r1"), "waiting", "the requester's approval does not count");
     let alice = t.verdict("r1", "alice");
-    assert_eq!((&alice["verdict"], &alice["code"]), (&"ignored".into(), &"ERR_APPROVAL_SELF".into()));
-    assert!(alice["reason"].as_str().unwrap().contains("requested this run"), "{alice}");
+    assert_eq!(
+        (&alice["verdict"], &alice["code"]),
+        (&"ignored".into(), &"ERR_APPROVAL_SELF".into())
+    );
+    assert!(
+        alice["reason"].as_str().unwrap().contains("requested this run"),
+        "{alice}"
+    );
     let text = t.repo.stella(&["runs", "show", "r1"]).ok().stdout();
-    assert!(text.contains("ERR_APPROVAL_SELF") && text.contains("requestedBy: alice"), "{text}");
+    assert!(
+        text.contains("ERR_APPROVAL_SELF") && text.contains("requestedBy: alice"),
+        "{text}"
+    );
     t.approve("r1", "bob").once();
     assert_eq!(t.repo.state("r1"), "succeeded");
     // The requester is in run.planned and in the signed evidence.
-    let planned = t.repo.events("r1").into_iter().find(|e| e["type"] == "run.planned").unwrap();
+    let planned = t
+        .repo
+        .events("r1")
+        .into_iter()
+        .find(|e| e["type"] == "run.planned")
+        .unwrap();
     assert_eq!(planned["data"]["requestedBy"], "alice");
     let att = t
         .repo
@@ -164,7 +186,11 @@ fn an_unsigned_request_fails_with_err_request_unsigned_before_any_step() {
     t.repo.git(&["commit", "-q", "-m", "request r1, unsigned"]);
     t.once();
     let show = t.repo.show("r1");
-    assert_eq!((&show["state"], &show["code"]), (&"failed".into(), &"ERR_REQUEST_UNSIGNED".into()), "{show}");
+    assert_eq!(
+        (&show["state"], &show["code"]),
+        (&"failed".into(), &"ERR_REQUEST_UNSIGNED".into()),
+        "{show}"
+    );
     assert!(show["error"].as_str().unwrap().contains("not signed"), "{show}");
     assert!(!t.step_started("r1"));
     let text = t.repo.stella(&["runs", "show", "r1"]).stdout();
@@ -207,10 +233,12 @@ fn the_commit_that_added_the_request_signs_it_not_the_merge_that_brought_it() {
     // Signed by alice on a branch, merged by an unsigned merge commit: alice requested it.
     t.repo.git(&["checkout", "-q", "-b", "feature"]);
     t.signed_request("r1", "alice");
-    t.repo.git(&["commit", "-q", "--allow-empty", "-m", "more work, unsigned"]);
+    t.repo
+        .git(&["commit", "-q", "--allow-empty", "-m", "more work, unsigned"]);
     t.repo.git(&["checkout", "-q", "main"]);
     t.repo.git(&["commit", "-q", "--allow-empty", "-m", "main moves on"]);
-    t.repo.git(&["merge", "-q", "--no-ff", "-m", "merge feature", "feature"]);
+    t.repo
+        .git(&["merge", "-q", "--no-ff", "-m", "merge feature", "feature"]);
     t.once();
     assert_eq!(t.repo.show("r1")["requestedBy"], "alice");
     // Added unsigned on a branch: a merge commit alice signs does not make it hers.
@@ -218,11 +246,22 @@ fn the_commit_that_added_the_request_signs_it_not_the_merge_that_brought_it() {
     t.stage_request("r2");
     t.repo.git(&["commit", "-q", "-m", "request r2, unsigned"]);
     t.repo.git(&["checkout", "-q", "main"]);
-    t.repo.git(&["commit", "-q", "--allow-empty", "-m", "main moves on again"]);
+    t.repo
+        .git(&["commit", "-q", "--allow-empty", "-m", "main moves on again"]);
     let key = t.key("alice");
     let signing_key = format!("user.signingkey={}", key.display());
     t.repo.git(&[
-        "-c", "gpg.format=ssh", "-c", &signing_key, "merge", "-q", "-S", "--no-ff", "-m", "merge other", "other",
+        "-c",
+        "gpg.format=ssh",
+        "-c",
+        &signing_key,
+        "merge",
+        "-q",
+        "-S",
+        "--no-ff",
+        "-m",
+        "merge other",
+        "other",
     ]);
     t.once();
     let show = t.repo.show("r2");

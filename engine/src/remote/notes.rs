@@ -180,8 +180,13 @@ fn plan_summary(ledger: &Ledger, tip: Option<ObjectId>, run: &str, plan: &crate:
         } else {
             who.join(", ")
         };
+        let own = if a.allow_self_approval {
+            ", the requester's own approval counts"
+        } else {
+            ""
+        };
         out.push_str(&format!(
-            "  approval {}: {} of [{}] ({who}){ttl}\n",
+            "  approval {}: {} of [{}] ({who}){ttl}{own}\n",
             a.id,
             a.required_count,
             a.grants.join(", ")

@@ -17,7 +17,12 @@ const MAX_MERGES: usize = 64;
 /// The principal who signed the commit that added `request_path`, or why there is none
 /// (a sentence naming the commit). `arrived` is the commit of the branch's first-parent line
 /// that brought the request; `trust` the commit whose allowed_signers judge the signature.
-pub fn requested_by(env: &Environment, request_path: &str, trust: ObjectId, arrived: ObjectId) -> Result<String, String> {
+pub fn requested_by(
+    env: &Environment,
+    request_path: &str,
+    trust: ObjectId,
+    arrived: ObjectId,
+) -> Result<String, String> {
     let ledger = env.ledger();
     let added = adding_commit(&ledger, env, arrived, request_path);
     let short = &added.to_string()[..12];
