@@ -168,6 +168,8 @@ fn a_signed_request_approved_by_its_requester_waits_until_a_second_approver_pass
     assert_eq!(get(&base, "/api/v1/runs/r1").json()["requestedBy"], "alice");
     let list = get(&base, "/api/v1/runs").json();
     assert!(list.to_string().contains("\"requestedBy\":\"alice\""), "{list}");
+    let page = get(&base, "/runs/r1").text();
+    assert!(page.contains("<dt>Requested by</dt><dd>alice</dd>"), "{page}");
 }
 
 #[test]
