@@ -31,6 +31,7 @@ pub use index::{Facts, Index};
 pub use invalid::{Invalid, RUN_ENTRIES};
 pub use lifecycle::process;
 pub use observer::Observer;
+pub use requester::requested_on_pull_request;
 pub use scan::{Scanned, Select, scan};
 
 /// Why a run could not be carried on. Whatever is wrong with the run's own files is `Invalid`

@@ -6,7 +6,7 @@
 use gix::ObjectId;
 
 use super::Environment;
-use super::trust::arrival;
+use super::trust::{FirstParents, arrival};
 use crate::allowed_signers::AllowedSigners;
 use crate::approvals::MAX_TRUST_FILE_BYTES;
 use crate::ledger::{Ledger, Within};
@@ -24,32 +24,57 @@ pub fn requested_by(
     arrived: ObjectId,
 ) -> Result<String, String> {
     let ledger = env.ledger();
-    let added = adding_commit(&ledger, env, arrived, request_path);
+    signed_in(&ledger, &env.first_parents, request_path, trust, arrived)
+}
+
+/// Who a pull request's head `head` names as the requester of `request_path`, judged by the
+/// allowed_signers of `trust` (the branch it would merge into): what `requested_by` will find
+/// after a merge commit brings it. For the pull-request notes.
+pub fn requested_on_pull_request(
+    ledger: &Ledger,
+    head: ObjectId,
+    trust: ObjectId,
+    request_path: &str,
+) -> Result<String, String> {
+    let parents = FirstParents::default();
+    let has = |c: ObjectId| ledger.read(c, request_path).ok().flatten().is_some();
+    let arrived = arrival(ledger, &parents, head, has).arrived;
+    signed_in(ledger, &parents, request_path, trust, arrived)
+}
+
+fn signed_in(
+    ledger: &Ledger,
+    parents: &FirstParents,
+    request_path: &str,
+    trust: ObjectId,
+    arrived: ObjectId,
+) -> Result<String, String> {
+    let added = adding_commit(ledger, parents, arrived, request_path);
     let short = &added.to_string()[..12];
-    let signers = signers_at(&ledger, trust)?;
-    crate::ledger::verify::signer(&ledger, added, &signers)
+    let signers = signers_at(ledger, trust)?;
+    crate::ledger::verify::signer(ledger, added, &signers)
         .map_err(|why| format!("commit {short}, which added {request_path}: {why}"))
 }
 
 /// The commit that added the request as it is at `arrived`: `arrived` itself, unless it is a
 /// merge whose other parent already held the same file; then the commit on that side that
 /// added it (followed through further merges, at most `MAX_MERGES` deep).
-fn adding_commit(ledger: &Ledger, env: &Environment, arrived: ObjectId, path: &str) -> ObjectId {
+fn adding_commit(ledger: &Ledger, parents: &FirstParents, arrived: ObjectId, path: &str) -> ObjectId {
     let Some(content) = ledger.read(arrived, path).ok().flatten() else {
         return arrived;
     };
     let same = |c: ObjectId| ledger.read(c, path).ok().flatten().as_deref() == Some(&content[..]);
     let mut at = arrived;
     for _ in 0..MAX_MERGES {
-        let parents = ledger.parents(at).unwrap_or_default();
-        if parents.len() < 2 || same(parents[0]) {
+        let of = ledger.parents(at).unwrap_or_default();
+        if of.len() < 2 || same(of[0]) {
             return at;
         }
         // A merge that brought the file from another parent: the file was added on that side.
-        let Some(&side) = parents[1..].iter().find(|&&p| same(p)) else {
+        let Some(&side) = of[1..].iter().find(|&&p| same(p)) else {
             return at;
         };
-        at = arrival(ledger, &env.first_parents, side, same).arrived;
+        at = arrival(ledger, parents, side, same).arrived;
     }
     at
 }
