@@ -270,3 +270,38 @@ fn the_commit_that_added_the_request_signs_it_not_the_merge_that_brought_it() {
     assert_eq!(show["code"], "ERR_REQUEST_UNSIGNED", "{show}");
     assert!(!t.step_started("r2"));
 }
+
+#[test]
+fn the_requester_under_another_principal_with_the_same_key_is_still_the_requester() {
+    let t = Team::new("requests: { signed: true }\n", false);
+    let alice_public = std::fs::read_to_string(t.key("alice").with_extension("pub")).unwrap();
+    let signers = std::fs::read_to_string(t.repo.path().join(".stella/allowed_signers")).unwrap();
+    t.repo.write(
+        ".stella/allowed_signers",
+        &format!(
+            "{signers}alice-ops namespaces=\"stella-approval\" {}\n",
+            alice_public.trim()
+        ),
+    );
+    t.repo
+        .write(".stella/approvers.yaml", "grants:\n  Packs.Approve: [alice-ops, bob]\n");
+    t.repo.commit_all("alice approves as alice-ops");
+    t.signed_request("r1", "alice").once();
+    let key = t.key("alice");
+    t.repo
+        .stella(&[
+            "approve",
+            "r1",
+            "--gate",
+            "change-review",
+            "--key",
+            key.to_str().unwrap(),
+            "--principal",
+            "alice-ops",
+        ])
+        .ok();
+    t.repo.commit_all("alice-ops approves r1");
+    t.once();
+    assert_eq!(t.repo.state("r1"), "waiting");
+    assert_eq!(t.verdict("r1", "alice-ops")["code"], "ERR_APPROVAL_SELF");
+}
