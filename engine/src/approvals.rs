@@ -237,6 +237,9 @@ pub struct GateInput<'a> {
     pub signers: &'a AllowedSigners,
     pub approvers: &'a Approvers,
     pub files: &'a [ApprovalFile],
+    /// The run's requester (`requestedBy`), whose approvals do not count unless the rule
+    /// allows self-approval.
+    pub requested_by: Option<&'a str>,
     /// When the run first waited at this gate (expiry counts from there).
     pub waiting_since: Option<SystemTime>,
     pub now: SystemTime,
@@ -373,6 +376,26 @@ fn judge(
                 "{} holds none of the grants {}",
                 f.principal,
                 input.rule.grants.join(", ")
+            ),
+        ));
+    }
+    // Separation of duties: the requester, under its own name or with a key it signs
+    // commits with, does not approve its own run (rejecting it stays possible).
+    if let Some(requester) = input.requested_by
+        && a.decision == Decision::Approve
+        && !input.rule.allow_self_approval
+        && (f.principal == requester
+            || input
+                .signers
+                .find_principals(&entry.key, "git", input.now)
+                .iter()
+                .any(|p| p == requester))
+    {
+        return Err((
+            Code::ApprovalSelf,
+            format!(
+                "{} requested this run and may not approve it (separation of duties; the rule does not say allowSelfApproval: true)",
+                f.principal
             ),
         ));
     }

@@ -90,6 +90,9 @@ codes! {
     RequestInvalid = "ERR_REQUEST_INVALID", exit 2;
     /// A request repeats the runToken of an earlier run; it is not executed.
     RunDuplicate = "ERR_RUN_DUPLICATE", exit 1;
+    /// With `requests: { signed: true }`, the commit that added the request is unsigned or
+    /// signed by a key the trust commit's allowed_signers does not trust for namespace `git`.
+    RequestUnsigned = "ERR_REQUEST_UNSIGNED", exit 1;
     /// The ledger's history was rewritten, or a runner file changed outside a signed runner commit.
     LedgerTampered = "ERR_LEDGER_TAMPERED", exit 1;
     /// `.stella/approvers.yaml` is malformed.
@@ -106,6 +109,8 @@ codes! {
     ApprovalMalformed = "ERR_APPROVAL_MALFORMED", exit 1;
     /// The approval comes from a principal or key that already counted.
     ApprovalDuplicate = "ERR_APPROVAL_DUPLICATE", exit 1;
+    /// The approval comes from the run's requester, and the rule does not say `allowSelfApproval: true`.
+    ApprovalSelf = "ERR_APPROVAL_SELF", exit 1;
     /// A valid reject: the run fails.
     PackApprovalRejected = "ERR_PACK_APPROVAL_REJECTED", exit 1;
     /// The gate's expiresAfter passed without enough approvals: the run fails.
@@ -189,7 +194,7 @@ mod tests {
             assert!(code.as_str().starts_with("ERR_"), "{code}");
             assert!(matches!(code.exit_code(), 1 | 2), "{code}");
         }
-        assert_eq!(Code::ALL.len(), 48);
+        assert_eq!(Code::ALL.len(), 50);
         assert_eq!("ERR_NOPE".parse::<Code>(), Err(UnknownCode("ERR_NOPE".into())));
         assert_eq!((Code::StepFailed.exit_code(), Code::Usage.exit_code()), (1, 2));
     }

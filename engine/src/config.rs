@@ -31,6 +31,9 @@ pub struct Config {
     pub sandbox: SandboxPolicy,
     /// Where run events are sent (DESIGN section 12; `crate::notify`).
     pub notify: Vec<crate::notify::Target>,
+    /// `requests: { signed: true }`: the commit that added a request must be signed by a key
+    /// the trust commit's allowed_signers trusts for namespace `git`.
+    pub requests_signed: bool,
 }
 
 /// `sandbox:` in the config: how far a step is kept from the runner.
@@ -73,6 +76,7 @@ impl Default for Config {
             pull_patterns: vec!["refs/pull/*/head".into(), "refs/merge-requests/*/head".into()],
             sandbox: SandboxPolicy::Required,
             notify: Vec::new(),
+            requests_signed: false,
         }
     }
 }
@@ -121,6 +125,7 @@ impl Config {
             "pullRequests",
             "sandbox",
             "notify",
+            "requests",
         ];
         let top = Obj::new(&root, "");
         for (k, v) in entries {
@@ -194,6 +199,11 @@ impl Config {
                     Some(b) if valid_branch(b) => c.ledger_branch = Some(b.into()),
                     _ => _ = d.error(v.pos, "ledger.branch", "expected a branch name"),
                 },
+                "requests" => {
+                    if let Some(o) = d.obj(v, "requests", &["signed"]) {
+                        c.requests_signed = d.boolean(&o, "signed", false);
+                    }
+                }
                 _ => d.unknown_field(k, "", TOP, Unknown::Suggest),
             }
         }
@@ -341,6 +351,29 @@ mod tests {
             ("sandbox: { mode: required, write: [/x] }\n", "sandbox.mode"),
             ("sandbox: { read: [/x] }\n", "sandbox.mode"),
             ("sandbox: { mode: strict, extra: 1 }\n", "sandbox.extra"),
+        ] {
+            let d = Config::parse("config.yaml", bad).unwrap_err();
+            let d = d.iter().next().unwrap();
+            assert_eq!(
+                (d.line, d.field.as_str(), d.code),
+                (1, field, Code::ConfigInvalid),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn signed_requests() {
+        assert!(!Config::default().requests_signed);
+        assert!(
+            Config::parse("c", "requests: { signed: true }\n")
+                .unwrap()
+                .requests_signed
+        );
+        for (bad, field) in [
+            ("requests: { signed: yes please }\n", "requests.signed"),
+            ("requests: { sigend: true }\n", "requests.sigend"),
+            ("requests: true\n", "requests"),
         ] {
             let d = Config::parse("config.yaml", bad).unwrap_err();
             let d = d.iter().next().unwrap();

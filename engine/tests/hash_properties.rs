@@ -220,6 +220,10 @@ fn a_change_to_what_would_run_changes_the_hash() {
         ("requiredCount: 1", "requiredCount: 2"),
         ("grants: [Packs.Approve]", "grants: [Packs.Admin]"),
         ("expiresAfter: PT4H", "expiresAfter: PT5H"),
+        (
+            "expiresAfter: PT4H",
+            "expiresAfter: PT4H\n      allowSelfApproval: true",
+        ),
         ("timeout: 10m", "timeout: 11m"),
         ("maxAttempts: 3", "maxAttempts: 4"),
         ("failAction: halt", "failAction: continue"),

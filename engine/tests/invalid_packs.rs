@@ -78,6 +78,14 @@ invalid!(bad_approval_expiry,
     "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: t, version: 1.0.0 }\nspec:\n  approvals:\n    - { id: r, grants: [a], expiresAfter: PT4X }\n  steps:\n    - { id: g, gate: { approval: { id: r } } }\n",
     field: "spec.approvals[0].expiresAfter", line: 6, contains: "ISO 8601");
 
+invalid!(bad_allow_self_approval,
+    "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: t, version: 1.0.0 }\nspec:\n  approvals:\n    - { id: r, grants: [a], allowSelfApproval: \"yes\" }\n  steps:\n    - { id: g, gate: { approval: { id: r } } }\n",
+    field: "spec.approvals[0].allowSelfApproval", line: 6, contains: "true or false");
+
+invalid!(misspelt_allow_self_approval,
+    "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: t, version: 1.0.0 }\nspec:\n  approvals:\n    - { id: r, grants: [a], allowSelfApprovals: true }\n  steps:\n    - { id: g, gate: { approval: { id: r } } }\n",
+    field: "spec.approvals[0].allowSelfApprovals", line: 6, contains: "unknown field");
+
 invalid!(bad_backoff,
     with_steps("    - id: a\n      retries: { maxAttempts: 2, backoff: soon }\n      run: { uses: builtin:exec, with: { argv: [true] } }\n"),
     field: "spec.steps[0].retries.backoff", line: 12, contains: "invalid duration");

@@ -19,6 +19,7 @@ mod notify;
 mod output;
 mod pack_cli;
 mod remote;
+mod requested;
 mod resume;
 mod run_local;
 mod runs_index;

@@ -206,6 +206,96 @@ fn a_pull_request_is_planned_and_noted_but_runs_only_after_the_merge() {
 }
 
 #[test]
+fn a_gitlab_merge_request_ref_gets_its_plan_note() {
+    let (_hub, admin, runners) = hub_with_runners(1);
+    admin.git(&["checkout", "-q", "-b", "mr-7"]);
+    admin
+        .write(
+            &format!("{}/request.yaml", run_path("m7")),
+            "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\ninputs: { who: gitlab }\n",
+        )
+        .commit_all("request m7");
+    // GitLab publishes merge request 7's head here; the default patterns cover it.
+    admin.git(&["push", "-q", "origin", "HEAD:refs/merge-requests/7/head"]);
+    let head = admin.git(&["rev-parse", "HEAD"]);
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    runners[0]
+        .stella(&["daemon", "--once", "--repo", ".", "--remote", "origin"])
+        .ok();
+    admin.git(&["fetch", "-q", "origin", "refs/notes/stella:refs/notes/stella"]);
+    let log = admin.git(&["log", "--notes=stella", "-1", &head]);
+    let log = String::from_utf8_lossy(&log.stdout).into_owned();
+    assert!(
+        log.contains("stella plan for runs/m7") && log.contains("planHash: sha256:"),
+        "{log}"
+    );
+    admin.git(&["checkout", "-q", "main"]);
+    assert!(
+        !hub_states(&admin).contains_key("m7"),
+        "a merge request's head is never executed"
+    );
+}
+
+#[test]
+fn a_pull_request_note_names_its_requester_and_warns_of_an_unsigned_request() {
+    let (_hub, admin, runners) = hub_with_runners(1);
+    let keys = tempfile::tempdir().unwrap();
+    let alice = crate::support::keygen(keys.path(), "alice");
+    let signers = std::fs::read_to_string(admin.path().join(".stella/allowed_signers")).unwrap();
+    admin.write(
+        ".stella/allowed_signers",
+        &format!("{signers}alice namespaces=\"git\" {alice}\n"),
+    );
+    admin.write(
+        ".stella/config.yaml",
+        "branch: main\ncommit: { batchMs: 200 }\nrequests: { signed: true }\n",
+    );
+    admin.commit_all("signed requests from alice");
+    admin.git(&["push", "-q", "origin", "main"]);
+    admin.git(&["checkout", "-q", "-b", "pr-8"]);
+    let request = "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n";
+    admin.write(&format!("{}/request.yaml", run_path("s1")), request);
+    admin.git(&["add", "-A"]);
+    let signing_key = format!("user.signingkey={}", keys.path().join("alice").display());
+    admin.git(&[
+        "-c",
+        "gpg.format=ssh",
+        "-c",
+        &signing_key,
+        "commit",
+        "-q",
+        "-S",
+        "-m",
+        "request s1",
+    ]);
+    admin
+        .write(&format!("{}/request.yaml", run_path("u1")), request)
+        .commit_all("request u1");
+    admin.git(&["push", "-q", "origin", "HEAD:refs/pull/8/head"]);
+    let head = admin.git(&["rev-parse", "HEAD"]);
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    runners[0]
+        .stella(&["daemon", "--once", "--repo", ".", "--remote", "origin"])
+        .ok();
+    admin.git(&["fetch", "-q", "origin", "refs/notes/stella:refs/notes/stella"]);
+    let note = admin.git(&["notes", "--ref=stella", "show", &head]);
+    let note = String::from_utf8_lossy(&note.stdout).into_owned();
+    let section = |id: &str| {
+        let start = note
+            .find(&format!("stella plan for runs/{id}"))
+            .unwrap_or_else(|| panic!("{note}"));
+        let rest = &note[start + 1..];
+        rest[..rest.find("stella plan for").unwrap_or(rest.len())].to_string()
+    };
+    assert!(section("s1").contains("requestedBy: alice"), "{note}");
+    let u1 = section("u1");
+    assert!(
+        u1.contains("requestedBy: none") && u1.contains("ERR_REQUEST_UNSIGNED"),
+        "{note}"
+    );
+}
+
+#[test]
 fn a_live_runner_keeps_its_claim_past_the_lease() {
     let (_hub, admin, runners) = hub_with_runners(2);
     push_slow_request(&admin, 4);

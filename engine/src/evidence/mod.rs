@@ -222,9 +222,10 @@ pub fn statement(r: &RunRecord) -> Json {
             "files": covered_files(r),
         },
     });
-    // A retry names the run it retries; a resume also the digest of that run's attestation.
+    // A retry names the run it retries; a resume also the digest of that run's attestation;
+    // a request added by a trusted signed commit, its signer.
     let planned = r.events.iter().find(|e| e.kind == "run.planned");
-    for field in ["retryOf", "resumeOf"] {
+    for field in ["retryOf", "resumeOf", "requestedBy"] {
         if let Some(of) = planned.and_then(|e| e.get(field)) {
             statement["predicate"][field] = of.clone();
         }

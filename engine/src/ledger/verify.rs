@@ -146,7 +146,7 @@ pub fn split_signature(raw: &[u8]) -> (Vec<u8>, Option<String>) {
 }
 
 /// Who signed `commit` for namespace `git` according to `signers`, or why nobody did.
-fn signer(ledger: &Ledger, commit: ObjectId, signers: &AllowedSigners) -> Result<String, String> {
+pub fn signer(ledger: &Ledger, commit: ObjectId, signers: &AllowedSigners) -> Result<String, String> {
     let raw = ledger.raw_commit(commit).map_err(|e| e.to_string())?;
     let (payload, sig) = split_signature(&raw);
     let sig = sig.ok_or("the commit is not signed")?;

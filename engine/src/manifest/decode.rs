@@ -17,7 +17,14 @@ const METADATA_FIELDS: &[&str] = &["name", "version", "description", "labels"];
 const SPEC_FIELDS: &[&str] = &["inputs", "secrets", "approvals", "steps", "failure"];
 const INPUT_FIELDS: &[&str] = &["name", "type", "required", "default", "schema", "description"];
 const SECRET_FIELDS: &[&str] = &["name", "scope", "required", "description"];
-const APPROVAL_FIELDS: &[&str] = &["id", "grants", "requiredCount", "expiresAfter", "reason"];
+const APPROVAL_FIELDS: &[&str] = &[
+    "id",
+    "grants",
+    "requiredCount",
+    "expiresAfter",
+    "reason",
+    "allowSelfApproval",
+];
 const FAILURE_FIELDS: &[&str] = &["retries"];
 
 /// Decodes the whole manifest. `None` when the top level is too broken to go on.
@@ -173,6 +180,7 @@ fn decode_approval(d: &mut Decoder, node: &Node, path: String) -> Option<Approva
         required_count: d.uint(&o, "requiredCount", 1, 100).unwrap_or(1),
         expires_after_ms: duration(d, &o, "expiresAfter"),
         reason: opt_tpl(d, &o, "reason"),
+        allow_self_approval: d.boolean(&o, "allowSelfApproval", false),
         pos: o.pos(),
         field: path,
     })

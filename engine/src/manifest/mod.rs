@@ -119,6 +119,8 @@ pub struct ApprovalDecl {
     pub required_count: u32,
     pub expires_after_ms: Option<u64>,
     pub reason: Option<Tpl>,
+    /// Whether the run's requester may approve it (separation of duties otherwise).
+    pub allow_self_approval: bool,
     pub pos: Pos,
     pub field: String,
 }

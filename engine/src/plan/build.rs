@@ -48,6 +48,7 @@ pub(super) fn build(
             required_count: a.required_count,
             expires_after_ms: a.expires_after_ms,
             reason: a.reason.as_ref().and_then(|r| b.render_now(r, Flavor::Text, &ctx)),
+            allow_self_approval: a.allow_self_approval,
         })
         .collect();
     let scope = Inherited {

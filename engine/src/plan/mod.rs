@@ -108,6 +108,9 @@ pub struct PlanApproval {
     pub expires_after_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Absent (false) unless the pack says so, so plans without it hash as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_self_approval: bool,
 }
 
 /// A text value: rendered at plan time, or a template the runner renders when the step starts.

@@ -149,7 +149,33 @@ fn summary(ledger: &Ledger, head: ObjectId, tip: Option<ObjectId>, dir: &RunDir,
             "stella plan for runs/{run}\n  does not plan:\n  {}\n",
             e.replace('\n', "\n  ")
         ),
-        Ok(plan) => plan_summary(ledger, tip, run, &plan),
+        Ok(plan) => {
+            let mut out = plan_summary(ledger, tip, run, &plan);
+            out.push_str(&requester_line(
+                ledger,
+                head,
+                tip,
+                &request_path,
+                config.requests_signed,
+            ));
+            out
+        }
+    }
+}
+
+/// Who will be the run's `requestedBy` once a merge commit brings the request (a squash or
+/// rebase re-creates the commit, and its signature with it), and whether that will do; empty
+/// when nobody is named and `requests: { signed: true }` is not set.
+fn requester_line(ledger: &Ledger, head: ObjectId, tip: Option<ObjectId>, path: &str, signed: bool) -> String {
+    let Some(tip) = tip else { return String::new() };
+    match crate::runs::requested_on_pull_request(ledger, head, tip, path) {
+        Ok(principal) => format!("  requestedBy: {principal}\n"),
+        Err(why) if signed => format!(
+            "  requestedBy: none ({why}); requests: {{ signed: true }} fails this run after the merge [{}]\n",
+            Code::RequestUnsigned
+        ),
+        // Nobody named and nobody required: nothing to tell the reviewers.
+        Err(_) => String::new(),
     }
 }
 
@@ -180,8 +206,13 @@ fn plan_summary(ledger: &Ledger, tip: Option<ObjectId>, run: &str, plan: &crate:
         } else {
             who.join(", ")
         };
+        let own = if a.allow_self_approval {
+            ", the requester's own approval counts"
+        } else {
+            ""
+        };
         out.push_str(&format!(
-            "  approval {}: {} of [{}] ({who}){ttl}\n",
+            "  approval {}: {} of [{}] ({who}){ttl}{own}\n",
             a.id,
             a.required_count,
             a.grants.join(", ")

@@ -28,6 +28,9 @@ pub struct RepoGates<'a> {
     pub plan_hash: String,
     /// Whose trust files judge the approvals.
     pub trust_commit: ObjectId,
+    /// The run's `requestedBy` (from `run.planned`): their approvals do not count unless the
+    /// rule allows self-approval.
+    pub requested_by: Option<String>,
 }
 
 impl RepoGates<'_> {
@@ -165,6 +168,7 @@ impl Gatekeeper for RepoGates<'_> {
             signers: &signers,
             approvers: &approvers,
             files: &files,
+            requested_by: self.requested_by.as_deref(),
             waiting_since: waiting_since.and_then(|t| humantime::parse_rfc3339(t).ok()),
             now: SystemTime::now(),
         };

@@ -236,18 +236,21 @@ impl Run<'_> {
             );
         }
         prior = self.events()?;
-        let trust_commit = prior
-            .iter()
-            .find(|e| e.kind == "run.planned")
+        let planned = prior.iter().find(|e| e.kind == "run.planned");
+        let trust_commit = planned
             .and_then(|e| e.get("trustCommit").and_then(|v| v.as_str()))
             .and_then(|h| ObjectId::from_hex(h.as_bytes()).ok())
             .unwrap_or(tip);
+        let requested_by = planned
+            .and_then(|e| e.get("requestedBy").and_then(|v| v.as_str()))
+            .map(str::to_string);
         let repo_gates = RepoGates {
             env,
             run: self.dir,
             plan: &plan,
             plan_hash: plan.hash(),
             trust_commit,
+            requested_by,
         };
         let gates = exec::chaos_gates::ChaosGates {
             inner: &repo_gates,

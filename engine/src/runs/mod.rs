@@ -12,6 +12,7 @@ mod ledger_sink;
 mod lifecycle;
 mod observer;
 mod planning;
+mod requester;
 mod resume;
 mod scan;
 pub mod timetable;
@@ -33,6 +34,7 @@ pub use index::{Facts, Index};
 pub use invalid::{Invalid, RUN_ENTRIES};
 pub use lifecycle::{note, process};
 pub use observer::Observer;
+pub use requester::requested_on_pull_request;
 pub use scan::{Scanned, Select, scan};
 pub use trust::trust_commit;
 

@@ -7,7 +7,7 @@ use gix::ObjectId;
 use serde_json::json;
 
 use super::Environment;
-use super::trust::trust_commit;
+use super::trust::trust_and_arrival;
 use crate::code::Code;
 use crate::diag::Diagnostics;
 use crate::event::Event;
@@ -67,13 +67,26 @@ pub fn plan_new(env: &Environment, dir: &RunDir, commit: ObjectId) -> Result<Pla
         ));
     }
     // Repository policy (sealed, network.allow) is trusted only from before the request.
-    let trust = trust_commit(env, commit, &request_path);
+    let (trust, arrived) = trust_and_arrival(env, commit, &request_path);
     let config = &env.config_at(trust);
     if let Some(t) = &request.trigger {
         // Judged as `ledger verify` does: by the schedules of the tip the runner built on.
         let parent = super::trust::before_request(env, commit, &request_path);
         scheduled(env, parent, id, &request, t)?;
     }
+    // Who asked: required to be a trusted signer with `requests: { signed: true }`.
+    let requested_by = match super::requester::requested_by(env, &request_path, trust, arrived) {
+        Ok(principal) => Some(principal),
+        Err(why) if config.requests_signed => {
+            return Err(refuse(
+                Code::RequestUnsigned,
+                format!(
+                    "{why}; .stella/config.yaml says requests: {{ signed: true }}: commit the request signed (git commit -S, gpg.format=ssh) with a key .stella/allowed_signers trusts for namespace git"
+                ),
+            ));
+        }
+        Err(_) => None,
+    };
     let files = pack_at(env, commit, &request.pack)?;
     let plan = crate::plan::from_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
     let hash = plan.hash();
@@ -106,6 +119,9 @@ pub fn plan_new(env: &Environment, dir: &RunDir, commit: ObjectId) -> Result<Pla
     });
     if let Some(t) = &request.run_token {
         data["runToken"] = json!(t);
+    }
+    if let Some(principal) = requested_by {
+        data["requestedBy"] = json!(principal);
     }
     if let Some((field, of)) = origin {
         data[field] = of;

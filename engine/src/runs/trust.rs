@@ -33,35 +33,55 @@ impl FirstParents {
 }
 
 /// The commit whose trust files judge a request: the first parent of the commit that brought
-/// the request onto the branch (or that commit itself when it has no parent).
-pub fn trust_commit(env: &Environment, tip: ObjectId, request_path: &str) -> ObjectId {
+/// the request onto the branch (or that commit itself when it has no parent), or an older tip
+/// this runner saw; and the commit of the first-parent line from `tip` that brought it (a
+/// merge, when a merge brought it).
+pub fn trust_and_arrival(env: &Environment, tip: ObjectId, request_path: &str) -> (ObjectId, ObjectId) {
     let ledger = env.ledger();
-    let before_request = before_arrival(&ledger, &env.first_parents, tip, request_path);
+    let has = |c: ObjectId| ledger.read(c, request_path).ok().flatten().is_some();
+    let found = arrival(&ledger, &env.first_parents, tip, has);
+    let before_request = found.before;
     // A pull request merged by fast-forward puts its own earlier commits (say, one adding an
     // approver) before the request on the branch. The branch as this runner last saw it
     // before the request arrived is older than all of them: trust that when it is known.
     for seen in seen::tips(&env.git_dir).into_iter().rev() {
         let lacks = ledger.read(seen, request_path).ok().flatten().is_none();
         if lacks && ledger.is_ancestor(seen, before_request).unwrap_or(false) {
-            return seen;
+            return (seen, found.arrived);
         }
     }
-    before_request
+    (before_request, found.arrived)
+}
+
+/// The commit whose trust files judge a request (see `trust_and_arrival`).
+pub fn trust_commit(env: &Environment, tip: ObjectId, request_path: &str) -> ObjectId {
+    trust_and_arrival(env, tip, request_path).0
 }
 
 /// The first parent of the commit that brought `request_path` onto the branch: the tip a
 /// runner built on when it wrote the request itself (a schedule's slot).
 pub fn before_request(env: &Environment, tip: ObjectId, request_path: &str) -> ObjectId {
-    before_arrival(&env.ledger(), &env.first_parents, tip, request_path)
+    let ledger = env.ledger();
+    let has = |c: ObjectId| ledger.read(c, request_path).ok().flatten().is_some();
+    arrival(&ledger, &env.first_parents, tip, has).before
 }
 
-/// The newest commit on the first-parent line from `tip` that lacks `path` (or the root, when
-/// every commit has it). A request, once on the branch, stays there unchanged (`ledger verify`
-/// holds it to that), so along the line "has it" turns into "lacks it" exactly once: found by
-/// galloping then bisecting, reading the path O(log n) times, not once per runner commit made
-/// since the request arrived (which made planning quadratic on a busy ledger).
-fn before_arrival(ledger: &Ledger, parents: &FirstParents, tip: ObjectId, path: &str) -> ObjectId {
-    let has = |c: ObjectId| ledger.read(c, path).ok().flatten().is_some();
+/// Where, on the first-parent line from a tip, a property of commits became true.
+pub struct Arrival {
+    /// The oldest commit of the line with the property since it last lacked it.
+    pub arrived: ObjectId,
+    /// Its first parent, which lacks the property (`arrived` itself when it is the root).
+    pub before: ObjectId,
+}
+
+/// The newest commit on the first-parent line from `tip` for which `has` is false, and the
+/// one after it (or the root twice, when `has` holds all the way). A request, once on the
+/// branch, stays there unchanged (`ledger verify` holds it to that), so along the line "has
+/// it" turns into "lacks it" exactly once: found by galloping then bisecting, calling `has`
+/// O(log n) times, not once per runner commit made since the request arrived (which made
+/// planning quadratic on a busy ledger). On a line where `has` flips more than once, one of
+/// the flips is found.
+pub fn arrival(ledger: &Ledger, parents: &FirstParents, tip: ObjectId, has: impl Fn(ObjectId) -> bool) -> Arrival {
     let mut chain = vec![tip];
     // Extends the chain to hold index `i` if the history is that long; false at the root.
     let reach = |chain: &mut Vec<ObjectId>, i: usize| {
@@ -80,7 +100,10 @@ fn before_arrival(ledger: &Ledger, parents: &FirstParents, tip: ObjectId, path: 
         if !reach(&mut chain, hi) {
             let root = chain.len() - 1;
             if has(chain[root]) {
-                return chain[root];
+                return Arrival {
+                    arrived: chain[root],
+                    before: chain[root],
+                };
             }
             hi = root;
             break;
@@ -99,5 +122,8 @@ fn before_arrival(ledger: &Ledger, parents: &FirstParents, tip: ObjectId, path: 
             hi = mid;
         }
     }
-    chain[hi]
+    Arrival {
+        arrived: chain[hi - 1],
+        before: chain[hi],
+    }
 }

@@ -36,7 +36,14 @@ pub fn request(pack_arg: &Path, inputs_path: Option<&Path>, id: Option<&str>) ->
     let (id, request_rel, path) = new_request_path(&root, id, &plan.pack.name)?;
     let inputs_json = given.as_ref().map_or(serde_json::json!({}), |n| n.to_json());
     let text = Request::render(&rel, &inputs_json, &plan.hash());
-    written(&path, &text, &id, &request_rel, &plan)
+    let outcome = written(&path, &text, &id, &request_rel, &plan)?;
+    // An unsigned request would fail with ERR_REQUEST_UNSIGNED.
+    if config.requests_signed {
+        eprintln!(
+            "this repository wants signed requests (requests: {{ signed: true }}): commit with git commit -S (gpg.format=ssh) and a key .stella/allowed_signers trusts for namespace git"
+        );
+    }
+    Ok(outcome)
 }
 
 /// Where the request of a new run goes: `id` checked (or made from the pack's name), in its

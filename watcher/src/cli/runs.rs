@@ -186,7 +186,7 @@ pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<Outcome, Failure
         v["pack"] = json!(view.pack());
         // A retry or a resume names the run it comes from (as recorded in `run.planned`).
         if let Some(planned) = view.events().iter().find(|e| e.kind == "run.planned") {
-            for field in ["retryOf", "resumeOf"] {
+            for field in ["retryOf", "resumeOf", "requestedBy"] {
                 if let Some(of) = planned.get(field) {
                     v[field] = of.clone();
                 }
@@ -221,6 +221,9 @@ pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<Outcome, Failure
         }
         if let Some(run) = of("resumeOf") {
             println!("resumeOf:  {run} (its succeeded steps reused)");
+        }
+        if let Some(by) = planned.get("requestedBy").and_then(|b| b.as_str()) {
+            println!("requestedBy: {by} (signed the commit that added the request)");
         }
     }
     if let Some(g) = &st.waiting_gate {

@@ -224,7 +224,7 @@ fn schemas() -> Value {
     let error = json!({ "type": ["object", "null"], "properties": { "code": { "type": "string" }, "message": { "type": ["string", "null"] } } });
     let run = json!({
         "type": "object",
-        "required": ["id", "pack", "state", "planHash", "trigger", "requestedAt", "startedAt", "finishedAt", "durationMs", "progress", "gate", "error"],
+        "required": ["id", "pack", "state", "planHash", "trigger", "requestedAt", "requestedBy", "startedAt", "finishedAt", "durationMs", "progress", "gate", "error"],
         "properties": {
             "id": { "type": "string" },
             "pack": { "type": ["string", "null"] },
@@ -232,6 +232,7 @@ fn schemas() -> Value {
             "planHash": { "type": ["string", "null"] },
             "trigger": { "type": "object", "description": "{manual: \"commit\"}, {retryOf: RUN}, {resumeOf: RUN} or {schedule: ID, slot: RFC3339}" },
             "requestedAt": time(), "startedAt": time(), "finishedAt": time(),
+            "requestedBy": { "type": ["string", "null"], "description": "The principal whose trusted SSH signature is on the commit that added the request; null when unsigned or untrusted" },
             "durationMs": { "type": ["integer", "null"] },
             "progress": { "type": "object", "properties": { "done": { "type": "integer" }, "total": { "type": ["integer", "null"] } } },
             "gate": { "type": ["string", "null"], "description": "The gate step the run waits at" },

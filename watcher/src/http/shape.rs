@@ -100,8 +100,8 @@ fn walk(steps: &Json, out: &mut Vec<(String, String)>) {
     }
 }
 
-/// One row of the runs list: `{id, pack, state, planHash, trigger, requestedAt, startedAt,
-/// finishedAt, durationMs, progress: {done, total}, gate, error}`.
+/// One row of the runs list: `{id, pack, state, planHash, trigger, requestedAt, requestedBy,
+/// startedAt, finishedAt, durationMs, progress: {done, total}, gate, error}`.
 pub fn headline(view: &RunView, st: &RunState, files: &Files) -> Json {
     let planned = view.events().iter().find(|e| e.kind == "run.planned");
     let pack = view.pack();
@@ -129,6 +129,7 @@ pub fn headline(view: &RunView, st: &RunState, files: &Files) -> Json {
         "planHash": st.plan_hash,
         "trigger": trigger,
         "requestedAt": planned.map(|e| e.ts.clone()),
+        "requestedBy": planned.and_then(|e| e.get("requestedBy")),
         "startedAt": st.started,
         "finishedAt": st.finished,
         "durationMs": span_ms(st.started.as_deref(), st.finished.as_deref()),
