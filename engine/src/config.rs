@@ -292,6 +292,13 @@ fn valid_branch(s: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The line, field and code of the first error `Config::parse` gives for `text`.
+    fn first_error(text: &str) -> (u64, String, Code) {
+        let d = Config::parse("config.yaml", text).unwrap_err();
+        let d = d.iter().next().unwrap();
+        (d.line, d.field.clone(), d.code)
+    }
+
     #[test]
     fn parses_the_documented_example() {
         let c = Config::parse(
@@ -352,13 +359,7 @@ mod tests {
             ("sandbox: { read: [/x] }\n", "sandbox.mode"),
             ("sandbox: { mode: strict, extra: 1 }\n", "sandbox.extra"),
         ] {
-            let d = Config::parse("config.yaml", bad).unwrap_err();
-            let d = d.iter().next().unwrap();
-            assert_eq!(
-                (d.line, d.field.as_str(), d.code),
-                (1, field, Code::ConfigInvalid),
-                "{bad}"
-            );
+            assert_eq!(first_error(bad), (1, field.to_string(), Code::ConfigInvalid), "{bad}");
         }
     }
 
@@ -375,13 +376,7 @@ mod tests {
             ("requests: { sigend: true }\n", "requests.sigend"),
             ("requests: true\n", "requests"),
         ] {
-            let d = Config::parse("config.yaml", bad).unwrap_err();
-            let d = d.iter().next().unwrap();
-            assert_eq!(
-                (d.line, d.field.as_str(), d.code),
-                (1, field, Code::ConfigInvalid),
-                "{bad}"
-            );
+            assert_eq!(first_error(bad), (1, field.to_string(), Code::ConfigInvalid), "{bad}");
         }
     }
 

@@ -233,17 +233,11 @@ fn a_run_recorded_in_one_events_file_by_an_older_runner_still_reads_verifies_and
     r.write(&format!("{}/events.ndjson", run_path("r1")), &legacy)
         .write(&format!("{}/plan.json", run_path("r1")), &plan);
     r.git(&["add", "-A"]);
-    r.git(&[
-        "-c",
-        "gpg.format=ssh",
-        "-c",
-        "user.signingkey=.git/stella/runner_ed25519",
-        "commit",
-        "-q",
-        "-S",
-        "-m",
+    let out = r.commit_signed(
+        std::path::Path::new(".git/stella/runner_ed25519"),
         "stella: run r1 in progress (1 step done)",
-    ]);
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     r.stella(&["ledger", "verify"]).ok();
     assert_eq!(r.show("r1")["state"], "running");
     assert!(r.stella(&["runs", "logs", "r1"]).ok().stdout().contains("hello ada"));

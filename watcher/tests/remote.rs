@@ -256,18 +256,8 @@ fn a_pull_request_note_names_its_requester_and_warns_of_an_unsigned_request() {
     let request = "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n";
     admin.write(&format!("{}/request.yaml", run_path("s1")), request);
     admin.git(&["add", "-A"]);
-    let signing_key = format!("user.signingkey={}", keys.path().join("alice").display());
-    admin.git(&[
-        "-c",
-        "gpg.format=ssh",
-        "-c",
-        &signing_key,
-        "commit",
-        "-q",
-        "-S",
-        "-m",
-        "request s1",
-    ]);
+    let out = admin.commit_signed(&keys.path().join("alice"), "request s1");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     admin
         .write(&format!("{}/request.yaml", run_path("u1")), request)
         .commit_all("request u1");

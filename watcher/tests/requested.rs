@@ -59,19 +59,8 @@ impl Team {
 
     /// A commit of what is staged, signed by `who` through git's SSH signing.
     fn signed_commit(&self, who: &str, msg: &str) {
-        let key = self.key(who);
-        let signing_key = format!("user.signingkey={}", key.display());
-        self.repo.git(&[
-            "-c",
-            "gpg.format=ssh",
-            "-c",
-            &signing_key,
-            "commit",
-            "-q",
-            "-S",
-            "-m",
-            msg,
-        ]);
+        let out = self.repo.commit_signed(&self.key(who), msg);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
     fn signed_request(&self, id: &str, who: &str) -> &Team {

@@ -91,17 +91,7 @@ fn ledger_verify_refuses_a_key_added_in_the_same_commit() {
     );
     r.write(&format!("{}/extra.txt", run_path("r1")), "forged\n");
     r.git(&["add", "-A"]);
-    let out = r.git_try(&[
-        "-c",
-        "gpg.format=ssh",
-        "-c",
-        &format!("user.signingkey={}", key.display()),
-        "commit",
-        "-q",
-        "-S",
-        "-m",
-        "signed by a key added right here",
-    ]);
+    let out = r.commit_signed(&key, "signed by a key added right here");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     verify_fails_naming(&r, &format!("{}/extra.txt", run_path("r1")), "does not trust");
 }

@@ -9,12 +9,12 @@ pub mod events;
 pub mod heal;
 pub mod maintenance;
 pub mod notes;
+mod open;
 mod repair;
 pub mod run_dirs;
 pub mod scheduled;
 pub mod seen;
 pub mod verify;
-mod open;
 mod worktree;
 
 pub use open::open_repo;

@@ -66,7 +66,10 @@ impl Files {
         // Only a request that names `retryOf`, `resumeOf` or a `trigger` is parsed for it.
         let request = at
             .read(&request_path)?
-            .filter(|b| b.windows(7).any(|w| w == b"retryOf" || w == b"esumeOf" || w == b"trigger"))
+            .filter(|b| {
+                b.windows(7)
+                    .any(|w| w == b"retryOf" || w == b"esumeOf" || w == b"trigger")
+            })
             .and_then(|b| stella_engine::request::Request::parse(&request_path, &String::from_utf8_lossy(&b)).ok());
         let (retry_of, resume_of, schedule) =
             request.map_or((None, None, None), |r| (r.retry_of, r.resume_of, r.trigger));

@@ -68,6 +68,23 @@ impl Repo {
         out
     }
 
+    /// A commit of what is staged, signed with the SSH key at `key` through git's own SSH
+    /// signing (`gpg.format=ssh`), as a person or the runner signs; not asserted to succeed.
+    pub fn commit_signed(&self, key: &Path, msg: &str) -> Output {
+        let signing_key = format!("user.signingkey={}", key.display());
+        self.git_try(&[
+            "-c",
+            "gpg.format=ssh",
+            "-c",
+            &signing_key,
+            "commit",
+            "-q",
+            "-S",
+            "-m",
+            msg,
+        ])
+    }
+
     /// git, returning stdout, without asserting success.
     pub fn git_try(&self, args: &[&str]) -> Output {
         Command::new("git")
