@@ -11,4 +11,5 @@ mod hash_properties;
 mod invalid_inputs;
 mod invalid_packs;
 mod key_defence;
+mod ledger_index;
 mod ssh_interop;

@@ -41,7 +41,7 @@ pub fn repair(repo: &gix::Repository, workdir: &Path, tip: ObjectId) -> Result<V
     let mut index = read_index(repo, &index_path)?;
     let set_aside = repo.git_dir().join("stella").join("repaired");
     let mut done = Vec::new();
-    let mut pushed = false;
+    let mut missing = Vec::new();
     for (path, &(want, executable)) in &wanted {
         let key: &BStr = path.as_str().into();
         if has_conflict(&index, key) {
@@ -81,10 +81,8 @@ pub fn repair(repo: &gix::Repository, workdir: &Path, tip: ObjectId) -> Result<V
                     e.stat = stat;
                     e.mode = mode;
                 }
-                None => {
-                    index.dangerously_push_entry(stat, want, Flags::empty(), mode, key);
-                    pushed = true;
-                }
+                // Appended after the loop: lookups bisect the index, which must stay sorted.
+                None => missing.push((stat, want, mode, key)),
             }
             if old != Some(want) {
                 what.push(
@@ -104,7 +102,10 @@ pub fn repair(repo: &gix::Repository, workdir: &Path, tip: ObjectId) -> Result<V
             });
         }
     }
-    if pushed {
+    if !missing.is_empty() {
+        for (stat, want, mode, key) in missing {
+            index.dangerously_push_entry(stat, want, Flags::empty(), mode, key);
+        }
         index.sort_entries();
     }
     // Runner paths the index holds but the tip does not: out of the index, and out of the

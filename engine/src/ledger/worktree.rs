@@ -63,7 +63,11 @@ pub fn flush(repo: &gix::Repository, pending: &mut Pending) -> Result<(), Error>
     let index_path = repo.index_path();
     let (lock, _mark) = lock_index(repo)?;
     let mut index = read_index(repo, &index_path)?;
-    let mut pushed = false;
+    // Entries already there are updated first, while the index is still sorted (lookups
+    // bisect it); the new ones are appended afterwards and sorted once. Appending while
+    // looking up would let a later lookup miss an entry and add the path twice: an index that
+    // makes git write trees with duplicate entries.
+    let mut missing = Vec::new();
     for (path, (id, stat)) in &pending.entries {
         let key: &BStr = path.as_str().into();
         match index.entry_mut_by_path_and_stage(key, gix::index::entry::Stage::Unconflicted) {
@@ -72,19 +76,19 @@ pub fn flush(repo: &gix::Repository, pending: &mut Pending) -> Result<(), Error>
                 entry.stat = *stat;
                 entry.mode = gix::index::entry::Mode::FILE;
             }
-            None => {
-                index.dangerously_push_entry(
-                    *stat,
-                    *id,
-                    gix::index::entry::Flags::empty(),
-                    gix::index::entry::Mode::FILE,
-                    key,
-                );
-                pushed = true;
-            }
+            None => missing.push((key, *id, *stat)),
         }
     }
-    if pushed {
+    if !missing.is_empty() {
+        for (key, id, stat) in missing {
+            index.dangerously_push_entry(
+                stat,
+                id,
+                gix::index::entry::Flags::empty(),
+                gix::index::entry::Mode::FILE,
+                key,
+            );
+        }
         index.sort_entries();
     }
     // The directories the runner wrote into are no longer what the cached tree says; the
