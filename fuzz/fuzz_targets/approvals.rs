@@ -39,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
         required_count: 1,
         expires_after_ms: Some(3_600_000),
         reason: None,
+        allow_self_approval: false,
     };
     let files = [ApprovalFile::new(
         "alice",
@@ -56,6 +57,7 @@ fuzz_target!(|data: &[u8]| {
         files: &files,
         waiting_since: Some(stella_fuzz::at()),
         now: stella_fuzz::at(),
+        requested_by: None,
     };
     let (outcome, verdicts) = approvals::evaluate(&input);
     assert_eq!(verdicts.len(), 1);
