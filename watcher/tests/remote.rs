@@ -171,14 +171,13 @@ fn a_claim_is_taken_over_after_its_runner_was_killed() {
 fn a_pull_request_is_planned_and_noted_but_runs_only_after_the_merge() {
     let (_hub, admin, runners) = hub_with_runners(1);
     let runner = &runners[0];
-    admin.git(&["checkout", "-q", "-b", "pr-1"]);
-    admin
-        .write(
-            &format!("{}/request.yaml", run_path("p1")),
-            "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\ninputs: { who: reviewer }\n",
-        )
-        .commit_all("request p1");
-    admin.git(&["push", "-q", "origin", "HEAD:refs/pull/1/head"]);
+    open_pull_request(
+        &admin,
+        "pr-1",
+        "p1",
+        "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\ninputs: { who: reviewer }\n",
+        "refs/pull/1/head",
+    );
     let head = admin.git(&["rev-parse", "HEAD"]);
     let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
     runner
@@ -203,6 +202,16 @@ fn a_pull_request_is_planned_and_noted_but_runs_only_after_the_merge() {
         .ok();
     assert_eq!(hub_states(&admin).get("p1").map(String::as_str), Some("succeeded"));
     admin.stella(&["ledger", "verify"]).ok();
+}
+
+/// A pull request as a forge holds it: on a new branch `branch`, one commit adding run `id`'s
+/// request (`request`, its text), pushed to the hub as `head_ref`.
+fn open_pull_request(admin: &Repo, branch: &str, id: &str, request: &str, head_ref: &str) {
+    admin.git(&["checkout", "-q", "-b", branch]);
+    admin
+        .write(&format!("{}/request.yaml", run_path(id)), request)
+        .commit_all(&format!("request {id}"));
+    admin.git(&["push", "-q", "origin", &format!("HEAD:{head_ref}")]);
 }
 
 #[test]
@@ -449,14 +458,13 @@ fn a_diverged_branch_is_refused_never_merged() {
 fn a_request_that_plans_differently_after_the_merge_than_its_note_fails() {
     let (_hub, admin, runners) = hub_with_runners(1);
     let runner = &runners[0];
-    admin.git(&["checkout", "-q", "-b", "pr-2"]);
-    admin
-        .write(
-            &format!("{}/request.yaml", run_path("p2")),
-            "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
-        )
-        .commit_all("request p2");
-    admin.git(&["push", "-q", "origin", "HEAD:refs/pull/2/head"]);
+    open_pull_request(
+        &admin,
+        "pr-2",
+        "p2",
+        "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
+        "refs/pull/2/head",
+    );
     runner
         .stella(&["daemon", "--once", "--repo", ".", "--remote", "origin"])
         .ok();
@@ -533,14 +541,13 @@ fn pull_request_notes_judge_by_the_branch_policy_and_closed_pull_requests_are_dr
 #[test]
 fn a_runner_machine_without_a_git_identity_notes_and_pushes() {
     let (_hub, admin, runners) = hub_with_runners(1);
-    admin.git(&["checkout", "-q", "-b", "pr-4"]);
-    admin
-        .write(
-            &format!("{}/request.yaml", run_path("p4")),
-            "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
-        )
-        .commit_all("request p4");
-    admin.git(&["push", "-q", "origin", "HEAD:refs/pull/4/head"]);
+    open_pull_request(
+        &admin,
+        "pr-4",
+        "p4",
+        "apiVersion: stella/v1\nkind: RunRequest\npack: packs/hello\n",
+        "refs/pull/4/head",
+    );
     admin.git(&["checkout", "-q", "main"]);
     admin.request("r1", "hello", "{}\n");
     admin.git(&["push", "-q", "origin", "main"]);
