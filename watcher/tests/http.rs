@@ -415,7 +415,7 @@ fn a_line_reaches_the_stream_from_the_journal_before_the_ledger_commits_it() {
     r.write(".stella/config.yaml", "branch: main\ncommit: { batchMs: 600000 }\n");
     r.commit_all("slow commits");
     let pack = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: slow, version: 1.0.0 }\nspec:\n  steps:\n    - { id: talk, run: { uses: builtin:shell, with: { script: \"echo early-line; sleep 4\" } } }\n";
-    r.pack("slow", pack).request("j1", "slow", "{}\n");
+    r.pack("slow", pack);
     // `stella serve --watch` beside the daemon follows the same journal.
     let viewer = serve(&r, &["--watch"]);
     let viewer = base_of(&viewer);
@@ -423,6 +423,9 @@ fn a_line_reaches_the_stream_from_the_journal_before_the_ledger_commits_it() {
     let d = r.daemon(&["--repo", ".", "--http", "127.0.0.1:0"]);
     let base = base_of(&d);
     let mut all = stream(&base, "/api/v1/events", &[]);
+    // Requested only once both streams listen: `/api/v1/events` replays nothing, so a line
+    // printed before a client connects is not that client's to see.
+    r.request("j1", "slow", "{}\n");
     for stream in [&mut all, &mut beside] {
         let mut line = None;
         while line.is_none() {
@@ -515,7 +518,7 @@ fn no_secret_a_step_prints_appears_in_any_http_answer() {
     let secret = "s3cr3t-T0ken/value";
     let pack = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: s, version: 1.0.0 }\nspec:\n  secrets: [{ name: token, scope: registry }]\n  steps:\n    - id: use\n      outputs: { out: out.txt }\n      run: { uses: builtin:shell, with: { script: \"echo using $STELLA_SECRET_TOKEN; sleep 1; echo t=$STELLA_SECRET_TOKEN >> $STELLA_OUTPUT; echo $STELLA_SECRET_TOKEN > out.txt; echo done >> out.txt; echo again $STELLA_SECRET_TOKEN\" } }\n";
     let r = Repo::new();
-    r.pack("s", pack).request("x1", "s", "{}\n");
+    r.pack("s", pack);
     let secrets = r.outside("secrets.yaml");
     std::fs::write(&secrets, format!("token: \"{secret}\"\n")).unwrap();
     let d = r.daemon(&[
@@ -528,8 +531,13 @@ fn no_secret_a_step_prints_appears_in_any_http_answer() {
     ]);
     let base = base_of(&d);
     let mut answers = Vec::new();
-    // Live, from the journal: both streams while the step prints.
+    // Live, from the journal: both streams while the step prints. Requested once the stream of
+    // all runs listens, as it replays nothing.
     let mut live = stream(&base, "/api/v1/events", &[]);
+    r.request("x1", "s", "{}\n");
+    d.wait_for("the run to be planned", Duration::from_secs(30), || {
+        get(&base, "/api/v1/runs/x1").status == 200
+    });
     let mut one = stream(&base, "/api/v1/runs/x1/events", &[]);
     let frames = one.until_end(Duration::from_secs(60));
     assert!(
