@@ -41,6 +41,8 @@ pub struct Environment {
     pub first_parents: super::trust::FirstParents,
     /// Which requests carry which run token, brought up to date commit by commit (`planning`).
     pub tokens: super::tokens::Tokens,
+    /// Runs' ledger commits falling due together, made as one (`group`).
+    pub commits: super::group::Group,
 }
 
 impl Environment {

@@ -163,7 +163,7 @@ impl LedgerSink<'_> {
             path: self.journal.path().to_path_buf(),
             source,
         })?;
-        self.env.ledger().commit(&writes, message, self.env.key.as_ref())?;
+        self.env.commit_together(writes, message.to_string())?;
         *self.last_commit.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         Ok(())
     }

@@ -6,6 +6,7 @@ pub mod audit;
 mod env;
 pub mod fire;
 mod gates;
+mod group;
 pub mod index;
 mod invalid;
 mod ledger_sink;

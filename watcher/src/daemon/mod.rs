@@ -180,6 +180,7 @@ pub fn run_with(a: Args, telemetry: Arc<Telemetry>) -> Result<Outcome, Failure> 
         observer: Some(Arc::new(crate::webhooks::Both(telemetry.clone(), notifier.clone()))),
         first_parents: Default::default(),
         tokens: Default::default(),
+        commits: Default::default(),
     });
     notify_threads
         .start(env.clone(), telemetry.clone(), crate::webhooks::Settings::from_env())
