@@ -122,7 +122,7 @@ fn a_failure_in_a_parallel_group_stops_its_siblings() {
     assert_eq!(r.step("never"), "cancelled");
     assert!(r.step_events("after", "step.started").is_empty());
     assert!(!s.run_dir().join("workspace/never.flag").exists());
-    assert!(all_gone(&m, Duration::from_secs(2)), "the slow sibling lives on");
+    assert!(all_gone(&m, Duration::from_secs(10)), "the slow sibling lives on");
 }
 
 #[test]
@@ -168,7 +168,7 @@ fn a_timeout_kills_the_whole_process_group_grandchildren_included() {
     let r = s.run(&["--kill-grace", "300ms"]);
     r.code(1).stderr_has("error[ERR_STEP_TIMEOUT]");
     assert!(
-        all_gone(&m, Duration::from_secs(2)),
+        all_gone(&m, Duration::from_secs(10)),
         "a grandchild survived the timeout: {:?}",
         pids_with(&m)
     );
@@ -411,7 +411,7 @@ fn a_run_killed_mid_step_resumes_without_repeating_finished_steps() {
     child.kill().unwrap(); // SIGKILL: no chance to record anything
     child.wait().unwrap();
     // The interrupted step dies with its runner, so the resumed run never runs beside it.
-    assert!(all_gone(&m, Duration::from_secs(2)), "the step outlived its runner");
+    assert!(all_gone(&m, Duration::from_secs(10)), "the step outlived its runner");
     let interrupted = crate::support::Ran::from(std::process::Command::new("true").output().unwrap(), s.events_path());
     assert_eq!(interrupted.state().state.as_str(), "running");
 
@@ -456,7 +456,7 @@ fn ctrl_c_cancels_cleanly() {
     let r = Ran::from(out, s.events_path());
     r.code(1).stderr_has("error[ERR_RUN_CANCELLED]");
     assert_eq!(r.state().state.as_str(), "cancelled");
-    assert!(all_gone(&m, Duration::from_secs(2)));
+    assert!(all_gone(&m, Duration::from_secs(10)));
 }
 
 #[test]

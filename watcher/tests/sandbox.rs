@@ -343,7 +343,7 @@ fn a_steps_orphans_die_with_a_killed_daemon() {
     wait_for_orphans(&m, &ready);
     daemon.kill();
     assert!(
-        all_gone(&m, Duration::from_secs(2)),
+        all_gone(&m, Duration::from_secs(10)),
         "outlived the runner: {:?}",
         pids_with(&m)
     );
@@ -363,7 +363,7 @@ fn a_steps_orphans_die_with_a_killed_pack_run() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
-        all_gone(&m, Duration::from_secs(2)),
+        all_gone(&m, Duration::from_secs(10)),
         "outlived the runner: {:?}",
         pids_with(&m)
     );
