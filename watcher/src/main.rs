@@ -25,7 +25,10 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     // `stella __stella-rego-eval`: this binary as the bounded evaluator of one Rego policy.
-    if std::env::args_os().nth(1).is_some_and(|a| a == stella_engine::rego::bounded::CHILD_ARG) {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == stella_engine::rego::bounded::CHILD_ARG)
+    {
         return ExitCode::from(stella_engine::rego::bounded::serve());
     }
     // Policies are evaluated in a child of this very binary, bounded in time and memory.

@@ -210,7 +210,11 @@ pub(crate) fn dsse_verifies(r: &Repo, att: &Path, run: &str) {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "securesystemslib refused it: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "securesystemslib refused it: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains(&format!("verified {run}")), "{stdout}");
 }
 

@@ -77,7 +77,9 @@ fn pack_plan_lists_policy_gates_and_their_files() {
     let out = r.stella(&["pack", "plan", "packs/rel"]).ok();
     let sha = stella_engine::pack::sha256_hex(RELEASE.as_bytes());
     assert!(
-        out.stdout().contains(&format!("policy: rego policies/release.rego (sha256 {sha}), data.stella.allow, halt")),
+        out.stdout().contains(&format!(
+            "policy: rego policies/release.rego (sha256 {sha}), data.stella.allow, halt"
+        )),
         "{}",
         out.stdout()
     );
@@ -120,14 +122,24 @@ fn a_policy_that_denies_shows_its_messages_in_runs_show_and_the_attestation() {
     assert_eq!(show["policies"][0]["deny"], json!(["no release to prod from pack rel"]));
     assert_eq!(show["policies"][0]["result"], false);
     let text = r.stella(&["runs", "show", "r1"]).ok().stdout();
-    assert!(text.contains("policy policy (policies/release.rego data.stella.allow): denied"), "{text}");
+    assert!(
+        text.contains("policy policy (policies/release.rego data.stella.allow): denied"),
+        "{text}"
+    );
     assert!(text.contains("deny: no release to prod from pack rel"), "{text}");
     assert!(text.contains("[ERR_POLICY_FAILED]"), "{text}");
-    let steps: Vec<&str> = show["steps"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    let steps: Vec<&str> = show["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
     assert!(!steps.contains(&"ship"), "a halting policy stops the run: {steps:?}");
 
     // The signed attestation carries the decision; it verifies with Stella and securesystemslib.
-    let att = r.path().join(format!("{}/evidence/attestation.dsse.json", run_path("r1")));
+    let att = r
+        .path()
+        .join(format!("{}/evidence/attestation.dsse.json", run_path("r1")));
     let env: Json = serde_json::from_str(&std::fs::read_to_string(&att).unwrap()).unwrap();
     let payload = base64::engine::general_purpose::STANDARD
         .decode(env["payload"].as_str().unwrap())
@@ -137,7 +149,10 @@ fn a_policy_that_denies_shows_its_messages_in_runs_show_and_the_attestation() {
     assert_eq!(policies[0]["deny"], json!(["no release to prod from pack rel"]));
     assert_eq!(policies[0]["query"], "data.stella.allow");
     assert_eq!(policies[0]["inputSha256"], show["policies"][0]["inputSha256"]);
-    assert_eq!(policies[0]["sha256"], stella_engine::pack::sha256_hex(RELEASE.as_bytes()));
+    assert_eq!(
+        policies[0]["sha256"],
+        stella_engine::pack::sha256_hex(RELEASE.as_bytes())
+    );
     let out = r.outside("r1.tar.gz");
     r.stella(&["runs", "export", "r1", "-o", out.to_str().unwrap()]).ok();
     r.stella(&["evidence", "verify", out.to_str().unwrap()]).ok();
@@ -166,9 +181,14 @@ fn a_policy_that_loops_or_builds_a_huge_value_fails_its_gate_and_the_runner_goes
             &pack("{ rego: policies/release.rego }").replace("name: rel", &format!("name: {name}")),
         );
     }
-    r.write("packs/fine/policies/release.rego", &RELEASE.replace("\"rel\"", "\"fine\""));
+    r.write(
+        "packs/fine/policies/release.rego",
+        &RELEASE.replace("\"rel\"", "\"fine\""),
+    );
     r.commit_all("packs");
-    r.request("r1", "huge", "{}\n").request("r2", "slow", "{}\n").request("r3", "fine", "{}\n");
+    r.request("r1", "huge", "{}\n")
+        .request("r2", "slow", "{}\n")
+        .request("r3", "fine", "{}\n");
     let started = std::time::Instant::now();
     // One daemon process decides all three: the bad policies cost their evaluator, not it.
     r.daemon_once().ok();
@@ -192,45 +212,132 @@ fn cases() -> Vec<(&'static str, Json)> {
         ("package stella\nallow := false\n", json!({})),
         ("package stella\nallow if input.x > 1\n", json!({"x": 2})),
         ("package stella\nallow if input.x > 1\n", json!({"x": 0})),
-        ("package stella\ndefault allow := false\nallow if input.x > 1\n", json!({"x": 0})),
+        (
+            "package stella\ndefault allow := false\nallow if input.x > 1\n",
+            json!({"x": 0}),
+        ),
         ("package stella\nallow := input.name\n", json!({"name": "ada"})),
-        (RELEASE, json!({"inputs": {"env": "prod"}, "pack": {"name": "rel"}, "steps": {"build": {"state": "succeeded", "outputs": {"version": "1.2.3"}}, "ship": {"state": "pending"}}, "run": {"id": "r1"}})),
-        (RELEASE, json!({"inputs": {"env": "dev"}, "pack": {"name": "rel"}, "steps": {"build": {"state": "succeeded", "outputs": {"version": "1.2.3"}}, "ship": {"state": "pending"}}, "run": {"id": "r1"}})),
-        (RELEASE, json!({"inputs": {"env": "dev"}, "pack": {"name": "rel"}, "steps": {"build": {"state": "failed", "outputs": {}}, "ship": {"state": "succeeded"}}, "run": {"id": "r1"}})),
-        ("package stella\nallow if {\n  every s in input.steps { s.state == \"succeeded\" }\n}\n", json!({"steps": {"a": {"state": "succeeded"}, "b": {"state": "succeeded"}}})),
-        ("package stella\nallow if {\n  every s in input.steps { s.state == \"succeeded\" }\n}\n", json!({"steps": {"a": {"state": "succeeded"}, "b": {"state": "failed"}}})),
-        ("package stella\ndefault allow := false\nallow if {\n  some a in input.approvals\n  a.approved\n}\n", json!({"approvals": {"ok": {"approved": true, "by": ["ada"]}}})),
-        ("package stella\ndefault allow := false\nallow if count(input.approvals.ok.by) >= 2\n", json!({"approvals": {"ok": {"approved": true, "by": ["ada"]}}})),
-        ("package stella\nallow if startswith(input.requestedBy, \"ops-\")\ndeny contains \"not from ops\" if not startswith(input.requestedBy, \"ops-\")\n", json!({"requestedBy": "dev-bob"})),
-        ("package stella\nallow if startswith(input.requestedBy, \"ops-\")\n", json!({"requestedBy": "ops-ada"})),
-        ("package stella\ndeny contains msg if { some name, s in input.steps; s.state == \"failed\"; msg := sprintf(\"step %s failed\", [name]) }\nallow if count(deny) == 0\n", json!({"steps": {"a": {"state": "failed"}, "b": {"state": "failed"}, "c": {"state": "succeeded"}}})),
-        ("package stella\nallow if regex.match(`^v[0-9]+\\.[0-9]+\\.[0-9]+$`, input.inputs.tag)\n", json!({"inputs": {"tag": "v1.20.3"}})),
-        ("package stella\nallow if regex.match(`^v[0-9]+\\.[0-9]+\\.[0-9]+$`, input.inputs.tag)\n", json!({"inputs": {"tag": "1.20"}})),
-        ("package stella\nallowed := {\"dev\", \"stage\"}\nallow if input.inputs.env in allowed\ndeny contains sprintf(\"env %v is not allowed\", [input.inputs.env]) if not input.inputs.env in allowed\n", json!({"inputs": {"env": "prod"}})),
-        ("package stella\nallow := count([x | some x in input.xs; x > 2]) == 2\n", json!({"xs": [1, 2, 3, 4]})),
-        ("package stella\nallow := {k | input.o[k]} == {\"a\", \"c\"}\n", json!({"o": {"a": true, "b": false, "c": true}})),
-        ("package stella\nallow := object.get(input, [\"a\", \"b\"], \"none\")\n", json!({"a": {}})),
-        ("package stella\nallow := sum(input.xs) / count(input.xs)\n", json!({"xs": [1, 2, 3, 4]})),
-        ("package stella\nallow := upper(concat(\"-\", input.xs))\n", json!({"xs": ["a", "b"]})),
-        ("package stella\nf(x) := x * 2\nallow := f(input.n) == 8\n", json!({"n": 4})),
-        ("package stella\nallow if input.x == 1\nelse := \"maybe\" if input.x == 2\n", json!({"x": 2})),
-        ("package stella\nallow := {\"n\": count(input.xs), \"first\": input.xs[0]}\n", json!({"xs": ["a", "b", "c"]})),
-        ("package stella\ndeny contains m if { some m in input.problems }\nallow if not deny[_]\n", json!({"problems": ["one", "two"]})),
-        ("package stella\ndeny contains m if { some m in input.problems }\ndefault allow := false\nallow if count(deny) == 0\n", json!({"problems": []})),
-        ("package stella\nallow := trim_space(input.s) == \"ok\"\n", json!({"s": "  ok \n"})),
-        ("package stella\nallow := split(input.s, \",\")[1] == \"b\"\n", json!({"s": "a,b,c"})),
-        ("package stella\nallow := base64.decode(input.b) == \"stella\"\n", json!({"b": "c3RlbGxh"})),
+        (
+            RELEASE,
+            json!({"inputs": {"env": "prod"}, "pack": {"name": "rel"}, "steps": {"build": {"state": "succeeded", "outputs": {"version": "1.2.3"}}, "ship": {"state": "pending"}}, "run": {"id": "r1"}}),
+        ),
+        (
+            RELEASE,
+            json!({"inputs": {"env": "dev"}, "pack": {"name": "rel"}, "steps": {"build": {"state": "succeeded", "outputs": {"version": "1.2.3"}}, "ship": {"state": "pending"}}, "run": {"id": "r1"}}),
+        ),
+        (
+            RELEASE,
+            json!({"inputs": {"env": "dev"}, "pack": {"name": "rel"}, "steps": {"build": {"state": "failed", "outputs": {}}, "ship": {"state": "succeeded"}}, "run": {"id": "r1"}}),
+        ),
+        (
+            "package stella\nallow if {\n  every s in input.steps { s.state == \"succeeded\" }\n}\n",
+            json!({"steps": {"a": {"state": "succeeded"}, "b": {"state": "succeeded"}}}),
+        ),
+        (
+            "package stella\nallow if {\n  every s in input.steps { s.state == \"succeeded\" }\n}\n",
+            json!({"steps": {"a": {"state": "succeeded"}, "b": {"state": "failed"}}}),
+        ),
+        (
+            "package stella\ndefault allow := false\nallow if {\n  some a in input.approvals\n  a.approved\n}\n",
+            json!({"approvals": {"ok": {"approved": true, "by": ["ada"]}}}),
+        ),
+        (
+            "package stella\ndefault allow := false\nallow if count(input.approvals.ok.by) >= 2\n",
+            json!({"approvals": {"ok": {"approved": true, "by": ["ada"]}}}),
+        ),
+        (
+            "package stella\nallow if startswith(input.requestedBy, \"ops-\")\ndeny contains \"not from ops\" if not startswith(input.requestedBy, \"ops-\")\n",
+            json!({"requestedBy": "dev-bob"}),
+        ),
+        (
+            "package stella\nallow if startswith(input.requestedBy, \"ops-\")\n",
+            json!({"requestedBy": "ops-ada"}),
+        ),
+        (
+            "package stella\ndeny contains msg if { some name, s in input.steps; s.state == \"failed\"; msg := sprintf(\"step %s failed\", [name]) }\nallow if count(deny) == 0\n",
+            json!({"steps": {"a": {"state": "failed"}, "b": {"state": "failed"}, "c": {"state": "succeeded"}}}),
+        ),
+        (
+            "package stella\nallow if regex.match(`^v[0-9]+\\.[0-9]+\\.[0-9]+$`, input.inputs.tag)\n",
+            json!({"inputs": {"tag": "v1.20.3"}}),
+        ),
+        (
+            "package stella\nallow if regex.match(`^v[0-9]+\\.[0-9]+\\.[0-9]+$`, input.inputs.tag)\n",
+            json!({"inputs": {"tag": "1.20"}}),
+        ),
+        (
+            "package stella\nallowed := {\"dev\", \"stage\"}\nallow if input.inputs.env in allowed\ndeny contains sprintf(\"env %v is not allowed\", [input.inputs.env]) if not input.inputs.env in allowed\n",
+            json!({"inputs": {"env": "prod"}}),
+        ),
+        (
+            "package stella\nallow := count([x | some x in input.xs; x > 2]) == 2\n",
+            json!({"xs": [1, 2, 3, 4]}),
+        ),
+        (
+            "package stella\nallow := {k | input.o[k]} == {\"a\", \"c\"}\n",
+            json!({"o": {"a": true, "b": false, "c": true}}),
+        ),
+        (
+            "package stella\nallow := object.get(input, [\"a\", \"b\"], \"none\")\n",
+            json!({"a": {}}),
+        ),
+        (
+            "package stella\nallow := sum(input.xs) / count(input.xs)\n",
+            json!({"xs": [1, 2, 3, 4]}),
+        ),
+        (
+            "package stella\nallow := upper(concat(\"-\", input.xs))\n",
+            json!({"xs": ["a", "b"]}),
+        ),
+        (
+            "package stella\nf(x) := x * 2\nallow := f(input.n) == 8\n",
+            json!({"n": 4}),
+        ),
+        (
+            "package stella\nallow if input.x == 1\nelse := \"maybe\" if input.x == 2\n",
+            json!({"x": 2}),
+        ),
+        (
+            "package stella\nallow := {\"n\": count(input.xs), \"first\": input.xs[0]}\n",
+            json!({"xs": ["a", "b", "c"]}),
+        ),
+        (
+            "package stella\ndeny contains m if { some m in input.problems }\nallow if not deny[_]\n",
+            json!({"problems": ["one", "two"]}),
+        ),
+        (
+            "package stella\ndeny contains m if { some m in input.problems }\ndefault allow := false\nallow if count(deny) == 0\n",
+            json!({"problems": []}),
+        ),
+        (
+            "package stella\nallow := trim_space(input.s) == \"ok\"\n",
+            json!({"s": "  ok \n"}),
+        ),
+        (
+            "package stella\nallow := split(input.s, \",\")[1] == \"b\"\n",
+            json!({"s": "a,b,c"}),
+        ),
+        (
+            "package stella\nallow := base64.decode(input.b) == \"stella\"\n",
+            json!({"b": "c3RlbGxh"}),
+        ),
     ]
 }
 
 #[test]
 fn regorus_and_regopy_decide_the_same_policies_alike() {
     let Some(py) = std::env::var_os("STELLA_PYTHON").map(std::path::PathBuf::from) else {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI needs STELLA_PYTHON with regopy");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI needs STELLA_PYTHON with regopy"
+        );
         println!("skipped: STELLA_PYTHON is not set (bash test.sh prepares it with regopy)");
         return;
     };
-    let has = Command::new(&py).args(["-c", "import regopy"]).status().is_ok_and(|s| s.success());
+    let has = Command::new(&py)
+        .args(["-c", "import regopy"])
+        .status()
+        .is_ok_and(|s| s.success());
     if !has {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -251,10 +358,17 @@ fn regorus_and_regopy_decide_the_same_policies_alike() {
     std::fs::write(&file, serde_json::to_vec(&doc).unwrap()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/regopy_check.py");
     let out = Command::new(&py).arg(script).arg(&file).output().unwrap();
-    assert!(out.status.success(), "regopy failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "regopy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // rego-cpp prints its own diagnostics on stdout too: the answers are the marked line.
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().find_map(|l| l.strip_prefix("ANSWERS ")).expect("regopy's answers");
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ANSWERS "))
+        .expect("regopy's answers");
     let theirs: Vec<Json> = serde_json::from_str(line).unwrap();
     assert_eq!(theirs.len(), cases.len());
     let (mut allowed, mut denied) = (0, 0);
@@ -267,7 +381,11 @@ fn regorus_and_regopy_decide_the_same_policies_alike() {
         let p = stella_engine::rego::check(&files, "p.rego").unwrap_or_else(|e| panic!("case {i}: {e:?}\n{policy}"));
         let ours = stella_engine::rego::evaluate(&p, "data.stella.allow", input, std::time::Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("case {i}: {e}\n{policy}"));
-        assert!(their.get("error").is_none(), "case {i}: regopy: {}\n{policy}", their["error"]);
+        assert!(
+            their.get("error").is_none(),
+            "case {i}: regopy: {}\n{policy}",
+            their["error"]
+        );
         let mut deny = ours.deny.clone();
         deny.sort();
         assert_eq!(
@@ -277,5 +395,8 @@ fn regorus_and_regopy_decide_the_same_policies_alike() {
         );
         if ours.allow { allowed += 1 } else { denied += 1 }
     }
-    assert!(allowed >= 5 && denied >= 5, "the cases both allow and deny: {allowed} / {denied}");
+    assert!(
+        allowed >= 5 && denied >= 5,
+        "the cases both allow and deny: {allowed} / {denied}"
+    );
 }

@@ -48,7 +48,11 @@ impl Facts {
             "step.skipped" => Some(StepStatus::Skipped),
             "step.cancelled" => Some(StepStatus::Cancelled),
             "gate.approved" => {
-                let id = e.get("gate").and_then(Json::as_str).or(e.step.as_deref()).unwrap_or_default();
+                let id = e
+                    .get("gate")
+                    .and_then(Json::as_str)
+                    .or(e.step.as_deref())
+                    .unwrap_or_default();
                 let by: Vec<Json> = e
                     .get("approvals")
                     .and_then(Json::as_array)
@@ -102,7 +106,10 @@ impl Runner<'_> {
     /// or (`failAction: continue`) skip on.
     pub(super) fn rego_gate(&self, s: &PlanStep, p: &PlanPolicy, r: &PlanRego, item: Option<&Json>) -> Res {
         let Some(text) = self.files.get(&r.file).and_then(|b| std::str::from_utf8(b).ok()) else {
-            let e = StepError::new(Code::PolicyFailed, format!("policy file `{}` is not in the pack", r.file));
+            let e = StepError::new(
+                Code::PolicyFailed,
+                format!("policy file `{}` is not in the pack", r.file),
+            );
             return self.fail(s, e, 0);
         };
         let policy = Policy {

@@ -159,11 +159,10 @@ impl Checker<'_> {
             Ok(_) => {}
             Err(crate::rego::Error::Syntax { pos, message }) => {
                 let shown = normalise(&path.src).map_or_else(|| path.src.clone(), |p| self.files.display_path(&p));
-                self.diags
-                    .push(Diagnostic::new(Code::PackInvalid, &shown, pos, "", message).hint(format!(
-                        "the policy named by {} does not parse as Rego",
-                        path.field
-                    )));
+                self.diags.push(
+                    Diagnostic::new(Code::PackInvalid, &shown, pos, "", message)
+                        .hint(format!("the policy named by {} does not parse as Rego", path.field)),
+                );
             }
             Err(e) => {
                 self.error(path.pos, &path.field, e.to_string());

@@ -314,13 +314,17 @@ fn decode_gate(d: &mut Decoder, node: &Node, path: &str) -> Option<StepKind> {
                 }
                 (None, Some(_)) => true,
                 (Some(_), Some(_)) => {
-                    d.error(p.pos(), &o.path("policy"), "a policy is either `expr` or `rego`, not both");
+                    d.error(
+                        p.pos(),
+                        &o.path("policy"),
+                        "a policy is either `expr` or `rego`, not both",
+                    );
                     false
                 }
                 (None, None) => {
                     if p.get("expr").is_none() && p.get("rego").is_none() {
-                        d.error(p.pos(), &o.path("policy"), "a policy gate needs `expr` or `rego`").hint =
-                            Some("add expr: \"{{ ... }}\" or rego: policies/<name>.rego".into());
+                        d.error(p.pos(), &o.path("policy"), "a policy gate needs `expr` or `rego`")
+                            .hint = Some("add expr: \"{{ ... }}\" or rego: policies/<name>.rego".into());
                     }
                     false
                 }

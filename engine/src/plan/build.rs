@@ -338,7 +338,11 @@ impl<'a> Builder<'a> {
                         Ok((file, sha256)) => Some(PlanRego {
                             file,
                             sha256,
-                            query: p.query.as_ref().map_or(crate::rego::DEFAULT_QUERY, |q| q.src.as_str()).into(),
+                            query: p
+                                .query
+                                .as_ref()
+                                .map_or(crate::rego::DEFAULT_QUERY, |q| q.src.as_str())
+                                .into(),
                         }),
                         Err(e) => {
                             self.error(Code::PackInvalid, r.pos, &r.field, e);

@@ -118,7 +118,10 @@ fn in_child(program: &PathBuf, policy: &Policy, query: &str, input: &Json, limit
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
             let set = |res, v: libc::rlim_t| {
-                let l = libc::rlimit { rlim_cur: v, rlim_max: v };
+                let l = libc::rlimit {
+                    rlim_cur: v,
+                    rlim_max: v,
+                };
                 if libc::setrlimit(res, &l) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }

@@ -87,7 +87,11 @@ pub fn check_query(query: &str) -> Result<(), Error> {
             c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
                 && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
         });
-    if ok { Ok(()) } else { Err(Error::Query(query.to_string())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Query(query.to_string()))
+    }
 }
 
 /// `sha256:` of the input document's canonical JSON (RFC 8785).

@@ -9,7 +9,11 @@ use super::*;
 use crate::pack::PackFiles;
 
 fn files(rego: &str) -> PackFiles {
-    PackFiles::from_entries("packs/p", vec![("policies/p.rego".to_string(), rego.as_bytes().to_vec(), false)]).unwrap()
+    PackFiles::from_entries(
+        "packs/p",
+        vec![("policies/p.rego".to_string(), rego.as_bytes().to_vec(), false)],
+    )
+    .unwrap()
 }
 
 const POLICY: &str = r#"package stella
@@ -38,8 +42,14 @@ fn a_parse_error_is_located_in_the_rego_file() {
 #[test]
 fn paths_outside_the_pack_and_missing_files_are_refused() {
     assert!(matches!(check(&files(POLICY), "../x.rego"), Err(Error::LeavesPack(_))));
-    assert!(matches!(check(&files(POLICY), "/etc/x.rego"), Err(Error::LeavesPack(_))));
-    assert!(matches!(check(&files(POLICY), "policies/q.rego"), Err(Error::NotFound(_))));
+    assert!(matches!(
+        check(&files(POLICY), "/etc/x.rego"),
+        Err(Error::LeavesPack(_))
+    ));
+    assert!(matches!(
+        check(&files(POLICY), "policies/q.rego"),
+        Err(Error::NotFound(_))
+    ));
     let p = check(&files(POLICY), "./policies//p.rego").expect("a good policy");
     assert_eq!(p.path, "policies/p.rego");
     assert_eq!(p.sha256, crate::pack::sha256_hex(POLICY.as_bytes()));
@@ -50,7 +60,15 @@ fn queries_are_rule_paths() {
     for q in ["data.stella.allow", "data.x", "data.a_b.c1"] {
         assert!(check_query(q).is_ok(), "{q}");
     }
-    for q in ["", "data", "input.x", "data.stella.allow == true", "data..x", "data.1x", "x.data"] {
+    for q in [
+        "",
+        "data",
+        "input.x",
+        "data.stella.allow == true",
+        "data..x",
+        "data.1x",
+        "x.data",
+    ] {
         assert!(check_query(q).is_err(), "{q}");
     }
 }
@@ -60,8 +78,21 @@ fn the_decision_follows_the_query_and_the_deny_messages() {
     let p = check(&files(POLICY), "policies/p.rego").unwrap();
     let t = Duration::from_secs(5);
     let ok = evaluate(&p, DEFAULT_QUERY, &json!({"inputs": {"env": "dev"}}), t).unwrap();
-    assert_eq!(ok, Decision { result: json!(true), allow: true, deny: vec![] });
-    let no = evaluate(&p, DEFAULT_QUERY, &json!({"inputs": {"env": "prod"}, "approvals": {}}), t).unwrap();
+    assert_eq!(
+        ok,
+        Decision {
+            result: json!(true),
+            allow: true,
+            deny: vec![]
+        }
+    );
+    let no = evaluate(
+        &p,
+        DEFAULT_QUERY,
+        &json!({"inputs": {"env": "prod"}, "approvals": {}}),
+        t,
+    )
+    .unwrap();
     assert_eq!(no.result, json!(false));
     assert!(!no.allow);
     assert_eq!(no.deny, vec!["prod needs the release approval".to_string()]);
@@ -74,9 +105,16 @@ fn the_decision_follows_the_query_and_the_deny_messages() {
 
 #[test]
 fn a_true_result_with_deny_messages_fails() {
-    let p = check(&files("package stella\nallow := true\ndeny contains \"no\"\n"), "policies/p.rego").unwrap();
+    let p = check(
+        &files("package stella\nallow := true\ndeny contains \"no\"\n"),
+        "policies/p.rego",
+    )
+    .unwrap();
     let d = evaluate(&p, DEFAULT_QUERY, &json!({}), Duration::from_secs(5)).unwrap();
-    assert_eq!((d.result, d.allow, d.deny), (json!(true), false, vec!["no".to_string()]));
+    assert_eq!(
+        (d.result, d.allow, d.deny),
+        (json!(true), false, vec!["no".to_string()])
+    );
 }
 
 #[test]
@@ -99,7 +137,10 @@ fn a_long_evaluation_is_stopped() {
 
 #[test]
 fn the_input_digest_is_of_the_canonical_json() {
-    assert_eq!(input_digest(&json!({"b": 1, "a": 2})), input_digest(&json!({"a": 2, "b": 1})));
+    assert_eq!(
+        input_digest(&json!({"b": 1, "a": 2})),
+        input_digest(&json!({"a": 2, "b": 1}))
+    );
     assert_ne!(input_digest(&json!({"a": 1})), input_digest(&json!({"a": 2})));
     assert!(input_digest(&json!({})).starts_with("sha256:"));
 }

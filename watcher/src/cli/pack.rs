@@ -100,7 +100,12 @@ fn print_summary(s: &Summary) {
                 (Some(file), Some(sha), Some(query), _) => {
                     println!("  - {}: rego {file} (sha256 {sha}), {query}, {}", p.step, p.fail_action);
                 }
-                (_, _, _, expr) => println!("  - {}: expr {}, {}", p.step, expr.as_deref().unwrap_or(""), p.fail_action),
+                (_, _, _, expr) => println!(
+                    "  - {}: expr {}, {}",
+                    p.step,
+                    expr.as_deref().unwrap_or(""),
+                    p.fail_action
+                ),
             }
         }
     }

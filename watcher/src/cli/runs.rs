@@ -305,7 +305,13 @@ pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<Outcome, Failure
 fn print_policy(p: &serde_json::Value) {
     let s = |k: &str| p[k].as_str().unwrap_or("");
     let verdict = if p["allow"] == true { "allowed" } else { "denied" };
-    println!("policy {} ({} {}): {verdict}, result {}", s("step"), s("file"), s("query"), p["result"]);
+    println!(
+        "policy {} ({} {}): {verdict}, result {}",
+        s("step"),
+        s("file"),
+        s("query"),
+        p["result"]
+    );
     println!("    policy sha256 {}, input {}", s("sha256"), s("inputSha256"));
     for d in p["deny"].as_array().into_iter().flatten() {
         println!("    deny: {}", d.as_str().unwrap_or(""));
