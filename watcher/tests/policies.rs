@@ -400,3 +400,23 @@ fn regorus_and_regopy_decide_the_same_policies_alike() {
         "the cases both allow and deny: {allowed} / {denied}"
     );
 }
+
+#[test]
+fn the_run_page_and_the_api_show_the_decision_with_its_messages_escaped() {
+    let hostile = "package stella\ndeny contains \"<b>bold</b> & \\\"q\\\"\" if true\nallow if count(deny) == 0\n";
+    let r = repo_with(hostile, "{ rego: policies/release.rego }");
+    r.request("r1", "rel", "{}\n");
+    r.daemon_once().ok();
+    let mut cmd = crate::support::stella();
+    cmd.current_dir(r.path()).args(["serve", "--repo", ".", "--http", "127.0.0.1:0"]);
+    let s = crate::support::Daemon::start(cmd);
+    let base = crate::support::http::base_of(&s);
+    let api = crate::support::http::get(&base, "/api/v1/runs/r1").json();
+    assert_eq!(api["policies"][0]["deny"], json!(["<b>bold</b> & \"q\""]));
+    assert_eq!(api["policies"][0]["file"], "policies/release.rego");
+    let page = crate::support::http::get(&base, "/runs/r1").text();
+    assert!(page.contains("<section id=\"policies\""), "{page}");
+    assert!(page.contains("&lt;b&gt;bold&lt;&#x2f;b&gt;") || page.contains("&lt;b&gt;bold&lt;/b&gt;"), "{page}");
+    assert!(!page.contains("<b>bold</b>"));
+    assert!(page.contains(&stella_engine::pack::sha256_hex(hostile.as_bytes())));
+}

@@ -178,3 +178,39 @@ impl Runner<'_> {
         self.fail(s, e, 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: &str, step: Option<&str>, data: Json) -> Event {
+        let mut e = Event::new(kind).data(data);
+        if let Some(s) = step {
+            e = e.step(s);
+        }
+        e
+    }
+
+    #[test]
+    fn facts_follow_step_states_approvals_and_the_requester() {
+        let prior = vec![
+            ev("run.planned", None, json!({ "requestedBy": "ada" })),
+            ev("step.started", Some("build"), json!({})),
+            ev("step.succeeded", Some("build"), json!({})),
+            ev(
+                "gate.approved",
+                Some("review"),
+                json!({ "gate": "release", "approvals": [{ "principal": "bob" }, { "principal": "cy" }] }),
+            ),
+            ev("step.failed", Some("lint"), json!({ "code": "ERR_STEP_FAILED" })),
+        ];
+        let before = crate::state::fold(&prior);
+        let mut f = Facts::new(&before, &prior);
+        f.note(&ev("gate.approved", Some("local"), json!({ "gate": "dev", "local": true })));
+        assert_eq!(f.requested_by.as_deref(), Some("ada"));
+        assert_eq!(f.steps["build"], "succeeded");
+        assert_eq!(f.steps["lint"], "failed");
+        assert_eq!(f.approvals["release"], json!({ "approved": true, "by": ["bob", "cy"], "local": false }));
+        assert_eq!(f.approvals["dev"], json!({ "approved": true, "by": [], "local": true }));
+    }
+}

@@ -144,3 +144,19 @@ fn the_input_digest_is_of_the_canonical_json() {
     assert_ne!(input_digest(&json!({"a": 1})), input_digest(&json!({"a": 2})));
     assert!(input_digest(&json!({})).starts_with("sha256:"));
 }
+
+#[test]
+fn without_a_program_the_bound_is_a_worker_thread_with_a_deadline() {
+    let p = check(&files(POLICY), "policies/p.rego").unwrap();
+    let limits = bounded::Limits {
+        time: Duration::from_millis(200),
+        memory: 64 << 20,
+    };
+    let d = bounded::evaluate(&p, DEFAULT_QUERY, &json!({"inputs": {"env": "dev"}}), limits).unwrap();
+    assert!(d.allow);
+    let slow = "package stella\nallow if {\n  n := count([1 | some i in numbers.range(1, 3000); some j in numbers.range(1, 3000)])\n  n > 0\n}\n";
+    let p = check(&files(slow), "policies/p.rego").unwrap();
+    let e = bounded::evaluate(&p, DEFAULT_QUERY, &json!({}), limits).unwrap_err();
+    assert!(e.to_string().starts_with("evaluation exceeded"), "{e}");
+    assert!(matches!(bounded::evaluate(&p, "input.x", &json!({}), limits), Err(Error::Query(_))));
+}
