@@ -69,6 +69,16 @@ fn a_policy_syntax_error_fails_pack_validate_at_its_file_and_line() {
     assert!(out.stderr().contains("is not a rule path"), "{}", out.stderr());
     let r = repo_with(RELEASE, "{ rego: policies/release.rego, expr: \"true\" }");
     assert_eq!(r.stella(&["pack", "validate", "packs/rel"]).code(), Some(2));
+    // A policy is a pack file like any other: no symlink out of the pack.
+    let r = repo_with(RELEASE, "{ rego: policies/release.rego }");
+    let outside = r.outside("outside.rego");
+    std::fs::write(&outside, RELEASE).unwrap();
+    let link = r.path().join("packs/rel/policies/release.rego");
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let out = r.stella(&["pack", "validate", "packs/rel"]);
+    assert_eq!(out.code(), Some(2));
+    assert!(out.stderr().contains("symlinks are not allowed"), "{}", out.stderr());
 }
 
 #[test]
@@ -408,7 +418,8 @@ fn the_run_page_and_the_api_show_the_decision_with_its_messages_escaped() {
     r.request("r1", "rel", "{}\n");
     r.daemon_once().ok();
     let mut cmd = crate::support::stella();
-    cmd.current_dir(r.path()).args(["serve", "--repo", ".", "--http", "127.0.0.1:0"]);
+    cmd.current_dir(r.path())
+        .args(["serve", "--repo", ".", "--http", "127.0.0.1:0"]);
     let s = crate::support::Daemon::start(cmd);
     let base = crate::support::http::base_of(&s);
     let api = crate::support::http::get(&base, "/api/v1/runs/r1").json();
@@ -416,7 +427,10 @@ fn the_run_page_and_the_api_show_the_decision_with_its_messages_escaped() {
     assert_eq!(api["policies"][0]["file"], "policies/release.rego");
     let page = crate::support::http::get(&base, "/runs/r1").text();
     assert!(page.contains("<section id=\"policies\""), "{page}");
-    assert!(page.contains("&lt;b&gt;bold&lt;&#x2f;b&gt;") || page.contains("&lt;b&gt;bold&lt;/b&gt;"), "{page}");
+    assert!(
+        page.contains("&lt;b&gt;bold&lt;&#x2f;b&gt;") || page.contains("&lt;b&gt;bold&lt;/b&gt;"),
+        "{page}"
+    );
     assert!(!page.contains("<b>bold</b>"));
     assert!(page.contains(&stella_engine::pack::sha256_hex(hostile.as_bytes())));
 }

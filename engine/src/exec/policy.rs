@@ -206,11 +206,18 @@ mod tests {
         ];
         let before = crate::state::fold(&prior);
         let mut f = Facts::new(&before, &prior);
-        f.note(&ev("gate.approved", Some("local"), json!({ "gate": "dev", "local": true })));
+        f.note(&ev(
+            "gate.approved",
+            Some("local"),
+            json!({ "gate": "dev", "local": true }),
+        ));
         assert_eq!(f.requested_by.as_deref(), Some("ada"));
         assert_eq!(f.steps["build"], "succeeded");
         assert_eq!(f.steps["lint"], "failed");
-        assert_eq!(f.approvals["release"], json!({ "approved": true, "by": ["bob", "cy"], "local": false }));
+        assert_eq!(
+            f.approvals["release"],
+            json!({ "approved": true, "by": ["bob", "cy"], "local": false })
+        );
         assert_eq!(f.approvals["dev"], json!({ "approved": true, "by": [], "local": true }));
     }
 }

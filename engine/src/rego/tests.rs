@@ -158,5 +158,8 @@ fn without_a_program_the_bound_is_a_worker_thread_with_a_deadline() {
     let p = check(&files(slow), "policies/p.rego").unwrap();
     let e = bounded::evaluate(&p, DEFAULT_QUERY, &json!({}), limits).unwrap_err();
     assert!(e.to_string().starts_with("evaluation exceeded"), "{e}");
-    assert!(matches!(bounded::evaluate(&p, "input.x", &json!({}), limits), Err(Error::Query(_))));
+    assert!(matches!(
+        bounded::evaluate(&p, "input.x", &json!({}), limits),
+        Err(Error::Query(_))
+    ));
 }
