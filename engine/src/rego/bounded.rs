@@ -69,6 +69,10 @@ enum Answer {
 /// worker thread bounded in time.
 pub fn evaluate(policy: &Policy, query: &str, input: &Json, limits: Limits) -> Result<Decision, Error> {
     super::check_query(query)?;
+    let size = serde_json::to_vec(input).map_or(u64::MAX, |v| v.len() as u64) + policy.text.len() as u64;
+    if size > MAX_REQUEST - (1 << 20) {
+        return Err(Error::Exceeded(format!("its input bound of {} MiB", MAX_REQUEST >> 20)));
+    }
     match PROGRAM.get() {
         Some(program) => in_child(program, policy, query, input, limits),
         None => in_thread(policy, query, input, limits),
@@ -137,6 +141,11 @@ fn in_child(program: &PathBuf, policy: &Policy, query: &str, input: &Json, limit
         .map_err(|e| Error::Eval(format!("cannot start the evaluator {}: {e}", program.display())))?;
     let mut stdin = child.stdin.take().expect("piped");
     let writer = std::thread::spawn(move || {
+        // A child that stops reading (it died, or refused a request past its bound) must cost
+        // an EPIPE here, never a SIGPIPE to the runner: the signal is blocked in this thread.
+        let mut pipe = nix::sys::signal::SigSet::empty();
+        pipe.add(nix::sys::signal::Signal::SIGPIPE);
+        let _ = pipe.thread_block();
         let _ = stdin.write_all(&request);
     });
     let stdout = child.stdout.take().expect("piped");

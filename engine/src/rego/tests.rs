@@ -162,4 +162,7 @@ fn without_a_program_the_bound_is_a_worker_thread_with_a_deadline() {
         bounded::evaluate(&p, "input.x", &json!({}), limits),
         Err(Error::Query(_))
     ));
+    let huge = json!({ "steps": { "s": { "outputs": { "x": "x".repeat(64 << 20) } } } });
+    let e = bounded::evaluate(&p, DEFAULT_QUERY, &huge, limits).unwrap_err();
+    assert_eq!(e.to_string(), "evaluation exceeded its input bound of 64 MiB");
 }
