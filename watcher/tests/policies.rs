@@ -434,3 +434,31 @@ fn the_run_page_and_the_api_show_the_decision_with_its_messages_escaped() {
     assert!(!page.contains("<b>bold</b>"));
     assert!(page.contains(&stella_engine::pack::sha256_hex(hostile.as_bytes())));
 }
+
+#[test]
+fn a_policy_reads_who_approved_the_run() {
+    let r = Repo::new();
+    let keys = tempfile::tempdir().unwrap();
+    let mut signers = std::fs::read_to_string(r.path().join(".stella/allowed_signers")).unwrap();
+    let public = crate::support::keygen(keys.path(), "alice");
+    signers.push_str(&format!("alice namespaces=\"stella-approval\" {public}\n"));
+    r.write(".stella/allowed_signers", &signers);
+    r.write(".stella/approvers.yaml", "grants:\n  Packs.Approve: [alice]\n");
+    let policy = "package stella\n\ndefault allow := false\n\nallow if {\n    \"alice\" in input.approvals.ok.by\n    input.requestedBy == null\n    input.steps.review.state == \"succeeded\"\n}\n";
+    r.write("packs/ap/policies/release.rego", policy);
+    r.pack(
+        "ap",
+        "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: ap, version: 1.0.0 }\nspec:\n  approvals: [{ id: ok, grants: [Packs.Approve] }]\n  steps:\n    - { id: review, gate: { approval: { id: ok } } }\n    - { id: policy, gate: { policy: { rego: policies/release.rego } } }\n",
+    );
+    r.request("r1", "ap", "{}\n");
+    r.daemon_once().ok();
+    assert_eq!(r.state("r1"), "waiting");
+    let key = keys.path().join("alice");
+    r.stella(&["approve", "r1", "--gate", "ok", "--key", key.to_str().unwrap()])
+        .ok();
+    r.commit_all("alice approves");
+    r.daemon_once().ok();
+    let show = r.show("r1");
+    assert_eq!(show["state"], "succeeded", "{show:#}");
+    assert_eq!(show["policies"][0]["allow"], true);
+}
