@@ -29,6 +29,7 @@ pub mod notify;
 pub mod pack;
 pub mod plan;
 pub mod redact;
+pub mod rego;
 pub mod remote;
 pub mod request;
 pub mod run_id;

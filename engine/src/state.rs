@@ -281,6 +281,23 @@ pub fn fold(events: &[Event]) -> RunState {
     st
 }
 
+/// The decisions of a run's Rego policy gates (`policy.evaluated` events), oldest first: `{step,
+/// file, sha256, query, inputSha256, result, allow, deny, error}` as recorded.
+pub fn policies(events: &[Event]) -> Vec<Json> {
+    events
+        .iter()
+        .filter(|e| e.kind == "policy.evaluated")
+        .map(|e| {
+            let mut d = e.data.clone().unwrap_or_default();
+            if let Some(o) = d.as_object_mut() {
+                o.remove("gate");
+                o.insert("step".into(), Json::from(e.step.clone()));
+            }
+            d
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

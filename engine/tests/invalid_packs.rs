@@ -190,6 +190,22 @@ invalid!(duplicate_yaml_keys,
     with_steps("    - id: a\n      id: b\n      run: { uses: builtin:exec, with: { argv: [true] } }\n"),
     field: "", line: 12, contains: "duplicate");
 
+invalid!(policy_gate_without_expr_or_rego,
+    with_steps("    - id: a\n      gate: { policy: { failAction: halt } }\n"),
+    field: "spec.steps[0].gate.policy", line: 12, contains: "a policy gate needs `expr` or `rego`");
+
+invalid!(policy_gate_with_expr_and_rego,
+    with_steps("    - id: a\n      gate: { policy: { expr: \"{{ true }}\", rego: p.rego } }\n"),
+    field: "spec.steps[0].gate.policy", line: 12, contains: "either `expr` or `rego`, not both");
+
+invalid!(policy_query_without_rego,
+    with_steps("    - id: a\n      gate: { policy: { expr: \"{{ true }}\", query: data.stella.allow } }\n"),
+    field: "spec.steps[0].gate.policy.query", line: 12, contains: "`query` belongs to a `rego` policy");
+
+invalid!(policy_file_missing_from_the_pack,
+    with_steps("    - id: a\n      gate: { policy: { rego: policies/none.rego } }\n"),
+    field: "spec.steps[0].gate.policy.rego", line: 12, contains: "policy file `policies/none.rego` not found in the pack");
+
 #[test]
 fn billion_laughs_is_refused_with_a_clear_error() {
     let mut bomb = String::from(

@@ -24,6 +24,15 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // `stella __stella-rego-eval`: this binary as the bounded evaluator of one Rego policy.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == stella_engine::rego::bounded::CHILD_ARG)
+    {
+        return ExitCode::from(stella_engine::rego::bounded::serve());
+    }
+    // Policies are evaluated in a child of this very binary, bounded in time and memory.
+    stella_engine::rego::bounded::use_program("/proc/self/exe".into());
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {

@@ -194,6 +194,30 @@ fn python() -> PathBuf {
     py
 }
 
+/// securesystemslib verifies the attestation `att` of run `run` with the runner key of `r`.
+pub(crate) fn dsse_verifies(r: &Repo, att: &Path, run: &str) {
+    let signers = std::fs::read_to_string(r.path().join(".stella/allowed_signers")).unwrap();
+    let line = signers.lines().find(|l| l.starts_with("runner@stella")).unwrap();
+    let blob = line.split_whitespace().find(|w| w.starts_with("AAAA")).unwrap();
+    let wire = base64::engine::general_purpose::STANDARD.decode(blob).unwrap();
+    let env: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(att).unwrap()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dsse_check.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg(att)
+        .arg(hex::encode(&wire[wire.len() - 32..]))
+        .arg(env["signatures"][0]["keyid"].as_str().unwrap())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "securesystemslib refused it: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("verified {run}")), "{stdout}");
+}
+
 #[test]
 fn securesystemslib_verifies_the_attestation() {
     let r = finished(HELLO, "{}\n");

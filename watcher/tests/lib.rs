@@ -18,6 +18,7 @@ mod layout;
 mod notify;
 mod output;
 mod pack_cli;
+mod policies;
 mod remote;
 mod requested;
 mod resume;

@@ -224,6 +224,11 @@ pub fn statement(r: &RunRecord) -> Json {
     });
     // A retry names the run it retries; a resume also the digest of that run's attestation;
     // a request added by a trusted signed commit, its signer.
+    // Rego policy gates: each decision with the policy's and the input's digests.
+    let policies = crate::state::policies(r.events);
+    if !policies.is_empty() {
+        statement["predicate"]["policies"] = json!(policies);
+    }
     let planned = r.events.iter().find(|e| e.kind == "run.planned");
     for field in ["retryOf", "resumeOf", "requestedBy"] {
         if let Some(of) = planned.and_then(|e| e.get(field)) {

@@ -40,6 +40,8 @@ pub struct ExecConfig {
     pub chaos: Option<Arc<crate::chaos::Chaos>>,
     /// `resumeOf`: the succeeded run steps of an earlier run, reused instead of run again.
     pub reuse: Option<Arc<super::Reuse>>,
+    /// How long and how much memory one Rego policy evaluation may take.
+    pub policy_limits: crate::rego::bounded::Limits,
 }
 
 impl ExecConfig {
@@ -62,6 +64,7 @@ impl ExecConfig {
             sandbox: Sandbox::default(),
             chaos: None,
             reuse: None,
+            policy_limits: Default::default(),
         }
     }
 }

@@ -122,9 +122,11 @@ impl Runner<'_> {
 
     /// A policy gate: its expression decides; false halts the run or, with `continue`, skips on.
     pub(super) fn policy(&self, s: &PlanStep, p: &PlanPolicy, item: Option<&Json>) -> Res {
-        let verdict = match &p.expr {
-            Text::Resolved(v) => Ok(v == "true"),
-            Text::Template { template, .. } => expr::eval_bool(template, &self.ctx(item)),
+        let verdict = match (&p.expr, &p.rego) {
+            (_, Some(r)) => return self.rego_gate(s, p, r, item),
+            (Some(Text::Resolved(v)), None) => Ok(v == "true"),
+            (Some(Text::Template { template, .. }), None) => expr::eval_bool(template, &self.ctx(item)),
+            (None, None) => Err("the policy gate has neither expr nor rego".to_string()),
         };
         match verdict {
             Err(m) => self.fail(s, StepError::new(Code::ExprFailed, format!("policy: {m}")), 0),

@@ -13,6 +13,7 @@ mod config;
 pub mod control;
 mod gates;
 mod namespaces;
+mod policy;
 mod process;
 mod reuse;
 pub mod sandbox;
@@ -89,6 +90,7 @@ pub fn execute(
         };
     }
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let facts = Mutex::new(policy::Facts::new(&before, prior));
     let runner = Runner {
         plan,
         cfg,
@@ -101,6 +103,8 @@ pub fn execute(
         scratch: AtomicU64::new(0),
         started: Instant::now(),
         recorded: Mutex::new(recorded_keys(prior)),
+        facts,
+        files,
     };
     runner.run(files)
 }
@@ -129,10 +133,14 @@ struct Runner<'a> {
     started: Instant,
     /// `data.key`s of gatekeeper notes already recorded in this run's events.
     recorded: Mutex<std::collections::HashSet<String>>,
+    /// What a Rego policy gate may read of the run so far.
+    facts: Mutex<policy::Facts>,
+    files: &'a PackFiles,
 }
 
 impl Runner<'_> {
     fn emit(&self, e: Event) {
+        self.facts.lock().unwrap_or_else(|p| p.into_inner()).note(&e);
         self.emitter.emit(e);
     }
 

@@ -152,6 +152,29 @@ impl Checker<'_> {
         }
     }
 
+    /// A Rego policy named by a gate: inside the pack, parsed (errors located in the `.rego`
+    /// file itself), and a query that is a rule path.
+    fn rego_file(&mut self, path: &Tpl, query: Option<&Tpl>) {
+        match crate::rego::check(self.files, &path.src) {
+            Ok(_) => {}
+            Err(crate::rego::Error::Syntax { pos, message }) => {
+                let shown = normalise(&path.src).map_or_else(|| path.src.clone(), |p| self.files.display_path(&p));
+                self.diags.push(
+                    Diagnostic::new(Code::PackInvalid, &shown, pos, "", message)
+                        .hint(format!("the policy named by {} does not parse as Rego", path.field)),
+                );
+            }
+            Err(e) => {
+                self.error(path.pos, &path.field, e.to_string());
+            }
+        }
+        if let Some(q) = query
+            && let Err(e) = crate::rego::check_query(&q.src)
+        {
+            self.error(q.pos, &q.field, e.to_string()).hint = Some(format!("e.g. {}", crate::rego::DEFAULT_QUERY));
+        }
+    }
+
     fn secrets(&mut self, secrets: &[SecretDecl]) {
         let mut seen = BTreeSet::new();
         for (i, s) in secrets.iter().enumerate() {
@@ -303,7 +326,12 @@ impl Checker<'_> {
                 }
             }
             StepKind::Policy(policy) => {
-                self.template(&policy.expr, scope, true);
+                if let Some(e) = &policy.expr {
+                    self.template(e, scope, true);
+                }
+                if let Some(r) = &policy.rego {
+                    self.rego_file(r, policy.query.as_ref());
+                }
                 if let Some(m) = &policy.message {
                     self.template(m, scope, false);
                 }

@@ -227,7 +227,11 @@ pub struct ApprovalGate {
 
 #[derive(Debug, Clone)]
 pub struct PolicyGate {
-    pub expr: Tpl,
+    /// The `expr:` form; `None` for a Rego policy.
+    pub expr: Option<Tpl>,
+    /// The `rego:` form: a `.rego` file of the pack (its path, located) and the query asked.
+    pub rego: Option<Tpl>,
+    pub query: Option<Tpl>,
     pub fail_action: FailAction,
     pub message: Option<Tpl>,
 }

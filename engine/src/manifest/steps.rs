@@ -32,7 +32,7 @@ const PARALLEL_FIELDS: &[&str] = &["steps", "maxParallel", "continueOnError"];
 const MAP_FIELDS: &[&str] = &["items", "step", "maxParallel"];
 const GATE_FIELDS: &[&str] = &["approval", "policy"];
 const APPROVAL_GATE_FIELDS: &[&str] = &["id", "message"];
-const POLICY_GATE_FIELDS: &[&str] = &["expr", "failAction", "message"];
+const POLICY_GATE_FIELDS: &[&str] = &["expr", "rego", "query", "failAction", "message"];
 const RETRIES_FIELDS: &[&str] = &["maxAttempts", "backoff"];
 
 pub(super) fn decode_retries(d: &mut Decoder, node: &Node, path: &str) -> Option<Retries> {
@@ -301,7 +301,34 @@ fn decode_gate(d: &mut Decoder, node: &Node, path: &str) -> Option<StepKind> {
         }
         (None, Some(p)) => {
             let p = d.obj(p, &o.path("policy"), POLICY_GATE_FIELDS)?;
-            let expr = d.req(&p, "expr").and_then(|n| tpl(d, n, &p.path("expr")));
+            let expr = opt_tpl(d, &p, "expr");
+            let rego = opt_tpl(d, &p, "rego");
+            let query = opt_tpl(d, &p, "query");
+            let form_ok = match (&expr, &rego) {
+                (Some(_), None) => {
+                    if let Some(q) = &query {
+                        d.error(q.pos, &q.field, "`query` belongs to a `rego` policy").hint =
+                            Some("drop it, or name a .rego file with rego:".into());
+                    }
+                    query.is_none()
+                }
+                (None, Some(_)) => true,
+                (Some(_), Some(_)) => {
+                    d.error(
+                        p.pos(),
+                        &o.path("policy"),
+                        "a policy is either `expr` or `rego`, not both",
+                    );
+                    false
+                }
+                (None, None) => {
+                    if p.get("expr").is_none() && p.get("rego").is_none() {
+                        d.error(p.pos(), &o.path("policy"), "a policy gate needs `expr` or `rego`")
+                            .hint = Some("add expr: \"{{ ... }}\" or rego: policies/<name>.rego".into());
+                    }
+                    false
+                }
+            };
             let fail_action = match p.get("failAction") {
                 None => Some(FailAction::Halt),
                 Some(n) => match d.string(n, &p.path("failAction")).as_deref() {
@@ -315,8 +342,13 @@ fn decode_gate(d: &mut Decoder, node: &Node, path: &str) -> Option<StepKind> {
                     None => None,
                 },
             };
+            if !form_ok {
+                return None;
+            }
             Some(StepKind::Policy(PolicyGate {
-                expr: expr?,
+                expr,
+                rego,
+                query,
                 fail_action: fail_action?,
                 message: opt_tpl(d, &p, "message"),
             }))

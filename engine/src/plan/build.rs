@@ -16,7 +16,7 @@ use crate::pack::{FileDigest, PackFiles};
 
 use super::{
     API_VERSION, Cond, PackRef, Plan, PlanApproval, PlanApprovalGate, PlanConfig, PlanFile, PlanGroup, PlanMap,
-    PlanPolicy, PlanRetries, PlanRun, PlanSecret, PlanStep, StepKind, TemplateFlavor, Text,
+    PlanPolicy, PlanRego, PlanRetries, PlanRun, PlanSecret, PlanStep, StepKind, TemplateFlavor, Text,
 };
 
 /// Most children a map may expand to.
@@ -30,6 +30,8 @@ pub(super) fn build(
     config: &PlanConfig,
 ) -> Result<Plan, Diagnostics> {
     let mut b = Builder {
+        files,
+        rego: Default::default(),
         reads_steps: Default::default(),
         templates: Default::default(),
         file: &m.file,
@@ -107,6 +109,9 @@ struct Inherited {
 
 struct Builder<'a> {
     file: &'a str,
+    files: &'a PackFiles,
+    /// Rego policies already checked, by path as written: (normalised path, sha256) or why not.
+    rego: BTreeMap<String, Result<(String, String), String>>,
     /// Whether a template (by source) reads step outputs; map children repeat the same sources.
     reads_steps: std::collections::HashMap<(&'a str, bool), bool>,
     /// Templates compiled once per source and flavor.
@@ -164,6 +169,19 @@ impl<'a> Builder<'a> {
                 None
             }
         }
+    }
+
+    /// A gate's Rego policy, checked once per path: its normalised path and sha256.
+    fn rego_policy(&mut self, path: &str) -> Result<(String, String), String> {
+        let files = self.files;
+        self.rego
+            .entry(path.to_string())
+            .or_insert_with(|| {
+                crate::rego::check(files, path)
+                    .map(|p| (p.path, p.sha256))
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
     }
 
     fn reads_steps(&mut self, src: &'a str, expression: bool) -> bool {
@@ -300,19 +318,37 @@ impl<'a> Builder<'a> {
                 (StepKind::Approval(gate), None, BTreeMap::new())
             }
             manifest::StepKind::Policy(p) => {
-                let expr = if self.reads_steps(&p.expr.src, true) {
-                    Text::Template {
-                        template: p.expr.src.clone(),
+                let expr = match &p.expr {
+                    None => None,
+                    Some(e) if self.reads_steps(&e.src, true) => Some(Text::Template {
+                        template: e.src.clone(),
                         flavor: TemplateFlavor::Text,
-                    }
-                } else {
-                    match expr::eval_bool(&p.expr.src, ctx) {
-                        Ok(b) => Text::Resolved(b.to_string()),
+                    }),
+                    Some(e) => match expr::eval_bool(&e.src, ctx) {
+                        Ok(b) => Some(Text::Resolved(b.to_string())),
                         Err(msg) => {
-                            self.error(Code::PackInputInvalid, p.expr.pos, &p.expr.field, msg);
+                            self.error(Code::PackInputInvalid, e.pos, &e.field, msg);
                             return None;
                         }
-                    }
+                    },
+                };
+                let rego = match &p.rego {
+                    None => None,
+                    Some(r) => match self.rego_policy(&r.src) {
+                        Ok((file, sha256)) => Some(PlanRego {
+                            file,
+                            sha256,
+                            query: p
+                                .query
+                                .as_ref()
+                                .map_or(crate::rego::DEFAULT_QUERY, |q| q.src.as_str())
+                                .into(),
+                        }),
+                        Err(e) => {
+                            self.error(Code::PackInvalid, r.pos, &r.field, e);
+                            return None;
+                        }
+                    },
                 };
                 let message = match &p.message {
                     Some(m) => Some(self.text(m, Flavor::Text, ctx)?),
@@ -320,6 +356,7 @@ impl<'a> Builder<'a> {
                 };
                 let policy = PlanPolicy {
                     expr,
+                    rego,
                     fail_action: p.fail_action.as_str().into(),
                     message,
                 };

@@ -244,10 +244,24 @@ pub struct PlanApprovalGate {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PlanPolicy {
-    pub expr: Text,
+    /// The `expr:` form (absent for a Rego policy, so older plans hash as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expr: Option<Text>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rego: Option<PlanRego>,
     pub fail_action: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<Text>,
+}
+
+/// A Rego policy gate: the pack file (normalised; its digest is also in `files`), its sha256
+/// and the query asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanRego {
+    pub file: String,
+    pub sha256: String,
+    pub query: String,
 }
 
 impl Plan {

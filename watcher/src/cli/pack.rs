@@ -93,4 +93,20 @@ fn print_summary(s: &Summary) {
             println!("  - {}{scope}, {req}", sec.name);
         }
     }
+    if !s.policies.is_empty() {
+        println!("policies:");
+        for p in &s.policies {
+            match (&p.file, &p.sha256, &p.query, &p.expr) {
+                (Some(file), Some(sha), Some(query), _) => {
+                    println!("  - {}: rego {file} (sha256 {sha}), {query}, {}", p.step, p.fail_action);
+                }
+                (_, _, _, expr) => println!(
+                    "  - {}: expr {}, {}",
+                    p.step,
+                    expr.as_deref().unwrap_or(""),
+                    p.fail_action
+                ),
+            }
+        }
+    }
 }

@@ -194,6 +194,10 @@ pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<Outcome, Failure
         }
         v["events"] = json!(view.events().len());
         v["gates"] = json!(gates);
+        let policies = stella_engine::state::policies(view.events());
+        if !policies.is_empty() {
+            v["policies"] = json!(policies);
+        }
         mark_invalid(view.invalid.as_ref(), &mut v);
         println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
         return Ok(Outcome::Done);
@@ -259,6 +263,9 @@ pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<Outcome, Failure
             );
         }
     }
+    for p in stella_engine::state::policies(view.events()) {
+        print_policy(&p);
+    }
     if !st.steps.is_empty() {
         println!("steps:");
         for s in &st.steps {
@@ -292,6 +299,26 @@ pub fn show(repo_dir: &Path, id: &str, as_json: bool) -> Result<Outcome, Failure
         }
     }
     Ok(Outcome::Done)
+}
+
+/// One Rego policy decision: the gate, its verdict, policy and input digests, deny messages.
+fn print_policy(p: &serde_json::Value) {
+    let s = |k: &str| p[k].as_str().unwrap_or("");
+    let verdict = if p["allow"] == true { "allowed" } else { "denied" };
+    println!(
+        "policy {} ({} {}): {verdict}, result {}",
+        s("step"),
+        s("file"),
+        s("query"),
+        p["result"]
+    );
+    println!("    policy sha256 {}, input {}", s("sha256"), s("inputSha256"));
+    for d in p["deny"].as_array().into_iter().flatten() {
+        println!("    deny: {}", d.as_str().unwrap_or(""));
+    }
+    if let Some(e) = p["error"].as_str() {
+        println!("    error: {e}");
+    }
 }
 
 pub fn logs(repo_dir: &Path, id: &str, follow: bool) -> Result<Outcome, Failure> {

@@ -259,6 +259,10 @@ fn schemas() -> Value {
                 } } },
                 "artifacts": { "type": "array", "items": { "type": "object", "properties": {
                     "step": { "type": "string" }, "name": { "type": "string" }, "sha256": { "type": "string" }, "size": { "type": "integer" } } } },
+                "policies": { "type": "array", "description": "Rego policy gates' decisions", "items": { "type": "object", "properties": {
+                    "step": { "type": "string" }, "file": { "type": "string" }, "sha256": { "type": "string" }, "query": { "type": "string" },
+                    "inputSha256": { "type": "string" }, "result": {}, "allow": { "type": "boolean" },
+                    "deny": { "type": "array", "items": { "type": "string" } }, "error": { "type": "string" } } } },
                 "evidence": { "type": "object", "properties": {
                     "present": { "type": "boolean" }, "verified": { "type": ["boolean", "null"] }, "sha256": { "type": "string" } } }
             } }

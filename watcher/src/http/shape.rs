@@ -165,6 +165,7 @@ pub fn detail(view: &RunView, st: &RunState, files: &Files, evidence: Json) -> J
         })
         .collect();
     out["gates"] = gates(view, st).into();
+    out["policies"] = stella_engine::state::policies(view.events()).into();
     out["artifacts"] = st
         .steps
         .iter()
