@@ -60,6 +60,9 @@ codes! {
     PackHashMismatch = "ERR_PACK_HASH_MISMATCH", exit 1;
     /// A required secret was not provided to the runner.
     PackSecretMissing = "ERR_PACK_SECRET_MISSING", exit 2;
+    /// A configured secret source (a SOPS file, a Vault server) cannot be reached, read,
+    /// decrypted or verified; the run fails before any step.
+    SecretSource = "ERR_SECRET_SOURCE", exit 1;
     /// A step's process failed (non-zero exit, signal, or could not start).
     StepFailed = "ERR_STEP_FAILED", exit 1;
     /// A step ran past its timeout and was terminated.
