@@ -16,6 +16,7 @@ mod namespaces;
 mod process;
 mod reuse;
 pub mod sandbox;
+mod secret_files;
 mod walk;
 mod workspace;
 
@@ -41,6 +42,7 @@ pub use control::{CancelToken, Limiter, Stop};
 pub use gates::{GateDecision, GateVerdict, Gatekeeper, LocalGates, recorded_keys};
 pub use process::{shutdown, shutting_down};
 pub use reuse::Reuse;
+pub use secret_files::clear_secret_files;
 
 /// How a run (or this attempt at it) ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
