@@ -336,7 +336,7 @@ fn a_secret_as_file_is_there_during_the_step_and_gone_after_also_after_a_timeout
     assert!(path.starts_with(r.path().join(".git/stella/secret-files")), "{}", path.display());
     assert!(!path.exists(), "the secret file outlived its step");
     let hang = steps.iter().find(|s| s["id"] == "hang").unwrap();
-    assert_eq!(hang["error"]["code"], "ERR_STEP_TIMEOUT", "{show}");
+    assert_eq!(hang["code"], "ERR_STEP_TIMEOUT", "{show}");
     let root = r.path().join(".git/stella/secret-files");
     let left: Vec<_> = walk(&root).into_iter().filter(|p| p.is_file()).collect();
     assert!(left.is_empty(), "secret files left after the timeout: {left:?}");
