@@ -21,11 +21,8 @@ fn tool(name: &str) -> Option<PathBuf> {
         .and_then(|p| p.parent().map(|d| d.join(name)))
         .filter(|p| p.exists());
     let found = beside.or_else(|| {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join(name))
-                .find(|p| p.exists())
-        })
+        std::env::var_os("PATH")
+            .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.exists()))
     });
     if found.is_none() {
         let why = format!(
@@ -104,7 +101,15 @@ fn sops_encrypt(sops: &Path, recipient: &str, plain: &str, scratch: &Path) -> St
     let input = scratch.join("plain.yaml");
     std::fs::write(&input, plain).unwrap();
     let out = Command::new(sops)
-        .args(["encrypt", "--age", recipient, "--input-type", "yaml", "--output-type", "yaml"])
+        .args([
+            "encrypt",
+            "--age",
+            recipient,
+            "--input-type",
+            "yaml",
+            "--output-type",
+            "yaml",
+        ])
         .arg(&input)
         .env_remove("SOPS_AGE_KEY_FILE")
         .output()
@@ -125,7 +130,8 @@ fn age_keygen(bin: &Path, path: &Path) -> String {
         .to_string()
 }
 
-const SOPS_CONFIG: &str = "branch: main\ncommit: { batchMs: 2000 }\nsecrets:\n  sources:\n    - sops: .stella/secrets/prod.sops.yaml\n";
+const SOPS_CONFIG: &str =
+    "branch: main\ncommit: { batchMs: 2000 }\nsecrets:\n  sources:\n    - sops: .stella/secrets/prod.sops.yaml\n";
 
 fn daemon_once_with(r: &Repo, env: &[(&str, &Path)]) -> crate::support::Stella {
     let mut cmd = r.daemon_command(&["--once", "--repo", "."]);
@@ -142,11 +148,18 @@ fn started_steps(r: &Repo, id: &str) -> usize {
 
 #[test]
 fn a_sops_file_for_an_age_keygen_recipient_is_decrypted_and_its_value_never_reaches_git() {
-    let (Some(sops), Some(keygen)) = (tool("sops"), tool("age-keygen")) else { return };
+    let (Some(sops), Some(keygen)) = (tool("sops"), tool("age-keygen")) else {
+        return;
+    };
     let r = Repo::new();
     let identity = r.outside("age.txt");
     let recipient = age_keygen(&keygen, &identity);
-    let enc = sops_encrypt(&sops, &recipient, &format!("token: \"{SECRET}\"\nunused: other\n"), &r.outside(""));
+    let enc = sops_encrypt(
+        &sops,
+        &recipient,
+        &format!("token: \"{SECRET}\"\nunused: other\n"),
+        &r.outside(""),
+    );
     r.write(".stella/secrets/prod.sops.yaml", &enc)
         .write(".stella/config.yaml", SOPS_CONFIG)
         .commit_all("secrets from sops");
@@ -164,7 +177,13 @@ fn a_sops_file_for_an_age_keygen_recipient_is_decrypted_and_its_value_never_reac
     assert_eq!(r.state("r2"), "failed");
     let failed = r.events("r2").into_iter().find(|e| e["type"] == "run.failed").unwrap();
     assert_eq!(failed["data"]["code"], "ERR_SECRET_SOURCE");
-    assert!(failed["msg"].as_str().unwrap().contains("none of the file's age recipients"), "{failed}");
+    assert!(
+        failed["msg"]
+            .as_str()
+            .unwrap()
+            .contains("none of the file's age recipients"),
+        "{failed}"
+    );
     assert_eq!(started_steps(&r, "r2"), 0);
 }
 
@@ -187,11 +206,18 @@ fn a_sops_file_encrypted_to_the_runners_ssh_key_is_decrypted_by_the_runner() {
 
 #[test]
 fn a_tampered_sops_file_is_refused_before_any_step() {
-    let (Some(sops), Some(keygen)) = (tool("sops"), tool("age-keygen")) else { return };
+    let (Some(sops), Some(keygen)) = (tool("sops"), tool("age-keygen")) else {
+        return;
+    };
     let r = Repo::new();
     let identity = r.outside("age.txt");
     let recipient = age_keygen(&keygen, &identity);
-    let enc = sops_encrypt(&sops, &recipient, &format!("token: \"{SECRET}\"\nother: \"{SECRET}\"\n"), &r.outside(""));
+    let enc = sops_encrypt(
+        &sops,
+        &recipient,
+        &format!("token: \"{SECRET}\"\nother: \"{SECRET}\"\n"),
+        &r.outside(""),
+    );
     // Each value moved under the other's key: both still decrypt with the data key, but their
     // associated data (the key path) no longer matches.
     let lines: Vec<&str> = enc.lines().collect();
@@ -221,7 +247,11 @@ struct Bao {
 
 impl Bao {
     fn start(bin: PathBuf) -> Bao {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let addr = format!("http://127.0.0.1:{port}");
         let child = Command::new(&bin)
             .args(["server", "-dev", "-dev-root-token-id=root"])
@@ -278,7 +308,11 @@ fn a_vault_kv2_secret_is_read_and_a_sealed_or_gone_server_fails_the_run_before_a
     assert_nowhere(&r, "r1");
     // doctor: the source answers; it names the secrets, never a value.
     let doctor = r.stella(&["doctor", "--check", "check.secrets.sources"]);
-    assert!(doctor.stdout().contains("answers; 1 secrets (token)"), "{}", doctor.stdout());
+    assert!(
+        doctor.stdout().contains("answers; 1 secrets (token)"),
+        "{}",
+        doctor.stdout()
+    );
     assert!(forms().iter().all(|f| !doctor.stdout().contains(f)));
 
     // The environment wins over a source (DESIGN: --secrets, then the environment, then sources).
@@ -298,7 +332,11 @@ fn a_vault_kv2_secret_is_read_and_a_sealed_or_gone_server_fails_the_run_before_a
     assert!(failed["msg"].as_str().unwrap().contains("sealed"), "{failed}");
     assert_eq!(started_steps(&r, "r2"), 0);
     let doctor = r.stella(&["doctor", "--check", "check.secrets.sources"]);
-    assert!(doctor.stdout().contains("FAIL") && doctor.stdout().contains("sealed"), "{}", doctor.stdout());
+    assert!(
+        doctor.stdout().contains("FAIL") && doctor.stdout().contains("sealed"),
+        "{}",
+        doctor.stdout()
+    );
 
     let addr = bao.addr.clone();
     drop(bao);
@@ -307,7 +345,10 @@ fn a_vault_kv2_secret_is_read_and_a_sealed_or_gone_server_fails_the_run_before_a
     assert_eq!(r.state("r3"), "failed");
     let failed = r.events("r3").into_iter().find(|e| e["type"] == "run.failed").unwrap();
     assert_eq!(failed["data"]["code"], "ERR_SECRET_SOURCE");
-    assert!(failed["msg"].as_str().unwrap().contains("cannot reach"), "{failed} ({addr})");
+    assert!(
+        failed["msg"].as_str().unwrap().contains("cannot reach"),
+        "{failed} ({addr})"
+    );
     assert_eq!(started_steps(&r, "r3"), 0);
 }
 
@@ -326,14 +367,26 @@ fn a_secret_as_file_is_there_during_the_step_and_gone_after_also_after_a_timeout
     r.pack("f", &file_pack()).request("r1", "f", "{}\n");
     let secrets = r.outside("secrets.yaml");
     std::fs::write(&secrets, format!("token: \"{SECRET}\"\n")).unwrap();
-    let out = r.stella(&["daemon", "--once", "--repo", ".", "--keep-work", "--secrets", secrets.to_str().unwrap()]);
+    let out = r.stella(&[
+        "daemon",
+        "--once",
+        "--repo",
+        ".",
+        "--keep-work",
+        "--secrets",
+        secrets.to_str().unwrap(),
+    ]);
     let show = r.show("r1");
     assert_eq!(r.state("r1"), "failed", "{}", out.stderr());
     let steps = show["steps"].as_array().unwrap();
     let check = steps.iter().find(|s| s["id"] == "check").unwrap();
     assert_eq!(check["status"], "succeeded", "{show}");
     let path = PathBuf::from(check["outputs"]["path"].as_str().unwrap());
-    assert!(path.starts_with(r.path().join(".git/stella/secret-files")), "{}", path.display());
+    assert!(
+        path.starts_with(r.path().join(".git/stella/secret-files")),
+        "{}",
+        path.display()
+    );
     assert!(!path.exists(), "the secret file outlived its step");
     let hang = steps.iter().find(|s| s["id"] == "hang").unwrap();
     assert_eq!(hang["code"], "ERR_STEP_TIMEOUT", "{show}");
@@ -351,7 +404,11 @@ fn secret_files_a_crashed_runner_left_are_wiped_at_the_next_start() {
     std::fs::write(left.join("token"), SECRET).unwrap();
     let out = r.daemon_once().ok();
     assert!(!left.exists());
-    assert!(out.stdout().contains("wiped the secret files of 1 run"), "{}", out.stdout());
+    assert!(
+        out.stdout().contains("wiped the secret files of 1 run"),
+        "{}",
+        out.stdout()
+    );
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

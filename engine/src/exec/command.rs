@@ -66,7 +66,13 @@ impl Runner<'_> {
             cmd.env(name, path);
         }
         let sealed = self.cfg.sealed && s.network.is_empty();
-        let guard = self.isolate(&mut cmd, s, sealed, &out_file, secret_files.as_ref().map(SecretFiles::dir))?;
+        let guard = self.isolate(
+            &mut cmd,
+            s,
+            sealed,
+            &out_file,
+            secret_files.as_ref().map(SecretFiles::dir),
+        )?;
         Ok(Prepared {
             cmd,
             guard,

@@ -141,14 +141,21 @@ mod tests {
             ],
         }))
         .unwrap();
-        let given = [("token".to_string(), "s3cret".to_string()), ("plain".into(), "p".into())].into();
+        let given = [
+            ("token".to_string(), "s3cret".to_string()),
+            ("plain".into(), "p".into()),
+        ]
+        .into();
         let secrets = Secrets::for_plan(&plan, &given, |_| None).unwrap();
         let files = SecretFiles::write(root.path(), 3, &secrets).unwrap().unwrap();
         let (name, path) = files.env().next().map(|(n, p)| (n, p.to_path_buf())).unwrap();
         assert_eq!(name, "STELLA_SECRET_FILE_TOKEN");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "s3cret");
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::metadata(files.dir()).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(files.dir()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         assert_eq!(files.env().count(), 1, "only `as: file` secrets become files");
         assert!(secrets.env_pairs().all(|(n, _)| n != "STELLA_SECRET_TOKEN"));
         let dir = files.dir().to_path_buf();

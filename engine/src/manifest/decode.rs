@@ -156,7 +156,11 @@ fn decode_secret(d: &mut Decoder, node: &Node, path: String) -> Option<SecretDec
         None | Some("env") => false,
         Some("file") => true,
         Some(other) => {
-            d.error(o.pos(), &o.path("as"), format!("`as: {other}`: expected `env` or `file`"));
+            d.error(
+                o.pos(),
+                &o.path("as"),
+                format!("`as: {other}`: expected `env` or `file`"),
+            );
             false
         }
     };

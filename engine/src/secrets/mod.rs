@@ -8,7 +8,7 @@ use std::path::Path;
 
 pub mod sops;
 pub mod sources;
-mod vault;
+pub mod vault;
 
 pub use sources::{Error, Source};
 

@@ -14,7 +14,8 @@ use aes_gcm::{AesGcm, Nonce};
 use base64::Engine as _;
 use sha2::{Digest, Sha512};
 
-use super::sources::Values;
+use std::collections::BTreeMap;
+
 use crate::yaml::{self, Node, Value};
 
 /// SOPS encrypts with 32-byte nonces.
@@ -94,7 +95,7 @@ fn short(public: &str) -> String {
 }
 
 /// The secrets of SOPS file `path` (its bytes `bytes`): top-level encrypted scalars by key.
-pub fn decrypt(path: &str, bytes: &[u8], ids: &Identities) -> Result<Values, String> {
+pub fn decrypt(path: &str, bytes: &[u8], ids: &Identities) -> Result<BTreeMap<String, String>, String> {
     if bytes.len() > MAX_FILE_BYTES {
         return Err(format!("the file is larger than {MAX_FILE_BYTES} bytes"));
     }
@@ -107,7 +108,10 @@ pub fn decrypt(path: &str, bytes: &[u8], ids: &Identities) -> Result<Values, Str
         .ok_or("no `sops:` metadata: the file is not SOPS-encrypted")?;
     let key = data_key(meta, ids)?;
     let cipher = SopsGcm::new_from_slice(&key).map_err(|_| "the data key is not 32 bytes".to_string())?;
-    let only_encrypted = matches!(meta.get("mac_only_encrypted").map(|n| &n.value), Some(Value::Bool(true)));
+    let only_encrypted = matches!(
+        meta.get("mac_only_encrypted").map(|n| &n.value),
+        Some(Value::Bool(true))
+    );
     let mut walk = Walk {
         cipher: &cipher,
         mac: Sha512::new(),
@@ -118,7 +122,7 @@ pub fn decrypt(path: &str, bytes: &[u8], ids: &Identities) -> Result<Values, Str
         walk.mac.update(MAC_ONLY_ENCRYPTED_INIT);
     }
     let entries = root.as_map().ok_or("a SOPS file must be a mapping")?;
-    let mut values = Values::new();
+    let mut values = BTreeMap::new();
     for (k, v) in entries.iter().filter(|(k, _)| k.name != "sops") {
         walk.path.push(k.name.clone());
         let plain = walk.node(v)?;
@@ -158,13 +162,19 @@ fn data_key(meta: &Node, ids: &Identities) -> Result<Vec<u8>, String> {
     for s in stanzas {
         let recipient = s.get("recipient").and_then(Node::as_str).unwrap_or("?");
         recipients.push(short(recipient));
-        let Some(enc) = s.get("enc").and_then(Node::as_str) else { continue };
+        let Some(enc) = s.get("enc").and_then(Node::as_str) else {
+            continue;
+        };
         let reader = age::armor::ArmoredReader::new(enc.as_bytes());
-        let Ok(decryptor) = age::Decryptor::new(reader) else { continue };
+        let Ok(decryptor) = age::Decryptor::new(reader) else {
+            continue;
+        };
         if decryptor.is_scrypt() {
             continue;
         }
-        let Ok(mut plain) = decryptor.decrypt(ids.keys.iter().map(|k| k.as_ref())) else { continue };
+        let Ok(mut plain) = decryptor.decrypt(ids.keys.iter().map(|k| k.as_ref())) else {
+            continue;
+        };
         let mut key = Vec::with_capacity(32);
         if plain.by_ref().take(64).read_to_end(&mut key).is_ok() && key.len() == 32 {
             return Ok(key);
@@ -206,8 +216,12 @@ impl Walk<'_> {
             }
             Value::Str(s) if s.starts_with("ENC[") => {
                 let aad = format!("{}:", self.path.join(":"));
-                let plain = open_value(self.cipher, s, aad.as_bytes())
-                    .map_err(|e| format!("value `{}` cannot be decrypted ({e}): the file was tampered with", self.shown()))?;
+                let plain = open_value(self.cipher, s, aad.as_bytes()).map_err(|e| {
+                    format!(
+                        "value `{}` cannot be decrypted ({e}): the file was tampered with",
+                        self.shown()
+                    )
+                })?;
                 if plain.kind == "comment" {
                     return Ok(None);
                 }
@@ -292,11 +306,22 @@ mod tests {
     fn seal(cipher: &SopsGcm, plain: &str, aad: &str, kind: &str) -> String {
         let iv = [7u8; 32];
         let mut ct = cipher
-            .encrypt(Nonce::<U32>::from_slice(&iv), Payload { msg: plain.as_bytes(), aad: aad.as_bytes() })
+            .encrypt(
+                Nonce::<U32>::from_slice(&iv),
+                Payload {
+                    msg: plain.as_bytes(),
+                    aad: aad.as_bytes(),
+                },
+            )
             .unwrap();
         let tag = ct.split_off(ct.len() - 16);
         let e = &base64::engine::general_purpose::STANDARD;
-        format!("ENC[AES256_GCM,data:{},iv:{},tag:{},type:{kind}]", e.encode(ct), e.encode(iv), e.encode(tag))
+        format!(
+            "ENC[AES256_GCM,data:{},iv:{},tag:{},type:{kind}]",
+            e.encode(ct),
+            e.encode(iv),
+            e.encode(tag)
+        )
     }
 
     /// A file as `sops -e` writes it, sealed to a fresh age X25519 identity.
@@ -308,7 +333,9 @@ mod tests {
         {
             let enc = age::Encryptor::with_recipients(std::iter::once(&id.to_public() as &dyn age::Recipient)).unwrap();
             let mut w = enc
-                .wrap_output(age::armor::ArmoredWriter::wrap_output(&mut armored, age::armor::Format::AsciiArmor).unwrap())
+                .wrap_output(
+                    age::armor::ArmoredWriter::wrap_output(&mut armored, age::armor::Format::AsciiArmor).unwrap(),
+                )
                 .unwrap();
             std::io::Write::write_all(&mut w, &key).unwrap();
             w.finish().unwrap().finish().unwrap();
@@ -327,11 +354,16 @@ mod tests {
             seal(&cipher, "a", "list:", "str"),
             seal(&cipher, "b", "list:", "str"),
             id.to_public(),
-            String::from_utf8(armored).unwrap().lines().map(|l| format!("        {l}")).collect::<Vec<_>>().join("\n"),
+            String::from_utf8(armored)
+                .unwrap()
+                .lines()
+                .map(|l| format!("        {l}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
             seal(&cipher, &mac, when, "str"),
         );
         let mut ids = Identities::default();
-        ids.add_age_file(&id.to_string().expose_secret().to_string(), "test").unwrap();
+        ids.add_age_file(id.to_string().expose_secret(), "test").unwrap();
         (text, ids)
     }
 
@@ -361,7 +393,11 @@ mod tests {
         assert!(decrypt("s.yaml", changed.as_bytes(), &ids).unwrap_err().contains("MAC"));
         // The value of `token` under another key: its associated data no longer matches.
         let moved = text.replacen("token: ", "tokem: ", 1);
-        assert!(decrypt("s.yaml", moved.as_bytes(), &ids).unwrap_err().contains("`tokem`"));
+        assert!(
+            decrypt("s.yaml", moved.as_bytes(), &ids)
+                .unwrap_err()
+                .contains("`tokem`")
+        );
     }
 
     #[test]
@@ -369,7 +405,9 @@ mod tests {
         let (text, _) = file(false);
         let mut other = Identities::default();
         let id = age::x25519::Identity::generate();
-        other.add_age_file(id.to_string().expose_secret(), "SOPS_AGE_KEY_FILE (k)").unwrap();
+        other
+            .add_age_file(id.to_string().expose_secret(), "SOPS_AGE_KEY_FILE (k)")
+            .unwrap();
         let e = decrypt("s.yaml", text.as_bytes(), &other).unwrap_err();
         assert!(e.contains("none of the file's age recipients (age1"), "{e}");
     }

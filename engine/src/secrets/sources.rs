@@ -20,18 +20,7 @@ pub enum Source {
     Vault(Vault),
 }
 
-/// Where a KV v2 secret lives and how to authenticate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Vault {
-    /// `https://host[:port]` (`http://` only on loopback, for a dev server).
-    pub address: String,
-    /// The KV v2 engine's mount (`secret`).
-    pub mount: String,
-    /// The secret's path under the mount (`stella/prod`).
-    pub path: String,
-    /// An absolute path on the runner whose contents are the token; never in the repository.
-    pub token_file: PathBuf,
-}
+pub use super::vault::Vault;
 
 /// A source that could not be read; the message names the source, never a value.
 #[derive(Debug, thiserror::Error)]
@@ -125,14 +114,22 @@ fn source(d: &mut Decoder, node: &Node, path: String) -> Option<Source> {
                 return None;
             }
             if ![".yaml", ".yml", ".json"].iter().any(|e| p.ends_with(e)) {
-                d.error(node.pos, &field, "a SOPS file must be YAML (.yaml, .yml) or JSON (.json)");
+                d.error(
+                    node.pos,
+                    &field,
+                    "a SOPS file must be YAML (.yaml, .yml) or JSON (.json)",
+                );
                 return None;
             }
             Some(Source::Sops { path: p })
         }
         (None, Some(v)) => vault(d, v, o.path("vault")),
         _ => {
-            d.error(node.pos, &path, "expected one of `sops: PATH` or `vault: {address, mount, path, tokenFile}`");
+            d.error(
+                node.pos,
+                &path,
+                "expected one of `sops: PATH` or `vault: {address, mount, path, tokenFile}`",
+            );
             None
         }
     }
@@ -157,8 +154,12 @@ fn vault(d: &mut Decoder, node: &Node, path: String) -> Option<Source> {
         }
     }
     if !token_file.starts_with('/') {
-        d.error(o.pos(), &o.path("tokenFile"), "the token file must be an absolute path on the runner")
-            .hint = Some("keep the token outside the repository, e.g. /etc/stella/vault-token (mode 0600)".into());
+        d.error(
+            o.pos(),
+            &o.path("tokenFile"),
+            "the token file must be an absolute path on the runner",
+        )
+        .hint = Some("keep the token outside the repository, e.g. /etc/stella/vault-token (mode 0600)".into());
         return None;
     }
     Some(Source::Vault(Vault {
@@ -221,10 +222,20 @@ mod tests {
             "secrets:\n  sources:\n    - sops: .stella/secrets/prod.sops.yaml\n    - vault: { address: https://vault.internal:8200/, mount: secret, path: stella/prod, tokenFile: /etc/stella/vault-token }\n",
         )
         .unwrap();
-        assert_eq!(s[0], Source::Sops { path: ".stella/secrets/prod.sops.yaml".into() });
-        let Source::Vault(v) = &s[1] else { panic!("expected vault") };
+        assert_eq!(
+            s[0],
+            Source::Sops {
+                path: ".stella/secrets/prod.sops.yaml".into()
+            }
+        );
+        let Source::Vault(v) = &s[1] else {
+            panic!("expected vault")
+        };
         assert_eq!(v.address, "https://vault.internal:8200");
-        assert_eq!(s[1].describe(), "vault:https://vault.internal:8200/v1/secret/data/stella/prod");
+        assert_eq!(
+            s[1].describe(),
+            "vault:https://vault.internal:8200/v1/secret/data/stella/prod"
+        );
     }
 
     #[test]

@@ -3,13 +3,25 @@
 //! size. Errors say what the server answered (sealed, denied, missing), never the token or a
 //! value.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ureq::Agent;
 use ureq::tls::{PemItem, RootCerts, TlsConfig};
 
-use super::sources::{Values, Vault};
+/// Where a KV v2 secret lives and how to authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vault {
+    /// `https://host[:port]` (`http://` only on loopback, for a dev server).
+    pub address: String,
+    /// The KV v2 engine's mount (`secret`).
+    pub mount: String,
+    /// The secret's path under the mount (`stella/prod`).
+    pub path: String,
+    /// An absolute path on the runner whose contents are the token; never in the repository.
+    pub token_file: std::path::PathBuf,
+}
 
 /// The most a response body may hold.
 const MAX_BODY: u64 = 1 << 20;
@@ -17,7 +29,7 @@ const MAX_BODY: u64 = 1 << 20;
 const MAX_TOKEN: u64 = 16 * 1024;
 
 /// The secret's string fields (numbers and booleans as their JSON text).
-pub fn fetch(v: &Vault, timeout: Duration) -> Result<Values, String> {
+pub fn fetch(v: &Vault, timeout: Duration) -> Result<BTreeMap<String, String>, String> {
     let token = read_token(v)?;
     let tls = TlsConfig::builder().root_certs(roots()).build();
     let agent: Agent = Agent::config_builder()
@@ -46,7 +58,12 @@ pub fn fetch(v: &Vault, timeout: Duration) -> Result<Values, String> {
     let json: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
     match status {
         200 => {}
-        503 => return Err(format!("the server is sealed or unavailable (HTTP 503: {})", errors(&json))),
+        503 => {
+            return Err(format!(
+                "the server is sealed or unavailable (HTTP 503: {})",
+                errors(&json)
+            ));
+        }
         403 => {
             return Err(format!(
                 "permission denied (HTTP 403): the token in {} cannot read {}/data/{}",
@@ -55,7 +72,12 @@ pub fn fetch(v: &Vault, timeout: Duration) -> Result<Values, String> {
                 v.path
             ));
         }
-        404 => return Err(format!("no secret at {}/data/{} (HTTP 404; is `{}` a KV v2 mount?)", v.mount, v.path, v.mount)),
+        404 => {
+            return Err(format!(
+                "no secret at {}/data/{} (HTTP 404; is `{}` a KV v2 mount?)",
+                v.mount, v.path, v.mount
+            ));
+        }
         s => return Err(format!("the server answered HTTP {s}: {}", errors(&json))),
     }
     let data = json
@@ -98,7 +120,11 @@ fn errors(json: &serde_json::Value) -> String {
         .and_then(|e| e.as_array())
         .map(|a| a.iter().filter_map(|s| s.as_str()).map(str::to_string).collect())
         .unwrap_or_default();
-    let mut text = if list.is_empty() { "no error given".to_string() } else { list.join("; ") };
+    let mut text = if list.is_empty() {
+        "no error given".to_string()
+    } else {
+        list.join("; ")
+    };
     if text.len() > 200 {
         let cut = (0..=200).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
         text.truncate(cut);
@@ -109,14 +135,17 @@ fn errors(json: &serde_json::Value) -> String {
 
 /// Root certificates: `SSL_CERT_FILE`, else the system bundle, else Mozilla's (webpki-roots).
 fn roots() -> RootCerts {
-    let files = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from).into_iter().chain(
-        [
-            "/etc/ssl/certs/ca-certificates.crt",
-            "/etc/pki/tls/certs/ca-bundle.crt",
-            "/etc/ssl/cert.pem",
-        ]
-        .map(std::path::PathBuf::from),
-    );
+    let files = std::env::var_os("SSL_CERT_FILE")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(
+            [
+                "/etc/ssl/certs/ca-certificates.crt",
+                "/etc/pki/tls/certs/ca-bundle.crt",
+                "/etc/ssl/cert.pem",
+            ]
+            .map(std::path::PathBuf::from),
+        );
     for file in files {
         let Ok(pem) = std::fs::read(&file) else { continue };
         let certs: Vec<_> = ureq::tls::parse_pem(&pem)
@@ -142,7 +171,9 @@ fn describe(e: &ureq::Error) -> String {
             "TLS failed (is the server's certificate trusted? see SSL_CERT_FILE)".into()
         }
         E::Io(io) => format!("connection failed ({})", io.kind()),
-        E::Tls(_) | E::Rustls(_) | E::Pem(_) => "TLS failed (is the server's certificate trusted? see SSL_CERT_FILE)".into(),
+        E::Tls(_) | E::Rustls(_) | E::Pem(_) => {
+            "TLS failed (is the server's certificate trusted? see SSL_CERT_FILE)".into()
+        }
         E::Protocol(_) => "the server did not speak HTTP/1.1".into(),
         _ => "the request failed".into(),
     }

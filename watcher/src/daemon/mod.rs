@@ -248,7 +248,10 @@ fn repair_at_start(ledger: &mut stella_engine::ledger::Ledger, key: &stella_engi
     let secret_files = stella_engine::runs::secret_files_root(ledger.git_dir());
     let wiped = stella_engine::exec::clear_secret_files(&secret_files);
     if wiped > 0 {
-        warn!(runs = wiped, "secret files left by a stopped runner were wiped at start");
+        warn!(
+            runs = wiped,
+            "secret files left by a stopped runner were wiped at start"
+        );
         say!("stella daemon: wiped the secret files of {wiped} run(s) left by a stopped runner");
     }
     for lock in stella_engine::ledger::remove_stale_ref_locks(ledger.git_dir()) {

@@ -16,7 +16,11 @@ const ID: &str = "check.secrets.sources";
 
 pub(super) fn check(r: &mut Report, root: &Path, config: &Config, key: Option<&SshKey>) {
     if config.secret_sources.is_empty() {
-        r.say(ID, Level::Ok, "no secret sources configured (secrets come from --secrets and STELLA_SECRET_<NAME>)");
+        r.say(
+            ID,
+            Level::Ok,
+            "no secret sources configured (secrets come from --secrets and STELLA_SECRET_<NAME>)",
+        );
         return;
     }
     let needs_ids = config.secret_sources.iter().any(|s| matches!(s, Source::Sops { .. }));
@@ -51,7 +55,12 @@ pub(super) fn check(r: &mut Report, root: &Path, config: &Config, key: Option<&S
                 r.say(
                     ID,
                     Level::Ok,
-                    format!("secret source {}: {what}; {} secrets ({})", source.describe(), names.len(), names.join(", ")),
+                    format!(
+                        "secret source {}: {what}; {} secrets ({})",
+                        source.describe(),
+                        names.len(),
+                        names.join(", ")
+                    ),
                 );
             }
             Err(e) => r.say(ID, Level::Fail, format!("{e} [ERR_SECRET_SOURCE]")),
