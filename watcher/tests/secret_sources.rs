@@ -309,7 +309,7 @@ fn a_vault_kv2_secret_is_read_and_a_sealed_or_gone_server_fails_the_run_before_a
     // doctor: the source answers; it names the secrets, never a value.
     let doctor = r.stella(&["doctor", "--check", "check.secrets.sources"]);
     assert!(
-        doctor.stdout().contains("answers; 1 secrets (token)"),
+        doctor.stdout().contains("answers; 1 secret (token)"),
         "{}",
         doctor.stdout()
     );

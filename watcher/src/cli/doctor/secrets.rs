@@ -48,6 +48,7 @@ pub(super) fn check(r: &mut Report, root: &Path, config: &Config, key: Option<&S
         match sources::read(source, &cx) {
             Ok(values) => {
                 let names: Vec<&str> = values.keys().map(String::as_str).collect();
+                let plural = if names.len() == 1 { "" } else { "s" };
                 let what = match source {
                     Source::Sops { .. } => "decrypts, MAC verified",
                     Source::Vault(_) => "answers",
@@ -56,7 +57,7 @@ pub(super) fn check(r: &mut Report, root: &Path, config: &Config, key: Option<&S
                     ID,
                     Level::Ok,
                     format!(
-                        "secret source {}: {what}; {} secrets ({})",
+                        "secret source {}: {what}; {} secret{plural} ({})",
                         source.describe(),
                         names.len(),
                         names.join(", ")
