@@ -124,11 +124,19 @@ impl Secrets {
                         &decl.name,
                         format!("required secret `{}` was not provided", decl.name),
                     )
-                    .hint(format!(
-                        "put `{}: ...` in the --secrets file, set {}, or add it to a source of `secrets.sources` in .stella/config.yaml",
-                        decl.name,
-                        env_name(&decl.name)
-                    )),
+                    .hint(if sourced.is_empty() {
+                        format!(
+                            "put `{}: ...` in the --secrets file, or set {}",
+                            decl.name,
+                            env_name(&decl.name)
+                        )
+                    } else {
+                        format!(
+                            "put `{}: ...` in the --secrets file, set {}, or add it to a source of `secrets.sources`",
+                            decl.name,
+                            env_name(&decl.name)
+                        )
+                    }),
                 ),
                 None => {}
             }
