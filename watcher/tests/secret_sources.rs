@@ -39,9 +39,15 @@ const SECRET: &str = "s3cr3t/T0ken+v@lue x";
 /// A pack whose step prints `token` in every form the redactor masks and stores it as an
 /// output, and checks it is the expected value by its sha256.
 fn printing_pack() -> String {
+    printing_pack_hiding(None)
+}
+
+/// As `printing_pack`; the step also checks that it cannot read `hidden` (a runner file).
+fn printing_pack_hiding(hidden: Option<&Path>) -> String {
     let sha = hex_sha256(SECRET);
+    let check = hidden.map_or(String::new(), |p| format!("            test ! -s '{}'\n", p.display()));
     format!(
-        "apiVersion: stella/v1\nkind: TaskPack\nmetadata: {{ name: s, version: 1.0.0 }}\nspec:\n  secrets: [{{ name: token, scope: deploy }}]\n  steps:\n    - id: use\n      run:\n        uses: builtin:shell\n        with:\n          script: |\n            v=\"$STELLA_SECRET_TOKEN\"\n            test \"$(printf %s \"$v\" | sha256sum | cut -d' ' -f1)\" = {sha}\n            echo \"plain $v\"\n            printf %s \"$v\" | base64 -w0; echo\n            printf %s \"$v\" | base64 -w0 | tr -d =; echo\n            printf %s \"$v\" | base64 -w0 | tr '+/' '-_'; echo\n            printf %s \"$v\" | base64 -w0 | tr '+/' '-_' | tr -d =; echo\n            python3 -c 'import os,urllib.parse as u; v=os.environ[\"STELLA_SECRET_TOKEN\"]; print(u.quote(v,safe=\"\")); print(u.quote(v)); print(u.quote_plus(v,safe=\"\")); print(\"\".join(c if c.isalnum() else \"%%%02X\" % ord(c) for c in v))'\n            echo \"said=$v\" >> \"$STELLA_OUTPUT\"\n            echo \"$v\" >&2\n"
+        "apiVersion: stella/v1\nkind: TaskPack\nmetadata: {{ name: s, version: 1.0.0 }}\nspec:\n  secrets: [{{ name: token, scope: deploy }}]\n  steps:\n    - id: use\n      run:\n        uses: builtin:shell\n        with:\n          script: |\n            v=\"$STELLA_SECRET_TOKEN\"\n            test \"$(printf %s \"$v\" | sha256sum | cut -d' ' -f1)\" = {sha}\n{check}            echo \"plain $v\"\n            printf %s \"$v\" | base64 -w0; echo\n            printf %s \"$v\" | base64 -w0 | tr -d =; echo\n            printf %s \"$v\" | base64 -w0 | tr '+/' '-_'; echo\n            printf %s \"$v\" | base64 -w0 | tr '+/' '-_' | tr -d =; echo\n            python3 -c 'import os,urllib.parse as u; v=os.environ[\"STELLA_SECRET_TOKEN\"]; print(u.quote(v,safe=\"\")); print(u.quote(v)); print(u.quote_plus(v,safe=\"\")); print(\"\".join(c if c.isalnum() else \"%%%02X\" % ord(c) for c in v))'\n            echo \"said=$v\" >> \"$STELLA_OUTPUT\"\n            echo \"$v\" >&2\n"
     )
 }
 
@@ -152,7 +158,9 @@ fn a_sops_file_for_an_age_keygen_recipient_is_decrypted_and_its_value_never_reac
         return;
     };
     let r = Repo::new();
-    let identity = r.outside("age.txt");
+    // Outside the repository and /tmp, so only the sandbox's cover keeps steps from it.
+    let keys = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let identity = keys.path().join("age.txt");
     let recipient = age_keygen(&keygen, &identity);
     let enc = sops_encrypt(
         &sops,
@@ -163,7 +171,8 @@ fn a_sops_file_for_an_age_keygen_recipient_is_decrypted_and_its_value_never_reac
     r.write(".stella/secrets/prod.sops.yaml", &enc)
         .write(".stella/config.yaml", SOPS_CONFIG)
         .commit_all("secrets from sops");
-    r.pack("s", &printing_pack()).request("r1", "s", "{}\n");
+    r.pack("s", &printing_pack_hiding(Some(&identity)))
+        .request("r1", "s", "{}\n");
     let out = daemon_once_with(&r, &[("SOPS_AGE_KEY_FILE", &identity)]);
     assert_eq!(r.state("r1"), "succeeded", "{}", out.stderr());
     assert_eq!(
@@ -297,11 +306,14 @@ fn a_vault_kv2_secret_is_read_and_a_sealed_or_gone_server_fails_the_run_before_a
     let put = bao.cli(&["kv", "put", "-mount=secret", "stella/prod", &format!("token={SECRET}")]);
     assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
     let r = Repo::new();
-    let token_file = r.outside("vault-token");
+    let tokens = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let token_file = tokens.path().join("vault-token");
     std::fs::write(&token_file, "root\n").unwrap();
     r.write(".stella/config.yaml", &vault_config(&bao.addr, &token_file))
         .commit_all("secrets from openbao");
-    r.pack("s", &printing_pack()).request("r1", "s", "{}\n");
+    // The step cannot read the token file: the sandbox covers it like the runner key.
+    r.pack("s", &printing_pack_hiding(Some(&token_file)))
+        .request("r1", "s", "{}\n");
     let out = r.daemon_once();
     assert_eq!(r.state("r1"), "succeeded", "{}", out.stderr());
     assert_eq!(evidence_secrets(&r, "r1")[0]["source"], "vault");

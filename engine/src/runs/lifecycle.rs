@@ -293,7 +293,11 @@ impl Run<'_> {
             cfg.sealed = ctx.sealed;
             cfg.sandbox = exec::sandbox::Sandbox {
                 policy: ctx.sandbox.clone(),
-                hide: env.hidden.clone(),
+                hide: [
+                    env.hidden.clone(),
+                    super::secret_sources::runner_files(env, trust_commit),
+                ]
+                .concat(),
             };
             ctx.secret_sources = plan
                 .secrets

@@ -15,6 +15,19 @@ use crate::secrets::sources::{self, Context, Source, Values};
 /// How long connecting to a Vault server may take (a request: twice as long).
 pub const VAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The runner's files the trust commit's sources name (Vault token files): the sandbox
+/// covers them like the runner key.
+pub(super) fn runner_files(env: &Environment, trust: ObjectId) -> Vec<std::path::PathBuf> {
+    env.config_at(trust)
+        .secret_sources
+        .into_iter()
+        .filter_map(|s| match s {
+            Source::Vault(v) => Some(v.token_file),
+            Source::Sops { .. } => None,
+        })
+        .collect()
+}
+
 /// What each configured source holds, in order, with its kind; nothing when the plan
 /// declares no secret. `Err`: the message of the first source that failed.
 pub(super) fn read(env: &Environment, plan: &Plan, trust: ObjectId) -> Result<Vec<(&'static str, Values)>, String> {

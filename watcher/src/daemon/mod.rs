@@ -150,6 +150,10 @@ pub fn run_with(a: Args, telemetry: Arc<Telemetry>) -> Result<Outcome, Failure> 
         a.work_dir.is_none().then(runs::state_dir),
         Some(repo::key_path(&root, a.key.as_deref())),
         a.secrets.clone(),
+        // The age identities SOPS files are opened with (docs/secrets.md).
+        std::env::var_os("SOPS_AGE_KEY_FILE")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from),
     ]
     .into_iter()
     .flatten()
