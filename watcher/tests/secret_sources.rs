@@ -104,7 +104,12 @@ fn evidence_secrets(r: &Repo, id: &str) -> serde_json::Value {
 
 /// `sops encrypt` of `plain` (YAML) for `recipient`, the result's text.
 fn sops_encrypt(sops: &Path, recipient: &str, plain: &str, scratch: &Path) -> String {
-    let input = scratch.join("plain.yaml");
+    sops_encrypt_as(sops, recipient, plain, scratch, "yaml")
+}
+
+/// As `sops_encrypt`, for `kind` (`yaml` or `json`) in and out.
+fn sops_encrypt_as(sops: &Path, recipient: &str, plain: &str, scratch: &Path, kind: &str) -> String {
+    let input = scratch.join(format!("plain.{kind}"));
     std::fs::write(&input, plain).unwrap();
     let out = Command::new(sops)
         .args([
@@ -112,9 +117,9 @@ fn sops_encrypt(sops: &Path, recipient: &str, plain: &str, scratch: &Path) -> St
             "--age",
             recipient,
             "--input-type",
-            "yaml",
+            kind,
             "--output-type",
-            "yaml",
+            kind,
         ])
         .arg(&input)
         .env_remove("SOPS_AGE_KEY_FILE")
@@ -202,9 +207,24 @@ fn a_sops_file_encrypted_to_the_runners_ssh_key_is_decrypted_by_the_runner() {
     let r = Repo::new();
     let public = std::fs::read_to_string(r.path().join(".git/stella/runner_ed25519.pub")).unwrap();
     let public = public.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-    let enc = sops_encrypt(&sops, &public, &format!("token: \"{SECRET}\"\n"), &r.outside(""));
-    r.write(".stella/secrets/prod.sops.yaml", &enc)
-        .write(".stella/config.yaml", SOPS_CONFIG)
+    // Two sources, a JSON file first: the first that has `token` wins.
+    let json = sops_encrypt_as(
+        &sops,
+        &public,
+        &format!("{{\"token\": \"{SECRET}\", \"nested\": {{\"n\": [1, true]}}}}"),
+        &r.outside(""),
+        "json",
+    );
+    let yaml = sops_encrypt(&sops, &public, "token: decoy-value\n", &r.outside(""));
+    r.write(".stella/secrets/first.sops.json", &json)
+        .write(".stella/secrets/prod.sops.yaml", &yaml)
+        .write(
+            ".stella/config.yaml",
+            &SOPS_CONFIG.replace(
+                "    - sops: .stella",
+                "    - sops: .stella/secrets/first.sops.json\n    - sops: .stella",
+            ),
+        )
         .commit_all("secrets for the runner's key");
     r.pack("s", &printing_pack()).request("r1", "s", "{}\n");
     let out = daemon_once_with(&r, &[]);
