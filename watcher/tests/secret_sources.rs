@@ -436,11 +436,7 @@ fn secret_files_a_crashed_runner_left_are_wiped_at_the_next_start() {
     std::fs::write(left.join("token"), SECRET).unwrap();
     let out = r.daemon_once().ok();
     assert!(!left.exists());
-    assert!(
-        out.stdout().contains("wiped the secret files of 1 run"),
-        "{}",
-        out.stdout()
-    );
+    assert!(out.stdout().contains("wiped 1 secret file(s)"), "{}", out.stdout());
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -453,4 +449,54 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         out.push(p);
     }
     out
+}
+
+/// The `as: file` secret files under the repository's secret-files directory.
+fn secret_files(r: &Repo) -> Vec<PathBuf> {
+    walk(&r.path().join(".git/stella/secret-files"))
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect()
+}
+
+#[test]
+fn a_secret_file_is_wiped_when_the_run_is_cancelled_and_after_a_kill_9_at_the_next_start() {
+    let slow = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: slow, version: 1.0.0 }\nspec:\n  secrets: [{ name: token, as: file }]\n  steps:\n    - id: wait\n      run: { uses: builtin:shell, with: { script: \"test -s \\\"$STELLA_SECRET_FILE_TOKEN\\\"; sleep 60\" } }\n";
+    let r = Repo::new();
+    let secrets = r.outside("secrets.yaml");
+    std::fs::write(&secrets, format!("token: \"{SECRET}\"\n")).unwrap();
+    let args = ["--repo", ".", "--poll", "30s", "--secrets", secrets.to_str().unwrap()];
+    r.pack("slow", slow).request("r1", "slow", "{}\n");
+    let started = |r: &Repo, id: &str| {
+        std::fs::read_to_string(r.journal(id))
+            .unwrap_or_default()
+            .contains("\"step.started\",\"step\":\"wait\"")
+    };
+    let daemon = r.daemon(&args);
+    daemon.wait_for("the step to start", Duration::from_secs(20), || started(&r, "r1"));
+    assert_eq!(secret_files(&r).len(), 1, "the file is there during the step");
+    r.stella(&["runs", "cancel", "r1"]).ok();
+    r.commit_all("cancel r1");
+    daemon.wait_for("the run to be cancelled", Duration::from_secs(20), || {
+        std::fs::read_to_string(r.journal("r1"))
+            .unwrap_or_default()
+            .contains("\"type\":\"run.cancelled\"")
+    });
+    assert!(secret_files(&r).is_empty(), "a cancelled step's secret file is left");
+    daemon.wait_for("the cancelled run to be committed", Duration::from_secs(20), || {
+        r.event_files("r1")
+            .iter()
+            .any(|f| r.at_head(f).is_some_and(|e| e.contains("\"type\":\"run.cancelled\"")))
+    });
+
+    r.request("r2", "slow", "{}\n");
+    daemon.wait_for("the step of r2 to start", Duration::from_secs(20), || started(&r, "r2"));
+    assert_eq!(secret_files(&r).len(), 1);
+    daemon.kill();
+    assert_eq!(secret_files(&r).len(), 1, "kill -9 leaves the file");
+    let again = r.daemon(&args);
+    again.wait_for("the leftover to be wiped", Duration::from_secs(20), || {
+        again.stdout().contains("wiped 1 secret file(s)")
+    });
+    again.kill();
 }

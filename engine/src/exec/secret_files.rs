@@ -89,16 +89,19 @@ fn overwrite(path: &Path, len: usize) {
 }
 
 /// Removes `dir` and what is in it, overwriting regular files first (never following links).
-fn wipe_dir(dir: &Path) {
+/// Returns how many regular files it wiped.
+fn wipe_dir(dir: &Path) -> usize {
+    let mut wiped = 0;
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             let p = e.path();
             match e.file_type() {
-                Ok(t) if t.is_dir() => wipe_dir(&p),
+                Ok(t) if t.is_dir() => wiped += wipe_dir(&p),
                 Ok(t) if t.is_file() => {
                     let len = e.metadata().map_or(0, |m| m.len() as usize);
                     overwrite(&p, len);
                     let _ = std::fs::remove_file(&p);
+                    wiped += 1;
                 }
                 _ => {
                     let _ = std::fs::remove_file(&p);
@@ -107,20 +110,19 @@ fn wipe_dir(dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(dir);
+    wiped
 }
 
-/// Wipes every secret file under `root` (a runner killed during a step leaves them): the
-/// daemon calls it at start, before any run. Returns how many directories it removed.
+/// Wipes every secret file under `root` (a runner killed during a step leaves them) and
+/// removes the directories: the daemon calls it at start, before any run. Returns how many
+/// files it wiped.
 pub fn clear_secret_files(root: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(root) else { return 0 };
-    let mut n = 0;
-    for e in entries.flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            wipe_dir(&e.path());
-            n += 1;
-        }
-    }
-    n
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| wipe_dir(&e.path()))
+        .sum()
 }
 
 #[cfg(test)]
@@ -168,6 +170,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("run-a/7")).unwrap();
         std::fs::write(root.path().join("run-a/7/token"), "s3cret").unwrap();
+        std::fs::create_dir_all(root.path().join("run-b")).unwrap();
         assert_eq!(clear_secret_files(root.path()), 1);
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
     }

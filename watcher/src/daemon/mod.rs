@@ -253,10 +253,10 @@ fn repair_at_start(ledger: &mut stella_engine::ledger::Ledger, key: &stella_engi
     let wiped = stella_engine::exec::clear_secret_files(&secret_files);
     if wiped > 0 {
         warn!(
-            runs = wiped,
+            files = wiped,
             "secret files left by a stopped runner were wiped at start"
         );
-        say!("stella daemon: wiped the secret files of {wiped} run(s) left by a stopped runner");
+        say!("stella daemon: wiped {wiped} secret file(s) left by a stopped runner");
     }
     for lock in stella_engine::ledger::remove_stale_ref_locks(ledger.git_dir()) {
         warn!(lock = %lock.display(), "a ref lock left by a killed git process was removed at start");
