@@ -272,36 +272,54 @@ struct Bao {
     child: Child,
     bin: PathBuf,
     addr: String,
+    /// With `-dev-tls`: the directory of its generated CA (`vault-ca.pem`).
+    tls: Option<tempfile::TempDir>,
 }
 
 impl Bao {
     fn start(bin: PathBuf) -> Bao {
+        Bao::spawn(bin, false)
+    }
+
+    /// As `start`, serving HTTPS with a CA of its own (`ca()`).
+    fn start_tls(bin: PathBuf) -> Bao {
+        Bao::spawn(bin, true)
+    }
+
+    fn spawn(bin: PathBuf, tls: bool) -> Bao {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let addr = format!("http://127.0.0.1:{port}");
-        let child = Command::new(&bin)
-            .args(["server", "-dev", "-dev-root-token-id=root"])
-            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let bao = Bao { child, bin, addr };
+        let tls = tls.then(|| tempfile::tempdir().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let addr = format!("{scheme}://127.0.0.1:{port}");
+        let mut cmd = Command::new(&bin);
+        cmd.args(["server", "-dev", "-dev-root-token-id=root"])
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"));
+        if let Some(dir) = &tls {
+            cmd.arg("-dev-tls")
+                .arg(format!("-dev-tls-cert-dir={}", dir.path().display()));
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let bao = Bao { child, bin, addr, tls };
         let up = poll(Duration::from_secs(30), || bao.cli(&["status"]).status.success());
         assert!(up, "bao server -dev did not start");
         bao
     }
 
+    fn ca(&self) -> PathBuf {
+        self.tls.as_ref().expect("a TLS server").path().join("vault-ca.pem")
+    }
+
     fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(&self.bin)
-            .args(args)
-            .env("BAO_ADDR", &self.addr)
-            .env("BAO_TOKEN", "root")
-            .output()
-            .unwrap()
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args).env("BAO_ADDR", &self.addr).env("BAO_TOKEN", "root");
+        if self.tls.is_some() {
+            cmd.env("BAO_CACERT", self.ca());
+        }
+        cmd.output().unwrap()
     }
 }
 
@@ -499,4 +517,35 @@ fn a_secret_file_is_wiped_when_the_run_is_cancelled_and_after_a_kill_9_at_the_ne
         again.stdout().contains("wiped 1 secret file(s)")
     });
     again.kill();
+}
+
+#[test]
+fn a_vault_secret_is_read_over_https_and_an_untrusted_certificate_is_refused() {
+    let Some(bin) = tool("bao") else { return };
+    let bao = Bao::start_tls(bin);
+    let put = bao.cli(&["kv", "put", "-mount=secret", "stella/prod", &format!("token={SECRET}")]);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let r = Repo::new();
+    let token_file = r.outside("vault-token");
+    std::fs::write(&token_file, "root\n").unwrap();
+    r.write(".stella/config.yaml", &vault_config(&bao.addr, &token_file))
+        .commit_all("secrets from openbao over https");
+    r.pack("s", &printing_pack()).request("r1", "s", "{}\n");
+    // The server's CA is not trusted: the run fails before any step.
+    let mut cmd = r.daemon_command(&["--once", "--repo", "."]);
+    cmd.env("SSL_CERT_FILE", "/nonexistent");
+    cmd.output().unwrap();
+    assert_eq!(r.state("r1"), "failed");
+    let failed = r.events("r1").into_iter().find(|e| e["type"] == "run.failed").unwrap();
+    assert_eq!(failed["data"]["code"], "ERR_SECRET_SOURCE");
+    assert!(failed["msg"].as_str().unwrap().contains("TLS failed"), "{failed}");
+    assert_eq!(started_steps(&r, "r1"), 0);
+    // Trusted through SSL_CERT_FILE: the secret is read.
+    r.request("r2", "s", "{}\n");
+    let mut cmd = r.daemon_command(&["--once", "--repo", "."]);
+    cmd.env("SSL_CERT_FILE", bao.ca());
+    let out = cmd.output().unwrap();
+    assert_eq!(r.state("r2"), "succeeded", "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(evidence_secrets(&r, "r2")[0]["source"], "vault");
+    assert_nowhere(&r, "r2");
 }
