@@ -13,6 +13,8 @@ use stella_engine::secrets::sources::{self, Context, Source};
 use super::{Level, Report};
 
 const ID: &str = "check.secrets.sources";
+/// The most secret names one line shows.
+const SHOWN: usize = 20;
 
 pub(super) fn check(r: &mut Report, root: &Path, config: &Config, key: Option<&SshKey>) {
     if config.secret_sources.is_empty() {
@@ -47,8 +49,12 @@ pub(super) fn check(r: &mut Report, root: &Path, config: &Config, key: Option<&S
     for source in &config.secret_sources {
         match sources::read(source, &cx) {
             Ok(values) => {
-                let names: Vec<&str> = values.keys().map(String::as_str).collect();
-                let plural = if names.len() == 1 { "" } else { "s" };
+                let n = values.len();
+                let plural = if n == 1 { "" } else { "s" };
+                let mut names: Vec<&str> = values.keys().map(String::as_str).take(SHOWN).collect();
+                if n > SHOWN {
+                    names.push("…");
+                }
                 let what = match source {
                     Source::Sops { .. } => "decrypts, MAC verified",
                     Source::Vault(_) => "answers",
@@ -59,7 +65,7 @@ pub(super) fn check(r: &mut Report, root: &Path, config: &Config, key: Option<&S
                     format!(
                         "secret source {}: {what}; {} secret{plural} ({})",
                         source.describe(),
-                        names.len(),
+                        n,
                         names.join(", ")
                     ),
                 );
