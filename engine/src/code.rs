@@ -60,6 +60,9 @@ codes! {
     PackHashMismatch = "ERR_PACK_HASH_MISMATCH", exit 1;
     /// A required secret was not provided to the runner.
     PackSecretMissing = "ERR_PACK_SECRET_MISSING", exit 2;
+    /// A configured secret source (a SOPS file, a Vault server) cannot be reached, read,
+    /// decrypted or verified; the run fails before any step.
+    SecretSource = "ERR_SECRET_SOURCE", exit 1;
     /// A step's process failed (non-zero exit, signal, or could not start).
     StepFailed = "ERR_STEP_FAILED", exit 1;
     /// A step ran past its timeout and was terminated.
@@ -194,7 +197,7 @@ mod tests {
             assert!(code.as_str().starts_with("ERR_"), "{code}");
             assert!(matches!(code.exit_code(), 1 | 2), "{code}");
         }
-        assert_eq!(Code::ALL.len(), 50);
+        assert_eq!(Code::ALL.len(), 51);
         assert_eq!("ERR_NOPE".parse::<Code>(), Err(UnknownCode("ERR_NOPE".into())));
         assert_eq!((Code::StepFailed.exit_code(), Code::Usage.exit_code()), (1, 2));
     }

@@ -34,6 +34,9 @@ pub struct Config {
     /// `requests: { signed: true }`: the commit that added a request must be signed by a key
     /// the trust commit's allowed_signers trusts for namespace `git`.
     pub requests_signed: bool,
+    /// `secrets: { sources: [...] }`: where secrets come from after `--secrets` and the
+    /// environment, in order (`crate::secrets::sources`).
+    pub secret_sources: Vec<crate::secrets::Source>,
 }
 
 /// `sandbox:` in the config: how far a step is kept from the runner.
@@ -77,6 +80,7 @@ impl Default for Config {
             sandbox: SandboxPolicy::Required,
             notify: Vec::new(),
             requests_signed: false,
+            secret_sources: Vec::new(),
         }
     }
 }
@@ -126,6 +130,7 @@ impl Config {
             "sandbox",
             "notify",
             "requests",
+            "secrets",
         ];
         let top = Obj::new(&root, "");
         for (k, v) in entries {
@@ -189,6 +194,10 @@ impl Config {
                 },
                 "sandbox" => match sandbox(file, v) {
                     Ok(p) => c.sandbox = p,
+                    Err(found) => found.0.into_iter().for_each(|f| d.diags.push(f)),
+                },
+                "secrets" => match crate::secrets::sources::parse(file, v) {
+                    Ok(s) => c.secret_sources = s,
                     Err(found) => found.0.into_iter().for_each(|f| d.diags.push(f)),
                 },
                 "notify" => match crate::notify::parse(file, v) {

@@ -133,6 +133,15 @@ impl SshKey {
         write_new(&pub_path, format!("{}\n", self.public_openssh()).as_bytes(), 0o644)
     }
 
+    /// The private key file's text (for age, which opens SOPS data keys with it); treat it
+    /// as the key itself.
+    pub fn private_openssh(&self) -> String {
+        self.key
+            .to_openssh(LineEnding::LF)
+            .map(|t| t.to_string())
+            .expect("an ed25519 private key always encodes")
+    }
+
     /// The public key as one OpenSSH line: `ssh-ed25519 AAAA… comment`.
     pub fn public_openssh(&self) -> String {
         self.key

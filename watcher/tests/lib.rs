@@ -26,6 +26,7 @@ mod run_local;
 mod runs_index;
 mod sandbox;
 mod schedules;
+mod secret_sources;
 mod sync;
 mod tampering;
 mod workspace;

@@ -160,8 +160,11 @@ impl Runner<'_> {
             guard,
             sealed,
             out_file,
+            secret_files,
         } = self.command(s, run, item, attempt)?;
         let end = process::run(cmd, guard, &s.id, token, self.cfg.kill_grace, self.emitter);
+        // The step ended (exited, timed out or was stopped): its secret files are wiped now.
+        drop(secret_files);
         let result = match end {
             process::ProcEnd::Exited(0) => {
                 let outputs = artifacts::read_outputs(&out_file, redactor).map_err(Attempt::Failed);

@@ -16,6 +16,7 @@ use crate::plan::{PlanRun, PlanStep};
 use super::artifacts::StepError;
 use super::namespaces::loopback_only;
 use super::sandbox::Guard;
+use super::secret_files::SecretFiles;
 use super::{Attempt, Runner};
 
 /// A step's command, ready to spawn, with what the caller needs once it ended.
@@ -27,6 +28,8 @@ pub(super) struct Prepared {
     pub sealed: bool,
     /// `$STELLA_OUTPUT`; the caller removes it once the step ended.
     pub out_file: PathBuf,
+    /// The step's `as: file` secrets; the caller drops it (wiping them) once the step ended.
+    pub secret_files: Option<SecretFiles>,
 }
 
 impl Runner<'_> {
@@ -50,14 +53,32 @@ impl Runner<'_> {
                 format!("cannot create $STELLA_OUTPUT: {e}"),
             ))
         })?;
+        let n = self.scratch.fetch_add(1, Ordering::Relaxed);
+        let secret_files = SecretFiles::write(&self.cfg.secret_files, n, &self.cfg.secrets).map_err(|e| {
+            let _ = std::fs::remove_file(&out_file);
+            Attempt::Failed(StepError::new(
+                Code::StepFailed,
+                format!("cannot write the step's secret files: {e}"),
+            ))
+        })?;
         self.environment(&mut cmd, s, item, attempt, &out_file)?;
+        for (name, path) in secret_files.iter().flat_map(SecretFiles::env) {
+            cmd.env(name, path);
+        }
         let sealed = self.cfg.sealed && s.network.is_empty();
-        let guard = self.isolate(&mut cmd, s, sealed, &out_file)?;
+        let guard = self.isolate(
+            &mut cmd,
+            s,
+            sealed,
+            &out_file,
+            secret_files.as_ref().map(SecretFiles::dir),
+        )?;
         Ok(Prepared {
             cmd,
             guard,
             sealed,
             out_file,
+            secret_files,
         })
     }
 
@@ -137,6 +158,7 @@ impl Runner<'_> {
         s: &PlanStep,
         sealed: bool,
         out_file: &Path,
+        secret_dir: Option<&Path>,
     ) -> Result<Option<Guard>, Attempt> {
         // A kill armed for the step's start runs in the forked child before the sandbox is
         // made, while it can still name the runner: the runner dies as its step is forked.
@@ -155,7 +177,7 @@ impl Runner<'_> {
             match self
                 .cfg
                 .sandbox
-                .apply(cmd, &self.cfg.workspace, out_file, isolate_network)
+                .apply_with(cmd, &self.cfg.workspace, out_file, isolate_network, secret_dir)
             {
                 Ok(g) => Some(g),
                 Err(u) => {

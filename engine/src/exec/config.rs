@@ -28,6 +28,9 @@ pub struct ExecConfig {
     /// Time between SIGTERM and SIGKILL when a step is stopped.
     pub kill_grace: Duration,
     pub secrets: Secrets,
+    /// Where a step's `as: file` secrets are written (a directory per attempt, wiped when it
+    /// ends): outside the workspace; the daemon's is `.git/stella/secret-files/<run>`.
+    pub secret_files: PathBuf,
     pub cancel: CancelToken,
     /// The environment steps start from (a small allowlist of the runner's, by default).
     pub base_env: Vec<(String, String)>,
@@ -58,6 +61,7 @@ impl ExecConfig {
             log_limits: LogLimits::default(),
             kill_grace: Duration::from_secs(5),
             secrets: Secrets::default(),
+            secret_files: run_dir.join("secret-files"),
             cancel: CancelToken::new(),
             base_env: base_env(),
             sealed: false,

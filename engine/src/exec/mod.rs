@@ -17,6 +17,7 @@ mod policy;
 mod process;
 mod reuse;
 pub mod sandbox;
+mod secret_files;
 mod walk;
 mod workspace;
 
@@ -42,6 +43,7 @@ pub use control::{CancelToken, Limiter, Stop};
 pub use gates::{GateDecision, GateVerdict, Gatekeeper, LocalGates, recorded_keys};
 pub use process::{shutdown, shutting_down};
 pub use reuse::Reuse;
+pub use secret_files::clear_secret_files;
 
 /// How a run (or this attempt at it) ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

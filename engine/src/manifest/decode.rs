@@ -16,7 +16,7 @@ const TOP_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
 const METADATA_FIELDS: &[&str] = &["name", "version", "description", "labels"];
 const SPEC_FIELDS: &[&str] = &["inputs", "secrets", "approvals", "steps", "failure"];
 const INPUT_FIELDS: &[&str] = &["name", "type", "required", "default", "schema", "description"];
-const SECRET_FIELDS: &[&str] = &["name", "scope", "required", "description"];
+const SECRET_FIELDS: &[&str] = &["name", "scope", "required", "description", "as"];
 const APPROVAL_FIELDS: &[&str] = &[
     "id",
     "grants",
@@ -152,11 +152,24 @@ fn decode_input(d: &mut Decoder, node: &Node, path: String) -> Option<InputDecl>
 
 fn decode_secret(d: &mut Decoder, node: &Node, path: String) -> Option<SecretDecl> {
     let o = d.obj(node, &path, SECRET_FIELDS)?;
+    let as_file = match d.opt_string(&o, "as").as_deref() {
+        None | Some("env") => false,
+        Some("file") => true,
+        Some(other) => {
+            d.error(
+                o.pos(),
+                &o.path("as"),
+                format!("`as: {other}`: expected `env` or `file`"),
+            );
+            false
+        }
+    };
     Some(SecretDecl {
         name: d.req_string(&o, "name")?,
         scope: d.opt_string(&o, "scope"),
         required: d.boolean(&o, "required", true),
         description: d.opt_string(&o, "description"),
+        as_file,
         pos: o.pos(),
     })
 }

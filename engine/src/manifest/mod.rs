@@ -109,6 +109,8 @@ pub struct SecretDecl {
     pub scope: Option<String>,
     pub required: bool,
     pub description: Option<String>,
+    /// `as: file`: given to steps as a file (`STELLA_SECRET_FILE_<NAME>`), not a variable.
+    pub as_file: bool,
     pub pos: Pos,
 }
 

@@ -91,6 +91,7 @@ pub(super) fn build(
                 name: s.name.clone(),
                 scope: s.scope.clone(),
                 required: s.required,
+                delivery: s.as_file.then(|| "file".to_string()),
             })
             .collect(),
         approvals,

@@ -96,6 +96,16 @@ pub struct PlanSecret {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
     pub required: bool,
+    /// `as: file`: the step gets `STELLA_SECRET_FILE_<NAME>`, a file, not the variable.
+    #[serde(default, rename = "as", skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<String>,
+}
+
+impl PlanSecret {
+    /// Whether the step gets this secret as a file (`as: file`).
+    pub fn as_file(&self) -> bool {
+        self.delivery.as_deref() == Some("file")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -273,20 +273,31 @@ impl Run<'_> {
             );
             prior = self.events()?;
         }
-        let mut secrets = match Secrets::for_plan(&plan, &env.file_secrets, |k| std::env::var(k).ok()) {
+        let sourced = match super::secret_sources::read(env, &plan, trust_commit) {
+            Ok(s) => s,
+            Err(m) => return self.refuse(&prior, planning::refuse(Code::SecretSource, m)),
+        };
+        let mut secrets = match Secrets::gather(&plan, &env.file_secrets, |k| std::env::var(k).ok(), &sourced) {
             Ok(s) => s,
             Err(d) => return self.refuse(&prior, Refusal::from(d)),
         };
+        drop(sourced);
         let config = &self.config;
         let run_dir = super::work_dir(&env.work_root, id);
         let mut cfg = ExecConfig::new(id, &run_dir);
+        let root = super::secret_files_root(&env.git_dir).join(id);
+        cfg.secret_files = std::path::absolute(&root).unwrap_or(root);
         if let Some(ctx) = self.sink.evidence.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             // Sealed and sandboxed as the trust commit's policy says (the one the plan was
             // checked against).
             cfg.sealed = ctx.sealed;
             cfg.sandbox = exec::sandbox::Sandbox {
                 policy: ctx.sandbox.clone(),
-                hide: env.hidden.clone(),
+                hide: [
+                    env.hidden.clone(),
+                    super::secret_sources::runner_files(env, trust_commit),
+                ]
+                .concat(),
             };
             ctx.secret_sources = plan
                 .secrets

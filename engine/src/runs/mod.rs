@@ -16,6 +16,7 @@ mod planning;
 mod requester;
 mod resume;
 mod scan;
+pub mod secret_sources;
 pub mod timetable;
 mod tokens;
 mod trust;
@@ -305,6 +306,12 @@ fn read_run(ledger: &Ledger, tip: ObjectId, v: &mut RunView, for_state: bool) ->
 /// Where a run's workspace and artifacts live while it runs: `<work root>/<run-id>`.
 pub fn work_dir(work_root: &Path, id: &str) -> std::path::PathBuf {
     work_root.join(id)
+}
+
+/// Where steps' `as: file` secrets are written, a directory per run:
+/// `.git/stella/secret-files`. The daemon wipes it at start (`exec::clear_secret_files`).
+pub fn secret_files_root(git_dir: &Path) -> std::path::PathBuf {
+    git_dir.join("stella").join("secret-files")
 }
 
 /// Where a repository's run workspaces live by default: outside the repository and its

@@ -150,6 +150,10 @@ pub fn run_with(a: Args, telemetry: Arc<Telemetry>) -> Result<Outcome, Failure> 
         a.work_dir.is_none().then(runs::state_dir),
         Some(repo::key_path(&root, a.key.as_deref())),
         a.secrets.clone(),
+        // The age identities SOPS files are opened with (docs/secrets.md).
+        std::env::var_os("SOPS_AGE_KEY_FILE")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from),
     ]
     .into_iter()
     .flatten()
@@ -245,6 +249,16 @@ pub fn run_with(a: Args, telemetry: Arc<Telemetry>) -> Result<Outcome, Failure> 
 /// leaves them stale), then any damage a person's commit did to runner files healed. Either
 /// failing is reported and the daemon goes on: neither blocks executing runs.
 fn repair_at_start(ledger: &mut stella_engine::ledger::Ledger, key: &stella_engine::keys::SshKey) {
+    // Secret files (`as: file`) a runner killed during a step left behind: wiped before any run.
+    let secret_files = stella_engine::runs::secret_files_root(ledger.git_dir());
+    let wiped = stella_engine::exec::clear_secret_files(&secret_files);
+    if wiped > 0 {
+        warn!(
+            files = wiped,
+            "secret files left by a stopped runner were wiped at start"
+        );
+        say!("stella daemon: wiped {wiped} secret file(s) left by a stopped runner");
+    }
     for lock in stella_engine::ledger::remove_stale_ref_locks(ledger.git_dir()) {
         warn!(lock = %lock.display(), "a ref lock left by a killed git process was removed at start");
         say!("stella daemon: removed a stale ref lock: {}", lock.display());

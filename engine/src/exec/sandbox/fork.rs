@@ -24,7 +24,8 @@ pub(super) struct Setup {
     pub(super) hide_dirs: Vec<CString>,
     /// Files to cover with /dev/null.
     pub(super) hide_files: Vec<CString>,
-    /// Paths shown again at the same place: (path, is a directory, ancestors to create).
+    /// Paths shown again at the same place: (path, is a directory, ancestors to create); at
+    /// most three (the workspace, `$STELLA_OUTPUT`, the step's secret files).
     pub(super) keep: Vec<(CString, bool, Vec<CString>)>,
     pub(super) landlock: Option<Landlock>,
     pub(super) simulate: Option<Stage>,
@@ -140,7 +141,7 @@ fn init_process(setup: &Setup) -> std::io::Result<()> {
             )
         })?;
         // Detached copies of what stays visible, taken before anything covers them.
-        let mut trees = [-1 as RawFd; 2];
+        let mut trees = [-1 as RawFd; 3];
         for (i, (path, _, _)) in setup.keep.iter().enumerate() {
             let fd = libc::syscall(
                 libc::SYS_open_tree,

@@ -87,6 +87,19 @@ impl Sandbox {
         output: &Path,
         network: bool,
     ) -> Result<Guard, Unavailable> {
+        self.apply_with(cmd, workspace, output, network, None)
+    }
+
+    /// As `apply`; `secrets`, the directory of the step's `as: file` secrets, stays visible
+    /// (and readable under Landlock) at its path too, wherever it lives.
+    pub fn apply_with(
+        &self,
+        cmd: &mut Command,
+        workspace: &Path,
+        output: &Path,
+        network: bool,
+        secrets: Option<&Path>,
+    ) -> Result<Guard, Unavailable> {
         let missing = simulated_missing();
         let simulate = missing
             .iter()
@@ -97,7 +110,9 @@ impl Sandbox {
             .next();
         let landlock = match &self.policy {
             SandboxPolicy::Strict { read, write } if !missing.contains(&Feature::Landlock) => {
-                Some(ruleset(workspace, output, read, write)?)
+                let mut read = read.clone();
+                read.extend(secrets.map(|d| d.to_string_lossy().into_owned()));
+                Some(ruleset(workspace, output, &read, write)?)
             }
             _ => None,
         };
@@ -113,6 +128,7 @@ impl Sandbox {
             hide_files: Vec::new(),
             keep: [(workspace, true), (output, false)]
                 .into_iter()
+                .chain(secrets.map(|d| (d, true)))
                 .map(|(p, dir)| (cstr(p), dir, ancestors(p)))
                 .collect(),
             landlock,

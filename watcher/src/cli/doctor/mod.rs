@@ -1,12 +1,13 @@
 //! `stella doctor`: checks that this machine and repository are ready for Stella, and says
 //! how to fix what is not (tools, configuration, signers, runner key, pre-commit hook, watch
-//! limits, the step sandbox), and how big the ledger's repository has grown. Every check has
+//! limits, the step sandbox, the secret sources), and how big the ledger's repository has grown. Every check has
 //! a stable id (`CHECKS`); `--check ID` runs one check (or one group), `--json` prints the
 //! results as data. The checks themselves are `host`'s and `repository`'s. Only reads: never
 //! changes the repository or the machine.
 
 mod host;
 mod repository;
+mod secrets;
 
 use std::path::Path;
 
@@ -36,7 +37,7 @@ pub const GROUPS: [&str; 3] = ["tools", "sandbox", "repository"];
 
 /// Every check: its id (stable: scripts and runbooks name it) and its group, in the order
 /// they run. One check may say several lines (one per invalid run, per approver, …).
-pub const CHECKS: [(&str, &str); 23] = [
+pub const CHECKS: [(&str, &str); 24] = [
     ("check.git.installed", "tools"),
     ("check.ssh-keygen", "tools"),
     ("check.inotify", "tools"),
@@ -58,6 +59,7 @@ pub const CHECKS: [(&str, &str); 23] = [
     ("check.approvers", "repository"),
     ("check.approvers.keys", "repository"),
     ("check.schedules", "repository"),
+    ("check.secrets.sources", "repository"),
     ("check.runs", "repository"),
     ("check.ledger.maintenance", "repository"),
 ];

@@ -180,6 +180,10 @@ pub(super) fn check(r: &mut Report, repo_dir: &Path, key: Option<&Path>) -> Resu
     if r.wants("check.schedules") {
         schedules(r, &root, &config);
     }
+    if r.wants("check.secrets.sources") {
+        let key = repo::load_key(&root, key).ok();
+        super::secrets::check(r, &root, &config, key.as_ref());
+    }
     if r.wants("check.runs") {
         for (level, msg) in run_checks(&root, &config) {
             r.say("check.runs", level, msg);

@@ -1,9 +1,16 @@
-//! Secrets for a run: read from a file outside the repository or from the runner's
-//! environment (`STELLA_SECRET_<NAME>`), checked against what the plan needs. Values never
-//! leave this module except as step environment variables and redaction patterns.
+//! Secrets for a run: from a file outside the repository (`--secrets`), the runner's
+//! environment (`STELLA_SECRET_<NAME>`), then the configured sources (`sources`: SOPS files,
+//! Vault), checked against what the plan needs. Values never leave this module except as step
+//! environment variables or secret files (`as: file`) and redaction patterns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+
+pub mod sops;
+pub mod sources;
+pub mod vault;
+
+pub use sources::{Error, Source};
 
 use crate::code::Code;
 use crate::diag::{Diagnostic, Diagnostics, Pos};
@@ -18,6 +25,8 @@ pub struct Secrets {
     sources: BTreeMap<String, &'static str>,
     /// Values masked like secrets but never given to a step (the runner key's forms).
     masked: Vec<String>,
+    /// Secrets the pack asks for `as: file`: never exported as variables.
+    files: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -31,6 +40,11 @@ impl std::fmt::Debug for Secrets {
 /// The environment variable a secret is exported as: `STELLA_SECRET_` + upper-cased name.
 pub fn env_name(name: &str) -> String {
     format!("STELLA_SECRET_{}", name.to_ascii_uppercase())
+}
+
+/// The variable naming an `as: file` secret's file: `STELLA_SECRET_FILE_` + upper-cased name.
+pub fn file_env_name(name: &str) -> String {
+    format!("STELLA_SECRET_FILE_{}", name.to_ascii_uppercase())
 }
 
 impl Secrets {
@@ -71,17 +85,36 @@ impl Secrets {
         file_values: &BTreeMap<String, String>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Secrets, Diagnostics> {
+        Secrets::gather(plan, file_values, env, &[])
+    }
+
+    /// As `for_plan`, then from `sourced`: what each configured source held (its kind and
+    /// values), in the config's order. The first that has a secret wins.
+    pub fn gather(
+        plan: &Plan,
+        file_values: &BTreeMap<String, String>,
+        env: impl Fn(&str) -> Option<String>,
+        sourced: &[(&'static str, sources::Values)],
+    ) -> Result<Secrets, Diagnostics> {
         let mut s = Secrets::default();
         let mut diags = Diagnostics::default();
         for decl in &plan.secrets {
-            let (value, source) = match file_values.get(&decl.name) {
-                Some(v) => (Some(v.clone()), "file"),
-                None => (env(&env_name(&decl.name)), "env"),
-            };
-            match value {
-                Some(v) => {
+            let found = file_values
+                .get(&decl.name)
+                .map(|v| (v.clone(), "file"))
+                .or_else(|| env(&env_name(&decl.name)).map(|v| (v, "env")))
+                .or_else(|| {
+                    sourced
+                        .iter()
+                        .find_map(|(kind, values)| values.get(&decl.name).map(|v| (v.clone(), *kind)))
+                });
+            match found {
+                Some((v, source)) => {
                     s.values.insert(decl.name.clone(), v);
                     s.sources.insert(decl.name.clone(), source);
+                    if decl.as_file() {
+                        s.files.insert(decl.name.clone());
+                    }
                 }
                 None if decl.required => diags.push(
                     Diagnostic::new(
@@ -91,11 +124,19 @@ impl Secrets {
                         &decl.name,
                         format!("required secret `{}` was not provided", decl.name),
                     )
-                    .hint(format!(
-                        "put `{}: ...` in the --secrets file, or set {}",
-                        decl.name,
-                        env_name(&decl.name)
-                    )),
+                    .hint(if sourced.is_empty() {
+                        format!(
+                            "put `{}: ...` in the --secrets file, or set {}",
+                            decl.name,
+                            env_name(&decl.name)
+                        )
+                    } else {
+                        format!(
+                            "put `{}: ...` in the --secrets file, set {}, or add it to a source of `secrets.sources`",
+                            decl.name,
+                            env_name(&decl.name)
+                        )
+                    }),
                 ),
                 None => {}
             }
@@ -116,9 +157,20 @@ impl Secrets {
         self.masked.extend(values);
     }
 
-    /// `(STELLA_SECRET_<NAME>, value)` pairs for a step's environment.
+    /// `(STELLA_SECRET_<NAME>, value)` pairs for a step's environment (not `as: file` ones).
     pub fn env_pairs(&self) -> impl Iterator<Item = (String, &str)> {
-        self.values.iter().map(|(k, v)| (env_name(k), v.as_str()))
+        self.values
+            .iter()
+            .filter(|(k, _)| !self.files.contains(*k))
+            .map(|(k, v)| (env_name(k), v.as_str()))
+    }
+
+    /// `(name, value)` of the secrets a step gets as files (`as: file`).
+    pub fn file_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.values
+            .iter()
+            .filter(|(k, _)| self.files.contains(*k))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     pub fn source(&self, name: &str) -> Option<&'static str> {
