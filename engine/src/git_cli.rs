@@ -37,6 +37,8 @@ impl Error {
 pub fn run(root: &Path, args: &[&str]) -> Result<String, Error> {
     let out = Command::new("git")
         .current_dir(root)
+        // Nobody is there to type a password: a missing credential fails, never waits.
+        .env("GIT_TERMINAL_PROMPT", "0")
         .args(args)
         .output()
         .map_err(Error::Spawn)?;

@@ -27,5 +27,6 @@ mod sandbox;
 mod schedules;
 mod sync;
 mod tampering;
+mod transports;
 mod workspace;
 mod worktree;
