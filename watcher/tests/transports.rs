@@ -89,10 +89,11 @@ impl Hub {
         self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
     }
 
-    /// The person requests run `id` of the hello pack and pushes it.
-    fn request(&self, id: &str) {
+    /// The person requests run `id` of the hello pack and pushes it; the commit pushed.
+    fn request(&self, id: &str) -> String {
         self.admin.request(id, "hello", "{}\n");
         git_env(self.admin.path(), &self.env(), &["push", "-q", "origin", "main"]);
+        git_env(self.admin.path(), &[], &["rev-parse", "main"]).trim().to_string()
     }
 
     /// The state of run `id` on the server's branch, as the person sees it after pulling.
@@ -129,12 +130,11 @@ impl Hub {
         Daemon::start(cmd)
     }
 
-    /// Nothing of run `id` reached the server, and the runner's branch is the server's.
-    fn untouched(&self, id: &str) {
-        assert_eq!(self.state(id), "pending", "run {id} moved on the server");
-        let local = self.runner.git(&["rev-parse", "main"]).stdout;
-        let theirs = git_env(self.admin.path(), &[], &["rev-parse", "main"]);
-        assert_eq!(String::from_utf8_lossy(&local).trim(), theirs.trim());
+    /// Nothing reached the server since the person pushed `pushed`: run `id` is as requested.
+    fn untouched(&self, id: &str, pushed: &str) {
+        assert_eq!(self.state(id), "planned", "run {id} moved on the server");
+        let tip = git_env(self.admin.path(), &[], &["rev-parse", "main"]);
+        assert_eq!(tip.trim(), pushed, "the server's branch moved");
     }
 }
 
@@ -142,7 +142,7 @@ impl Hub {
 fn error_line(out: &crate::support::Stella) -> String {
     assert_eq!(
         out.code(),
-        Some(1),
+        Some(2),
         "stdout:\n{}\nstderr:\n{}",
         out.stdout(),
         out.stderr()
@@ -180,21 +180,21 @@ fn https_with_basic_auth_and_a_private_ca() {
 
     // A wrong password: one line saying so, nothing changed.
     std::fs::write(&runner_creds, line("wrong")).unwrap();
-    hub.request("r1");
+    let pushed = hub.request("r1");
     let err = error_line(&hub.once(&with_ca));
     eprintln!("{err}");
     assert!(
         err.contains(&format!("{url}: the server refused the credentials (HTTP 401)")),
         "{err}"
     );
-    hub.untouched("r1");
+    hub.untouched("r1", &pushed);
 
     // No CA: the certificate is not trusted, one line saying so.
     std::fs::write(&runner_creds, line("s3cret")).unwrap();
     let err = error_line(&hub.once(&[]));
     eprintln!("{err}");
     assert!(err.contains("certificate"), "{err}");
-    hub.untouched("r1");
+    hub.untouched("r1", &pushed);
 
     // A watching daemon waits out the refused password, then runs r1 once it is fixed.
     std::fs::write(&runner_creds, line("wrong")).unwrap();
@@ -251,11 +251,11 @@ fn ssh_with_a_known_host_key() {
         ),
     )
     .unwrap();
-    hub.request("r1");
+    let pushed = hub.request("r1");
     let err = error_line(&hub.once(&env));
     eprintln!("{err}");
     assert!(err.contains("host key"), "{err}");
-    hub.untouched("r1");
+    hub.untouched("r1", &pushed);
 
     // A watching daemon waits it out, then runs r1 once the host key is right.
     let d = hub.watch(&env);

@@ -156,10 +156,27 @@ impl Remote {
     }
 
     /// A fetch that failed talking to `url`: the one line when the failure is known
-    /// (`Trouble`), else gix's whole error chain, its password masked.
-    fn fetch_trouble(&self, url: &gix::Url, e: impl Into<GitError>, connecting: bool) -> Error {
+    /// (`Trouble`, from gix's error chain or what ssh said in the file `ssh_said`), else
+    /// that chain and ssh's last line, the URL's password masked.
+    fn fetch_trouble(
+        &self,
+        url: &gix::Url,
+        ssh_said: &std::path::Path,
+        e: impl Into<GitError>,
+        connecting: bool,
+    ) -> Error {
         let e: GitError = e.into();
-        let text = transport::masked(&transport::chain(&*e), url);
+        let mut text = transport::chain(&*e);
+        if url.scheme == gix::url::Scheme::Ssh {
+            let said = transport::ssh_said(ssh_said);
+            if let Some(last) = said.lines().rev().find(|l| !l.trim().is_empty()) {
+                text = format!("{text}; ssh: {}", last.trim());
+            }
+            if let Some(t) = transport::Trouble::find(&said) {
+                return self.transport_error(Some(url), t);
+            }
+        }
+        let text = transport::masked(&text, url);
         match transport::Trouble::find(&text) {
             Some(t) => self.transport_error(Some(url), t),
             None if connecting => Error::Unreachable {
@@ -227,17 +244,30 @@ impl Remote {
             .with_refspecs(specs.iter().map(String::as_str), Direction::Fetch)
             .map_err(git_err)?;
         let options = transport::options(&repo, &url, &self.name).map_err(|e| self.fetch_failed(e))?;
-        let mut connection = remote
-            .connect(Direction::Fetch)
-            .map_err(|e| self.fetch_trouble(&url, e, true))?;
+        let ssh_said = repo.git_dir().join("stella").join("ssh-stderr");
+        let mut connection = if url.scheme == gix::url::Scheme::Ssh {
+            let (sanitized, version) = remote
+                .sanitized_url_and_version(Direction::Fetch)
+                .map_err(|e| self.fetch_trouble(&url, &ssh_said, e, true))?;
+            let ssh = transport::ssh_options(&repo, &ssh_said).map_err(|e| self.fetch_failed(e))?;
+            let spawned = gix::protocol::transport::client::blocking_io::ssh::connect(sanitized, version, ssh, false)
+                .map_err(|e| self.fetch_trouble(&url, &ssh_said, e, true))?;
+            remote.to_connection_with_transport(
+                Box::new(spawned) as Box<dyn gix::protocol::transport::client::blocking_io::Transport + Send>
+            )
+        } else {
+            remote
+                .connect(Direction::Fetch)
+                .map_err(|e| self.fetch_trouble(&url, &ssh_said, e, true))?
+        };
         if let Some(options) = options {
             connection = connection.with_transport_options(options);
         }
         let outcome = connection
             .prepare_fetch(gix::progress::Discard, Default::default())
-            .map_err(|e| self.fetch_trouble(&url, e, true))?
+            .map_err(|e| self.fetch_trouble(&url, &ssh_said, e, true))?
             .receive(gix::progress::Discard, &std::sync::atomic::AtomicBool::new(false))
-            .map_err(|e| self.fetch_trouble(&url, e, false))?;
+            .map_err(|e| self.fetch_trouble(&url, &ssh_said, e, false))?;
         let fetched: BTreeSet<String> = outcome
             .ref_map
             .mappings

@@ -6,10 +6,12 @@
 //! their password before they are shown, and so does any text that repeats it.
 
 use std::any::Any;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gix::protocol::transport::client::blocking_io::http;
+use gix::protocol::transport::client::blocking_io::{http, ssh};
 
 use crate::ledger::GitError;
 
@@ -69,6 +71,40 @@ pub(super) fn options(repo: &gix::Repository, url: &gix::Url, name: &str) -> Res
     };
     options.backend = Some(Arc::new(Mutex::new(backend)) as Arc<Mutex<dyn Any + Send + Sync>>);
     Ok(Some(options))
+}
+
+/// How much of what ssh said is kept for the error line: its last lines.
+const SSH_SAID: u64 = 4096;
+
+/// The ssh options for a fetch whose ssh writes its stderr to `file` rather than through
+/// gix to the daemon's own (ssh's multi-line warnings, a host key banner): the one line the
+/// daemon prints is made from its tail. The command stays the user's (`GIT_SSH_COMMAND`,
+/// `core.sshCommand`, else `ssh`), its kind found from it as gix would.
+pub(super) fn ssh_options(repo: &gix::Repository, file: &Path) -> Result<ssh::connect::Options, GitError> {
+    let mut options = repo.ssh_connect_options()?;
+    if options.disallow_shell {
+        return Ok(options);
+    }
+    let command = options.ssh_command().to_string_lossy().into_owned();
+    if options.kind.is_none() {
+        let kind = ssh::ProgramKind::from(std::ffi::OsStr::new(&command));
+        options.kind = (kind != ssh::ProgramKind::Simple).then_some(kind);
+    }
+    let quoted = file.to_string_lossy().replace('\'', "'\\''");
+    options.command = Some(format!("{command} 2>'{quoted}'").into());
+    Ok(options)
+}
+
+/// The last lines ssh wrote to `file` (at most 4 KiB), for the error line; empty if none.
+pub(super) fn ssh_said(file: &Path) -> String {
+    let Ok(mut f) = std::fs::File::open(file) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(SSH_SAID)));
+    let mut bytes = Vec::new();
+    let _ = f.take(SSH_SAID).read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).trim().to_string()
 }
 
 /// `url` as it may be shown: without a password.
