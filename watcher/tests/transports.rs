@@ -11,6 +11,10 @@ use std::time::Duration;
 use crate::support::servers::{HttpsGit, Sshd};
 use crate::support::{Daemon, HELLO, Repo, keygen};
 
+/// What may name trusted CAs in the test's own environment (some machines set them all to
+/// the system bundle): removed from the runner's, which gets only what each test gives it.
+const TRUST: [&str; 4] = ["GIT_SSL_CAINFO", "SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE"];
+
 /// git in `dir` as a person would run it, with `env` set; asserts success.
 fn git_env(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
     let out = Command::new("git")
@@ -93,7 +97,9 @@ impl Hub {
     fn request(&self, id: &str) -> String {
         self.admin.request(id, "hello", "{}\n");
         git_env(self.admin.path(), &self.env(), &["push", "-q", "origin", "main"]);
-        git_env(self.admin.path(), &[], &["rev-parse", "main"]).trim().to_string()
+        git_env(self.admin.path(), &[], &["rev-parse", "main"])
+            .trim()
+            .to_string()
     }
 
     /// The state of run `id` on the server's branch, as the person sees it after pulling.
@@ -110,14 +116,15 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    /// `stella daemon --once --remote origin` in the runner, with `env`.
+    /// `stella daemon --once --remote origin` in the runner, with `env` as the only trust.
     fn once(&self, env: &[(&str, &str)]) -> crate::support::Stella {
-        let out = self
+        let mut cmd = self
             .runner
-            .daemon_command(&["--once", "--repo", ".", "--remote", "origin"])
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
+            .daemon_command(&["--once", "--repo", ".", "--remote", "origin"]);
+        for var in TRUST {
+            cmd.env_remove(var);
+        }
+        let out = cmd.envs(env.iter().copied()).output().unwrap();
         crate::support::Stella(out)
     }
 
@@ -126,6 +133,9 @@ impl Hub {
         let mut cmd = self
             .runner
             .daemon_command(&["--repo", ".", "--remote", "origin", "--poll", "1s"]);
+        for var in TRUST {
+            cmd.env_remove(var);
+        }
         cmd.envs(env.iter().copied());
         Daemon::start(cmd)
     }
@@ -210,6 +220,11 @@ fn https_with_basic_auth_and_a_private_ca() {
         hub.state("r1") == "succeeded"
     });
     drop(d);
+
+    // The CA given as SSL_CERT_FILE instead: trusted by the fetch and by git's push alike.
+    hub.request("r2");
+    hub.once(&[("SSL_CERT_FILE", ca)]).ok();
+    assert_eq!(hub.state("r2"), "succeeded");
     hub.admin.stella(&["ledger", "verify"]).ok();
 }
 

@@ -104,6 +104,8 @@ pub struct Remote {
     pub lease: Duration,
     /// Pull-request heads already noted, with the branch tip they were planned against.
     noted: Mutex<BTreeMap<String, String>>,
+    /// The CA file git's own commands are given (`transport::git_ca`), found once.
+    git_ca: std::sync::OnceLock<Option<std::ffi::OsString>>,
 }
 
 /// What bringing the local branch level with the remote did.
@@ -123,13 +125,16 @@ impl Remote {
             pull_patterns,
             lease,
             noted: Mutex::new(BTreeMap::new()),
+            git_ca: std::sync::OnceLock::new(),
         }
     }
 
     /// git in the runner's clone; a failure to reach or trust the server (a push, ls-remote)
     /// is the one-line `Error::Transport`.
     fn git(&self, args: &[&str]) -> Result<String, Error> {
-        git_cli::run(&self.root, args).map_err(|e| match e.stderr().and_then(transport::Trouble::find) {
+        let ca = self.git_ca.get_or_init(|| transport::git_ca(&self.root));
+        let env: Vec<(&str, &std::ffi::OsStr)> = ca.iter().map(|f| ("GIT_SSL_CAINFO", f.as_os_str())).collect();
+        git_cli::run_env(&self.root, args, &env).map_err(|e| match e.stderr().and_then(transport::Trouble::find) {
             Some(t) => self.transport_error(None, t),
             None => e.into(),
         })
@@ -177,6 +182,7 @@ impl Remote {
             }
         }
         let text = transport::masked(&text, url);
+        tracing::debug!(remote = %self.name, error = %text, "fetch failed");
         match transport::Trouble::find(&text) {
             Some(t) => self.transport_error(Some(url), t),
             None if connecting => Error::Unreachable {

@@ -1,6 +1,6 @@
 //! How a runner reaches its server (DESIGN section 13): the trust roots of gix's HTTP(S)
-//! transport (`http.sslCAInfo` / `GIT_SSL_CAINFO`, which gix's reqwest backend would ignore;
-//! `SSL_CERT_FILE` works through the platform verifier), credentials from git's credential
+//! transport and of git's push (`http.sslCAInfo` / `GIT_SSL_CAINFO`, which gix's reqwest
+//! backend would ignore, else `SSL_CERT_FILE`, which neither honours), credentials from git's credential
 //! helpers with no prompt ever (a daemon has nobody to ask), and the one line that says what
 //! went wrong with a fetch or a push and what to do. Never shows a credential: URLs lose
 //! their password before they are shown, and so does any text that repeats it.
@@ -29,7 +29,8 @@ pub(super) fn no_prompt(repo: &mut gix::Repository) -> Result<(), GitError> {
 
 /// The transport options for fetching from `url` through remote `name`: gix's own, from the
 /// configuration and environment; for HTTP(S), the CA file of `http.sslCAInfo` (or
-/// `GIT_SSL_CAINFO`) as the only trusted roots, as git itself takes it, and a timeout.
+/// `GIT_SSL_CAINFO`, else `SSL_CERT_FILE`) as the only trusted roots, as git itself takes
+/// it, and a timeout.
 pub(super) fn options(repo: &gix::Repository, url: &gix::Url, name: &str) -> Result<Option<Box<dyn Any>>, GitError> {
     let url_text = url.to_bstring();
     let Some(options) = repo.transport_options(gix::bstr::BStr::new(&url_text), Some(name.into()))? else {
@@ -39,7 +40,11 @@ pub(super) fn options(repo: &gix::Repository, url: &gix::Url, name: &str) -> Res
         Ok(http) => http,
         Err(other) => return Ok(Some(other)),
     };
-    let roots = match &options.ssl_ca_info {
+    let ca = options
+        .ssl_ca_info
+        .clone()
+        .or_else(|| std::env::var_os("SSL_CERT_FILE").map(Into::into));
+    let roots = match &ca {
         Some(path) => {
             let pem = std::fs::read(path)
                 .map_err(|e| format!("the CA file {} (http.sslCAInfo, GIT_SSL_CAINFO): {e}", path.display()))?;
@@ -71,6 +76,15 @@ pub(super) fn options(repo: &gix::Repository, url: &gix::Url, name: &str) -> Res
     };
     options.backend = Some(Arc::new(Mutex::new(backend)) as Arc<Mutex<dyn Any + Send + Sync>>);
     Ok(Some(options))
+}
+
+/// The CA file git's own commands (push, ls-remote) must be told of: `SSL_CERT_FILE` when
+/// neither `GIT_SSL_CAINFO` nor `http.sslCAInfo` names one (git ignores `SSL_CERT_FILE`).
+pub(super) fn git_ca(root: &Path) -> Option<std::ffi::OsString> {
+    let file = std::env::var_os("SSL_CERT_FILE")?;
+    let configured = std::env::var_os("GIT_SSL_CAINFO").is_some()
+        || crate::git_cli::run(root, &["config", "--get", "http.sslCAInfo"]).is_ok();
+    (!configured).then_some(file)
 }
 
 /// How much of what ssh said is kept for the error line: its last lines.
