@@ -129,14 +129,17 @@ impl Remote {
         }
     }
 
-    /// git in the runner's clone; a failure to reach or trust the server (a push, ls-remote)
-    /// is the one-line `Error::Transport`.
+    /// git in the runner's clone; a network command (push, fetch, ls-remote) that failed to
+    /// reach or trust the server is the one-line `Error::Transport`.
     fn git(&self, args: &[&str]) -> Result<String, Error> {
+        let network = matches!(args.first(), Some(&("push" | "fetch" | "ls-remote")));
         let ca = self.git_ca.get_or_init(|| transport::git_ca(&self.root));
         let env: Vec<(&str, &std::ffi::OsStr)> = ca.iter().map(|f| ("GIT_SSL_CAINFO", f.as_os_str())).collect();
-        git_cli::run_env(&self.root, args, &env).map_err(|e| match e.stderr().and_then(transport::Trouble::find) {
-            Some(t) => self.transport_error(None, t),
-            None => e.into(),
+        git_cli::run_env(&self.root, args, &env).map_err(|e| {
+            match e.stderr().filter(|_| network).and_then(transport::Trouble::find) {
+                Some(t) => self.transport_error(None, t),
+                None => e.into(),
+            }
         })
     }
 

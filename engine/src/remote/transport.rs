@@ -1,9 +1,10 @@
 //! How a runner reaches its server (DESIGN section 13): the trust roots of gix's HTTP(S)
 //! transport and of git's push (`http.sslCAInfo` / `GIT_SSL_CAINFO`, which gix's reqwest
-//! backend would ignore, else `SSL_CERT_FILE`, which neither honours), credentials from git's credential
-//! helpers with no prompt ever (a daemon has nobody to ask), and the one line that says what
-//! went wrong with a fetch or a push and what to do. Never shows a credential: URLs lose
-//! their password before they are shown, and so does any text that repeats it.
+//! backend would ignore, else `SSL_CERT_FILE`, which git ignores), credentials from git's
+//! credential helpers with no prompt ever (a daemon has nobody to ask), ssh's stderr kept
+//! out of the daemon's, and the one line that says what went wrong and what to do. Never
+//! shows a credential: URLs lose their password before they are shown, and so does any
+//! text that repeats it. Decides nothing about refs or runs.
 
 use std::any::Any;
 use std::io::{Read, Seek, SeekFrom};
@@ -158,14 +159,19 @@ impl Trouble {
             "no matching host key",
         ]) {
             Some(Trouble::HostKey)
-        } else if any(&["certificate", "ssl", "tls handshake", "unknownissuer", "invalid peer"]) {
+        } else if any(&[
+            "certificate",
+            "ssl_connect",
+            "gnutls_handshake",
+            "tls handshake",
+            "unknownissuer",
+        ]) {
             Some(Trouble::Certificate)
         } else if any(&[
             "were not accepted by the remote",
             "authentication failed",
-            "401",
-            "403 forbidden",
-            "http 403",
+            "returned error: 401",
+            "returned error: 403",
         ]) {
             Some(Trouble::Refused)
         } else if any(&["permission denied (publickey", "permission denied, please try again"]) {
@@ -191,7 +197,6 @@ impl Trouble {
             "connection reset",
             "does not appear to be a git repository",
             "is a valid git directory",
-            "not found",
         ]) {
             Some(Trouble::Unreachable)
         } else {
@@ -276,6 +281,9 @@ mod tests {
             assert_eq!(Trouble::find(text), Some(want), "{text}");
         }
         assert_eq!(Trouble::find("the pack is corrupt"), None);
+        // A lost race names the server's URL, whose port may hold any digits.
+        let raced = "! [rejected] main -> main (fetch first)\nerror: failed to push some refs to 'https://127.0.0.1:40129/git/hub.git'";
+        assert_eq!(Trouble::find(raced), None);
     }
 
     #[test]
