@@ -222,7 +222,9 @@ impl Trouble {
             Trouble::SshKey => {
                 "the SSH server refused the key; give the runner's deploy key to the server, or pick the key with GIT_SSH_COMMAND / core.sshCommand"
             }
-            Trouble::Unreachable => "the server cannot be reached; runs wait until it answers",
+            Trouble::Unreachable => {
+                "the server cannot be reached; check the URL and the network (runs wait until it answers)"
+            }
         }
     }
 }
