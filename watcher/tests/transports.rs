@@ -157,15 +157,20 @@ fn error_line(out: &crate::support::Stella) -> String {
         out.stdout(),
         out.stderr()
     );
+    // The daemon's start-up line on stdout; on stderr the error alone (no ssh banner).
     let stderr = out.stderr();
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
-    assert_eq!(lines.len(), 1, "one error line expected:\n{}", out.stderr());
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected:\n{stderr}");
+    assert!(
+        lines[0].starts_with("error[ERR_IO]: git: remote `origin`, "),
+        "{stderr}"
+    );
     lines[0].to_string()
 }
 
 #[test]
 fn https_with_basic_auth_and_a_private_ca() {
-    let Some(server) = HttpsGit::start("runner", "s3cret") else {
+    let Some(server) = HttpsGit::start(&[("runner", "s3cret"), ("reader", "r3ad")]) else {
         return;
     };
     let ca = server.ca();
@@ -221,10 +226,31 @@ fn https_with_basic_auth_and_a_private_ca() {
     });
     drop(d);
 
-    // The CA given as SSL_CERT_FILE instead: trusted by the fetch and by git's push alike.
-    hub.request("r2");
-    hub.once(&[("SSL_CERT_FILE", ca)]).ok();
+    // A credential that may fetch but not push: the first push refused, one line, no run
+    // started (its claim could not be pushed), nothing lost.
+    let reader = format!("https://reader:r3ad@127.0.0.1:{}\n", server.port);
+    std::fs::write(&runner_creds, &reader).unwrap();
+    // (git erases the refused credential, so the exchange after it finds none: a second line.)
+    let pushed = hub.request("r2");
+    let out = hub.once(&with_ca);
+    assert_eq!(out.code(), Some(2), "{}", out.stderr());
+    let err = out.stderr().lines().next().unwrap_or_default().to_string();
+    eprintln!("{err}");
+    assert!(
+        err.starts_with("error[ERR_IO]: run r2: cannot claim the run: git: remote `origin`, ")
+            && err.contains("the server refused the credentials"),
+        "{}",
+        out.stderr()
+    );
+    hub.untouched("r2", &pushed);
+    std::fs::write(&runner_creds, line("s3cret")).unwrap();
+    hub.once(&with_ca).ok();
     assert_eq!(hub.state("r2"), "succeeded");
+
+    // The CA given as SSL_CERT_FILE instead: trusted by the fetch and by git's push alike.
+    hub.request("r3");
+    hub.once(&[("SSL_CERT_FILE", ca)]).ok();
+    assert_eq!(hub.state("r3"), "succeeded");
     hub.admin.stella(&["ledger", "verify"]).ok();
 }
 
@@ -277,6 +303,11 @@ fn ssh_with_a_known_host_key() {
     d.wait_for("the refusal", Duration::from_secs(30), || {
         d.stderr().contains("host key")
     });
+    assert!(
+        !d.stderr().contains("@@@"),
+        "ssh's banner reached the daemon's output:\n{}",
+        d.stderr()
+    );
     std::fs::write(&known, server.known_hosts_line()).unwrap();
     d.wait_for("the remote answering again", Duration::from_secs(60), || {
         d.stdout().contains("the remote answers again")

@@ -69,7 +69,8 @@ impl Drop for Killed {
 }
 
 /// `git http-backend` behind lighttpd on `https://127.0.0.1:<port>/git/<repo>`, Basic auth
-/// for one user, its certificate issued for 127.0.0.1 by a CA made for this server.
+/// (every user may fetch, one may push), its certificate issued for 127.0.0.1 by a CA made
+/// for this server.
 pub struct HttpsGit {
     /// The directory of the server's files; bare repositories go in `root()`.
     dir: tempfile::TempDir,
@@ -78,9 +79,10 @@ pub struct HttpsGit {
 }
 
 impl HttpsGit {
-    /// Serves the bare repositories of a new `root()` for `user`:`password`; `None` when
-    /// lighttpd, its TLS module, openssl or git http-backend is missing and `CI` is unset.
-    pub fn start(user: &str, password: &str) -> Option<HttpsGit> {
+    /// Serves the bare repositories of a new `root()` to `users` (name, password); only the
+    /// first may push. `None` when lighttpd, its TLS module, openssl or git http-backend is
+    /// missing and `CI` is unset.
+    pub fn start(users: &[(&str, &str)]) -> Option<HttpsGit> {
         let lighttpd = tool("lighttpd")?;
         let openssl = tool("openssl")?;
         let backend = tool("git-http-backend")?;
@@ -139,7 +141,9 @@ impl HttpsGit {
                 "-extfile",
                 "ext.cnf",
             ]));
-        std::fs::write(d.join("users"), format!("{user}:{password}\n")).unwrap();
+        let lines: String = users.iter().map(|(u, p)| format!("{u}:{p}\n")).collect();
+        std::fs::write(d.join("users"), lines).unwrap();
+        let pusher = users[0].0;
         let port = free_port();
         let conf = format!(
             r#"server.modules = ("mod_alias", "mod_auth", "mod_authn_file", "mod_cgi", "mod_setenv", "mod_openssl")
@@ -157,6 +161,12 @@ $HTTP["url"] =~ "^/git/" {{
   auth.backend = "plain"
   auth.backend.plain.userfile = "{d}/users"
   auth.require = ("" => ("method" => "basic", "realm" => "git", "require" => "valid-user"))
+}}
+$HTTP["querystring"] =~ "service=git-receive-pack" {{
+  auth.require = ("" => ("method" => "basic", "realm" => "git", "require" => "user={pusher}"))
+}}
+$HTTP["url"] =~ "/git-receive-pack$" {{
+  auth.require = ("" => ("method" => "basic", "realm" => "git", "require" => "user={pusher}"))
 }}
 "#,
             d = d.display(),
