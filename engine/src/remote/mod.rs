@@ -253,7 +253,7 @@ impl Remote {
             .with_refspecs(specs.iter().map(String::as_str), Direction::Fetch)
             .map_err(git_err)?;
         let options = transport::options(&repo, &url, &self.name).map_err(|e| self.fetch_failed(e))?;
-        let ssh_said = repo.git_dir().join("stella").join("ssh-stderr");
+        let ssh_said = repo.common_dir().join("stella").join("ssh-stderr");
         let mut connection = if url.scheme == gix::url::Scheme::Ssh {
             let (sanitized, version) = remote
                 .sanitized_url_and_version(Direction::Fetch)

@@ -100,6 +100,9 @@ pub(super) fn ssh_options(repo: &gix::Repository, file: &Path) -> Result<ssh::co
     if options.disallow_shell {
         return Ok(options);
     }
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     let command = options.ssh_command().to_string_lossy().into_owned();
     if options.kind.is_none() {
         let kind = ssh::ProgramKind::from(std::ffi::OsStr::new(&command));
