@@ -1,7 +1,7 @@
 //! Runners that only have a server's URL: a hub served over HTTPS (git http-backend behind
 //! lighttpd, Basic auth, a private CA) and over SSH (OpenSSH's sshd), started by the tests on
 //! loopback. A run requested by a person's push is executed and its results pushed back; a
-//! refused password, an untrusted certificate and a wrong host key are each one clear line,
+//! refused password or key, an untrusted certificate and a wrong host key are each one line,
 //! with nothing lost: the run executes once the credential, CA or host key is fixed.
 
 use std::path::Path;
@@ -296,6 +296,16 @@ fn ssh_with_a_known_host_key() {
     let err = error_line(&hub.once(&env));
     eprintln!("{err}");
     assert!(err.contains("host key"), "{err}");
+    hub.untouched("r1", &pushed);
+
+    // A key the server does not know (the host key right): one line saying so.
+    let stranger = ssh(&keys.path().join("known_hosts_stranger")).replace(
+        &keys.path().join("runner").display().to_string(),
+        &other.path().join("impostor").display().to_string(),
+    );
+    let err = error_line(&hub.once(&[("GIT_SSH_COMMAND", stranger.as_str())]));
+    eprintln!("{err}");
+    assert!(err.contains("the SSH server refused the key"), "{err}");
     hub.untouched("r1", &pushed);
 
     // A watching daemon waits it out, then runs r1 once the host key is right.
