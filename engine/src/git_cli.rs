@@ -2,6 +2,7 @@
 //! checked-out branch with its working tree): one command run in a repository, its trimmed
 //! stdout or a typed failure. Knows nothing of Stella's refs or files; callers decide what to run.
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 
@@ -35,8 +36,16 @@ impl Error {
 
 /// Runs git with `args` in `root`; its trimmed stdout, or its trimmed stderr as the error.
 pub fn run(root: &Path, args: &[&str]) -> Result<String, Error> {
+    run_env(root, args, &[])
+}
+
+/// As `run`, with `env` added to git's environment.
+pub fn run_env(root: &Path, args: &[&str], env: &[(&str, &OsStr)]) -> Result<String, Error> {
     let out = Command::new("git")
         .current_dir(root)
+        .envs(env.iter().copied())
+        // Nobody is there to type a password: a missing credential fails, never waits.
+        .env("GIT_TERMINAL_PROMPT", "0")
         .args(args)
         .output()
         .map_err(Error::Spawn)?;

@@ -29,5 +29,6 @@ mod schedules;
 mod secret_sources;
 mod sync;
 mod tampering;
+mod transports;
 mod workspace;
 mod worktree;

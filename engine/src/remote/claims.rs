@@ -209,6 +209,8 @@ impl Remote {
             {
                 Ok(false)
             }
+            // Refused (a token that may read but not write) or unreachable: no answer on the lease.
+            Err(e @ Error::Transport { .. }) => Err(e),
             Err(e) => {
                 // Some servers word a lease failure differently: tell it apart from an
                 // unreachable remote by asking the remote.

@@ -5,6 +5,7 @@
 
 mod claims;
 mod notes;
+pub mod transport;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -55,6 +56,14 @@ pub enum Error {
     /// Any other gix failure: opening the repository, references, refspecs, objects.
     #[error("git: {0}")]
     Git(#[source] GitError),
+    /// The server refused, could not be reached or could not be trusted: what happened and
+    /// what to do, on one line.
+    #[error("git: remote `{name}`, {url}: {what}")]
+    Transport {
+        name: String,
+        url: String,
+        what: &'static str,
+    },
     #[error("git: could not push {0}: the remote kept moving")]
     PushContended(String),
     #[error("git: the claim on {0} keeps changing")]
@@ -71,6 +80,7 @@ impl Error {
             | Error::NoFetchUrl { .. }
             | Error::Unreachable { .. }
             | Error::Fetch { .. }
+            | Error::Transport { .. }
             | Error::Git(_)
             | Error::PushContended(_)
             | Error::ClaimContended(_) => Code::Io,
@@ -94,6 +104,8 @@ pub struct Remote {
     pub lease: Duration,
     /// Pull-request heads already noted, with the branch tip they were planned against.
     noted: Mutex<BTreeMap<String, String>>,
+    /// The CA file git's own commands are given (`transport::git_ca`), found once.
+    git_ca: std::sync::OnceLock<Option<std::ffi::OsString>>,
 }
 
 /// What bringing the local branch level with the remote did.
@@ -113,11 +125,75 @@ impl Remote {
             pull_patterns,
             lease,
             noted: Mutex::new(BTreeMap::new()),
+            git_ca: std::sync::OnceLock::new(),
         }
     }
 
+    /// git in the runner's clone; a network command (push, fetch, ls-remote) that failed to
+    /// reach or trust the server is the one-line `Error::Transport`.
     fn git(&self, args: &[&str]) -> Result<String, Error> {
-        Ok(git_cli::run(&self.root, args)?)
+        let network = matches!(args.first(), Some(&("push" | "fetch" | "ls-remote")));
+        let ca = self.git_ca.get_or_init(|| transport::git_ca(&self.root));
+        let env: Vec<(&str, &std::ffi::OsStr)> = ca.iter().map(|f| ("GIT_SSL_CAINFO", f.as_os_str())).collect();
+        git_cli::run_env(&self.root, args, &env).map_err(|e| {
+            match e.stderr().filter(|_| network).and_then(transport::Trouble::find) {
+                Some(t) => self.transport_error(None, t),
+                None => e.into(),
+            }
+        })
+    }
+
+    /// The one line for trouble `t` with the server at `url` (the remote's URL when `None`).
+    fn transport_error(&self, url: Option<&gix::Url>, t: transport::Trouble) -> Error {
+        let url = match url {
+            Some(u) => transport::shown(u),
+            None => self
+                .repo()
+                .ok()
+                .and_then(|r| {
+                    let remote = r.find_remote(self.name.as_str()).ok()?;
+                    remote.url(gix::remote::Direction::Push).map(transport::shown)
+                })
+                .unwrap_or_default(),
+        };
+        Error::Transport {
+            name: self.name.clone(),
+            url,
+            what: t.say(),
+        }
+    }
+
+    /// A fetch that failed talking to `url`: the one line when the failure is known
+    /// (`Trouble`, from gix's error chain or what ssh said in the file `ssh_said`), else
+    /// that chain and ssh's last line, the URL's password masked.
+    fn fetch_trouble(
+        &self,
+        url: &gix::Url,
+        ssh_said: &std::path::Path,
+        e: impl Into<GitError>,
+        connecting: bool,
+    ) -> Error {
+        let e: GitError = e.into();
+        let mut text = transport::chain(&*e);
+        if url.scheme == gix::url::Scheme::Ssh {
+            let said = transport::ssh_said(ssh_said);
+            if let Some(last) = said.lines().rev().find(|l| !l.trim().is_empty()) {
+                text = format!("{text}; ssh: {}", last.trim());
+            }
+            if let Some(t) = transport::Trouble::find(&said) {
+                return self.transport_error(Some(url), t);
+            }
+        }
+        let text = transport::masked(&text, url);
+        tracing::debug!(remote = %self.name, error = %text, "fetch failed");
+        match transport::Trouble::find(&text) {
+            Some(t) => self.transport_error(Some(url), t),
+            None if connecting => Error::Unreachable {
+                name: self.name.clone(),
+                source: text.into(),
+            },
+            None => self.fetch_failed(text),
+        }
     }
 
     fn repo(&self) -> Result<gix::Repository, Error> {
@@ -150,7 +226,8 @@ impl Remote {
     /// requests that are gone from the remote (merged, closed) are pruned here.
     pub fn fetch(&self) -> Result<(), Error> {
         use gix::remote::Direction;
-        let repo = self.repo()?;
+        let mut repo = self.repo()?;
+        transport::no_prompt(&mut repo).map_err(git_err)?;
         let named = repo.find_remote(self.name.as_str()).map_err(|e| Error::NoRemote {
             name: self.name.clone(),
             source: e.into(),
@@ -170,21 +247,36 @@ impl Remote {
             specs.push(format!("+{p}:{}", Self::pull_local(p)));
         }
         let remote = repo
-            .remote_at(url)
+            .remote_at(url.clone())
             .map_err(git_err)?
             .with_fetch_tags(gix::remote::fetch::Tags::None)
             .with_refspecs(specs.iter().map(String::as_str), Direction::Fetch)
             .map_err(git_err)?;
-        let outcome = remote
-            .connect(Direction::Fetch)
-            .map_err(|e| Error::Unreachable {
-                name: self.name.clone(),
-                source: e.into(),
-            })?
+        let options = transport::options(&repo, &url, &self.name).map_err(|e| self.fetch_failed(e))?;
+        let ssh_said = repo.common_dir().join("stella").join("ssh-stderr");
+        let mut connection = if url.scheme == gix::url::Scheme::Ssh {
+            let (sanitized, version) = remote
+                .sanitized_url_and_version(Direction::Fetch)
+                .map_err(|e| self.fetch_trouble(&url, &ssh_said, e, true))?;
+            let ssh = transport::ssh_options(&repo, &ssh_said).map_err(|e| self.fetch_failed(e))?;
+            let spawned = gix::protocol::transport::client::blocking_io::ssh::connect(sanitized, version, ssh, false)
+                .map_err(|e| self.fetch_trouble(&url, &ssh_said, e, true))?;
+            remote.to_connection_with_transport(
+                Box::new(spawned) as Box<dyn gix::protocol::transport::client::blocking_io::Transport + Send>
+            )
+        } else {
+            remote
+                .connect(Direction::Fetch)
+                .map_err(|e| self.fetch_trouble(&url, &ssh_said, e, true))?
+        };
+        if let Some(options) = options {
+            connection = connection.with_transport_options(options);
+        }
+        let outcome = connection
             .prepare_fetch(gix::progress::Discard, Default::default())
-            .map_err(|e| self.fetch_failed(e))?
+            .map_err(|e| self.fetch_trouble(&url, &ssh_said, e, true))?
             .receive(gix::progress::Discard, &std::sync::atomic::AtomicBool::new(false))
-            .map_err(|e| self.fetch_failed(e))?;
+            .map_err(|e| self.fetch_trouble(&url, &ssh_said, e, false))?;
         let fetched: BTreeSet<String> = outcome
             .ref_map
             .mappings
@@ -362,9 +454,14 @@ impl Remote {
             }
             let spec = format!("{branch_ref}:{branch_ref}");
             crate::chaos::at_push();
-            if self.git(&["push", "-q", &self.name, &spec]).is_ok() {
-                let _ = self.git(&["update-ref", &self.tracking(), &local]);
-                return Ok((true, dropped));
+            match self.git(&["push", "-q", &self.name, &spec]) {
+                Ok(_) => {
+                    let _ = self.git(&["update-ref", &self.tracking(), &local]);
+                    return Ok((true, dropped));
+                }
+                // Refused or unreachable, not raced: fetching again would not help.
+                Err(e @ Error::Transport { .. }) => return Err(e),
+                Err(_) => {}
             }
             self.fetch()?;
             dropped.extend(self.integrate(ledger, key)?.dropped);

@@ -8,6 +8,7 @@ pub mod http;
 mod procs;
 mod repo;
 mod scratch;
+pub mod servers;
 pub mod webdriver;
 
 pub use daemon::Daemon;
