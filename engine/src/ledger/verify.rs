@@ -200,7 +200,9 @@ pub fn verify(ledger: &Ledger) -> Result<Report, Error> {
 
 /// As `verify`, for the history that ends at `tip` (e.g. an incoming bundle before it is accepted).
 pub fn verify_at(ledger: &Ledger, tip: ObjectId) -> Result<Report, Error> {
-    check(ledger, &ledger.history_of(tip)?)
+    let mut report = check(ledger, &ledger.history_of(tip)?)?;
+    super::branch::check(ledger, tip, None, &mut report)?;
+    Ok(report)
 }
 
 /// Checks `history` (oldest first; each commit against its first parent, whether or not that

@@ -94,6 +94,9 @@ pub struct Remote {
     pub lease: Duration,
     /// Pull-request heads already noted, with the branch tip they were planned against.
     noted: Mutex<BTreeMap<String, String>>,
+    /// With a separate ledger branch (`branch` is then the ledger branch): the branch requests
+    /// come from, fetched to `refs/remotes/<name>/<watched>` and never pushed.
+    watched: Option<String>,
 }
 
 /// What bringing the local branch level with the remote did.
@@ -113,7 +116,20 @@ impl Remote {
             pull_patterns,
             lease,
             noted: Mutex::new(BTreeMap::new()),
+            watched: None,
         }
+    }
+
+    /// With a separate ledger branch: `self.branch` is the ledger branch (fetched, integrated,
+    /// pushed) and `watched` the branch requests come from (fetched only).
+    pub fn watching(mut self, watched: &str) -> Remote {
+        self.watched = (watched != self.branch).then(|| watched.to_string());
+        self
+    }
+
+    /// Where the watched branch is fetched to, with a separate ledger branch.
+    pub fn watched_tracking(&self) -> Option<String> {
+        self.watched.as_ref().map(|w| format!("refs/remotes/{}/{w}", self.name))
     }
 
     fn git(&self, args: &[&str]) -> Result<String, Error> {
@@ -166,6 +182,9 @@ impl Remote {
             format!("+{NOTES_REF}:{REMOTE_NOTES_REF}"),
             "+refs/stella/claims/*:refs/stella/remote-claims/*".to_string(),
         ];
+        if let (Some(w), Some(tracking)) = (&self.watched, self.watched_tracking()) {
+            specs.push(format!("+refs/heads/{w}:{tracking}"));
+        }
         for p in &self.pull_patterns {
             specs.push(format!("+{p}:{}", Self::pull_local(p)));
         }
@@ -247,6 +266,10 @@ impl Remote {
                 .chain(&lost)
                 .any(|(dir, _)| dir.file("request.yaml") == *p)
         });
+        if self.watched.is_some() {
+            // The runner's merges of the watched branch: taken in again on the remote's tip.
+            paths.retain(|p| is_runner_path(p));
+        }
         let hand_made = paths.iter().find(|p| !is_runner_path(p));
         if ahead && hand_made.is_some() {
             // Commits made by hand in the runner's clone, on top of what the remote has: a
@@ -321,6 +344,7 @@ impl Remote {
                 key,
             )?;
         }
+        ledger.take_in(key)?;
         Ok(Integrated { dropped })
     }
 

@@ -1,0 +1,259 @@
+//! A separate ledger branch (`ledger.branch` other than `branch`, DESIGN section 13): taking
+//! the watched branch's new commits into the ledger branch by a runner-signed merge whose
+//! tree is made by one deterministic rule (`merged_tree`), and the checks `ledger verify`
+//! adds for the commits only the ledger branch has. Never touches the watched branch, the
+//! index or the working tree: the merge is objects and one reference update.
+//!
+//! The rule: the merge of watched commit `W` into ledger commit `L` holds `W`'s tree for every
+//! path outside `runs/`, and under `runs/` the ledger's tree with the files that are not runner
+//! paths (requests, cancels, READMEs) brought level with `W`: each such file that changed
+//! between the watched commit `L` took in last (`taken`) and `W` is set to `W`'s version or
+//! removed. Runner paths always come from `L`; a runner path changed on the watched branch is
+//! never taken in (it is damage there, reported by `ledger verify` as on a single branch).
+
+use std::collections::HashSet;
+
+use gix::ObjectId;
+use gix::objs::tree::EntryKind;
+use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
+use gix::refs::{FullName, Target};
+
+use super::diff::{self, Diff};
+use super::verify::{Problem, Report, signer};
+use super::{CommitSigner, Error, Ledger, git, is_runner_path};
+
+impl Ledger {
+    /// Reads requests, approvals, cancels, policy and trust from the reference `watched`
+    /// (`refs/heads/main`, or `refs/remotes/origin/main` for a runner with a remote) and takes
+    /// them into this ledger's branch with `take_in`.
+    pub fn watching(mut self, watched: &str) -> Result<Ledger, Error> {
+        self.set_watched(watched)?;
+        Ok(self)
+    }
+
+    /// As `watching`, on an open ledger (the daemon learns its remote after opening).
+    pub fn set_watched(&mut self, watched: &str) -> Result<(), Error> {
+        let name = FullName::try_from(watched).map_err(git)?;
+        self.watched = (name != self.branch).then_some(name);
+        Ok(())
+    }
+
+    /// The watched reference, when it is not the ledger branch itself.
+    pub fn watched(&self) -> Option<&str> {
+        use gix::bstr::ByteSlice;
+        self.watched.as_ref().and_then(|n| n.as_bstr().to_str().ok())
+    }
+
+    /// The watched branch's tip, when there is a separate one and it exists.
+    pub fn watched_tip(&self) -> Option<ObjectId> {
+        self.resolve(self.watched()?)
+    }
+
+    /// Takes the watched branch's new commits into the ledger branch: creates the ledger
+    /// branch at the watched tip when it does not exist yet, else commits a runner-signed merge
+    /// (first parent the ledger tip, second the watched tip; tree by `merged_tree`) when the
+    /// watched tip is not the commit taken in last. Returns the new ledger tip, if it moved.
+    pub fn take_in(&mut self, signer: &dyn CommitSigner) -> Result<Option<ObjectId>, Error> {
+        let Some(watched) = self.watched_tip() else {
+            return Ok(None);
+        };
+        for attempt in 0..5u32 {
+            let tip = self.tip()?;
+            let (new, expected) = match tip {
+                None => (watched, PreviousValue::MustNotExist),
+                Some(tip) => {
+                    if tip == watched || self.taken(tip)? == watched {
+                        return Ok(None);
+                    }
+                    let tree = self.merged_tree(tip, watched)?;
+                    let message = format!(
+                        "stella: take in {} at {}",
+                        self.watched().unwrap_or("?").trim_start_matches("refs/heads/"),
+                        watched.to_hex_with_len(12)
+                    );
+                    let commit = self.signed_commit(tree, vec![tip, watched], &message, signer)?;
+                    (commit, PreviousValue::MustExistAndMatch(Target::Object(tip)))
+                }
+            };
+            let edit = RefEdit {
+                change: Change::Update {
+                    log: LogChange {
+                        mode: RefLog::AndReference,
+                        force_create_reflog: false,
+                        message: "stella: take in the watched branch".into(),
+                    },
+                    expected,
+                    new: Target::Object(new),
+                },
+                name: self.branch.clone(),
+                deref: false,
+            };
+            match self.repo.edit_reference(edit) {
+                Ok(_) => return Ok(Some(new)),
+                Err(e) => {
+                    self.refresh();
+                    if self.tip()? == tip {
+                        return Err(git(e));
+                    }
+                    tracing::debug!(attempt, error = %e, "ledger branch moved while taking in; retrying");
+                }
+            }
+        }
+        Err(Error::Contended {
+            branch: self.branch().to_string(),
+            attempts: 5,
+        })
+    }
+
+    /// The watched commit that ledger commit `commit` holds the non-runner files of: going
+    /// back along first parents over the runner's own commits, the second parent of the first
+    /// runner merge met, or the first commit that is not the runner's (where the ledger branch
+    /// left the watched branch).
+    pub fn taken(&self, commit: ObjectId) -> Result<ObjectId, Error> {
+        let mut at = commit;
+        loop {
+            let c = self.repo.find_commit(at).map_err(git)?;
+            let by_runner = c
+                .committer()
+                .map_err(git)?
+                .email
+                .eq_ignore_ascii_case(self.identity.email.as_bytes());
+            let parents: Vec<ObjectId> = c.parent_ids().map(|p| p.detach()).collect();
+            match (by_runner, parents.as_slice()) {
+                (true, [_, second]) => return Ok(*second),
+                (true, [first]) => at = *first,
+                _ => return Ok(at),
+            }
+        }
+    }
+
+    /// The tree of the merge of watched commit `watched` into ledger commit `ledger` (see the
+    /// rule at the top of this file). Costs what changed on the watched branch since the
+    /// commit the ledger took in last.
+    pub fn merged_tree(&self, ledger: ObjectId, watched: ObjectId) -> Result<ObjectId, Error> {
+        let base = self.taken(ledger)?;
+        let runs_of = |c: ObjectId| super::verify::entry_at(self, c, "runs", true);
+        let (base_runs, ledger_runs, watched_runs) = (runs_of(base)?, runs_of(ledger)?, runs_of(watched)?);
+        let mut found = Diff {
+            all: true,
+            ..Diff::default()
+        };
+        diff::changes(self, "runs", base_runs, watched_runs, &mut found)?;
+        let empty = ObjectId::empty_tree(self.repo.object_hash());
+        let mut runs = self.repo.edit_tree(ledger_runs.unwrap_or(empty)).map_err(git)?;
+        let watched_root = self.repo.find_commit(watched).map_err(git)?.tree().map_err(git)?;
+        for (path, _, new) in &found.files {
+            if is_runner_path(path) {
+                continue;
+            }
+            let rel = path.strip_prefix("runs/").unwrap_or(path);
+            match new {
+                Some(id) => {
+                    let kind = watched_root
+                        .lookup_entry_by_path(path)
+                        .map_err(git)?
+                        .map_or(EntryKind::Blob, |e| e.mode().kind());
+                    runs.upsert(rel, kind, *id).map_err(git)?;
+                }
+                None => {
+                    runs.remove(rel).map_err(git)?;
+                }
+            }
+        }
+        let runs = runs.write().map_err(git)?.detach();
+        let mut root = self.repo.edit_tree(watched_root.id).map_err(git)?;
+        if runs == empty {
+            root.remove("runs").map_err(git)?;
+        } else {
+            root.upsert("runs", EntryKind::Tree, runs).map_err(git)?;
+        }
+        Ok(root.write().map_err(git)?.detach())
+    }
+}
+
+/// What `ledger verify` adds with a separate ledger branch: every commit on the ledger
+/// branch's first-parent chain that the watched branch does not hold must be the runner's: a
+/// merge signed by a trusted runner whose tree is exactly `merged_tree` of its parents, or a
+/// trusted runner commit that changes nothing outside `runs/`. The watched commits themselves
+/// are checked by the walk over the whole history, as persons' commits always are. The walk
+/// stops at `from` (a proven checkpoint's tip) when given.
+pub(super) fn check(ledger: &Ledger, tip: ObjectId, from: Option<ObjectId>, report: &mut Report) -> Result<(), Error> {
+    let Some(watched) = ledger.watched_tip() else {
+        return Ok(());
+    };
+    let on_watched: HashSet<ObjectId> = ledger.history_of(watched)?.into_iter().collect();
+    let mut at = Some(tip);
+    while let Some(commit) = at.filter(|c| !on_watched.contains(c) && Some(*c) != from) {
+        let parents = ledger.parents(commit)?;
+        at = parents.first().copied();
+        let mut problem = |message: String| {
+            report.problems.push(Problem {
+                commit: commit.to_hex_with_len(12).to_string(),
+                path: String::new(),
+                message,
+            });
+        };
+        let Some(&first) = parents.first() else {
+            problem(
+                "a root commit only the ledger branch has: the ledger branch must start on the watched branch".into(),
+            );
+            continue;
+        };
+        let trust = super::verify::entry_at(ledger, first, ".stella/allowed_signers", false)?;
+        let verdict = match trust {
+            Some(id) => {
+                let text = ledger.repo.find_blob(id).map_err(git)?.data.clone();
+                match crate::allowed_signers::AllowedSigners::parse(
+                    ".stella/allowed_signers",
+                    &String::from_utf8_lossy(&text),
+                ) {
+                    Ok(s) => signer(ledger, commit, &s).map(|_| ()),
+                    Err(d) => Err(format!(".stella/allowed_signers before it does not parse: {d}")),
+                }
+            }
+            None => Err("there is no .stella/allowed_signers before it".into()),
+        };
+        if let Err(why) = verdict {
+            problem(format!(
+                "a commit on the ledger branch that is not a trusted runner commit ({why}); only the runner writes the ledger branch"
+            ));
+        }
+        match parents.as_slice() {
+            [_, second] => {
+                let tree = ledger
+                    .repo
+                    .find_commit(commit)
+                    .map_err(git)?
+                    .tree_id()
+                    .map_err(git)?
+                    .detach();
+                if ledger.merged_tree(first, *second)? != tree {
+                    problem(format!(
+                        "the merge of {} is not the runner's: its tree is not the watched commit's files with the ledger's runner files",
+                        second.to_hex_with_len(12)
+                    ));
+                }
+            }
+            [_] => {
+                if outside_runs(ledger, first)? != outside_runs(ledger, commit)? {
+                    problem("a commit only the ledger branch has changes files outside runs/ (the runner writes only run directories there)".into());
+                }
+            }
+            _ => problem("a merge of more than two parents on the ledger branch".into()),
+        }
+    }
+    Ok(())
+}
+
+/// A commit's root entries other than `runs`, as (name, id).
+fn outside_runs(ledger: &Ledger, commit: ObjectId) -> Result<Vec<(Vec<u8>, ObjectId)>, Error> {
+    let tree = ledger.repo.find_commit(commit).map_err(git)?.tree().map_err(git)?;
+    let mut out = Vec::new();
+    for e in tree.iter() {
+        let e = e.map_err(git)?;
+        if e.filename() != "runs" {
+            out.push((e.filename().to_vec(), e.oid().to_owned()));
+        }
+    }
+    Ok(out)
+}
