@@ -1,0 +1,317 @@
+//! A separate ledger branch (`ledger.branch`, DESIGN section 13): requests committed by people
+//! on `main`, every runner commit on the ledger branch only (locally, without touching the
+//! working tree of `main`; with a remote, against a hub whose `main` refuses the runner), a
+//! kill -9 in the middle losing nothing, `ledger verify` on a fresh clone, and moving a
+//! repository between the two modes.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::{HELLO, Repo};
+
+const LEDGER: &str = "stella/ledger";
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "user.name=Ops",
+            "-c",
+            "user.email=ops@example.com",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A repository whose `main` names the ledger branch (set up by `stella init --ledger-branch`),
+/// with the hello pack.
+fn with_ledger_branch() -> Repo {
+    let r = Repo::new();
+    let out = r.stella(&["init", ".", "--ledger-branch", LEDGER]).ok();
+    assert!(out.stdout().contains("ledger branch"), "{}", out.stdout());
+    r.commit_all("separate ledger branch");
+    r.pack("hello", HELLO);
+    r
+}
+
+/// Committer emails of the commits of `rev`.
+fn committers(dir: &Path, rev: &str) -> Vec<String> {
+    git(dir, &["log", "--format=%ce", rev])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The states of runs on the ledger branch, from `runs list --json` in `r`.
+fn states(r: &Repo) -> std::collections::BTreeMap<String, String> {
+    let out = r.stella(&["runs", "list", "--json"]).ok();
+    let rows: serde_json::Value = serde_json::from_str(&out.stdout()).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn init_names_the_ledger_branch_once_and_refuses_the_watched_branch() {
+    let r = Repo::new();
+    r.stella(&["init", ".", "--ledger-branch", LEDGER]).ok();
+    let config = std::fs::read_to_string(r.path().join(".stella/config.yaml")).unwrap();
+    assert!(config.contains("ledger: { branch: stella/ledger }"), "{config}");
+    assert!(!git(r.path(), &["rev-parse", "--verify", "refs/heads/stella/ledger"]).is_empty());
+    let again = r.stella(&["init", ".", "--ledger-branch", LEDGER]).ok();
+    assert!(again.stdout().contains("nothing changed"), "{}", again.stdout());
+    let other = r.stella(&["init", ".", "--ledger-branch", "other"]);
+    assert_eq!(other.code(), Some(2), "{}", other.stderr());
+    assert!(other.stderr().contains("stella/ledger"), "{}", other.stderr());
+    let fresh = Repo::new();
+    let same = fresh.stella(&["init", ".", "--ledger-branch", "main"]);
+    assert_eq!(same.code(), Some(2), "{}", same.stderr());
+}
+
+#[test]
+fn local_mode_runs_on_the_ledger_branch_and_never_touches_main() {
+    let r = with_ledger_branch();
+    r.request("r1", "hello", "{ who: ledger }\n");
+    let main_before = git(r.path(), &["rev-parse", "main"]);
+    r.daemon_once().ok();
+    assert_eq!(r.state("r1"), "succeeded");
+    assert_eq!(states(&r).get("r1").map(String::as_str), Some("succeeded"));
+    // main: not moved, no runner commit, HEAD still on it, nothing changed in the working tree.
+    assert_eq!(git(r.path(), &["rev-parse", "main"]), main_before);
+    assert!(!committers(r.path(), "main").iter().any(|c| c == "runner@stella.invalid"));
+    assert_eq!(git(r.path(), &["symbolic-ref", "HEAD"]).trim(), "refs/heads/main");
+    assert_eq!(r.status_porcelain(), "");
+    assert!(!r.path().join(format!("{}/plan.json", r.run_dir("r1"))).exists());
+    // The ledger branch holds the request (taken in by a runner merge) and the results.
+    let merges = git(r.path(), &["log", "--merges", "--first-parent", "--format=%s", LEDGER]);
+    assert!(merges.contains("stella: take in main"), "{merges}");
+    let files = git(r.path(), &["ls-tree", "-r", "--name-only", LEDGER]);
+    assert!(files.contains("/r1/request.yaml") && files.contains("/r1/plan.json"), "{files}");
+    let verify = r.stella(&["ledger", "verify", "--json"]).ok();
+    let report: serde_json::Value = serde_json::from_str(&verify.stdout()).unwrap();
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    assert!(report["runnerCommits"].as_u64().unwrap() > 0, "{report}");
+    let archive = r.outside("r1.tar.gz");
+    r.stella(&["runs", "export", "r1", "-o", archive.to_str().unwrap()]).ok();
+    r.stella(&["evidence", "verify", archive.to_str().unwrap()]).ok();
+    // A second request on main is taken in by a second merge and runs too.
+    r.request("r2", "hello", "{}\n");
+    r.daemon_once().ok();
+    assert_eq!(r.state("r2"), "succeeded");
+    assert_eq!(r.status_porcelain(), "");
+    r.stella(&["ledger", "verify"]).ok();
+}
+
+#[test]
+fn a_merge_that_is_not_the_runners_or_a_person_on_the_ledger_branch_fails_verify() {
+    let r = with_ledger_branch();
+    r.request("r1", "hello", "{}\n");
+    r.daemon_once().ok();
+    // A person commits on the ledger branch (a pack change no runner makes there).
+    git(r.path(), &["checkout", "-q", LEDGER]);
+    r.write("packs/hello/extra.txt", "sneaked in\n");
+    r.commit_all("a person on the ledger branch");
+    git(r.path(), &["checkout", "-q", "main"]);
+    let out = r.stella(&["ledger", "verify", "--json"]);
+    assert_ne!(out.code(), Some(0), "{}", out.stdout());
+    assert!(out.stdout().contains("not a trusted runner commit"), "{}", out.stdout());
+    assert!(out.stdout().contains("outside runs/"), "{}", out.stdout());
+}
+
+#[test]
+fn a_kill_9_in_the_middle_then_restart_loses_nothing() {
+    let r = with_ledger_branch();
+    r.request("k1", "hello", "{}\n");
+    for (i, point) in ["before-step-start", "mid-commit"].iter().enumerate() {
+        let file = r.outside(&format!("chaos{i}.yaml"));
+        std::fs::write(
+            &file,
+            format!("rules:\n  - {{ action: kill-runner, point: {point}, run: k1, times: 1 }}\n"),
+        )
+        .unwrap();
+        let out = r.stella(&["daemon", "--once", "--repo", ".", "--chaos", file.to_str().unwrap()]);
+        use std::os::unix::process::ExitStatusExt;
+        if out.0.status.signal() != Some(libc::SIGKILL) {
+            // The run finished before the point came: nothing to recover.
+            assert!(out.0.status.success(), "{}", out.stderr());
+        }
+    }
+    r.daemon_once().ok();
+    assert_eq!(r.state("k1"), "succeeded");
+    let kinds: Vec<String> = r.show("k1")["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["succeeded", "succeeded"]);
+    assert_eq!(r.status_porcelain(), "");
+    assert!(!committers(r.path(), "main").iter().any(|c| c == "runner@stella.invalid"));
+    r.stella(&["ledger", "verify"]).ok();
+}
+
+#[test]
+fn moving_to_a_ledger_branch_and_back_keeps_history_and_verifies() {
+    // Same branch first: a run on main.
+    let r = Repo::with_finished_run();
+    let before = git(r.path(), &["rev-parse", "main"]);
+    // To a separate ledger branch: init names it and creates it at main's tip.
+    r.stella(&["init", ".", "--ledger-branch", LEDGER]).ok();
+    r.commit_all("move the ledger to stella/ledger");
+    r.request("r2", "hello", "{}\n");
+    r.daemon_once().ok();
+    assert_eq!((r.state("r1").as_str(), r.state("r2").as_str()), ("succeeded", "succeeded"));
+    r.stella(&["ledger", "verify"]).ok();
+    assert_eq!(r.status_porcelain(), "");
+    // And back: a person merges the ledger branch into main, and the config names main again.
+    git(r.path(), &["merge", "-q", "--no-edit", "--no-ff", LEDGER]);
+    r.write(".stella/config.yaml", "branch: main\ncommit: { batchMs: 2000 }\n");
+    r.commit_all("back to one branch");
+    r.request("r3", "hello", "{}\n");
+    r.daemon_once().ok();
+    assert_eq!(r.state("r3"), "succeeded");
+    assert!(r.at_head(&format!("{}/plan.json", r.run_dir("r3"))).is_some());
+    r.stella(&["ledger", "verify"]).ok();
+    // History never rewritten: the first tip is still in main's history.
+    git(r.path(), &["merge-base", "--is-ancestor", before.trim(), "main"]);
+}
+
+/// A bare hub whose `main` refuses any push carrying a commit by the runner, or rewriting it;
+/// refused pushes are logged to `refused.log` in the hub.
+fn protected_hub() -> tempfile::TempDir {
+    let hub = tempfile::tempdir().unwrap();
+    git(hub.path(), &["init", "-q", "--bare", "-b", "main"]);
+    let hook = hub.path().join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\nzero=0000000000000000000000000000000000000000\n\
+         while read old new ref; do\n\
+         [ \"$ref\" = refs/heads/main ] || continue\n\
+         if [ \"$new\" = $zero ]; then echo \"main: deletion refused\" >&2; echo \"$ref delete\" >> refused.log; exit 1; fi\n\
+         if git log --format=%ce \"$new\" --not --all | grep -qi 'runner@stella.invalid'; then\n\
+         echo \"main is protected: no runner commits\" >&2; echo \"$ref runner\" >> refused.log; exit 1; fi\n\
+         if [ \"$old\" != $zero ] && ! git merge-base --is-ancestor \"$old\" \"$new\"; then\n\
+         echo \"main: no force-push\" >&2; echo \"$ref force\" >> refused.log; exit 1; fi\n\
+         done\nexit 0\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    hub
+}
+
+#[test]
+fn a_hub_whose_main_refuses_the_runner_gets_every_run_executed_on_the_ledger_branch() {
+    let hub = protected_hub();
+    let hub_path = hub.path().to_str().unwrap().to_string();
+    let admin = with_ledger_branch();
+    admin.write(
+        ".stella/config.yaml",
+        &format!("branch: main\ncommit: {{ batchMs: 200 }}\nledger: {{ branch: {LEDGER} }}\n"),
+    );
+    admin.commit_all("fast commits");
+    admin.git(&["remote", "add", "origin", &hub_path]);
+    admin.git(&["push", "-q", "origin", "main"]);
+    // The runner's clone: its own key, trusted by a person's commit on main.
+    let dir = tempfile::tempdir().unwrap();
+    git(dir.path(), &["clone", "-q", &hub_path, "."]);
+    let runner = Repo { dir };
+    runner.stella(&["init", "."]).ok();
+    runner.commit_all("trust this runner");
+    runner.git(&["push", "-q", "origin", "main"]);
+    // The hook itself works: a runner-made commit on main is refused.
+    let probe = Repo::new();
+    probe.git(&["remote", "add", "origin", &hub_path]);
+    probe.git(&["fetch", "-q", "origin"]);
+    probe.git(&["checkout", "-q", "-B", "probe", "origin/main"]);
+    probe.git(&[
+        "-c",
+        "user.email=runner@stella.invalid",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "stella: forged",
+    ]);
+    assert!(!probe.git_try(&["push", "-q", "origin", "probe:main"]).status.success());
+    std::fs::remove_file(hub.path().join("refused.log")).unwrap();
+
+    admin.git(&["pull", "-q", "--ff-only", "origin", "main"]);
+    admin.request("h1", "hello", "{ who: one }\n");
+    admin.git(&["push", "-q", "origin", "main"]);
+    let daemon = runner.daemon(&["--repo", ".", "--remote", "origin", "--poll", "1s"]);
+    // The observer: a clone that reads the hub's ledger branch.
+    let observer = Repo::new();
+    observer.git(&["remote", "add", "origin", &hub_path]);
+    let hub_states = |observer: &Repo| {
+        observer.git(&["fetch", "-q", "origin", "+main:refs/remotes/origin/main"]);
+        observer.git(&["reset", "-q", "--hard", "origin/main"]);
+        if !observer
+            .git_try(&["fetch", "-q", "origin", &format!("+{LEDGER}:{LEDGER}")])
+            .status
+            .success()
+        {
+            return Default::default();
+        }
+        states(observer)
+    };
+    let wait = |ids: &[&str]| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let s = hub_states(&observer);
+            if ids.iter().all(|id| s.get(*id).map(String::as_str) == Some("succeeded")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "runs not done on the hub: {s:?}\nstderr:\n{}",
+                daemon.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    wait(&["h1"]);
+    // A second request while the runner is up: a second merge, pushed.
+    admin.request("h2", "hello", "{ who: two }\n");
+    admin.git(&["push", "-q", "origin", "main"]);
+    wait(&["h1", "h2"]);
+    daemon.kill();
+
+    assert!(
+        !hub.path().join("refused.log").exists(),
+        "the runner tried to push main: {}",
+        std::fs::read_to_string(hub.path().join("refused.log")).unwrap_or_default()
+    );
+    assert!(!committers(hub.path(), "main").iter().any(|c| c == "runner@stella.invalid"));
+    // A fresh clone of the hub verifies the ledger branch.
+    let fresh = tempfile::tempdir().unwrap();
+    git(fresh.path(), &["clone", "-q", &hub_path, "."]);
+    git(fresh.path(), &["branch", LEDGER, &format!("origin/{LEDGER}")]);
+    let out = crate::support::stella()
+        .current_dir(fresh.path())
+        .args(["ledger", "verify", "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["runs"], 2, "{report}");
+}
