@@ -19,7 +19,6 @@ use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
 use gix::refs::{FullName, Target};
 
 use super::diff::{self, Diff};
-use super::verify::{Problem, Report, signer};
 use super::{CommitSigner, Error, Ledger, git, is_runner_path};
 
 impl Ledger {
@@ -132,7 +131,14 @@ impl Ledger {
     /// commit the ledger took in last.
     pub fn merged_tree(&self, ledger: ObjectId, watched: ObjectId) -> Result<ObjectId, Error> {
         let base = self.taken(ledger)?;
-        let runs_of = |c: ObjectId| super::verify::entry_at(self, c, "runs", true);
+        let runs_of = |c: ObjectId| -> Result<Option<ObjectId>, Error> {
+            let root = self.repo.find_commit(c).map_err(git)?.tree().map_err(git)?;
+            Ok(root
+                .lookup_entry_by_path("runs")
+                .map_err(git)?
+                .filter(|e| e.mode().is_tree())
+                .map(|e| e.oid().to_owned()))
+        };
         let (base_runs, ledger_runs, watched_runs) = (runs_of(base)?, runs_of(ledger)?, runs_of(watched)?);
         let mut found = Diff {
             all: true,
@@ -176,44 +182,32 @@ impl Ledger {
 /// merge signed by a trusted runner whose tree is exactly `merged_tree` of its parents, or a
 /// trusted runner commit that changes nothing outside `runs/`. The watched commits themselves
 /// are checked by the walk over the whole history, as persons' commits always are. The walk
-/// stops at `from` (a proven checkpoint's tip) when given.
-pub(super) fn check(ledger: &Ledger, tip: ObjectId, from: Option<ObjectId>, report: &mut Report) -> Result<(), Error> {
+/// stops at `from` (a proven checkpoint's tip) when given. `trusted(commit, trust_from)` says
+/// why a commit is not signed by a runner that `trust_from`'s signers trust, if it is not.
+/// Returns (commit, problem) for each breach.
+pub(super) fn check(
+    ledger: &Ledger,
+    tip: ObjectId,
+    from: Option<ObjectId>,
+    trusted: &mut dyn FnMut(ObjectId, ObjectId) -> Result<(), String>,
+) -> Result<Vec<(String, String)>, Error> {
+    let mut problems = Vec::new();
     let Some(watched) = ledger.watched_tip() else {
-        return Ok(());
+        return Ok(problems);
     };
     let on_watched: HashSet<ObjectId> = ledger.history_of(watched)?.into_iter().collect();
     let mut at = Some(tip);
     while let Some(commit) = at.filter(|c| !on_watched.contains(c) && Some(*c) != from) {
         let parents = ledger.parents(commit)?;
         at = parents.first().copied();
-        let mut problem = |message: String| {
-            report.problems.push(Problem {
-                commit: commit.to_hex_with_len(12).to_string(),
-                path: String::new(),
-                message,
-            });
-        };
+        let mut problem = |message: String| problems.push((commit.to_hex_with_len(12).to_string(), message));
         let Some(&first) = parents.first() else {
             problem(
                 "a root commit only the ledger branch has: the ledger branch must start on the watched branch".into(),
             );
             continue;
         };
-        let trust = super::verify::entry_at(ledger, first, ".stella/allowed_signers", false)?;
-        let verdict = match trust {
-            Some(id) => {
-                let text = ledger.repo.find_blob(id).map_err(git)?.data.clone();
-                match crate::allowed_signers::AllowedSigners::parse(
-                    ".stella/allowed_signers",
-                    &String::from_utf8_lossy(&text),
-                ) {
-                    Ok(s) => signer(ledger, commit, &s).map(|_| ()),
-                    Err(d) => Err(format!(".stella/allowed_signers before it does not parse: {d}")),
-                }
-            }
-            None => Err("there is no .stella/allowed_signers before it".into()),
-        };
-        if let Err(why) = verdict {
+        if let Err(why) = trusted(commit, first) {
             problem(format!(
                 "a commit on the ledger branch that is not a trusted runner commit ({why}); only the runner writes the ledger branch"
             ));
@@ -242,7 +236,7 @@ pub(super) fn check(ledger: &Ledger, tip: ObjectId, from: Option<ObjectId>, repo
             _ => problem("a merge of more than two parents on the ledger branch".into()),
         }
     }
-    Ok(())
+    Ok(problems)
 }
 
 /// A commit's root entries other than `runs`, as (name, id).

@@ -210,7 +210,7 @@ pub fn verify_after(ledger: &Ledger, from: ObjectId, tip: ObjectId) -> Result<Re
     }
     after.reverse();
     let mut report = verify::check(ledger, &after)?;
-    super::branch::check(ledger, tip, Some(from), &mut report)?;
+    verify::check_ledger_branch(ledger, tip, Some(from), &mut report)?;
     Ok(report)
 }
 

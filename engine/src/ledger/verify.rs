@@ -201,8 +201,31 @@ pub fn verify(ledger: &Ledger) -> Result<Report, Error> {
 /// As `verify`, for the history that ends at `tip` (e.g. an incoming bundle before it is accepted).
 pub fn verify_at(ledger: &Ledger, tip: ObjectId) -> Result<Report, Error> {
     let mut report = check(ledger, &ledger.history_of(tip)?)?;
-    super::branch::check(ledger, tip, None, &mut report)?;
+    check_ledger_branch(ledger, tip, None, &mut report)?;
     Ok(report)
+}
+
+/// With a separate ledger branch, the checks of the commits only it has (`branch::check`),
+/// down to `from` (a proven checkpoint's tip) when given, added to `report`.
+pub(super) fn check_ledger_branch(
+    ledger: &Ledger,
+    tip: ObjectId,
+    from: Option<ObjectId>,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let mut kept = Kept::default();
+    let mut trusted = |commit: ObjectId, trust_from: ObjectId| {
+        kept.signers_at(ledger, trust_from)
+            .and_then(|s| signer(ledger, commit, s).map(|_| ()))
+    };
+    for (commit, message) in super::branch::check(ledger, tip, from, &mut trusted)? {
+        report.problems.push(Problem {
+            commit,
+            path: String::new(),
+            message,
+        });
+    }
+    Ok(())
 }
 
 /// Checks `history` (oldest first; each commit against its first parent, whether or not that
