@@ -364,3 +364,67 @@ fn a_hub_whose_main_refuses_the_runner_gets_every_run_executed_on_the_ledger_bra
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["runs"], 2, "{report}");
 }
+
+#[test]
+fn two_runners_share_the_ledger_branch_and_each_run_executes_once() {
+    let (hub, admin, runners) = crate::remote::hub_with_runners(2);
+    admin.write(
+        ".stella/config.yaml",
+        &format!(
+            "branch: main\ncommit: {{ batchMs: 200 }}\nlimits: {{ maxRuns: 2 }}\nledger: {{ branch: {LEDGER} }}\n"
+        ),
+    );
+    admin.commit_all("separate ledger branch");
+    for i in 0..8 {
+        admin.request(&format!("t{i}"), "hello", &format!("{{ who: t{i} }}\n"));
+    }
+    admin.git(&["push", "-q", "origin", "main"]);
+    for r in &runners {
+        r.git(&["pull", "-q", "--ff-only", "origin", "main"]);
+    }
+    let daemons: Vec<_> = runners
+        .iter()
+        .map(|r| r.daemon(&["--repo", ".", "--remote", "origin", "--poll", "1s"]))
+        .collect();
+    let ids: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let fetched = admin
+            .git_try(&["fetch", "-q", "origin", &format!("+{LEDGER}:{LEDGER}")])
+            .status
+            .success();
+        let s = if fetched { states(&admin) } else { Default::default() };
+        if ids.iter().all(|id| s.get(id).map(String::as_str) == Some("succeeded")) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            for (i, d) in daemons.iter().enumerate() {
+                eprintln!("--- runner {i}\n{}{}", d.stdout(), d.stderr());
+            }
+            panic!("not all runs finished: {s:?}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for d in daemons {
+        d.kill();
+    }
+    for id in &ids {
+        let types = ledger_event_types(&admin, id);
+        assert_eq!(
+            types.iter().filter(|t| *t == "step.succeeded").count(),
+            2,
+            "{id}: {types:?}"
+        );
+        assert_eq!(
+            types.iter().filter(|t| *t == "run.planned").count(),
+            1,
+            "{id}: {types:?}"
+        );
+    }
+    assert!(
+        !committers(hub.path(), "main")
+            .iter()
+            .any(|c| c == "runner@stella.invalid")
+    );
+    admin.stella(&["ledger", "verify"]).ok();
+}
