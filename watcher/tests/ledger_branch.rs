@@ -428,3 +428,27 @@ fn two_runners_share_the_ledger_branch_and_each_run_executes_once() {
     );
     admin.stella(&["ledger", "verify"]).ok();
 }
+
+#[test]
+fn a_runner_file_a_person_commits_on_main_is_never_taken_in_and_verify_reports_it() {
+    let r = with_ledger_branch();
+    r.request("r1", "hello", "{}\n");
+    r.daemon_once().ok();
+    let plan = format!("{}/plan.json", r.run_dir("r1"));
+    let runner_plan = git(r.path(), &["show", &format!("{LEDGER}:{plan}")]);
+    r.write(&plan, "{\"forged\": true}\n");
+    r.tamper("a person writes a runner file on main");
+    r.request("r2", "hello", "{}\n");
+    r.daemon_once().ok();
+    assert_eq!(r.state("r2"), "succeeded", "the request after it is still taken in");
+    assert_eq!(git(r.path(), &["show", &format!("{LEDGER}:{plan}")]), runner_plan);
+    let out = r.stella(&["ledger", "verify", "--json"]);
+    assert_ne!(out.code(), Some(0), "{}", out.stdout());
+    let report: serde_json::Value = serde_json::from_str(&out.stdout()).unwrap();
+    let problems = report["problems"].as_array().unwrap();
+    assert!(
+        problems.iter().all(|p| p["path"] == plan.as_str()),
+        "only the forged file is a problem: {report}"
+    );
+    assert!(!problems.is_empty(), "{report}");
+}

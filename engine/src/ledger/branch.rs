@@ -109,8 +109,16 @@ impl Ledger {
     /// runner merge met, or the first commit that is not the runner's (where the ledger branch
     /// left the watched branch).
     pub fn taken(&self, commit: ObjectId) -> Result<ObjectId, Error> {
+        // The walk from one tip to the next stops at the last answer's tip: a runner busy
+        // while the watched branch is quiet would otherwise walk back over all its commits.
+        let last = self.taken.get();
         let mut at = commit;
-        loop {
+        let found = loop {
+            if let Some((tip, taken)) = last
+                && tip == at
+            {
+                break taken;
+            }
             let c = self.repo.find_commit(at).map_err(git)?;
             let by_runner = c
                 .committer()
@@ -119,11 +127,13 @@ impl Ledger {
                 .eq_ignore_ascii_case(self.identity.email.as_bytes());
             let parents: Vec<ObjectId> = c.parent_ids().map(|p| p.detach()).collect();
             match (by_runner, parents.as_slice()) {
-                (true, [_, second]) => return Ok(*second),
+                (true, [_, second]) => break *second,
                 (true, [first]) => at = *first,
-                _ => return Ok(at),
+                _ => break at,
             }
-        }
+        };
+        self.taken.set(Some((commit, found)));
+        Ok(found)
     }
 
     /// The tree of the merge of watched commit `watched` into ledger commit `ledger` (see the

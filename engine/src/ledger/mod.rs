@@ -161,6 +161,8 @@ pub struct Ledger {
     branch: FullName,
     /// The branch requests come from, when it is not `branch` (see `branch.rs`).
     watched: Option<FullName>,
+    /// The last answer of `taken`: (ledger commit, watched commit it holds).
+    taken: std::cell::Cell<Option<(ObjectId, ObjectId)>>,
     identity: Identity,
     /// Index entries of this runner's commits not yet in git's index (see `worktree`).
     index: worktree::Pending,
@@ -199,6 +201,7 @@ impl Ledger {
             workdir,
             branch,
             watched: None,
+            taken: std::cell::Cell::new(None),
             identity: Identity::default(),
             index: worktree::Pending::default(),
             packs_changed: None,
