@@ -346,6 +346,8 @@ fn a_hub_whose_main_refuses_the_runner_gets_every_run_executed_on_the_ledger_bra
             .iter()
             .any(|c| c == "runner@stella.invalid")
     );
+    // The runner's clone, whose own `main` is older than the hub's, verifies too.
+    runner.stella(&["ledger", "verify"]).ok();
     // A fresh clone of the hub verifies the ledger branch.
     let fresh = tempfile::tempdir().unwrap();
     git(fresh.path(), &["clone", "-q", &hub_path, "."]);

@@ -202,14 +202,34 @@ pub(super) fn check(
     trusted: &mut dyn FnMut(ObjectId, ObjectId) -> Result<(), String>,
 ) -> Result<Vec<(String, String)>, Error> {
     let mut problems = Vec::new();
-    let Some(watched) = ledger.watched_tip() else {
+    if ledger.watched.is_none() {
         return Ok(problems);
-    };
-    let on_watched: HashSet<ObjectId> = ledger.history_of(watched)?.into_iter().collect();
+    }
+    // The first-parent chain, and what the watched branch holds: everything reachable from
+    // its tip and from the second parents of the chain's merges (a runner's clone may hold
+    // an old `main`; the merges name the newer ones).
+    let mut chain = Vec::new();
     let mut at = Some(tip);
-    while let Some(commit) = at.filter(|c| !on_watched.contains(c) && Some(*c) != from) {
+    while let Some(commit) = at.filter(|c| Some(*c) != from) {
         let parents = ledger.parents(commit)?;
         at = parents.first().copied();
+        chain.push((commit, parents));
+    }
+    let seeds: Vec<ObjectId> = ledger
+        .watched_tip()
+        .into_iter()
+        .chain(chain.iter().filter_map(|(_, p)| p.get(1).copied()))
+        .collect();
+    let mut on_watched = HashSet::new();
+    if !seeds.is_empty() {
+        for info in ledger.repo.rev_walk(seeds).all().map_err(git)? {
+            on_watched.insert(info.map_err(git)?.id);
+        }
+    }
+    for (commit, parents) in chain {
+        if on_watched.contains(&commit) {
+            break;
+        }
         let mut problem = |message: String| problems.push((commit.to_hex_with_len(12).to_string(), message));
         let Some(&first) = parents.first() else {
             problem(
