@@ -120,6 +120,19 @@ fn local_mode_runs_on_the_ledger_branch_and_never_touches_main() {
     r.stella(&["runs", "export", "r1", "-o", archive.to_str().unwrap()])
         .ok();
     r.stella(&["evidence", "verify", archive.to_str().unwrap()]).ok();
+    // The HTTP API reads the ledger branch too.
+    let mut cmd = crate::support::stella();
+    cmd.current_dir(r.path())
+        .args(["serve", "--repo", ".", "--http", "127.0.0.1:0"]);
+    let serve = crate::support::Daemon::start(cmd);
+    let base = crate::support::http::base_of(&serve);
+    let run = crate::support::http::get(&base, "/api/v1/runs/r1").json();
+    assert_eq!(
+        (&run["state"], &run["evidence"]["verified"]),
+        (&serde_json::json!("succeeded"), &serde_json::json!(true)),
+        "{run}"
+    );
+    serve.kill();
     // A second request on main is taken in by a second merge and runs too.
     r.request("r2", "hello", "{}\n");
     r.daemon_once().ok();

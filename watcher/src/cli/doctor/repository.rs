@@ -216,7 +216,10 @@ fn schedules(r: &mut Report, root: &Path, config: &Config) {
         r.say(
             "check.schedules",
             Level::Ok,
-            format!("{SCHEDULES_PATH} on `{}`: {enabled} schedule(s) enabled", config.ledger_branch()),
+            format!(
+                "{SCHEDULES_PATH} on `{}`: {enabled} schedule(s) enabled",
+                config.ledger_branch()
+            ),
         );
     }
 }
@@ -295,6 +298,9 @@ fn run_checks(root: &Path, config: &Config) -> Vec<(Level, String)> {
                 bad
             }
         }
-        Err(e) => vec![(Level::Fail, format!("runs/ on `{}` cannot be read: {e}", config.ledger_branch()))],
+        Err(e) => vec![(
+            Level::Fail,
+            format!("runs/ on `{}` cannot be read: {e}", config.ledger_branch()),
+        )],
     }
 }
