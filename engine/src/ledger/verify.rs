@@ -34,6 +34,10 @@ pub struct Report {
     /// Runner files changed or deleted outside a trusted runner commit, healed or not (an
     /// unhealed one is also among `problems`).
     pub damages: Vec<Damage>,
+    /// Commits found signed by a trusted runner (trust from their first parent): the
+    /// ledger-branch checks do not verify their signatures again.
+    #[serde(skip)]
+    pub trusted: std::collections::HashSet<ObjectId>,
 }
 
 /// A runner file that an untrusted commit changed or deleted, and the trusted runner commit
@@ -214,7 +218,11 @@ pub(super) fn check_ledger_branch(
     report: &mut Report,
 ) -> Result<(), Error> {
     let mut kept = Kept::default();
+    let known = std::mem::take(&mut report.trusted);
     let mut trusted = |commit: ObjectId, trust_from: ObjectId| {
+        if known.contains(&commit) {
+            return Ok(());
+        }
         kept.signers_at(ledger, trust_from)
             .and_then(|s| signer(ledger, commit, s).map(|_| ()))
     };
@@ -336,6 +344,7 @@ pub(super) fn check(ledger: &Ledger, history: &[ObjectId]) -> Result<Report, Err
             .and_then(|signers| signer(ledger, commit, signers).map(|_| ()));
         let mut healed_here = Vec::new();
         if verdict.is_ok() {
+            report.trusted.insert(commit);
             for (path, o) in &open {
                 let now = blob_at(ledger, commit, path)?;
                 if restores(ledger, path, o, now) {
