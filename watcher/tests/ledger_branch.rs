@@ -467,3 +467,60 @@ fn a_runner_file_a_person_commits_on_main_is_never_taken_in_and_verify_reports_i
     );
     assert!(!problems.is_empty(), "{report}");
 }
+
+const GATED: &str = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: gated, version: 1.0.0 }\nspec:\n  approvals:\n    - { id: change-review, grants: [Packs.Approve], requiredCount: 1, expiresAfter: PT1H }\n  steps:\n    - { id: review, gate: { approval: { id: change-review, message: please review } } }\n    - { id: after, run: { uses: builtin:exec, with: { argv: [echo, done] } } }\n";
+
+#[test]
+fn approvals_and_cancels_committed_on_main_reach_the_runs_on_the_ledger_branch() {
+    let r = with_ledger_branch();
+    let keys = tempfile::tempdir().unwrap();
+    let public = crate::support::keygen(keys.path(), "alice");
+    let mut signers = std::fs::read_to_string(r.path().join(".stella/allowed_signers")).unwrap();
+    signers.push_str(&format!("alice namespaces=\"stella-approval\" {public}\n"));
+    r.write(".stella/allowed_signers", &signers);
+    r.write(".stella/approvers.yaml", "grants:\n  Packs.Approve: [alice]\n");
+    r.commit_all("alice approves");
+    r.pack("gated", GATED);
+    // An approval: the run waits, alice's approval is committed on main, the run goes on.
+    r.request("g1", "gated", "{}\n");
+    r.daemon_once().ok();
+    assert_eq!(r.state("g1"), "waiting");
+    let key = keys.path().join("alice");
+    r.stella(&[
+        "approve",
+        "g1",
+        "--gate",
+        "change-review",
+        "--key",
+        key.to_str().unwrap(),
+    ])
+    .ok();
+    r.commit_all("alice approves g1");
+    let out = r.daemon_once().ok();
+    assert_eq!(
+        r.state("g1"),
+        "succeeded",
+        "{:#}\n{}",
+        r.show("g1")["gates"],
+        out.stderr()
+    );
+    // A cancel: a running run is cancelled by a cancel committed on main.
+    let slow = HELLO.replace("echo said=yes >> $STELLA_OUTPUT", "sleep 60");
+    r.pack("slow", &slow.replace("name: hello", "name: slow"));
+    r.request("c1", "slow", "{}\n");
+    let daemon = r.daemon(&["--repo", ".", "--poll", "30s"]);
+    daemon.wait_for("the step to start", Duration::from_secs(30), || {
+        std::fs::read_to_string(r.journal("c1"))
+            .unwrap_or_default()
+            .contains("\"step.started\",\"step\":\"greet\"")
+    });
+    r.stella(&["runs", "cancel", "c1", "--reason", "wrong target"]).ok();
+    r.commit_all("cancel c1");
+    daemon.wait_for("the cancel to be committed", Duration::from_secs(30), || {
+        ledger_event_types(&r, "c1").iter().any(|t| t == "run.cancelled")
+    });
+    daemon.kill();
+    assert_eq!(r.state("c1"), "cancelled");
+    assert_eq!(r.status_porcelain(), "");
+    r.stella(&["ledger", "verify"]).ok();
+}

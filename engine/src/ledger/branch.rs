@@ -104,11 +104,40 @@ impl Ledger {
         })
     }
 
+    /// The watched commit that `commit` took in, when it is a runner's take-in merge on a
+    /// separate ledger branch (its second parent).
+    pub fn taken_by_merge(&self, commit: ObjectId) -> Option<ObjectId> {
+        self.watched.as_ref()?;
+        let c = self.repo.find_commit(commit).ok()?;
+        let by_runner = c
+            .committer()
+            .ok()?
+            .email
+            .eq_ignore_ascii_case(self.identity.email.as_bytes());
+        let parents: Vec<ObjectId> = c.parent_ids().map(|p| p.detach()).collect();
+        match parents.as_slice() {
+            [_, second] if by_runner => Some(*second),
+            _ => None,
+        }
+    }
+
     /// The watched commit that ledger commit `commit` holds the non-runner files of: going
     /// back along first parents over the runner's own commits, the second parent of the first
     /// runner merge met, or the first commit that is not the runner's (where the ledger branch
     /// left the watched branch).
     pub fn taken(&self, commit: ObjectId) -> Result<ObjectId, Error> {
+        Ok(self.taken_how(commit)?.0)
+    }
+
+    /// As `taken`, when a runner merge took it in (not the point where the ledger branch
+    /// left the watched branch): the watched branch as the runner last saw it.
+    pub fn last_taken_in(&self, commit: ObjectId) -> Result<Option<ObjectId>, Error> {
+        let (taken, by_merge) = self.taken_how(commit)?;
+        Ok(by_merge.then_some(taken))
+    }
+
+    /// `taken`, and whether a runner merge took it in.
+    fn taken_how(&self, commit: ObjectId) -> Result<(ObjectId, bool), Error> {
         // The walk from one tip to the next stops at the last answer's tip: a runner busy
         // while the watched branch is quiet would otherwise walk back over all its commits.
         let last = self.taken.get();
@@ -127,9 +156,9 @@ impl Ledger {
                 .eq_ignore_ascii_case(self.identity.email.as_bytes());
             let parents: Vec<ObjectId> = c.parent_ids().map(|p| p.detach()).collect();
             match (by_runner, parents.as_slice()) {
-                (true, [_, second]) => break *second,
+                (true, [_, second]) => break (*second, true),
                 (true, [first]) => at = *first,
-                _ => break at,
+                _ => break (at, false),
             }
         };
         self.taken.set(Some((commit, found)));

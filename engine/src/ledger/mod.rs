@@ -161,8 +161,8 @@ pub struct Ledger {
     branch: FullName,
     /// The branch requests come from, when it is not `branch` (see `branch.rs`).
     watched: Option<FullName>,
-    /// The last answer of `taken`: (ledger commit, watched commit it holds).
-    taken: std::cell::Cell<Option<(ObjectId, ObjectId)>>,
+    /// The last answer of `taken`: (ledger commit, (watched commit it holds, by a merge)).
+    taken: std::cell::Cell<Option<(ObjectId, (ObjectId, bool))>>,
     identity: Identity,
     /// Index entries of this runner's commits not yet in git's index (see `worktree`).
     index: worktree::Pending,
