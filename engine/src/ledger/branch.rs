@@ -67,7 +67,7 @@ impl Ledger {
                     let tree = self.merged_tree(tip, watched)?;
                     let message = format!(
                         "stella: take in {} at {}",
-                        self.watched().unwrap_or("?").trim_start_matches("refs/heads/"),
+                        short_name(self.watched().unwrap_or("?")),
                         watched.to_hex_with_len(12)
                     );
                     let commit = self.signed_commit(tree, vec![tip, watched], &message, signer)?;
@@ -214,6 +214,16 @@ impl Ledger {
         }
         Ok(root.write().map_err(git)?.detach())
     }
+}
+
+/// A branch's name as people say it: `main` for `refs/heads/main` and `refs/remotes/origin/main`.
+fn short_name(full: &str) -> &str {
+    if let Some(rest) = full.strip_prefix("refs/heads/") {
+        return rest;
+    }
+    full.strip_prefix("refs/remotes/")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or(full, |(_, branch)| branch)
 }
 
 /// What `ledger verify` adds with a separate ledger branch: every commit on the ledger
