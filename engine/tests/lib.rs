@@ -11,5 +11,6 @@ mod hash_properties;
 mod invalid_inputs;
 mod invalid_packs;
 mod key_defence;
+mod ledger_branch;
 mod ledger_index;
 mod ssh_interop;

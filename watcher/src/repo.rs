@@ -95,16 +95,12 @@ pub fn config_in_worktree(root: &Path) -> Result<Config, Failure> {
     }
 }
 
+/// The ledger: the ledger branch, taking in `branch` when it is a separate one (DESIGN
+/// section 13). Every reader of runs goes through here, so all read the ledger branch.
 pub fn open_ledger(root: &Path, config: &Config) -> Result<Ledger, Failure> {
-    if config.ledger_branch() != config.branch {
-        return Err(Failure::one(
-            Code::ConfigInvalid,
-            format!(
-                "ledger.branch `{}` differs from branch `{}`; a separate ledger branch is not supported yet",
-                config.ledger_branch(),
-                config.branch
-            ),
-        ));
+    let ledger = Ledger::open(root, config.ledger_branch())?;
+    if config.ledger_branch() == config.branch {
+        return Ok(ledger);
     }
-    Ok(Ledger::open(root, config.ledger_branch())?)
+    Ok(ledger.watching(&format!("refs/heads/{}", config.branch))?)
 }

@@ -15,6 +15,7 @@ mod housekeeping;
 mod http;
 mod invalid_runs;
 mod layout;
+mod ledger_branch;
 mod notify;
 mod output;
 mod pack_cli;

@@ -209,7 +209,9 @@ pub fn verify_after(ledger: &Ledger, from: ObjectId, tip: ObjectId) -> Result<Re
         after.push(info.map_err(git)?.id);
     }
     after.reverse();
-    Ok(verify::check(ledger, &after)?)
+    let mut report = verify::check(ledger, &after)?;
+    verify::check_ledger_branch(ledger, tip, Some(from), &mut report)?;
+    Ok(report)
 }
 
 /// What `tip`'s history verifies to: from this repository's checkpoint when there is a good

@@ -21,6 +21,8 @@ pub struct Diff {
     /// A tree whose entries are not in git's order (a hand-made object: git never writes
     /// one); its entries cannot be paired safely, so the commit is reported.
     pub unsorted: Option<String>,
+    /// Every file, not only runner files and requests (`branch::merged_tree`).
+    pub all: bool,
 }
 
 /// Adds to `out` the files under `prefix` that differ between trees `old` and `new`.
@@ -114,7 +116,7 @@ fn differ(
         crate::layout::classify(&path),
         Some((crate::layout::Area::Runs, _, "request.yaml"))
     );
-    if is_runner_path(&path) || request {
+    if out.all || is_runner_path(&path) || request {
         out.files.push((path, x_blob, y_blob));
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! by compare-and-swap, with the index and working tree updated for the runner's paths only.
 //! Every repository the engine opens with gix is opened here (`open_repo`).
 
+mod branch;
 pub mod checkpoint;
 mod diff;
 pub mod events;
@@ -158,6 +159,10 @@ pub struct Ledger {
     repo: gix::Repository,
     workdir: PathBuf,
     branch: FullName,
+    /// The branch requests come from, when it is not `branch` (see `branch.rs`).
+    watched: Option<FullName>,
+    /// The last answer of `taken`: (ledger commit, (watched commit it holds, by a merge)).
+    taken: std::cell::Cell<Option<(ObjectId, (ObjectId, bool))>>,
     identity: Identity,
     /// Index entries of this runner's commits not yet in git's index (see `worktree`).
     index: worktree::Pending,
@@ -195,6 +200,8 @@ impl Ledger {
             repo,
             workdir,
             branch,
+            watched: None,
+            taken: std::cell::Cell::new(None),
             identity: Identity::default(),
             index: worktree::Pending::default(),
             packs_changed: None,
@@ -457,7 +464,7 @@ impl Ledger {
                 blobs.push(id);
             }
             let tree = editor.write().map_err(git)?.detach();
-            let commit = self.signed_commit(tree, tip, message, signer)?;
+            let commit = self.signed_commit(tree, tip.into_iter().collect(), message, signer)?;
             crate::chaos::at_commit(crate::chaos::Point::MidCommit, writes.iter().map(|w| w.path.as_str()));
             let expected = match tip {
                 Some(t) => PreviousValue::MustExistAndMatch(Target::Object(t)),
@@ -542,7 +549,7 @@ impl Ledger {
     fn signed_commit(
         &self,
         tree: ObjectId,
-        parent: Option<ObjectId>,
+        parents: Vec<ObjectId>,
         message: &str,
         signer: &dyn CommitSigner,
     ) -> Result<ObjectId, Error> {
@@ -560,7 +567,7 @@ impl Ledger {
         };
         let mut commit = gix::objs::Commit {
             tree,
-            parents: parent.into_iter().collect(),
+            parents: parents.into(),
             author: sig.clone(),
             committer: sig,
             encoding: None,

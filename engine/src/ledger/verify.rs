@@ -34,6 +34,10 @@ pub struct Report {
     /// Runner files changed or deleted outside a trusted runner commit, healed or not (an
     /// unhealed one is also among `problems`).
     pub damages: Vec<Damage>,
+    /// Commits found signed by a trusted runner (trust from their first parent): the
+    /// ledger-branch checks do not verify their signatures again.
+    #[serde(skip)]
+    pub trusted: std::collections::HashSet<ObjectId>,
 }
 
 /// A runner file that an untrusted commit changed or deleted, and the trusted runner commit
@@ -200,7 +204,36 @@ pub fn verify(ledger: &Ledger) -> Result<Report, Error> {
 
 /// As `verify`, for the history that ends at `tip` (e.g. an incoming bundle before it is accepted).
 pub fn verify_at(ledger: &Ledger, tip: ObjectId) -> Result<Report, Error> {
-    check(ledger, &ledger.history_of(tip)?)
+    let mut report = check(ledger, &ledger.history_of(tip)?)?;
+    check_ledger_branch(ledger, tip, None, &mut report)?;
+    Ok(report)
+}
+
+/// With a separate ledger branch, the checks of the commits only it has (`branch::check`),
+/// down to `from` (a proven checkpoint's tip) when given, added to `report`.
+pub(super) fn check_ledger_branch(
+    ledger: &Ledger,
+    tip: ObjectId,
+    from: Option<ObjectId>,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let mut kept = Kept::default();
+    let known = std::mem::take(&mut report.trusted);
+    let mut trusted = |commit: ObjectId, trust_from: ObjectId| {
+        if known.contains(&commit) {
+            return Ok(());
+        }
+        kept.signers_at(ledger, trust_from)
+            .and_then(|s| signer(ledger, commit, s).map(|_| ()))
+    };
+    for (commit, message) in super::branch::check(ledger, tip, from, &mut trusted)? {
+        report.problems.push(Problem {
+            commit,
+            path: String::new(),
+            message,
+        });
+    }
+    Ok(())
 }
 
 /// Checks `history` (oldest first; each commit against its first parent, whether or not that
@@ -311,6 +344,7 @@ pub(super) fn check(ledger: &Ledger, history: &[ObjectId]) -> Result<Report, Err
             .and_then(|signers| signer(ledger, commit, signers).map(|_| ()));
         let mut healed_here = Vec::new();
         if verdict.is_ok() {
+            report.trusted.insert(commit);
             for (path, o) in &open {
                 let now = blob_at(ledger, commit, path)?;
                 if restores(ledger, path, o, now) {

@@ -106,6 +106,9 @@ pub struct Remote {
     noted: Mutex<BTreeMap<String, String>>,
     /// The CA file git's own commands are given (`transport::git_ca`), found once.
     git_ca: std::sync::OnceLock<Option<std::ffi::OsString>>,
+    /// With a separate ledger branch (`branch` is then the ledger branch): the branch requests
+    /// come from, fetched to `refs/remotes/<name>/<watched>` and never pushed.
+    watched: Option<String>,
 }
 
 /// What bringing the local branch level with the remote did.
@@ -126,7 +129,20 @@ impl Remote {
             lease,
             noted: Mutex::new(BTreeMap::new()),
             git_ca: std::sync::OnceLock::new(),
+            watched: None,
         }
+    }
+
+    /// With a separate ledger branch: `self.branch` is the ledger branch (fetched, integrated,
+    /// pushed) and `watched` the branch requests come from (fetched only).
+    pub fn watching(mut self, watched: &str) -> Remote {
+        self.watched = (watched != self.branch).then(|| watched.to_string());
+        self
+    }
+
+    /// Where the watched branch is fetched to, with a separate ledger branch.
+    pub fn watched_tracking(&self) -> Option<String> {
+        self.watched.as_ref().map(|w| format!("refs/remotes/{}/{w}", self.name))
     }
 
     /// git in the runner's clone; a network command (push, fetch, ls-remote) that failed to
@@ -243,6 +259,9 @@ impl Remote {
             format!("+{NOTES_REF}:{REMOTE_NOTES_REF}"),
             "+refs/stella/claims/*:refs/stella/remote-claims/*".to_string(),
         ];
+        if let (Some(w), Some(tracking)) = (&self.watched, self.watched_tracking()) {
+            specs.push(format!("+refs/heads/{w}:{tracking}"));
+        }
         for p in &self.pull_patterns {
             specs.push(format!("+{p}:{}", Self::pull_local(p)));
         }
@@ -339,6 +358,10 @@ impl Remote {
                 .chain(&lost)
                 .any(|(dir, _)| dir.file("request.yaml") == *p)
         });
+        if self.watched.is_some() {
+            // The runner's merges of the watched branch: taken in again on the remote's tip.
+            paths.retain(|p| is_runner_path(p));
+        }
         let hand_made = paths.iter().find(|p| !is_runner_path(p));
         if ahead && hand_made.is_some() {
             // Commits made by hand in the runner's clone, on top of what the remote has: a
@@ -413,6 +436,7 @@ impl Remote {
                 key,
             )?;
         }
+        ledger.take_in(key)?;
         Ok(Integrated { dropped })
     }
 

@@ -40,7 +40,20 @@ pub fn trust_and_arrival(env: &Environment, tip: ObjectId, request_path: &str) -
     let ledger = env.ledger();
     let has = |c: ObjectId| ledger.read(c, request_path).ok().flatten().is_some();
     let found = arrival(&ledger, &env.first_parents, tip, has);
-    let before_request = found.before;
+    let mut before_request = found.before;
+    // On a separate ledger branch a runner's merge brought it: the branch people commit to
+    // is judged as it was before the request arrived there, or as the runner took it in
+    // last before the merge (the ledger's "last seen"), whichever is older.
+    if let Some(watched) = ledger.taken_by_merge(found.arrived) {
+        before_request = arrival(&ledger, &env.first_parents, watched, has).before;
+        if let Ok(Some(last)) = ledger.last_taken_in(found.before)
+            && !has(last)
+            && ledger.is_ancestor(last, before_request).unwrap_or(false)
+        {
+            return (last, found.arrived);
+        }
+        return (before_request, found.arrived);
+    }
     // A pull request merged by fast-forward puts its own earlier commits (say, one adding an
     // approver) before the request on the branch. The branch as this runner last saw it
     // before the request arrived is older than all of them: trust that when it is known.

@@ -53,7 +53,7 @@ pub fn approve(a: Args) -> Result<Outcome, Failure> {
             eprintln!(
                 "run {} is not on {} yet: approving the plan of the checked-out commit {}",
                 a.run,
-                config.branch,
+                config.ledger_branch(),
                 &head.to_string()[..12]
             );
             (view, at) = (there, head);

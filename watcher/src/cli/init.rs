@@ -7,7 +7,7 @@ use std::path::Path;
 use stella_engine::Code;
 use stella_engine::keys::SshKey;
 
-use super::hook;
+use super::{hook, init_ledger as ledger};
 use crate::failure::{Failure, Outcome};
 use crate::repo;
 
@@ -18,7 +18,7 @@ const PACKS_README: &str =
 const RUNS_README: &str = "# runs/\n\nRun requests (`runs/_<xx>/<run-id>/request.yaml`, written by people, usually with\n`stella run request`) and each run's ledger (written only by the runner). `<xx>` is the\nfirst two hex digits of the SHA-256 of the run id (`printf %s ID | sha256sum | cut -c1-2`);\na request at `runs/<run-id>/request.yaml` (the older flat layout) still runs there.\n";
 const APPROVALS_README: &str = "# approvals/\n\nSigned approvals: `approvals/_<xx>/<run-id>/<gate-id>/<principal>.yaml` and its `.sig`\n(`stella approve` writes them; a run in the flat layout has `approvals/<run-id>/...`).\n";
 
-pub fn init(dir: &Path, key: Option<&Path>) -> Result<Outcome, Failure> {
+pub fn init(dir: &Path, key: Option<&Path>, ledger_branch: Option<&str>) -> Result<Outcome, Failure> {
     std::fs::create_dir_all(dir).map_err(|e| Failure::io(dir, e))?;
     let mut created = Vec::new();
     if !dir.join(".git").exists() {
@@ -55,6 +55,9 @@ pub fn init(dir: &Path, key: Option<&Path>) -> Result<Outcome, Failure> {
             write_new(&path, &content)?;
             created.push(rel.to_string());
         }
+    }
+    if let Some(name) = ledger_branch {
+        created.extend(ledger::set_up(dir, name)?);
     }
     let signers = dir.join(".stella/allowed_signers");
     let line = format!(

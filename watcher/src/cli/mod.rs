@@ -7,6 +7,7 @@ mod doctor;
 mod evidence;
 mod hook;
 mod init;
+mod init_ledger;
 mod ledger;
 mod notify;
 mod pack;
@@ -45,6 +46,9 @@ enum Command {
         /// The runner's private key (default: .git/stella/runner_ed25519, or STELLA_RUNNER_KEY)
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
+        /// Commit the runner's results to this branch only (ledger.branch), reading requests from `branch`
+        #[arg(long, value_name = "NAME")]
+        ledger_branch: Option<String>,
     },
     /// Check and plan task packs
     #[command(subcommand)]
@@ -471,7 +475,11 @@ impl Cli {
 /// Runs a parsed command; the `Ok` value is the exit code.
 pub fn run(cli: Cli) -> Result<Outcome, Failure> {
     match cli.command {
-        Command::Init { dir, key } => init::init(&dir, key.as_deref()),
+        Command::Init {
+            dir,
+            key,
+            ledger_branch,
+        } => init::init(&dir, key.as_deref(), ledger_branch.as_deref()),
         Command::Doctor { repo, key, check, json } => doctor::doctor(&repo, key.as_deref(), check.as_deref(), json),
         Command::Sync(SyncCommand::Export {
             output,

@@ -45,7 +45,7 @@ pub(super) fn one(root: &Path, id: &str) -> Result<RunView, Failure> {
     if view.invalid.is_none() && !view.has_request && view.events().is_empty() {
         return Err(Failure::one(
             Code::RunNotFound,
-            format!("no run {id} on branch {}", config.branch),
+            format!("no run {id} on branch {}", config.ledger_branch()),
         ));
     }
     Ok(view)

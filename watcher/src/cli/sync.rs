@@ -10,7 +10,7 @@ use crate::repo;
 pub fn export(repo_dir: &Path, out: &Path, since: Option<&str>, target: &str) -> Result<Outcome, Failure> {
     let root = repo::find_root(repo_dir)?;
     let config = repo::config_at_head(&root)?;
-    let e = sync::export(&root, &config.branch, target, since, out)?;
+    let e = sync::export(&root, config.ledger_branch(), target, since, out)?;
     println!("{}", e.path.display());
     let from = e
         .since
@@ -41,14 +41,14 @@ pub fn export(repo_dir: &Path, out: &Path, since: Option<&str>, target: &str) ->
 pub fn import(repo_dir: &Path, bundle: &Path) -> Result<Outcome, Failure> {
     let root = repo::find_root(repo_dir)?;
     let config = repo::config_at_head(&root)?;
-    let i = sync::import(&root, &config.branch, bundle)?;
+    let i = sync::import(&root, config.ledger_branch(), bundle)?;
     if i.commits == 0 {
-        println!("{}: already up to date ({})", config.branch, &i.to[..12]);
+        println!("{}: already up to date ({})", config.ledger_branch(), &i.to[..12]);
     } else {
         let from = i.from.as_deref().map_or("nothing".to_string(), |s| s[..12].to_string());
         println!(
             "{}: {from} -> {} ({} commits, ledger verified)",
-            config.branch,
+            config.ledger_branch(),
             &i.to[..12],
             i.commits
         );

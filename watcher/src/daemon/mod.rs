@@ -106,6 +106,10 @@ pub fn run_with(a: Args, telemetry: Arc<Telemetry>) -> Result<Outcome, Failure> 
     let config = repo::config_at_head(&root)?;
     let key = repo::load_key(&root, a.key.as_deref())?;
     let mut ledger = repo::open_ledger(&root, &config)?;
+    if let Some(r) = a.remote.as_ref().filter(|_| config.ledger_branch() != config.branch) {
+        // With a remote, requests come from the server's branch as last fetched.
+        ledger.set_watched(&format!("refs/remotes/{r}/{}", config.branch))?;
+    }
     repair_at_start(&mut ledger, &key);
     let file_secrets = match &a.secrets {
         Some(p) => stella_engine::secrets::Secrets::from_file(p)?,
@@ -116,9 +120,14 @@ pub fn run_with(a: Args, telemetry: Arc<Telemetry>) -> Result<Outcome, Failure> 
         say_err!("stella daemon: warning: {warning}");
     }
     say!(
-        "stella daemon: repository {}, branch {}, runner key {}, limits maxRuns {} maxSteps {}, commit batch {} ms{}{}",
+        "stella daemon: repository {}, branch {}{}, runner key {}, limits maxRuns {} maxSteps {}, commit batch {} ms{}{}",
         root.display(),
         config.branch,
+        if config.ledger_branch() == config.branch {
+            String::new()
+        } else {
+            format!(", ledger branch {}", config.ledger_branch())
+        },
         key.fingerprint(),
         config.max_runs,
         if config.max_steps == 0 {
@@ -190,13 +199,16 @@ pub fn run_with(a: Args, telemetry: Arc<Telemetry>) -> Result<Outcome, Failure> 
         .start(env.clone(), telemetry.clone(), crate::webhooks::Settings::from_env())
         .map_err(|e| Failure::one(Code::Io, format!("cannot start the notifier: {e}")))?;
     let remote = a.remote.as_ref().map(|name| {
-        Arc::new(Remote::new(
-            root.clone(),
-            name.clone(),
-            config.branch.clone(),
-            config.pull_patterns.clone(),
-            a.lease,
-        ))
+        Arc::new(
+            Remote::new(
+                root.clone(),
+                name.clone(),
+                config.ledger_branch().to_string(),
+                config.pull_patterns.clone(),
+                a.lease,
+            )
+            .watching(&config.branch),
+        )
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -212,8 +224,11 @@ pub fn run_with(a: Args, telemetry: Arc<Telemetry>) -> Result<Outcome, Failure> 
     };
     let housekeeping = maintain::Housekeeping {
         root: root.clone(),
-        branch: config.branch.clone(),
-        tracking: a.remote.as_ref().map(|r| format!("refs/remotes/{r}/{}", config.branch)),
+        branch: config.ledger_branch().to_string(),
+        tracking: a
+            .remote
+            .as_ref()
+            .map(|r| format!("refs/remotes/{r}/{}", config.ledger_branch())),
     };
     if !a.once {
         rt.spawn(maintain::background(housekeeping.clone(), a.poll));

@@ -17,21 +17,19 @@ use crate::failure::Failure;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprint {
     pub tip: Option<gix::ObjectId>,
+    /// With a separate ledger branch, the watched branch's tip (its new commits are taken in).
+    watched: Option<gix::ObjectId>,
     journals: Option<std::time::SystemTime>,
 }
 
 pub fn fingerprint(env: &Environment) -> Fingerprint {
-    let tip = env
-        .ledger
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .tip()
-        .ok()
-        .flatten();
+    let ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
+    let (tip, watched) = (ledger.tip().ok().flatten(), ledger.watched_tip());
+    drop(ledger);
     let journals = std::fs::metadata(stella_engine::journal::dir(&env.git_dir))
         .and_then(|m| m.modified())
         .ok();
-    Fingerprint { tip, journals }
+    Fingerprint { tip, watched, journals }
 }
 
 /// Orders new runs differently on each runner (by a hash of the runner key and the run id,
@@ -61,6 +59,8 @@ pub type Scan = (Vec<(runs::Summary, Need)>, Vec<String>);
 pub fn scan(env: &Environment, index: &Mutex<runs::Index>) -> Result<Scan, Failure> {
     let mut ledger = env.ledger.lock().unwrap_or_else(|p| p.into_inner());
     ledger.refresh();
+    // A separate ledger branch first takes in the watched branch's new requests and policy.
+    ledger.take_in(env.key.as_ref())?;
     let Some(tip) = ledger.tip()? else {
         return Ok((Vec::new(), Vec::new()));
     };

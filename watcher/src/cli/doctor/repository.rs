@@ -220,7 +220,10 @@ fn schedules(r: &mut Report, root: &Path, config: &Config) {
         r.say(
             "check.schedules",
             Level::Ok,
-            format!("{SCHEDULES_PATH} on `{}`: {enabled} schedule(s) enabled", config.branch),
+            format!(
+                "{SCHEDULES_PATH} on `{}`: {enabled} schedule(s) enabled",
+                config.ledger_branch()
+            ),
         );
     }
 }
@@ -285,7 +288,7 @@ fn run_checks(root: &Path, config: &Config) -> Vec<(Level, String)> {
                         Level::Warn,
                         format!(
                             "run {} is invalid and the daemon skips it: {why} [{}]; fix or remove the file on `{}` (`stella ledger verify` tells who changed it)",
-                            v.id, why.code, config.branch
+                            v.id, why.code, config.ledger_branch()
                         ),
                     ))
                 })
@@ -293,12 +296,15 @@ fn run_checks(root: &Path, config: &Config) -> Vec<(Level, String)> {
             if bad.is_empty() {
                 vec![(
                     Level::Ok,
-                    format!("{} run(s) on `{}` read cleanly", views.len(), config.branch),
+                    format!("{} run(s) on `{}` read cleanly", views.len(), config.ledger_branch()),
                 )]
             } else {
                 bad
             }
         }
-        Err(e) => vec![(Level::Fail, format!("runs/ on `{}` cannot be read: {e}", config.branch))],
+        Err(e) => vec![(
+            Level::Fail,
+            format!("runs/ on `{}` cannot be read: {e}", config.ledger_branch()),
+        )],
     }
 }
