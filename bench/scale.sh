@@ -28,19 +28,22 @@
 # what is measured is Stella's storage, not a `git commit` that happened to auto-pack it.
 # The work directory (repository, runner workspaces, daemon logs) is under target/, not /tmp
 # (a sandboxed step has a /tmp of its own).
-# Usage: bench/scale.sh [--runs N] [--quick] [--flat] [--git-defaults] [--keep DIR]
+# Usage: bench/scale.sh [--runs N] [--quick] [--flat] [--git-defaults] [--ledger-branch] [--keep DIR]
 #   --runs N    the ledger's size (default 1000; the issue's acceptance figure is 10000)
 #   --flat      write every request in the flat layout, runs/<id>/ (the layout before shards)
 #   --git-defaults  leave out `git config feature.manyFiles true` (docs/ledger.md recommends it
 #               for a runner's clone of a large ledger)
+#   --ledger-branch  the runner commits to a separate ledger branch, stella/ledger (`stella init
+#               --ledger-branch`; docs/remote.md): the checkout stays on main, whose index
+#               and working tree then hold the requests only, not the runner's files
 #   --quick     N = 200 unless --runs says otherwise, a 20 MB step instead of 100 MB (for CI)
 #   --keep DIR  build in DIR (created; must be empty) and keep it afterwards
 # Needs bash, git, python3 (and cargo, unless STELLA_BIN names a built stella binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { echo "usage: bench/scale.sh [--runs N] [--quick] [--flat] [--git-defaults] [--keep DIR]" >&2; exit 2; }
-runs= quick=false keep= flat=false many_files=true
+usage() { echo "usage: bench/scale.sh [--runs N] [--quick] [--flat] [--git-defaults] [--ledger-branch] [--keep DIR]" >&2; exit 2; }
+runs= quick=false keep= flat=false many_files=true ledger_branch=
 while (($#)); do
   case $1 in
     --runs)
@@ -51,6 +54,7 @@ while (($#)); do
     --quick) quick=true; shift ;;
     --flat) flat=true; shift ;;
     --git-defaults) many_files=false; shift ;;
+    --ledger-branch) ledger_branch=stella/ledger; shift ;;
     --keep)
       [[ -n ${2:-} ]] || usage
       keep=$2
@@ -98,7 +102,7 @@ trap 'exit 130' INT TERM
 
 export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null
 export XDG_STATE_HOME=$work/state # the runner's workspaces
-export STELLA=$stella WORK=$work RUNS=$runs LOUD_MB=$loud_mb QUICK=$quick FLAT=$flat MANY_FILES=$many_files
+export STELLA=$stella WORK=$work RUNS=$runs LOUD_MB=$loud_mb QUICK=$quick FLAT=$flat MANY_FILES=$many_files LEDGER_BRANCH=$ledger_branch
 
 cat > "$work/scale.py" << 'PY'
 import datetime, hashlib, json, os, re, shutil, signal, statistics, subprocess, sys, time
@@ -111,6 +115,8 @@ GIT = ["git", "-c", "user.name=Bench", "-c", "user.email=bench@example.com",
        "-c", "commit.gpgsign=false", "-c", "gc.auto=0"]
 REQUEST = "apiVersion: stella/v1\nkind: RunRequest\npack: packs/true\n"
 FLAT = os.environ["FLAT"] == "true"
+# Where the runner commits: main, or with --ledger-branch a branch of its own.
+LEDGER = os.environ["LEDGER_BRANCH"] or "main"
 MANY_FILES = os.environ["MANY_FILES"] == "true"
 
 
@@ -258,7 +264,7 @@ def event_ts(journal, kind):
 
 def finished(rid):
     """The run's final commit (with its evidence) is on the branch."""
-    p = subprocess.run(["git", "cat-file", "-e", f"main:{run_dir(rid)}/evidence/manifest.json"], cwd=REPO,
+    p = subprocess.run(["git", "cat-file", "-e", f"{LEDGER}:{run_dir(rid)}/evidence/manifest.json"], cwd=REPO,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return p.returncode == 0
 
@@ -309,7 +315,7 @@ def setup():
     # no checksum over the whole index at each runner commit); --git-defaults leaves it out.
     if MANY_FILES:
         run(GIT + ["config", "feature.manyFiles", "true"])
-    run([STELLA, "init", "."])
+    run([STELLA, "init", "."] + (["--ledger-branch", LEDGER] if LEDGER != "main" else []))
     with open(os.path.join(REPO, "packs/true/pack.yaml"), "w") as f:
         f.write('apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: "true", version: "1.0.0" }\n'
                 "spec:\n  steps:\n    - { id: t, run: { uses: builtin:exec, with: { argv: [/bin/true] } } }\n")
@@ -418,7 +424,7 @@ def measure(size, stretch):
     m["git_before"], m["git_stella"], m["git_after"], m["git_after_stella"], m["objects"], parts = git_size()
     m.update(parts)
     m["runs"] = count_runs()
-    m["commits"] = int(run(["git", "rev-list", "--count", "main"]).strip())
+    m["commits"] = int(run(["git", "rev-list", "--count", LEDGER]).strip())
     say(f"at {size}: build {m['build_rate']:.1f} runs/s, commit -> step {m['latency'] * 1000:.0f} ms,"
         f" runs list {m['list'] * 1000:.0f} ms, runs show {m['show'] * 1000:.0f} ms,"
         f" idle --once {m['idle'] * 1000:.0f} ms, verify {m['verify'] * 1000:.0f} ms,"
@@ -479,6 +485,7 @@ def report(small, big, lo, batch):
     print()
     print(f"stella bench: scale, {N} runs ({os.cpu_count()} cpus, release build{', --quick' if QUICK else ''};"
           f" requests in batches of {batch}; {'flat' if FLAT else 'sharded'} layout;"
+          f"{' runner commits on ' + LEDGER + ';' if LEDGER != 'main' else ''}"
           f" {'feature.manyFiles' if MANY_FILES else 'git defaults'})")
     print()
     print(f"{'figure':<{w}} {'N/10=' + str(small['size']):>12} {'N=' + str(big['size']):>12} {'ratio':>7}  target (issue 13, at 10,000 runs)")
