@@ -72,3 +72,6 @@ pub fn bundle(files: &PackFiles, name: &str, version: &str, key: &SshKey, source
     let envelope = payload.sign(key);
     archive::write(files, &envelope)
 }
+
+#[cfg(test)]
+mod tests;
