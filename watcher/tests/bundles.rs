@@ -285,7 +285,7 @@ fn a_pack_edited_after_import_fails_to_plan_and_to_run() {
     assert_eq!(show["code"], "ERR_PACK_PROVENANCE", "{show}");
     assert!(!r.events("r1").iter().any(|e| e["type"] == "step.started"), "no step ran");
     // Intact again, but its publisher no longer trusted: the same refusal.
-    r.git(&["checkout", "-q", "HEAD~1", "--", "packs/greet/hello.sh"]);
+    r.git(&["checkout", "-q", ":/import greet", "--", "packs/greet/hello.sh"]);
     r.stella(&["pack", "plan", "packs/greet"]).ok();
     let signers = std::fs::read_to_string(r.path().join(".stella/allowed_signers")).unwrap();
     let kept: String = signers.lines().filter(|l| !l.contains("stella-pack")).map(|l| format!("{l}\n")).collect();
