@@ -134,7 +134,11 @@ fn a_bundle_made_twice_is_byte_identical_and_names_its_publisher() {
     let signers = p.dir.path().join("signers");
     std::fs::write(&signers, p.trust_line("alice@example.com")).unwrap();
     let out = validate(&a, Some(&signers)).ok();
-    assert!(out.stdout().contains("publisher: alice@example.com (SHA256:"), "{}", out.stdout());
+    assert!(
+        out.stdout().contains("publisher: alice@example.com (SHA256:"),
+        "{}",
+        out.stdout()
+    );
 }
 
 #[test]
@@ -156,7 +160,11 @@ fn securesystemslib_verifies_the_bundle_envelope() {
         .arg(&keyid)
         .output()
         .unwrap();
-    assert!(out.status.success(), "securesystemslib refused it: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "securesystemslib refused it: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("verified greet 2.1.0 2 files"));
 }
 
@@ -189,28 +197,58 @@ fn tampered_hostile_and_untrusted_bundles_are_refused() {
     // Signed by a key allowed_signers does not trust for stella-pack.
     let signers = p.dir.path().join("signers");
     let other = keygen(p.dir.path(), "mallory");
-    std::fs::write(&signers, format!("alice@example.com namespaces=\"git\" {}\nmallory namespaces=\"stella-pack\" {other}\n", p.public)).unwrap();
+    std::fs::write(
+        &signers,
+        format!(
+            "alice@example.com namespaces=\"git\" {}\nmallory namespaces=\"stella-pack\" {other}\n",
+            p.public
+        ),
+    )
+    .unwrap();
     let out = validate(&p.bundle("g.stellapack"), Some(&signers));
     refused_with(&out, "ERR_PACK_PROVENANCE");
-    assert!(out.stderr().contains("not trusted for namespace stella-pack"), "{}", out.stderr());
+    assert!(
+        out.stderr().contains("not trusted for namespace stella-pack"),
+        "{}",
+        out.stderr()
+    );
     // Nothing was written beside the bundles while checking them.
     let mut left: Vec<String> = std::fs::read_dir(p.dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     left.sort();
-    assert_eq!(left, ["alice", "alice.pub", "forged.stellapack", "g.stellapack", "greet", "mallory", "mallory.pub", "signers"]);
+    assert_eq!(
+        left,
+        [
+            "alice",
+            "alice.pub",
+            "forged.stellapack",
+            "g.stellapack",
+            "greet",
+            "mallory",
+            "mallory.pub",
+            "signers"
+        ]
+    );
 }
 
 /// A repository that trusts the publisher for packs, with the bundle imported and committed.
 fn imported(p: &Publisher) -> Repo {
     let r = Repo::new();
     let signers = std::fs::read_to_string(r.path().join(".stella/allowed_signers")).unwrap();
-    r.write(".stella/allowed_signers", &format!("{signers}{}", p.trust_line("alice@example.com")))
-        .commit_all("trust alice's packs");
+    r.write(
+        ".stella/allowed_signers",
+        &format!("{signers}{}", p.trust_line("alice@example.com")),
+    )
+    .commit_all("trust alice's packs");
     let bundle = p.bundle("greet.stellapack");
     let out = r.stella(&["pack", "import", bundle.to_str().unwrap()]).ok();
-    assert!(out.stderr().contains("published by alice@example.com"), "{}", out.stderr());
+    assert!(
+        out.stderr().contains("published by alice@example.com"),
+        "{}",
+        out.stderr()
+    );
     assert!(!r.status_porcelain().is_empty(), "import commits nothing");
     r.commit_all("import greet");
     r
@@ -226,8 +264,16 @@ fn an_imported_pack_runs_and_its_attestation_names_the_publisher() {
     let bundle_sha = stella_engine::pack::sha256_hex(&std::fs::read(p.dir.path().join("greet.stellapack")).unwrap());
     assert_eq!(provenance["bundleSha256"], bundle_sha.as_str());
     let plan = r.stella(&["pack", "plan", "packs/greet"]).ok();
-    assert!(plan.stdout().contains("publisher: alice@example.com (SHA256:"), "{}", plan.stdout());
-    assert!(plan.stdout().contains(&format!("bundle:    sha256 {bundle_sha}")), "{}", plan.stdout());
+    assert!(
+        plan.stdout().contains("publisher: alice@example.com (SHA256:"),
+        "{}",
+        plan.stdout()
+    );
+    assert!(
+        plan.stdout().contains(&format!("bundle:    sha256 {bundle_sha}")),
+        "{}",
+        plan.stdout()
+    );
     r.request("r1", "greet", "{}\n");
     r.daemon_once().ok();
     assert_eq!(r.state("r1"), "succeeded");
@@ -251,7 +297,11 @@ fn an_imported_pack_runs_and_its_attestation_names_the_publisher() {
     refused_with(&out, "ERR_USAGE");
     assert!(out.stderr().contains("--replace"), "{}", out.stderr());
     r.stella(&["pack", "import", v2.to_str().unwrap(), "--replace"]).ok();
-    assert!(std::fs::read_to_string(r.path().join("packs/greet/hello.sh")).unwrap().contains("v2"));
+    assert!(
+        std::fs::read_to_string(r.path().join("packs/greet/hello.sh"))
+            .unwrap()
+            .contains("v2")
+    );
 }
 
 #[test]
@@ -272,7 +322,11 @@ fn a_pack_edited_after_import_fails_to_plan_and_to_run() {
     r.write("packs/greet/hello.sh", "#!/bin/sh\necho pwned\n");
     let out = r.stella(&["pack", "plan", "packs/greet"]);
     refused_with(&out, "ERR_PACK_PROVENANCE");
-    assert!(out.stderr().contains("hello.sh does not match its signed sha256"), "{}", out.stderr());
+    assert!(
+        out.stderr().contains("hello.sh does not match its signed sha256"),
+        "{}",
+        out.stderr()
+    );
     // A request made while the pack was intact, then the edit committed: the runner refuses
     // before any step.
     r.git(&["checkout", "-q", "--", "packs/greet/hello.sh"]);
@@ -283,14 +337,214 @@ fn a_pack_edited_after_import_fails_to_plan_and_to_run() {
     let show = r.show("r1");
     assert_eq!(show["state"], "failed", "{show}");
     assert_eq!(show["code"], "ERR_PACK_PROVENANCE", "{show}");
-    assert!(!r.events("r1").iter().any(|e| e["type"] == "step.started"), "no step ran");
+    assert!(
+        !r.events("r1").iter().any(|e| e["type"] == "step.started"),
+        "no step ran"
+    );
     // Intact again, but its publisher no longer trusted: the same refusal.
     r.git(&["checkout", "-q", ":/import greet", "--", "packs/greet/hello.sh"]);
     r.stella(&["pack", "plan", "packs/greet"]).ok();
     let signers = std::fs::read_to_string(r.path().join(".stella/allowed_signers")).unwrap();
-    let kept: String = signers.lines().filter(|l| !l.contains("stella-pack")).map(|l| format!("{l}\n")).collect();
-    r.write(".stella/allowed_signers", &kept).commit_all("stop trusting alice's packs");
+    let kept: String = signers
+        .lines()
+        .filter(|l| !l.contains("stella-pack"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    r.write(".stella/allowed_signers", &kept)
+        .commit_all("stop trusting alice's packs");
     let out = r.stella(&["pack", "plan", "packs/greet"]);
     refused_with(&out, "ERR_PACK_PROVENANCE");
     assert!(out.stderr().contains("no longer trusted"), "{}", out.stderr());
+}
+
+/// A plain git repository holding the publisher's pack at `packs/greet`, tagged `v1` (an
+/// annotated tag), then changed on `main`.
+fn source_repo(p: &Publisher) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .current_dir(dir.path())
+            .args([
+                "-c",
+                "user.name=P",
+                "-c",
+                "user.email=p@example.com",
+                "-c",
+                "commit.gpgsign=false",
+                "-c",
+                "tag.gpgsign=false",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["init", "-q", "-b", "main"]);
+    std::fs::create_dir_all(dir.path().join("packs")).unwrap();
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(p.pack())
+        .arg(dir.path().join("packs/greet"))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "greet 2.1.0"]);
+    git(&["tag", "-a", "v1", "-m", "release v1"]);
+    let tagged = git(&["rev-parse", "v1^{commit}"]);
+    std::fs::write(dir.path().join("packs/greet/hello.sh"), "#!/bin/sh\necho unreleased\n").unwrap();
+    git(&["commit", "-q", "-am", "work in progress"]);
+    (dir, tagged)
+}
+
+fn mirror(p: &Publisher, cache: &Path, url: &str, reference: &str, out: &Path) -> Stella {
+    run(stella()
+        .env("STELLA_PACK_CACHE", cache)
+        .args([
+            "pack",
+            "mirror",
+            "pull",
+            url,
+            "--ref",
+            reference,
+            "--path",
+            "packs/greet",
+            "--key",
+        ])
+        .arg(p.key())
+        .arg("-o")
+        .arg(out))
+}
+
+#[test]
+fn a_mirror_pull_at_a_tag_records_its_commit_and_works_offline_from_the_cache() {
+    let p = Publisher::new();
+    let (src, tagged) = source_repo(&p);
+    let cache = p.dir.path().join("cache");
+    let url = format!("file://{}", src.path().display());
+    let first = p.dir.path().join("m1.stellapack");
+    let out = mirror(&p, &cache, &url, "v1", &first).ok();
+    assert!(out.stderr().contains(&format!("at {tagged}")), "{}", out.stderr());
+    let shown = validate(&first, None).ok();
+    assert!(
+        shown
+            .stdout()
+            .contains(&format!("source:    {url} v1 at {tagged} (packs/greet)")),
+        "{}",
+        shown.stdout()
+    );
+    let envelope: serde_json::Value = serde_json::from_slice(&entries(&first)[0].1).unwrap();
+    let payload: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(envelope["payload"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(payload["source"]["commit"], tagged.as_str());
+    assert_eq!(payload["source"]["ref"], "v1");
+    // The tagged content, not main's.
+    let script = entries(&first)
+        .into_iter()
+        .find(|(n, _, _)| n == "pack/hello.sh")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&script.1).contains("hello from greet"));
+    assert_eq!(script.2, 0o755);
+
+    // The source is gone: the cache answers, with the same bytes.
+    let moved = p.dir.path().join("gone");
+    std::fs::rename(src.path(), &moved).unwrap();
+    let second = p.dir.path().join("m2.stellapack");
+    let out = mirror(&p, &cache, &url, "v1", &second).ok();
+    assert!(out.stderr().contains("used the cache"), "{}", out.stderr());
+    assert_eq!(std::fs::read(&first).unwrap(), std::fs::read(&second).unwrap());
+    // A commit the cache holds needs no fetch at all.
+    let out = mirror(&p, &cache, &url, &tagged, &second).ok();
+    assert!(
+        out.stderr().contains("(from the cache)") && !out.stderr().contains("warning"),
+        "{}",
+        out.stderr()
+    );
+    // A ref the cache never saw, offline: refused, saying why.
+    let out = mirror(&p, &cache, &url, "v2", &second);
+    assert_eq!(out.code(), Some(2), "{}", out.stderr());
+    assert!(
+        out.stderr().contains("the cache does not know `v2`"),
+        "{}",
+        out.stderr()
+    );
+    std::fs::rename(&moved, src.path()).unwrap();
+
+    // Imported where the mirror is trusted, the plan names where the pack came from.
+    let r = Repo::new();
+    let signers = std::fs::read_to_string(r.path().join(".stella/allowed_signers")).unwrap();
+    r.write(
+        ".stella/allowed_signers",
+        &format!("{signers}{}", p.trust_line("mirror@example.com")),
+    )
+    .commit_all("trust the mirror");
+    r.stella(&["pack", "import", first.to_str().unwrap()]).ok();
+    let plan = r.stella(&["pack", "plan", "packs/greet"]).ok();
+    assert!(
+        plan.stdout().contains(&format!("source:    {url} v1 at {tagged}")),
+        "{}",
+        plan.stdout()
+    );
+}
+
+#[test]
+fn a_bundle_crosses_an_air_gap_with_the_trust_to_run_it() {
+    let p = Publisher::new();
+    let online = Repo::new();
+    // The sealed site is a copy of the online repository with the same runner key.
+    let sealed_dir = tempfile::tempdir().unwrap();
+    let cloned = Command::new("git")
+        .args(["clone", "-q"])
+        .arg(online.path())
+        .arg(sealed_dir.path().join("r"))
+        .status()
+        .unwrap();
+    assert!(cloned.success());
+    let sealed = Repo { dir: sealed_dir };
+    let inner = sealed.path().join("r");
+    for e in std::fs::read_dir(&inner).unwrap() {
+        let e = e.unwrap();
+        std::fs::rename(e.path(), sealed.path().join(e.file_name())).unwrap();
+    }
+    std::fs::remove_dir(&inner).unwrap();
+    let key_dir = sealed.path().join(".git/stella");
+    std::fs::create_dir_all(&key_dir).unwrap();
+    for f in ["runner_ed25519", "runner_ed25519.pub"] {
+        std::fs::copy(online.path().join(".git/stella").join(f), key_dir.join(f)).unwrap();
+    }
+    // Online: trust the publisher, and carry that across with `stella sync`.
+    let signers = std::fs::read_to_string(online.path().join(".stella/allowed_signers")).unwrap();
+    online
+        .write(
+            ".stella/allowed_signers",
+            &format!("{signers}{}", p.trust_line("alice@example.com")),
+        )
+        .commit_all("trust alice's packs");
+    let git_bundle = online.outside("to-sealed.bundle");
+    online
+        .stella(&["sync", "export", "-o", git_bundle.to_str().unwrap(), "--to", "sealed"])
+        .ok();
+    sealed.stella(&["sync", "import", git_bundle.to_str().unwrap()]).ok();
+    // The pack bundle travels on the same media; the sealed site imports and runs it.
+    let pack_bundle = p.bundle("greet.stellapack");
+    sealed
+        .stella(&["pack", "validate", "--bundle", pack_bundle.to_str().unwrap()])
+        .ok();
+    sealed.stella(&["pack", "import", pack_bundle.to_str().unwrap()]).ok();
+    sealed.commit_all("import greet from removable media");
+    sealed.request("r1", "greet", "{}\n");
+    sealed.daemon_once().ok();
+    assert_eq!(sealed.state("r1"), "succeeded");
+    let logs = sealed.stella(&["runs", "logs", "r1"]).ok();
+    assert!(logs.stdout().contains("hello from greet"), "{}", logs.stdout());
+    sealed.stella(&["ledger", "verify"]).ok();
 }

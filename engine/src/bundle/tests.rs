@@ -113,25 +113,57 @@ fn hostile_archives_are_refused_as_invalid() {
     let env = b"{}".as_slice();
     let reg = tar::EntryType::Regular;
     for (what, items) in [
-        ("escape", vec![("pack.dsse.json", env, reg), ("pack/../../etc/x", env, reg)]),
+        (
+            "escape",
+            vec![("pack.dsse.json", env, reg), ("pack/../../etc/x", env, reg)],
+        ),
         ("absolute", vec![("pack.dsse.json", env, reg), ("/etc/x", env, reg)]),
-        ("symlink", vec![("pack.dsse.json", env, reg), ("pack/leak", env, tar::EntryType::Symlink)]),
-        ("hardlink", vec![("pack.dsse.json", env, reg), ("pack/leak", env, tar::EntryType::Link)]),
-        ("device", vec![("pack.dsse.json", env, reg), ("pack/dev", env, tar::EntryType::Char)]),
-        ("twice", vec![("pack.dsse.json", env, reg), ("pack/a", env, reg), ("pack/a", env, reg)]),
+        (
+            "symlink",
+            vec![
+                ("pack.dsse.json", env, reg),
+                ("pack/leak", env, tar::EntryType::Symlink),
+            ],
+        ),
+        (
+            "hardlink",
+            vec![("pack.dsse.json", env, reg), ("pack/leak", env, tar::EntryType::Link)],
+        ),
+        (
+            "device",
+            vec![("pack.dsse.json", env, reg), ("pack/dev", env, tar::EntryType::Char)],
+        ),
+        (
+            "twice",
+            vec![("pack.dsse.json", env, reg), ("pack/a", env, reg), ("pack/a", env, reg)],
+        ),
         ("outside pack/", vec![("pack.dsse.json", env, reg), ("other", env, reg)]),
-        ("own provenance", vec![("pack.dsse.json", env, reg), ("pack/.provenance.json", env, reg)]),
+        (
+            "own provenance",
+            vec![("pack.dsse.json", env, reg), ("pack/.provenance.json", env, reg)],
+        ),
     ] {
-        let err = entries(&raw_tar(&items), "b", BundleLimits::default()).map(drop).unwrap_err();
+        let err = entries(&raw_tar(&items), "b", BundleLimits::default())
+            .map(drop)
+            .unwrap_err();
         assert_eq!(err.code(), Code::PackInvalid, "{what}: {err}");
     }
-    assert_eq!(entries(b"not gzip", "b", BundleLimits::default()).map(drop).unwrap_err().code(), Code::PackInvalid);
+    assert_eq!(
+        entries(b"not gzip", "b", BundleLimits::default())
+            .map(drop)
+            .unwrap_err()
+            .code(),
+        Code::PackInvalid
+    );
 }
 
 #[test]
 fn limits_bound_what_is_inflated_and_counted() {
     let zeros = vec![0u8; 1 << 20];
-    let bomb = raw_tar(&[("pack.dsse.json", b"{}", tar::EntryType::Regular), ("pack/z", &zeros, tar::EntryType::Regular)]);
+    let bomb = raw_tar(&[
+        ("pack.dsse.json", b"{}", tar::EntryType::Regular),
+        ("pack/z", &zeros, tar::EntryType::Regular),
+    ]);
     let small = BundleLimits {
         max_compressed: 1 << 20,
         max_uncompressed: 64 << 10,
@@ -139,7 +171,10 @@ fn limits_bound_what_is_inflated_and_counted() {
     };
     let err = entries(&bomb, "b", small).map(drop).unwrap_err();
     assert!(err.to_string().contains("size limit"), "{err}");
-    let few = BundleLimits { max_entries: 1, ..BundleLimits::default() };
+    let few = BundleLimits {
+        max_entries: 1,
+        ..BundleLimits::default()
+    };
     let err = entries(&bomb, "b", few).map(drop).unwrap_err();
     assert!(err.to_string().contains("entries"), "{err}");
 }
@@ -159,16 +194,29 @@ fn an_installed_pack_is_rechecked_file_by_file_and_publisher_by_signers() {
     assert_eq!(ok.provenance.publisher, "alice");
     // Installing it again is a no-op; a different pack of the same name needs --replace.
     install(dir.path(), &v, false).unwrap();
-    let other = PackFiles::from_files("p", [("pack.yaml".to_string(), MANIFEST.replace("hi", "x").into_bytes())]).unwrap();
+    let other = PackFiles::from_files(
+        "p",
+        [("pack.yaml".to_string(), MANIFEST.replace("hi", "x").into_bytes())],
+    )
+    .unwrap();
     let w = verify(&bundle(&other, "hello", "1.0.0", &key, None), Some(&signers)).unwrap();
     assert_eq!(install(dir.path(), &w, false).unwrap_err().code(), Code::Usage);
     install(dir.path(), &v, false).unwrap();
     // Untrusted now, or edited, or added to: refused.
     let nobody = AllowedSigners::parse("s", "").unwrap();
-    assert_eq!(check_installed(&read(), Some(&nobody), now).unwrap_err().code(), Code::PackProvenance);
-    assert_eq!(check_installed(&read(), None, now).unwrap_err().code(), Code::PackProvenance);
+    assert_eq!(
+        check_installed(&read(), Some(&nobody), now).unwrap_err().code(),
+        Code::PackProvenance
+    );
+    assert_eq!(
+        check_installed(&read(), None, now).unwrap_err().code(),
+        Code::PackProvenance
+    );
     std::fs::write(target.join("added.sh"), "x").unwrap();
-    assert_eq!(check_installed(&read(), Some(&signers), now).unwrap_err().code(), Code::PackProvenance);
+    assert_eq!(
+        check_installed(&read(), Some(&signers), now).unwrap_err().code(),
+        Code::PackProvenance
+    );
     std::fs::remove_file(target.join("added.sh")).unwrap();
     std::fs::write(target.join("run.sh"), "echo edited\n").unwrap();
     let err = check_installed(&read(), Some(&signers), now).unwrap_err();

@@ -217,6 +217,12 @@ pub fn mirror_pull(a: &MirrorArgs) -> Result<Outcome, Failure> {
     let cache = bundle::mirror::cache_dir()
         .ok_or_else(|| Failure::one(Code::Usage, "no cache directory: set STELLA_PACK_CACHE or HOME"))?;
     let key = SshKey::load(&a.key)?;
+    // gix talks to `git upload-pack` over pipes: a server that hangs up early must be an
+    // error to report, not a signal that kills us (as in the daemon).
+    // SAFETY: setting a signal disposition; this command starts no thread of its own first.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     let pulled = bundle::mirror::pull(&cache, &a.url, &a.reference, &a.path)?;
     let m = manifest::load(&pulled.files)?;
     let name = &m.metadata.name;
