@@ -319,7 +319,24 @@ fn an_untrusted_publisher_is_not_imported() {
 fn a_pack_edited_after_import_fails_to_plan_and_to_run() {
     let p = Publisher::new();
     let r = imported(&p);
+    let doctor = r.stella(&["doctor", "--check", "check.packs.provenance"]).ok();
+    assert!(
+        doctor
+            .stdout()
+            .contains("ok   packs/greet: published by alice@example.com (SHA256:"),
+        "{}",
+        doctor.stdout()
+    );
     r.write("packs/greet/hello.sh", "#!/bin/sh\necho pwned\n");
+    let doctor = r.stella(&["doctor", "--check", "check.packs.provenance"]);
+    assert_eq!(doctor.code(), Some(1), "{}", doctor.stdout());
+    assert!(
+        doctor
+            .stdout()
+            .contains("FAIL packs/greet/.provenance.json: provenance does not verify: hello.sh"),
+        "{}",
+        doctor.stdout()
+    );
     let out = r.stella(&["pack", "plan", "packs/greet"]);
     refused_with(&out, "ERR_PACK_PROVENANCE");
     assert!(
