@@ -1,13 +1,12 @@
 //! `stella pack bundle`, `pack validate --bundle`, `pack import` and `pack mirror pull`
 //! (DESIGN section 15): signed pack bundles made, verified before anything is parsed, and
-//! unpacked into `packs/<name>/` with their provenance; and the re-check of an imported pack
-//! against the allowed_signers committed on HEAD, for the commands that plan in the working
-//! tree. Commits nothing.
+//! unpacked into `packs/<name>/` with their provenance; a pack of another repository bundled
+//! with its source. Commits nothing.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use stella_engine::allowed_signers::AllowedSigners;
 use stella_engine::bundle::{self, BundleLimits, Verified};
 use stella_engine::keys::SshKey;
@@ -18,6 +17,37 @@ use crate::failure::{Failure, Outcome};
 use crate::repo;
 
 const SIGNERS: &str = ".stella/allowed_signers";
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The pack directory (or its name under packs/)
+    #[arg(required_unless_present = "bundle", conflicts_with = "bundle")]
+    pub pack: Option<PathBuf>,
+    /// A signed pack bundle: its publisher's signature and every file are verified first
+    #[arg(long, value_name = "FILE")]
+    pub bundle: Option<PathBuf>,
+    /// With --bundle: the publisher must be trusted for namespace stella-pack by FILE
+    #[arg(long, value_name = "FILE", requires = "bundle")]
+    pub allowed_signers: Option<PathBuf>,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MirrorCommand {
+    /// Fetch a pack at a ref of another repository and bundle it with its source, signed by KEY
+    Pull(MirrorArgs),
+}
+
+/// `stella pack validate PACK` or `stella pack validate --bundle FILE`.
+pub fn validate_command(a: ValidateArgs) -> Result<Outcome, Failure> {
+    match (a.pack, a.bundle) {
+        (_, Some(file)) => validate(&file, a.allowed_signers.as_deref(), a.json),
+        (Some(pack), None) => super::pack::validate(&pack, a.json),
+        (None, None) => Err(Failure::one(Code::Usage, "give a PACK or --bundle FILE")),
+    }
+}
 
 #[derive(Debug, Args)]
 pub struct BundleArgs {
@@ -134,7 +164,7 @@ fn describe(v: &Verified) -> String {
 /// `stella pack import FILE [--repo DIR] [--replace]`.
 pub fn import(a: &ImportArgs) -> Result<Outcome, Failure> {
     let root = repo::find_root(&a.repo)?;
-    let signers = signers_at_head(&root)?.ok_or_else(|| {
+    let signers = super::provenance::signers_at_head(&root)?.ok_or_else(|| {
         Failure::one(
             Code::PackProvenance,
             format!("{}: HEAD has no {SIGNERS}, so no publisher is trusted", root.display()),
@@ -156,42 +186,6 @@ pub fn import(a: &ImportArgs) -> Result<Outcome, Failure> {
 fn read_signers(path: &Path) -> Result<AllowedSigners, Failure> {
     let text = std::fs::read_to_string(path).map_err(|e| Failure::io(path, e))?;
     Ok(AllowedSigners::parse(&path.display().to_string(), &text)?)
-}
-
-/// `.stella/allowed_signers` as committed on HEAD of the repository at `root`.
-pub fn signers_at_head(root: &Path) -> Result<Option<AllowedSigners>, Failure> {
-    let repo = gix::open(root).map_err(|e| Failure::one(Code::Usage, format!("{}: {e}", root.display())))?;
-    let Ok(commit) = repo.head_commit() else {
-        return Ok(None);
-    };
-    let tree = commit.tree().map_err(|e| Failure::one(Code::Io, e.to_string()))?;
-    let Some(entry) = tree
-        .lookup_entry_by_path(SIGNERS)
-        .map_err(|e| Failure::one(Code::Io, e.to_string()))?
-    else {
-        return Ok(None);
-    };
-    let blob = repo
-        .find_blob(entry.oid())
-        .map_err(|e| Failure::one(Code::Io, e.to_string()))?;
-    Ok(Some(AllowedSigners::parse(
-        SIGNERS,
-        &String::from_utf8_lossy(&blob.data),
-    )?))
-}
-
-/// For commands that plan a pack in the working tree: an imported pack must still be what its
-/// publisher signed, and HEAD's allowed_signers must still trust that publisher.
-pub fn check_local(files: &PackFiles, dir: &Path) -> Result<(), Failure> {
-    if !files.contains(bundle::PROVENANCE) {
-        return Ok(());
-    }
-    let signers = match repo::find_root(dir) {
-        Ok(root) => signers_at_head(&root)?,
-        Err(_) => None,
-    };
-    bundle::check_installed(files, signers.as_ref(), SystemTime::now())?;
-    Ok(())
 }
 
 #[derive(Debug, Args)]

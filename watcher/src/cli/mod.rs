@@ -11,6 +11,7 @@ mod init;
 mod ledger;
 mod notify;
 mod pack;
+mod provenance;
 mod request;
 mod resume;
 mod run;
@@ -376,37 +377,18 @@ impl HttpAccess {
 #[derive(Debug, Subcommand)]
 enum PackCommand {
     /// Check a pack and report every problem with file, line, column and field
-    Validate {
-        /// The pack directory (or its name under packs/)
-        #[arg(required_unless_present = "bundle", conflicts_with = "bundle")]
-        pack: Option<PathBuf>,
-        /// A signed pack bundle: its publisher's signature and every file are verified first
-        #[arg(long, value_name = "FILE")]
-        bundle: Option<PathBuf>,
-        /// With --bundle: the publisher must be trusted for namespace stella-pack by FILE
-        #[arg(long, value_name = "FILE", requires = "bundle")]
-        allowed_signers: Option<PathBuf>,
-        /// Print the result as JSON
-        #[arg(long)]
-        json: bool,
-    },
+    Validate(bundle::ValidateArgs),
     /// Make a signed, deterministic pack bundle (`*.stellapack`) to share a pack
     Bundle(bundle::BundleArgs),
     /// Verify a pack bundle and unpack it into packs/<name>/ with its provenance (commits nothing)
     Import(bundle::ImportArgs),
     /// Bundle a pack from another repository
     #[command(subcommand)]
-    Mirror(MirrorCommand),
+    Mirror(bundle::MirrorCommand),
     /// Plan a pack with inputs: the plan hash, the approvals and secrets it needs, its steps
     Plan(PlanArgs),
     /// Run a pack on this machine, without git (approval gates wait unless --approve-local)
     Run(RunArgs),
-}
-
-#[derive(Debug, Subcommand)]
-enum MirrorCommand {
-    /// Fetch a pack at a ref of another repository and bundle it with its source, signed by KEY
-    Pull(bundle::MirrorArgs),
 }
 
 #[derive(Debug, Args)]
@@ -476,7 +458,7 @@ impl Cli {
     /// Whether the command asked for JSON output (failures are then also printed as JSON).
     pub fn wants_json(&self) -> bool {
         match &self.command {
-            Command::Pack(PackCommand::Validate { json, .. }) => *json,
+            Command::Pack(PackCommand::Validate(a)) => a.json,
             Command::Pack(PackCommand::Plan(a)) => a.json,
             Command::Pack(PackCommand::Run(_)) => false,
             Command::Runs(RunsCommand::List { json, .. } | RunsCommand::Show { json, .. }) => *json,
@@ -573,19 +555,10 @@ pub fn run(cli: Cli) -> Result<Outcome, Failure> {
             http: a.http.map(|addr| a.http_access.settings(addr)),
         }),
         Command::Serve { repo, http, watch } => serve::serve(&repo, http.access.settings(http.http), watch),
-        Command::Pack(PackCommand::Validate {
-            pack,
-            bundle,
-            allowed_signers,
-            json,
-        }) => match (pack, bundle) {
-            (_, Some(file)) => bundle::validate(&file, allowed_signers.as_deref(), json),
-            (Some(pack), None) => pack::validate(&pack, json),
-            (None, None) => Err(Failure::one(stella_engine::Code::Usage, "give a PACK or --bundle FILE")),
-        },
+        Command::Pack(PackCommand::Validate(a)) => bundle::validate_command(a),
         Command::Pack(PackCommand::Bundle(a)) => bundle::bundle(&a),
         Command::Pack(PackCommand::Import(a)) => bundle::import(&a),
-        Command::Pack(PackCommand::Mirror(MirrorCommand::Pull(a))) => bundle::mirror_pull(&a),
+        Command::Pack(PackCommand::Mirror(bundle::MirrorCommand::Pull(a))) => bundle::mirror_pull(&a),
         Command::Pack(PackCommand::Plan(a)) => pack::plan(&a.pack, a.inputs.as_deref(), a.json),
         Command::Pack(PackCommand::Run(a)) => run::run(run::RunArgs {
             pack: &a.pack,

@@ -32,7 +32,7 @@ pub fn locate(arg: &Path) -> Result<(PathBuf, String), Failure> {
 pub fn validate(arg: &Path, json: bool) -> Result<Outcome, Failure> {
     let (dir, shown) = locate(arg)?;
     let files = pack::PackFiles::read_dir(&dir, &shown, pack::PackLimits::default())?;
-    super::bundle::check_local(&files, &dir)?;
+    super::provenance::check_local(&files, &dir)?;
     let m = manifest::load(&files)?;
     let steps = m.all_steps().len();
     if json {
@@ -54,7 +54,7 @@ pub fn plan(arg: &Path, inputs_path: Option<&Path>, json: bool) -> Result<Outcom
     let given = inputs_path.map(inputs::read_file).transpose()?;
     let inputs_file = inputs_path.map_or_else(|| "inputs".to_string(), |p| p.display().to_string());
     let files = pack::PackFiles::read_dir(&dir, &shown, pack::PackLimits::default())?;
-    super::bundle::check_local(&files, &dir)?;
+    super::provenance::check_local(&files, &dir)?;
     let plan = stella_engine::plan::from_files(&files, given.as_ref(), &inputs_file, &PlanConfig::default())?;
     let summary = Summary::of(plan);
     if json {

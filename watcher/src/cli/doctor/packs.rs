@@ -25,7 +25,7 @@ pub(super) fn provenance(r: &mut Report, root: &Path) {
         r.say(ID, Level::Ok, "no imported packs");
         return;
     }
-    let signers = match super::super::bundle::signers_at_head(root) {
+    let signers = match super::super::provenance::signers_at_head(root) {
         Ok(s) => s,
         Err(f) => {
             r.say(
