@@ -132,7 +132,7 @@ fn read_pack(repo: &gix::Repository, commit: gix::ObjectId, path: &str) -> Resul
     let limits = PackLimits::default();
     let tree = repo
         .find_commit(commit)
-        .and_then(|c| c.tree().map_err(Into::into))
+        .and_then(|c| c.tree())
         .map_err(|e| e.to_string())?;
     let entry = tree
         .lookup_entry_by_path(path)
