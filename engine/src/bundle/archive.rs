@@ -44,7 +44,7 @@ pub(super) fn write(files: &PackFiles, envelope: &Envelope) -> Vec<u8> {
         .collect();
     let gz = flate2::GzBuilder::new()
         .mtime(0)
-        .write(Vec::new(), flate2::Compression::best());
+        .write(Vec::new(), flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
     let append = |tar: &mut tar::Builder<_>, path: &str, bytes: &[u8], mode: u32| {
         let mut header = tar::Header::new_gnu();
@@ -108,6 +108,7 @@ pub(super) fn entries(bytes: &[u8], shown: &str, limits: BundleLimits) -> Result
     let mut envelope = None;
     let mut files = BTreeMap::new();
     let mut count = 0usize;
+    let mut declared = 0u64;
     let read_err = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::FileTooLarge {
             refuse(e.to_string())
@@ -135,7 +136,16 @@ pub(super) fn entries(bytes: &[u8], shown: &str, limits: BundleLimits) -> Result
             return Err(refuse(format!("{path}: the path is absolute, escapes or is not plain")));
         }
         let executable = entry.header().mode().map_err(read_err)? & 0o111 != 0;
-        let mut data = Vec::new();
+        // Refused on what the header declares, before a byte of it is held.
+        let size = entry.header().size().map_err(read_err)?;
+        declared = declared.saturating_add(size);
+        if declared > limits.max_uncompressed {
+            return Err(refuse(format!(
+                "its files are larger than {} bytes in all",
+                limits.max_uncompressed
+            )));
+        }
+        let mut data = Vec::with_capacity(size as usize);
         entry.read_to_end(&mut data).map_err(read_err)?;
         let duplicate = if path == ENVELOPE {
             envelope.replace(data).is_some()

@@ -170,7 +170,7 @@ fn limits_bound_what_is_inflated_and_counted() {
         max_entries: 10,
     };
     let err = entries(&bomb, "b", small).map(drop).unwrap_err();
-    assert!(err.to_string().contains("size limit"), "{err}");
+    assert!(err.to_string().contains("larger than 65536 bytes in all"), "{err}");
     let few = BundleLimits {
         max_entries: 1,
         ..BundleLimits::default()
