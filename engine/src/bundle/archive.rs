@@ -96,8 +96,8 @@ pub fn read_bundle(path: &std::path::Path, shown: &str, limits: BundleLimits) ->
     Ok((bytes, entries))
 }
 
-/// The entries of a bundle's bytes.
-pub(super) fn entries(bytes: &[u8], shown: &str, limits: BundleLimits) -> Result<Entries, Error> {
+/// The entries of a bundle's bytes (as `read_bundle`, for bytes already in memory).
+pub fn entries(bytes: &[u8], shown: &str, limits: BundleLimits) -> Result<Entries, Error> {
     let bad = |m: String| Error::Malformed(shown.into(), m);
     let refuse = |m: String| Error::Refused(shown.into(), m);
     let inflated = Bounded {

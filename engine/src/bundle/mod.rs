@@ -11,7 +11,7 @@ mod payload;
 pub mod provenance;
 mod verify;
 
-pub use archive::{BundleLimits, read_bundle};
+pub use archive::{BundleLimits, Entries, entries as read_entries, read_bundle};
 pub use payload::{Payload, Source};
 pub use provenance::{Installed, Provenance, check_installed, install};
 pub use verify::{Publisher, Verified, verify_bundle};
