@@ -288,6 +288,8 @@ fn an_imported_pack_runs_and_its_attestation_names_the_publisher() {
     let prov = &statement["predicate"]["pack"]["provenance"];
     assert_eq!(prov["publisher"], "alice@example.com");
     assert_eq!(prov["bundleSha256"], bundle_sha.as_str());
+    r.stella(&["evidence", "verify", "r1"]).ok();
+    r.stella(&["ledger", "verify"]).ok();
     // Importing the same bundle again is fine; another pack of that name needs --replace.
     let again = p.bundle("greet.stellapack");
     r.stella(&["pack", "import", again.to_str().unwrap()]).ok();
