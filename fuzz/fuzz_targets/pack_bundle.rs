@@ -68,15 +68,33 @@ fn check(bytes: &[u8]) {
     };
     if let Some(t) = &trusted {
         assert_eq!(t.publisher.principal.as_deref(), Some("alice"));
-        assert_eq!(t.publisher.fingerprint, stella_engine::keys::fingerprint_of(&stella_fuzz::public()));
+        assert_eq!(
+            t.publisher.fingerprint,
+            stella_engine::keys::fingerprint_of(&stella_fuzz::public())
+        );
     }
     assert_eq!(v.files.paths().count(), v.payload.files.len());
     for (path, data) in v.files.iter() {
         assert_eq!(v.payload.files.get(path), Some(&sha256_hex(data)));
     }
     let key = key();
-    let again = bundle::bundle(&v.files, &v.payload.name, &v.payload.version, &key, v.payload.source.clone());
-    assert_eq!(again, bundle::bundle(&v.files, &v.payload.name, &v.payload.version, &key, v.payload.source.clone()));
+    let again = bundle::bundle(
+        &v.files,
+        &v.payload.name,
+        &v.payload.version,
+        &key,
+        v.payload.source.clone(),
+    );
+    assert_eq!(
+        again,
+        bundle::bundle(
+            &v.files,
+            &v.payload.name,
+            &v.payload.version,
+            &key,
+            v.payload.source.clone()
+        )
+    );
     let e = bundle::read_entries(&again, "again", BundleLimits::default()).expect("a bundle reads back");
     let w = bundle::verify_bundle("again", &again, e, "b", None, SystemTime::now()).expect("a bundle verifies");
     assert_eq!(w.payload.files, v.payload.files);
