@@ -156,6 +156,9 @@ codes! {
     /// A notification was not delivered: the receiver refused it or could not be reached
     /// (`stella notify test`; `notify.failed` after the retry horizon).
     NotifyFailed = "ERR_NOTIFY_FAILED", exit 1;
+    /// A pack bundle's signature or a file digest does not verify, its publisher is not trusted
+    /// for `stella-pack`, or an imported pack changed since its import (`.provenance.json`).
+    PackProvenance = "ERR_PACK_PROVENANCE", exit 2;
 }
 
 /// A string that is no `ERR_…` code of the table.
@@ -197,7 +200,7 @@ mod tests {
             assert!(code.as_str().starts_with("ERR_"), "{code}");
             assert!(matches!(code.exit_code(), 1 | 2), "{code}");
         }
-        assert_eq!(Code::ALL.len(), 51);
+        assert_eq!(Code::ALL.len(), 52);
         assert_eq!("ERR_NOPE".parse::<Code>(), Err(UnknownCode("ERR_NOPE".into())));
         assert_eq!((Code::StepFailed.exit_code(), Code::Usage.exit_code()), (1, 2));
     }

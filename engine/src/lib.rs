@@ -3,6 +3,7 @@
 //! hashed plan; later modules execute plans and keep the git ledger.
 
 pub mod approvals;
+pub mod bundle;
 pub mod canonical;
 pub mod chaos;
 pub mod code;

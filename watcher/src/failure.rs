@@ -101,6 +101,7 @@ macro_rules! from_engine_errors {
 }
 
 from_engine_errors!(
+    stella_engine::bundle::Error,
     stella_engine::evidence::Error,
     stella_engine::git_cli::Error,
     stella_engine::journal::Error,

@@ -175,7 +175,7 @@ const PREPARE_PYTHON: &str = "python3 -m venv target/ci-venv && target/ci-venv/b
 
 /// The Python with securesystemslib that `STELLA_PYTHON` names. The tests install nothing:
 /// without it they fail saying how to prepare it.
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let Some(py) = std::env::var_os("STELLA_PYTHON") else {
         panic!(
             "STELLA_PYTHON is not set: the attestation is checked with securesystemslib from a Python you prepare once, at the workspace root:\n  {PREPARE_PYTHON}\n(`bash test.sh` does this itself)"

@@ -7,6 +7,7 @@ mod support;
 
 mod approvals;
 mod audit;
+mod bundles;
 mod chaos;
 mod daemon;
 mod evidence;

@@ -235,6 +235,10 @@ pub fn statement(r: &RunRecord) -> Json {
             statement["predicate"][field] = of.clone();
         }
     }
+    // An imported pack: who published it, and the bundle it came in.
+    if let Some(p) = &r.plan.pack.provenance {
+        statement["predicate"]["pack"]["provenance"] = serde_json::to_value(p).expect("JSON");
+    }
     statement
 }
 

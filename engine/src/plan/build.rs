@@ -16,7 +16,7 @@ use crate::pack::{FileDigest, PackFiles};
 
 use super::{
     API_VERSION, Cond, PackRef, Plan, PlanApproval, PlanApprovalGate, PlanConfig, PlanFile, PlanGroup, PlanMap,
-    PlanPolicy, PlanRego, PlanRetries, PlanRun, PlanSecret, PlanStep, StepKind, TemplateFlavor, Text,
+    PlanPolicy, PlanProvenance, PlanRego, PlanRetries, PlanRun, PlanSecret, PlanStep, StepKind, TemplateFlavor, Text,
 };
 
 /// Most children a map may expand to.
@@ -82,6 +82,7 @@ pub(super) fn build(
                     },
                 )
                 .collect(),
+            provenance: PlanProvenance::of(files),
         },
         inputs: inputs.clone(),
         secrets: m

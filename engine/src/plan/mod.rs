@@ -77,7 +77,41 @@ pub struct PackRef {
     pub manifest_sha256: String,
     /// sha256 of every other file of the pack, sorted by path.
     pub files: Vec<PlanFile>,
+    /// Who published an imported pack (its `.provenance.json`, checked before planning);
+    /// absent for a pack written in the repository, so such plans hash as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<PlanProvenance>,
 }
+
+/// An imported pack's publisher and bundle, as its `.provenance.json` names them: part of
+/// the plan, so approving the plan approves who published the pack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanProvenance {
+    pub publisher: String,
+    pub keyid: String,
+    pub bundle_sha256: String,
+    /// A mirrored pack's `{url, ref, commit, path}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Json>,
+}
+
+impl PlanProvenance {
+    /// The provenance named by the pack's `.provenance.json`, if it has one that reads.
+    pub fn of(files: &PackFiles) -> Option<PlanProvenance> {
+        let v = files.json(PROVENANCE_FILE)?;
+        let text = |k: &str| v.get(k).and_then(Json::as_str).map(str::to_string);
+        Some(PlanProvenance {
+            publisher: text("publisher")?,
+            keyid: text("keyid")?,
+            bundle_sha256: text("bundleSha256")?,
+            source: v.get("source").cloned(),
+        })
+    }
+}
+
+/// The file an import of a signed pack bundle leaves in the pack directory.
+pub const PROVENANCE_FILE: &str = ".provenance.json";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

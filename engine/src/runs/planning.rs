@@ -88,6 +88,7 @@ pub fn plan_new(env: &Environment, dir: &RunDir, commit: ObjectId) -> Result<Pla
         Err(_) => None,
     };
     let files = pack_at(env, commit, &request.pack)?;
+    imported_pack_holds(env, trust, &files)?;
     let plan = crate::plan::from_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
     let hash = plan.hash();
     if let Some(pinned) = &request.plan_hash
@@ -205,6 +206,7 @@ pub fn replan(env: &Environment, dir: &RunDir, prior: &[Event]) -> Result<(Plan,
     }
     let request = Request::parse(&request_path, &text)?;
     let files = pack_at(env, commit, &request.pack)?;
+    imported_pack_holds(env, trust, &files)?;
     let plan = crate::plan::from_files(&files, request.inputs.as_ref(), &request_path, &config.plan_config())?;
     if plan.hash() != field("planHash") {
         return Err(refuse(
@@ -224,6 +226,22 @@ fn pack_at(env: &Environment, commit: ObjectId, pack: &str) -> Result<PackFiles,
         return Err(refuse(Code::PackInvalid, format!("{pack}: no pack at commit {commit}")));
     }
     PackFiles::from_entries(pack, files).map_err(|d| Refusal::from(Diagnostics::from(d)))
+}
+
+/// An imported pack (one with `.provenance.json`) is still the one its publisher signed, and
+/// the trust commit's allowed_signers still trust that publisher for `stella-pack`.
+fn imported_pack_holds(env: &Environment, trust: ObjectId, files: &PackFiles) -> Result<(), Refusal> {
+    if !files.contains(crate::plan::PROVENANCE_FILE) {
+        return Ok(());
+    }
+    let signers = env
+        .read_text(trust, ".stella/allowed_signers")
+        .map(|t| crate::allowed_signers::AllowedSigners::parse(".stella/allowed_signers", &t))
+        .transpose()
+        .map_err(|d| refuse(Code::PackProvenance, format!("cannot judge the pack's publisher: {d}")))?;
+    crate::bundle::check_installed(files, signers.as_ref(), std::time::SystemTime::now())
+        .map(drop)
+        .map_err(|e| refuse(e.code(), e.to_string()))
 }
 
 /// The run that owns `token`, if it is not `id`: a run already planned in the ledger at

@@ -3,6 +3,7 @@
 
 mod approve;
 mod audit;
+mod bundle;
 mod doctor;
 mod evidence;
 mod hook;
@@ -11,6 +12,7 @@ mod init_ledger;
 mod ledger;
 mod notify;
 mod pack;
+mod provenance;
 mod request;
 mod resume;
 mod run;
@@ -379,13 +381,14 @@ impl HttpAccess {
 #[derive(Debug, Subcommand)]
 enum PackCommand {
     /// Check a pack and report every problem with file, line, column and field
-    Validate {
-        /// The pack directory (or its name under packs/)
-        pack: PathBuf,
-        /// Print the result as JSON
-        #[arg(long)]
-        json: bool,
-    },
+    Validate(bundle::ValidateArgs),
+    /// Make a signed, deterministic pack bundle (`*.stellapack`) to share a pack
+    Bundle(bundle::BundleArgs),
+    /// Verify a pack bundle and unpack it into packs/<name>/ with its provenance (commits nothing)
+    Import(bundle::ImportArgs),
+    /// Bundle a pack from another repository
+    #[command(subcommand)]
+    Mirror(bundle::MirrorCommand),
     /// Plan a pack with inputs: the plan hash, the approvals and secrets it needs, its steps
     Plan(PlanArgs),
     /// Run a pack on this machine, without git (approval gates wait unless --approve-local)
@@ -459,7 +462,7 @@ impl Cli {
     /// Whether the command asked for JSON output (failures are then also printed as JSON).
     pub fn wants_json(&self) -> bool {
         match &self.command {
-            Command::Pack(PackCommand::Validate { json, .. }) => *json,
+            Command::Pack(PackCommand::Validate(a)) => a.json,
             Command::Pack(PackCommand::Plan(a)) => a.json,
             Command::Pack(PackCommand::Run(_)) => false,
             Command::Runs(RunsCommand::List { json, .. } | RunsCommand::Show { json, .. }) => *json,
@@ -560,7 +563,10 @@ pub fn run(cli: Cli) -> Result<Outcome, Failure> {
             http: a.http.map(|addr| a.http_access.settings(addr)),
         }),
         Command::Serve { repo, http, watch } => serve::serve(&repo, http.access.settings(http.http), watch),
-        Command::Pack(PackCommand::Validate { pack, json }) => pack::validate(&pack, json),
+        Command::Pack(PackCommand::Validate(a)) => bundle::validate_command(a),
+        Command::Pack(PackCommand::Bundle(a)) => bundle::bundle(&a),
+        Command::Pack(PackCommand::Import(a)) => bundle::import(&a),
+        Command::Pack(PackCommand::Mirror(bundle::MirrorCommand::Pull(a))) => bundle::mirror_pull(&a),
         Command::Pack(PackCommand::Plan(a)) => pack::plan(&a.pack, a.inputs.as_deref(), a.json),
         Command::Pack(PackCommand::Run(a)) => run::run(run::RunArgs {
             pack: &a.pack,

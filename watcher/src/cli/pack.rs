@@ -32,6 +32,7 @@ pub fn locate(arg: &Path) -> Result<(PathBuf, String), Failure> {
 pub fn validate(arg: &Path, json: bool) -> Result<Outcome, Failure> {
     let (dir, shown) = locate(arg)?;
     let files = pack::PackFiles::read_dir(&dir, &shown, pack::PackLimits::default())?;
+    super::provenance::check_local(&files, &dir)?;
     let m = manifest::load(&files)?;
     let steps = m.all_steps().len();
     if json {
@@ -52,7 +53,9 @@ pub fn plan(arg: &Path, inputs_path: Option<&Path>, json: bool) -> Result<Outcom
     let (dir, shown) = locate(arg)?;
     let given = inputs_path.map(inputs::read_file).transpose()?;
     let inputs_file = inputs_path.map_or_else(|| "inputs".to_string(), |p| p.display().to_string());
-    let plan = stella_engine::plan::from_dir(&dir, &shown, given.as_ref(), &inputs_file, &PlanConfig::default())?;
+    let files = pack::PackFiles::read_dir(&dir, &shown, pack::PackLimits::default())?;
+    super::provenance::check_local(&files, &dir)?;
+    let plan = stella_engine::plan::from_files(&files, given.as_ref(), &inputs_file, &PlanConfig::default())?;
     let summary = Summary::of(plan);
     if json {
         println!("{}", serde_json::to_string_pretty(&summary).expect("summary is JSON"));
@@ -66,6 +69,14 @@ fn print_summary(s: &Summary) {
     println!("pack:      {} {}", s.plan.pack.name, s.plan.pack.version);
     println!("planHash:  {}", s.plan_hash);
     println!("steps:     {}", s.steps);
+    if let Some(p) = &s.plan.pack.provenance {
+        println!("publisher: {} ({})", p.publisher, p.keyid);
+        println!("bundle:    sha256 {}", p.bundle_sha256);
+        if let Some(src) = &p.source {
+            let field = |k: &str| src.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+            println!("source:    {} {} at {}", field("url"), field("ref"), field("commit"));
+        }
+    }
     if s.approvals.is_empty() {
         println!("approvals: none");
     } else {

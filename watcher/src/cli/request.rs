@@ -32,7 +32,9 @@ pub fn request(pack_arg: &Path, inputs_path: Option<&Path>, id: Option<&str>) ->
     let config = repo::config_in_worktree(&root)?;
     let given = inputs_path.map(inputs::read_file).transpose()?;
     let inputs_file = inputs_path.map_or_else(|| "inputs".to_string(), |p| p.display().to_string());
-    let plan = stella_engine::plan::from_dir(&dir, &rel, given.as_ref(), &inputs_file, &config.plan_config())?;
+    let files = stella_engine::pack::PackFiles::read_dir(&dir, &rel, Default::default())?;
+    super::provenance::check_local(&files, &dir)?;
+    let plan = stella_engine::plan::from_files(&files, given.as_ref(), &inputs_file, &config.plan_config())?;
     let (id, request_rel, path) = new_request_path(&root, id, &plan.pack.name)?;
     let inputs_json = given.as_ref().map_or(serde_json::json!({}), |n| n.to_json());
     let text = Request::render(&rel, &inputs_json, &plan.hash());

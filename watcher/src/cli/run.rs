@@ -32,6 +32,7 @@ pub fn run(a: RunArgs) -> Result<Outcome, Failure> {
         .inputs
         .map_or_else(|| "inputs".to_string(), |p| p.display().to_string());
     let files = pack::PackFiles::read_dir(&dir, &shown, pack::PackLimits::default())?;
+    super::provenance::check_local(&files, &dir)?;
     let plan = stella_engine::plan::from_files(&files, given.as_ref(), &inputs_file, &PlanConfig::default())?;
     let file_secrets = a.secrets.map(Secrets::from_file).transpose()?.unwrap_or_default();
     let secrets = Secrets::for_plan(&plan, &file_secrets, |k| std::env::var(k).ok())?;

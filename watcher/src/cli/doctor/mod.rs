@@ -6,6 +6,7 @@
 //! changes the repository or the machine.
 
 mod host;
+mod packs;
 mod repository;
 mod secrets;
 
@@ -37,7 +38,7 @@ pub const GROUPS: [&str; 3] = ["tools", "sandbox", "repository"];
 
 /// Every check: its id (stable: scripts and runbooks name it) and its group, in the order
 /// they run. One check may say several lines (one per invalid run, per approver, …).
-pub const CHECKS: [(&str, &str); 24] = [
+pub const CHECKS: [(&str, &str); 25] = [
     ("check.git.installed", "tools"),
     ("check.ssh-keygen", "tools"),
     ("check.inotify", "tools"),
@@ -61,6 +62,7 @@ pub const CHECKS: [(&str, &str); 24] = [
     ("check.schedules", "repository"),
     ("check.secrets.sources", "repository"),
     ("check.runs", "repository"),
+    ("check.packs.provenance", "repository"),
     ("check.ledger.maintenance", "repository"),
 ];
 

@@ -189,6 +189,9 @@ pub(super) fn check(r: &mut Report, repo_dir: &Path, key: Option<&Path>) -> Resu
             r.say("check.runs", level, msg);
         }
     }
+    if r.wants("check.packs.provenance") {
+        super::packs::provenance(r, &root);
+    }
     let size = r
         .wants("check.ledger.maintenance")
         .then(|| super::super::ledger::size(&root))
