@@ -5,34 +5,11 @@
 //! repository between the two modes.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{HELLO, Repo};
+use crate::support::{HELLO, Repo, git_in as git};
 
 const LEDGER: &str = "stella/ledger";
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "user.name=Ops",
-            "-c",
-            "user.email=ops@example.com",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A repository whose `main` names the ledger branch (set up by `stella init --ledger-branch`),
 /// with the hello pack.

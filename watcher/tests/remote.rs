@@ -5,29 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{Daemon, HELLO, Repo, run_path};
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "user.name=Ops",
-            "-c",
-            "user.email=ops@example.com",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use crate::support::{Daemon, HELLO, Repo, git_in as git, run_path};
 
 /// A bare hub, an admin clone with the pack, and `n` runner clones whose keys are trusted.
 pub(crate) fn hub_with_runners(n: usize) -> (tempfile::TempDir, Repo, Vec<Repo>) {

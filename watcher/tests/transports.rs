@@ -5,39 +5,14 @@
 //! with nothing lost: the run executes once the credential, CA or host key is fixed.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use crate::support::servers::{HttpsGit, Sshd};
-use crate::support::{Daemon, HELLO, Repo, keygen};
+use crate::support::{Daemon, HELLO, Repo, git_env, keygen};
 
 /// What may name trusted CAs in the test's own environment (some machines set them all to
 /// the system bundle): removed from the runner's, which gets only what each test gives it.
 const TRUST: [&str; 4] = ["GIT_SSL_CAINFO", "SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE"];
-
-/// git in `dir` as a person would run it, with `env` set; asserts success.
-fn git_env(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .envs(env.iter().copied())
-        .args([
-            "-c",
-            "user.name=Ops",
-            "-c",
-            "user.email=ops@example.com",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A person's clone pushing through the server, and a runner cloned from the server's URL
 /// alone, trusted by a commit the person pushed. `env` is what both need to reach the server.

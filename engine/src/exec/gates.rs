@@ -139,19 +139,25 @@ impl Runner<'_> {
                     Ok(m) => m.unwrap_or_else(|| "policy expression is false".into()),
                     Err(e) => return self.fail(s, e, 0),
                 };
-                let e = StepError::new(Code::PolicyFailed, message);
-                if p.fail_action == "continue" {
-                    self.emit(
-                        Event::new("step.failed")
-                            .step(&s.id)
-                            .level("warn")
-                            .msg(e.message.clone())
-                            .data(json!({ "code": e.code.as_str(), "policy": false, "continued": true })),
-                    );
-                    return Res::Skipped;
-                }
-                self.fail(s, e, 0)
+                self.policy_denied(s, p, message)
             }
         }
+    }
+
+    /// A policy gate that said no, with `message`: `ERR_POLICY_FAILED` halts the run, or with
+    /// `failAction: continue` is recorded as a warning and the run goes on.
+    pub(super) fn policy_denied(&self, s: &PlanStep, p: &PlanPolicy, message: String) -> Res {
+        let e = StepError::new(Code::PolicyFailed, message);
+        if p.fail_action == "continue" {
+            self.emit(
+                Event::new("step.failed")
+                    .step(&s.id)
+                    .level("warn")
+                    .msg(e.message.clone())
+                    .data(json!({ "code": e.code.as_str(), "policy": false, "continued": true })),
+            );
+            return Res::Skipped;
+        }
+        self.fail(s, e, 0)
     }
 }

@@ -164,18 +164,7 @@ impl Runner<'_> {
             Ok(None) => message,
             Err(e) => return self.fail(s, e, 0),
         };
-        let e = StepError::new(Code::PolicyFailed, message);
-        if p.fail_action == "continue" {
-            self.emit(
-                Event::new("step.failed")
-                    .step(&s.id)
-                    .level("warn")
-                    .msg(e.message.clone())
-                    .data(json!({ "code": e.code.as_str(), "policy": false, "continued": true })),
-            );
-            return Res::Skipped;
-        }
-        self.fail(s, e, 0)
+        self.policy_denied(s, p, message)
     }
 }
 

@@ -134,7 +134,8 @@ fn errors(json: &serde_json::Value) -> String {
 }
 
 /// Root certificates: `SSL_CERT_FILE`, else the system bundle, else Mozilla's (webpki-roots).
-fn roots() -> RootCerts {
+/// Also what the webhook deliveries trust.
+pub fn roots() -> RootCerts {
     let files = std::env::var_os("SSL_CERT_FILE")
         .map(std::path::PathBuf::from)
         .into_iter()

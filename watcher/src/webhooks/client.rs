@@ -3,12 +3,11 @@
 //! response costs nothing. HTTPS trusts `SSL_CERT_FILE`, else the system bundle, else the
 //! bundled Mozilla roots. Errors say what happened without the URL (it may be a secret).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use stella_engine::notify::sign;
 use ureq::Agent;
-use ureq::tls::{PemItem, RootCerts, TlsConfig};
+use ureq::tls::TlsConfig;
 
 /// How a delivery attempt ended short of a 2xx.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,38 +57,12 @@ pub struct Client {
     agent: Agent,
 }
 
-/// Root certificates: `SSL_CERT_FILE`, else the system bundle, else Mozilla's (webpki-roots).
-fn roots() -> RootCerts {
-    let files = std::env::var_os("SSL_CERT_FILE")
-        .map(std::path::PathBuf::from)
-        .into_iter()
-        .chain(
-            [
-                "/etc/ssl/certs/ca-certificates.crt",
-                "/etc/pki/tls/certs/ca-bundle.crt",
-                "/etc/ssl/cert.pem",
-            ]
-            .map(std::path::PathBuf::from),
-        );
-    for file in files {
-        let Ok(pem) = std::fs::read(&file) else { continue };
-        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-            .filter_map(|item| match item {
-                Ok(PemItem::Certificate(c)) => Some(c),
-                _ => None,
-            })
-            .collect();
-        if !certs.is_empty() {
-            return RootCerts::Specific(Arc::new(certs));
-        }
-    }
-    RootCerts::WebPki
-}
-
 impl Client {
     /// A client whose every attempt ends within `timeout` (connecting within half of it).
     pub fn new(timeout: Duration) -> Client {
-        let tls = TlsConfig::builder().root_certs(roots()).build();
+        let tls = TlsConfig::builder()
+            .root_certs(stella_engine::secrets::vault::roots())
+            .build();
         let config = Agent::config_builder()
             .timeout_global(Some(timeout))
             .timeout_connect(Some(timeout / 2))

@@ -47,6 +47,35 @@ pub fn keygen(dir: &std::path::Path, name: &str) -> String {
         .to_string()
 }
 
+/// git in `dir` as a person (Ops) would run it, with `env` set; asserts success; its stdout.
+pub fn git_env(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .args([
+            "-c",
+            "user.name=Ops",
+            "-c",
+            "user.email=ops@example.com",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `git_env` with the environment as it is.
+pub fn git_in(dir: &std::path::Path, args: &[&str]) -> String {
+    git_env(dir, &[], args)
+}
+
 /// The binary under test.
 pub fn stella() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_stella"));
