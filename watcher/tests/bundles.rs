@@ -147,25 +147,8 @@ fn securesystemslib_verifies_the_bundle_envelope() {
     let bundle = p.bundle("g.stellapack");
     let envelope = p.dir.path().join("envelope.json");
     std::fs::write(&envelope, &entries(&bundle)[0].1).unwrap();
-    let blob = p.public.split_whitespace().nth(1).unwrap();
-    let wire = base64::engine::general_purpose::STANDARD.decode(blob).unwrap();
-    let public_hex = hex::encode(&wire[wire.len() - 32..]);
-    let env: serde_json::Value = serde_json::from_slice(&std::fs::read(&envelope).unwrap()).unwrap();
-    let keyid = env["signatures"][0]["keyid"].as_str().unwrap().to_string();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dsse_pack_check.py");
-    let out = Command::new(crate::evidence::python())
-        .arg(&script)
-        .arg(&envelope)
-        .arg(&public_hex)
-        .arg(&keyid)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "securesystemslib refused it: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("verified greet 2.1.0 2 files"));
+    let stdout = crate::evidence::securesystemslib_verifies("dsse_pack_check.py", &envelope, &p.public);
+    assert!(stdout.contains("verified greet 2.1.0 2 files"), "{stdout}");
 }
 
 #[test]
@@ -380,29 +363,7 @@ fn a_pack_edited_after_import_fails_to_plan_and_to_run() {
 /// annotated tag), then changed on `main`.
 fn source_repo(p: &Publisher) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
-    let git = |args: &[&str]| {
-        let out = Command::new("git")
-            .current_dir(dir.path())
-            .args([
-                "-c",
-                "user.name=P",
-                "-c",
-                "user.email=p@example.com",
-                "-c",
-                "commit.gpgsign=false",
-                "-c",
-                "tag.gpgsign=false",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let git = |args: &[&str]| crate::support::git_in(dir.path(), args).trim().to_string();
     git(&["init", "-q", "-b", "main"]);
     std::fs::create_dir_all(dir.path().join("packs")).unwrap();
     let copied = Command::new("cp")

@@ -198,24 +198,29 @@ pub(crate) fn python() -> PathBuf {
 pub(crate) fn dsse_verifies(r: &Repo, att: &Path, run: &str) {
     let signers = std::fs::read_to_string(r.path().join(".stella/allowed_signers")).unwrap();
     let line = signers.lines().find(|l| l.starts_with("runner@stella")).unwrap();
-    let blob = line.split_whitespace().find(|w| w.starts_with("AAAA")).unwrap();
+    let stdout = securesystemslib_verifies("dsse_check.py", att, line);
+    assert!(stdout.contains(&format!("verified {run}")), "{stdout}");
+}
+
+/// `tests/<script>` (securesystemslib) verifies the DSSE envelope in `file` with the Ed25519
+/// key of the public key line `public` (`[principal …] ssh-ed25519 AAAA…`); its stdout.
+pub(crate) fn securesystemslib_verifies(script: &str, file: &Path, public: &str) -> String {
+    let blob = public.split_whitespace().find(|w| w.starts_with("AAAA")).unwrap();
     let wire = base64::engine::general_purpose::STANDARD.decode(blob).unwrap();
-    let env: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(att).unwrap()).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dsse_check.py");
+    let env: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
     let out = Command::new(python())
-        .arg(script)
-        .arg(att)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(script))
+        .arg(file)
         .arg(hex::encode(&wire[wire.len() - 32..]))
         .arg(env["signatures"][0]["keyid"].as_str().unwrap())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "securesystemslib refused it: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains(&format!("verified {run}")), "{stdout}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

@@ -59,6 +59,8 @@ pub fn git_env(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> St
             "user.email=ops@example.com",
             "-c",
             "commit.gpgsign=false",
+            "-c",
+            "tag.gpgsign=false",
         ])
         .args(args)
         .output()
