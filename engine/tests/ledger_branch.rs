@@ -7,27 +7,7 @@ use stella_engine::keys::SshKey;
 use stella_engine::layout::RunDir;
 use stella_engine::ledger::{FileWrite, Ledger, verify};
 
-fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .args([
-            "-c",
-            "user.name=Alice",
-            "-c",
-            "user.email=alice@example.com",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use crate::support::git;
 
 fn write(dir: &std::path::Path, rel: &str, text: &str) {
     let p = dir.join(rel);

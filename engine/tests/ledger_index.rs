@@ -4,19 +4,7 @@
 use stella_engine::keys::SshKey;
 use stella_engine::ledger::{FileWrite, Ledger};
 
-fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use crate::support::git;
 
 fn writes(files: &[(String, &str)]) -> Vec<FileWrite> {
     files

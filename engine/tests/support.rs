@@ -52,3 +52,26 @@ pub fn with_steps(steps: &str) -> String {
         "apiVersion: stella/v1\nkind: TaskPack\nmetadata: {{ name: t, version: 1.0.0 }}\nspec:\n  inputs:\n    - {{ name: image, type: string, required: true }}\n    - {{ name: targets, type: array, default: [] }}\n  approvals:\n    - {{ id: review, grants: [Packs.Approve], requiredCount: 1 }}\n  steps:\n{steps}"
     )
 }
+
+/// git in `dir` as a person (Alice) would run it; asserts success; its stdout, trimmed.
+pub fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args([
+            "-c",
+            "user.name=Alice",
+            "-c",
+            "user.email=alice@example.com",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

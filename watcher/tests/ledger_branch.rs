@@ -32,18 +32,7 @@ fn committers(dir: &Path, rev: &str) -> Vec<String> {
 
 /// The states of runs on the ledger branch, from `runs list --json` in `r`.
 fn states(r: &Repo) -> std::collections::BTreeMap<String, String> {
-    let out = r.stella(&["runs", "list", "--json"]).ok();
-    let rows: serde_json::Value = serde_json::from_str(&out.stdout()).unwrap();
-    rows.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["id"].as_str().unwrap().to_string(),
-                r["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    r.states()
 }
 
 #[test]

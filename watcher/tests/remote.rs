@@ -47,18 +47,7 @@ fn start(r: &Repo, extra: &[&str]) -> Daemon {
 /// Runs on the hub's branch, by state, as the admin sees them after pulling.
 pub(crate) fn hub_states(admin: &Repo) -> std::collections::BTreeMap<String, String> {
     admin.git(&["pull", "-q", "--ff-only", "origin", "main"]);
-    let out = admin.stella(&["runs", "list", "--json"]).ok();
-    let rows: serde_json::Value = serde_json::from_str(&out.stdout()).unwrap();
-    rows.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["id"].as_str().unwrap().to_string(),
-                r["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    admin.states()
 }
 
 /// The hello pack made slow (`sleep SECS` in its first step) and one request for it, pushed.

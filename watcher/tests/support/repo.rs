@@ -179,6 +179,17 @@ impl Repo {
         self.show(id)["state"].as_str().unwrap().to_string()
     }
 
+    /// Every run's state, by id, from `runs list --json`.
+    pub fn states(&self) -> std::collections::BTreeMap<String, String> {
+        let out = self.stella(&["runs", "list", "--json"]).ok();
+        let rows: serde_json::Value = serde_json::from_slice(&out.0.stdout).unwrap();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["id"].as_str().unwrap().into(), r["state"].as_str().unwrap().into()))
+            .collect()
+    }
+
     /// A file at HEAD.
     pub fn at_head(&self, rel: &str) -> Option<String> {
         let out = self.git_try(&["show", &format!("HEAD:{rel}")]);
