@@ -8,7 +8,9 @@
 # takes more than 2 GiB), printing the path of the input that did it; reproduce it with
 # `cargo fuzz run --fuzz-dir fuzz <target> <path>`, and keep it in fuzz/regressions/<target>/.
 #
-# Usage: bench/fuzz.sh [--seconds S] [TARGET...]   (default: 600 s each, every target)
+# Usage: bench/fuzz.sh [--seconds S] [--dev] [TARGET...]   (default: 600 s each, every target)
+# --dev builds the targets unoptimised (cargo fuzz build --dev): half the build time and a
+# fraction of the executions per second, for a smoke run of a few seconds (CI uses it).
 # The corpus each run grows is fuzz/corpus/<target>/ (not committed); the committed seeds in
 # fuzz/seeds/<target>/ and the crash inputs in fuzz/regressions/<target>/ are read, never
 # written. Installs cargo-fuzz when it is missing. The toolchain is stable: RUSTC_BOOTSTRAP=1
@@ -21,11 +23,13 @@ source bench/lib.sh
 
 seconds=600
 targets=()
+profile=()
 while (( $# )); do
   case "$1" in
-    --seconds) [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || { echo "usage: bench/fuzz.sh [--seconds S] [TARGET...]" >&2; exit 2; }
+    --seconds) [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || { echo "usage: bench/fuzz.sh [--seconds S] [--dev] [TARGET...]" >&2; exit 2; }
                seconds=$2; shift 2 ;;
-    -*) echo "usage: bench/fuzz.sh [--seconds S] [TARGET...]" >&2; exit 2 ;;
+    --dev) profile=(--dev); shift ;;
+    -*) echo "usage: bench/fuzz.sh [--seconds S] [--dev] [TARGET...]" >&2; exit 2 ;;
     *) targets+=("$1"); shift ;;
   esac
 done
@@ -38,12 +42,12 @@ fi
 export RUSTC_BOOTSTRAP=1
 sanitizer=${FUZZ_SANITIZER:-address}
 # -a: debug assertions and overflow checks, so an arithmetic overflow is a crash too.
-build_flags=(-a --sanitizer "$sanitizer" --fuzz-dir fuzz)
+build_flags=(-a --sanitizer "$sanitizer" --fuzz-dir fuzz "${profile[@]}")
 
 if (( ${#targets[@]} == 0 )); then
   mapfile -t targets < <(cargo fuzz list --fuzz-dir fuzz)
 fi
-echo "fuzz: building ${#targets[@]} targets (sanitizer $sanitizer)" >&2
+echo "fuzz: building ${#targets[@]} targets (sanitizer $sanitizer${profile:+, unoptimised})" >&2
 cargo fuzz build "${build_flags[@]}"
 
 logs=fuzz/target/logs
