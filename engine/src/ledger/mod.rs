@@ -8,6 +8,7 @@ pub mod checkpoint;
 mod diff;
 pub mod events;
 pub mod heal;
+mod index_file;
 pub mod maintenance;
 pub mod notes;
 mod open;

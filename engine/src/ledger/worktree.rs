@@ -146,21 +146,41 @@ pub(super) fn read_index(repo: &gix::Repository, index_path: &Path) -> Result<gi
     }
 }
 
-/// Writes `index` through the lock and puts it in place, with no trailing checksum when the
-/// repository asks for none (`index.skipHash`, set by git's `feature.manyFiles`).
+/// Writes `index` through the lock and puts it in place, in the version it had on disk
+/// (`index_file`), with no trailing checksum when the repository asks for none
+/// (`index.skipHash`, set by git's `feature.manyFiles`).
 pub(super) fn write_index(repo: &gix::Repository, index: gix::index::File, mut lock: IndexLock) -> Result<(), Error> {
     let config = repo.config_snapshot();
     let skip_hash = config
         .boolean("index.skipHash")
         .or_else(|| config.boolean("feature.manyFiles"))
         .unwrap_or(false);
-    let options = gix::index::write::Options {
-        skip_hash,
-        ..Default::default()
-    };
-    index
-        .write_to(&mut lock, options)
-        .map_err(|e| Error::WriteIndex(e.into()))?;
+    let on_disk = repo.index_path().exists().then(|| index.version());
+    if super::index_file::wanted(repo, on_disk) == gix::index::Version::V4 {
+        // gix writes version 2 or 3: written to memory, re-encoded, then through the lock.
+        let options = gix::index::write::Options {
+            extensions: gix::index::write::Extensions::Given {
+                tree_cache: true,
+                end_of_index_entry: false,
+            },
+            skip_hash: true,
+        };
+        let mut v2 = Vec::new();
+        index
+            .write_to(&mut v2, options)
+            .map_err(|e| Error::WriteIndex(e.into()))?;
+        let v4 =
+            super::index_file::to_v4(&v2, repo.object_hash(), skip_hash).map_err(|e| Error::WriteIndex(Box::new(e)))?;
+        lock.write_all(&v4).map_err(|e| Error::WriteIndex(e.into()))?;
+    } else {
+        let options = gix::index::write::Options {
+            skip_hash,
+            ..Default::default()
+        };
+        index
+            .write_to(&mut lock, options)
+            .map_err(|e| Error::WriteIndex(e.into()))?;
+    }
     lock.flush().map_err(|e| Error::WriteIndex(e.into()))?;
     lock.into_inner()
         .map_err(|e| Error::WriteIndex(e.into_error().into()))?

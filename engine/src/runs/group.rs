@@ -1,18 +1,35 @@
 //! Group commit: runs whose ledger commits fall due together share one signed commit. A run
 //! queues its files and then waits for the ledger; whoever gets the ledger first commits
 //! every queued run's files at once, so a burst of finishing runs costs one commit, one new
-//! `runs/` tree and one reflog entry instead of one each. Nobody waits for company: a lone
-//! run commits alone, as soon as the ledger is free. Each run writes only its own directory,
-//! so the files of a group never overlap. Never decides what a run writes.
+//! `runs/` tree and one reflog entry instead of one each. While other runs are being carried
+//! forward (`process`), a run waits up to `LINGER` for them to queue too; once every run
+//! under way has queued, or none is, nobody waits: a lone run commits as soon as the ledger
+//! is free. Each run writes only its own directory, so the files of a group never overlap.
+//! Never decides what a run writes.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::{Environment, Error};
 use crate::ledger::FileWrite;
 
-/// The runs waiting to be committed (one per `Environment`).
+/// The longest a run's commit waits for the other runs under way to queue theirs.
+pub const LINGER: Duration = Duration::from_millis(100);
+
+/// The runs waiting to be committed, and how many runs are under way (one per `Environment`).
 #[derive(Default)]
-pub struct Group(Mutex<Vec<Ticket>>);
+pub struct Group {
+    queue: Mutex<Queue>,
+    /// Told of every ticket queued or taken and of every run that ends.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    tickets: Vec<Ticket>,
+    /// Runs being carried forward now (`Group::under_way`).
+    under_way: usize,
+}
 
 type Ticket = Arc<Mutex<Slot>>;
 
@@ -27,8 +44,56 @@ enum Slot {
     Returned(Vec<FileWrite>, String),
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A run under way, until dropped (`Group::under_way`).
+pub struct UnderWay<'a>(&'a Group);
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.queue).under_way -= 1;
+        self.0.changed.notify_all();
+    }
+}
+
+impl Group {
+    /// Counts a run as under way (one that may queue a commit soon) until the guard drops.
+    pub fn under_way(&self) -> UnderWay<'_> {
+        lock(&self.queue).under_way += 1;
+        UnderWay(self)
+    }
+
+    fn push(&self, ticket: Ticket) {
+        lock(&self.queue).tickets.push(ticket);
+        self.changed.notify_all();
+    }
+
+    fn take(&self) -> Vec<Ticket> {
+        let taken = std::mem::take(&mut lock(&self.queue).tickets);
+        self.changed.notify_all();
+        taken
+    }
+
+    /// Waits, at most `LINGER`, while `mine` is still queued and some run under way has not
+    /// queued yet.
+    fn linger(&self, mine: &Ticket) {
+        let deadline = Instant::now() + LINGER;
+        let mut queue = lock(&self.queue);
+        loop {
+            let queued = queue.tickets.iter().any(|t| Arc::ptr_eq(t, mine));
+            let now = Instant::now();
+            if !queued || queue.tickets.len() >= queue.under_way || now >= deadline {
+                return;
+            }
+            queue = self
+                .changed
+                .wait_timeout(queue, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
 }
 
 impl Environment {
@@ -37,7 +102,8 @@ impl Environment {
     /// committing them met.
     pub(super) fn commit_together(&self, writes: Vec<FileWrite>, message: String) -> Result<(), Error> {
         let mine: Ticket = Arc::new(Mutex::new(Slot::Queued(writes, message)));
-        lock(&self.commits.0).push(mine.clone());
+        self.commits.push(mine.clone());
+        self.commits.linger(&mine);
         let mut ledger = self.ledger();
         let taken = std::mem::replace(&mut *lock(&mine), Slot::Taken);
         match taken {
@@ -53,7 +119,7 @@ impl Environment {
             Slot::Taken => unreachable!("a slot is taken only by the holder of the ledger"),
         }
         // This run leads: everything queued so far goes into one commit.
-        let queued: Vec<Ticket> = std::mem::take(&mut *lock(&self.commits.0));
+        let queued: Vec<Ticket> = self.commits.take();
         let mut members = Vec::with_capacity(queued.len());
         for ticket in queued {
             let slot = std::mem::replace(&mut *lock(&ticket), Slot::Taken);
@@ -167,7 +233,7 @@ mod tests {
                 .iter()
                 .map(|p| s.spawn(move || env.commit_together(write(p), format!("stella: run {p}"))))
                 .collect();
-            while env.commits.0.lock().unwrap().len() < paths.len() {
+            while env.commits.queue.lock().unwrap().tickets.len() < paths.len() {
                 std::thread::sleep(Duration::from_millis(1));
             }
             drop(held);
@@ -191,7 +257,7 @@ mod tests {
             assert_eq!(git(dir.path(), &["show", &format!("HEAD:{p}")]), p);
         }
         assert!(git(dir.path(), &["log", "-1", "--format=%B"]).starts_with("stella: 3 runs\n"));
-        assert!(env.commits.0.lock().unwrap().is_empty());
+        assert!(env.commits.queue.lock().unwrap().tickets.is_empty());
         // Alone, a run commits at once with its own message.
         env.commit_together(write("runs/d/plan.json"), "stella: run d".into())
             .unwrap();
@@ -213,6 +279,52 @@ mod tests {
             subjects,
             ["stella: run runs/a/plan.json", "stella: run runs/c/plan.json"]
         );
+    }
+
+    /// Two runs under way: the first to finish waits for the other instead of committing
+    /// alone, and both land in one commit; nothing held the ledger meanwhile.
+    #[test]
+    fn a_run_waits_for_the_runs_under_way_to_join_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = environment(dir.path());
+        let start = git(dir.path(), &["rev-parse", "HEAD"]);
+        std::thread::scope(|s| {
+            let (a, b) = (env.commits.under_way(), env.commits.under_way());
+            let first = s.spawn(|| {
+                let _a = a;
+                env.commit_together(write("runs/a/plan.json"), "stella: run a".into())
+            });
+            while env.commits.queue.lock().unwrap().tickets.is_empty() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            let _b = b;
+            env.commit_together(write("runs/b/plan.json"), "stella: run b".into())
+                .unwrap();
+            first.join().unwrap().unwrap();
+        });
+        assert_eq!(git(dir.path(), &["rev-parse", "HEAD^"]), start, "one commit for both");
+        assert!(git(dir.path(), &["log", "-1", "--format=%B"]).starts_with("stella: 2 runs\n"));
+    }
+
+    /// A run under way that does not commit holds another's commit back `LINGER` at most; with
+    /// no other run under way, a commit does not wait at all.
+    #[test]
+    fn a_run_waits_no_longer_than_the_linger() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = environment(dir.path());
+        let _mine = env.commits.under_way();
+        let t = std::time::Instant::now();
+        env.commit_together(write("runs/a/plan.json"), "stella: run a".into())
+            .unwrap();
+        assert!(t.elapsed() < super::LINGER / 2, "alone: {:?}", t.elapsed());
+        let _other = env.commits.under_way();
+        let t = std::time::Instant::now();
+        env.commit_together(write("runs/b/plan.json"), "stella: run b".into())
+            .unwrap();
+        assert!(t.elapsed() >= super::LINGER, "waited {:?}", t.elapsed());
+        assert!(t.elapsed() < super::LINGER * 20, "waited {:?}", t.elapsed());
+        assert_eq!(git(dir.path(), &["log", "-1", "--format=%s"]), "stella: run b");
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub fn process(
 ) -> Result<Option<Outcome>, Error> {
     let id = dir.id.as_str();
     let _busy = Busy::hold(id);
+    let _under_way = env.commits.under_way();
     let result = carry(env, dir, need, cancel, took_over_from);
     let done = result.is_ok() && !env.is_fenced(id) && {
         let state = fold(&journal::read_for_state(&env.git_dir, id).unwrap_or_default()).state;
