@@ -335,6 +335,13 @@ fn after_a_burst_of_runner_commits_gits_index_catches_up_while_the_daemon_keeps_
         std::time::Duration::from_secs(120),
         || ids.iter().all(|id| r.state(id) == "succeeded"),
     );
+    // A run's state is told from its journal; its commit may still wait for the others of
+    // its group: wait for every attestation to be on the branch.
+    d.wait_for("every run's commit", std::time::Duration::from_secs(10), || {
+        let tree = r.git(&["ls-tree", "-r", "--name-only", "HEAD", "runs"]).stdout;
+        let tree = String::from_utf8_lossy(&tree).into_owned();
+        tree.matches("evidence/attestation.dsse.json").count() == ids.len()
+    });
     // The runner's commits came faster than it rewrites the index; once no run is under way
     // the index holds every file of them, with the daemon still running.
     d.wait_for("git's index to match HEAD", std::time::Duration::from_secs(10), || {
